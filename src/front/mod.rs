@@ -1,0 +1,191 @@
+//! The front end: `.res` text → AST → graph IR with every shape checked.
+
+pub mod ast;
+pub mod builtins;
+pub mod diagnostic;
+pub mod expand;
+pub mod parse;
+pub mod source;
+
+use crate::ir::graph::Graph;
+use diagnostic::Diag;
+use source::{SourceMap, Span};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Most files one compilation may read through `use`.
+pub const MAX_FILES: usize = 256;
+/// Largest source file accepted.
+pub const MAX_FILE_BYTES: usize = 16 << 20;
+
+/// A checked model.
+#[derive(Debug)]
+pub struct Compiled {
+    pub graph: Graph,
+    pub warnings: Vec<Diag>,
+    pub sources: SourceMap,
+}
+
+/// Why a model did not compile: errors first, then any warnings, each bound
+/// to its source for rendering.
+#[derive(Debug)]
+pub struct CompileError {
+    pub diags: Vec<Diag>,
+}
+
+impl CompileError {
+    pub fn render_plain(&self) -> String {
+        self.diags.iter().map(Diag::render_plain).collect::<Vec<_>>().join("\n")
+    }
+
+    pub fn first(&self) -> &Diag {
+        &self.diags[0]
+    }
+}
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.diags.first().map(|d| d.message.as_str()).unwrap_or("compile error"))
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// Compiles the `.res` file at `path` (its `use`s resolved next to it).
+pub fn compile_file(path: &Path) -> Result<Compiled, CompileError> {
+    let text = read_source(path).map_err(|msg| CompileError {
+        diags: vec![io_diag(msg)],
+    })?;
+    compile_source(&path.display().to_string(), &text, path.parent())
+}
+
+/// Compiles source text; `base` is where `use` paths are resolved.
+pub fn compile_source(name: &str, text: &str, base: Option<&Path>) -> Result<Compiled, CompileError> {
+    let mut sources = SourceMap::default();
+    let result = compile_inner(name, text, base, &mut sources);
+    match result {
+        Ok((graph, warnings)) => Ok(Compiled {
+            graph,
+            warnings: warnings.into_iter().map(|d| d.attach(&sources)).collect(),
+            sources,
+        }),
+        Err(d) => Err(CompileError {
+            diags: vec![if sources.files.is_empty() { d } else { d.attach(&sources) }],
+        }),
+    }
+}
+
+fn io_diag(msg: String) -> Diag {
+    let mut sources = SourceMap::default();
+    sources.add("<command line>", msg.clone());
+    Diag::error("res::io", Span::new(0, 0, msg.len()), msg)
+        .label("could not read")
+        .attach(&sources)
+}
+
+fn read_source(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    if meta.is_dir() {
+        return Err(format!("`{}` is a directory, not a .res file", path.display()));
+    }
+    if meta.len() as usize > MAX_FILE_BYTES {
+        return Err(format!("`{}` is larger than 16 MiB", path.display()));
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "`{}` is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+fn compile_inner(
+    name: &str,
+    text: &str,
+    base: Option<&Path>,
+    sources: &mut SourceMap,
+) -> Result<(Graph, Vec<Diag>), Diag> {
+    let main_id = sources.add(name, text);
+    let main = parse::parse_module(text, main_id)?;
+    // Load `use`d files breadth-first; a file is read once however often it
+    // is used, so cycles are harmless.
+    let mut modules = vec![(main_id, main)];
+    let mut loaded: HashMap<PathBuf, u32> = HashMap::new();
+    let mut i = 0;
+    while i < modules.len() {
+        let dir = if i == 0 {
+            base.map(Path::to_path_buf)
+        } else {
+            Path::new(&sources.file(modules[i].0).name).parent().map(Path::to_path_buf)
+        };
+        let uses = modules[i].1.uses.clone();
+        for u in uses {
+            let path = dir.clone().unwrap_or_default().join(&u.path);
+            let key = path.canonicalize().unwrap_or(path.clone());
+            if loaded.contains_key(&key) {
+                continue;
+            }
+            if sources.files.len() >= MAX_FILES {
+                return Err(Diag::error("res::use", u.span, "too many files").label(format!("more than {MAX_FILES} files used")));
+            }
+            let text = read_source(&path).map_err(|msg| {
+                Diag::error("res::use", u.span, format!("cannot use `{}`", u.path))
+                    .label(msg)
+                    .help("`use` paths are relative to the file that contains them")
+            })?;
+            let id = sources.add(path.display().to_string(), text.as_str());
+            loaded.insert(key, id);
+            let m = parse::parse_module(&text, id)?;
+            modules.push((id, m));
+        }
+        i += 1;
+    }
+    let mut blocks: HashMap<String, &ast::BlockDef> = HashMap::new();
+    for (_, m) in &modules {
+        for b in &m.blocks {
+            if builtins::find(&b.name.name).is_some() {
+                return Err(Diag::error("res::duplicate", b.name.span, format!("`{}` is a built-in operator", b.name.name))
+                    .label("cannot redefine")
+                    .help("choose another block name"));
+            }
+            if let Some(first) = blocks.get(&b.name.name) {
+                return Err(Diag::error("res::duplicate", b.name.span, format!("block `{}` is defined twice", b.name.name))
+                    .label("second definition")
+                    .also(first.name.span, "first definition")
+                    .help("rename one of them"));
+            }
+            let mut seen: HashMap<&str, Span> = HashMap::new();
+            for p in &b.params {
+                if let Some(first) = seen.insert(&p.name.name, p.name.span) {
+                    return Err(Diag::error("res::duplicate", p.name.span, format!("parameter `{}` is declared twice", p.name.name))
+                        .label("second declaration")
+                        .also(first, "first declaration"));
+                }
+            }
+            blocks.insert(b.name.name.clone(), b);
+        }
+    }
+    let models = &modules[0].1.models;
+    let model = match models.as_slice() {
+        [m] => m,
+        [] => {
+            return Err(Diag::error("res::no_model", Span::new(main_id, 0, 0), "no model in this file")
+                .label("expected `model name(x: f32[N, ...]) { ... }`")
+                .help("a file passed to resnetc defines one model; blocks may live in `use`d files"))
+        }
+        [_, second, ..] => {
+            return Err(Diag::error("res::duplicate", second.name.span, "more than one model in this file")
+                .label("second model")
+                .help("put each model in its own file and share blocks with `use`"))
+        }
+    };
+    let (graph, warnings) = expand::Expander::run(model, &blocks, sources)?;
+    if let Err(e) = crate::ir::verify::verify(&graph) {
+        return Err(Diag::error("res::internal", model.name.span, format!("internal error: the IR failed verification: {e}"))
+            .label("while compiling this model")
+            .help("this is a bug in resnetc; please report it with the .res file"));
+    }
+    Ok((graph, warnings))
+}

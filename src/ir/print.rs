@@ -1,0 +1,69 @@
+//! The IR text form. Values are renumbered in schedule order on every print
+//! (like naga's compaction), so snapshots do not churn when indices move.
+
+use super::graph::Graph;
+use super::op::Op;
+use super::shape::{show, show_weight};
+use petgraph::stable_graph::NodeIndex;
+use std::collections::HashMap;
+use std::fmt::Write;
+
+/// Prints the whole graph.
+pub fn print(graph: &Graph) -> String {
+    let order = graph.schedule();
+    let mut ids: HashMap<NodeIndex, String> = HashMap::new();
+    let mut out = String::new();
+    let input = graph.node(graph.input);
+    let _ = writeln!(
+        out,
+        "model {}({}: {}) -> {}",
+        graph.name,
+        input.name,
+        show(&input.shape),
+        show(graph.output_shape())
+    );
+    let weights: Vec<NodeIndex> = order.iter().copied().filter(|&n| graph.node(n).op.is_weight()).collect();
+    if !weights.is_empty() {
+        out.push_str("weights:\n");
+        for &w in &weights {
+            let node = graph.node(w);
+            let Op::Weight { name } = &node.op else { continue };
+            let _ = writeln!(out, "  @{name}: {}", show_weight(&node.shape));
+            ids.insert(w, format!("@{name}"));
+        }
+    }
+    out.push_str("body:\n");
+    let mut next = 0usize;
+    for &n in &order {
+        let node = graph.node(n);
+        match &node.op {
+            Op::Weight { .. } => continue,
+            Op::Input => {
+                let _ = writeln!(out, "  %{next} = input {} : {}", node.name, show(&node.shape));
+            }
+            Op::Output => {
+                let src = graph.operands(n).first().map(|o| ids[o].clone()).unwrap_or_default();
+                let _ = writeln!(out, "  return {src}");
+                continue;
+            }
+            op => {
+                let args: Vec<&str> = graph.operands(n).iter().map(|o| ids[o].as_str()).collect();
+                let _ = write!(
+                    out,
+                    "  %{next} = {}({}){} : {}",
+                    op.kind(),
+                    args.join(", "),
+                    op.attrs(),
+                    show(&node.shape)
+                );
+                if !node.name.is_empty() {
+                    let _ = write!(out, "  // {}", node.name);
+                }
+                out.push('\n');
+            }
+        }
+        ids.insert(n, format!("%{next}"));
+        next += 1;
+    }
+    out
+}

@@ -1,0 +1,12 @@
+//! resnetc: a compiler for residual neural networks.
+//!
+//! The pipeline reads one way: `.res` text → AST → graph IR ([`front`]) →
+//! optimized IR ([`passes`]) → kernels ([`backend`]). The reference
+//! interpreter ([`interp`]) is the oracle every stage is checked against.
+
+pub mod front;
+pub mod ir;
+pub mod summary;
+pub mod tensor;
+pub mod interp;
+pub mod weights;

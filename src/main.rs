@@ -1,0 +1,266 @@
+//! The `resnetc` command line.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use miette::{IntoDiagnostic, Report};
+use resnetc::front::{self, CompileError, Compiled};
+use resnetc::weights::{self, Weights};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "resnetc", version, about = "A compiler for residual neural networks (ResNet, DenseNet, U-Net)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Parse and check a model; exit 0 when it is well formed.
+    Check { file: PathBuf },
+    /// Per-layer shapes, parameters and multiply-adds.
+    Summary {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+        format: SummaryFormat,
+    },
+    /// Graphviz view of the network.
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+        format: GraphFormat,
+        /// Output file (default: standard output).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Print the IR text form.
+    Ir { file: PathBuf },
+    /// Run a model on an input .npy and write the output .npy.
+    Run {
+        file: PathBuf,
+        #[command(flatten)]
+        weights: WeightsArgs,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value_t = Target::Ref)]
+        target: Target,
+    },
+    /// Write seeded random weights (Kaiming init, non-trivial BN) as safetensors.
+    Init {
+        file: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct WeightsArgs {
+    /// Weights as safetensors, named by PyTorch state_dict keys.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Use seeded random weights instead of a file.
+    #[arg(long, value_name = "SEED")]
+    random_weights: Option<u64>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SummaryFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Dot,
+    Svg,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Target {
+    /// The reference interpreter.
+    Ref,
+    /// Native x86-64 code.
+    Cpu,
+    /// NVIDIA GPUs.
+    Cuda,
+}
+
+/// A user error (exit 1) with everything already rendered or renderable.
+enum Failure {
+    Compile(CompileError),
+    Other(Report),
+}
+
+impl<E: miette::Diagnostic + Send + Sync + 'static> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure::Other(Report::new(e))
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Compile(e)) => {
+            for d in e.diags {
+                eprintln!("{:?}", Report::new(d));
+            }
+            ExitCode::from(1)
+        }
+        Err(Failure::Other(r)) => {
+            eprintln!("{r:?}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn other(msg: String, help: &str) -> Failure {
+    Failure::Other(miette::miette!(help = help.to_string(), "{msg}"))
+}
+
+fn compile(file: &Path) -> Result<Compiled> {
+    let c = front::compile_file(file).map_err(Failure::Compile)?;
+    for w in &c.warnings {
+        eprintln!("{:?}", Report::new(w.clone()));
+    }
+    Ok(c)
+}
+
+fn write_output(path: Option<&Path>, text: &str) -> Result<()> {
+    match path {
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+        Some(p) => weights::write_atomic(p, text.as_bytes())
+            .into_diagnostic()
+            .map_err(|e| Failure::Other(e.wrap_err(format!("cannot write `{}`", p.display())))),
+    }
+}
+
+fn load_weights(c: &Compiled, args: &WeightsArgs) -> Result<Weights> {
+    let specs = weights::specs_of(&c.graph);
+    match (&args.weights, args.random_weights) {
+        (Some(path), _) => {
+            let file = weights::load_safetensors(path)?;
+            Ok(weights::bind(&specs, file, &path.display().to_string())?)
+        }
+        (None, Some(seed)) => Ok(weights::random_weights(&specs, seed)),
+        (None, None) => Err(other("no weights given".into(), "pass --weights W.safetensors or --random-weights SEED")),
+    }
+}
+
+fn dispatch(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Check { file } => {
+            let c = compile(&file)?;
+            let g = &c.graph;
+            println!(
+                "ok: model {} {} -> {}, {} weight tensors",
+                g.name,
+                resnetc::ir::shape::show(g.input_shape()),
+                resnetc::ir::shape::show(g.output_shape()),
+                g.weights().len()
+            );
+            Ok(())
+        }
+        Command::Summary { file, format } => {
+            let c = compile(&file)?;
+            let s = resnetc::summary::summarize(&c.graph, &c.graph);
+            match format {
+                SummaryFormat::Text => print!("{}", s.table()),
+                SummaryFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&s).expect("summary serializes"))
+                }
+            }
+            Ok(())
+        }
+        Command::Graph { file, format, output } => {
+            let c = compile(&file)?;
+            let dot = resnetc::ir::dot::to_dot(&c.graph);
+            match format {
+                GraphFormat::Dot => write_output(output.as_deref(), &dot),
+                GraphFormat::Svg => {
+                    let svg = render_svg(&dot)?;
+                    write_output(output.as_deref(), &svg)
+                }
+            }
+        }
+        Command::Ir { file } => {
+            let c = compile(&file)?;
+            print!("{}", resnetc::ir::print::print(&c.graph));
+            Ok(())
+        }
+        Command::Run {
+            file,
+            weights: wargs,
+            input,
+            output,
+            target,
+        } => {
+            let c = compile(&file)?;
+            let w = load_weights(&c, &wargs)?;
+            let x = weights::read_npy(&input)?;
+            weights::check_input_shape(&x, c.graph.input_shape(), &input.display().to_string())?;
+            let y = match target {
+                Target::Ref => resnetc::interp::run(&c.graph, &w, &x)?,
+                Target::Cpu | Target::Cuda => {
+                    return Err(other(
+                        format!(
+                            "target `{}` is not available in this build yet",
+                            if target == Target::Cpu { "cpu" } else { "cuda" }
+                        ),
+                        "use --target ref (the reference interpreter)",
+                    ))
+                }
+            };
+            weights::write_npy(&output, &y)?;
+            Ok(())
+        }
+        Command::Init { file, seed, output } => {
+            let c = compile(&file)?;
+            let w = weights::random_weights(&weights::specs_of(&c.graph), seed);
+            weights::save_safetensors(&output, &w)?;
+            Ok(())
+        }
+    }
+}
+
+fn render_svg(dot: &str) -> Result<String> {
+    use std::io::Write;
+    use std::process::{Command as Proc, Stdio};
+    let mut child = Proc::new("dot")
+        .arg("-Tsvg")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|_| {
+            other(
+                "Graphviz's `dot` was not found, so no SVG can be drawn".into(),
+                "install Graphviz (`apt-get install graphviz`), or use --format dot and render it elsewhere",
+            )
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(dot.as_bytes())
+            .map_err(|e| other(format!("cannot talk to `dot`: {e}"), "check your Graphviz installation"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| other(format!("`dot` failed: {e}"), "check your Graphviz installation"))?;
+    if !out.status.success() {
+        return Err(other(
+            format!("`dot` failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            "check your Graphviz installation",
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

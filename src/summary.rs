@@ -1,0 +1,123 @@
+//! `resnetc summary`: per-layer shapes, parameters and multiply-adds, and
+//! the totals as PyTorch counts them.
+
+use crate::ir::shape::show;
+use crate::ir::{Graph, Op};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Serialize, Debug)]
+pub struct WeightInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct LayerInfo {
+    pub name: String,
+    pub op: String,
+    pub shape: Vec<usize>,
+    pub params: usize,
+    pub macs: u64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Summary {
+    pub model: String,
+    pub input: Vec<usize>,
+    pub output: Vec<usize>,
+    pub params: usize,
+    pub macs: u64,
+    pub weights: Vec<WeightInfo>,
+    pub layers: Vec<LayerInfo>,
+    /// Op counts of the graph as it stands (after any passes).
+    pub ops: BTreeMap<String, usize>,
+}
+
+/// Summarises `graph`. `written` is the graph as the user wrote it: params,
+/// MACs and weights always describe that, whatever the passes did.
+pub fn summarize(graph: &Graph, written: &Graph) -> Summary {
+    let layers: Vec<LayerInfo> = graph
+        .schedule()
+        .into_iter()
+        .filter(|&n| !matches!(graph.node(n).op, Op::Weight { .. } | Op::Input | Op::Output))
+        .map(|n| {
+            let node = graph.node(n);
+            LayerInfo {
+                name: node.name.clone(),
+                op: node.op.kind().to_string(),
+                shape: node.shape.clone(),
+                params: graph.params_of(n),
+                macs: graph.macs_of(n),
+            }
+        })
+        .collect();
+    let mut ops = BTreeMap::new();
+    for l in &layers {
+        *ops.entry(l.op.clone()).or_insert(0) += 1;
+    }
+    let order = written.schedule();
+    Summary {
+        model: graph.name.clone(),
+        input: graph.input_shape().to_vec(),
+        output: graph.output_shape().to_vec(),
+        params: order.iter().map(|&n| written.params_of(n)).sum(),
+        macs: order.iter().map(|&n| written.macs_of(n)).sum(),
+        weights: crate::weights::specs_of(written)
+            .into_iter()
+            .map(|s| WeightInfo {
+                name: s.name,
+                shape: s.shape,
+            })
+            .collect(),
+        layers,
+        ops,
+    }
+}
+
+/// `1234567` → `1,234,567`
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Summary {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let name_w = self.layers.iter().map(|l| l.name.len()).max().unwrap_or(0).max(5);
+        let op_w = self.layers.iter().map(|l| l.op.len()).max().unwrap_or(0).max(2);
+        let shapes: Vec<String> = self.layers.iter().map(|l| show(&l.shape)).collect();
+        let shape_w = shapes.iter().map(String::len).max().unwrap_or(0).max(5);
+        let mut out = format!(
+            "model {}: {} -> {}\n\n{:<name_w$}  {:<op_w$}  {:<shape_w$}  {:>12}  {:>15}\n",
+            self.model,
+            show(&self.input),
+            show(&self.output),
+            "layer",
+            "op",
+            "shape",
+            "params",
+            "MACs"
+        );
+        out.push_str(&format!("{}\n", "-".repeat(name_w + op_w + shape_w + 12 + 15 + 8)));
+        for (l, s) in self.layers.iter().zip(&shapes) {
+            let p = if l.params > 0 { thousands(l.params as u64) } else { String::new() };
+            let m = if l.macs > 0 { thousands(l.macs) } else { String::new() };
+            out.push_str(&format!("{:<name_w$}  {:<op_w$}  {:<shape_w$}  {:>12}  {:>15}\n", l.name, l.op, s, p, m));
+        }
+        out.push_str(&format!(
+            "\ntotal: {} parameters in {} tensors, {} multiply-adds per image\n",
+            thousands(self.params as u64),
+            self.weights.len(),
+            thousands(self.macs)
+        ));
+        out
+    }
+}

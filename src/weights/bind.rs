@@ -1,0 +1,329 @@
+//! Strict matching of a checkpoint's tensors to what a model expects.
+//!
+//! Strict because a silently ignored or zero-filled parameter gives a model
+//! that runs and produces wrong numbers. All problems are reported in one
+//! error, since a renamed layer usually shows up as several at once.
+
+use std::collections::BTreeMap;
+
+use super::{BindMismatch, WeightSpec, Weights, WeightsError};
+
+/// Above this many (missing x unexpected) name pairs, skip the fuzzy
+/// "did you mean" search: the error is still complete, just without hints.
+const MAX_SUGGESTION_PAIRS: usize = 250_000;
+
+/// Takes exactly the tensors `specs` names from `file`, checking that none
+/// is missing or mis-shaped and that the file holds nothing else.
+pub fn bind(
+    specs: &[WeightSpec],
+    file: Weights,
+    source_name: &str,
+) -> Result<Weights, WeightsError> {
+    let mut file = file;
+    let expected: BTreeMap<&str, &WeightSpec> =
+        specs.iter().map(|s| (s.name.as_str(), s)).collect();
+
+    let mut bound = Weights::new();
+    let mut missing = Vec::new();
+    let mut misshaped = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for spec in specs {
+        if !seen.insert(spec.name.as_str()) {
+            continue; // listed twice in the spec: judged once
+        }
+        match file.remove(&spec.name) {
+            None => missing.push(spec.name.clone()),
+            Some(t) if t.shape != spec.shape => {
+                misshaped.push((spec.name.clone(), spec.shape.clone(), t.shape.clone()));
+            }
+            Some(t) => {
+                bound.insert(spec.name.clone(), t);
+            }
+        }
+    }
+    // What is left in `file` is unexpected (expected names were removed).
+    let unexpected: Vec<String> = file
+        .into_keys()
+        .filter(|k| !expected.contains_key(k.as_str()))
+        .collect();
+
+    if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() {
+        return Ok(bound);
+    }
+
+    let suggest = missing.len().saturating_mul(unexpected.len()) <= MAX_SUGGESTION_PAIRS;
+    let mut lines = Vec::new();
+    for name in &missing {
+        match suggest.then(|| closest(name, &unexpected)).flatten() {
+            Some(s) => lines.push(format!("  - {name} is missing (did you mean `{s}`?)")),
+            None => lines.push(format!("  - {name} is missing")),
+        }
+    }
+    for name in &unexpected {
+        match suggest.then(|| closest(name, &missing)).flatten() {
+            Some(s) => lines.push(format!(
+                "  - {name} is unexpected (closest expected name: `{s}`)"
+            )),
+            None => lines.push(format!("  - {name} is unexpected")),
+        }
+    }
+    for (name, want, found) in &misshaped {
+        lines.push(format!(
+            "  - {name} has the wrong shape: expected {want:?}, found {found:?}"
+        ));
+    }
+
+    let summary = format!(
+        "{} missing, {} unexpected, {} mis-shaped, of {} expected tensors",
+        missing.len(),
+        unexpected.len(),
+        misshaped.len(),
+        expected.len()
+    );
+    Err(WeightsError::Mismatch(Box::new(BindMismatch {
+        path: source_name.to_string(),
+        summary,
+        details: lines.join("\n"),
+        hint: hint(&missing, &unexpected, &misshaped),
+        missing,
+        unexpected,
+        misshaped,
+    })))
+}
+
+/// Picks the most useful advice for the pattern of problems.
+fn hint(
+    missing: &[String],
+    unexpected: &[String],
+    misshaped: &[(String, Vec<usize>, Vec<usize>)],
+) -> String {
+    let prefixed = !unexpected.is_empty()
+        && unexpected.iter().all(|u| u.starts_with("module."))
+        && !missing.iter().any(|m| m.starts_with("module."));
+    if prefixed {
+        return "the file's names start with `module.` (saved from DataParallel); \
+                save `model.module.state_dict()` instead, or strip the prefix"
+            .into();
+    }
+    if missing.is_empty() && unexpected.is_empty() && !misshaped.is_empty() {
+        return "the names match but some shapes differ: the checkpoint is for a \
+                different configuration (width, classes, kernel size) of this model"
+            .into();
+    }
+    "the file must hold exactly the model's parameters, named as in PyTorch's \
+     `state_dict()` (BatchNorm `num_batches_tracked` entries are ignored); \
+     check that the model description and the checkpoint are for the same network"
+        .into()
+}
+
+/// The candidate nearest to `name`, if near enough to be a plausible typo
+/// or a prefix difference such as `module.`.
+fn closest<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
+    if let Some(c) = candidates.iter().find(|c| is_dotted_suffix(name, c)) {
+        return Some(c);
+    }
+    let name_len = name.chars().count();
+    let mut best: Option<(usize, &str)> = None;
+    for c in candidates {
+        let limit = (name_len.min(c.chars().count()) / 3).max(2);
+        let limit = best.map_or(limit, |(d, _)| limit.min(d.saturating_sub(1)));
+        if let Some(d) = bounded_levenshtein(name, c, limit) {
+            best = Some((d, c));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+/// `a` is `b` with a leading `prefix.` or the other way round.
+fn is_dotted_suffix(a: &str, b: &str) -> bool {
+    let check = |long: &str, short: &str| {
+        long.len() > short.len()
+            && long.ends_with(short)
+            && long.as_bytes().get(long.len() - short.len() - 1) == Some(&b'.')
+    };
+    check(a, b) || check(b, a)
+}
+
+/// Edit distance between `a` and `b` if it is at most `limit`; stops early
+/// once every path exceeds `limit`, which keeps comparing many unrelated
+/// names cheap.
+fn bounded_levenshtein(a: &str, b: &str, limit: usize) -> Option<usize> {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    if a.len().abs_diff(b.len()) > limit {
+        return None;
+    }
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        let mut row_min = cur[0];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+            row_min = row_min.min(cur[j + 1]);
+        }
+        if row_min > limit {
+            return None;
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    let d = prev[b.len()];
+    (d <= limit).then_some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Role, Tensor};
+    use super::*;
+
+    fn spec(name: &str, shape: &[usize]) -> WeightSpec {
+        WeightSpec {
+            name: name.into(),
+            shape: shape.to_vec(),
+            role: Role::ConvWeight,
+        }
+    }
+
+    fn file(entries: &[(&str, &[usize])]) -> Weights {
+        entries
+            .iter()
+            .map(|(n, s)| (n.to_string(), Tensor::zeros(s)))
+            .collect()
+    }
+
+    #[test]
+    fn exact_match_binds_everything() {
+        let specs = [spec("conv1.weight", &[4, 3, 3, 3]), spec("fc.bias", &[10])];
+        let w = bind(
+            &specs,
+            file(&[("conv1.weight", &[4, 3, 3, 3]), ("fc.bias", &[10])]),
+            "w.safetensors",
+        )
+        .unwrap();
+        assert_eq!(w.len(), 2);
+        assert_eq!(w["fc.bias"].shape, vec![10]);
+    }
+
+    #[test]
+    fn reports_all_problems_at_once_with_suggestions() {
+        let specs = [
+            spec("conv1.weight", &[64, 3, 7, 7]),
+            spec("layer1.0.conv1.weight", &[64, 64, 3, 3]),
+            spec("fc.weight", &[10, 64]),
+            spec("fc.bias", &[10]),
+        ];
+        let f = file(&[
+            ("conv1.weight", &[64, 3, 3, 3]),
+            ("layer1.0.conv_1.weight", &[64, 64, 3, 3]),
+            ("fc.weight", &[10, 64]),
+            ("totally.unrelated.thing", &[1]),
+        ]);
+        let e = bind(&specs, f, "model.safetensors").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("`model.safetensors`"), "{msg}");
+        assert!(
+            msg.contains(
+                "layer1.0.conv1.weight is missing (did you mean `layer1.0.conv_1.weight`?)"
+            ),
+            "{msg}"
+        );
+        assert!(msg.contains("  - fc.bias is missing\n"), "{msg}");
+        assert!(
+            msg.contains(
+                "layer1.0.conv_1.weight is unexpected (closest expected name: `layer1.0.conv1.weight`)"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("  - totally.unrelated.thing is unexpected\n"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(
+                "conv1.weight has the wrong shape: expected [64, 3, 7, 7], found [64, 3, 3, 3]"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("2 missing, 2 unexpected, 1 mis-shaped, of 4 expected tensors"),
+            "{msg}"
+        );
+        match e {
+            WeightsError::Mismatch(m) => {
+                let BindMismatch {
+                    missing,
+                    unexpected,
+                    misshaped,
+                    ..
+                } = *m;
+                assert_eq!(missing, vec!["layer1.0.conv1.weight", "fc.bias"]);
+                assert_eq!(
+                    unexpected,
+                    vec!["layer1.0.conv_1.weight", "totally.unrelated.thing"]
+                );
+                assert_eq!(misshaped.len(), 1);
+            }
+            other => panic!("wrong variant {other:?}"),
+        }
+    }
+
+    #[test]
+    fn suggestion_is_never_an_expected_name() {
+        // `fc.bias` is present and expected; it must not be offered for `fc.bia`.
+        let specs = [spec("fc.bias", &[1]), spec("fc.bia", &[1])];
+        let e = bind(&specs, file(&[("fc.bias", &[1])]), "w")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("  - fc.bia is missing"), "{e}");
+        assert!(!e.contains("did you mean"), "{e}");
+    }
+
+    #[test]
+    fn data_parallel_prefix_is_recognised() {
+        let specs = [spec("conv1.weight", &[1]), spec("fc.weight", &[1])];
+        let f = file(&[("module.conv1.weight", &[1]), ("module.fc.weight", &[1])]);
+        let e = bind(&specs, f, "w").unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("conv1.weight is missing (did you mean `module.conv1.weight`?)"));
+        let help = miette::Diagnostic::help(&e).unwrap().to_string();
+        assert!(help.contains("module."), "{help}");
+    }
+
+    #[test]
+    fn only_expected_tensors_are_returned_and_duplicates_tolerated() {
+        let specs = [spec("a", &[2]), spec("a", &[2])];
+        let w = bind(&specs, file(&[("a", &[2])]), "w").unwrap();
+        assert_eq!(w.keys().collect::<Vec<_>>(), vec!["a"]);
+    }
+
+    #[test]
+    fn levenshtein() {
+        assert_eq!(bounded_levenshtein("kitten", "sitting", 5), Some(3));
+        assert_eq!(bounded_levenshtein("kitten", "sitting", 2), None);
+        assert_eq!(bounded_levenshtein("", "abc", 3), Some(3));
+        assert_eq!(bounded_levenshtein("same", "same", 0), Some(0));
+        assert!(is_dotted_suffix("module.fc.weight", "fc.weight"));
+        assert!(!is_dotted_suffix("xfc.weight", "fc.weight"));
+    }
+
+    #[test]
+    fn many_unrelated_names_stay_fast() {
+        let specs: Vec<_> = (0..600)
+            .map(|i| spec(&format!("features.denseblock{i}.conv.weight"), &[1]))
+            .collect();
+        let f: Weights = (0..600)
+            .map(|i| {
+                (
+                    format!("other_model.block_{i}.layer.bias"),
+                    Tensor::zeros(&[1]),
+                )
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let e = bind(&specs, f, "w").unwrap_err().to_string();
+        assert!(e.contains("600 missing, 600 unexpected"), "{e}");
+        assert!(start.elapsed().as_secs() < 10);
+    }
+}
