@@ -5,8 +5,8 @@
 //! interpreter ([`interp`]) is the oracle every stage is checked against.
 
 pub mod front;
+pub mod interp;
 pub mod ir;
 pub mod summary;
 pub mod tensor;
-pub mod interp;
 pub mod weights;

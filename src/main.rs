@@ -8,7 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "resnetc", version, about = "A compiler for residual neural networks (ResNet, DenseNet, U-Net)")]
+#[command(
+    name = "resnetc",
+    version,
+    about = "A compiler for residual neural networks (ResNet, DenseNet, U-Net)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -153,7 +157,10 @@ fn load_weights(c: &Compiled, args: &WeightsArgs) -> Result<Weights> {
             Ok(weights::bind(&specs, file, &path.display().to_string())?)
         }
         (None, Some(seed)) => Ok(weights::random_weights(&specs, seed)),
-        (None, None) => Err(other("no weights given".into(), "pass --weights W.safetensors or --random-weights SEED")),
+        (None, None) => Err(other(
+            "no weights given".into(),
+            "pass --weights W.safetensors or --random-weights SEED",
+        )),
     }
 }
 
@@ -177,12 +184,19 @@ fn dispatch(cmd: Command) -> Result<()> {
             match format {
                 SummaryFormat::Text => print!("{}", s.table()),
                 SummaryFormat::Json => {
-                    println!("{}", serde_json::to_string_pretty(&s).expect("summary serializes"))
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&s).expect("summary serializes")
+                    )
                 }
             }
             Ok(())
         }
-        Command::Graph { file, format, output } => {
+        Command::Graph {
+            file,
+            format,
+            output,
+        } => {
             let c = compile(&file)?;
             let dot = resnetc::ir::dot::to_dot(&c.graph);
             match format {
@@ -249,16 +263,25 @@ fn render_svg(dot: &str) -> Result<String> {
             )
         })?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(dot.as_bytes())
-            .map_err(|e| other(format!("cannot talk to `dot`: {e}"), "check your Graphviz installation"))?;
+        stdin.write_all(dot.as_bytes()).map_err(|e| {
+            other(
+                format!("cannot talk to `dot`: {e}"),
+                "check your Graphviz installation",
+            )
+        })?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| other(format!("`dot` failed: {e}"), "check your Graphviz installation"))?;
+    let out = child.wait_with_output().map_err(|e| {
+        other(
+            format!("`dot` failed: {e}"),
+            "check your Graphviz installation",
+        )
+    })?;
     if !out.status.success() {
         return Err(other(
-            format!("`dot` failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
+            format!(
+                "`dot` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
             "check your Graphviz installation",
         ));
     }

@@ -91,8 +91,20 @@ pub fn thousands(n: u64) -> String {
 impl Summary {
     /// The human-readable table.
     pub fn table(&self) -> String {
-        let name_w = self.layers.iter().map(|l| l.name.len()).max().unwrap_or(0).max(5);
-        let op_w = self.layers.iter().map(|l| l.op.len()).max().unwrap_or(0).max(2);
+        let name_w = self
+            .layers
+            .iter()
+            .map(|l| l.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(5);
+        let op_w = self
+            .layers
+            .iter()
+            .map(|l| l.op.len())
+            .max()
+            .unwrap_or(0)
+            .max(2);
         let shapes: Vec<String> = self.layers.iter().map(|l| show(&l.shape)).collect();
         let shape_w = shapes.iter().map(String::len).max().unwrap_or(0).max(5);
         let mut out = format!(
@@ -106,11 +118,25 @@ impl Summary {
             "params",
             "MACs"
         );
-        out.push_str(&format!("{}\n", "-".repeat(name_w + op_w + shape_w + 12 + 15 + 8)));
+        out.push_str(&format!(
+            "{}\n",
+            "-".repeat(name_w + op_w + shape_w + 12 + 15 + 8)
+        ));
         for (l, s) in self.layers.iter().zip(&shapes) {
-            let p = if l.params > 0 { thousands(l.params as u64) } else { String::new() };
-            let m = if l.macs > 0 { thousands(l.macs) } else { String::new() };
-            out.push_str(&format!("{:<name_w$}  {:<op_w$}  {:<shape_w$}  {:>12}  {:>15}\n", l.name, l.op, s, p, m));
+            let p = if l.params > 0 {
+                thousands(l.params as u64)
+            } else {
+                String::new()
+            };
+            let m = if l.macs > 0 {
+                thousands(l.macs)
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                "{:<name_w$}  {:<op_w$}  {:<shape_w$}  {:>12}  {:>15}\n",
+                l.name, l.op, s, p, m
+            ));
         }
         out.push_str(&format!(
             "\ntotal: {} parameters in {} tensors, {} multiply-adds per image\n",

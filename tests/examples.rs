@@ -53,7 +53,12 @@ const TORCHVISION: &[&str] = &[
     "densenet201",
 ];
 
-const FIXTURES: &[&str] = &["cifar_resnet20", "cifar_plain20", "unet_small", "densenet_bc_small"];
+const FIXTURES: &[&str] = &[
+    "cifar_resnet20",
+    "cifar_plain20",
+    "unet_small",
+    "densenet_bc_small",
+];
 
 /// (model, parameters, multiply-adds per image) as PyTorch counts them.
 const COUNTS: &[(&str, usize, u64)] = &[
@@ -73,13 +78,18 @@ const COUNTS: &[(&str, usize, u64)] = &[
 
 fn compile(name: &str) -> Compiled {
     let path = example(name);
-    let c = compile_file(&path).unwrap_or_else(|e| panic!("{}:\n{}", path.display(), e.render_plain()));
+    let c =
+        compile_file(&path).unwrap_or_else(|e| panic!("{}:\n{}", path.display(), e.render_plain()));
     assert!(
         c.warnings.is_empty(),
         "{}: {} warning(s):\n{}",
         path.display(),
         c.warnings.len(),
-        c.warnings.iter().map(|d| d.render_plain()).collect::<Vec<_>>().join("\n")
+        c.warnings
+            .iter()
+            .map(|d| d.render_plain())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     c
 }
@@ -93,7 +103,10 @@ fn weights_of(c: &Compiled) -> BTreeSet<(String, Vec<usize>)> {
         let Op::Weight { name } = &node.op else {
             panic!("weights() returned a non-weight node {:?}", node.op)
         };
-        assert!(set.insert((name.clone(), node.shape.clone())), "weight `{name}` declared twice");
+        assert!(
+            set.insert((name.clone(), node.shape.clone())),
+            "weight `{name}` declared twice"
+        );
     }
     let names: BTreeSet<&String> = set.iter().map(|(n, _)| n).collect();
     assert_eq!(names.len(), set.len(), "a weight name with two shapes");
@@ -102,7 +115,9 @@ fn weights_of(c: &Compiled) -> BTreeSet<(String, Vec<usize>)> {
 
 fn counts(c: &Compiled) -> (usize, u64) {
     let g = &c.graph;
-    g.schedule().into_iter().fold((0, 0), |(p, m), n| (p + g.params_of(n), m + g.macs_of(n)))
+    g.schedule()
+        .into_iter()
+        .fold((0, 0), |(p, m), n| (p + g.params_of(n), m + g.macs_of(n)))
 }
 
 /// Parses `name<TAB>[a, b]<TAB>dtype` lines; skips `#` comments and BN's
@@ -117,28 +132,47 @@ fn torchvision_keys(model: &str) -> BTreeSet<(String, Vec<usize>)> {
             continue;
         }
         let fields: Vec<&str> = line.split('\t').collect();
-        assert_eq!(fields.len(), 3, "{}:{}: expected 3 tab-separated fields", path.display(), i + 1);
+        assert_eq!(
+            fields.len(),
+            3,
+            "{}:{}: expected 3 tab-separated fields",
+            path.display(),
+            i + 1
+        );
         let name = fields[0];
         if name.ends_with("num_batches_tracked") {
             continue;
         }
-        let dims = fields[1].trim().strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or_else(|| {
-            panic!("{}:{}: bad shape `{}`", path.display(), i + 1, fields[1])
-        });
+        let dims = fields[1]
+            .trim()
+            .strip_prefix('[')
+            .and_then(|s| s.strip_suffix(']'))
+            .unwrap_or_else(|| panic!("{}:{}: bad shape `{}`", path.display(), i + 1, fields[1]));
         let shape: Vec<usize> = dims
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|s| s.parse().unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), i + 1)))
+            .map(|s| {
+                s.parse()
+                    .unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), i + 1))
+            })
             .collect();
-        assert!(set.insert((name.to_string(), shape)), "{}: `{name}` twice", path.display());
+        assert!(
+            set.insert((name.to_string(), shape)),
+            "{}: `{name}` twice",
+            path.display()
+        );
     }
     assert!(!set.is_empty(), "{}: no keys", path.display());
     set
 }
 
 /// Asserts two key sets are equal, listing what differs.
-fn assert_same_keys(model: &str, got: &BTreeSet<(String, Vec<usize>)>, want: &BTreeSet<(String, Vec<usize>)>) {
+fn assert_same_keys(
+    model: &str,
+    got: &BTreeSet<(String, Vec<usize>)>,
+    want: &BTreeSet<(String, Vec<usize>)>,
+) {
     if got == want {
         return;
     }
@@ -168,7 +202,10 @@ fn every_example_compiles_without_warnings() {
     on_disk.sort();
     let mut listed: Vec<String> = EXAMPLES.iter().map(|s| s.to_string()).collect();
     listed.sort();
-    assert_eq!(on_disk, listed, "examples/*.res and the EXAMPLES list disagree");
+    assert_eq!(
+        on_disk, listed,
+        "examples/*.res and the EXAMPLES list disagree"
+    );
 }
 
 #[test]
@@ -179,7 +216,9 @@ fn params_and_macs_match_pytorch() {
         let (p, m) = counts(&c);
         println!("{name:18} params {p:>11}  MACs/image {m:>14}");
         if (p, m) != (params, macs) {
-            failures.push(format!("{name}: params {p} (want {params}), MACs {m} (want {macs})"));
+            failures.push(format!(
+                "{name}: params {p} (want {params}), MACs {m} (want {macs})"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -218,7 +257,10 @@ fn fixture_safetensors_keys() {
         let c = compile(name);
         let path = fixture(&format!("{name}.safetensors"));
         let w = load_safetensors(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let want: BTreeSet<(String, Vec<usize>)> = w.iter().map(|(k, t)| (k.clone(), t.shape.clone())).collect();
+        let want: BTreeSet<(String, Vec<usize>)> = w
+            .iter()
+            .map(|(k, t)| (k.clone(), t.shape.clone()))
+            .collect();
         assert_same_keys(name, &weights_of(&c), &want);
     }
 }
@@ -235,7 +277,10 @@ fn deeper_cifar_nets_have_the_papers_sizes() {
     ] {
         let (p, _) = counts(&compile(name));
         let rel = (p as f64 - approx).abs() / approx;
-        assert!(rel < 0.03, "{name}: {p} parameters, paper says about {approx}");
+        assert!(
+            rel < 0.03,
+            "{name}: {p} parameters, paper says about {approx}"
+        );
     }
     // Plain nets differ only by the two projection shortcuts.
     let (r56, m56) = counts(&compile("cifar_resnet56"));
@@ -258,5 +303,8 @@ fn cifar_resnet1202_compiles_fast() {
         c.graph.g.node_count()
     );
     assert!(c.warnings.is_empty());
-    assert!(dt.as_secs_f64() < 1.0, "cifar_resnet1202 took {dt:?} to compile");
+    assert!(
+        dt.as_secs_f64() < 1.0,
+        "cifar_resnet1202 took {dt:?} to compile"
+    );
 }

@@ -187,7 +187,8 @@ pub const BUILTINS: &[Builtin] = &[
         name: "channel_pad",
         params: &[X, p("out", Required), p("stride", Int(1))],
         variadic: false,
-        doc: "option-A shortcut: x[:, :, ::stride, ::stride] zero-padded to `out` channels, centred",
+        doc:
+            "option-A shortcut: x[:, :, ::stride, ::stride] zero-padded to `out` channels, centred",
     },
 ];
 

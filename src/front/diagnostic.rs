@@ -75,7 +75,8 @@ impl Diag {
             if span.file == self.span.file {
                 kept.push((span, text));
             } else {
-                self.notes.push(format!("{}: {}", sources.location(span), text));
+                self.notes
+                    .push(format!("{}: {}", sources.location(span), text));
             }
         }
         self.secondary = kept;
@@ -86,8 +87,9 @@ impl Diag {
     /// Renders without colour, as the snapshot tests and log files see it.
     pub fn render_plain(&self) -> String {
         let mut out = String::new();
-        let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-            .with_width(100);
+        let handler =
+            miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+                .with_width(100);
         let _ = handler.render_report(&mut out, self);
         out
     }
@@ -131,9 +133,10 @@ impl miette::Diagnostic for Diag {
             (!self.label.is_empty()).then(|| self.label.clone()),
             (self.span.start as usize, self.span.len()),
         );
-        let rest = self.secondary.iter().map(|(s, t)| {
-            LabeledSpan::new_with_span(Some(t.clone()), (s.start as usize, s.len()))
-        });
+        let rest = self
+            .secondary
+            .iter()
+            .map(|(s, t)| LabeledSpan::new_with_span(Some(t.clone()), (s.start as usize, s.len())));
         Some(Box::new(std::iter::once(primary).chain(rest)))
     }
 }
@@ -150,7 +153,11 @@ impl Diagnostics {
     }
 
     pub fn render_plain(&self) -> String {
-        self.items.iter().map(Diag::render_plain).collect::<Vec<_>>().join("\n")
+        self.items
+            .iter()
+            .map(Diag::render_plain)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -161,7 +168,9 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, &cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }

@@ -72,17 +72,25 @@ impl<'a> Expander<'a> {
     ) -> Result<(Graph, Vec<Diag>), Diag> {
         let [input] = model.inputs.as_slice() else {
             let span = model.inputs.get(1).map_or(model.name.span, |i| i.span);
-            return Err(Diag::error("res::model_inputs", span, "a model takes exactly one input tensor")
-                .label(format!("found {} inputs", model.inputs.len()))
-                .help("write the model as `model name(x: f32[N, C, H, W]) { ... }`"));
+            return Err(Diag::error(
+                "res::model_inputs",
+                span,
+                "a model takes exactly one input tensor",
+            )
+            .label(format!("found {} inputs", model.inputs.len()))
+            .help("write the model as `model name(x: f32[N, C, H, W]) { ... }`"));
         };
         let mut dims = input.dims.iter();
         match dims.next() {
             Some(Dim::Symbol(_)) => {}
             Some(Dim::Fixed(_, span)) => {
-                return Err(Diag::error("res::model_inputs", *span, "the batch axis must be symbolic")
-                    .label("expected a name such as `N`")
-                    .help("one build serves every batch size: write `f32[N, 3, 224, 224]`"))
+                return Err(Diag::error(
+                    "res::model_inputs",
+                    *span,
+                    "the batch axis must be symbolic",
+                )
+                .label("expected a name such as `N`")
+                .help("one build serves every batch size: write `f32[N, 3, 224, 224]`"))
             }
             None => unreachable!("grammar: at least one dim"),
         }
@@ -91,26 +99,39 @@ impl<'a> Expander<'a> {
             match d {
                 Dim::Fixed(v, span) => {
                     if *v <= 0 || *v > (1 << 24) {
-                        return Err(Diag::error("res::bad_size", *span, "input sizes must be positive")
-                            .label(format!("found {v}"))
-                            .help("sizes are from 1 to 16777216"));
+                        return Err(Diag::error(
+                            "res::bad_size",
+                            *span,
+                            "input sizes must be positive",
+                        )
+                        .label(format!("found {v}"))
+                        .help("sizes are from 1 to 16777216"));
                     }
                     shape.push(*v as usize);
                 }
                 Dim::Symbol(id) => {
-                    return Err(Diag::error("res::model_inputs", id.span, "only the batch axis may be symbolic")
-                        .label("expected a number")
-                        .help("channels and spatial sizes are static: write e.g. `f32[N, 3, 224, 224]`"))
+                    return Err(Diag::error(
+                        "res::model_inputs",
+                        id.span,
+                        "only the batch axis may be symbolic",
+                    )
+                    .label("expected a number")
+                    .help(
+                        "channels and spatial sizes are static: write e.g. `f32[N, 3, 224, 224]`",
+                    ))
                 }
             }
         }
         if shape.is_empty() {
-            return Err(Diag::error("res::model_inputs", input.span, "the input needs at least one axis besides the batch")
-                .label("e.g. f32[N, 3, 224, 224]"));
+            return Err(Diag::error(
+                "res::model_inputs",
+                input.span,
+                "the input needs at least one axis besides the batch",
+            )
+            .label("e.g. f32[N, 3, 224, 224]"));
         }
-        shape::infer(&Op::Identity, &[&shape]).map_err(|e| {
-            Diag::error("res::bad_size", input.span, e.message).label("this input")
-        })?;
+        shape::infer(&Op::Identity, &[&shape])
+            .map_err(|e| Diag::error("res::bad_size", input.span, e.message).label("this input"))?;
         let mut ex = Expander {
             blocks,
             sources,
@@ -126,9 +147,11 @@ impl<'a> Expander<'a> {
         let result = ex.body(&model.body)?;
         ex.pop_scope();
         let Value::Tensor(y) = result else {
-            return Err(Diag::error("res::type", model.body.span, "a model must end in a tensor")
-                .label(format!("this body ends in {}", result.type_name()))
-                .help("the last line of the model body is its output"));
+            return Err(
+                Diag::error("res::type", model.body.span, "a model must end in a tensor")
+                    .label(format!("this body ends in {}", result.type_name()))
+                    .help("the last line of the model body is its output"),
+            );
         };
         let shape = ex.graph.node(y).shape.clone();
         let out = ex.graph.add(Op::Output, "", shape, &[y]);
@@ -153,13 +176,18 @@ impl<'a> Expander<'a> {
     }
 
     fn pop_scope(&mut self) {
-        let Some(scope) = self.scopes.pop() else { return };
+        let Some(scope) = self.scopes.pop() else {
+            return;
+        };
         for b in scope {
             if b.warn_unused && !b.used && !b.name.starts_with('_') {
                 self.warnings.push(
                     Diag::warning("res::unused", b.span, format!("unused value `{}`", b.name))
                         .label("defined here but never used")
-                        .help(format!("remove it, or name it `_{}` to keep it quiet", b.name)),
+                        .help(format!(
+                            "remove it, or name it `_{}` to keep it quiet",
+                            b.name
+                        )),
                 );
             }
         }
@@ -176,8 +204,14 @@ impl<'a> Expander<'a> {
             b.used = true;
             return Ok(b.value.clone());
         }
-        let visible: Vec<String> = self.scopes.iter().flatten().map(|b| b.name.clone()).collect();
-        let mut d = Diag::error("res::unknown_name", span, format!("unknown value `{name}`")).label("not defined here");
+        let visible: Vec<String> = self
+            .scopes
+            .iter()
+            .flatten()
+            .map(|b| b.name.clone())
+            .collect();
+        let mut d = Diag::error("res::unknown_name", span, format!("unknown value `{name}`"))
+            .label("not defined here");
         if let Some(c) = closest(name, visible.iter().map(String::as_str)) {
             d = d.help(format!("did you mean `{c}`?"));
         } else {
@@ -258,11 +292,17 @@ impl<'a> Expander<'a> {
     fn for_loop(&mut self, f: &ForLoop) -> R<()> {
         let start = self.int(&f.start)?;
         let end = self.int(&f.end)?;
-        let end = if f.inclusive { end.saturating_add(1) } else { end };
+        let end = if f.inclusive {
+            end.saturating_add(1)
+        } else {
+            end
+        };
         if end.saturating_sub(start) > MAX_REPEAT {
-            return Err(Diag::error("res::too_large", f.span, "loop runs too many times")
-                .label(format!("{} iterations", end - start))
-                .help(format!("at most {MAX_REPEAT} iterations are allowed")));
+            return Err(
+                Diag::error("res::too_large", f.span, "loop runs too many times")
+                    .label(format!("{} iterations", end - start))
+                    .help(format!("at most {MAX_REPEAT} iterations are allowed")),
+            );
         }
         for i in start..end {
             self.scopes.push(Vec::new());
@@ -283,7 +323,7 @@ impl<'a> Expander<'a> {
         }
     }
 
-    fn expr(&mut self, e: &Expr, input: Option<Value>) -> R<Value> {
+    fn expr(&mut self, e: &Expr, input: Option<(Value, Span)>) -> R<Value> {
         let span = e.span;
         match &e.kind {
             ExprKind::Int(v) => Ok(Value::Int(*v)),
@@ -302,21 +342,31 @@ impl<'a> Expander<'a> {
                     "height" => 1,
                     "width" => 2,
                     _ => {
-                        return Err(Diag::error("res::unknown_name", field.span, format!("tensors have no `.{}`", field.name))
-                            .label("unknown field")
-                            .help("a tensor's static sizes are `.channels`, `.height` and `.width`"))
+                        return Err(Diag::error(
+                            "res::unknown_name",
+                            field.span,
+                            format!("tensors have no `.{}`", field.name),
+                        )
+                        .label("unknown field")
+                        .help("a tensor's static sizes are `.channels`, `.height` and `.width`"))
                     }
                 };
                 match shape.get(axis) {
                     Some(&d) => Ok(Value::Int(d as i64)),
-                    None => Err(Diag::error("res::shape", field.span, format!("a tensor {} has no `.{}`", show(shape), field.name))
-                        .label("no such axis")),
+                    None => Err(Diag::error(
+                        "res::shape",
+                        field.span,
+                        format!("a tensor {} has no `.{}`", show(shape), field.name),
+                    )
+                    .label("no such axis")),
                 }
             }
             ExprKind::Unary(op, inner) => {
                 let v = self.expr(inner, None)?;
                 match (op, v) {
-                    (UnOp::Neg, Value::Int(i)) => Ok(Value::Int(i.checked_neg().ok_or_else(|| overflow(span))?)),
+                    (UnOp::Neg, Value::Int(i)) => {
+                        Ok(Value::Int(i.checked_neg().ok_or_else(|| overflow(span))?))
+                    }
                     (UnOp::Neg, Value::Float(f)) => Ok(Value::Float(-f)),
                     (UnOp::Not, Value::Bool(b)) => Ok(Value::Bool(!b)),
                     (UnOp::Neg, v) => Err(type_error(inner.span, "a number", &v)),
@@ -342,8 +392,10 @@ impl<'a> Expander<'a> {
             ExprKind::Stage(stage) => self.stage(stage, input, None),
             ExprKind::Pipe(base, stages) => {
                 let mut v = self.expr(base, None)?;
+                let mut span = base.span;
                 for s in stages {
-                    v = self.stage(s, Some(v), None)?;
+                    v = self.stage(s, Some((v, span)), None)?;
+                    span = s.span;
                 }
                 Ok(v)
             }
@@ -394,7 +446,8 @@ impl<'a> Expander<'a> {
                     BinOp::Mul => x.checked_mul(y),
                     BinOp::Div | BinOp::Rem => {
                         if y == 0 {
-                            return Err(Diag::error("res::arith", b.span, "division by zero").label("this is 0"));
+                            return Err(Diag::error("res::arith", b.span, "division by zero")
+                                .label("this is 0"));
                         }
                         if op == BinOp::Div {
                             x.checked_div(y)
@@ -424,16 +477,23 @@ impl<'a> Expander<'a> {
             (l, r) => Err(Diag::error(
                 "res::type",
                 span,
-                format!("`{}` cannot combine {} and {}", op.symbol(), l.type_name(), r.type_name()),
+                format!(
+                    "`{}` cannot combine {} and {}",
+                    op.symbol(),
+                    l.type_name(),
+                    r.type_name()
+                ),
             )
             .label("here")
             .also(a.span, l.type_name())
             .also(b.span, r.type_name())
-            .help(if matches!(l, Value::Tensor(_)) || matches!(r, Value::Tensor(_)) {
-                "tensors only support `+` with another tensor of the same shape"
-            } else {
-                "arithmetic works on integers and numbers, comparisons on like values"
-            })),
+            .help(
+                if matches!(l, Value::Tensor(_)) || matches!(r, Value::Tensor(_)) {
+                    "tensors only support `+` with another tensor of the same shape"
+                } else {
+                    "arithmetic works on integers and numbers, comparisons on like values"
+                },
+            )),
         }
     }
 
@@ -441,7 +501,12 @@ impl<'a> Expander<'a> {
 
     /// Runs a stage with an optional piped input. `label_override` is the
     /// positional name a sequence gives an unlabelled item.
-    fn stage(&mut self, stage: &Stage, input: Option<Value>, label_override: Option<String>) -> R<Value> {
+    fn stage(
+        &mut self,
+        stage: &Stage,
+        input: Option<(Value, Span)>,
+        label_override: Option<String>,
+    ) -> R<Value> {
         let label = match &stage.label {
             Some(l) => {
                 let text = self.format(&l.text)?;
@@ -468,11 +533,18 @@ impl<'a> Expander<'a> {
         r
     }
 
-    fn sequence(&mut self, items: &[SeqItem], input: Option<Value>, span: Span) -> R<Value> {
-        let Some(mut v) = input else {
-            return Err(Diag::error("res::sequence", span, "a sequence needs an input")
-                .label("nothing flows into this sequence")
-                .help("pipe a tensor into it: `x |> [conv(64, k: 3), batchnorm()]`"));
+    fn sequence(
+        &mut self,
+        items: &[SeqItem],
+        input: Option<(Value, Span)>,
+        span: Span,
+    ) -> R<Value> {
+        let Some((mut v, in_span)) = input else {
+            return Err(
+                Diag::error("res::sequence", span, "a sequence needs an input")
+                    .label("nothing flows into this sequence")
+                    .help("pipe a tensor into it: `x |> [conv(64, k: 3), batchnorm()]`"),
+            );
         };
         let mut pos = 0usize;
         for item in items {
@@ -489,14 +561,14 @@ impl<'a> Expander<'a> {
                 }
             };
             for _ in 0..count {
-                v = self.stage(&item.stage, Some(v), Some(pos.to_string()))?;
+                v = self.stage(&item.stage, Some((v, in_span)), Some(pos.to_string()))?;
                 pos += 1;
             }
         }
         Ok(v)
     }
 
-    fn call(&mut self, call: &Call, input: Option<Value>) -> R<Value> {
+    fn call(&mut self, call: &Call, input: Option<(Value, Span)>) -> R<Value> {
         if let Some(b) = builtins::find(&call.name.name) {
             return self.builtin(b, call, input);
         }
@@ -521,7 +593,12 @@ impl<'a> Expander<'a> {
         Err(d)
     }
 
-    fn call_block(&mut self, def: &BlockDef, call: &Call, input: Option<Value>) -> R<Value> {
+    fn call_block(
+        &mut self,
+        def: &BlockDef,
+        call: &Call,
+        input: Option<(Value, Span)>,
+    ) -> R<Value> {
         let name = &def.name.name;
         if self.calls.iter().any(|(n, _)| n == name) {
             let chain: Vec<&str> = self.calls.iter().map(|(n, _)| n.as_str()).collect();
@@ -534,12 +611,17 @@ impl<'a> Expander<'a> {
                 )));
         }
         if self.calls.len() >= MAX_CALL_DEPTH {
-            return Err(Diag::error("res::too_deep", call.span, "blocks nested too deep")
-                .label(format!("more than {MAX_CALL_DEPTH} nested block calls")));
+            return Err(
+                Diag::error("res::too_deep", call.span, "blocks nested too deep")
+                    .label(format!("more than {MAX_CALL_DEPTH} nested block calls")),
+            );
         }
         // Bind arguments in the caller's scope, defaults in the callee's.
-        let params: Vec<(&str, Option<&Expr>)> =
-            def.params.iter().map(|p| (p.name.name.as_str(), p.default.as_ref())).collect();
+        let params: Vec<(&str, Option<&Expr>)> = def
+            .params
+            .iter()
+            .map(|p| (p.name.name.as_str(), p.default.as_ref()))
+            .collect();
         let given = self.bind_args(&params, false, call, input, &format!("block `{name}`"))?;
         let saved = std::mem::replace(&mut self.scopes, vec![Vec::new()]);
         self.calls.push((name.clone(), call.span));
@@ -557,7 +639,10 @@ impl<'a> Expander<'a> {
                             )
                             .label(format!("`{}` is not given", p.name.name))
                             .also(p.name.span, "declared here")
-                            .help(format!("pass it by position or as `{}: value`", p.name.name)))
+                            .help(format!(
+                                "pass it by position or as `{}: value`",
+                                p.name.name
+                            )))
                         }
                     },
                 };
@@ -571,15 +656,22 @@ impl<'a> Expander<'a> {
         self.scopes = saved;
         let v = result.map_err(|mut d| {
             if d.notes.len() < 4 {
-                d.notes.push(format!("in block `{name}`, called at {}", self.sources.location(call.span)));
+                d.notes.push(format!(
+                    "in block `{name}`, called at {}",
+                    self.sources.location(call.span)
+                ));
             }
             d
         })?;
         match v {
             Value::Tensor(_) => Ok(v),
-            v => Err(Diag::error("res::type", def.body.span, format!("block `{name}` must end in a tensor"))
-                .label(format!("this body ends in {}", v.type_name()))
-                .help("the last line of a block is its result")),
+            v => Err(Diag::error(
+                "res::type",
+                def.body.span,
+                format!("block `{name}` must end in a tensor"),
+            )
+            .label(format!("this body ends in {}", v.type_name()))
+            .help("the last line of a block is its result")),
         }
     }
 
@@ -591,21 +683,26 @@ impl<'a> Expander<'a> {
         params: &[(&str, Option<&Expr>)],
         variadic: bool,
         call: &Call,
-        input: Option<Value>,
+        input: Option<(Value, Span)>,
         what: &str,
     ) -> R<Vec<Option<(Value, Span)>>> {
         let mut given: Vec<Option<(Value, Span)>> = vec![None; params.len()];
         let mut positional: Vec<(Value, Span)> = Vec::new();
         if let Some(v) = input {
-            positional.push((v, call.span));
+            positional.push(v);
         }
         let mut named = Vec::new();
         for arg in &call.args {
             match &arg.name {
                 None => {
                     if !named.is_empty() {
-                        return Err(Diag::error("res::arguments", arg.value.span, "positional argument after a named one")
-                            .label("move this before the named arguments"));
+                        return Err(Diag::error(
+                            "res::arguments",
+                            arg.value.span,
+                            "positional argument after a named one",
+                        )
+                        .label("move this before the named arguments")
+                        .help("positional arguments come first, then `name: value` ones"));
                     }
                     positional.push((self.expr(&arg.value, None)?, arg.value.span));
                 }
@@ -625,13 +722,20 @@ impl<'a> Expander<'a> {
                     format!("too many arguments: {what} takes at most {}", params.len()),
                 )
                 .label("unexpected argument")
-                .help(format!("parameters: {}", params.iter().map(|p| p.0).collect::<Vec<_>>().join(", "))));
+                .help(format!(
+                    "parameters: {}",
+                    params.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+                )));
             }
         }
         for (n, arg) in named {
             let Some(i) = params.iter().position(|p| p.0 == n.name) else {
-                let mut d = Diag::error("res::arguments", n.span, format!("{what} has no parameter `{}`", n.name))
-                    .label("unknown argument name");
+                let mut d = Diag::error(
+                    "res::arguments",
+                    n.span,
+                    format!("{what} has no parameter `{}`", n.name),
+                )
+                .label("unknown argument name");
                 d = match closest(&n.name, params.iter().map(|p| p.0)) {
                     Some(c) => d.help(format!("did you mean `{c}`?")),
                     None => d.help(format!(
@@ -642,10 +746,14 @@ impl<'a> Expander<'a> {
                 return Err(d);
             };
             if let Some((_, first)) = &given[i] {
-                return Err(Diag::error("res::arguments", n.span, format!("argument `{}` given twice", n.name))
-                    .label("second value")
-                    .also(*first, "first value")
-                    .help("the piped input `x |> f(...)` fills the first parameter"));
+                return Err(Diag::error(
+                    "res::arguments",
+                    n.span,
+                    format!("argument `{}` given twice", n.name),
+                )
+                .label("second value")
+                .also(*first, "first value")
+                .help("the piped input `x |> f(...)` fills the first parameter"));
             }
             given[i] = Some((self.expr(&arg.value, None)?, arg.value.span));
         }
@@ -655,7 +763,12 @@ impl<'a> Expander<'a> {
 
     // ---- builtins -----------------------------------------------------------
 
-    fn builtin(&mut self, b: &'static Builtin, call: &Call, input: Option<Value>) -> R<Value> {
+    fn builtin(
+        &mut self,
+        b: &'static Builtin,
+        call: &Call,
+        input: Option<(Value, Span)>,
+    ) -> R<Value> {
         let params: Vec<(&str, Option<&Expr>)> = b.params.iter().map(|p| (p.name, None)).collect();
         let given = self.bind_args(&params, b.variadic, call, input, &format!("`{}`", b.name))?;
         let args = Args {
@@ -725,7 +838,11 @@ impl<'a> Expander<'a> {
                     kernel: [k, k],
                     stride: [stride; 2],
                     pad: [args.nonneg("pad")?; 2],
-                    dilation: [if b.name == "maxpool" { args.size("dilation")? } else { 1 }; 2],
+                    dilation: [if b.name == "maxpool" {
+                        args.size("dilation")?
+                    } else {
+                        1
+                    }; 2],
                     ceil_mode: args.boolean("ceil")?,
                 };
                 if b.name == "maxpool" {
@@ -747,7 +864,8 @@ impl<'a> Expander<'a> {
                         align_corners: args.boolean("align_corners")?,
                     },
                     other => {
-                        return Err(args.bad("mode", &format!("unknown upsample mode \"{other}\""))
+                        return Err(args
+                            .bad("mode", &format!("unknown upsample mode \"{other}\""))
                             .help("mode is \"nearest\" or \"bilinear\""))
                     }
                 };
@@ -781,7 +899,8 @@ impl<'a> Expander<'a> {
         // Check the shape first so the user sees the real problem, not a
         // missing label.
         let out = shape::infer(&op, &[&xshape]).map_err(|e| {
-            let mut d = Diag::error("res::shape", call.span, e.message).label(format!("input is {}", show(&xshape)));
+            let mut d = Diag::error("res::shape", call.span, e.message)
+                .label(format!("input is {}", show(&xshape)));
             if let Some(h) = e.hint {
                 d = d.help(h);
             }
@@ -804,10 +923,14 @@ impl<'a> Expander<'a> {
             for (suffix, shape) in wshapes {
                 let wname = format!("{name}.{suffix}");
                 if let Some(first) = self.weight_defs.get(&wname) {
-                    return Err(Diag::error("res::duplicate", call.span, format!("parameter `{wname}` is defined twice"))
-                        .label("second definition")
-                        .also(*first, "first definition")
-                        .help("give the two layers different labels"));
+                    return Err(Diag::error(
+                        "res::duplicate",
+                        call.span,
+                        format!("parameter `{wname}` is defined twice"),
+                    )
+                    .label("second definition")
+                    .also(*first, "first definition")
+                    .help("give the two layers different labels"));
                 }
                 self.weight_defs.insert(wname.clone(), call.span);
                 shape::infer(&Op::Identity, &[&shape]).map_err(|e| {
@@ -821,11 +944,22 @@ impl<'a> Expander<'a> {
     }
 
     /// Makes a parameterless op over several tensors (add, concat).
-    fn make(&mut self, op: Op, name: String, xs: &[NodeIndex], span: Span, arg_spans: &[Span]) -> R<Value> {
-        let shapes: Vec<Vec<usize>> = xs.iter().map(|&x| self.graph.node(x).shape.clone()).collect();
+    fn make(
+        &mut self,
+        op: Op,
+        name: String,
+        xs: &[NodeIndex],
+        span: Span,
+        arg_spans: &[Span],
+    ) -> R<Value> {
+        let shapes: Vec<Vec<usize>> = xs
+            .iter()
+            .map(|&x| self.graph.node(x).shape.clone())
+            .collect();
         let refs: Vec<&[usize]> = shapes.iter().map(Vec::as_slice).collect();
         let out = shape::infer(&op, &refs).map_err(|e| {
-            let mut d = Diag::error("res::shape_mismatch", span, e.message.clone()).label("shapes disagree");
+            let mut d = Diag::error("res::shape_mismatch", span, e.message.clone())
+                .label("shapes disagree");
             for (s, sh) in arg_spans.iter().zip(&shapes) {
                 d = d.also(*s, show(sh));
             }
@@ -837,7 +971,14 @@ impl<'a> Expander<'a> {
         self.push_node(op, name, out, xs, span)
     }
 
-    fn push_node(&mut self, op: Op, name: String, shape: Vec<usize>, operands: &[NodeIndex], span: Span) -> R<Value> {
+    fn push_node(
+        &mut self,
+        op: Op,
+        name: String,
+        shape: Vec<usize>,
+        operands: &[NodeIndex],
+        span: Span,
+    ) -> R<Value> {
         if self.graph.g.node_count() >= MAX_NODES {
             return Err(Diag::error("res::too_large", span, "network too large")
                 .label(format!("more than {MAX_NODES} operations"))
@@ -858,7 +999,11 @@ struct Args<'c> {
 
 impl Args<'_> {
     fn index(&self, name: &str) -> usize {
-        self.b.params.iter().position(|p| p.name == name).expect("builtin parameter exists")
+        self.b
+            .params
+            .iter()
+            .position(|p| p.name == name)
+            .expect("builtin parameter exists")
     }
 
     fn get(&self, name: &str) -> Option<&(Value, Span)> {
@@ -867,7 +1012,8 @@ impl Args<'_> {
 
     fn bad(&self, name: &str, msg: &str) -> Diag {
         let span = self.get(name).map_or(self.call.span, |(_, s)| *s);
-        Diag::error("res::arguments", span, msg.to_string()).label(format!("`{name}` of `{}`", self.b.name))
+        Diag::error("res::arguments", span, msg.to_string())
+            .label(format!("`{name}` of `{}`", self.b.name))
     }
 
     /// The value, or the default; `None` default means required.
@@ -893,7 +1039,12 @@ impl Args<'_> {
                 .help(format!(
                     "`{}` takes {}",
                     self.b.name,
-                    self.b.params.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                    self.b
+                        .params
+                        .iter()
+                        .map(|p| p.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )))
             }
         })
@@ -909,7 +1060,10 @@ impl Args<'_> {
                 format!("`{}` needs an input tensor", self.b.name),
             )
             .label("no input")
-            .help(format!("pipe one in (`x |> {}(...)`) or pass it first", self.b.name))),
+            .help(format!(
+                "pipe one in (`x |> {}(...)`) or pass it first",
+                self.b.name
+            ))),
         }
     }
 
@@ -965,13 +1119,18 @@ impl Args<'_> {
 
     fn type_err(&self, name: &str, expected: &str, found: &Value) -> Diag {
         let span = self.get(name).map_or(self.call.span, |(_, s)| *s);
-        type_error(span, expected, found).help(format!("`{name}` of `{}` is {expected}", self.b.name))
+        type_error(span, expected, found)
+            .help(format!("`{name}` of `{}` is {expected}", self.b.name))
     }
 }
 
 fn type_error(span: Span, expected: &str, found: &Value) -> Diag {
-    Diag::error("res::type", span, format!("expected {expected}, found {}", found.type_name()))
-        .label(format!("this is {}", found.type_name()))
+    Diag::error(
+        "res::type",
+        span,
+        format!("expected {expected}, found {}", found.type_name()),
+    )
+    .label(format!("this is {}", found.type_name()))
 }
 
 fn overflow(span: Span) -> Diag {
@@ -991,8 +1150,12 @@ fn float_op(op: BinOp, x: f64, y: f64, span: Span) -> R<Value> {
         BinOp::Eq => Value::Bool(x == y),
         BinOp::Ne => Value::Bool(x != y),
         _ => {
-            return Err(Diag::error("res::type", span, format!("`{}` does not apply to numbers", op.symbol()))
-                .label("here"))
+            return Err(Diag::error(
+                "res::type",
+                span,
+                format!("`{}` does not apply to numbers", op.symbol()),
+            )
+            .label("here"))
         }
     })
 }

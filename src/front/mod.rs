@@ -35,7 +35,11 @@ pub struct CompileError {
 
 impl CompileError {
     pub fn render_plain(&self) -> String {
-        self.diags.iter().map(Diag::render_plain).collect::<Vec<_>>().join("\n")
+        self.diags
+            .iter()
+            .map(Diag::render_plain)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub fn first(&self) -> &Diag {
@@ -45,7 +49,14 @@ impl CompileError {
 
 impl std::fmt::Display for CompileError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.diags.first().map(|d| d.message.as_str()).unwrap_or("compile error"))
+        write!(
+            f,
+            "{}",
+            self.diags
+                .first()
+                .map(|d| d.message.as_str())
+                .unwrap_or("compile error")
+        )
     }
 }
 
@@ -60,7 +71,11 @@ pub fn compile_file(path: &Path) -> Result<Compiled, CompileError> {
 }
 
 /// Compiles source text; `base` is where `use` paths are resolved.
-pub fn compile_source(name: &str, text: &str, base: Option<&Path>) -> Result<Compiled, CompileError> {
+pub fn compile_source(
+    name: &str,
+    text: &str,
+    base: Option<&Path>,
+) -> Result<Compiled, CompileError> {
     let mut sources = SourceMap::default();
     let result = compile_inner(name, text, base, &mut sources);
     match result {
@@ -70,7 +85,11 @@ pub fn compile_source(name: &str, text: &str, base: Option<&Path>) -> Result<Com
             sources,
         }),
         Err(d) => Err(CompileError {
-            diags: vec![if sources.files.is_empty() { d } else { d.attach(&sources) }],
+            diags: vec![if sources.files.is_empty() {
+                d
+            } else {
+                d.attach(&sources)
+            }],
         }),
     }
 }
@@ -84,14 +103,19 @@ fn io_diag(msg: String) -> Diag {
 }
 
 fn read_source(path: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     if meta.is_dir() {
-        return Err(format!("`{}` is a directory, not a .res file", path.display()));
+        return Err(format!(
+            "`{}` is a directory, not a .res file",
+            path.display()
+        ));
     }
     if meta.len() as usize > MAX_FILE_BYTES {
         return Err(format!("`{}` is larger than 16 MiB", path.display()));
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     String::from_utf8(bytes).map_err(|e| {
         format!(
             "`{}` is not UTF-8 text (invalid byte at offset {})",
@@ -118,7 +142,9 @@ fn compile_inner(
         let dir = if i == 0 {
             base.map(Path::to_path_buf)
         } else {
-            Path::new(&sources.file(modules[i].0).name).parent().map(Path::to_path_buf)
+            Path::new(&sources.file(modules[i].0).name)
+                .parent()
+                .map(Path::to_path_buf)
         };
         let uses = modules[i].1.uses.clone();
         for u in uses {
@@ -128,7 +154,8 @@ fn compile_inner(
                 continue;
             }
             if sources.files.len() >= MAX_FILES {
-                return Err(Diag::error("res::use", u.span, "too many files").label(format!("more than {MAX_FILES} files used")));
+                return Err(Diag::error("res::use", u.span, "too many files")
+                    .label(format!("more than {MAX_FILES} files used")));
             }
             let text = read_source(&path).map_err(|msg| {
                 Diag::error("res::use", u.span, format!("cannot use `{}`", u.path))
@@ -146,22 +173,34 @@ fn compile_inner(
     for (_, m) in &modules {
         for b in &m.blocks {
             if builtins::find(&b.name.name).is_some() {
-                return Err(Diag::error("res::duplicate", b.name.span, format!("`{}` is a built-in operator", b.name.name))
-                    .label("cannot redefine")
-                    .help("choose another block name"));
+                return Err(Diag::error(
+                    "res::duplicate",
+                    b.name.span,
+                    format!("`{}` is a built-in operator", b.name.name),
+                )
+                .label("cannot redefine")
+                .help("choose another block name"));
             }
             if let Some(first) = blocks.get(&b.name.name) {
-                return Err(Diag::error("res::duplicate", b.name.span, format!("block `{}` is defined twice", b.name.name))
-                    .label("second definition")
-                    .also(first.name.span, "first definition")
-                    .help("rename one of them"));
+                return Err(Diag::error(
+                    "res::duplicate",
+                    b.name.span,
+                    format!("block `{}` is defined twice", b.name.name),
+                )
+                .label("second definition")
+                .also(first.name.span, "first definition")
+                .help("rename one of them"));
             }
             let mut seen: HashMap<&str, Span> = HashMap::new();
             for p in &b.params {
                 if let Some(first) = seen.insert(&p.name.name, p.name.span) {
-                    return Err(Diag::error("res::duplicate", p.name.span, format!("parameter `{}` is declared twice", p.name.name))
-                        .label("second declaration")
-                        .also(first, "first declaration"));
+                    return Err(Diag::error(
+                        "res::duplicate",
+                        p.name.span,
+                        format!("parameter `{}` is declared twice", p.name.name),
+                    )
+                    .label("second declaration")
+                    .also(first, "first declaration"));
                 }
             }
             blocks.insert(b.name.name.clone(), b);
@@ -171,21 +210,33 @@ fn compile_inner(
     let model = match models.as_slice() {
         [m] => m,
         [] => {
-            return Err(Diag::error("res::no_model", Span::new(main_id, 0, 0), "no model in this file")
-                .label("expected `model name(x: f32[N, ...]) { ... }`")
-                .help("a file passed to resnetc defines one model; blocks may live in `use`d files"))
+            return Err(Diag::error(
+                "res::no_model",
+                Span::new(main_id, 0, 0),
+                "no model in this file",
+            )
+            .label("expected `model name(x: f32[N, ...]) { ... }`")
+            .help("a file passed to resnetc defines one model; blocks may live in `use`d files"))
         }
         [_, second, ..] => {
-            return Err(Diag::error("res::duplicate", second.name.span, "more than one model in this file")
-                .label("second model")
-                .help("put each model in its own file and share blocks with `use`"))
+            return Err(Diag::error(
+                "res::duplicate",
+                second.name.span,
+                "more than one model in this file",
+            )
+            .label("second model")
+            .help("put each model in its own file and share blocks with `use`"))
         }
     };
     let (graph, warnings) = expand::Expander::run(model, &blocks, sources)?;
     if let Err(e) = crate::ir::verify::verify(&graph) {
-        return Err(Diag::error("res::internal", model.name.span, format!("internal error: the IR failed verification: {e}"))
-            .label("while compiling this model")
-            .help("this is a bug in resnetc; please report it with the .res file"));
+        return Err(Diag::error(
+            "res::internal",
+            model.name.span,
+            format!("internal error: the IR failed verification: {e}"),
+        )
+        .label("while compiling this model")
+        .help("this is a bug in resnetc; please report it with the .res file"));
     }
     Ok((graph, warnings))
 }

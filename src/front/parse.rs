@@ -49,7 +49,11 @@ pub fn parse_module(text: &str, file: u32) -> Result<Module, Diag> {
         match item.as_rule() {
             Rule::use_decl => {
                 let span = p.span(&item);
-                let s = item.into_inner().nth(1).map(|s| p.raw_string(s)).unwrap_or_default();
+                let s = item
+                    .into_inner()
+                    .nth(1)
+                    .map(|s| p.raw_string(s))
+                    .unwrap_or_default();
                 module.uses.push(Use { path: s, span });
             }
             Rule::block_def => module.blocks.push(p.block_def(item)?),
@@ -63,11 +67,20 @@ pub fn parse_module(text: &str, file: u32) -> Result<Module, Diag> {
 fn check_nesting(text: &str, file: u32) -> Result<(), Diag> {
     let mut depth = 0usize;
     let mut in_comment = false;
+    let mut in_string = false;
     for (i, c) in text.char_indices() {
         match c {
-            '\n' => in_comment = false,
+            '\n' => {
+                in_comment = false;
+                in_string = false;
+            }
+            _ if in_comment => {}
+            '"' => in_string = !in_string,
+            // `{` inside a string starts an interpolated expression.
+            '{' if in_string => {}
+            _ if in_string => {}
             '/' if text[i..].starts_with("//") => in_comment = true,
-            '(' | '[' | '{' if !in_comment => {
+            '(' | '[' | '{' => {
                 depth += 1;
                 if depth > MAX_NESTING {
                     return Err(Diag::error(
@@ -79,7 +92,7 @@ fn check_nesting(text: &str, file: u32) -> Result<(), Diag> {
                     .help("split the expression into `let` values or blocks"));
                 }
             }
-            ')' | ']' | '}' if !in_comment => depth = depth.saturating_sub(1),
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
@@ -144,9 +157,13 @@ fn syntax_error(e: pest::error::Error<Rule>, file: u32, offset: usize) -> Diag {
     } else {
         format!("expected {}", join_or(&expected))
     };
-    Diag::error("res::syntax", Span::new(file, offset + start, offset + end.max(start)), "syntax error")
-        .label(what)
-        .help("see docs/language.md for the grammar")
+    Diag::error(
+        "res::syntax",
+        Span::new(file, offset + start, offset + end.max(start)),
+        "syntax error",
+    )
+    .label(what)
+    .help("see docs/language.md for the grammar")
 }
 
 fn join_or(items: &[&str]) -> String {
@@ -178,7 +195,10 @@ impl Parser {
     }
 
     fn raw_string(&self, p: Pair<Rule>) -> String {
-        p.into_inner().next().map(|s| s.as_str().to_string()).unwrap_or_default()
+        p.into_inner()
+            .next()
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default()
     }
 
     fn block_def(&self, p: Pair<Rule>) -> Result<BlockDef, Diag> {
@@ -251,7 +271,10 @@ impl Parser {
 
     fn body(&self, p: Pair<Rule>) -> Result<Body, Diag> {
         let span = self.span(&p);
-        let stmts = p.into_inner().map(|s| self.stmt(s)).collect::<Result<_, _>>()?;
+        let stmts = p
+            .into_inner()
+            .map(|s| self.stmt(s))
+            .collect::<Result<_, _>>()?;
         Ok(Body { stmts, span })
     }
 
@@ -270,7 +293,9 @@ impl Parser {
             }
             Rule::for_stmt => {
                 let span = self.span(&p);
-                let mut it = p.into_inner().filter(|q| !matches!(q.as_rule(), Rule::kw_for | Rule::kw_in));
+                let mut it = p
+                    .into_inner()
+                    .filter(|q| !matches!(q.as_rule(), Rule::kw_for | Rule::kw_in));
                 let var = self.ident(it.next().expect("grammar: loop var"));
                 let start = self.expr(it.next().expect("grammar: loop start"))?;
                 let inclusive = it.next().expect("grammar: range").as_str() == "..=";
@@ -305,18 +330,28 @@ impl Parser {
     }
 
     fn operand(&self, p: Pair<Rule>) -> Result<Expr, Diag> {
-        let ops = p.clone().into_inner().filter(|q| q.as_rule() != Rule::postfixed).count();
+        let ops = p
+            .clone()
+            .into_inner()
+            .filter(|q| q.as_rule() != Rule::postfixed)
+            .count();
         if ops > MAX_OPERATORS {
-            return Err(Diag::error("res::too_deep", self.span(&p), "expression too long")
-                .label(format!("more than {MAX_OPERATORS} operators"))
-                .help("split the expression into `let` values"));
+            return Err(
+                Diag::error("res::too_deep", self.span(&p), "expression too long")
+                    .label(format!("more than {MAX_OPERATORS} operators"))
+                    .help("split the expression into `let` values"),
+            );
         }
         PRATT
             .map_primary(|q| self.postfixed(q))
             .map_prefix(|op, rhs| {
                 let rhs = rhs?;
                 let span = self.span(&op).to(rhs.span);
-                let op = if op.as_rule() == Rule::neg { UnOp::Neg } else { UnOp::Not };
+                let op = if op.as_rule() == Rule::neg {
+                    UnOp::Neg
+                } else {
+                    UnOp::Not
+                };
                 Ok(Expr {
                     kind: ExprKind::Unary(op, Box::new(rhs)),
                     span,
@@ -382,7 +417,9 @@ impl Parser {
 
     fn if_expr(&self, p: Pair<Rule>) -> Result<Expr, Diag> {
         let span = self.span(&p);
-        let mut it = p.into_inner().filter(|q| !matches!(q.as_rule(), Rule::kw_if | Rule::kw_else));
+        let mut it = p
+            .into_inner()
+            .filter(|q| !matches!(q.as_rule(), Rule::kw_if | Rule::kw_else));
         let cond = self.expr(it.next().expect("grammar: if cond"))?;
         let then = self.body(it.next().expect("grammar: if body"))?;
         let els = match it.next() {

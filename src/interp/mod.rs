@@ -15,10 +15,16 @@ use std::collections::HashMap;
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum InterpError {
     #[error("input has shape {found:?} but the model takes [N, {expected}]")]
-    #[diagnostic(code(resnetc::run::input_shape), help("the input must be f32 [batch, {expected}] in C order"))]
+    #[diagnostic(
+        code(resnetc::run::input_shape),
+        help("the input must be f32 [batch, {expected}] in C order")
+    )]
     InputShape { found: Vec<usize>, expected: String },
     #[error("weight `{0}` is not bound")]
-    #[diagnostic(code(resnetc::run::unbound), help("load weights with --weights or use --random-weights"))]
+    #[diagnostic(
+        code(resnetc::run::unbound),
+        help("load weights with --weights or use --random-weights")
+    )]
     Unbound(String),
 }
 
@@ -26,10 +32,17 @@ pub enum InterpError {
 /// `weights::bind` guarantees).
 pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, InterpError> {
     let expected = graph.input_shape();
-    if input.shape.len() != expected.len() + 1 || input.shape[1..] != *expected || input.shape[0] == 0 {
+    if input.shape.len() != expected.len() + 1
+        || input.shape[1..] != *expected
+        || input.shape[0] == 0
+    {
         return Err(InterpError::InputShape {
             found: input.shape.clone(),
-            expected: expected.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "),
+            expected: expected
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     }
     let order = graph.schedule();
@@ -78,7 +91,9 @@ pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, I
                 },
             ),
             Op::ConvTranspose {
-                geom, output_padding, ..
+                geom,
+                output_padding,
+                ..
             } => k::conv_transpose2d(
                 get(0),
                 get(1),
@@ -113,7 +128,9 @@ pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, I
             Op::Flatten => k::flatten(get(0)),
             Op::Upsample { scale, mode } => match mode {
                 UpsampleMode::Nearest => k::upsample_nearest(get(0), *scale),
-                UpsampleMode::Bilinear { align_corners } => k::upsample_bilinear(get(0), *scale, *align_corners),
+                UpsampleMode::Bilinear { align_corners } => {
+                    k::upsample_bilinear(get(0), *scale, *align_corners)
+                }
             },
             Op::Softmax => k::softmax(get(0)),
             Op::Identity | Op::Dropout { .. } => get(0).clone(),
@@ -122,7 +139,12 @@ pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, I
                 stride,
             } => k::channel_pad(get(0), *out_channels, *stride),
         };
-        debug_assert_eq!(&y.shape[1..], node.shape.as_slice(), "interpreter and shape inference disagree on {}", node.op.kind());
+        debug_assert_eq!(
+            &y.shape[1..],
+            node.shape.as_slice(),
+            "interpreter and shape inference disagree on {}",
+            node.op.kind()
+        );
         for o in ops {
             if let Some(r) = remaining.get_mut(&o) {
                 *r -= 1;

@@ -34,7 +34,13 @@ pub fn to_dot(graph: &Graph) -> String {
         if !attrs.is_empty() {
             label.push_str(&format!("\\n{}", escape(attrs.trim())));
         }
-        let _ = writeln!(out, "  n{} [label=\"{}\", fillcolor=\"{}\"];", n.index(), label, color);
+        let _ = writeln!(
+            out,
+            "  n{} [label=\"{}\", fillcolor=\"{}\"];",
+            n.index(),
+            label,
+            color
+        );
         for o in graph.operands(n) {
             if graph.node(o).op.is_weight() {
                 continue;

@@ -41,7 +41,13 @@ impl Graph {
         }
     }
 
-    pub fn add(&mut self, op: Op, name: impl Into<String>, shape: Vec<usize>, operands: &[NodeIndex]) -> NodeIndex {
+    pub fn add(
+        &mut self,
+        op: Op,
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        operands: &[NodeIndex],
+    ) -> NodeIndex {
         let n = self.g.add_node(Node {
             op,
             name: name.into(),
@@ -124,7 +130,10 @@ impl Graph {
 
     /// Weight nodes in schedule order.
     pub fn weights(&self) -> Vec<NodeIndex> {
-        self.schedule().into_iter().filter(|&n| self.g[n].op.is_weight()).collect()
+        self.schedule()
+            .into_iter()
+            .filter(|&n| self.g[n].op.is_weight())
+            .collect()
     }
 
     /// Per-image shape of the model input and output.
@@ -155,7 +164,8 @@ impl Graph {
         match &node.op {
             Op::Conv { geom, .. } => {
                 let cin = self.g[ops[0]].shape[0];
-                numel(&node.shape) as u64 * (cin / geom.groups * geom.kernel[0] * geom.kernel[1]) as u64
+                numel(&node.shape) as u64
+                    * (cin / geom.groups * geom.kernel[0] * geom.kernel[1]) as u64
             }
             Op::ConvTranspose { geom, .. } => {
                 let inp = numel(&self.g[ops[0]].shape) as u64;

@@ -80,9 +80,14 @@ pub enum Op {
     /// The model input (no operands).
     Input,
     /// A named parameter tensor from the weights file (no operands).
-    Weight { name: String },
+    Weight {
+        name: String,
+    },
     /// x, weight, [bias]
-    Conv { geom: ConvGeom, bias: bool },
+    Conv {
+        geom: ConvGeom,
+        bias: bool,
+    },
     /// x, weight `[cin, cout/groups, kh, kw]`, [bias]
     ConvTranspose {
         geom: ConvGeom,
@@ -90,9 +95,14 @@ pub enum Op {
         bias: bool,
     },
     /// x, gamma, beta, running_mean, running_var
-    BatchNorm { eps: f64 },
+    BatchNorm {
+        eps: f64,
+    },
     /// x, weight `[out, in]`, [bias]
-    Linear { out_features: usize, bias: bool },
+    Linear {
+        out_features: usize,
+        bias: bool,
+    },
     /// x
     Act(Activation),
     /// a, b
@@ -100,16 +110,27 @@ pub enum Op {
     /// x0, x1, ... along channels
     Concat,
     MaxPool(PoolGeom),
-    AvgPool { geom: PoolGeom, count_include_pad: bool },
+    AvgPool {
+        geom: PoolGeom,
+        count_include_pad: bool,
+    },
     GlobalAvgPool,
     Flatten,
-    Upsample { scale: [usize; 2], mode: UpsampleMode },
+    Upsample {
+        scale: [usize; 2],
+        mode: UpsampleMode,
+    },
     /// Over the channel axis.
     Softmax,
     Identity,
-    Dropout { p: f64 },
+    Dropout {
+        p: f64,
+    },
     /// Option-A shortcut: subsample by `stride`, zero-pad channels to `out`.
-    ChannelPad { out_channels: usize, stride: usize },
+    ChannelPad {
+        out_channels: usize,
+        stride: usize,
+    },
     /// The model output (one operand).
     Output,
 }
@@ -150,7 +171,10 @@ impl Op {
             format!("{}x{}", a[0], a[1])
         }
         fn conv(g: &ConvGeom) -> Vec<String> {
-            let mut v = vec![format!("out={}", g.out_channels), format!("k={}", hw(g.kernel))];
+            let mut v = vec![
+                format!("out={}", g.out_channels),
+                format!("k={}", hw(g.kernel)),
+            ];
             if g.stride != [1, 1] {
                 v.push(format!("stride={}", hw(g.stride)));
             }
@@ -166,7 +190,10 @@ impl Op {
             v
         }
         fn pool(g: &PoolGeom) -> Vec<String> {
-            let mut v = vec![format!("k={}", hw(g.kernel)), format!("stride={}", hw(g.stride))];
+            let mut v = vec![
+                format!("k={}", hw(g.kernel)),
+                format!("stride={}", hw(g.stride)),
+            ];
             if g.pad != [0, 0] {
                 v.push(format!("pad={}", hw(g.pad)));
             }

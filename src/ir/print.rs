@@ -22,12 +22,18 @@ pub fn print(graph: &Graph) -> String {
         show(&input.shape),
         show(graph.output_shape())
     );
-    let weights: Vec<NodeIndex> = order.iter().copied().filter(|&n| graph.node(n).op.is_weight()).collect();
+    let weights: Vec<NodeIndex> = order
+        .iter()
+        .copied()
+        .filter(|&n| graph.node(n).op.is_weight())
+        .collect();
     if !weights.is_empty() {
         out.push_str("weights:\n");
         for &w in &weights {
             let node = graph.node(w);
-            let Op::Weight { name } = &node.op else { continue };
+            let Op::Weight { name } = &node.op else {
+                continue;
+            };
             let _ = writeln!(out, "  @{name}: {}", show_weight(&node.shape));
             ids.insert(w, format!("@{name}"));
         }
@@ -39,10 +45,19 @@ pub fn print(graph: &Graph) -> String {
         match &node.op {
             Op::Weight { .. } => continue,
             Op::Input => {
-                let _ = writeln!(out, "  %{next} = input {} : {}", node.name, show(&node.shape));
+                let _ = writeln!(
+                    out,
+                    "  %{next} = input {} : {}",
+                    node.name,
+                    show(&node.shape)
+                );
             }
             Op::Output => {
-                let src = graph.operands(n).first().map(|o| ids[o].clone()).unwrap_or_default();
+                let src = graph
+                    .operands(n)
+                    .first()
+                    .map(|o| ids[o].clone())
+                    .unwrap_or_default();
                 let _ = writeln!(out, "  return {src}");
                 continue;
             }

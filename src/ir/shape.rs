@@ -46,8 +46,11 @@ pub fn show_weight(shape: &[usize]) -> String {
 fn spatial(x: &[usize], what: &str) -> Result<(usize, usize, usize), ShapeError> {
     match *x {
         [c, h, w] => Ok((c, h, w)),
-        _ => Err(err(format!("{what} needs a 4-d tensor f32[N, C, H, W], found {}", show(x)))
-            .hint("flatten() turns images into vectors; only linear and softmax take those")),
+        _ => Err(err(format!(
+            "{what} needs a 4-d tensor f32[N, C, H, W], found {}",
+            show(x)
+        ))
+        .hint("flatten() turns images into vectors; only linear and softmax take those")),
     }
 }
 
@@ -55,7 +58,8 @@ fn checked(shape: Vec<usize>) -> Result<Vec<usize>, ShapeError> {
     let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     match n {
         Some(n) if n <= MAX_ELEMENTS => Ok(shape),
-        _ => Err(err(format!("tensor {} is too large (more than 2^31 elements per image)", show(&shape)))),
+        _ => Err(err(format!("tensor {} is too large (more than 2^31 elements per image)", show(&shape)))
+            .hint("check the channel counts and kernel sizes; resnetc refuses such shapes before allocating anything")),
     }
 }
 
@@ -72,8 +76,20 @@ pub fn infer(op: &Op, operands: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
                     geom.groups, geom.out_channels
                 )));
             }
-            let oh = conv_out(h, geom.kernel[0], geom.stride[0], geom.pad[0], geom.dilation[0]);
-            let ow = conv_out(w, geom.kernel[1], geom.stride[1], geom.pad[1], geom.dilation[1]);
+            let oh = conv_out(
+                h,
+                geom.kernel[0],
+                geom.stride[0],
+                geom.pad[0],
+                geom.dilation[0],
+            );
+            let ow = conv_out(
+                w,
+                geom.kernel[1],
+                geom.stride[1],
+                geom.pad[1],
+                geom.dilation[1],
+            );
             match (oh, ow) {
                 (Some(oh), Some(ow)) => vec![geom.out_channels, oh, ow],
                 _ => {
@@ -95,8 +111,10 @@ pub fn infer(op: &Op, operands: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
             }
             for i in 0..2 {
                 if output_padding[i] >= geom.stride[i].max(geom.dilation[i]) {
-                    return Err(err("output_padding must be smaller than stride or dilation")
-                        .hint("as in nn.ConvTranspose2d"));
+                    return Err(
+                        err("output_padding must be smaller than stride or dilation")
+                            .hint("as in nn.ConvTranspose2d"),
+                    );
                 }
             }
             let oh = conv_transpose_out(
@@ -129,8 +147,10 @@ pub fn infer(op: &Op, operands: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
         Op::Linear { out_features, .. } => match *x {
             [_] => vec![*out_features],
             _ => {
-                return Err(err(format!("linear needs f32[N, features], found {}", show(x)))
-                    .hint("insert `flatten()` before the linear layer"))
+                return Err(
+                    err(format!("linear needs f32[N, features], found {}", show(x)))
+                        .hint("insert `flatten()` before the linear layer"),
+                )
             }
         },
         Op::Act(_) | Op::Identity | Op::Dropout { .. } => x.to_vec(),
@@ -196,8 +216,22 @@ pub fn infer(op: &Op, operands: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
                     .hint("as in PyTorch's pooling layers"));
                 }
             }
-            let oh = pool_out(h, g.kernel[0], g.stride[0], g.pad[0], g.dilation[0], g.ceil_mode);
-            let ow = pool_out(w, g.kernel[1], g.stride[1], g.pad[1], g.dilation[1], g.ceil_mode);
+            let oh = pool_out(
+                h,
+                g.kernel[0],
+                g.stride[0],
+                g.pad[0],
+                g.dilation[0],
+                g.ceil_mode,
+            );
+            let ow = pool_out(
+                w,
+                g.kernel[1],
+                g.stride[1],
+                g.pad[1],
+                g.dilation[1],
+                g.ceil_mode,
+            );
             match (oh, ow) {
                 (Some(oh), Some(ow)) => vec![c, oh, ow],
                 _ => return Err(kernel_too_large(g.kernel, g.dilation, g.pad, h, w)),
@@ -251,7 +285,12 @@ pub fn weight_shapes(op: &Op, x: &[usize]) -> Vec<(&'static str, Vec<usize>)> {
         Op::Conv { geom, bias } => {
             let mut v = vec![(
                 "weight",
-                vec![geom.out_channels, c / geom.groups.max(1), geom.kernel[0], geom.kernel[1]],
+                vec![
+                    geom.out_channels,
+                    c / geom.groups.max(1),
+                    geom.kernel[0],
+                    geom.kernel[1],
+                ],
             )];
             if *bias {
                 v.push(("bias", vec![geom.out_channels]));
@@ -261,7 +300,12 @@ pub fn weight_shapes(op: &Op, x: &[usize]) -> Vec<(&'static str, Vec<usize>)> {
         Op::ConvTranspose { geom, bias, .. } => {
             let mut v = vec![(
                 "weight",
-                vec![c, geom.out_channels / geom.groups.max(1), geom.kernel[0], geom.kernel[1]],
+                vec![
+                    c,
+                    geom.out_channels / geom.groups.max(1),
+                    geom.kernel[0],
+                    geom.kernel[1],
+                ],
             )];
             if *bias {
                 v.push(("bias", vec![geom.out_channels]));

@@ -3,7 +3,13 @@
 
 /// `floor((in + 2p - d(k-1) - 1) / s) + 1` as in `nn.Conv2d`; `None` when the
 /// (dilated) kernel does not fit the padded input.
-pub fn conv_out(input: usize, k: usize, stride: usize, pad: usize, dilation: usize) -> Option<usize> {
+pub fn conv_out(
+    input: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    dilation: usize,
+) -> Option<usize> {
     let span = dilation * (k - 1) + 1;
     let padded = input + 2 * pad;
     if stride == 0 || k == 0 || padded < span {
@@ -22,7 +28,8 @@ pub fn conv_transpose_out(
     dilation: usize,
     output_padding: usize,
 ) -> Option<usize> {
-    let full = (input.checked_sub(1)?) * stride + dilation * (k.checked_sub(1)?) + output_padding + 1;
+    let full =
+        (input.checked_sub(1)?) * stride + dilation * (k.checked_sub(1)?) + output_padding + 1;
     full.checked_sub(2 * pad).filter(|&n| n > 0)
 }
 
@@ -43,7 +50,11 @@ pub fn pool_out(
         return None;
     }
     let num = padded - span;
-    let mut out = if ceil { num.div_ceil(stride) } else { num / stride } + 1;
+    let mut out = if ceil {
+        num.div_ceil(stride)
+    } else {
+        num / stride
+    } + 1;
     if ceil && (out - 1) * stride >= input + pad {
         out -= 1;
     }

@@ -37,7 +37,10 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
                 }
             }
             op => {
-                let act: Vec<_> = ops.iter().filter(|&&o| !graph.node(o).op.is_weight()).collect();
+                let act: Vec<_> = ops
+                    .iter()
+                    .filter(|&&o| !graph.node(o).op.is_weight())
+                    .collect();
                 if act.is_empty() {
                     return Err(format!("{} has no activation operand", what()));
                 }
@@ -48,7 +51,9 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
                     .filter(|&&o| graph.node(o).op.is_weight())
                     .map(|&o| &graph.node(o).shape)
                     .collect();
-                if expected.len() != got.len() || expected.iter().zip(&got).any(|((_, e), g)| e != *g) {
+                if expected.len() != got.len()
+                    || expected.iter().zip(&got).any(|((_, e), g)| e != *g)
+                {
                     return Err(format!(
                         "{} has weights {:?}, expected {:?}",
                         what(),
@@ -56,8 +61,12 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
                         expected.iter().map(|(_, s)| s).collect::<Vec<_>>()
                     ));
                 }
-                let shapes: Vec<&[usize]> = act.iter().map(|&&o| graph.node(o).shape.as_slice()).collect();
-                let inferred = infer(op, &shapes).map_err(|e| format!("{}: {}", what(), e.message))?;
+                let shapes: Vec<&[usize]> = act
+                    .iter()
+                    .map(|&&o| graph.node(o).shape.as_slice())
+                    .collect();
+                let inferred =
+                    infer(op, &shapes).map_err(|e| format!("{}: {}", what(), e.message))?;
                 if inferred != node.shape {
                     return Err(format!(
                         "{} records shape {:?} but its operands give {:?}",

@@ -23,10 +23,10 @@ pub use crate::tensor::Tensor;
 pub use bind::bind;
 pub use npy::{check_input_shape, npy_bytes, parse_npy, read_npy, write_npy, NpyError};
 pub use random_init::random_weights;
-pub use specs::specs_of;
 pub use safetensors_file::{
     load_safetensors, parse_safetensors, save_safetensors, serialize_safetensors,
 };
+pub use specs::specs_of;
 
 /// Parameters by PyTorch `state_dict` name; a `BTreeMap` so that iteration,
 /// saving and error listings are deterministic.

@@ -26,7 +26,12 @@ pub fn specs_of(graph: &Graph) -> Vec<WeightSpec> {
         .collect()
 }
 
-fn role_of(graph: &Graph, user: petgraph::stable_graph::NodeIndex, slot: u32, shape: &[usize]) -> Role {
+fn role_of(
+    graph: &Graph,
+    user: petgraph::stable_graph::NodeIndex,
+    slot: u32,
+    shape: &[usize],
+) -> Role {
     let ops = graph.operands(user);
     let weight_shape = |i: usize| graph.node(ops[i]).shape.clone();
     match (&graph.node(user).op, slot) {

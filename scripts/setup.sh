@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building and testing resnetc needs on a fresh Debian machine:
+# LLVM 19 (linked statically through inkwell) and the Rust components used by
+# CI. Idempotent: a second run only checks.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+
+if [ ! -x /usr/lib/llvm-19/bin/llvm-config ] || [ ! -f /usr/lib/llvm-19/lib/libPolly.a ]; then
+    echo "setup: installing LLVM 19" >&2
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq llvm-19-dev libpolly-19-dev libzstd-dev >/dev/null
+fi
+/usr/lib/llvm-19/bin/llvm-config --version | grep -q '^19\.' || { echo "setup: LLVM 19 not found" >&2; exit 1; }
+
+if command -v rustup >/dev/null 2>&1; then
+    rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+echo "setup: ok (LLVM $(/usr/lib/llvm-19/bin/llvm-config --version))" >&2
