@@ -792,12 +792,15 @@ impl<'a> Expander<'a> {
                 };
                 let bias = args.boolean("bias")?;
                 if b.name == "conv" {
-                    Op::Conv { geom, bias }
+                    Op::Conv {
+                        geom,
+                        fused: Fused::with_bias(bias),
+                    }
                 } else {
                     Op::ConvTranspose {
                         geom,
                         output_padding: [args.nonneg("output_padding")?; 2],
-                        bias,
+                        fused: Fused::with_bias(bias),
                     }
                 }
             }
@@ -810,7 +813,7 @@ impl<'a> Expander<'a> {
             }
             "linear" => Op::Linear {
                 out_features: args.size("out")?,
-                bias: args.boolean("bias")?,
+                fused: Fused::with_bias(args.boolean("bias")?),
             },
             "relu" => Op::Act(Activation::Relu),
             "relu6" => Op::Act(Activation::Relu6),
@@ -826,7 +829,7 @@ impl<'a> Expander<'a> {
                     xs.push(args.tensor(i)?);
                 }
                 let spans: Vec<Span> = args.values.iter().flatten().map(|(_, s)| *s).collect();
-                return self.make(Op::Concat, name, &xs, call.span, &spans);
+                return self.make(Op::Concat { placed: vec![] }, name, &xs, call.span, &spans);
             }
             "maxpool" | "avgpool" => {
                 let k = args.size("k")?;
@@ -895,7 +898,7 @@ impl<'a> Expander<'a> {
     /// Makes an op with parameters (declaring its weights) or without.
     fn layer(&mut self, op: Op, name: String, x: NodeIndex, call: &Call) -> R<Value> {
         let xshape = self.graph.node(x).shape.clone();
-        let wshapes = shape::weight_shapes(&op, &xshape);
+        let wshapes = shape::param_shapes(&op, &xshape);
         // Check the shape first so the user sees the real problem, not a
         // missing label.
         let out = shape::infer(&op, &[&xshape]).map_err(|e| {

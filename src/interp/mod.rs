@@ -3,7 +3,7 @@
 
 pub mod kernels;
 
-use crate::ir::op::{Activation, Op, UpsampleMode};
+use crate::ir::op::{Activation, EpilogueStep, Fused, Op, UpsampleMode};
 use crate::ir::Graph;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
@@ -29,8 +29,16 @@ pub enum InterpError {
 }
 
 /// Runs `graph` on a batch. `weights` must hold every weight node (as
-/// `weights::bind` guarantees).
+/// `weights::bind` guarantees); derived constants are computed from them.
 pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, InterpError> {
+    for w in graph.weights() {
+        if let Op::Weight { name } = &graph.node(w).op {
+            if !weights.contains_key(name) {
+                return Err(InterpError::Unbound(name.clone()));
+            }
+        }
+    }
+    let consts = crate::weights::materialize(graph, weights);
     let expected = graph.input_shape();
     if input.shape.len() != expected.len() + 1
         || input.shape[1..] != *expected
@@ -57,57 +65,67 @@ pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, I
     let mut result = None;
     for &n in &order {
         let node = graph.node(n);
-        if let Op::Weight { name } = &node.op {
-            if !weights.contains_key(name) {
-                return Err(InterpError::Unbound(name.clone()));
-            }
+        if node.op.is_const() {
             continue;
         }
         let ops = graph.operands(n);
         let get = |i: usize| -> &Tensor {
             let o = ops[i];
             match &graph.node(o).op {
-                Op::Weight { name } => &weights[name],
+                Op::Weight { name } => &consts[name],
+                Op::Const(_) => &consts[&graph.node(o).name],
                 _ => &values[&o],
             }
         };
-        let opt = |i: usize| (i < ops.len()).then(|| get(i));
         let y = match &node.op {
             Op::Input => input.clone(),
-            Op::Weight { .. } => unreachable!("handled above"),
+            Op::Weight { .. } | Op::Const(_) => unreachable!("handled above"),
             Op::Output => {
                 result = Some(get(0).clone());
                 continue;
             }
-            Op::Conv { geom, .. } => k::conv2d(
-                get(0),
-                get(1),
-                opt(2),
-                &k::Conv2d {
-                    stride: geom.stride,
-                    pad: geom.pad,
-                    dilation: geom.dilation,
-                    groups: geom.groups,
-                },
-            ),
+            Op::Conv { geom, fused } => {
+                let x = prologue(fused, &get, 2);
+                let y = k::conv2d(
+                    x.as_ref().unwrap_or(get(0)),
+                    get(1),
+                    None,
+                    &k::Conv2d {
+                        stride: geom.stride,
+                        pad: geom.pad,
+                        dilation: geom.dilation,
+                        groups: geom.groups,
+                    },
+                );
+                epilogue(fused, y, &get, 2)
+            }
             Op::ConvTranspose {
                 geom,
                 output_padding,
-                ..
-            } => k::conv_transpose2d(
-                get(0),
-                get(1),
-                opt(2),
-                &k::ConvTranspose2d {
-                    stride: geom.stride,
-                    pad: geom.pad,
-                    dilation: geom.dilation,
-                    output_padding: *output_padding,
-                    groups: geom.groups,
-                },
-            ),
+                fused,
+            } => {
+                let x = prologue(fused, &get, 2);
+                let y = k::conv_transpose2d(
+                    x.as_ref().unwrap_or(get(0)),
+                    get(1),
+                    None,
+                    &k::ConvTranspose2d {
+                        stride: geom.stride,
+                        pad: geom.pad,
+                        dilation: geom.dilation,
+                        output_padding: *output_padding,
+                        groups: geom.groups,
+                    },
+                );
+                epilogue(fused, y, &get, 2)
+            }
+            Op::Linear { fused, .. } => {
+                let x = prologue(fused, &get, 2);
+                let y = k::linear(x.as_ref().unwrap_or(get(0)), get(1), None);
+                epilogue(fused, y, &get, 2)
+            }
             Op::BatchNorm { eps } => k::batchnorm(get(0), get(1), get(2), get(3), get(4), *eps),
-            Op::Linear { .. } => k::linear(get(0), get(1), opt(2)),
+            Op::Affine { act } => affine(get(0), get(1), get(2), *act),
             Op::Act(a) => match a {
                 Activation::Relu => k::relu(get(0)),
                 Activation::Relu6 => k::relu6(get(0)),
@@ -115,7 +133,7 @@ pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, I
                 Activation::Sigmoid => k::sigmoid(get(0)),
             },
             Op::Add => k::add(get(0), get(1)),
-            Op::Concat => {
+            Op::Concat { .. } => {
                 let xs: Vec<&Tensor> = (0..ops.len()).map(get).collect();
                 k::concat_channels(&xs)
             }
@@ -156,6 +174,57 @@ pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, I
         values.insert(n, y);
     }
     Ok(result.expect("a verified graph has an output"))
+}
+
+/// `act(x * scale + shift)` per channel (axis 1).
+fn affine(x: &Tensor, scale: &Tensor, shift: &Tensor, act: Option<Activation>) -> Tensor {
+    let c = x.shape[1];
+    let inner: usize = x.shape[2..].iter().product();
+    let mut y = x.clone();
+    for (i, v) in y.data.iter_mut().enumerate() {
+        let ch = (i / inner) % c;
+        let t = *v * scale.data[ch] + shift.data[ch];
+        *v = act.map_or(t, |a| a.apply(t));
+    }
+    y
+}
+
+/// The transformed input of a layer with a prologue (scale and shift are
+/// operands `first` and `first + 1`), or `None` to use x as it is.
+fn prologue<'a>(fused: &Fused, get: &impl Fn(usize) -> &'a Tensor, first: usize) -> Option<Tensor> {
+    let p = fused.prologue?;
+    Some(affine(get(0), get(first), get(first + 1), p.act))
+}
+
+/// Applies the epilogue steps in order; their operands follow the prologue's.
+fn epilogue<'a>(fused: &Fused, mut y: Tensor, get: &impl Fn(usize) -> &'a Tensor, first: usize) -> Tensor {
+    let mut slot = first + if fused.prologue.is_some() { 2 } else { 0 };
+    let c = y.shape[1];
+    let inner: usize = y.shape[2..].iter().product();
+    for step in &fused.epilogue {
+        match step {
+            EpilogueStep::Bias => {
+                let b = get(slot);
+                slot += 1;
+                for (i, v) in y.data.iter_mut().enumerate() {
+                    *v += b.data[(i / inner) % c];
+                }
+            }
+            EpilogueStep::Add => {
+                let z = get(slot);
+                slot += 1;
+                for (v, r) in y.data.iter_mut().zip(&z.data) {
+                    *v += r;
+                }
+            }
+            EpilogueStep::Act(a) => {
+                for v in y.data.iter_mut() {
+                    *v = a.apply(*v);
+                }
+            }
+        }
+    }
+    y
 }
 
 fn pool(g: &crate::ir::op::PoolGeom, count_include_pad: bool) -> k::Pool2d {

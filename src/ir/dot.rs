@@ -17,12 +17,12 @@ pub fn to_dot(graph: &Graph) -> String {
     out.push_str("  rankdir=TB;\n  node [shape=box, style=\"rounded,filled\", fillcolor=\"#f4f4f4\", fontname=\"Helvetica\"];\n");
     for n in graph.schedule() {
         let node = graph.node(n);
-        if node.op.is_weight() {
+        if node.op.is_const() {
             continue;
         }
         let color = match node.op {
             Op::Conv { .. } | Op::ConvTranspose { .. } | Op::Linear { .. } => "#cfe2ff",
-            Op::Add | Op::Concat => "#ffe0b3",
+            Op::Add | Op::Concat { .. } => "#ffe0b3",
             Op::Input | Op::Output => "#d4edda",
             _ => "#f4f4f4",
         };
@@ -42,7 +42,7 @@ pub fn to_dot(graph: &Graph) -> String {
             color
         );
         for o in graph.operands(n) {
-            if graph.node(o).op.is_weight() {
+            if graph.node(o).op.is_const() {
                 continue;
             }
             let _ = writeln!(

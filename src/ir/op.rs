@@ -66,11 +66,90 @@ pub enum UpsampleMode {
 /// in order: cuDNN's `act(conv(x) + bias + z)`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub enum EpilogueStep {
-    /// Per-output-channel bias (operand index of the bias constant).
+    /// Per-output-channel bias (a constant operand).
     Bias,
-    /// Elementwise add of an operand (the residual).
+    /// Elementwise add of an activation operand (the residual).
     Add,
     Act(Activation),
+}
+
+/// `act(x * scale + shift)` per input channel, applied to each input element
+/// as the kernel reads it; padding stays zero. This is exactly
+/// `conv(act(bn(x)))`: DenseNet's pre-activation BN-ReLU before a conv.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Prologue {
+    pub act: Option<Activation>,
+}
+
+/// What a conv, transposed conv or linear layer does besides its product.
+/// Operands after x and the weight: the prologue's scale and shift, then one
+/// per epilogue step that takes one (Bias, Add), in step order.
+#[derive(Clone, Debug, PartialEq, Default, Serialize)]
+pub struct Fused {
+    pub prologue: Option<Prologue>,
+    pub epilogue: Vec<EpilogueStep>,
+}
+
+impl Fused {
+    /// The epilogue of a layer as written: a bias or nothing.
+    pub fn with_bias(bias: bool) -> Fused {
+        Fused {
+            prologue: None,
+            epilogue: if bias { vec![EpilogueStep::Bias] } else { vec![] },
+        }
+    }
+
+    pub fn has_bias(&self) -> bool {
+        self.epilogue.contains(&EpilogueStep::Bias)
+    }
+
+    /// Text form: `prologue=relu(x*s+t), epilogue=[bias, add, relu]`.
+    fn attrs(&self, v: &mut Vec<String>) {
+        if let Some(p) = &self.prologue {
+            v.push(format!("prologue={}", p.act.map_or("affine", |a| a.name())));
+        }
+        if !self.epilogue.is_empty() {
+            let steps: Vec<String> = self
+                .epilogue
+                .iter()
+                .map(|s| match s {
+                    EpilogueStep::Bias => "bias".to_string(),
+                    EpilogueStep::Add => "add".to_string(),
+                    EpilogueStep::Act(a) => a.name().to_string(),
+                })
+                .collect();
+            v.push(format!("epilogue=[{}]", steps.join(", ")));
+        }
+    }
+}
+
+/// Constants derived from other constants at bind time, in f64 and rounded
+/// once: what BN folding produces. Passes rewrite the graph only; the values
+/// follow from these recipes (`crate::weights::materialize`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum ConstOp {
+    /// gamma, var → gamma / sqrt(var + eps)
+    BnScale { eps: f64 },
+    /// gamma, beta, mean, var → beta − mean · gamma / sqrt(var + eps)
+    BnShift { eps: f64 },
+    /// w `[O, ...]`, s `[O]` → w · s per output row (conv, linear)
+    ScaleRows,
+    /// w `[Cin, Cout/g, k, k]`, s `[Cout]` → w · s per output channel
+    ScaleConvTransposeOut { groups: usize },
+    /// s, t, [b] → b · s + t (b = 0 when absent)
+    FoldBias,
+}
+
+impl ConstOp {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConstOp::BnScale { .. } => "bn_scale",
+            ConstOp::BnShift { .. } => "bn_shift",
+            ConstOp::ScaleRows => "scale_rows",
+            ConstOp::ScaleConvTransposeOut { .. } => "scale_out_channels",
+            ConstOp::FoldBias => "fold_bias",
+        }
+    }
 }
 
 /// A graph operation. Operand order is given by edge weights; the comment on
@@ -80,57 +159,43 @@ pub enum Op {
     /// The model input (no operands).
     Input,
     /// A named parameter tensor from the weights file (no operands).
-    Weight {
-        name: String,
-    },
-    /// x, weight, [bias]
-    Conv {
-        geom: ConvGeom,
-        bias: bool,
-    },
-    /// x, weight `[cin, cout/groups, kh, kw]`, [bias]
+    Weight { name: String },
+    /// A constant computed from other constants (its node name names it).
+    Const(ConstOp),
+    /// x, weight, [prologue scale, shift], [epilogue operands]
+    Conv { geom: ConvGeom, fused: Fused },
+    /// x, weight `[cin, cout/groups, kh, kw]`, [prologue], [epilogue operands]
     ConvTranspose {
         geom: ConvGeom,
         output_padding: [usize; 2],
-        bias: bool,
+        fused: Fused,
     },
     /// x, gamma, beta, running_mean, running_var
-    BatchNorm {
-        eps: f64,
-    },
-    /// x, weight `[out, in]`, [bias]
-    Linear {
-        out_features: usize,
-        bias: bool,
-    },
+    BatchNorm { eps: f64 },
+    /// x, scale, shift: `act(x * scale + shift)` per channel (a BN that
+    /// follows no conv, with the activation after it).
+    Affine { act: Option<Activation> },
+    /// x, weight `[out, in]`, [prologue], [epilogue operands]
+    Linear { out_features: usize, fused: Fused },
     /// x
     Act(Activation),
     /// a, b
     Add,
-    /// x0, x1, ... along channels
-    Concat,
+    /// x0, x1, ... along channels. `placed[i]`: operand i was written into
+    /// its channel slice by its producer (concat_in_place), so it is not
+    /// copied; empty means nothing placed.
+    Concat { placed: Vec<bool> },
     MaxPool(PoolGeom),
-    AvgPool {
-        geom: PoolGeom,
-        count_include_pad: bool,
-    },
+    AvgPool { geom: PoolGeom, count_include_pad: bool },
     GlobalAvgPool,
     Flatten,
-    Upsample {
-        scale: [usize; 2],
-        mode: UpsampleMode,
-    },
+    Upsample { scale: [usize; 2], mode: UpsampleMode },
     /// Over the channel axis.
     Softmax,
     Identity,
-    Dropout {
-        p: f64,
-    },
+    Dropout { p: f64 },
     /// Option-A shortcut: subsample by `stride`, zero-pad channels to `out`.
-    ChannelPad {
-        out_channels: usize,
-        stride: usize,
-    },
+    ChannelPad { out_channels: usize, stride: usize },
     /// The model output (one operand).
     Output,
 }
@@ -141,13 +206,15 @@ impl Op {
         match self {
             Op::Input => "input",
             Op::Weight { .. } => "weight",
+            Op::Const(c) => c.name(),
+            Op::Affine { .. } => "affine",
             Op::Conv { .. } => "conv",
             Op::ConvTranspose { .. } => "conv_transpose",
             Op::BatchNorm { .. } => "batchnorm",
             Op::Linear { .. } => "linear",
             Op::Act(a) => a.name(),
             Op::Add => "add",
-            Op::Concat => "concat",
+            Op::Concat { .. } => "concat",
             Op::MaxPool(_) => "maxpool",
             Op::AvgPool { .. } => "avgpool",
             Op::GlobalAvgPool => "global_avgpool",
@@ -161,8 +228,29 @@ impl Op {
         }
     }
 
+    /// A parameter from the weights file.
     pub fn is_weight(&self) -> bool {
         matches!(self, Op::Weight { .. })
+    }
+
+    /// A weight or a constant derived from weights.
+    pub fn is_const(&self) -> bool {
+        matches!(self, Op::Weight { .. } | Op::Const(_))
+    }
+
+    /// The fused prologue/epilogue of a conv, transposed conv or linear.
+    pub fn fused(&self) -> Option<&Fused> {
+        match self {
+            Op::Conv { fused, .. } | Op::ConvTranspose { fused, .. } | Op::Linear { fused, .. } => Some(fused),
+            _ => None,
+        }
+    }
+
+    pub fn fused_mut(&mut self) -> Option<&mut Fused> {
+        match self {
+            Op::Conv { fused, .. } | Op::ConvTranspose { fused, .. } | Op::Linear { fused, .. } => Some(fused),
+            _ => None,
+        }
     }
 
     /// Attributes in the IR text form, `{k=3x3, s=1x1}`; empty when none.
@@ -206,33 +294,40 @@ impl Op {
             v
         }
         let items: Vec<String> = match self {
-            Op::Conv { geom, bias } => {
+            Op::Conv { geom, fused } => {
                 let mut v = conv(geom);
-                if *bias {
-                    v.push("bias".into());
-                }
+                fused.attrs(&mut v);
                 v
             }
             Op::ConvTranspose {
                 geom,
                 output_padding,
-                bias,
+                fused,
             } => {
                 let mut v = conv(geom);
                 if *output_padding != [0, 0] {
                     v.push(format!("output_padding={}", hw(*output_padding)));
                 }
-                if *bias {
-                    v.push("bias".into());
-                }
+                fused.attrs(&mut v);
                 v
             }
+            Op::Const(ConstOp::BnScale { eps } | ConstOp::BnShift { eps }) => vec![format!("eps={eps:e}")],
+            Op::Const(ConstOp::ScaleConvTransposeOut { groups }) if *groups != 1 => vec![format!("groups={groups}")],
+            Op::Affine { act: Some(a) } => vec![format!("act={}", a.name())],
+            Op::Concat { placed } if placed.iter().any(|&p| p) => {
+                let all = placed.iter().all(|&p| p);
+                vec![if all {
+                    "in_place".to_string()
+                } else {
+                    let idx: Vec<String> =
+                        placed.iter().enumerate().filter(|(_, &p)| p).map(|(i, _)| i.to_string()).collect();
+                    format!("in_place=[{}]", idx.join(", "))
+                }]
+            }
             Op::BatchNorm { eps } => vec![format!("eps={eps:e}")],
-            Op::Linear { out_features, bias } => {
+            Op::Linear { out_features, fused } => {
                 let mut v = vec![format!("out={out_features}")];
-                if *bias {
-                    v.push("bias".into());
-                }
+                fused.attrs(&mut v);
                 v
             }
             Op::Act(Activation::LeakyRelu(s)) => vec![format!("slope={s}")],

@@ -22,20 +22,30 @@ pub fn print(graph: &Graph) -> String {
         show(&input.shape),
         show(graph.output_shape())
     );
-    let weights: Vec<NodeIndex> = order
-        .iter()
-        .copied()
-        .filter(|&n| graph.node(n).op.is_weight())
-        .collect();
-    if !weights.is_empty() {
+    let consts: Vec<NodeIndex> = order.iter().copied().filter(|&n| graph.node(n).op.is_const()).collect();
+    if !consts.is_empty() {
         out.push_str("weights:\n");
-        for &w in &weights {
+        for &w in &consts {
             let node = graph.node(w);
-            let Op::Weight { name } = &node.op else {
-                continue;
-            };
-            let _ = writeln!(out, "  @{name}: {}", show_weight(&node.shape));
-            ids.insert(w, format!("@{name}"));
+            match &node.op {
+                Op::Weight { name } => {
+                    let _ = writeln!(out, "  @{name}: {}", show_weight(&node.shape));
+                    ids.insert(w, format!("@{name}"));
+                }
+                op => {
+                    let args: Vec<&str> = graph.operands(w).iter().map(|o| ids[o].as_str()).collect();
+                    let _ = writeln!(
+                        out,
+                        "  @{} = {}({}){}: {}",
+                        node.name,
+                        op.kind(),
+                        args.join(", "),
+                        op.attrs(),
+                        show_weight(&node.shape)
+                    );
+                    ids.insert(w, format!("@{}", node.name));
+                }
+            }
         }
     }
     out.push_str("body:\n");
@@ -43,7 +53,7 @@ pub fn print(graph: &Graph) -> String {
     for &n in &order {
         let node = graph.node(n);
         match &node.op {
-            Op::Weight { .. } => continue,
+            Op::Weight { .. } | Op::Const(_) => continue,
             Op::Input => {
                 let _ = writeln!(
                     out,

@@ -1,7 +1,7 @@
 //! Shape inference: the output shape of every op from its operands' shapes,
 //! with errors that say what was expected and what was found.
 
-use super::op::Op;
+use super::op::{EpilogueStep, Op};
 use super::sizes::{conv_out, conv_transpose_out, pool_out};
 
 /// Largest number of elements one activation or weight may have (2^31):
@@ -63,11 +63,11 @@ fn checked(shape: Vec<usize>) -> Result<Vec<usize>, ShapeError> {
     }
 }
 
-/// Output shape of `op` given the shapes of its operands (weights included).
+/// Output shape of `op` given the shapes of its activation operands.
 pub fn infer(op: &Op, operands: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
     let x = operands.first().copied().unwrap_or(&[]);
     let out = match op {
-        Op::Input | Op::Weight { .. } => return Err(err("inputs and weights have no operands")),
+        Op::Input | Op::Weight { .. } | Op::Const(_) => return Err(err("inputs and constants have no operands")),
         Op::Conv { geom, .. } => {
             let (c, h, w) = spatial(x, "conv")?;
             if geom.groups == 0 || c % geom.groups != 0 || geom.out_channels % geom.groups != 0 {
@@ -138,7 +138,7 @@ pub fn infer(op: &Op, operands: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
                 _ => return Err(err("padding leaves no output").hint("reduce pad")),
             }
         }
-        Op::BatchNorm { .. } => {
+        Op::BatchNorm { .. } | Op::Affine { .. } => {
             if x.is_empty() {
                 return Err(err("batchnorm needs a channel axis"));
             }
@@ -183,7 +183,7 @@ pub fn infer(op: &Op, operands: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
             }
             x.to_vec()
         }
-        Op::Concat => {
+        Op::Concat { .. } => {
             let first = x;
             if first.is_empty() {
                 return Err(err("concat needs tensors with a channel axis"));
@@ -277,52 +277,89 @@ fn kernel_too_large(k: [usize; 2], d: [usize; 2], p: [usize; 2], h: usize, w: us
     .hint("the input is too small here: use a smaller kernel, more padding, or fewer downsampling steps before this layer")
 }
 
-/// Expected weight shapes of a parameterised op given its input's shape, as
-/// `(suffix, shape)`: the expander declares these, the verifier checks them.
-pub fn weight_shapes(op: &Op, x: &[usize]) -> Vec<(&'static str, Vec<usize>)> {
+/// Named parameters of a layer as written, `(suffix, shape)`: what the
+/// expander declares as `<label>.<suffix>` for a weights file to provide.
+pub fn param_shapes(op: &Op, x: &[usize]) -> Vec<(&'static str, Vec<usize>)> {
     let c = x.first().copied().unwrap_or(0);
+    let mut v = Vec::new();
     match op {
-        Op::Conv { geom, bias } => {
-            let mut v = vec![(
+        Op::Conv { geom, fused } => {
+            v.push((
                 "weight",
-                vec![
-                    geom.out_channels,
-                    c / geom.groups.max(1),
-                    geom.kernel[0],
-                    geom.kernel[1],
-                ],
-            )];
-            if *bias {
+                vec![geom.out_channels, c / geom.groups.max(1), geom.kernel[0], geom.kernel[1]],
+            ));
+            if fused.has_bias() {
                 v.push(("bias", vec![geom.out_channels]));
             }
-            v
         }
-        Op::ConvTranspose { geom, bias, .. } => {
-            let mut v = vec![(
+        Op::ConvTranspose { geom, fused, .. } => {
+            v.push((
                 "weight",
-                vec![
-                    c,
-                    geom.out_channels / geom.groups.max(1),
-                    geom.kernel[0],
-                    geom.kernel[1],
-                ],
-            )];
-            if *bias {
+                vec![c, geom.out_channels / geom.groups.max(1), geom.kernel[0], geom.kernel[1]],
+            ));
+            if fused.has_bias() {
                 v.push(("bias", vec![geom.out_channels]));
             }
-            v
         }
-        Op::BatchNorm { .. } => ["weight", "bias", "running_mean", "running_var"]
-            .into_iter()
-            .map(|s| (s, vec![c]))
-            .collect(),
-        Op::Linear { out_features, bias } => {
-            let mut v = vec![("weight", vec![*out_features, c])];
-            if *bias {
+        Op::BatchNorm { .. } => {
+            for s in ["weight", "bias", "running_mean", "running_var"] {
+                v.push((s, vec![c]));
+            }
+        }
+        Op::Linear { out_features, fused } => {
+            v.push(("weight", vec![*out_features, c]));
+            if fused.has_bias() {
                 v.push(("bias", vec![*out_features]));
             }
-            v
         }
-        _ => vec![],
+        _ => {}
     }
+    v
+}
+
+/// What one operand slot of an op holds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Slot {
+    /// An activation; `Some(shape)` when its shape is fixed by the op.
+    Act(Option<Vec<usize>>),
+    /// A constant of this shape.
+    Const(Vec<usize>),
+}
+
+/// The operand signature of `op` given its first operand's shape `x` and
+/// its own output shape; `n` is the operand count (for variadic concat).
+pub fn signature(op: &Op, x: &[usize], out: &[usize], n: usize) -> Vec<Slot> {
+    let c = x.first().copied().unwrap_or(0);
+    let mut v = vec![Slot::Act(None)];
+    let consts = |v: &mut Vec<Slot>, shapes: Vec<(&'static str, Vec<usize>)>| {
+        v.extend(shapes.into_iter().map(|(_, s)| Slot::Const(s)));
+    };
+    match op {
+        Op::Input | Op::Weight { .. } | Op::Const(_) => return vec![],
+        Op::Conv { fused, .. } | Op::ConvTranspose { fused, .. } | Op::Linear { fused, .. } => {
+            let written = param_shapes(op, x);
+            v.push(Slot::Const(written[0].1.clone()));
+            if fused.prologue.is_some() {
+                v.push(Slot::Const(vec![c]));
+                v.push(Slot::Const(vec![c]));
+            }
+            let oc = out.first().copied().unwrap_or(0);
+            for step in &fused.epilogue {
+                match step {
+                    EpilogueStep::Bias => v.push(Slot::Const(vec![oc])),
+                    EpilogueStep::Add => v.push(Slot::Act(Some(out.to_vec()))),
+                    EpilogueStep::Act(_) => {}
+                }
+            }
+        }
+        Op::BatchNorm { .. } => consts(&mut v, param_shapes(op, x)),
+        Op::Affine { .. } => {
+            v.push(Slot::Const(vec![c]));
+            v.push(Slot::Const(vec![c]));
+        }
+        Op::Add => v.push(Slot::Act(Some(x.to_vec()))),
+        Op::Concat { .. } => v.extend((1..n).map(|_| Slot::Act(None))),
+        _ => {}
+    }
+    v
 }

@@ -1,9 +1,10 @@
 //! The IR verifier: run after expansion and after every pass in tests and
-//! debug builds. It re-derives every shape and checks the graph's structure.
+//! debug builds. It re-derives every shape, checks each operand against the
+//! op's signature, and checks the graph's structure and aliasing.
 
 use super::graph::{numel, Graph};
 use super::op::Op;
-use super::shape::{infer, weight_shapes};
+use super::shape::{infer, signature, Slot};
 use petgraph::algo::is_cyclic_directed;
 
 /// Checks the graph; the error says which node is wrong and why.
@@ -30,43 +31,63 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
                     return Err(format!("weight `{name}` has operands"));
                 }
                 if !names.insert(name.clone()) {
-                    return Err(format!("weight `{name}` declared twice"));
+                    return Err(format!("constant `{name}` declared twice"));
                 }
                 if numel(&node.shape) == 0 {
                     return Err(format!("weight `{name}` is empty"));
                 }
             }
+            Op::Const(_) => {
+                if !names.insert(node.name.clone()) {
+                    return Err(format!("constant `{}` declared twice", node.name));
+                }
+                if ops.iter().any(|&o| !graph.node(o).op.is_const()) {
+                    return Err(format!("{} depends on an activation", what()));
+                }
+            }
             op => {
-                let act: Vec<_> = ops
-                    .iter()
-                    .filter(|&&o| !graph.node(o).op.is_weight())
-                    .collect();
-                if act.is_empty() {
-                    return Err(format!("{} has no activation operand", what()));
+                let Some(&first) = ops.first() else {
+                    return Err(format!("{} has no operands", what()));
+                };
+                let x = &graph.node(first).shape;
+                let sig = signature(op, x, &node.shape, ops.len());
+                if sig.len() != ops.len() {
+                    return Err(format!("{} has {} operands, expected {}", what(), ops.len(), sig.len()));
                 }
-                let x = &graph.node(ops[0]).shape;
-                let expected = weight_shapes(op, x);
-                let got: Vec<&Vec<usize>> = ops
-                    .iter()
-                    .filter(|&&o| graph.node(o).op.is_weight())
-                    .map(|&o| &graph.node(o).shape)
-                    .collect();
-                if expected.len() != got.len()
-                    || expected.iter().zip(&got).any(|((_, e), g)| e != *g)
-                {
-                    return Err(format!(
-                        "{} has weights {:?}, expected {:?}",
-                        what(),
-                        got,
-                        expected.iter().map(|(_, s)| s).collect::<Vec<_>>()
-                    ));
+                let mut acts = Vec::new();
+                for (i, (slot, &o)) in sig.iter().zip(&ops).enumerate() {
+                    let on = graph.node(o);
+                    match slot {
+                        Slot::Const(shape) => {
+                            if !on.op.is_const() || &on.shape != shape {
+                                return Err(format!(
+                                    "{} operand {i} should be a constant {:?}, found {} {:?}",
+                                    what(),
+                                    shape,
+                                    on.op.kind(),
+                                    on.shape
+                                ));
+                            }
+                        }
+                        Slot::Act(shape) => {
+                            if on.op.is_const() || shape.as_ref().is_some_and(|s| s != &on.shape) {
+                                return Err(format!(
+                                    "{} operand {i} should be an activation {:?}, found {} {:?}",
+                                    what(),
+                                    shape,
+                                    on.op.kind(),
+                                    on.shape
+                                ));
+                            }
+                            // Epilogue operands are checked by the signature;
+                            // shape inference sees the primary ones.
+                            if i == 0 || !matches!(op.fused(), Some(_)) {
+                                acts.push(on.shape.as_slice());
+                            }
+                        }
+                    }
                 }
-                let shapes: Vec<&[usize]> = act
-                    .iter()
-                    .map(|&&o| graph.node(o).shape.as_slice())
-                    .collect();
-                let inferred =
-                    infer(op, &shapes).map_err(|e| format!("{}: {}", what(), e.message))?;
+                let inferred = infer(op, &acts).map_err(|e| format!("{}: {}", what(), e.message))?;
                 if inferred != node.shape {
                     return Err(format!(
                         "{} records shape {:?} but its operands give {:?}",
@@ -74,6 +95,11 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
                         node.shape,
                         inferred
                     ));
+                }
+                if let Op::Concat { placed } = op {
+                    if !placed.is_empty() && placed.len() != ops.len() {
+                        return Err(format!("{} has {} placement flags for {} operands", what(), placed.len(), ops.len()));
+                    }
                 }
             }
         }

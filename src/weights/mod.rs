@@ -11,6 +11,7 @@ mod bind;
 mod npy;
 mod random_init;
 mod safetensors_file;
+mod materialize;
 mod specs;
 
 use std::io::Write;
@@ -26,6 +27,7 @@ pub use random_init::random_weights;
 pub use safetensors_file::{
     load_safetensors, parse_safetensors, save_safetensors, serialize_safetensors,
 };
+pub use materialize::materialize;
 pub use specs::specs_of;
 
 /// Parameters by PyTorch `state_dict` name; a `BTreeMap` so that iteration,

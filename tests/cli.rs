@@ -1,0 +1,230 @@
+//! The `resnetc` command line end to end: exit codes, messages, and that no
+//! output file is left behind when a command fails.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn resnetc(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_resnetc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("resnetc runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn check_accepts_an_example_and_rejects_a_bad_file() {
+    let ok = resnetc(&["check", "examples/resnet18.res"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("f32[N, 1000]"));
+    let bad = resnetc(&["check", "tests/bad_inputs/channel_mismatch_add.res"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let e = stderr(&bad);
+    assert!(e.contains("channel mismatch") && e.contains("channel_mismatch_add.res:4:10"), "{e}");
+    let missing = resnetc(&["check", "no/such/file.res"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(stderr(&missing).contains("cannot read"), "{}", stderr(&missing));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(resnetc(&["frobnicate"]).status.code(), Some(2));
+    // --weights and --random-weights exclude each other.
+    let o = resnetc(&[
+        "run",
+        "examples/cifar_resnet20.res",
+        "--weights",
+        "w",
+        "--random-weights",
+        "1",
+        "--input",
+        "x",
+        "--output",
+        "y",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn summary_json_reports_pytorch_totals() {
+    let o = resnetc(&["summary", "examples/resnet50.res", "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["model"], "resnet50");
+    assert_eq!(v["params"], 25_557_032u64);
+    assert_eq!(v["macs"], 4_089_184_256u64);
+    assert_eq!(v["weights"].as_array().expect("weights").len(), 267); // 320 keys less 53 num_batches_tracked
+    assert_eq!(v["weights"][0]["name"], "conv1.weight");
+    assert_eq!(v["weights"][0]["shape"], serde_json::json!([64, 3, 7, 7]));
+    assert!(v["layers"].as_array().expect("layers").len() > 100);
+    let text = resnetc(&["summary", "examples/resnet50.res"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("25,557,032 parameters"));
+}
+
+#[test]
+fn graph_and_ir_print() {
+    let dot = resnetc(&["graph", "examples/cifar_resnet20.res"]);
+    assert_eq!(dot.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&dot.stdout);
+    assert!(text.starts_with("digraph") && text.contains("layer1.0.conv1"));
+    let svg = resnetc(&["graph", "examples/cifar_resnet20.res", "--format", "svg"]);
+    let has_dot = Command::new("dot").arg("-V").output().is_ok();
+    if has_dot {
+        assert_eq!(svg.status.code(), Some(0), "{}", stderr(&svg));
+        assert!(String::from_utf8_lossy(&svg.stdout).contains("<svg"));
+    } else {
+        assert_eq!(svg.status.code(), Some(1));
+        assert!(stderr(&svg).contains("Graphviz"), "{}", stderr(&svg));
+    }
+    let ir = resnetc(&["ir", "examples/cifar_resnet20.res"]);
+    assert!(String::from_utf8_lossy(&ir.stdout).contains("model cifar_resnet20(x: f32[N, 3, 32, 32]) -> f32[N, 10]"));
+}
+
+#[test]
+fn run_reproduces_pytorch_through_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("y.npy");
+    let o = resnetc(&[
+        "run",
+        "examples/cifar_resnet20.res",
+        "--weights",
+        p(&fixture("cifar_resnet20.safetensors")),
+        "--input",
+        p(&fixture("cifar_resnet20.input.npy")),
+        "--output",
+        p(&out),
+        "--target",
+        "ref",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let y = resnetc::weights::read_npy(&out).expect("output written");
+    let e = resnetc::weights::read_npy(&fixture("cifar_resnet20.output.npy")).expect("expected");
+    assert_close("cli cifar_resnet20", &y, &e, 1e-5, 1e-3);
+}
+
+#[test]
+fn init_then_run_with_random_weights() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = dir.path().join("w.safetensors");
+    let o = resnetc(&["init", "examples/densenet_bc_small.res", "--seed", "7", "-o", p(&w)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let from_file = dir.path().join("a.npy");
+    let from_seed = dir.path().join("b.npy");
+    let input = p(&fixture("densenet_bc_small.input.npy")).to_string();
+    for (out, flag, val) in [(&from_file, "--weights", p(&w)), (&from_seed, "--random-weights", "7")] {
+        let o = resnetc(&[
+            "run",
+            "examples/densenet_bc_small.res",
+            flag,
+            val,
+            "--input",
+            &input,
+            "--output",
+            p(out),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    let a = resnetc::weights::read_npy(&from_file).expect("a");
+    let b = resnetc::weights::read_npy(&from_seed).expect("b");
+    assert_eq!(a, b, "init --seed 7 and --random-weights 7 must be the same weights");
+}
+
+/// Each failure exits 1 with a message naming the problem, and leaves no
+/// output file.
+#[test]
+fn bad_weights_and_inputs_fail_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"this is not a weights file").expect("write");
+    let truncated = dir.path().join("truncated.safetensors");
+    let bytes = std::fs::read(fixture("cifar_resnet20.safetensors")).expect("read");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
+    let fortran = dir.path().join("bad.npy");
+    std::fs::write(&fortran, b"\x93NUMPY\x01\x00\x46\x00{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3, 32, 32), }      \n")
+        .expect("write");
+    let cases: Vec<(&str, String, String, &str)> = vec![
+        // (what, weights, input, expected message fragment)
+        (
+            "weights of another model",
+            p(&fixture("cifar_plain20.safetensors")).into(),
+            p(&fixture("cifar_resnet20.input.npy")).into(),
+            "missing",
+        ),
+        (
+            "not safetensors",
+            p(&garbage).into(),
+            p(&fixture("cifar_resnet20.input.npy")).into(),
+            "not a safetensors file",
+        ),
+        (
+            "truncated safetensors",
+            p(&truncated).into(),
+            p(&fixture("cifar_resnet20.input.npy")).into(),
+            "truncated.safetensors",
+        ),
+        (
+            "input of another shape",
+            p(&fixture("cifar_resnet20.safetensors")).into(),
+            p(&fixture("unet_small.input.npy")).into(),
+            "has shape",
+        ),
+        (
+            "float64 input",
+            p(&fixture("cifar_resnet20.safetensors")).into(),
+            p(&fortran).into(),
+            "<f8",
+        ),
+        (
+            "missing input",
+            p(&fixture("cifar_resnet20.safetensors")).into(),
+            "no-such.npy".into(),
+            "no-such.npy",
+        ),
+    ];
+    for (what, w, x, needle) in cases {
+        let out = dir.path().join("out.npy");
+        let o = resnetc(&[
+            "run",
+            "examples/cifar_resnet20.res",
+            "--weights",
+            &w,
+            "--input",
+            &x,
+            "--output",
+            p(&out),
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{what}: expected `{needle}` in\n{}", stderr(&o));
+        assert!(!out.exists(), "{what}: output file left behind");
+    }
+}
+
+#[test]
+fn unavailable_target_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("y.npy");
+    let o = resnetc(&[
+        "run",
+        "examples/cifar_resnet20.res",
+        "--random-weights",
+        "0",
+        "--input",
+        p(&fixture("cifar_resnet20.input.npy")),
+        "--output",
+        p(&out),
+        "--target",
+        "cuda",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(!out.exists());
+}
