@@ -6,6 +6,7 @@
 
 pub mod front;
 pub mod interp;
+pub mod passes;
 pub mod ir;
 pub mod summary;
 pub mod tensor;

@@ -27,6 +27,8 @@ enum Command {
         file: PathBuf,
         #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
         format: SummaryFormat,
+        #[command(flatten)]
+        opt: OptArgs,
     },
     /// Graphviz view of the network.
     Graph {
@@ -37,8 +39,14 @@ enum Command {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-    /// Print the IR text form.
-    Ir { file: PathBuf },
+    /// Print the IR text form (optimized unless -O0).
+    Ir {
+        file: PathBuf,
+        #[command(flatten)]
+        opt: OptArgs,
+    },
+    /// List the optimization passes in pipeline order.
+    Passes,
     /// Run a model on an input .npy and write the output .npy.
     Run {
         file: PathBuf,
@@ -70,6 +78,16 @@ struct WeightsArgs {
     /// Use seeded random weights instead of a file.
     #[arg(long, value_name = "SEED")]
     random_weights: Option<u64>,
+}
+
+#[derive(clap::Args)]
+struct OptArgs {
+    /// Run no optimization pass.
+    #[arg(short = 'O', value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(0..=1), default_value_t = 1)]
+    level: u8,
+    /// Stop after this pass (see `resnetc passes`).
+    #[arg(long, value_name = "PASS")]
+    print_after: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -137,6 +155,23 @@ fn compile(file: &Path) -> Result<Compiled> {
     Ok(c)
 }
 
+/// The graph after the passes that `opt` asks for.
+fn optimized(c: &Compiled, opt: &OptArgs) -> Result<resnetc::ir::Graph> {
+    let mut g = c.graph.clone();
+    if let Some(p) = &opt.print_after {
+        if !resnetc::passes::names().contains(&p.as_str()) {
+            return Err(other(
+                format!("unknown pass `{p}`"),
+                &format!("passes: {}", resnetc::passes::names().join(", ")),
+            ));
+        }
+    }
+    if opt.level > 0 {
+        resnetc::passes::optimize(&mut g, opt.print_after.as_deref());
+    }
+    Ok(g)
+}
+
 fn write_output(path: Option<&Path>, text: &str) -> Result<()> {
     match path {
         None => {
@@ -178,9 +213,10 @@ fn dispatch(cmd: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Summary { file, format } => {
+        Command::Summary { file, format, opt } => {
             let c = compile(&file)?;
-            let s = resnetc::summary::summarize(&c.graph, &c.graph);
+            let g = optimized(&c, &opt)?;
+            let s = resnetc::summary::summarize(&g, &c.graph);
             match format {
                 SummaryFormat::Text => print!("{}", s.table()),
                 SummaryFormat::Json => {
@@ -207,9 +243,16 @@ fn dispatch(cmd: Command) -> Result<()> {
                 }
             }
         }
-        Command::Ir { file } => {
+        Command::Ir { file, opt } => {
             let c = compile(&file)?;
-            print!("{}", resnetc::ir::print::print(&c.graph));
+            let g = optimized(&c, &opt)?;
+            print!("{}", resnetc::ir::print::print(&g));
+            Ok(())
+        }
+        Command::Passes => {
+            for p in resnetc::passes::PIPELINE {
+                println!("{:<16} {}", p.name, p.about);
+            }
             Ok(())
         }
         Command::Run {

@@ -30,8 +30,19 @@ pub struct Summary {
     pub macs: u64,
     pub weights: Vec<WeightInfo>,
     pub layers: Vec<LayerInfo>,
-    /// Op counts of the graph as it stands (after any passes).
+    /// Op counts of the graph as it stands (after any passes); a concat
+    /// that copies nothing counts as `concat_in_place`.
     pub ops: BTreeMap<String, usize>,
+    /// Activation memory per image (batch 1).
+    pub activation_bytes: ActivationBytes,
+}
+
+#[derive(Serialize, Debug)]
+pub struct ActivationBytes {
+    /// Sum of all activation tensors of the graph as it stands.
+    pub naive: usize,
+    /// The memory plan's arena.
+    pub planned: usize,
 }
 
 /// Summarises `graph`. `written` is the graph as the user wrote it: params,
@@ -40,7 +51,7 @@ pub fn summarize(graph: &Graph, written: &Graph) -> Summary {
     let layers: Vec<LayerInfo> = graph
         .schedule()
         .into_iter()
-        .filter(|&n| !matches!(graph.node(n).op, Op::Weight { .. } | Op::Input | Op::Output))
+        .filter(|&n| !graph.node(n).op.is_const() && !matches!(graph.node(n).op, Op::Input | Op::Output))
         .map(|n| {
             let node = graph.node(n);
             LayerInfo {
@@ -53,9 +64,27 @@ pub fn summarize(graph: &Graph, written: &Graph) -> Summary {
         })
         .collect();
     let mut ops = BTreeMap::new();
-    for l in &layers {
-        *ops.entry(l.op.clone()).or_insert(0) += 1;
+    for n in graph.schedule() {
+        let op = &graph.node(n).op;
+        if op.is_const() || matches!(op, Op::Input | Op::Output) {
+            continue;
+        }
+        let kind = if matches!(op, Op::Concat { .. }) && !crate::passes::concat_in_place::copies(op) {
+            "concat_in_place"
+        } else {
+            op.kind()
+        };
+        *ops.entry(kind.to_string()).or_insert(0) += 1;
     }
+    // A graph that was not planned (-O0) is planned as it is, for comparison.
+    let plan = match &graph.plan {
+        Some(p) => p.clone(),
+        None => {
+            let mut g = graph.clone();
+            crate::passes::plan_memory::run(&mut g);
+            g.plan.unwrap_or_default()
+        }
+    };
     let order = written.schedule();
     Summary {
         model: graph.name.clone(),
@@ -72,6 +101,10 @@ pub fn summarize(graph: &Graph, written: &Graph) -> Summary {
             .collect(),
         layers,
         ops,
+        activation_bytes: ActivationBytes {
+            naive: plan.naive_bytes,
+            planned: plan.arena_bytes,
+        },
     }
 }
 

@@ -262,6 +262,9 @@ impl<'a> Expander<'a> {
                 }
                 Stmt::Assign { name, value } => {
                     let v = self.expr(value, None)?;
+                    if let Value::Unit = v {
+                        return Err(type_error(value.span, "a value", &v));
+                    }
                     self.assign(name, v)?;
                 }
                 Stmt::For(f) => self.for_loop(f)?,
@@ -309,7 +312,13 @@ impl<'a> Expander<'a> {
             self.bind(&f.var, Value::Int(i), false);
             let r = self.nested_body(&f.body);
             self.pop_scope();
-            r?;
+            if let (Value::Tensor(_), Some(Stmt::Expr(e))) = (r?, f.body.stmts.last()) {
+                self.warnings.push(
+                    Diag::warning("res::unused", e.span, "unused value")
+                        .label("a loop body's last tensor is dropped")
+                        .help("assign it to a value defined before the loop, e.g. `x = x |> ...`"),
+                );
+            }
         }
         Ok(())
     }
@@ -437,7 +446,14 @@ impl<'a> Expander<'a> {
         match (l, r) {
             (Value::Tensor(x), Value::Tensor(y)) if op == BinOp::Add => {
                 let name = self.path.join(".");
-                self.make(Op::Add, name, &[x, y], span, &[a.span, b.span])
+                // Underline the `+` itself so the operand labels do not overlap it.
+                let text = &self.sources.file(a.span.file).text;
+                let between = text.get(a.span.end as usize..b.span.start as usize).unwrap_or("");
+                let plus = between.find('+').map_or(span, |i| {
+                    let at = a.span.end as usize + i;
+                    Span::new(a.span.file, at, at + 1)
+                });
+                self.make(Op::Add, name, &[x, y], plus, &[a.span, b.span])
             }
             (Value::Int(x), Value::Int(y)) => {
                 let v = match op {
@@ -519,18 +535,20 @@ impl<'a> Expander<'a> {
             }
             None => label_override,
         };
-        let pushed = label.is_some();
-        if let Some(l) = label {
-            self.path.push(l);
+        match &stage.kind {
+            // A call's arguments are evaluated outside its label; the label
+            // is pushed once they are bound.
+            StageKind::Call(call) => self.call(call, input, label),
+            StageKind::Sequence(items) => {
+                let pushed = label.is_some();
+                self.path.extend(label);
+                let r = self.sequence(items, input, stage.span);
+                if pushed {
+                    self.path.pop();
+                }
+                r
+            }
         }
-        let r = match &stage.kind {
-            StageKind::Call(call) => self.call(call, input),
-            StageKind::Sequence(items) => self.sequence(items, input, stage.span),
-        };
-        if pushed {
-            self.path.pop();
-        }
-        r
     }
 
     fn sequence(
@@ -568,29 +586,35 @@ impl<'a> Expander<'a> {
         Ok(v)
     }
 
-    fn call(&mut self, call: &Call, input: Option<(Value, Span)>) -> R<Value> {
-        if let Some(b) = builtins::find(&call.name.name) {
-            return self.builtin(b, call, input);
-        }
-        if let Some(block) = self.blocks.get(&call.name.name) {
-            return self.call_block(block, call, input);
-        }
+    fn call(&mut self, call: &Call, input: Option<(Value, Span)>, label: Option<String>) -> R<Value> {
+        let depth = self.path.len();
+        let r = if let Some(b) = builtins::find(&call.name.name) {
+            self.builtin(b, call, input, label)
+        } else if let Some(block) = self.blocks.get(&call.name.name) {
+            self.call_block(block, call, input, label)
+        } else {
+            Err(self.unknown_callee(call))
+        };
+        self.path.truncate(depth);
+        r
+    }
+
+    fn unknown_callee(&self, call: &Call) -> Diag {
         let names: Vec<&str> = builtins::BUILTINS
             .iter()
             .map(|b| b.name)
             .chain(self.blocks.keys().map(String::as_str))
             .collect();
-        let mut d = Diag::error(
+        let d = Diag::error(
             "res::unknown_block",
             call.name.span,
             format!("unknown block or operator `{}`", call.name.name),
         )
         .label("not defined");
-        d = match closest(&call.name.name, names) {
+        match closest(&call.name.name, names) {
             Some(c) => d.help(format!("did you mean `{c}`?")),
             None => d.help("define it with `block name(x, ...) { ... }`, `use` a file that does, or see docs/language.md for the operators"),
-        };
-        Err(d)
+        }
     }
 
     fn call_block(
@@ -598,6 +622,7 @@ impl<'a> Expander<'a> {
         def: &BlockDef,
         call: &Call,
         input: Option<(Value, Span)>,
+        label: Option<String>,
     ) -> R<Value> {
         let name = &def.name.name;
         if self.calls.iter().any(|(n, _)| n == name) {
@@ -623,6 +648,7 @@ impl<'a> Expander<'a> {
             .map(|p| (p.name.name.as_str(), p.default.as_ref()))
             .collect();
         let given = self.bind_args(&params, false, call, input, &format!("block `{name}`"))?;
+        self.path.extend(label); // `call` pops it
         let saved = std::mem::replace(&mut self.scopes, vec![Vec::new()]);
         self.calls.push((name.clone(), call.span));
         let result = (|| {
@@ -768,9 +794,11 @@ impl<'a> Expander<'a> {
         b: &'static Builtin,
         call: &Call,
         input: Option<(Value, Span)>,
+        label: Option<String>,
     ) -> R<Value> {
         let params: Vec<(&str, Option<&Expr>)> = b.params.iter().map(|p| (p.name, None)).collect();
         let given = self.bind_args(&params, b.variadic, call, input, &format!("`{}`", b.name))?;
+        self.path.extend(label); // `call` pops it
         let args = Args {
             b,
             call,
@@ -821,7 +849,8 @@ impl<'a> Expander<'a> {
             "leaky_relu" => Op::Act(Activation::LeakyRelu(args.float("slope")? as f32)),
             "add" => {
                 let y = args.tensor(1)?;
-                return self.make(Op::Add, name, &[x, y], call.span, &[]);
+                let spans: Vec<Span> = args.values.iter().flatten().map(|(_, s)| *s).collect();
+                return self.make(Op::Add, name, &[x, y], call.name.span, &spans);
             }
             "concat" => {
                 let mut xs = vec![x];
@@ -829,7 +858,7 @@ impl<'a> Expander<'a> {
                     xs.push(args.tensor(i)?);
                 }
                 let spans: Vec<Span> = args.values.iter().flatten().map(|(_, s)| *s).collect();
-                return self.make(Op::Concat { placed: vec![] }, name, &xs, call.span, &spans);
+                return self.make(Op::Concat { placed: vec![] }, name, &xs, call.name.span, &spans);
             }
             "maxpool" | "avgpool" => {
                 let k = args.size("k")?;

@@ -137,6 +137,11 @@ fn compile_inner(
     // is used, so cycles are harmless.
     let mut modules = vec![(main_id, main)];
     let mut loaded: HashMap<PathBuf, u32> = HashMap::new();
+    // The main file counts as read, so a library that `use`s it back is fine.
+    if let Some(b) = base {
+        let main_path = b.join(Path::new(name).file_name().unwrap_or_default());
+        loaded.insert(main_path.canonicalize().unwrap_or(main_path), main_id);
+    }
     let mut i = 0;
     while i < modules.len() {
         let dir = if i == 0 {

@@ -28,9 +28,8 @@ pub enum InterpError {
     Unbound(String),
 }
 
-/// Runs `graph` on a batch. `weights` must hold every weight node (as
-/// `weights::bind` guarantees); derived constants are computed from them.
-pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, InterpError> {
+/// Checks the weights and the input, and computes the derived constants.
+fn prepare(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Weights, InterpError> {
     for w in graph.weights() {
         if let Op::Weight { name } = &graph.node(w).op {
             if !weights.contains_key(name) {
@@ -38,21 +37,30 @@ pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, I
             }
         }
     }
-    let consts = crate::weights::materialize(graph, weights);
     let expected = graph.input_shape();
-    if input.shape.len() != expected.len() + 1
-        || input.shape[1..] != *expected
-        || input.shape[0] == 0
-    {
+    if input.shape.len() != expected.len() + 1 || input.shape[1..] != *expected || input.shape[0] == 0 {
         return Err(InterpError::InputShape {
             found: input.shape.clone(),
-            expected: expected
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            expected: expected.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "),
         });
     }
+    Ok(crate::weights::materialize(graph, weights))
+}
+
+/// The constant behind node `o`, if it is one: a weight, or a constant
+/// derived from weights.
+fn constant<'a>(graph: &Graph, c: (&'a Weights, &'a Weights), o: NodeIndex) -> Option<&'a Tensor> {
+    match &graph.node(o).op {
+        Op::Weight { name } => Some(&c.0[name]),
+        Op::Const(_) => Some(&c.1[&graph.node(o).name]),
+        _ => None,
+    }
+}
+
+/// Runs `graph` on a batch. `weights` must hold every weight node (as
+/// `weights::bind` guarantees); derived constants are computed from them.
+pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, InterpError> {
+    let consts = prepare(graph, weights, input)?;
     let order = graph.schedule();
     // Free each value after its last use: densenet201 keeps memory bounded.
     let mut remaining: HashMap<NodeIndex, usize> = HashMap::new();
@@ -62,100 +70,22 @@ pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, I
         }
     }
     let mut values: HashMap<NodeIndex, Tensor> = HashMap::new();
-    let mut result = None;
     for &n in &order {
         let node = graph.node(n);
         if node.op.is_const() {
             continue;
         }
         let ops = graph.operands(n);
-        let get = |i: usize| -> &Tensor {
-            let o = ops[i];
-            match &graph.node(o).op {
-                Op::Weight { name } => &consts[name],
-                Op::Const(_) => &consts[&graph.node(o).name],
-                _ => &values[&o],
-            }
-        };
         let y = match &node.op {
             Op::Input => input.clone(),
-            Op::Weight { .. } | Op::Const(_) => unreachable!("handled above"),
-            Op::Output => {
-                result = Some(get(0).clone());
-                continue;
+            Op::Output => return Ok(values[&ops[0]].clone()),
+            op => {
+                let args: Vec<&Tensor> = ops
+                    .iter()
+                    .map(|&o| constant(graph, (weights, &consts), o).unwrap_or_else(|| &values[&o]))
+                    .collect();
+                eval(op, &args)
             }
-            Op::Conv { geom, fused } => {
-                let x = prologue(fused, &get, 2);
-                let y = k::conv2d(
-                    x.as_ref().unwrap_or(get(0)),
-                    get(1),
-                    None,
-                    &k::Conv2d {
-                        stride: geom.stride,
-                        pad: geom.pad,
-                        dilation: geom.dilation,
-                        groups: geom.groups,
-                    },
-                );
-                epilogue(fused, y, &get, 2)
-            }
-            Op::ConvTranspose {
-                geom,
-                output_padding,
-                fused,
-            } => {
-                let x = prologue(fused, &get, 2);
-                let y = k::conv_transpose2d(
-                    x.as_ref().unwrap_or(get(0)),
-                    get(1),
-                    None,
-                    &k::ConvTranspose2d {
-                        stride: geom.stride,
-                        pad: geom.pad,
-                        dilation: geom.dilation,
-                        output_padding: *output_padding,
-                        groups: geom.groups,
-                    },
-                );
-                epilogue(fused, y, &get, 2)
-            }
-            Op::Linear { fused, .. } => {
-                let x = prologue(fused, &get, 2);
-                let y = k::linear(x.as_ref().unwrap_or(get(0)), get(1), None);
-                epilogue(fused, y, &get, 2)
-            }
-            Op::BatchNorm { eps } => k::batchnorm(get(0), get(1), get(2), get(3), get(4), *eps),
-            Op::Affine { act } => affine(get(0), get(1), get(2), *act),
-            Op::Act(a) => match a {
-                Activation::Relu => k::relu(get(0)),
-                Activation::Relu6 => k::relu6(get(0)),
-                Activation::LeakyRelu(s) => k::leaky_relu(get(0), *s),
-                Activation::Sigmoid => k::sigmoid(get(0)),
-            },
-            Op::Add => k::add(get(0), get(1)),
-            Op::Concat { .. } => {
-                let xs: Vec<&Tensor> = (0..ops.len()).map(get).collect();
-                k::concat_channels(&xs)
-            }
-            Op::MaxPool(g) => k::maxpool2d(get(0), &pool(g, true)),
-            Op::AvgPool {
-                geom,
-                count_include_pad,
-            } => k::avgpool2d(get(0), &pool(geom, *count_include_pad)),
-            Op::GlobalAvgPool => k::global_avgpool(get(0)),
-            Op::Flatten => k::flatten(get(0)),
-            Op::Upsample { scale, mode } => match mode {
-                UpsampleMode::Nearest => k::upsample_nearest(get(0), *scale),
-                UpsampleMode::Bilinear { align_corners } => {
-                    k::upsample_bilinear(get(0), *scale, *align_corners)
-                }
-            },
-            Op::Softmax => k::softmax(get(0)),
-            Op::Identity | Op::Dropout { .. } => get(0).clone(),
-            Op::ChannelPad {
-                out_channels,
-                stride,
-            } => k::channel_pad(get(0), *out_channels, *stride),
         };
         debug_assert_eq!(
             &y.shape[1..],
@@ -173,7 +103,157 @@ pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, I
         }
         values.insert(n, y);
     }
-    Ok(result.expect("a verified graph has an output"))
+    unreachable!("a verified graph ends in an output")
+}
+
+/// Runs an optimized graph the way a back end does: every activation lives
+/// in one arena at the offsets of the memory plan (in-place concat slices
+/// and views included), the arena starting as NaN. A plan that reuses memory
+/// still needed, or places a slice wrongly, gives a different result than
+/// `run`. Returns `None` when the graph has no plan.
+pub fn run_planned(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Option<Tensor>, InterpError> {
+    let Some(plan) = &graph.plan else { return Ok(None) };
+    let consts = prepare(graph, weights, input)?;
+    let batch = input.shape[0];
+    let mut arena = vec![f32::NAN; batch * plan.arena_bytes / 4];
+    // A view: (first element, per-image elements, distance between images).
+    let view = |n: NodeIndex, extra: usize| {
+        let s = plan.storage[&n];
+        let base = batch * plan.buffers[s.buffer].offset / 4 + s.elem_offset + extra;
+        (base, s.batch_stride)
+    };
+    let read = |arena: &[f32], n: NodeIndex| {
+        let shape = &graph.node(n).shape;
+        let per: usize = shape.iter().product();
+        let (base, stride) = view(n, 0);
+        let mut data = Vec::with_capacity(batch * per);
+        for b in 0..batch {
+            data.extend_from_slice(&arena[base + b * stride..base + b * stride + per]);
+        }
+        let mut full = vec![batch];
+        full.extend(shape);
+        Tensor::from_vec(&full, data)
+    };
+    let write = |arena: &mut [f32], n: NodeIndex, extra: usize, t: &Tensor| {
+        let per = t.len() / batch;
+        let (base, stride) = view(n, extra);
+        for b in 0..batch {
+            arena[base + b * stride..base + b * stride + per].copy_from_slice(&t.data[b * per..(b + 1) * per]);
+        }
+    };
+    for &n in &plan.schedule {
+        let node = graph.node(n);
+        let ops = graph.operands(n);
+        match &node.op {
+            Op::Input => write(&mut arena, n, 0, input),
+            Op::Output => return Ok(Some(read(&arena, ops[0]))),
+            Op::Concat { placed } => {
+                // Placed operands are already in their slices; copy the rest.
+                let mut off = 0;
+                for (i, &o) in ops.iter().enumerate() {
+                    if !placed.get(i).copied().unwrap_or(false) {
+                        let t = read(&arena, o);
+                        write(&mut arena, n, off, &t);
+                    }
+                    off += crate::ir::graph::numel(&graph.node(o).shape);
+                }
+            }
+            op => {
+                let owned: Vec<Option<Tensor>> = ops
+                    .iter()
+                    .map(|&o| constant(graph, (weights, &consts), o).is_none().then(|| read(&arena, o)))
+                    .collect();
+                let args: Vec<&Tensor> = ops
+                    .iter()
+                    .zip(&owned)
+                    .map(|(&o, t)| t.as_ref().unwrap_or_else(|| constant(graph, (weights, &consts), o).expect("a constant")))
+                    .collect();
+                let y = eval(op, &args);
+                write(&mut arena, n, 0, &y);
+            }
+        }
+    }
+    unreachable!("a plan ends in the output")
+}
+
+/// One op on its operands (constants included, in operand order).
+fn eval(op: &Op, a: &[&Tensor]) -> Tensor {
+    let get = |i: usize| a[i];
+    match op {
+        Op::Input | Op::Output | Op::Weight { .. } | Op::Const(_) => unreachable!("not computed by eval"),
+        Op::Conv { geom, fused } => {
+            let x = prologue(fused, &get, 2);
+            let y = k::conv2d(
+                x.as_ref().unwrap_or(get(0)),
+                get(1),
+                None,
+                &k::Conv2d {
+                    stride: geom.stride,
+                    pad: geom.pad,
+                    dilation: geom.dilation,
+                    groups: geom.groups,
+                },
+            );
+            epilogue(fused, y, &get, 2)
+        }
+        Op::ConvTranspose {
+            geom,
+            output_padding,
+            fused,
+        } => {
+            let x = prologue(fused, &get, 2);
+            let y = k::conv_transpose2d(
+                x.as_ref().unwrap_or(get(0)),
+                get(1),
+                None,
+                &k::ConvTranspose2d {
+                    stride: geom.stride,
+                    pad: geom.pad,
+                    dilation: geom.dilation,
+                    output_padding: *output_padding,
+                    groups: geom.groups,
+                },
+            );
+            epilogue(fused, y, &get, 2)
+        }
+        Op::Linear { fused, .. } => {
+            let x = prologue(fused, &get, 2);
+            let y = k::linear(x.as_ref().unwrap_or(get(0)), get(1), None);
+            epilogue(fused, y, &get, 2)
+        }
+        Op::BatchNorm { eps } => k::batchnorm(get(0), get(1), get(2), get(3), get(4), *eps),
+        Op::Affine { act } => affine(get(0), get(1), get(2), *act),
+        Op::Act(a) => match a {
+            Activation::Relu => k::relu(get(0)),
+            Activation::Relu6 => k::relu6(get(0)),
+            Activation::LeakyRelu(s) => k::leaky_relu(get(0), *s),
+            Activation::Sigmoid => k::sigmoid(get(0)),
+        },
+        Op::Add => k::add(get(0), get(1)),
+        Op::Concat { .. } => {
+            let xs: Vec<&Tensor> = a.to_vec();
+            k::concat_channels(&xs)
+        }
+        Op::MaxPool(g) => k::maxpool2d(get(0), &pool(g, true)),
+        Op::AvgPool {
+            geom,
+            count_include_pad,
+        } => k::avgpool2d(get(0), &pool(geom, *count_include_pad)),
+        Op::GlobalAvgPool => k::global_avgpool(get(0)),
+        Op::Flatten => k::flatten(get(0)),
+        Op::Upsample { scale, mode } => match mode {
+            UpsampleMode::Nearest => k::upsample_nearest(get(0), *scale),
+            UpsampleMode::Bilinear { align_corners } => {
+                k::upsample_bilinear(get(0), *scale, *align_corners)
+            }
+        },
+        Op::Softmax => k::softmax(get(0)),
+        Op::Identity | Op::Dropout { .. } => get(0).clone(),
+        Op::ChannelPad {
+            out_channels,
+            stride,
+        } => k::channel_pad(get(0), *out_channels, *stride),
+    }
 }
 
 /// `act(x * scale + shift)` per channel (axis 1).

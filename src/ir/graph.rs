@@ -22,6 +22,8 @@ pub struct Graph {
     pub g: StableDiGraph<Node, u32>,
     pub input: NodeIndex,
     pub output: NodeIndex,
+    /// Set by plan_memory, the last pass; any later rewrite must clear it.
+    pub plan: Option<super::plan::MemoryPlan>,
 }
 
 impl Graph {
@@ -38,6 +40,7 @@ impl Graph {
             g,
             input,
             output: input,
+            plan: None,
         }
     }
 

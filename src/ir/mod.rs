@@ -3,6 +3,7 @@
 pub mod dot;
 pub mod graph;
 pub mod op;
+pub mod plan;
 pub mod print;
 pub mod shape;
 pub mod sizes;

@@ -48,9 +48,23 @@ pub fn print(graph: &Graph) -> String {
             }
         }
     }
+    let plan = graph.plan.as_ref();
+    if let Some(p) = plan {
+        let _ = writeln!(
+            out,
+            "arena: {} bytes per image in {} buffers (unshared: {} bytes)",
+            p.arena_bytes,
+            p.buffers.len(),
+            p.naive_bytes
+        );
+    }
     out.push_str("body:\n");
     let mut next = 0usize;
-    for &n in &order {
+    let body: Vec<NodeIndex> = match plan {
+        Some(p) => p.schedule.clone(),
+        None => order.clone(),
+    };
+    for &n in &body {
         let node = graph.node(n);
         match &node.op {
             Op::Weight { .. } | Op::Const(_) => continue,
@@ -81,6 +95,14 @@ pub fn print(graph: &Graph) -> String {
                     op.attrs(),
                     show(&node.shape)
                 );
+                if let Some(st) = plan.and_then(|p| p.storage.get(&n).map(|s| (s, &p.buffers[s.buffer]))) {
+                    let (s, b) = st;
+                    if s.elem_offset == 0 && s.batch_stride * 4 == b.bytes && s.batch_stride == crate::ir::graph::numel(&node.shape) {
+                        let _ = write!(out, " @{}", b.offset);
+                    } else {
+                        let _ = write!(out, " @{}+{}/{}", b.offset, s.elem_offset * 4, s.batch_stride * 4);
+                    }
+                }
                 if !node.name.is_empty() {
                     let _ = write!(out, "  // {}", node.name);
                 }

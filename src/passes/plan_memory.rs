@@ -1,0 +1,180 @@
+//! Memory planning: a schedule chosen to keep peak memory low, liveness over
+//! it, and one arena with an offset for every activation buffer.
+//!
+//! Aliases are resolved first: a value placed in a concat's slice and a
+//! flatten of a contiguous tensor share their root's buffer, and the root
+//! stays alive from the first write of any alias to the last read of any
+//! alias. Planning buffers by root is what keeps a concat's early slices
+//! (DenseNet's first features, U-Net's skips) from being overwritten.
+
+use crate::ir::graph::numel;
+use crate::ir::plan::{Buffer, MemoryPlan, Storage};
+use crate::ir::{Graph, Op};
+use petgraph::stable_graph::NodeIndex;
+use std::collections::HashMap;
+
+/// Buffers start at multiples of this many bytes (a cache line, and the
+/// widest vector load on either back end).
+pub const ALIGN: usize = 64;
+
+pub fn run(graph: &mut Graph) {
+    // Two candidate orders: operands visited first-to-last and last-to-first
+    // (which branch of a block runs first). Keep the lower peak.
+    let a = plan_for(graph, schedule(graph, false));
+    let b = plan_for(graph, schedule(graph, true));
+    graph.plan = Some(if b.arena_bytes < a.arena_bytes { b } else { a });
+}
+
+/// Post-order from the output; `reverse` visits operands last-first.
+fn schedule(graph: &Graph, reverse: bool) -> Vec<NodeIndex> {
+    let mut order = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut stack = vec![(graph.output, false)];
+    while let Some((n, expanded)) = stack.pop() {
+        if expanded {
+            order.push(n);
+            continue;
+        }
+        if !seen.insert(n) {
+            continue;
+        }
+        stack.push((n, true));
+        let mut ops = graph.operands(n);
+        if !reverse {
+            ops.reverse();
+        }
+        for o in ops {
+            if !seen.contains(&o) {
+                stack.push((o, false));
+            }
+        }
+    }
+    order.retain(|&n| !graph.node(n).op.is_const());
+    order
+}
+
+/// Where `n` lives relative to its root: (root, element offset per image).
+fn placement(graph: &Graph) -> HashMap<NodeIndex, (NodeIndex, usize)> {
+    let mut parent: HashMap<NodeIndex, (NodeIndex, usize)> = HashMap::new();
+    for n in graph.schedule() {
+        match &graph.node(n).op {
+            Op::Concat { placed } => {
+                let mut off = 0;
+                for (i, o) in graph.operands(n).into_iter().enumerate() {
+                    if placed.get(i).copied().unwrap_or(false) {
+                        parent.insert(o, (n, off));
+                    }
+                    off += numel(&graph.node(o).shape);
+                }
+            }
+            Op::Flatten | Op::Output => {
+                let o = graph.operands(n)[0];
+                parent.insert(n, (o, 0));
+            }
+            _ => {}
+        }
+    }
+    // A flatten of a value that lives in a concat slice is not contiguous
+    // across images: it gets its own buffer (a copy).
+    let placed_in_concat = |p: &HashMap<NodeIndex, (NodeIndex, usize)>, o: NodeIndex| {
+        p.get(&o).is_some_and(|&(r, _)| matches!(graph.node(r).op, Op::Concat { .. }))
+    };
+    let flattens: Vec<NodeIndex> = parent
+        .iter()
+        .filter(|(&n, &(o, _))| matches!(graph.node(n).op, Op::Flatten) && placed_in_concat(&parent, o))
+        .map(|(&n, _)| n)
+        .collect();
+    for f in flattens {
+        parent.remove(&f);
+    }
+    // Resolve chains to the root (a concat placed in a larger concat, ...).
+    let mut resolved = HashMap::new();
+    for &n in parent.keys() {
+        let (mut r, mut off) = parent[&n];
+        while let Some(&(up, o)) = parent.get(&r) {
+            r = up;
+            off += o;
+        }
+        resolved.insert(n, (r, off));
+    }
+    resolved
+}
+
+fn plan_for(graph: &Graph, order: Vec<NodeIndex>) -> MemoryPlan {
+    let pos: HashMap<NodeIndex, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let alias = placement(graph);
+    let root_of = |n: NodeIndex| alias.get(&n).map_or((n, 0), |&r| r);
+    // Live interval of each root over all its aliases.
+    let mut interval: HashMap<NodeIndex, (usize, usize)> = HashMap::new();
+    let mut naive = 0usize;
+    for &n in &order {
+        if !matches!(graph.node(n).op, Op::Output) {
+            naive += numel(&graph.node(n).shape) * 4;
+        }
+        let (r, _) = root_of(n);
+        let mut last = pos[&n];
+        for (u, _) in graph.users(n) {
+            if let Some(&p) = pos.get(&u) {
+                last = last.max(p);
+            }
+        }
+        if n == graph.output || graph.operands(graph.output).contains(&n) {
+            last = order.len();
+        }
+        let e = interval.entry(r).or_insert((pos[&n], last));
+        e.0 = e.0.min(pos[&n]);
+        e.1 = e.1.max(last);
+    }
+    // Greedy by size: biggest buffers first, each at the lowest offset that
+    // overlaps no already-placed buffer alive at the same time.
+    let mut roots: Vec<NodeIndex> = interval.keys().copied().collect();
+    roots.sort_by_key(|&r| (std::cmp::Reverse(numel(&graph.node(r).shape)), pos[&r]));
+    let mut buffers: Vec<Buffer> = Vec::new();
+    let mut buffer_of: HashMap<NodeIndex, usize> = HashMap::new();
+    for r in roots {
+        let bytes = numel(&graph.node(r).shape) * 4;
+        let (first, last) = interval[&r];
+        let mut busy: Vec<(usize, usize)> = buffers
+            .iter()
+            .filter(|b| b.first <= last && first <= b.last)
+            .map(|b| (b.offset, b.offset + b.bytes))
+            .collect();
+        busy.sort();
+        let mut offset = 0;
+        for (s, e) in busy {
+            if offset + bytes <= s {
+                break;
+            }
+            offset = offset.max(e.div_ceil(ALIGN) * ALIGN);
+        }
+        buffer_of.insert(r, buffers.len());
+        buffers.push(Buffer {
+            offset,
+            bytes,
+            first,
+            last,
+        });
+    }
+    let storage = order
+        .iter()
+        .map(|&n| {
+            let (r, off) = root_of(n);
+            (
+                n,
+                Storage {
+                    buffer: buffer_of[&r],
+                    elem_offset: off,
+                    batch_stride: numel(&graph.node(r).shape),
+                },
+            )
+        })
+        .collect();
+    let arena = buffers.iter().map(|b| b.offset + b.bytes).max().unwrap_or(0);
+    MemoryPlan {
+        schedule: order,
+        buffers,
+        storage,
+        arena_bytes: arena.div_ceil(ALIGN) * ALIGN,
+        naive_bytes: naive,
+    }
+}
