@@ -6,8 +6,8 @@
 
 pub mod front;
 pub mod interp;
-pub mod passes;
 pub mod ir;
+pub mod passes;
 pub mod summary;
 pub mod tensor;
 pub mod weights;

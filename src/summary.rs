@@ -51,7 +51,9 @@ pub fn summarize(graph: &Graph, written: &Graph) -> Summary {
     let layers: Vec<LayerInfo> = graph
         .schedule()
         .into_iter()
-        .filter(|&n| !graph.node(n).op.is_const() && !matches!(graph.node(n).op, Op::Input | Op::Output))
+        .filter(|&n| {
+            !graph.node(n).op.is_const() && !matches!(graph.node(n).op, Op::Input | Op::Output)
+        })
         .map(|n| {
             let node = graph.node(n);
             LayerInfo {
@@ -69,7 +71,8 @@ pub fn summarize(graph: &Graph, written: &Graph) -> Summary {
         if op.is_const() || matches!(op, Op::Input | Op::Output) {
             continue;
         }
-        let kind = if matches!(op, Op::Concat { .. }) && !crate::passes::concat_in_place::copies(op) {
+        let kind = if matches!(op, Op::Concat { .. }) && !crate::passes::concat_in_place::copies(op)
+        {
             "concat_in_place"
         } else {
             op.kind()
@@ -113,7 +116,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

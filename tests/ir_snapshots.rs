@@ -5,7 +5,9 @@ use resnetc::front::compile_file;
 use std::path::Path;
 
 fn ir_of(case: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ir_cases").join(format!("{case}.res"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/ir_cases")
+        .join(format!("{case}.res"));
     let c = compile_file(&path).unwrap_or_else(|e| panic!("{case}: {}", e.render_plain()));
     assert!(c.warnings.is_empty(), "{case}: unexpected warnings");
     resnetc::ir::verify::verify(&c.graph).expect("verifies");
@@ -40,8 +42,15 @@ fn printer_is_stable_under_index_changes() {
     let mut c = compile_file(&path).expect("compiles");
     let before = resnetc::ir::print::print(&c.graph);
     // Add a dead node, remove it, then add another: indices shift.
-    let dead = c.graph.add(resnetc::ir::Op::Identity, "dead", vec![1], &[c.graph.input]);
+    let dead = c
+        .graph
+        .add(resnetc::ir::Op::Identity, "dead", vec![1], &[c.graph.input]);
     c.graph.g.remove_node(dead);
-    let _ = c.graph.add(resnetc::ir::Op::Identity, "dead2", vec![1], &[c.graph.input]);
+    let _ = c.graph.add(
+        resnetc::ir::Op::Identity,
+        "dead2",
+        vec![1],
+        &[c.graph.input],
+    );
     assert_eq!(before, resnetc::ir::print::print(&c.graph));
 }

@@ -28,7 +28,9 @@ fn examples_small() -> Vec<(String, Compiled)> {
         .into_iter()
         .map(|name| {
             let text = std::fs::read_to_string(dir.join(format!("{name}.res"))).expect("read");
-            let text = text.replace("224, 224]", "32, 32]").replace("256, 256]", "32, 32]");
+            let text = text
+                .replace("224, 224]", "32, 32]")
+                .replace("256, 256]", "32, 32]");
             let c = compile_source(&format!("{name}.res"), &text, Some(&dir))
                 .unwrap_or_else(|e| panic!("{name}: {}", e.render_plain()));
             (name, c)
@@ -74,23 +76,42 @@ fn optimized_examples_match_the_unoptimized_graph() {
     for (i, (name, c)) in examples_small().into_iter().enumerate() {
         let t0 = std::time::Instant::now();
         let mut w = random_weights(&specs_of(&c.graph), 100 + i as u64);
-        let residual = c.graph.schedule().iter().any(|&n| matches!(c.graph.node(n).op, Op::Add));
+        let residual = c
+            .graph
+            .schedule()
+            .iter()
+            .any(|&n| matches!(c.graph.node(n).op, Op::Add));
         if residual {
             w = tame_residuals(w);
         }
         // Batch 2 where concat slices are strided views; 1 elsewhere (the
         // big nets' interpreter time is spent per weight, per image).
-        let has_concat = c.graph.schedule().iter().any(|&n| matches!(c.graph.node(n).op, Op::Concat { .. }));
+        let has_concat = c
+            .graph
+            .schedule()
+            .iter()
+            .any(|&n| matches!(c.graph.node(n).op, Op::Concat { .. }));
         let mut shape = vec![if has_concat { 2 } else { 1 }];
         shape.extend(c.graph.input_shape());
         let x = random_tensor(&shape, 7 + i as u64);
         let reference = resnetc::interp::run(&c.graph, &w, &x).expect("reference runs");
-        assert!(reference.data.iter().all(|v| v.is_finite()), "{name}: reference not finite");
+        assert!(
+            reference.data.iter().all(|v| v.is_finite()),
+            "{name}: reference not finite"
+        );
         let opt = optimized(&c.graph);
         let y = resnetc::interp::run(&opt, &w, &x).expect("optimized runs");
         assert_close(&format!("{name} optimized"), &y, &reference, 1e-5, 1e-3);
-        let planned = resnetc::interp::run_planned(&opt, &w, &x).expect("runs").expect("planned");
-        assert_close(&format!("{name} in the arena"), &planned, &reference, 1e-5, 1e-3);
+        let planned = resnetc::interp::run_planned(&opt, &w, &x)
+            .expect("runs")
+            .expect("planned");
+        assert_close(
+            &format!("{name} in the arena"),
+            &planned,
+            &reference,
+            1e-5,
+            1e-3,
+        );
         println!("{name}: {:.1?}", t0.elapsed());
     }
 }
@@ -105,13 +126,19 @@ fn folding_traps_keep_the_numbers() {
     let opt = optimized(&c.graph);
     let y = resnetc::interp::run(&opt, &w, &x).expect("runs");
     assert_close("fold_traps", &y, &reference, 1e-5, 1e-3);
-    let planned = resnetc::interp::run_planned(&opt, &w, &x).expect("runs").expect("planned");
+    let planned = resnetc::interp::run_planned(&opt, &w, &x)
+        .expect("runs")
+        .expect("planned");
     assert_close("fold_traps in the arena", &planned, &reference, 1e-5, 1e-3);
     let ops = op_counts(&opt);
     // b1 folds into c1 (with its bias), b4 cannot (raw is used twice), b2
     // follows a ReLU and b3 a concat; b3+relu becomes c2's prologue.
     assert_eq!(ops.get("batchnorm"), None, "{ops:?}");
-    assert_eq!(ops.get("affine"), Some(&2), "b2 and b4 stay standalone: {ops:?}");
+    assert_eq!(
+        ops.get("affine"),
+        Some(&2),
+        "b2 and b4 stay standalone: {ops:?}"
+    );
     assert_eq!(ops.get("dropout").or(ops.get("identity")), None);
 }
 
@@ -141,7 +168,10 @@ fn residual_nets_have_no_standalone_bn_add_or_relu() {
 fn dense_and_unet_concats_copy_nothing() {
     for name in ["densenet121", "densenet_bc_small", "unet_small", "unet"] {
         let ops = op_counts(&optimized(&compile_example(name).graph));
-        assert!(!ops.contains_key("concat"), "{name} has a copying concat: {ops:?}");
+        assert!(
+            !ops.contains_key("concat"),
+            "{name} has a copying concat: {ops:?}"
+        );
         assert!(ops["concat_in_place"] > 0, "{name}: {ops:?}");
     }
 }
@@ -177,7 +207,9 @@ fn live_buffers_never_overlap() {
 }
 
 fn ir_after(case: &str, pass: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ir_cases").join(format!("{case}.res"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/ir_cases")
+        .join(format!("{case}.res"));
     let c = compile_file(&path).unwrap_or_else(|e| panic!("{case}: {}", e.render_plain()));
     let mut g = c.graph.clone();
     passes::optimize(&mut g, Some(pass));

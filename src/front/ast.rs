@@ -66,7 +66,7 @@ pub struct Body {
 pub enum Stmt {
     Let { name: Ident, value: Expr },
     Assign { name: Ident, value: Expr },
-    For(ForLoop),
+    For(Box<ForLoop>),
     Expr(Expr),
 }
 

@@ -448,7 +448,9 @@ impl<'a> Expander<'a> {
                 let name = self.path.join(".");
                 // Underline the `+` itself so the operand labels do not overlap it.
                 let text = &self.sources.file(a.span.file).text;
-                let between = text.get(a.span.end as usize..b.span.start as usize).unwrap_or("");
+                let between = text
+                    .get(a.span.end as usize..b.span.start as usize)
+                    .unwrap_or("");
                 let plus = between.find('+').map_or(span, |i| {
                     let at = a.span.end as usize + i;
                     Span::new(a.span.file, at, at + 1)
@@ -586,7 +588,12 @@ impl<'a> Expander<'a> {
         Ok(v)
     }
 
-    fn call(&mut self, call: &Call, input: Option<(Value, Span)>, label: Option<String>) -> R<Value> {
+    fn call(
+        &mut self,
+        call: &Call,
+        input: Option<(Value, Span)>,
+        label: Option<String>,
+    ) -> R<Value> {
         let depth = self.path.len();
         let r = if let Some(b) = builtins::find(&call.name.name) {
             self.builtin(b, call, input, label)
@@ -858,7 +865,13 @@ impl<'a> Expander<'a> {
                     xs.push(args.tensor(i)?);
                 }
                 let spans: Vec<Span> = args.values.iter().flatten().map(|(_, s)| *s).collect();
-                return self.make(Op::Concat { placed: vec![] }, name, &xs, call.name.span, &spans);
+                return self.make(
+                    Op::Concat { placed: vec![] },
+                    name,
+                    &xs,
+                    call.name.span,
+                    &spans,
+                );
             }
             "maxpool" | "avgpool" => {
                 let k = args.size("k")?;

@@ -301,14 +301,14 @@ impl Parser {
                 let inclusive = it.next().expect("grammar: range").as_str() == "..=";
                 let end = self.expr(it.next().expect("grammar: loop end"))?;
                 let body = self.body(it.next().expect("grammar: loop body"))?;
-                Stmt::For(ForLoop {
+                Stmt::For(Box::new(ForLoop {
                     var,
                     start,
                     end,
                     inclusive,
                     body,
                     span,
-                })
+                }))
             }
             _ => Stmt::Expr(self.expr(p)?),
         })

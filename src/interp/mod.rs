@@ -38,10 +38,17 @@ fn prepare(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Weights, 
         }
     }
     let expected = graph.input_shape();
-    if input.shape.len() != expected.len() + 1 || input.shape[1..] != *expected || input.shape[0] == 0 {
+    if input.shape.len() != expected.len() + 1
+        || input.shape[1..] != *expected
+        || input.shape[0] == 0
+    {
         return Err(InterpError::InputShape {
             found: input.shape.clone(),
-            expected: expected.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "),
+            expected: expected
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
         });
     }
     Ok(crate::weights::materialize(graph, weights))
@@ -111,8 +118,14 @@ pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, I
 /// and views included), the arena starting as NaN. A plan that reuses memory
 /// still needed, or places a slice wrongly, gives a different result than
 /// `run`. Returns `None` when the graph has no plan.
-pub fn run_planned(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Option<Tensor>, InterpError> {
-    let Some(plan) = &graph.plan else { return Ok(None) };
+pub fn run_planned(
+    graph: &Graph,
+    weights: &Weights,
+    input: &Tensor,
+) -> Result<Option<Tensor>, InterpError> {
+    let Some(plan) = &graph.plan else {
+        return Ok(None);
+    };
     let consts = prepare(graph, weights, input)?;
     let batch = input.shape[0];
     let mut arena = vec![f32::NAN; batch * plan.arena_bytes / 4];
@@ -138,7 +151,8 @@ pub fn run_planned(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<O
         let per = t.len() / batch;
         let (base, stride) = view(n, extra);
         for b in 0..batch {
-            arena[base + b * stride..base + b * stride + per].copy_from_slice(&t.data[b * per..(b + 1) * per]);
+            arena[base + b * stride..base + b * stride + per]
+                .copy_from_slice(&t.data[b * per..(b + 1) * per]);
         }
     };
     for &n in &plan.schedule {
@@ -161,12 +175,20 @@ pub fn run_planned(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<O
             op => {
                 let owned: Vec<Option<Tensor>> = ops
                     .iter()
-                    .map(|&o| constant(graph, (weights, &consts), o).is_none().then(|| read(&arena, o)))
+                    .map(|&o| {
+                        constant(graph, (weights, &consts), o)
+                            .is_none()
+                            .then(|| read(&arena, o))
+                    })
                     .collect();
                 let args: Vec<&Tensor> = ops
                     .iter()
                     .zip(&owned)
-                    .map(|(&o, t)| t.as_ref().unwrap_or_else(|| constant(graph, (weights, &consts), o).expect("a constant")))
+                    .map(|(&o, t)| {
+                        t.as_ref().unwrap_or_else(|| {
+                            constant(graph, (weights, &consts), o).expect("a constant")
+                        })
+                    })
                     .collect();
                 let y = eval(op, &args);
                 write(&mut arena, n, 0, &y);
@@ -180,7 +202,9 @@ pub fn run_planned(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<O
 fn eval(op: &Op, a: &[&Tensor]) -> Tensor {
     let get = |i: usize| a[i];
     match op {
-        Op::Input | Op::Output | Op::Weight { .. } | Op::Const(_) => unreachable!("not computed by eval"),
+        Op::Input | Op::Output | Op::Weight { .. } | Op::Const(_) => {
+            unreachable!("not computed by eval")
+        }
         Op::Conv { geom, fused } => {
             let x = prologue(fused, &get, 2);
             let y = k::conv2d(
@@ -277,7 +301,12 @@ fn prologue<'a>(fused: &Fused, get: &impl Fn(usize) -> &'a Tensor, first: usize)
 }
 
 /// Applies the epilogue steps in order; their operands follow the prologue's.
-fn epilogue<'a>(fused: &Fused, mut y: Tensor, get: &impl Fn(usize) -> &'a Tensor, first: usize) -> Tensor {
+fn epilogue<'a>(
+    fused: &Fused,
+    mut y: Tensor,
+    get: &impl Fn(usize) -> &'a Tensor,
+    first: usize,
+) -> Tensor {
     let mut slot = first + if fused.prologue.is_some() { 2 } else { 0 };
     let c = y.shape[1];
     let inner: usize = y.shape[2..].iter().product();

@@ -148,11 +148,12 @@ impl Graph {
         &self.g[self.output].shape
     }
 
-    /// Learnable parameters of an op as PyTorch counts them (`parameters()`:
-    /// BN running statistics are buffers and do not count).
+    /// Parameters of an op as PyTorch counts them (`parameters()`: BN running
+    /// statistics are buffers and do not count). A folded layer counts its
+    /// folded weight, bias and prologue constants.
     pub fn params_of(&self, n: NodeIndex) -> usize {
         let ops = self.operands(n);
-        let weights = ops.iter().filter(|&&o| self.g[o].op.is_weight());
+        let weights = ops.iter().filter(|&&o| self.g[o].op.is_const());
         match self.g[n].op {
             Op::BatchNorm { .. } => weights.take(2).map(|&o| numel(&self.g[o].shape)).sum(),
             _ => weights.map(|&o| numel(&self.g[o].shape)).sum(),

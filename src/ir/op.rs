@@ -95,7 +95,11 @@ impl Fused {
     pub fn with_bias(bias: bool) -> Fused {
         Fused {
             prologue: None,
-            epilogue: if bias { vec![EpilogueStep::Bias] } else { vec![] },
+            epilogue: if bias {
+                vec![EpilogueStep::Bias]
+            } else {
+                vec![]
+            },
         }
     }
 
@@ -159,11 +163,16 @@ pub enum Op {
     /// The model input (no operands).
     Input,
     /// A named parameter tensor from the weights file (no operands).
-    Weight { name: String },
+    Weight {
+        name: String,
+    },
     /// A constant computed from other constants (its node name names it).
     Const(ConstOp),
     /// x, weight, [prologue scale, shift], [epilogue operands]
-    Conv { geom: ConvGeom, fused: Fused },
+    Conv {
+        geom: ConvGeom,
+        fused: Fused,
+    },
     /// x, weight `[cin, cout/groups, kh, kw]`, [prologue], [epilogue operands]
     ConvTranspose {
         geom: ConvGeom,
@@ -171,12 +180,19 @@ pub enum Op {
         fused: Fused,
     },
     /// x, gamma, beta, running_mean, running_var
-    BatchNorm { eps: f64 },
+    BatchNorm {
+        eps: f64,
+    },
     /// x, scale, shift: `act(x * scale + shift)` per channel (a BN that
     /// follows no conv, with the activation after it).
-    Affine { act: Option<Activation> },
+    Affine {
+        act: Option<Activation>,
+    },
     /// x, weight `[out, in]`, [prologue], [epilogue operands]
-    Linear { out_features: usize, fused: Fused },
+    Linear {
+        out_features: usize,
+        fused: Fused,
+    },
     /// x
     Act(Activation),
     /// a, b
@@ -184,18 +200,31 @@ pub enum Op {
     /// x0, x1, ... along channels. `placed[i]`: operand i was written into
     /// its channel slice by its producer (concat_in_place), so it is not
     /// copied; empty means nothing placed.
-    Concat { placed: Vec<bool> },
+    Concat {
+        placed: Vec<bool>,
+    },
     MaxPool(PoolGeom),
-    AvgPool { geom: PoolGeom, count_include_pad: bool },
+    AvgPool {
+        geom: PoolGeom,
+        count_include_pad: bool,
+    },
     GlobalAvgPool,
     Flatten,
-    Upsample { scale: [usize; 2], mode: UpsampleMode },
+    Upsample {
+        scale: [usize; 2],
+        mode: UpsampleMode,
+    },
     /// Over the channel axis.
     Softmax,
     Identity,
-    Dropout { p: f64 },
+    Dropout {
+        p: f64,
+    },
     /// Option-A shortcut: subsample by `stride`, zero-pad channels to `out`.
-    ChannelPad { out_channels: usize, stride: usize },
+    ChannelPad {
+        out_channels: usize,
+        stride: usize,
+    },
     /// The model output (one operand).
     Output,
 }
@@ -241,14 +270,18 @@ impl Op {
     /// The fused prologue/epilogue of a conv, transposed conv or linear.
     pub fn fused(&self) -> Option<&Fused> {
         match self {
-            Op::Conv { fused, .. } | Op::ConvTranspose { fused, .. } | Op::Linear { fused, .. } => Some(fused),
+            Op::Conv { fused, .. } | Op::ConvTranspose { fused, .. } | Op::Linear { fused, .. } => {
+                Some(fused)
+            }
             _ => None,
         }
     }
 
     pub fn fused_mut(&mut self) -> Option<&mut Fused> {
         match self {
-            Op::Conv { fused, .. } | Op::ConvTranspose { fused, .. } | Op::Linear { fused, .. } => Some(fused),
+            Op::Conv { fused, .. } | Op::ConvTranspose { fused, .. } | Op::Linear { fused, .. } => {
+                Some(fused)
+            }
             _ => None,
         }
     }
@@ -311,21 +344,32 @@ impl Op {
                 fused.attrs(&mut v);
                 v
             }
-            Op::Const(ConstOp::BnScale { eps } | ConstOp::BnShift { eps }) => vec![format!("eps={eps:e}")],
-            Op::Const(ConstOp::ScaleConvTransposeOut { groups }) if *groups != 1 => vec![format!("groups={groups}")],
+            Op::Const(ConstOp::BnScale { eps } | ConstOp::BnShift { eps }) => {
+                vec![format!("eps={eps:e}")]
+            }
+            Op::Const(ConstOp::ScaleConvTransposeOut { groups }) if *groups != 1 => {
+                vec![format!("groups={groups}")]
+            }
             Op::Affine { act: Some(a) } => vec![format!("act={}", a.name())],
             Op::Concat { placed } if placed.iter().any(|&p| p) => {
                 let all = placed.iter().all(|&p| p);
                 vec![if all {
                     "in_place".to_string()
                 } else {
-                    let idx: Vec<String> =
-                        placed.iter().enumerate().filter(|(_, &p)| p).map(|(i, _)| i.to_string()).collect();
+                    let idx: Vec<String> = placed
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &p)| p)
+                        .map(|(i, _)| i.to_string())
+                        .collect();
                     format!("in_place=[{}]", idx.join(", "))
                 }]
             }
             Op::BatchNorm { eps } => vec![format!("eps={eps:e}")],
-            Op::Linear { out_features, fused } => {
+            Op::Linear {
+                out_features,
+                fused,
+            } => {
                 let mut v = vec![format!("out={out_features}")];
                 fused.attrs(&mut v);
                 v

@@ -22,7 +22,11 @@ pub fn print(graph: &Graph) -> String {
         show(&input.shape),
         show(graph.output_shape())
     );
-    let consts: Vec<NodeIndex> = order.iter().copied().filter(|&n| graph.node(n).op.is_const()).collect();
+    let consts: Vec<NodeIndex> = order
+        .iter()
+        .copied()
+        .filter(|&n| graph.node(n).op.is_const())
+        .collect();
     if !consts.is_empty() {
         out.push_str("weights:\n");
         for &w in &consts {
@@ -33,7 +37,8 @@ pub fn print(graph: &Graph) -> String {
                     ids.insert(w, format!("@{name}"));
                 }
                 op => {
-                    let args: Vec<&str> = graph.operands(w).iter().map(|o| ids[o].as_str()).collect();
+                    let args: Vec<&str> =
+                        graph.operands(w).iter().map(|o| ids[o].as_str()).collect();
                     let _ = writeln!(
                         out,
                         "  @{} = {}({}){}: {}",
@@ -95,12 +100,23 @@ pub fn print(graph: &Graph) -> String {
                     op.attrs(),
                     show(&node.shape)
                 );
-                if let Some(st) = plan.and_then(|p| p.storage.get(&n).map(|s| (s, &p.buffers[s.buffer]))) {
+                if let Some(st) =
+                    plan.and_then(|p| p.storage.get(&n).map(|s| (s, &p.buffers[s.buffer])))
+                {
                     let (s, b) = st;
-                    if s.elem_offset == 0 && s.batch_stride * 4 == b.bytes && s.batch_stride == crate::ir::graph::numel(&node.shape) {
+                    if s.elem_offset == 0
+                        && s.batch_stride * 4 == b.bytes
+                        && s.batch_stride == crate::ir::graph::numel(&node.shape)
+                    {
                         let _ = write!(out, " @{}", b.offset);
                     } else {
-                        let _ = write!(out, " @{}+{}/{}", b.offset, s.elem_offset * 4, s.batch_stride * 4);
+                        let _ = write!(
+                            out,
+                            " @{}+{}/{}",
+                            b.offset,
+                            s.elem_offset * 4,
+                            s.batch_stride * 4
+                        );
                     }
                 }
                 if !node.name.is_empty() {

@@ -67,7 +67,9 @@ fn checked(shape: Vec<usize>) -> Result<Vec<usize>, ShapeError> {
 pub fn infer(op: &Op, operands: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
     let x = operands.first().copied().unwrap_or(&[]);
     let out = match op {
-        Op::Input | Op::Weight { .. } | Op::Const(_) => return Err(err("inputs and constants have no operands")),
+        Op::Input | Op::Weight { .. } | Op::Const(_) => {
+            return Err(err("inputs and constants have no operands"))
+        }
         Op::Conv { geom, .. } => {
             let (c, h, w) = spatial(x, "conv")?;
             if geom.groups == 0 || c % geom.groups != 0 || geom.out_channels % geom.groups != 0 {
@@ -109,8 +111,8 @@ pub fn infer(op: &Op, operands: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
                     geom.groups, geom.out_channels
                 )));
             }
-            for i in 0..2 {
-                if output_padding[i] >= geom.stride[i].max(geom.dilation[i]) {
+            for ((op, s), d) in output_padding.iter().zip(geom.stride).zip(geom.dilation) {
+                if *op >= s.max(d) {
                     return Err(
                         err("output_padding must be smaller than stride or dilation")
                             .hint("as in nn.ConvTranspose2d"),
@@ -286,7 +288,12 @@ pub fn param_shapes(op: &Op, x: &[usize]) -> Vec<(&'static str, Vec<usize>)> {
         Op::Conv { geom, fused } => {
             v.push((
                 "weight",
-                vec![geom.out_channels, c / geom.groups.max(1), geom.kernel[0], geom.kernel[1]],
+                vec![
+                    geom.out_channels,
+                    c / geom.groups.max(1),
+                    geom.kernel[0],
+                    geom.kernel[1],
+                ],
             ));
             if fused.has_bias() {
                 v.push(("bias", vec![geom.out_channels]));
@@ -295,7 +302,12 @@ pub fn param_shapes(op: &Op, x: &[usize]) -> Vec<(&'static str, Vec<usize>)> {
         Op::ConvTranspose { geom, fused, .. } => {
             v.push((
                 "weight",
-                vec![c, geom.out_channels / geom.groups.max(1), geom.kernel[0], geom.kernel[1]],
+                vec![
+                    c,
+                    geom.out_channels / geom.groups.max(1),
+                    geom.kernel[0],
+                    geom.kernel[1],
+                ],
             ));
             if fused.has_bias() {
                 v.push(("bias", vec![geom.out_channels]));
@@ -306,7 +318,10 @@ pub fn param_shapes(op: &Op, x: &[usize]) -> Vec<(&'static str, Vec<usize>)> {
                 v.push((s, vec![c]));
             }
         }
-        Op::Linear { out_features, fused } => {
+        Op::Linear {
+            out_features,
+            fused,
+        } => {
             v.push(("weight", vec![*out_features, c]));
             if fused.has_bias() {
                 v.push(("bias", vec![*out_features]));

@@ -52,7 +52,12 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
                 let x = &graph.node(first).shape;
                 let sig = signature(op, x, &node.shape, ops.len());
                 if sig.len() != ops.len() {
-                    return Err(format!("{} has {} operands, expected {}", what(), ops.len(), sig.len()));
+                    return Err(format!(
+                        "{} has {} operands, expected {}",
+                        what(),
+                        ops.len(),
+                        sig.len()
+                    ));
                 }
                 let mut acts = Vec::new();
                 for (i, (slot, &o)) in sig.iter().zip(&ops).enumerate() {
@@ -81,13 +86,14 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
                             }
                             // Epilogue operands are checked by the signature;
                             // shape inference sees the primary ones.
-                            if i == 0 || !matches!(op.fused(), Some(_)) {
+                            if i == 0 || op.fused().is_none() {
                                 acts.push(on.shape.as_slice());
                             }
                         }
                     }
                 }
-                let inferred = infer(op, &acts).map_err(|e| format!("{}: {}", what(), e.message))?;
+                let inferred =
+                    infer(op, &acts).map_err(|e| format!("{}: {}", what(), e.message))?;
                 if inferred != node.shape {
                     return Err(format!(
                         "{} records shape {:?} but its operands give {:?}",
@@ -98,7 +104,12 @@ pub fn verify(graph: &Graph) -> Result<(), String> {
                 }
                 if let Op::Concat { placed } = op {
                     if !placed.is_empty() && placed.len() != ops.len() {
-                        return Err(format!("{} has {} placement flags for {} operands", what(), placed.len(), ops.len()));
+                        return Err(format!(
+                            "{} has {} placement flags for {} operands",
+                            what(),
+                            placed.len(),
+                            ops.len()
+                        ));
                     }
                 }
             }

@@ -11,14 +11,32 @@ use petgraph::stable_graph::NodeIndex;
 
 pub fn run(graph: &mut Graph) {
     for bn in graph.schedule() {
-        let Op::BatchNorm { eps } = graph.node(bn).op else { continue };
+        let Op::BatchNorm { eps } = graph.node(bn).op else {
+            continue;
+        };
         let ops = graph.operands(bn);
         let (x, gamma, beta, mean, var) = (ops[0], ops[1], ops[2], ops[3], ops[4]);
         let name = graph.node(bn).name.clone();
         let c = graph.node(gamma).shape.clone();
-        let scale = constant(graph, ConstOp::BnScale { eps }, format!("{name}.scale"), c.clone(), &[gamma, var]);
-        let shift = constant(graph, ConstOp::BnShift { eps }, format!("{name}.shift"), c, &[gamma, beta, mean, var]);
-        let folded = if foldable_into(graph, x) { fold_into(graph, x, scale, shift) } else { None };
+        let scale = constant(
+            graph,
+            ConstOp::BnScale { eps },
+            format!("{name}.scale"),
+            c.clone(),
+            &[gamma, var],
+        );
+        let shift = constant(
+            graph,
+            ConstOp::BnShift { eps },
+            format!("{name}.shift"),
+            c,
+            &[gamma, beta, mean, var],
+        );
+        let folded = if foldable_into(graph, x) {
+            fold_into(graph, x, scale, shift)
+        } else {
+            None
+        };
         let replacement = folded.unwrap_or_else(|| {
             let shape = graph.node(bn).shape.clone();
             graph.add(Op::Affine { act: None }, name, shape, &[x, scale, shift])
@@ -32,26 +50,47 @@ pub fn run(graph: &mut Graph) {
 /// The producer is a conv/linear whose result only this BN reads and whose
 /// epilogue is at most a bias: BN(conv(x)) is then a conv.
 fn foldable_into(graph: &Graph, p: NodeIndex) -> bool {
-    let Some(fused) = graph.node(p).op.fused() else { return false };
+    let Some(fused) = graph.node(p).op.fused() else {
+        return false;
+    };
     graph.users(p).len() == 1 && fused.epilogue.iter().all(|s| *s == EpilogueStep::Bias)
 }
 
-fn constant(graph: &mut Graph, op: ConstOp, name: String, shape: Vec<usize>, operands: &[NodeIndex]) -> NodeIndex {
+fn constant(
+    graph: &mut Graph,
+    op: ConstOp,
+    name: String,
+    shape: Vec<usize>,
+    operands: &[NodeIndex],
+) -> NodeIndex {
     graph.add(Op::Const(op), name, shape, operands)
 }
 
 /// Replaces producer `p` by a copy with folded weight and bias.
-fn fold_into(graph: &mut Graph, p: NodeIndex, scale: NodeIndex, shift: NodeIndex) -> Option<NodeIndex> {
+fn fold_into(
+    graph: &mut Graph,
+    p: NodeIndex,
+    scale: NodeIndex,
+    shift: NodeIndex,
+) -> Option<NodeIndex> {
     let node: Node = graph.node(p).clone();
     let ops = graph.operands(p);
     let fused = node.op.fused()?.clone();
     let w = ops[1];
     let wshape = graph.node(w).shape.clone();
     let scale_w = match &node.op {
-        Op::ConvTranspose { geom, .. } => ConstOp::ScaleConvTransposeOut { groups: geom.groups },
+        Op::ConvTranspose { geom, .. } => ConstOp::ScaleConvTransposeOut {
+            groups: geom.groups,
+        },
         _ => ConstOp::ScaleRows,
     };
-    let new_w = constant(graph, scale_w, format!("{}.weight*bn", node.name), wshape, &[w]);
+    let new_w = constant(
+        graph,
+        scale_w,
+        format!("{}.weight*bn", node.name),
+        wshape,
+        &[w],
+    );
     graph.g.add_edge(scale, new_w, 1);
     // Prologue operands (if any) stay; the old bias, if any, is the last
     // const after them.
@@ -61,7 +100,13 @@ fn fold_into(graph: &mut Graph, p: NodeIndex, scale: NodeIndex, shift: NodeIndex
         bias_inputs.push(ops[2 + pro]);
     }
     let oc = graph.node(scale).shape.clone();
-    let new_b = constant(graph, ConstOp::FoldBias, format!("{}.bias*bn", node.name), oc, &bias_inputs);
+    let new_b = constant(
+        graph,
+        ConstOp::FoldBias,
+        format!("{}.bias*bn", node.name),
+        oc,
+        &bias_inputs,
+    );
     let mut operands = vec![ops[0], new_w];
     operands.extend(&ops[2..2 + pro]);
     operands.push(new_b);

@@ -19,7 +19,13 @@ pub fn run(graph: &mut Graph) {
                 let p = graph.operands(u)[0];
                 if sole_user(graph, p) {
                     if graph.node(p).op.fused().is_some() {
-                        graph.node_mut(p).op.fused_mut().expect("fused").epilogue.push(EpilogueStep::Act(a));
+                        graph
+                            .node_mut(p)
+                            .op
+                            .fused_mut()
+                            .expect("fused")
+                            .epilogue
+                            .push(EpilogueStep::Act(a));
                         absorb(graph, u, p);
                     } else if let Op::Affine { act: None } = graph.node(p).op {
                         graph.node_mut(p).op = Op::Affine { act: Some(a) };
@@ -31,7 +37,13 @@ pub fn run(graph: &mut Graph) {
                 let ops = graph.operands(u);
                 for (p, z) in [(ops[0], ops[1]), (ops[1], ops[0])] {
                     if p != z && sole_user(graph, p) && graph.node(p).op.fused().is_some() {
-                        graph.node_mut(p).op.fused_mut().expect("fused").epilogue.push(EpilogueStep::Add);
+                        graph
+                            .node_mut(p)
+                            .op
+                            .fused_mut()
+                            .expect("fused")
+                            .epilogue
+                            .push(EpilogueStep::Add);
                         let slot = graph.operands(p).len() as u32;
                         graph.g.add_edge(z, p, slot);
                         absorb(graph, u, p);
@@ -72,7 +84,11 @@ fn into_prologues(graph: &mut Graph, a: NodeIndex, act: Option<crate::ir::op::Ac
         && users.iter().all(|&(u, slot)| {
             slot == 0
                 && matches!(graph.node(u).op, Op::Conv { .. } | Op::Linear { .. })
-                && graph.node(u).op.fused().is_some_and(|f| f.prologue.is_none())
+                && graph
+                    .node(u)
+                    .op
+                    .fused()
+                    .is_some_and(|f| f.prologue.is_none())
         });
     if !ok {
         return;

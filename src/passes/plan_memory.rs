@@ -77,11 +77,14 @@ fn placement(graph: &Graph) -> HashMap<NodeIndex, (NodeIndex, usize)> {
     // A flatten of a value that lives in a concat slice is not contiguous
     // across images: it gets its own buffer (a copy).
     let placed_in_concat = |p: &HashMap<NodeIndex, (NodeIndex, usize)>, o: NodeIndex| {
-        p.get(&o).is_some_and(|&(r, _)| matches!(graph.node(r).op, Op::Concat { .. }))
+        p.get(&o)
+            .is_some_and(|&(r, _)| matches!(graph.node(r).op, Op::Concat { .. }))
     };
     let flattens: Vec<NodeIndex> = parent
         .iter()
-        .filter(|(&n, &(o, _))| matches!(graph.node(n).op, Op::Flatten) && placed_in_concat(&parent, o))
+        .filter(|(&n, &(o, _))| {
+            matches!(graph.node(n).op, Op::Flatten) && placed_in_concat(&parent, o)
+        })
         .map(|(&n, _)| n)
         .collect();
     for f in flattens {
@@ -169,7 +172,11 @@ fn plan_for(graph: &Graph, order: Vec<NodeIndex>) -> MemoryPlan {
             )
         })
         .collect();
-    let arena = buffers.iter().map(|b| b.offset + b.bytes).max().unwrap_or(0);
+    let arena = buffers
+        .iter()
+        .map(|b| b.offset + b.bytes)
+        .max()
+        .unwrap_or(0);
     MemoryPlan {
         schedule: order,
         buffers,

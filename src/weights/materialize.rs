@@ -50,13 +50,20 @@ pub fn materialize(graph: &Graph, weights: &Weights) -> Weights {
                 _ => Src::F64(&exact[o]),
             })
             .collect();
-        let shapes: Vec<&[usize]> = ops.iter().map(|&o| graph.node(o).shape.as_slice()).collect();
+        let shapes: Vec<&[usize]> = ops
+            .iter()
+            .map(|&o| graph.node(o).shape.as_slice())
+            .collect();
         let values = eval(c, &args, &shapes);
         out.insert(
             node.name.clone(),
             Tensor::from_vec(&node.shape, values.iter().map(|&v| v as f32).collect()),
         );
-        if graph.users(n).iter().any(|&(u, _)| matches!(graph.node(u).op, Op::Const(_))) {
+        if graph
+            .users(n)
+            .iter()
+            .any(|&(u, _)| matches!(graph.node(u).op, Op::Const(_)))
+        {
             exact.insert(n, values);
         }
     }
@@ -66,7 +73,9 @@ pub fn materialize(graph: &Graph, weights: &Weights) -> Weights {
 fn eval(c: &ConstOp, a: &[Src], shapes: &[&[usize]]) -> Vec<f64> {
     let n = a[0].len();
     match *c {
-        ConstOp::BnScale { eps } => (0..n).map(|i| a[0].get(i) / (a[1].get(i) + eps).sqrt()).collect(),
+        ConstOp::BnScale { eps } => (0..n)
+            .map(|i| a[0].get(i) / (a[1].get(i) + eps).sqrt())
+            .collect(),
         ConstOp::BnShift { eps } => (0..n)
             .map(|i| a[1].get(i) - a[2].get(i) * a[0].get(i) / (a[3].get(i) + eps).sqrt())
             .collect(),

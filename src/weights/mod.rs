@@ -8,10 +8,10 @@
 //! failure is a diagnostic that names the file, never a panic.
 
 mod bind;
+mod materialize;
 mod npy;
 mod random_init;
 mod safetensors_file;
-mod materialize;
 mod specs;
 
 use std::io::Write;
@@ -22,12 +22,12 @@ use thiserror::Error;
 
 pub use crate::tensor::Tensor;
 pub use bind::bind;
+pub use materialize::materialize;
 pub use npy::{check_input_shape, npy_bytes, parse_npy, read_npy, write_npy, NpyError};
 pub use random_init::random_weights;
 pub use safetensors_file::{
     load_safetensors, parse_safetensors, save_safetensors, serialize_safetensors,
 };
-pub use materialize::materialize;
 pub use specs::specs_of;
 
 /// Parameters by PyTorch `state_dict` name; a `BTreeMap` so that iteration,
