@@ -56,8 +56,31 @@ enum Command {
         input: PathBuf,
         #[arg(long)]
         output: PathBuf,
-        #[arg(long, value_enum, default_value_t = Target::Ref)]
+        #[arg(long, value_enum, default_value_t = Target::Cpu)]
         target: Target,
+        /// CPU to generate code for: native, x86-64-v3, x86-64, ...
+        #[arg(long, default_value = "native")]
+        cpu: String,
+    },
+    /// Compile a model to native code: a static library and C header (default),
+    /// an object file, assembly or LLVM IR, written into the directory OUT.
+    Build {
+        file: PathBuf,
+        #[command(flatten)]
+        weights: WeightsArgs,
+        #[arg(long, value_enum, default_value_t = Target::Cpu)]
+        target: Target,
+        #[arg(long, value_enum, default_value_t = EmitKind::Staticlib)]
+        emit: EmitKind,
+        /// CPU to generate code for: native, x86-64-v3, x86-64, ...
+        #[arg(long, default_value = "native")]
+        cpu: String,
+        /// Output directory (created if missing).
+        #[arg(short, long, default_value = ".")]
+        output: PathBuf,
+        /// No progress messages.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Write seeded random weights (Kaiming init, non-trivial BN) as safetensors.
     Init {
@@ -94,6 +117,14 @@ struct OptArgs {
 enum SummaryFormat {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EmitKind {
+    Staticlib,
+    Obj,
+    LlvmIr,
+    Asm,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -261,6 +292,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             input,
             output,
             target,
+            cpu,
         } => {
             let c = compile(&file)?;
             let w = load_weights(&c, &wargs)?;
@@ -268,17 +300,81 @@ fn dispatch(cmd: Command) -> Result<()> {
             weights::check_input_shape(&x, c.graph.input_shape(), &input.display().to_string())?;
             let y = match target {
                 Target::Ref => resnetc::interp::run(&c.graph, &w, &x)?,
-                Target::Cpu | Target::Cuda => {
-                    return Err(other(
-                        format!(
-                            "target `{}` is not available in this build yet",
-                            if target == Target::Cpu { "cpu" } else { "cuda" }
-                        ),
-                        "use --target ref (the reference interpreter)",
-                    ))
+                Target::Cpu => {
+                    let mut g = c.graph.clone();
+                    resnetc::passes::optimize(&mut g, None);
+                    let opts = resnetc::backend::cpu::CpuOptions { cpu: cpu.clone() };
+                    resnetc::backend::cpu::run_jit(&g, &w, &x, &opts)?
                 }
+                Target::Cuda => return Err(other(
+                    "target `cuda` is not available in this build yet".into(),
+                    "use --target cpu (native code) or --target ref (the reference interpreter)",
+                )),
             };
             weights::write_npy(&output, &y)?;
+            Ok(())
+        }
+        Command::Build {
+            file,
+            weights: wargs,
+            target,
+            emit,
+            cpu,
+            output,
+            quiet,
+        } => {
+            let progress = Progress::new(quiet);
+            let c = compile(&file)?;
+            if target != Target::Cpu {
+                return Err(other(
+                    format!(
+                        "`build` supports --target cpu only so far, not `{}`",
+                        if target == Target::Cuda {
+                            "cuda"
+                        } else {
+                            "ref"
+                        }
+                    ),
+                    "use --target cpu",
+                ));
+            }
+            progress.stage("binding weights");
+            let w = load_weights(&c, &wargs)?;
+            progress.stage("optimizing");
+            let mut g = c.graph.clone();
+            resnetc::passes::optimize(&mut g, None);
+            let derived = resnetc::weights::materialize(&g, &w);
+            let pool = resnetc::backend::cpu::consts::ConstPool::build(&g, &w, &derived);
+            progress.stage("generating code");
+            use resnetc::backend::cpu::artifact::{self, Emit};
+            let kind = match emit {
+                EmitKind::Staticlib => Emit::Staticlib,
+                EmitKind::Obj => Emit::Obj,
+                EmitKind::LlvmIr => Emit::LlvmIr,
+                EmitKind::Asm => Emit::Asm,
+            };
+            let opts = resnetc::backend::cpu::CpuOptions { cpu };
+            let files = artifact::build(&g, &pool, &opts, kind)?;
+            progress.stage("writing");
+            std::fs::create_dir_all(&output).map_err(|e| {
+                other(
+                    format!("cannot create `{}`: {e}", output.display()),
+                    "check the -o path",
+                )
+            })?;
+            for (name, bytes) in files {
+                let path = output.join(&name);
+                weights::write_atomic(&path, &bytes).map_err(|e| {
+                    other(
+                        format!("cannot write `{}`: {e}", path.display()),
+                        "check the -o path",
+                    )
+                })?;
+                if !quiet {
+                    eprintln!("wrote {}", path.display());
+                }
+            }
+            progress.done();
             Ok(())
         }
         Command::Init { file, seed, output } => {
@@ -286,6 +382,35 @@ fn dispatch(cmd: Command) -> Result<()> {
             let w = weights::random_weights(&weights::specs_of(&c.graph), seed);
             weights::save_safetensors(&output, &w)?;
             Ok(())
+        }
+    }
+}
+
+/// Stage messages on stderr, shown once a build has taken over a second.
+struct Progress {
+    start: std::time::Instant,
+    quiet: bool,
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Progress {
+        Progress {
+            start: std::time::Instant::now(),
+            quiet,
+        }
+    }
+
+    fn stage(&self, what: &str) {
+        let t = self.start.elapsed();
+        if !self.quiet && t.as_secs_f64() > 1.0 {
+            eprintln!("[{:>5.1}s] {what}", t.as_secs_f64());
+        }
+    }
+
+    fn done(&self) {
+        let t = self.start.elapsed();
+        if !self.quiet && t.as_secs_f64() > 1.0 {
+            eprintln!("[{:>5.1}s] done", t.as_secs_f64());
         }
     }
 }

@@ -1,0 +1,84 @@
+/* Runs a model compiled by resnetc on a raw float32 input file and writes
+ * the raw float32 output: no .npy, no dependencies beyond libc, libm and
+ * pthreads.
+ *
+ *     ./demo INPUT.f32 OUTPUT.f32 BATCH [THREADS]
+ *
+ * With THREADS > 1, that many threads call the model at once on the same
+ * input, several times each, and every result must equal the first: the
+ * generated forward function is re-entrant.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include MODEL_HEADER
+
+#define ROUNDS 4
+
+struct job {
+    const float *input;
+    float *output;
+    int batch;
+    int status;
+};
+
+static void *work(void *arg) {
+    struct job *j = arg;
+    for (int r = 0; r < ROUNDS && j->status == 0; r++)
+        j->status = FORWARD(j->input, j->output, j->batch);
+    return NULL;
+}
+
+static float *read_floats(const char *path, size_t n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { perror(path); return NULL; }
+    float *buf = malloc(n * sizeof(float));
+    size_t got = buf ? fread(buf, sizeof(float), n, f) : 0;
+    int extra = fgetc(f) != EOF;
+    fclose(f);
+    if (got != n || extra) {
+        fprintf(stderr, "%s: expected exactly %zu floats\n", path, n);
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 4) {
+        fprintf(stderr, "usage: %s INPUT.f32 OUTPUT.f32 BATCH [THREADS]\n", argv[0]);
+        return 2;
+    }
+    int batch = atoi(argv[3]);
+    int threads = argc > 4 ? atoi(argv[4]) : 1;
+    if (batch < 1 || threads < 1) {
+        fprintf(stderr, "BATCH and THREADS must be at least 1\n");
+        return 2;
+    }
+    size_t in_n = (size_t)batch * INPUT_SIZE, out_n = (size_t)batch * OUTPUT_SIZE;
+    float *input = read_floats(argv[1], in_n);
+    if (!input) return 1;
+    struct job *jobs = calloc((size_t)threads, sizeof *jobs);
+    pthread_t *tids = calloc((size_t)threads, sizeof *tids);
+    for (int t = 0; t < threads; t++) {
+        jobs[t] = (struct job){input, malloc(out_n * sizeof(float)), batch, 0};
+        if (pthread_create(&tids[t], NULL, work, &jobs[t]) != 0) { perror("pthread_create"); return 1; }
+    }
+    int bad = 0;
+    for (int t = 0; t < threads; t++) {
+        pthread_join(tids[t], NULL);
+        if (jobs[t].status != 0) { fprintf(stderr, "thread %d: forward returned %d\n", t, jobs[t].status); bad = 1; }
+        else if (memcmp(jobs[t].output, jobs[0].output, out_n * sizeof(float)) != 0) {
+            fprintf(stderr, "thread %d: result differs from thread 0\n", t);
+            bad = 1;
+        }
+    }
+    if (bad) return 1;
+    FILE *f = fopen(argv[2], "wb");
+    if (!f || fwrite(jobs[0].output, sizeof(float), out_n, f) != out_n) { perror(argv[2]); return 1; }
+    fclose(f);
+    printf("ok: %d image(s), %d thread(s), first output %g\n", batch, threads, jobs[0].output[0]);
+    return 0;
+}

@@ -1,0 +1,244 @@
+//! What `resnetc build --target cpu` writes: a static library (one PIC object
+//! with the weights embedded, plus the archive index linkers need), a C
+//! header, or the object, assembly or LLVM IR alone.
+
+use super::consts::ConstPool;
+use super::{compile, symbol, CpuOptions};
+use crate::backend::llvm::LlvmError;
+use crate::ir::graph::numel;
+use crate::ir::Graph;
+use inkwell::context::Context;
+use inkwell::module::{Linkage, Module};
+use inkwell::targets::FileType;
+use inkwell::AddressSpace;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emit {
+    Staticlib,
+    Obj,
+    LlvmIr,
+    Asm,
+}
+
+/// The files of one build, as (file name, bytes).
+pub fn build(
+    graph: &Graph,
+    pool: &ConstPool,
+    opts: &CpuOptions,
+    emit: Emit,
+) -> Result<Vec<(String, Vec<u8>)>, LlvmError> {
+    let ctx = Context::create();
+    let sym = symbol(&graph.name);
+    let (module, machine) = compile(&ctx, graph, pool, opts)?;
+    add_forward(&ctx, &module, graph, pool, &sym)?;
+    module
+        .verify()
+        .map_err(|e| LlvmError::Internal(e.to_string()))?;
+    let object = |ft| {
+        machine
+            .write_to_memory_buffer(&module, ft)
+            .map(|b| b.as_slice().to_vec())
+            .map_err(|e| LlvmError::Internal(e.to_string()))
+    };
+    Ok(match emit {
+        Emit::LlvmIr => vec![(
+            format!("{sym}.ll"),
+            module.print_to_string().to_bytes().to_vec(),
+        )],
+        Emit::Asm => vec![(format!("{sym}.s"), object(FileType::Assembly)?)],
+        Emit::Obj => vec![(format!("{sym}.o"), object(FileType::Object)?)],
+        Emit::Staticlib => {
+            let obj = object(FileType::Object)?;
+            let symbols = [format!("{sym}_forward"), format!("{sym}_run")];
+            vec![
+                // Member names over 15 bytes need a long-name table; the
+                // member's name does not matter to linkers.
+                (format!("lib{sym}.a"), archive("model.o", &obj, &symbols)),
+                (format!("{sym}.h"), header(graph, &sym).into_bytes()),
+            ]
+        }
+    })
+}
+
+/// `int <sym>_forward(const float *input, float *output, int batch)`: the
+/// embedded weights, an arena from malloc for this call only (so calls from
+/// several threads never share memory), the schedule, free.
+fn add_forward<'ctx>(
+    ctx: &'ctx Context,
+    module: &Module<'ctx>,
+    graph: &Graph,
+    pool: &ConstPool,
+    sym: &str,
+) -> Result<(), LlvmError> {
+    let ptr = ctx.ptr_type(AddressSpace::default());
+    let (i32t, i64t) = (ctx.i32_type(), ctx.i64_type());
+    let bytes: Vec<u8> = pool.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let init = ctx.const_string(&bytes, false);
+    let weights = module.add_global(init.get_type(), None, &format!("{sym}_weights"));
+    weights.set_initializer(&init);
+    weights.set_constant(true);
+    weights.set_linkage(Linkage::Private);
+    weights.set_alignment(64);
+    let malloc = module.add_function(
+        "malloc",
+        ptr.fn_type(&[i64t.into()], false),
+        Some(Linkage::External),
+    );
+    let free = module.add_function(
+        "free",
+        ctx.void_type().fn_type(&[ptr.into()], false),
+        Some(Linkage::External),
+    );
+    let run = module
+        .get_function(&format!("{sym}_run"))
+        .ok_or_else(|| LlvmError::Internal("no run function".into()))?;
+    let f = module.add_function(
+        &format!("{sym}_forward"),
+        i32t.fn_type(&[ptr.into(), ptr.into(), i32t.into()], false),
+        None,
+    );
+    let b = ctx.create_builder();
+    let entry = ctx.append_basic_block(f, "entry");
+    let bad = ctx.append_basic_block(f, "bad_batch");
+    let alloc = ctx.append_basic_block(f, "alloc");
+    let oom = ctx.append_basic_block(f, "oom");
+    let go = ctx.append_basic_block(f, "run");
+    let err = |e: inkwell::builder::BuilderError| LlvmError::Internal(e.to_string());
+    let p = |i: u32| f.get_nth_param(i).expect("declared");
+    b.position_at_end(entry);
+    let batch = p(2).into_int_value();
+    let positive = b
+        .build_int_compare(inkwell::IntPredicate::SGT, batch, i32t.const_zero(), "")
+        .map_err(err)?;
+    b.build_conditional_branch(positive, alloc, bad)
+        .map_err(err)?;
+    b.position_at_end(bad);
+    b.build_return(Some(&i32t.const_int(-1i64 as u64, true)))
+        .map_err(err)?;
+    b.position_at_end(alloc);
+    let batch64 = b.build_int_z_extend(batch, i64t, "").map_err(err)?;
+    let per_image = graph.plan.as_ref().map_or(0, |pl| pl.arena_bytes).max(64) as u64;
+    let size = b
+        .build_int_mul(batch64, i64t.const_int(per_image, false), "")
+        .map_err(err)?;
+    let arena = b
+        .build_call(malloc, &[size.into()], "")
+        .map_err(err)?
+        .try_as_basic_value()
+        .basic()
+        .ok_or_else(|| LlvmError::Internal("malloc returns a pointer".into()))?
+        .into_pointer_value();
+    let null = b.build_is_null(arena, "").map_err(err)?;
+    b.build_conditional_branch(null, oom, go).map_err(err)?;
+    b.position_at_end(oom);
+    b.build_return(Some(&i32t.const_int(-2i64 as u64, true)))
+        .map_err(err)?;
+    b.position_at_end(go);
+    b.build_call(
+        run,
+        &[
+            p(0).into(),
+            p(1).into(),
+            batch64.into(),
+            weights.as_pointer_value().into(),
+            arena.into(),
+        ],
+        "",
+    )
+    .map_err(err)?;
+    b.build_call(free, &[arena.into()], "").map_err(err)?;
+    b.build_return(Some(&i32t.const_zero())).map_err(err)?;
+    Ok(())
+}
+
+/// The C header: shapes as macros and the one entry point.
+pub fn header(graph: &Graph, sym: &str) -> String {
+    let up = sym.to_uppercase();
+    let dims = |s: &[usize]| {
+        s.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (inp, out) = (graph.input_shape(), graph.output_shape());
+    let arena = graph.plan.as_ref().map_or(0, |p| p.arena_bytes);
+    format!(
+        r#"/* {sym}.h: generated by resnetc {version} for model `{name}`.
+ * Link with lib{sym}.a, libm and libpthread (nothing else):
+ *     cc app.c -L. -l{sym} -lm -lpthread
+ */
+#ifndef {up}_H
+#define {up}_H
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+/* Input: float32, NCHW, C order, `batch` images of this shape each. */
+#define {up}_INPUT_RANK {in_rank}
+#define {up}_INPUT_DIMS {{ {in_dims} }}
+#define {up}_INPUT_SIZE {in_size} /* floats per image */
+
+/* Output: float32, `batch` results of this shape each. */
+#define {up}_OUTPUT_RANK {out_rank}
+#define {up}_OUTPUT_DIMS {{ {out_dims} }}
+#define {up}_OUTPUT_SIZE {out_size} /* floats per image */
+
+/* Working memory each call allocates (and frees), per image. */
+#define {up}_ARENA_BYTES_PER_IMAGE {arena}
+
+/* Runs the model on `batch` images: reads batch * {up}_INPUT_SIZE floats
+ * from `input`, writes batch * {up}_OUTPUT_SIZE floats to `output`.
+ * Returns 0 on success, -1 if batch < 1, -2 if the working memory could not
+ * be allocated. Re-entrant: any number of threads may call it at once (each
+ * call has its own working memory; the weights are read-only). */
+int {sym}_forward(const float *input, float *output, int batch);
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif /* {up}_H */
+"#,
+        version = env!("CARGO_PKG_VERSION"),
+        name = graph.name,
+        in_rank = inp.len() + 1,
+        in_dims = dims(inp),
+        in_size = numel(inp),
+        out_rank = out.len() + 1,
+        out_dims = dims(out),
+        out_size = numel(out),
+    )
+}
+
+/// A System V / GNU `ar` archive of one object, with the symbol index
+/// (`/` member) that linkers require.
+pub fn archive(member: &str, object: &[u8], symbols: &[String]) -> Vec<u8> {
+    fn header(name: &str, size: usize) -> Vec<u8> {
+        format!("{name:<16}{:<12}{:<6}{:<6}{:<8}{size:<10}`\n", 0, 0, 0, 644).into_bytes()
+    }
+    let mut names = Vec::new();
+    for s in symbols {
+        names.extend_from_slice(s.as_bytes());
+        names.push(0);
+    }
+    let index_len = 4 + 4 * symbols.len() + names.len();
+    let padded = |n: usize| n + n % 2;
+    let member_offset = 8 + 60 + padded(index_len);
+    let mut out = b"!<arch>\n".to_vec();
+    out.extend(header("/", index_len));
+    out.extend((symbols.len() as u32).to_be_bytes());
+    for _ in symbols {
+        out.extend((member_offset as u32).to_be_bytes());
+    }
+    out.extend(&names);
+    if index_len % 2 == 1 {
+        out.push(b'\n');
+    }
+    out.extend(header(&format!("{member}/"), object.len()));
+    out.extend(object);
+    if object.len() % 2 == 1 {
+        out.push(b'\n');
+    }
+    out
+}

@@ -1,0 +1,137 @@
+//! The x86-64 back end: lowering (`lower`), the constant pool (`consts`),
+//! running through LLVM's JIT, and artifacts (object, static library, C
+//! header).
+
+pub mod artifact;
+pub mod consts;
+pub mod lower;
+
+use crate::backend::llvm::{self, LlvmError};
+use crate::ir::Graph;
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+use consts::ConstPool;
+use inkwell::context::Context;
+use inkwell::OptimizationLevel;
+
+/// Options of a CPU build.
+#[derive(Clone, Debug)]
+pub struct CpuOptions {
+    /// `native`, `x86-64-v3`, `x86-64`, ...
+    pub cpu: String,
+}
+
+impl Default for CpuOptions {
+    fn default() -> Self {
+        CpuOptions {
+            cpu: "native".into(),
+        }
+    }
+}
+
+/// The C symbol prefix of a model: its name with anything but [A-Za-z0-9_]
+/// replaced, never starting with a digit.
+pub fn symbol(model: &str) -> String {
+    let mut s: String = model
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
+        s.insert(0, '_');
+    }
+    s
+}
+
+/// Lowers and optimizes `graph` into a module for `opts.cpu`.
+pub fn compile<'ctx>(
+    ctx: &'ctx Context,
+    graph: &Graph,
+    pool: &ConstPool,
+    opts: &CpuOptions,
+) -> Result<
+    (
+        inkwell::module::Module<'ctx>,
+        inkwell::targets::TargetMachine,
+    ),
+    LlvmError,
+> {
+    let module = lower::lower(ctx, graph, pool, &symbol(&graph.name))?;
+    let machine = llvm::x86_machine(&opts.cpu)?;
+    module.set_triple(&machine.get_triple());
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    llvm::optimize(&module, &machine)?;
+    Ok((module, machine))
+}
+
+/// The `_run` entry: input, output, batch, constants, arena.
+type RunFn = unsafe extern "C" fn(*const f32, *mut f32, i64, *const f32, *mut f32);
+
+/// Compiles an optimized, planned graph and runs it on `input` through
+/// LLVM's JIT.
+pub fn run_jit(
+    graph: &Graph,
+    weights: &Weights,
+    input: &Tensor,
+    opts: &CpuOptions,
+) -> Result<Tensor, LlvmError> {
+    let expected = graph.input_shape();
+    if input.shape.len() != expected.len() + 1
+        || input.shape[1..] != *expected
+        || input.shape[0] == 0
+    {
+        return Err(LlvmError::Internal(format!(
+            "input shape {:?} does not match the model's [N, {:?}]",
+            input.shape, expected
+        )));
+    }
+    let plan = graph
+        .plan
+        .as_ref()
+        .ok_or_else(|| LlvmError::Internal("the graph has no memory plan".into()))?;
+    let derived = crate::weights::materialize(graph, weights);
+    let pool = ConstPool::build(graph, weights, &derived);
+    let ctx = Context::create();
+    let sym = symbol(&graph.name);
+    let t0 = std::time::Instant::now();
+    let (module, _machine) = compile(&ctx, graph, &pool, opts)?;
+    if std::env::var_os("RESNETC_TIMING").is_some() {
+        eprintln!("lower+optimize: {:.2?}", t0.elapsed());
+        let _ = module.print_to_file("/tmp/resnetc_jit.ll");
+    }
+    inkwell::targets::Target::initialize_native(&inkwell::targets::InitializationConfig::default())
+        .map_err(LlvmError::Internal)?;
+    let t_jit = std::time::Instant::now();
+    let engine = module
+        .create_jit_execution_engine(OptimizationLevel::Less)
+        .map_err(|e| LlvmError::Internal(e.to_string()))?;
+    let timing = std::env::var_os("RESNETC_TIMING").is_some();
+    let t1 = std::time::Instant::now();
+    let batch = input.shape[0];
+    let mut arena = vec![0f32; batch * plan.arena_bytes / 4];
+    let mut out_shape = vec![batch];
+    out_shape.extend(graph.output_shape());
+    let mut output = Tensor::zeros(&out_shape);
+    // SAFETY: `_run` was generated for exactly these buffer sizes: the input
+    // and output hold `batch` images of the model's shapes (checked above),
+    // the arena `batch × arena_bytes`, the pool every constant offset.
+    unsafe {
+        let f = engine
+            .get_function::<RunFn>(&format!("{sym}_run"))
+            .map_err(|e| LlvmError::Internal(e.to_string()))?;
+        f.call(
+            input.data.as_ptr(),
+            output.data.as_mut_ptr(),
+            batch as i64,
+            pool.data.as_ptr(),
+            arena.as_mut_ptr(),
+        );
+    }
+    if timing {
+        eprintln!(
+            "jit+run: {:.2?} (engine {:.2?})",
+            t1.elapsed(),
+            t_jit.elapsed()
+        );
+    }
+    Ok(output)
+}

@@ -1,0 +1,311 @@
+//! `Emitter`: loops, addressing and float math over inkwell's builder, so
+//! kernel emitters read like the loop nests they produce.
+//!
+//! Builder calls fail only when the builder has no insertion point, which is
+//! a bug in the emitter, never a property of the user's model: they panic
+//! with `BUILDER`.
+
+use crate::ir::op::Activation;
+use inkwell::builder::Builder;
+use inkwell::context::Context;
+use inkwell::intrinsics::Intrinsic;
+use inkwell::module::Module;
+use inkwell::types::{FloatType, IntType, PointerType};
+use inkwell::values::{FloatValue, FunctionValue, IntValue, PointerValue};
+use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
+
+const BUILDER: &str = "the emitter keeps an insertion point";
+
+pub struct Emitter<'a, 'ctx> {
+    pub ctx: &'ctx Context,
+    pub module: &'a Module<'ctx>,
+    pub b: Builder<'ctx>,
+    pub func: FunctionValue<'ctx>,
+    pub i64t: IntType<'ctx>,
+    pub f32t: FloatType<'ctx>,
+    pub ptr: PointerType<'ctx>,
+}
+
+impl<'a, 'ctx> Emitter<'a, 'ctx> {
+    /// An emitter positioned at the start of `func`'s new entry block.
+    pub fn new(ctx: &'ctx Context, module: &'a Module<'ctx>, func: FunctionValue<'ctx>) -> Self {
+        let b = ctx.create_builder();
+        let entry = ctx.append_basic_block(func, "entry");
+        b.position_at_end(entry);
+        Emitter {
+            ctx,
+            module,
+            b,
+            func,
+            i64t: ctx.i64_type(),
+            f32t: ctx.f32_type(),
+            ptr: ctx.ptr_type(AddressSpace::default()),
+        }
+    }
+
+    pub fn param_ptr(&self, i: u32) -> PointerValue<'ctx> {
+        self.func
+            .get_nth_param(i)
+            .expect("declared parameter")
+            .into_pointer_value()
+    }
+
+    pub fn param_int(&self, i: u32) -> IntValue<'ctx> {
+        self.func
+            .get_nth_param(i)
+            .expect("declared parameter")
+            .into_int_value()
+    }
+
+    pub fn ret_void(&self) {
+        self.b.build_return(None).expect(BUILDER);
+    }
+
+    // ---- integers -------------------------------------------------------
+
+    pub fn int(&self, v: u64) -> IntValue<'ctx> {
+        self.i64t.const_int(v, false)
+    }
+
+    pub fn add(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.b.build_int_add(a, b, "").expect(BUILDER)
+    }
+
+    pub fn sub(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.b.build_int_sub(a, b, "").expect(BUILDER)
+    }
+
+    pub fn mul(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.b.build_int_mul(a, b, "").expect(BUILDER)
+    }
+
+    /// `a * k + c` with constants, the usual index step.
+    pub fn mad(&self, a: IntValue<'ctx>, k: u64, c: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.add(self.mul(a, self.int(k)), c)
+    }
+
+    pub fn sdiv(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.b.build_int_signed_div(a, b, "").expect(BUILDER)
+    }
+
+    pub fn smin(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        let c = self
+            .b
+            .build_int_compare(IntPredicate::SLT, a, b, "")
+            .expect(BUILDER);
+        self.b
+            .build_select(c, a, b, "")
+            .expect(BUILDER)
+            .into_int_value()
+    }
+
+    pub fn smax(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        let c = self
+            .b
+            .build_int_compare(IntPredicate::SGT, a, b, "")
+            .expect(BUILDER);
+        self.b
+            .build_select(c, a, b, "")
+            .expect(BUILDER)
+            .into_int_value()
+    }
+
+    pub fn int_to_float(&self, a: IntValue<'ctx>) -> FloatValue<'ctx> {
+        self.b
+            .build_signed_int_to_float(a, self.f32t, "")
+            .expect(BUILDER)
+    }
+
+    // ---- memory ---------------------------------------------------------
+
+    /// Address of f32 element `idx` of `base`.
+    pub fn at(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> PointerValue<'ctx> {
+        // SAFETY (for LLVM's semantics, not Rust's): indices come from the
+        // shape-checked loop nests of the lowering, always inside the buffer.
+        unsafe {
+            self.b
+                .build_in_bounds_gep(self.f32t, base, &[idx], "")
+                .expect(BUILDER)
+        }
+    }
+
+    pub fn load(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> FloatValue<'ctx> {
+        let p = self.at(base, idx);
+        self.b
+            .build_load(self.f32t, p, "")
+            .expect(BUILDER)
+            .into_float_value()
+    }
+
+    pub fn store(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>, v: FloatValue<'ctx>) {
+        let p = self.at(base, idx);
+        self.b.build_store(p, v).expect(BUILDER);
+    }
+
+    // ---- floats ---------------------------------------------------------
+
+    pub fn f32(&self, v: f64) -> FloatValue<'ctx> {
+        self.f32t.const_float(v)
+    }
+
+    pub fn fadd(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> FloatValue<'ctx> {
+        self.b.build_float_add(a, b, "").expect(BUILDER)
+    }
+
+    pub fn fsub(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> FloatValue<'ctx> {
+        self.b.build_float_sub(a, b, "").expect(BUILDER)
+    }
+
+    pub fn fmul(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> FloatValue<'ctx> {
+        self.b.build_float_mul(a, b, "").expect(BUILDER)
+    }
+
+    pub fn fdiv(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> FloatValue<'ctx> {
+        self.b.build_float_div(a, b, "").expect(BUILDER)
+    }
+
+    fn intrinsic1(&self, name: &str, args: &[FloatValue<'ctx>]) -> FloatValue<'ctx> {
+        let i = Intrinsic::find(name).expect("LLVM knows its intrinsics");
+        let f = i
+            .get_declaration(self.module, &[self.f32t.into()])
+            .expect("f32 overload");
+        let args: Vec<_> = args.iter().map(|&a| a.into()).collect();
+        self.b
+            .build_call(f, &args, "")
+            .expect(BUILDER)
+            .try_as_basic_value()
+            .basic()
+            .expect("intrinsic returns a value")
+            .into_float_value()
+    }
+
+    /// `a * b + c`, fused where the target has FMA.
+    pub fn fmuladd(
+        &self,
+        a: FloatValue<'ctx>,
+        b: FloatValue<'ctx>,
+        c: FloatValue<'ctx>,
+    ) -> FloatValue<'ctx> {
+        self.intrinsic1("llvm.fmuladd", &[a, b, c])
+    }
+
+    pub fn exp(&self, a: FloatValue<'ctx>) -> FloatValue<'ctx> {
+        self.intrinsic1("llvm.exp", &[a])
+    }
+
+    pub fn floor(&self, a: FloatValue<'ctx>) -> FloatValue<'ctx> {
+        self.intrinsic1("llvm.floor", &[a])
+    }
+
+    /// max(a, b) with PyTorch's NaN rule: a NaN in `a` wins.
+    pub fn fmax(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> FloatValue<'ctx> {
+        let keep_a = self
+            .b
+            .build_float_compare(FloatPredicate::UGE, a, b, "")
+            .expect(BUILDER);
+        self.b
+            .build_select(keep_a, a, b, "")
+            .expect(BUILDER)
+            .into_float_value()
+    }
+
+    pub fn fmin(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> FloatValue<'ctx> {
+        let keep_a = self
+            .b
+            .build_float_compare(FloatPredicate::ULE, a, b, "")
+            .expect(BUILDER);
+        self.b
+            .build_select(keep_a, a, b, "")
+            .expect(BUILDER)
+            .into_float_value()
+    }
+
+    pub fn act(&self, v: FloatValue<'ctx>, a: Activation) -> FloatValue<'ctx> {
+        match a {
+            Activation::Relu => self.fmax(v, self.f32(0.0)),
+            Activation::Relu6 => self.fmin(self.fmax(v, self.f32(0.0)), self.f32(6.0)),
+            Activation::LeakyRelu(s) => {
+                let neg = self
+                    .b
+                    .build_float_compare(FloatPredicate::OLT, v, self.f32(0.0), "")
+                    .expect(BUILDER);
+                let scaled = self.fmul(v, self.f32(s as f64));
+                self.b
+                    .build_select(neg, scaled, v, "")
+                    .expect(BUILDER)
+                    .into_float_value()
+            }
+            Activation::Sigmoid => {
+                let e = self.exp(self.b.build_float_neg(v, "").expect(BUILDER));
+                self.fdiv(self.f32(1.0), self.fadd(self.f32(1.0), e))
+            }
+        }
+    }
+
+    /// A stack slot for an accumulator, allocated in the entry block (LLVM
+    /// promotes it to a register).
+    pub fn slot(&self) -> PointerValue<'ctx> {
+        let here = self.b.get_insert_block().expect(BUILDER);
+        let entry = self.func.get_first_basic_block().expect("entry block");
+        match entry.get_first_instruction() {
+            Some(i) => self.b.position_before(&i),
+            None => self.b.position_at_end(entry),
+        }
+        let p = self.b.build_alloca(self.f32t, "acc").expect(BUILDER);
+        self.b.position_at_end(here);
+        p
+    }
+
+    pub fn get(&self, slot: PointerValue<'ctx>) -> FloatValue<'ctx> {
+        self.b
+            .build_load(self.f32t, slot, "")
+            .expect(BUILDER)
+            .into_float_value()
+    }
+
+    pub fn set(&self, slot: PointerValue<'ctx>, v: FloatValue<'ctx>) {
+        self.b.build_store(slot, v).expect(BUILDER);
+    }
+
+    // ---- loops ----------------------------------------------------------
+
+    /// `for i in lo..hi { body(i) }` with a runtime bound.
+    pub fn for_range(
+        &mut self,
+        lo: IntValue<'ctx>,
+        hi: IntValue<'ctx>,
+        mut body: impl FnMut(&mut Self, IntValue<'ctx>),
+    ) {
+        let pre = self.b.get_insert_block().expect(BUILDER);
+        let header = self.ctx.append_basic_block(self.func, "loop");
+        let inner = self.ctx.append_basic_block(self.func, "body");
+        let exit = self.ctx.append_basic_block(self.func, "exit");
+        self.b.build_unconditional_branch(header).expect(BUILDER);
+        self.b.position_at_end(header);
+        let phi = self.b.build_phi(self.i64t, "i").expect(BUILDER);
+        phi.add_incoming(&[(&lo, pre)]);
+        let i = phi.as_basic_value().into_int_value();
+        let go = self
+            .b
+            .build_int_compare(IntPredicate::SLT, i, hi, "")
+            .expect(BUILDER);
+        self.b
+            .build_conditional_branch(go, inner, exit)
+            .expect(BUILDER);
+        self.b.position_at_end(inner);
+        body(self, i);
+        let next = self.add(i, self.int(1));
+        let latch = self.b.get_insert_block().expect(BUILDER);
+        self.b.build_unconditional_branch(header).expect(BUILDER);
+        phi.add_incoming(&[(&next, latch)]);
+        self.b.position_at_end(exit);
+    }
+
+    /// `for i in lo..hi` with constant bounds; nothing when empty.
+    pub fn for_const(&mut self, lo: u64, hi: u64, body: impl FnMut(&mut Self, IntValue<'ctx>)) {
+        if lo < hi {
+            let (l, h) = (self.int(lo), self.int(hi));
+            self.for_range(l, h, body);
+        }
+    }
+}

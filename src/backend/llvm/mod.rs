@@ -1,0 +1,89 @@
+//! What both LLVM back ends share: target machines, the optimization
+//! pipeline, and `Emitter`, a thin layer over inkwell's builder for loops,
+//! addressing and float math.
+
+pub mod emit;
+
+use inkwell::module::Module;
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{
+    CodeModel, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
+};
+use inkwell::OptimizationLevel;
+
+/// Errors from LLVM: a target it does not know, a verifier failure (a bug in
+/// resnetc), or a file it could not write.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum LlvmError {
+    #[error("unknown CPU `{0}`")]
+    #[diagnostic(
+        code(resnetc::backend::cpu),
+        help("use `native`, `x86-64-v3` (AVX2/FMA), `x86-64-v2`, `x86-64`, or an LLVM CPU name such as `skylake-avx512`")
+    )]
+    UnknownCpu(String),
+    #[error("LLVM: {0}")]
+    #[diagnostic(
+        code(resnetc::backend::llvm),
+        help("this is a bug in resnetc; please report it with the model")
+    )]
+    Internal(String),
+}
+
+/// CPU names accepted besides `native`.
+pub const KNOWN_CPUS: &[&str] = &[
+    "x86-64",
+    "x86-64-v2",
+    "x86-64-v3",
+    "x86-64-v4",
+    "haswell",
+    "broadwell",
+    "skylake",
+    "skylake-avx512",
+    "cascadelake",
+    "icelake-server",
+    "sapphirerapids",
+    "znver2",
+    "znver3",
+    "znver4",
+];
+
+/// The x86-64 target machine for `cpu` (`native` is the host).
+pub fn x86_machine(cpu: &str) -> Result<TargetMachine, LlvmError> {
+    Target::initialize_x86(&InitializationConfig::default());
+    let triple = TargetTriple::create("x86_64-unknown-linux-gnu");
+    let target = Target::from_triple(&triple).map_err(|e| LlvmError::Internal(e.to_string()))?;
+    let (name, features) = if cpu == "native" {
+        (
+            TargetMachine::get_host_cpu_name().to_string(),
+            TargetMachine::get_host_cpu_features().to_string(),
+        )
+    } else {
+        (cpu.to_string(), String::new())
+    };
+    // LLVM accepts any name and silently falls back to a generic CPU, so
+    // only names we know are passed through.
+    if cpu != "native" && !KNOWN_CPUS.contains(&cpu) {
+        return Err(LlvmError::UnknownCpu(cpu.to_string()));
+    }
+    target
+        .create_target_machine(
+            &triple,
+            &name,
+            &features,
+            OptimizationLevel::Aggressive,
+            // Position independent: the objects go into static libraries.
+            RelocMode::PIC,
+            CodeModel::Default,
+        )
+        .ok_or_else(|| LlvmError::Internal(format!("cannot create a target machine for `{cpu}`")))
+}
+
+/// Runs LLVM's `default<O3>` pipeline on `module` for `machine`.
+pub fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), LlvmError> {
+    module
+        .verify()
+        .map_err(|e| LlvmError::Internal(e.to_string()))?;
+    module
+        .run_passes("default<O2>", machine, PassBuilderOptions::create())
+        .map_err(|e| LlvmError::Internal(e.to_string()))
+}

@@ -1,0 +1,192 @@
+//! The x86-64 back end against the oracles: the interpreter on every example
+//! (batch 1 and 3), PyTorch on the fixtures, and a C program linked to the
+//! static library, from one thread and from two at once.
+
+mod common;
+use common::*;
+use resnetc::backend::cpu::{run_jit, CpuOptions};
+use resnetc::front::compile_source;
+use resnetc::ir::{Graph, Op};
+use resnetc::passes;
+use resnetc::weights::{random_weights, read_npy, specs_of};
+use std::path::Path;
+use std::process::Command;
+
+fn optimized(g: &Graph) -> Graph {
+    let mut o = g.clone();
+    passes::optimize(&mut o, None);
+    o
+}
+
+/// The example names, sorted.
+fn example_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root().join("examples"))
+        .expect("examples/")
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let stem = p.file_stem()?.to_string_lossy().to_string();
+            (p.extension()? == "res").then_some(stem)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every example, CPU vs interpreter, batch 1 and 3. Inputs larger than
+/// 64x64 are compiled at 32x32 (same layers, names and kernels' code
+/// paths) to keep the suite fast; `resnet18_full_size` covers 224x224.
+#[test]
+fn every_example_matches_the_interpreter() {
+    let dir = root().join("examples");
+    for (i, name) in example_names().into_iter().enumerate() {
+        let text = std::fs::read_to_string(dir.join(format!("{name}.res"))).expect("read");
+        let text = text
+            .replace("224, 224]", "32, 32]")
+            .replace("256, 256]", "32, 32]");
+        let c = compile_source(&format!("{name}.res"), &text, Some(&dir)).expect("compiles");
+        let mut w = random_weights(&specs_of(&c.graph), 200 + i as u64);
+        // As in tests/passes.rs: keep very deep residual nets finite.
+        if c.graph
+            .schedule()
+            .iter()
+            .any(|&n| matches!(c.graph.node(n).op, Op::Add))
+        {
+            for (k, t) in w.iter_mut() {
+                if k.ends_with("bn2.weight") || k.ends_with("bn3.weight") {
+                    t.data.iter_mut().for_each(|v| *v *= 0.2);
+                }
+            }
+        }
+        let opt = optimized(&c.graph);
+        for batch in [1, 3] {
+            let mut shape = vec![batch];
+            shape.extend(c.graph.input_shape());
+            let x = random_tensor(&shape, 31 * i as u64 + batch as u64);
+            let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+            let y = run_jit(&opt, &w, &x, &CpuOptions::default()).expect("cpu");
+            assert_close(&format!("{name} batch {batch}"), &y, &reference, 1e-4, 1e-3);
+        }
+    }
+}
+
+#[test]
+fn resnet18_full_size() {
+    let c = compile_example("resnet18");
+    let w = random_weights(&specs_of(&c.graph), 5);
+    let x = random_tensor(&[1, 3, 224, 224], 5);
+    let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+    let y = run_jit(&optimized(&c.graph), &w, &x, &CpuOptions::default()).expect("cpu");
+    assert_close("resnet18 224x224", &y, &reference, 1e-4, 1e-3);
+}
+
+#[test]
+fn fixtures_match_pytorch() {
+    for name in [
+        "cifar_resnet20",
+        "cifar_plain20",
+        "unet_small",
+        "densenet_bc_small",
+    ] {
+        for dir in ["", "alt/"] {
+            let c = compile_example(name);
+            let w = bind_weights(&c, &fixture(&format!("{dir}{name}.safetensors")));
+            let x = read_npy(&fixture(&format!("{dir}{name}.input.npy"))).expect("input");
+            let e = read_npy(&fixture(&format!("{dir}{name}.output.npy"))).expect("output");
+            let y = run_jit(&optimized(&c.graph), &w, &x, &CpuOptions::default()).expect("cpu");
+            assert_close(&format!("{dir}{name}"), &y, &e, 1e-4, 1e-3);
+        }
+    }
+}
+
+#[test]
+fn portable_cpu_choices_work_and_unknown_ones_are_refused() {
+    let c = compile_example("cifar_resnet20");
+    let w = bind_weights(&c, &fixture("cifar_resnet20.safetensors"));
+    let x = read_npy(&fixture("cifar_resnet20.input.npy")).expect("input");
+    let e = read_npy(&fixture("cifar_resnet20.output.npy")).expect("output");
+    let opt = optimized(&c.graph);
+    for cpu in ["x86-64", "x86-64-v3"] {
+        let y = run_jit(&opt, &w, &x, &CpuOptions { cpu: cpu.into() }).expect("cpu");
+        assert_close(cpu, &y, &e, 1e-4, 1e-3);
+    }
+    let err = run_jit(
+        &opt,
+        &w,
+        &x,
+        &CpuOptions {
+            cpu: "pentium-9000".into(),
+        },
+    )
+    .expect_err("refused");
+    assert!(err.to_string().contains("unknown CPU"), "{err}");
+}
+
+fn raw_floats(path: &Path) -> Vec<u8> {
+    let t = read_npy(path).expect("npy");
+    t.data.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// `resnetc build` → libcifar_resnet20.a + header → gcc → run: PyTorch's
+/// numbers, from one thread and from two calling at once.
+#[test]
+fn static_library_links_into_a_c_program() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let make = Command::new("make")
+        .args(["-s", "-C", "examples/embed_c"])
+        .arg(format!("OUT={}", out.path().display()))
+        .arg(format!("RESNETC={}", env!("CARGO_BIN_EXE_resnetc")))
+        .arg("CC=gcc")
+        .current_dir(root())
+        .output()
+        .expect("make runs");
+    assert!(
+        make.status.success(),
+        "make failed:\n{}",
+        String::from_utf8_lossy(&make.stderr)
+    );
+    // The library needs nothing but libc, libm and pthreads.
+    let nm = Command::new("nm")
+        .args(["-u"])
+        .arg(out.path().join("libcifar_resnet20.a"))
+        .output()
+        .expect("nm");
+    for sym in String::from_utf8_lossy(&nm.stdout)
+        .split_whitespace()
+        .filter(|s| *s != "U" && !s.ends_with(':'))
+    {
+        assert!(
+            ["malloc", "free", "memset", "memcpy", "memmove", "expf", "exp"].contains(&sym),
+            "unexpected dependency `{sym}`"
+        );
+    }
+    let input = out.path().join("in.f32");
+    std::fs::write(&input, raw_floats(&fixture("cifar_resnet20.input.npy"))).expect("write input");
+    let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("expected");
+    for threads in ["1", "2"] {
+        let output = out.path().join(format!("out{threads}.f32"));
+        let run = Command::new(out.path().join("demo"))
+            .arg(&input)
+            .arg(&output)
+            .args(["2", threads])
+            .output()
+            .expect("demo runs");
+        assert!(
+            run.status.success(),
+            "demo failed: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let bytes = std::fs::read(&output).expect("output");
+        let data: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let y = resnetc::tensor::Tensor::from_vec(&expected.shape, data);
+        assert_close(
+            &format!("C program, {threads} thread(s)"),
+            &y,
+            &expected,
+            1e-4,
+            1e-3,
+        );
+    }
+}
