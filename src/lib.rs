@@ -4,6 +4,7 @@
 //! optimized IR ([`passes`]) → kernels ([`backend`]). The reference
 //! interpreter ([`interp`]) is the oracle every stage is checked against.
 
+pub mod api;
 pub mod backend;
 pub mod front;
 pub mod interp;

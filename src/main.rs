@@ -324,7 +324,6 @@ fn dispatch(cmd: Command) -> Result<()> {
             quiet,
         } => {
             let progress = Progress::new(quiet);
-            let c = compile(&file)?;
             if target != Target::Cpu {
                 return Err(other(
                     format!(
@@ -338,40 +337,34 @@ fn dispatch(cmd: Command) -> Result<()> {
                     "use --target cpu",
                 ));
             }
-            progress.stage("binding weights");
-            let w = load_weights(&c, &wargs)?;
-            progress.stage("optimizing");
-            let mut g = c.graph.clone();
-            resnetc::passes::optimize(&mut g, None);
-            let derived = resnetc::weights::materialize(&g, &w);
-            let pool = resnetc::backend::cpu::consts::ConstPool::build(&g, &w, &derived);
-            progress.stage("generating code");
-            use resnetc::backend::cpu::artifact::{self, Emit};
+            use resnetc::backend::cpu::artifact::Emit;
             let kind = match emit {
                 EmitKind::Staticlib => Emit::Staticlib,
                 EmitKind::Obj => Emit::Obj,
                 EmitKind::LlvmIr => Emit::LlvmIr,
                 EmitKind::Asm => Emit::Asm,
             };
+            let source = match (&wargs.weights, wargs.random_weights) {
+                (Some(p), _) => resnetc::api::WeightsSource::File(p.clone()),
+                (None, Some(seed)) => resnetc::api::WeightsSource::Random(seed),
+                (None, None) => {
+                    return Err(other(
+                        "no weights given".into(),
+                        "pass --weights or --random-weights",
+                    ))
+                }
+            };
             let opts = resnetc::backend::cpu::CpuOptions { cpu };
-            let files = artifact::build(&g, &pool, &opts, kind)?;
-            progress.stage("writing");
-            std::fs::create_dir_all(&output).map_err(|e| {
-                other(
-                    format!("cannot create `{}`: {e}", output.display()),
-                    "check the -o path",
-                )
+            let built = resnetc::api::build_cpu(&file, &source, &output, &opts, kind, &mut |s| {
+                progress.stage(s)
+            })
+            .map_err(|e| match e {
+                resnetc::api::Error::Compile(c) => Failure::Compile(c),
+                other => Failure::Other(Report::new(other)),
             })?;
-            for (name, bytes) in files {
-                let path = output.join(&name);
-                weights::write_atomic(&path, &bytes).map_err(|e| {
-                    other(
-                        format!("cannot write `{}`: {e}", path.display()),
-                        "check the -o path",
-                    )
-                })?;
-                if !quiet {
-                    eprintln!("wrote {}", path.display());
+            if !quiet {
+                for f in &built.files {
+                    eprintln!("wrote {}", f.display());
                 }
             }
             progress.done();
