@@ -158,6 +158,16 @@ impl<E: miette::Diagnostic + Send + Sync + 'static> From<E> for Failure {
 type Result<T> = std::result::Result<T, Failure>;
 
 fn main() -> ExitCode {
+    // Honour COLUMNS (as `ls` does) so piped or logged messages wrap at a
+    // known width.
+    if let Some(width) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+    {
+        let _ = miette::set_hook(Box::new(move |_| {
+            Box::new(miette::MietteHandlerOpts::new().width(width).build())
+        }));
+    }
     let cli = Cli::parse();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

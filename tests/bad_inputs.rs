@@ -63,3 +63,60 @@ fn bad_inputs_give_clear_diagnostics() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
+
+/// Every broken weights or input file in tests/bad_inputs/loaders/ makes
+/// `resnetc run` exit 1 with a message naming the file (snapshotted), and
+/// leaves no output behind.
+#[test]
+fn broken_weights_and_inputs_fail_cleanly() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/bad_inputs/loaders");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("loaders dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 15);
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    for f in files {
+        let rel = f.strip_prefix(root).expect("inside crate").to_path_buf();
+        let name = rel
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .replace('.', "_");
+        let weights_file = rel.extension().is_some_and(|e| e == "safetensors");
+        let out = out_dir.path().join("y.npy");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_resnetc"));
+        cmd.current_dir(root)
+            .args([
+                "run",
+                "examples/cifar_resnet20.res",
+                "--target",
+                "ref",
+                "--output",
+            ])
+            .arg(&out);
+        if weights_file {
+            cmd.arg("--weights")
+                .arg(&rel)
+                .args(["--input", "tests/fixtures/cifar_resnet20.input.npy"]);
+        } else {
+            cmd.args(["--random-weights", "0", "--input"]).arg(&rel);
+        }
+        // A wide terminal so messages are not wrapped differently per machine.
+        let o = cmd
+            .env("COLUMNS", "200")
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains(&rel.display().to_string()),
+            "{name}: message does not name the file:\n{err}"
+        );
+        assert!(!out.exists(), "{name}: output left behind");
+        insta::assert_snapshot!(format!("loader_{name}"), err);
+    }
+}
