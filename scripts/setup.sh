@@ -14,6 +14,14 @@ if [ ! -x /usr/lib/llvm-19/bin/llvm-config ] || [ ! -f /usr/lib/llvm-19/lib/libP
 fi
 /usr/lib/llvm-19/bin/llvm-config --version | grep -q '^19\.' || { echo "setup: LLVM 19 not found" >&2; exit 1; }
 
+# A C toolchain: build.rs compiles the thread pool of generated code
+# (runtime/parallel.c), and the tests link a C program with gcc and make.
+if ! command -v gcc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1 || ! command -v nm >/dev/null 2>&1; then
+    echo "setup: installing gcc, make, binutils" >&2
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc make binutils >/dev/null
+fi
+
 if command -v rustup >/dev/null 2>&1; then
     rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

@@ -61,6 +61,9 @@ enum Command {
         /// CPU to generate code for: native, x86-64-v3, x86-64, ...
         #[arg(long, default_value = "native")]
         cpu: String,
+        /// Threads for --target cpu (default: all CPUs).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: Option<u16>,
     },
     /// Compile a model to native code: a static library and C header (default),
     /// an object file, assembly or LLVM IR, written into the directory OUT.
@@ -303,6 +306,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             output,
             target,
             cpu,
+            threads,
         } => {
             let c = compile(&file)?;
             let w = load_weights(&c, &wargs)?;
@@ -314,6 +318,9 @@ fn dispatch(cmd: Command) -> Result<()> {
                     let mut g = c.graph.clone();
                     resnetc::passes::optimize(&mut g, None);
                     let opts = resnetc::backend::cpu::CpuOptions { cpu: cpu.clone() };
+                    if let Some(t) = threads {
+                        resnetc::backend::cpu::set_num_threads(t as usize);
+                    }
                     resnetc::backend::cpu::run_jit(&g, &w, &x, &opts)?
                 }
                 Target::Cuda => return Err(other(

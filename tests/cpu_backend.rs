@@ -69,6 +69,22 @@ fn every_example_matches_the_interpreter() {
     }
 }
 
+/// The outputs do not depend on the thread count: each output element is
+/// computed by one task with the same arithmetic.
+#[test]
+fn thread_count_does_not_change_the_numbers() {
+    let c = compile_example("densenet_bc_small");
+    let w = random_weights(&specs_of(&c.graph), 9);
+    let x = random_tensor(&[3, 3, 32, 32], 9);
+    let opt = optimized(&c.graph);
+    resnetc::backend::cpu::set_num_threads(1);
+    let one = run_jit(&opt, &w, &x, &CpuOptions::default()).expect("cpu");
+    resnetc::backend::cpu::set_num_threads(2);
+    let two = run_jit(&opt, &w, &x, &CpuOptions::default()).expect("cpu");
+    assert_eq!(resnetc::backend::cpu::num_threads(), 2);
+    assert_eq!(one, two);
+}
+
 #[test]
 fn resnet18_full_size() {
     let c = compile_example("resnet18");
@@ -144,30 +160,57 @@ fn static_library_links_into_a_c_program() {
         "make failed:\n{}",
         String::from_utf8_lossy(&make.stderr)
     );
-    // The library needs nothing but libc, libm and pthreads.
+    // The library needs nothing but libc, libm and pthreads: every symbol
+    // it uses and does not define itself is one of theirs.
     let nm = Command::new("nm")
-        .args(["-u"])
         .arg(out.path().join("libcifar_resnet20.a"))
         .output()
         .expect("nm");
-    for sym in String::from_utf8_lossy(&nm.stdout)
-        .split_whitespace()
-        .filter(|s| *s != "U" && !s.ends_with(':'))
-    {
+    let listing = String::from_utf8_lossy(&nm.stdout).to_string();
+    let (mut defined, mut used) = (Vec::new(), Vec::new());
+    for line in listing.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["U", name] => used.push(name.to_string()),
+            [_, kind, name] if "TtDdBbRr".contains(*kind) => defined.push(name.to_string()),
+            _ => {}
+        }
+    }
+    for sym in used.iter().filter(|u| !defined.contains(u)) {
         assert!(
-            ["malloc", "free", "memset", "memcpy", "memmove", "expf", "exp"].contains(&sym),
+            [
+                "malloc",
+                "free",
+                "memset",
+                "memcpy",
+                "memmove",
+                "expf",
+                "exp",
+                "sysconf",
+                "pthread_mutex_lock",
+                "pthread_mutex_unlock",
+                "pthread_cond_wait",
+                "pthread_cond_signal",
+                "pthread_cond_broadcast",
+                "pthread_create",
+                "pthread_attr_init",
+                "pthread_attr_destroy",
+                "pthread_attr_setdetachstate",
+            ]
+            .contains(&sym.as_str()),
             "unexpected dependency `{sym}`"
         );
     }
     let input = out.path().join("in.f32");
     std::fs::write(&input, raw_floats(&fixture("cifar_resnet20.input.npy"))).expect("write input");
     let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("expected");
-    for threads in ["1", "2"] {
-        let output = out.path().join(format!("out{threads}.f32"));
+    // (threads calling forward at once, threads the model uses)
+    for (callers, threads) in [("1", "1"), ("1", "2"), ("2", "2")] {
+        let output = out.path().join(format!("out{callers}{threads}.f32"));
         let run = Command::new(out.path().join("demo"))
             .arg(&input)
             .arg(&output)
-            .args(["2", threads])
+            .args(["2", callers, threads])
             .output()
             .expect("demo runs");
         assert!(

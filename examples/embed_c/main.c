@@ -2,11 +2,12 @@
  * the raw float32 output: no .npy, no dependencies beyond libc, libm and
  * pthreads.
  *
- *     ./demo INPUT.f32 OUTPUT.f32 BATCH [THREADS]
+ *     ./demo INPUT.f32 OUTPUT.f32 BATCH [CALLERS [MODEL_THREADS]]
  *
- * With THREADS > 1, that many threads call the model at once on the same
+ * With CALLERS > 1, that many threads call the model at once on the same
  * input, several times each, and every result must equal the first: the
- * generated forward function is re-entrant.
+ * generated forward function is re-entrant. MODEL_THREADS sets the threads
+ * the model itself uses (default: all CPUs).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -48,15 +49,16 @@ static float *read_floats(const char *path, size_t n) {
 
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: %s INPUT.f32 OUTPUT.f32 BATCH [THREADS]\n", argv[0]);
+        fprintf(stderr, "usage: %s INPUT.f32 OUTPUT.f32 BATCH [CALLERS [MODEL_THREADS]]\n", argv[0]);
         return 2;
     }
     int batch = atoi(argv[3]);
     int threads = argc > 4 ? atoi(argv[4]) : 1;
     if (batch < 1 || threads < 1) {
-        fprintf(stderr, "BATCH and THREADS must be at least 1\n");
+        fprintf(stderr, "BATCH and CALLERS must be at least 1\n");
         return 2;
     }
+    if (argc > 5) SET_THREADS(atoi(argv[5]));
     size_t in_n = (size_t)batch * INPUT_SIZE, out_n = (size_t)batch * OUTPUT_SIZE;
     float *input = read_floats(argv[1], in_n);
     if (!input) return 1;
@@ -79,6 +81,6 @@ int main(int argc, char **argv) {
     FILE *f = fopen(argv[2], "wb");
     if (!f || fwrite(jobs[0].output, sizeof(float), out_n, f) != out_n) { perror(argv[2]); return 1; }
     fclose(f);
-    printf("ok: %d image(s), %d thread(s), first output %g\n", batch, threads, jobs[0].output[0]);
+    printf("ok: %d image(s), %d caller(s), first output %g\n", batch, threads, jobs[0].output[0]);
     return 0;
 }

@@ -49,11 +49,24 @@ pub fn build(
         Emit::Obj => vec![(format!("{sym}.o"), object(FileType::Object)?)],
         Emit::Staticlib => {
             let obj = object(FileType::Object)?;
-            let symbols = [format!("{sym}_forward"), format!("{sym}_run")];
+            let model_symbols = vec![
+                format!("{sym}_forward"),
+                format!("{sym}_set_num_threads"),
+                format!("{sym}_run"),
+            ];
+            let runtime_symbols = vec![
+                "resnetc_parallel_for".to_string(),
+                "resnetc_set_num_threads".to_string(),
+                "resnetc_get_num_threads".to_string(),
+            ];
+            // Member names over 15 bytes need a long-name table; the
+            // members' names do not matter to linkers.
+            let members = [
+                ("model.o", obj.as_slice(), model_symbols),
+                ("parallel.o", super::RUNTIME_OBJECT, runtime_symbols),
+            ];
             vec![
-                // Member names over 15 bytes need a long-name table; the
-                // member's name does not matter to linkers.
-                (format!("lib{sym}.a"), archive("model.o", &obj, &symbols)),
+                (format!("lib{sym}.a"), archive(&members)),
                 (format!("{sym}.h"), header(graph, &sym).into_bytes()),
             ]
         }
@@ -148,6 +161,23 @@ fn add_forward<'ctx>(
     .map_err(err)?;
     b.build_call(free, &[arena.into()], "").map_err(err)?;
     b.build_return(Some(&i32t.const_zero())).map_err(err)?;
+
+    // <sym>_set_num_threads(n): the pool is shared by every model in the
+    // process.
+    let set_rt = module.add_function(
+        "resnetc_set_num_threads",
+        ctx.void_type().fn_type(&[i32t.into()], false),
+        Some(Linkage::External),
+    );
+    let set = module.add_function(
+        &format!("{sym}_set_num_threads"),
+        ctx.void_type().fn_type(&[i32t.into()], false),
+        None,
+    );
+    b.position_at_end(ctx.append_basic_block(set, "entry"));
+    let n = set.get_nth_param(0).expect("declared");
+    b.build_call(set_rt, &[n.into()], "").map_err(err)?;
+    b.build_return(None).map_err(err)?;
     Ok(())
 }
 
@@ -187,6 +217,11 @@ extern "C" {{
 /* Working memory each call allocates (and frees), per image. */
 #define {up}_ARENA_BYTES_PER_IMAGE {arena}
 
+/* Threads the model uses, shared by every resnetc model in the process;
+ * the default is the number of online CPUs. Workers are created once, on
+ * first use, and reused by every call. */
+void {sym}_set_num_threads(int n);
+
 /* Runs the model on `batch` images: reads batch * {up}_INPUT_SIZE floats
  * from `input`, writes batch * {up}_OUTPUT_SIZE floats to `output`.
  * Returns 0 on success, -1 if batch < 1, -2 if the working memory could not
@@ -211,34 +246,45 @@ int {sym}_forward(const float *input, float *output, int batch);
     )
 }
 
-/// A System V / GNU `ar` archive of one object, with the symbol index
-/// (`/` member) that linkers require.
-pub fn archive(member: &str, object: &[u8], symbols: &[String]) -> Vec<u8> {
+/// A System V / GNU `ar` archive of objects, with the symbol index (`/`
+/// member) that linkers require: each member with the symbols it defines.
+pub fn archive(members: &[(&str, &[u8], Vec<String>)]) -> Vec<u8> {
     fn header(name: &str, size: usize) -> Vec<u8> {
         format!("{name:<16}{:<12}{:<6}{:<6}{:<8}{size:<10}`\n", 0, 0, 0, 644).into_bytes()
     }
-    let mut names = Vec::new();
-    for s in symbols {
-        names.extend_from_slice(s.as_bytes());
-        names.push(0);
-    }
-    let index_len = 4 + 4 * symbols.len() + names.len();
     let padded = |n: usize| n + n % 2;
-    let member_offset = 8 + 60 + padded(index_len);
+    let count: usize = members.iter().map(|m| m.2.len()).sum();
+    let names: Vec<u8> = members
+        .iter()
+        .flat_map(|m| m.2.iter())
+        .flat_map(|s| s.bytes().chain(std::iter::once(0)))
+        .collect();
+    let index_len = 4 + 4 * count + names.len();
+    // Offsets of each member's header.
+    let mut offsets = Vec::new();
+    let mut at = 8 + 60 + padded(index_len);
+    for m in members {
+        offsets.push(at);
+        at += 60 + padded(m.1.len());
+    }
     let mut out = b"!<arch>\n".to_vec();
     out.extend(header("/", index_len));
-    out.extend((symbols.len() as u32).to_be_bytes());
-    for _ in symbols {
-        out.extend((member_offset as u32).to_be_bytes());
+    out.extend((count as u32).to_be_bytes());
+    for (m, off) in members.iter().zip(&offsets) {
+        for _ in &m.2 {
+            out.extend((*off as u32).to_be_bytes());
+        }
     }
     out.extend(&names);
     if index_len % 2 == 1 {
         out.push(b'\n');
     }
-    out.extend(header(&format!("{member}/"), object.len()));
-    out.extend(object);
-    if object.len() % 2 == 1 {
-        out.push(b'\n');
+    for (name, data, _) in members {
+        out.extend(header(&format!("{name}/"), data.len()));
+        out.extend(*data);
+        if data.len() % 2 == 1 {
+            out.push(b'\n');
+        }
     }
     out
 }

@@ -1,13 +1,15 @@
 //! Lowers an optimized, planned graph to LLVM functions for x86-64.
 //!
-//! One function per op, `void opK(float *arena, const float *consts, i64 batch)`,
-//! each a loop nest over views into the arena (see `ir::plan`), and one entry
+//! Each op is a kernel over work units (an output channel of one image, a
+//! chunk of elements, ...): `kernel(arena, consts, batch, offsets..., begin,
+//! end)` computes units `[begin, end)`. Ops with the same configuration share
+//! a kernel; a per-op thunk binds the offsets, and the entry
 //! `void <model>_run(const float *input, float *output, i64 batch,
-//! const float *consts, float *arena)` that copies the input in, runs the
-//! schedule and copies the output out. The kernels are plain loop nests
-//! chosen so LLVM vectorizes the innermost loop; each op's emitter is a
-//! separate function so a register-tiled microkernel can replace one without
-//! touching the rest.
+//! const float *consts, float *arena)` copies the input in, hands every op's
+//! `batch × units` to `resnetc_parallel_for` (runtime/parallel.c), and copies
+//! the output out. Kernel bodies are plain loop nests chosen so LLVM
+//! vectorizes the innermost loop; each op's emitter is its own function so a
+//! register-tiled microkernel can replace one without touching the rest.
 
 use super::consts::ConstPool;
 use crate::backend::llvm::emit::Emitter;
@@ -18,7 +20,9 @@ use crate::ir::plan::MemoryPlan;
 use crate::ir::Graph;
 use inkwell::context::Context;
 use inkwell::module::{Linkage, Module};
-use inkwell::values::{FloatValue, FunctionValue, IntValue, PointerValue};
+use inkwell::types::BasicMetadataTypeEnum;
+use inkwell::values::{BasicMetadataValueEnum, FloatValue, FunctionValue, IntValue, PointerValue};
+use inkwell::IntPredicate;
 use petgraph::stable_graph::NodeIndex;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -99,6 +103,27 @@ impl<'ctx> Args<'ctx> {
     }
 }
 
+/// Elements per work unit of elementwise ops.
+const CHUNK: u64 = 4096;
+
+/// Work units per image of the op at `n`.
+fn units(c: &Ctx<'_, '_>, n: NodeIndex) -> u64 {
+    let node = c.graph.node(n);
+    let out = chw(&node.shape);
+    match &node.op {
+        Op::Conv { .. } | Op::ConvTranspose { .. } | Op::ChannelPad { .. } => out.0,
+        Op::Linear { .. } => numel(&node.shape) as u64,
+        Op::MaxPool(_)
+        | Op::AvgPool { .. }
+        | Op::GlobalAvgPool
+        | Op::Affine { .. }
+        | Op::Upsample { .. } => out.0,
+        Op::Softmax => out.1 * out.2,
+        Op::Concat { .. } => 1,
+        _ => (numel(&node.shape) as u64).div_ceil(CHUNK).max(1),
+    }
+}
+
 /// Builds the module for `graph` (optimized and planned).
 pub fn lower<'ctx>(
     ctx: &'ctx Context,
@@ -119,10 +144,21 @@ pub fn lower<'ctx>(
     };
     let ptr = ctx.ptr_type(inkwell::AddressSpace::default());
     let i64t = ctx.i64_type();
+    // The context every thunk receives: arena, constants, batch.
+    let ctx_ty = ctx.struct_type(&[ptr.into(), ptr.into(), i64t.into()], false);
+    let thunk_ty = ctx
+        .void_type()
+        .fn_type(&[ptr.into(), i64t.into(), i64t.into()], false);
+    let parallel_for = module.add_function(
+        "resnetc_parallel_for",
+        ctx.void_type()
+            .fn_type(&[i64t.into(), ptr.into(), ptr.into()], false),
+        Some(Linkage::External),
+    );
     let mut kernels: HashMap<String, FunctionValue<'ctx>> = HashMap::new();
-    // (kernel, its offset arguments) per op, in schedule order.
+    // (thunk, units per image) per op, in schedule order.
     let mut calls = Vec::new();
-    for &n in &plan.schedule {
+    for (k, &n) in plan.schedule.iter().enumerate() {
         let node = graph.node(n);
         if matches!(node.op, Op::Input | Op::Output) || is_view(&c, n) {
             continue;
@@ -142,14 +178,15 @@ pub fn lower<'ctx>(
                 key.push_str(&format!("|a{:?}/{st}", sn.shape));
             }
         }
-        let f = match kernels.get(&key) {
+        let per_image = units(&c, n);
+        let kernel = match kernels.get(&key) {
             Some(&f) => f,
             None => {
-                let mut params: Vec<inkwell::types::BasicMetadataTypeEnum> =
+                let mut params: Vec<BasicMetadataTypeEnum> =
                     vec![ptr.into(), ptr.into(), i64t.into()];
                 params.extend(std::iter::repeat_n(
-                    inkwell::types::BasicMetadataTypeEnum::from(i64t),
-                    values.len(),
+                    BasicMetadataTypeEnum::from(i64t),
+                    values.len() + 2,
                 ));
                 let ty = ctx.void_type().fn_type(&params, false);
                 let f = module.add_function(
@@ -166,14 +203,12 @@ pub fn lower<'ctx>(
                         c.consts.borrow_mut().insert(s, p0);
                     } else {
                         let stride = c.placement(s).2;
-                        c.views.borrow_mut().insert(
-                            s,
-                            View {
-                                buffer: p0,
-                                offset: p1,
-                                stride,
-                            },
-                        );
+                        let v = View {
+                            buffer: p0,
+                            offset: p1,
+                            stride,
+                        };
+                        c.views.borrow_mut().insert(s, v);
                     }
                 }
                 let a = Args {
@@ -181,13 +216,50 @@ pub fn lower<'ctx>(
                     consts: e.param_ptr(1),
                     batch: e.param_int(2),
                 };
-                lower_op(&mut e, &c, &a, n)?;
+                let last = 3 + values.len() as u32;
+                let (begin, end) = (e.param_int(last), e.param_int(last + 1));
+                let mut result = Ok(());
+                e.for_range(begin, end, |e, t| {
+                    let per = e.int(per_image);
+                    let b = e.sdiv(t, per);
+                    let u = e.b.build_int_signed_rem(t, per, "").expect("rem");
+                    if result.is_ok() {
+                        result = lower_unit(e, &c, &a, n, b, u);
+                    }
+                });
+                result?;
                 e.ret_void();
                 kernels.insert(key, f);
                 f
             }
         };
-        calls.push((f, values));
+        // The thunk: unpack the context, bind this op's offsets.
+        let thunk = module.add_function(
+            &format!("{symbol}_op{k}"),
+            thunk_ty,
+            Some(Linkage::Internal),
+        );
+        let e = Emitter::new(ctx, &module, thunk);
+        let cx = e.param_ptr(0);
+        let field = |i: u32, ty: inkwell::types::BasicTypeEnum<'ctx>| {
+            let p = e.b.build_struct_gep(ctx_ty, cx, i, "").expect("field");
+            e.b.build_load(ty, p, "").expect("load")
+        };
+        let mut args: Vec<BasicMetadataValueEnum> = vec![
+            field(0, ptr.into()).into(),
+            field(1, ptr.into()).into(),
+            field(2, i64t.into()).into(),
+        ];
+        args.extend(
+            values
+                .into_iter()
+                .map(|v| BasicMetadataValueEnum::from(e.int(v))),
+        );
+        args.push(e.param_int(1).into());
+        args.push(e.param_int(2).into());
+        e.b.build_call(kernel, &args, "").expect("call");
+        e.ret_void();
+        calls.push((thunk, per_image));
     }
     // The entry: input in, schedule, output out.
     let run_ty = ctx.void_type().fn_type(
@@ -208,6 +280,17 @@ pub fn lower<'ctx>(
         consts,
         batch,
     };
+    let cx = e.b.build_alloca(ctx_ty, "ctx").expect("alloca");
+    for (i, v) in [arena.into(), consts.into(), batch.into()]
+        .into_iter()
+        .enumerate()
+    {
+        let p =
+            e.b.build_struct_gep(ctx_ty, cx, i as u32, "")
+                .expect("field");
+        let v: inkwell::values::BasicValueEnum = v;
+        e.b.build_store(p, v).expect("store");
+    }
     let per_in = numel(graph.input_shape()) as u64;
     let vin = c.const_view(&e, graph.input);
     copy_images(
@@ -217,15 +300,11 @@ pub fn lower<'ctx>(
         |e, n| e.at(input, e.mul(n, e.int(per_in))),
         |e, n| a.image(e, vin, n),
     );
-    for (f, values) in calls {
-        let mut args: Vec<inkwell::values::BasicMetadataValueEnum> =
-            vec![arena.into(), consts.into(), batch.into()];
-        args.extend(
-            values
-                .into_iter()
-                .map(|v| inkwell::values::BasicMetadataValueEnum::from(e.int(v))),
-        );
-        e.b.build_call(f, &args, "").expect("call");
+    for (thunk, per_image) in calls {
+        let total = e.mul(batch, e.int(per_image));
+        let f = thunk.as_global_value().as_pointer_value();
+        e.b.build_call(parallel_for, &[total.into(), f.into(), cx.into()], "")
+            .expect("call");
     }
     let out_src = graph.operands(graph.output)[0];
     let per_out = numel(graph.output_shape()) as u64;
@@ -268,56 +347,45 @@ fn copy_images<'ctx>(
     });
 }
 
-fn lower_op<'ctx>(
+/// Emits unit `u` of image `b` of the op at `n`.
+fn lower_unit<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
     a: &Args<'ctx>,
     n: NodeIndex,
+    b: IntValue<'ctx>,
+    u: IntValue<'ctx>,
 ) -> Result<(), LlvmError> {
     let node = c.graph.node(n);
     let ops = c.graph.operands(n);
+    let u_ = (b, u);
     match &node.op {
-        Op::Conv { geom, fused } => conv(e, c, a, n, &ops, geom, fused),
-        Op::ConvTranspose { geom, fused, .. } => conv_transpose(e, c, a, n, &ops, geom, fused),
-        Op::Linear { fused, .. } => linear(e, c, a, n, &ops, fused),
-        Op::MaxPool(g) => {
-            pool(e, c, a, n, ops[0], g, None);
-            Ok(())
-        }
+        Op::Conv { geom, fused } => conv(e, c, a, n, &ops, geom, fused, u_),
+        Op::ConvTranspose { geom, fused, .. } => conv_transpose(e, c, a, n, &ops, geom, fused, u_),
+        Op::Linear { fused, .. } => linear(e, c, a, n, &ops, fused, u_),
+        Op::MaxPool(g) => pool(e, c, a, n, ops[0], g, None, u_),
         Op::AvgPool {
             geom,
             count_include_pad,
-        } => {
-            pool(e, c, a, n, ops[0], geom, Some(*count_include_pad));
-            Ok(())
-        }
-        Op::GlobalAvgPool => {
-            global_avgpool(e, c, a, n, ops[0]);
-            Ok(())
-        }
+        } => pool(e, c, a, n, ops[0], geom, Some(*count_include_pad), u_),
+        Op::GlobalAvgPool => global_avgpool(e, c, a, n, ops[0], u_),
         Op::Affine { act } => {
             let (sc, sh) = (c.konst(ops[1]), c.konst(ops[2]));
             let act = *act;
-            per_channel(e, c, a, n, ops[0], move |e, a, ch, x| {
+            per_channel(e, c, a, n, ops[0], u_, move |e, a, ch, x| {
                 let s = e.load(a.konst(e, sc), ch);
                 let t = e.load(a.konst(e, sh), ch);
                 let v = e.fmuladd(x, s, t);
                 act.map_or(v, |f| e.act(v, f))
-            });
-            Ok(())
+            })
         }
         Op::Act(f) => {
             let f = *f;
-            elementwise(e, c, a, n, &ops, move |e, xs| e.act(xs[0], f));
-            Ok(())
+            elementwise(e, c, a, n, &ops, u_, move |e, xs| e.act(xs[0], f))
         }
-        Op::Add => {
-            elementwise(e, c, a, n, &ops, |e, xs| e.fadd(xs[0], xs[1]));
-            Ok(())
-        }
+        Op::Add => elementwise(e, c, a, n, &ops, u_, |e, xs| e.fadd(xs[0], xs[1])),
         Op::Flatten | Op::Identity | Op::Dropout { .. } => {
-            elementwise(e, c, a, n, &ops[..1], |_, xs| xs[0]);
-            Ok(())
+            elementwise(e, c, a, n, &ops[..1], u_, |_, xs| xs[0])
         }
         Op::Concat { placed } => {
             let (y, mut off) = (c.view(n), 0u64);
@@ -328,34 +396,22 @@ fn lower_op<'ctx>(
                         offset: e.add(y.offset, e.int(off)),
                         ..y
                     };
-                    let x = c.view(o);
-                    copy_images(
-                        e,
-                        a,
-                        per,
-                        |e, b| a.image(e, x, b),
-                        |e, b| a.image(e, dst, b),
-                    );
+                    let (s, d) = (a.image(e, c.view(o), b), a.image(e, dst, b));
+                    e.for_const(0, per, |e, i| {
+                        let v = e.load(s, i);
+                        e.store(d, i, v);
+                    });
                 }
                 off += per;
             }
             Ok(())
         }
-        Op::Upsample { scale, mode } => {
-            upsample(e, c, a, n, ops[0], *scale, *mode);
-            Ok(())
-        }
-        Op::Softmax => {
-            softmax(e, c, a, n, ops[0]);
-            Ok(())
-        }
+        Op::Upsample { scale, mode } => upsample(e, c, a, n, ops[0], *scale, *mode, u_),
+        Op::Softmax => softmax(e, c, a, n, ops[0], u_),
         Op::ChannelPad {
             out_channels,
             stride,
-        } => {
-            channel_pad(e, c, a, n, ops[0], *out_channels, *stride);
-            Ok(())
-        }
+        } => channel_pad(e, c, a, n, ops[0], *out_channels, *stride, u_),
         Op::BatchNorm { .. } | Op::Input | Op::Output | Op::Weight { .. } | Op::Const(_) => {
             Err(LlvmError::Internal(format!(
                 "`{}` reached the CPU back end; the passes should have removed it",
@@ -364,6 +420,9 @@ fn lower_op<'ctx>(
         }
     }
 }
+
+/// (image, unit) of a kernel invocation.
+type Unit<'ctx> = (IntValue<'ctx>, IntValue<'ctx>);
 
 /// `(c, h, w)` of a 4-d shape, or `(c, 1, 1)` for a vector.
 fn chw(s: &[usize]) -> (u64, u64, u64) {
@@ -378,20 +437,9 @@ fn chw(s: &[usize]) -> (u64, u64, u64) {
     }
 }
 
-/// Output positions `o` with `0 <= o*stride + shift < extent`, within `0..out`.
-fn valid_range(out: u64, stride: u64, shift: i64, extent: u64) -> (u64, u64) {
-    let (s, ext) = (stride as i64, extent as i64);
-    let lo = if shift >= 0 { 0 } else { (-shift + s - 1) / s };
-    let hi = if ext - 1 - shift < 0 {
-        0
-    } else {
-        (ext - 1 - shift) / s + 1
-    };
-    (lo.max(0) as u64, (hi.max(0) as u64).min(out))
-}
-
-/// `valid_range` with a run-time shift: the loop bounds of one kernel tap.
-fn valid_range_rt<'ctx>(
+/// Output positions `o` with `0 <= o*stride + shift < extent`, within
+/// `0..out`, for a run-time shift: the loop bounds of one kernel tap.
+fn valid_range<'ctx>(
     e: &Emitter<'_, 'ctx>,
     out: u64,
     stride: u64,
@@ -404,7 +452,7 @@ fn valid_range_rt<'ctx>(
     // hi = min(out, floor((extent - 1 - shift) / s) + 1), or 0 if negative.
     let num = e.sub(e.int(extent - 1), shift);
     let neg =
-        e.b.build_int_compare(inkwell::IntPredicate::SLT, num, e.int(0), "")
+        e.b.build_int_compare(IntPredicate::SLT, num, e.int(0), "")
             .expect("cmp");
     let hi = e.add(e.sdiv(num, s), e.int(1));
     let hi =
@@ -450,8 +498,8 @@ fn epilogue<'ctx>(
     });
 }
 
-/// Operands after the weight: (prologue scale/shift offsets, bias offset,
-/// residual node).
+/// Operands after the weight: the prologue's scale and shift, the bias, and
+/// the residual (as constant offsets and a node).
 #[allow(clippy::type_complexity)]
 fn fused_operands<'ctx>(
     c: &Ctx<'_, 'ctx>,
@@ -459,7 +507,7 @@ fn fused_operands<'ctx>(
     fused: &Fused,
 ) -> (
     Option<(IntValue<'ctx>, IntValue<'ctx>)>,
-    Vec<IntValue<'ctx>>,
+    Option<IntValue<'ctx>>,
     Option<NodeIndex>,
 ) {
     let mut i = 2;
@@ -467,11 +515,11 @@ fn fused_operands<'ctx>(
         i += 2;
         (c.konst(ops[2]), c.konst(ops[3]))
     });
-    let (mut bias, mut residual) = (Vec::new(), None);
+    let (mut bias, mut residual) = (None, None);
     for step in &fused.epilogue {
         match step {
             EpilogueStep::Bias => {
-                bias.push(c.konst(ops[i]));
+                bias = Some(c.konst(ops[i]));
                 i += 1;
             }
             EpilogueStep::Add => {
@@ -499,9 +547,10 @@ fn prologue_value<'ctx>(
     }
 }
 
-/// Direct convolution: per output channel, accumulate every (input channel,
-/// tap) into the output plane; each tap's valid output range is known at
-/// compile time, so the innermost loop is a branch-free axpy over a row.
+/// Direct convolution of one output channel: accumulate every (input
+/// channel, tap) into the output plane; each tap's valid output range is
+/// computed once, so the innermost loop is a branch-free axpy over a row.
+#[allow(clippy::too_many_arguments)]
 fn conv<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
@@ -510,6 +559,7 @@ fn conv<'ctx>(
     ops: &[NodeIndex],
     g: &ConvGeom,
     fused: &Fused,
+    (b, oc): Unit<'ctx>,
 ) -> Result<(), LlvmError> {
     let (ic_all, h, w) = chw(c.shape(ops[0]));
     let (oc_all, oh, ow) = chw(c.shape(n));
@@ -517,68 +567,49 @@ fn conv<'ctx>(
     let (icg, ocg) = (ic_all / groups, oc_all / groups);
     let (kh, kw) = (g.kernel[0] as u64, g.kernel[1] as u64);
     let (sh, sw) = (g.stride[0] as u64, g.stride[1] as u64);
-    let (ph, pw) = (g.pad[0] as i64, g.pad[1] as i64);
-    let (dh, dw) = (g.dilation[0] as i64, g.dilation[1] as i64);
+    let (ph, pw) = (g.pad[0] as u64, g.pad[1] as u64);
+    let (dh, dw) = (g.dilation[0] as u64, g.dilation[1] as u64);
     let wt = c.konst(ops[1]);
     let (pro, bias, residual) = fused_operands(c, ops, fused);
-    let (vx, vy) = (c.view(ops[0]), c.view(n));
-    let vz = residual.map(|r| c.view(r));
-    let zero = e.int(0);
-    e.for_range(zero, a.batch, |e, b| {
-        let (xb, yb) = (a.image(e, vx, b), a.image(e, vy, b));
-        let zb = vz.map(|v| a.image(e, v, b));
-        e.for_const(0, oc_all, |e, oc| {
-            let plane = e.at(yb, e.mul(oc, e.int(oh * ow)));
-            e.for_const(0, oh * ow, |e, i| e.store(plane, i, e.f32(0.0)));
-            let grp = e.sdiv(oc, e.int(ocg));
-            let ic0 = e.mul(grp, e.int(icg));
-            e.for_const(0, icg, |e, j| {
-                let ic = e.add(ic0, j);
-                let xplane = e.at(xb, e.mul(ic, e.int(h * w)));
-                let st = pro.map(|(s, t)| (e.load(a.konst(e, s), ic), e.load(a.konst(e, t), ic)));
-                let wrow = e.at(a.konst(e, wt), e.mul(e.mad(oc, icg, j), e.int(kh * kw)));
-                // Taps are run-time loops: one vectorized row loop per conv
-                // instead of one per tap keeps compile time low.
-                e.for_const(0, kh, |e, ky| {
-                    let shift_y = e.sub(e.mul(ky, e.int(dh as u64)), e.int(ph as u64));
-                    let (y0, y1) = valid_range_rt(e, oh, sh, shift_y, h);
-                    e.for_const(0, kw, |e, kx| {
-                        let shift_x = e.sub(e.mul(kx, e.int(dw as u64)), e.int(pw as u64));
-                        let (x0, x1) = valid_range_rt(e, ow, sw, shift_x, w);
-                        let wv = e.load(wrow, e.mad(ky, kw, kx));
-                        e.for_range(y0, y1, |e, r| {
-                            let ih = e.add(e.mul(r, e.int(sh)), shift_y);
-                            let xrow = e.at(xplane, e.mul(ih, e.int(w)));
-                            let yrow = e.at(plane, e.mul(r, e.int(ow)));
-                            e.for_range(x0, x1, |e, q| {
-                                let iw = e.add(e.mul(q, e.int(sw)), shift_x);
-                                let xv = prologue_value(e, fused, e.load(xrow, iw), st);
-                                let acc = e.fmuladd(xv, wv, e.load(yrow, q));
-                                e.store(yrow, q, acc);
-                            });
-                        });
+    let (xb, yb) = (a.image(e, c.view(ops[0]), b), a.image(e, c.view(n), b));
+    let zb = residual.map(|r| a.image(e, c.view(r), b));
+    let plane = e.at(yb, e.mul(oc, e.int(oh * ow)));
+    e.for_const(0, oh * ow, |e, i| e.store(plane, i, e.f32(0.0)));
+    let ic0 = e.mul(e.sdiv(oc, e.int(ocg)), e.int(icg));
+    e.for_const(0, icg, |e, j| {
+        let ic = e.add(ic0, j);
+        let xplane = e.at(xb, e.mul(ic, e.int(h * w)));
+        let st = pro.map(|(s, t)| (e.load(a.konst(e, s), ic), e.load(a.konst(e, t), ic)));
+        let wrow = e.at(a.konst(e, wt), e.mul(e.mad(oc, icg, j), e.int(kh * kw)));
+        e.for_const(0, kh, |e, ky| {
+            let shift_y = e.sub(e.mul(ky, e.int(dh)), e.int(ph));
+            let (y0, y1) = valid_range(e, oh, sh, shift_y, h);
+            e.for_const(0, kw, |e, kx| {
+                let shift_x = e.sub(e.mul(kx, e.int(dw)), e.int(pw));
+                let (x0, x1) = valid_range(e, ow, sw, shift_x, w);
+                let wv = e.load(wrow, e.mad(ky, kw, kx));
+                e.for_range(y0, y1, |e, r| {
+                    let ih = e.add(e.mul(r, e.int(sh)), shift_y);
+                    let xrow = e.at(xplane, e.mul(ih, e.int(w)));
+                    let yrow = e.at(plane, e.mul(r, e.int(ow)));
+                    e.for_range(x0, x1, |e, q| {
+                        let iw = e.add(e.mul(q, e.int(sw)), shift_x);
+                        let xv = prologue_value(e, fused, e.load(xrow, iw), st);
+                        let acc = e.fmuladd(xv, wv, e.load(yrow, q));
+                        e.store(yrow, q, acc);
                     });
                 });
             });
-            epilogue(
-                e,
-                a,
-                fused,
-                &EpilogueInputs {
-                    bias: bias.first().copied(),
-                    residual: zb,
-                },
-                plane,
-                oc,
-                oh * ow,
-            );
         });
     });
+    let inputs = EpilogueInputs { bias, residual: zb };
+    epilogue(e, a, fused, &inputs, plane, oc, oh * ow);
     Ok(())
 }
 
-/// Transposed convolution as a scatter: every input pixel adds
-/// `x · w[tap]` to the output pixel its tap lands on.
+/// Transposed convolution of one output channel: every input pixel of the
+/// channel's group adds `x · w[tap]` to the output pixel its tap lands on.
+#[allow(clippy::too_many_arguments)]
 fn conv_transpose<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
@@ -587,6 +618,7 @@ fn conv_transpose<'ctx>(
     ops: &[NodeIndex],
     g: &ConvGeom,
     fused: &Fused,
+    (b, oc): Unit<'ctx>,
 ) -> Result<(), LlvmError> {
     let (ic_all, h, w) = chw(c.shape(ops[0]));
     let (oc_all, oh, ow) = chw(c.shape(n));
@@ -594,74 +626,50 @@ fn conv_transpose<'ctx>(
     let (icg, ocg) = (ic_all / groups, oc_all / groups);
     let (kh, kw) = (g.kernel[0] as u64, g.kernel[1] as u64);
     let (sh, sw) = (g.stride[0] as u64, g.stride[1] as u64);
-    let (ph, pw) = (g.pad[0] as i64, g.pad[1] as i64);
-    let (dh, dw) = (g.dilation[0] as i64, g.dilation[1] as i64);
+    let (ph, pw) = (g.pad[0] as u64, g.pad[1] as u64);
+    let (dh, dw) = (g.dilation[0] as u64, g.dilation[1] as u64);
     let wt = c.konst(ops[1]);
     let (pro, bias, residual) = fused_operands(c, ops, fused);
-    let (vx, vy) = (c.view(ops[0]), c.view(n));
-    let vz = residual.map(|r| c.view(r));
-    let zero = e.int(0);
-    e.for_range(zero, a.batch, |e, b| {
-        let (xb, yb) = (a.image(e, vx, b), a.image(e, vy, b));
-        let zb = vz.map(|v| a.image(e, v, b));
-        e.for_const(0, oc_all * oh * ow, |e, i| e.store(yb, i, e.f32(0.0)));
-        e.for_const(0, ic_all, |e, ic| {
-            let grp = e.sdiv(ic, e.int(icg));
-            let xplane = e.at(xb, e.mul(ic, e.int(h * w)));
-            let st = pro.map(|(s, t)| (e.load(a.konst(e, s), ic), e.load(a.konst(e, t), ic)));
-            e.for_const(0, ocg, |e, j| {
-                let oc = e.mad(grp, ocg, j);
-                let yplane = e.at(yb, e.mul(oc, e.int(oh * ow)));
-                let wrow = e.at(a.konst(e, wt), e.mul(e.mad(ic, ocg, j), e.int(kh * kw)));
-                for ky in 0..kh {
-                    // oh = ih*s + (ky*d - p) must fall inside the output.
-                    let shift_y = ky as i64 * dh - ph;
-                    let (i0, i1) = valid_range(h, sh, shift_y, oh);
-                    for kx in 0..kw {
-                        let shift_x = kx as i64 * dw - pw;
-                        let (j0, j1) = valid_range(w, sw, shift_x, ow);
-                        if i0 >= i1 || j0 >= j1 {
-                            continue;
-                        }
-                        let wv = e.load(wrow, e.int(ky * kw + kx));
-                        e.for_const(i0, i1, |e, r| {
-                            let orow =
-                                e.add(e.mul(r, e.int(sh)), e.i64t.const_int(shift_y as u64, true));
-                            let yrow = e.at(yplane, e.mul(orow, e.int(ow)));
-                            let xrow = e.at(xplane, e.mul(r, e.int(w)));
-                            e.for_const(j0, j1, |e, q| {
-                                let ocol = e.add(
-                                    e.mul(q, e.int(sw)),
-                                    e.i64t.const_int(shift_x as u64, true),
-                                );
-                                let xv = prologue_value(e, fused, e.load(xrow, q), st);
-                                let acc = e.fmuladd(xv, wv, e.load(yrow, ocol));
-                                e.store(yrow, ocol, acc);
-                            });
-                        });
-                    }
-                }
+    let (xb, yb) = (a.image(e, c.view(ops[0]), b), a.image(e, c.view(n), b));
+    let zb = residual.map(|r| a.image(e, c.view(r), b));
+    let plane = e.at(yb, e.mul(oc, e.int(oh * ow)));
+    e.for_const(0, oh * ow, |e, i| e.store(plane, i, e.f32(0.0)));
+    let grp = e.sdiv(oc, e.int(ocg));
+    let j = e.b.build_int_signed_rem(oc, e.int(ocg), "").expect("rem");
+    e.for_const(0, icg, |e, i| {
+        let ic = e.mad(grp, icg, i);
+        let xplane = e.at(xb, e.mul(ic, e.int(h * w)));
+        let st = pro.map(|(s, t)| (e.load(a.konst(e, s), ic), e.load(a.konst(e, t), ic)));
+        let wrow = e.at(a.konst(e, wt), e.mul(e.mad(ic, ocg, j), e.int(kh * kw)));
+        e.for_const(0, kh, |e, ky| {
+            // Output row = input row * s + (ky*d - p) must be inside the output.
+            let shift_y = e.sub(e.mul(ky, e.int(dh)), e.int(ph));
+            let (i0, i1) = valid_range(e, h, sh, shift_y, oh);
+            e.for_const(0, kw, |e, kx| {
+                let shift_x = e.sub(e.mul(kx, e.int(dw)), e.int(pw));
+                let (j0, j1) = valid_range(e, w, sw, shift_x, ow);
+                let wv = e.load(wrow, e.mad(ky, kw, kx));
+                e.for_range(i0, i1, |e, r| {
+                    let orow = e.add(e.mul(r, e.int(sh)), shift_y);
+                    let yrow = e.at(plane, e.mul(orow, e.int(ow)));
+                    let xrow = e.at(xplane, e.mul(r, e.int(w)));
+                    e.for_range(j0, j1, |e, q| {
+                        let ocol = e.add(e.mul(q, e.int(sw)), shift_x);
+                        let xv = prologue_value(e, fused, e.load(xrow, q), st);
+                        let acc = e.fmuladd(xv, wv, e.load(yrow, ocol));
+                        e.store(yrow, ocol, acc);
+                    });
+                });
             });
         });
-        e.for_const(0, oc_all, |e, oc| {
-            let plane = e.at(yb, e.mul(oc, e.int(oh * ow)));
-            epilogue(
-                e,
-                a,
-                fused,
-                &EpilogueInputs {
-                    bias: bias.first().copied(),
-                    residual: zb,
-                },
-                plane,
-                oc,
-                oh * ow,
-            );
-        });
     });
+    let inputs = EpilogueInputs { bias, residual: zb };
+    epilogue(e, a, fused, &inputs, plane, oc, oh * ow);
     Ok(())
 }
 
+/// One output of a linear layer: a dot product, then the epilogue.
+#[allow(clippy::too_many_arguments)]
 fn linear<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
@@ -669,48 +677,33 @@ fn linear<'ctx>(
     n: NodeIndex,
     ops: &[NodeIndex],
     fused: &Fused,
+    (b, o): Unit<'ctx>,
 ) -> Result<(), LlvmError> {
     let inn = numel(c.shape(ops[0])) as u64;
-    let out = numel(c.shape(n)) as u64;
     let wt = c.konst(ops[1]);
     let (pro, bias, residual) = fused_operands(c, ops, fused);
-    let (vx, vy) = (c.view(ops[0]), c.view(n));
-    let vz = residual.map(|r| c.view(r));
+    let (xb, yb) = (a.image(e, c.view(ops[0]), b), a.image(e, c.view(n), b));
+    let zb = residual.map(|r| a.image(e, c.view(r), b));
     let acc = e.slot();
-    let zero = e.int(0);
-    e.for_range(zero, a.batch, |e, b| {
-        let (xb, yb) = (a.image(e, vx, b), a.image(e, vy, b));
-        let zb = vz.map(|v| a.image(e, v, b));
-        e.for_const(0, out, |e, o| {
-            e.set(acc, e.f32(0.0));
-            let wrow = e.at(a.konst(e, wt), e.mul(o, e.int(inn)));
-            e.for_const(0, inn, |e, i| {
-                let st = pro.map(|(s, t)| (e.load(a.konst(e, s), i), e.load(a.konst(e, t), i)));
-                let xv = prologue_value(e, fused, e.load(xb, i), st);
-                let v = e.fmuladd(xv, e.load(wrow, i), e.get(acc));
-                e.set(acc, v);
-            });
-            e.store(yb, o, e.get(acc));
-            let y1 = e.at(yb, o);
-            // The epilogue of one output: a plane of length 1 at channel o.
-            epilogue(
-                e,
-                a,
-                fused,
-                &EpilogueInputs {
-                    bias: bias.first().copied(),
-                    residual: zb,
-                },
-                y1,
-                o,
-                1,
-            );
-        });
+    e.set(acc, e.f32(0.0));
+    let wrow = e.at(a.konst(e, wt), e.mul(o, e.int(inn)));
+    e.for_const(0, inn, |e, i| {
+        let st = pro.map(|(s, t)| (e.load(a.konst(e, s), i), e.load(a.konst(e, t), i)));
+        let xv = prologue_value(e, fused, e.load(xb, i), st);
+        let v = e.fmuladd(xv, e.load(wrow, i), e.get(acc));
+        e.set(acc, v);
     });
+    e.store(yb, o, e.get(acc));
+    // The epilogue of one output: a plane of length 1 at channel o.
+    let y1 = e.at(yb, o);
+    let inputs = EpilogueInputs { bias, residual: zb };
+    epilogue(e, a, fused, &inputs, y1, o, 1);
     Ok(())
 }
 
-/// Max pooling (`avg = None`) or average pooling with PyTorch's divisor.
+/// One channel of max pooling (`avg = None`) or average pooling with
+/// PyTorch's divisor.
+#[allow(clippy::too_many_arguments)]
 fn pool<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
@@ -719,83 +712,79 @@ fn pool<'ctx>(
     x: NodeIndex,
     g: &PoolGeom,
     avg: Option<bool>,
-) {
-    let (ch, h, w) = chw(c.shape(x));
+    (b, cc): Unit<'ctx>,
+) -> Result<(), LlvmError> {
+    let (_, h, w) = chw(c.shape(x));
     let (_, oh, ow) = chw(c.shape(n));
     let (k0, k1) = (g.kernel[0] as u64, g.kernel[1] as u64);
     let (s0, s1) = (g.stride[0] as u64, g.stride[1] as u64);
     let (p0, p1) = (g.pad[0] as u64, g.pad[1] as u64);
     let (d0, d1) = (g.dilation[0] as u64, g.dilation[1] as u64);
-    let (vx, vy) = (c.view(x), c.view(n));
     let acc = e.slot();
     let cnt = e.slot();
-    let zero = e.int(0);
-    e.for_range(zero, a.batch, |e, b| {
-        let (xb, yb) = (a.image(e, vx, b), a.image(e, vy, b));
-        e.for_const(0, ch, |e, cc| {
-            let xplane = e.at(xb, e.mul(cc, e.int(h * w)));
-            let yplane = e.at(yb, e.mul(cc, e.int(oh * ow)));
-            e.for_const(0, oh, |e, r| {
-                let hs = e.sub(e.mul(r, e.int(s0)), e.int(p0));
-                e.for_const(0, ow, |e, q| {
-                    let ws = e.sub(e.mul(q, e.int(s1)), e.int(p1));
-                    e.set(
-                        acc,
-                        e.f32(if avg.is_some() {
-                            0.0
-                        } else {
-                            f64::NEG_INFINITY
-                        }),
-                    );
-                    e.set(cnt, e.f32(0.0));
-                    for ky in 0..k0 {
-                        let ih = e.add(hs, e.int(ky * d0));
-                        for kx in 0..k1 {
-                            let iw = e.add(ws, e.int(kx * d1));
-                            // In bounds: 0 <= ih < h and 0 <= iw < w, as unsigned compares.
-                            let okh =
-                                e.b.build_int_compare(inkwell::IntPredicate::ULT, ih, e.int(h), "")
-                                    .expect("cmp");
-                            let okw =
-                                e.b.build_int_compare(inkwell::IntPredicate::ULT, iw, e.int(w), "")
-                                    .expect("cmp");
-                            let ok = e.b.build_and(okh, okw, "").expect("and");
-                            let ihc = e.smin(e.smax(ih, e.int(0)), e.int(h - 1));
-                            let iwc = e.smin(e.smax(iw, e.int(0)), e.int(w - 1));
-                            let v = e.load(xplane, e.mad(ihc, w, iwc));
-                            let next = match avg {
-                                None => e.fmax(e.get(acc), v),
-                                Some(_) => e.fadd(e.get(acc), v),
-                            };
-                            let kept =
-                                e.b.build_select(ok, next, e.get(acc), "")
-                                    .expect("select")
-                                    .into_float_value();
-                            e.set(acc, kept);
-                            let c1 = e.fadd(e.get(cnt), e.f32(1.0));
-                            let kc =
-                                e.b.build_select(ok, c1, e.get(cnt), "")
-                                    .expect("select")
-                                    .into_float_value();
-                            e.set(cnt, kc);
-                        }
-                    }
-                    let v = match avg {
-                        None => e.get(acc),
-                        Some(false) => e.fdiv(e.get(acc), e.fmax(e.get(cnt), e.f32(1.0))),
-                        Some(true) => {
-                            // (min(hs+k, h+p) - hs) * (min(ws+k, w+p) - ws)
-                            let he = e.smin(e.add(hs, e.int(k0)), e.int(h + p0));
-                            let we = e.smin(e.add(ws, e.int(k1)), e.int(w + p1));
-                            let size = e.mul(e.sub(he, hs), e.sub(we, ws));
-                            e.fdiv(e.get(acc), e.int_to_float(size))
-                        }
+    let (xb, yb) = (a.image(e, c.view(x), b), a.image(e, c.view(n), b));
+    let xplane = e.at(xb, e.mul(cc, e.int(h * w)));
+    let yplane = e.at(yb, e.mul(cc, e.int(oh * ow)));
+    e.for_const(0, oh, |e, r| {
+        let hs = e.sub(e.mul(r, e.int(s0)), e.int(p0));
+        e.for_const(0, ow, |e, q| {
+            let ws = e.sub(e.mul(q, e.int(s1)), e.int(p1));
+            e.set(
+                acc,
+                e.f32(if avg.is_some() {
+                    0.0
+                } else {
+                    f64::NEG_INFINITY
+                }),
+            );
+            e.set(cnt, e.f32(0.0));
+            for ky in 0..k0 {
+                let ih = e.add(hs, e.int(ky * d0));
+                for kx in 0..k1 {
+                    let iw = e.add(ws, e.int(kx * d1));
+                    // In bounds: 0 <= ih < h and 0 <= iw < w, as unsigned compares.
+                    let okh =
+                        e.b.build_int_compare(IntPredicate::ULT, ih, e.int(h), "")
+                            .expect("cmp");
+                    let okw =
+                        e.b.build_int_compare(IntPredicate::ULT, iw, e.int(w), "")
+                            .expect("cmp");
+                    let ok = e.b.build_and(okh, okw, "").expect("and");
+                    let ihc = e.smin(e.smax(ih, e.int(0)), e.int(h - 1));
+                    let iwc = e.smin(e.smax(iw, e.int(0)), e.int(w - 1));
+                    let v = e.load(xplane, e.mad(ihc, w, iwc));
+                    let next = match avg {
+                        None => e.fmax(e.get(acc), v),
+                        Some(_) => e.fadd(e.get(acc), v),
                     };
-                    e.store(yplane, e.mad(r, ow, q), v);
-                });
-            });
+                    let kept =
+                        e.b.build_select(ok, next, e.get(acc), "")
+                            .expect("select")
+                            .into_float_value();
+                    e.set(acc, kept);
+                    let c1 = e.fadd(e.get(cnt), e.f32(1.0));
+                    let kc =
+                        e.b.build_select(ok, c1, e.get(cnt), "")
+                            .expect("select")
+                            .into_float_value();
+                    e.set(cnt, kc);
+                }
+            }
+            let v = match avg {
+                None => e.get(acc),
+                Some(false) => e.fdiv(e.get(acc), e.fmax(e.get(cnt), e.f32(1.0))),
+                Some(true) => {
+                    // (min(hs+k, h+p) - hs) * (min(ws+k, w+p) - ws)
+                    let he = e.smin(e.add(hs, e.int(k0)), e.int(h + p0));
+                    let we = e.smin(e.add(ws, e.int(k1)), e.int(w + p1));
+                    let size = e.mul(e.sub(he, hs), e.sub(we, ws));
+                    e.fdiv(e.get(acc), e.int_to_float(size))
+                }
+            };
+            e.store(yplane, e.mad(r, ow, q), v);
         });
     });
+    Ok(())
 }
 
 fn global_avgpool<'ctx>(
@@ -804,77 +793,71 @@ fn global_avgpool<'ctx>(
     a: &Args<'ctx>,
     n: NodeIndex,
     x: NodeIndex,
-) {
-    let (ch, h, w) = chw(c.shape(x));
-    let (vx, vy) = (c.view(x), c.view(n));
+    (b, cc): Unit<'ctx>,
+) -> Result<(), LlvmError> {
+    let (_, h, w) = chw(c.shape(x));
     let acc = e.slot();
-    let zero = e.int(0);
-    e.for_range(zero, a.batch, |e, b| {
-        let (xb, yb) = (a.image(e, vx, b), a.image(e, vy, b));
-        e.for_const(0, ch, |e, cc| {
-            e.set(acc, e.f32(0.0));
-            let plane = e.at(xb, e.mul(cc, e.int(h * w)));
-            e.for_const(0, h * w, |e, i| {
-                let v = e.fadd(e.get(acc), e.load(plane, i));
-                e.set(acc, v);
-            });
-            let mean = e.fdiv(e.get(acc), e.f32((h * w) as f64));
-            e.store(yb, cc, mean);
-        });
+    let (xb, yb) = (a.image(e, c.view(x), b), a.image(e, c.view(n), b));
+    e.set(acc, e.f32(0.0));
+    let plane = e.at(xb, e.mul(cc, e.int(h * w)));
+    e.for_const(0, h * w, |e, i| {
+        let v = e.fadd(e.get(acc), e.load(plane, i));
+        e.set(acc, v);
     });
+    let mean = e.fdiv(e.get(acc), e.f32((h * w) as f64));
+    e.store(yb, cc, mean);
+    Ok(())
 }
 
-/// `y[c, i] = f(x[c, i])` with the channel index available.
+/// `y[c, i] = f(x[c, i])` for channel `cc`, with the channel available.
+#[allow(clippy::too_many_arguments)]
 fn per_channel<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
     a: &Args<'ctx>,
     n: NodeIndex,
     x: NodeIndex,
+    (b, cc): Unit<'ctx>,
     f: impl Fn(&Emitter<'_, 'ctx>, &Args<'ctx>, IntValue<'ctx>, FloatValue<'ctx>) -> FloatValue<'ctx>,
-) {
-    let (ch, h, w) = chw(c.shape(x));
-    let (vx, vy) = (c.view(x), c.view(n));
-    let zero = e.int(0);
-    e.for_range(zero, a.batch, |e, b| {
-        let (xb, yb) = (a.image(e, vx, b), a.image(e, vy, b));
-        e.for_const(0, ch, |e, cc| {
-            let (xp, yp) = (
-                e.at(xb, e.mul(cc, e.int(h * w))),
-                e.at(yb, e.mul(cc, e.int(h * w))),
-            );
-            e.for_const(0, h * w, |e, i| {
-                let v = f(e, a, cc, e.load(xp, i));
-                e.store(yp, i, v);
-            });
-        });
+) -> Result<(), LlvmError> {
+    let (_, h, w) = chw(c.shape(x));
+    let (xb, yb) = (a.image(e, c.view(x), b), a.image(e, c.view(n), b));
+    let (xp, yp) = (
+        e.at(xb, e.mul(cc, e.int(h * w))),
+        e.at(yb, e.mul(cc, e.int(h * w))),
+    );
+    e.for_const(0, h * w, |e, i| {
+        let v = f(e, a, cc, e.load(xp, i));
+        e.store(yp, i, v);
     });
+    Ok(())
 }
 
-/// `y[i] = f(x0[i], x1[i], ...)` over one image's elements.
+/// `y[i] = f(x0[i], x1[i], ...)` over one chunk of an image's elements.
+#[allow(clippy::too_many_arguments)]
 fn elementwise<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
     a: &Args<'ctx>,
     n: NodeIndex,
     xs: &[NodeIndex],
+    (b, u): Unit<'ctx>,
     f: impl Fn(&Emitter<'_, 'ctx>, &[FloatValue<'ctx>]) -> FloatValue<'ctx>,
-) {
+) -> Result<(), LlvmError> {
     let per = numel(c.shape(n)) as u64;
-    let views: Vec<View> = xs.iter().map(|&x| c.view(x)).collect();
-    let vy = c.view(n);
-    let zero = e.int(0);
-    e.for_range(zero, a.batch, |e, b| {
-        let bases: Vec<PointerValue> = views.iter().map(|&v| a.image(e, v, b)).collect();
-        let yb = a.image(e, vy, b);
-        e.for_const(0, per, |e, i| {
-            let vals: Vec<FloatValue> = bases.iter().map(|&p| e.load(p, i)).collect();
-            let v = f(e, &vals);
-            e.store(yb, i, v);
-        });
+    let bases: Vec<PointerValue> = xs.iter().map(|&x| a.image(e, c.view(x), b)).collect();
+    let yb = a.image(e, c.view(n), b);
+    let lo = e.mul(u, e.int(CHUNK));
+    let hi = e.smin(e.add(lo, e.int(CHUNK)), e.int(per));
+    e.for_range(lo, hi, |e, i| {
+        let vals: Vec<FloatValue> = bases.iter().map(|&p| e.load(p, i)).collect();
+        let v = f(e, &vals);
+        e.store(yb, i, v);
     });
+    Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn upsample<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
@@ -883,11 +866,10 @@ fn upsample<'ctx>(
     x: NodeIndex,
     scale: [usize; 2],
     mode: UpsampleMode,
-) {
-    let (ch, h, w) = chw(c.shape(x));
+    (b, cc): Unit<'ctx>,
+) -> Result<(), LlvmError> {
+    let (_, h, w) = chw(c.shape(x));
     let (_, oh, ow) = chw(c.shape(n));
-    let (vx, vy) = (c.view(x), c.view(n));
-    let zero = e.int(0);
     // Source coordinate, lower index, upper index and weight of the upper
     // one along an axis (PyTorch's `upsample_bilinear2d`).
     let coord =
@@ -915,72 +897,69 @@ fn upsample<'ctx>(
             let lam = e.fsub(src, e.int_to_float(lo));
             (lo, hi, lam)
         };
-    e.for_range(zero, a.batch, |e, b| {
-        let (xb, yb) = (a.image(e, vx, b), a.image(e, vy, b));
-        e.for_const(0, ch, |e, cc| {
-            let xp = e.at(xb, e.mul(cc, e.int(h * w)));
-            let yp = e.at(yb, e.mul(cc, e.int(oh * ow)));
-            e.for_const(0, oh, |e, r| {
-                e.for_const(0, ow, |e, q| {
-                    let v = match mode {
-                        UpsampleMode::Nearest => {
-                            let sr = e.sdiv(r, e.int(scale[0] as u64));
-                            let sq = e.sdiv(q, e.int(scale[1] as u64));
-                            e.load(xp, e.mad(sr, w, sq))
-                        }
-                        UpsampleMode::Bilinear { align_corners } => {
-                            let (r0, r1, lr) = coord(e, r, h, oh, scale[0], align_corners);
-                            let (q0, q1, lq) = coord(e, q, w, ow, scale[1], align_corners);
-                            let at = |rr, qq| e.load(xp, e.mad(rr, w, qq));
-                            let top = e.fmuladd(e.fsub(at(r0, q1), at(r0, q0)), lq, at(r0, q0));
-                            let bot = e.fmuladd(e.fsub(at(r1, q1), at(r1, q0)), lq, at(r1, q0));
-                            e.fmuladd(e.fsub(bot, top), lr, top)
-                        }
-                    };
-                    e.store(yp, e.mad(r, ow, q), v);
-                });
-            });
+    let (xb, yb) = (a.image(e, c.view(x), b), a.image(e, c.view(n), b));
+    let xp = e.at(xb, e.mul(cc, e.int(h * w)));
+    let yp = e.at(yb, e.mul(cc, e.int(oh * ow)));
+    e.for_const(0, oh, |e, r| {
+        e.for_const(0, ow, |e, q| {
+            let v = match mode {
+                UpsampleMode::Nearest => {
+                    let sr = e.sdiv(r, e.int(scale[0] as u64));
+                    let sq = e.sdiv(q, e.int(scale[1] as u64));
+                    e.load(xp, e.mad(sr, w, sq))
+                }
+                UpsampleMode::Bilinear { align_corners } => {
+                    let (r0, r1, lr) = coord(e, r, h, oh, scale[0], align_corners);
+                    let (q0, q1, lq) = coord(e, q, w, ow, scale[1], align_corners);
+                    let at = |rr, qq| e.load(xp, e.mad(rr, w, qq));
+                    let top = e.fmuladd(e.fsub(at(r0, q1), at(r0, q0)), lq, at(r0, q0));
+                    let bot = e.fmuladd(e.fsub(at(r1, q1), at(r1, q0)), lq, at(r1, q0));
+                    e.fmuladd(e.fsub(bot, top), lr, top)
+                }
+            };
+            e.store(yp, e.mad(r, ow, q), v);
         });
     });
+    Ok(())
 }
 
+/// Softmax over the channels at one spatial position.
 fn softmax<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
     a: &Args<'ctx>,
     n: NodeIndex,
     x: NodeIndex,
-) {
+    (b, p): Unit<'ctx>,
+) -> Result<(), LlvmError> {
     let (ch, h, w) = chw(c.shape(x));
     let hw = h * w;
-    let (vx, vy) = (c.view(x), c.view(n));
     let (mx, sum) = (e.slot(), e.slot());
-    let zero = e.int(0);
-    e.for_range(zero, a.batch, |e, b| {
-        let (xb, yb) = (a.image(e, vx, b), a.image(e, vy, b));
-        e.for_const(0, hw, |e, p| {
-            e.set(mx, e.f32(f64::NEG_INFINITY));
-            e.for_const(0, ch, |e, cc| {
-                let v = e.fmax(e.load(xb, e.mad(cc, hw, p)), e.get(mx));
-                e.set(mx, v);
-            });
-            e.set(sum, e.f32(0.0));
-            e.for_const(0, ch, |e, cc| {
-                let i = e.mad(cc, hw, p);
-                let ex = e.exp(e.fsub(e.load(xb, i), e.get(mx)));
-                e.store(yb, i, ex);
-                let s = e.fadd(e.get(sum), ex);
-                e.set(sum, s);
-            });
-            e.for_const(0, ch, |e, cc| {
-                let i = e.mad(cc, hw, p);
-                let v = e.fdiv(e.load(yb, i), e.get(sum));
-                e.store(yb, i, v);
-            });
-        });
+    let (xb, yb) = (a.image(e, c.view(x), b), a.image(e, c.view(n), b));
+    e.set(mx, e.f32(f64::NEG_INFINITY));
+    e.for_const(0, ch, |e, cc| {
+        let v = e.fmax(e.load(xb, e.mad(cc, hw, p)), e.get(mx));
+        e.set(mx, v);
     });
+    e.set(sum, e.f32(0.0));
+    e.for_const(0, ch, |e, cc| {
+        let i = e.mad(cc, hw, p);
+        let ex = e.exp(e.fsub(e.load(xb, i), e.get(mx)));
+        e.store(yb, i, ex);
+        let s = e.fadd(e.get(sum), ex);
+        e.set(sum, s);
+    });
+    e.for_const(0, ch, |e, cc| {
+        let i = e.mad(cc, hw, p);
+        let v = e.fdiv(e.load(yb, i), e.get(sum));
+        e.store(yb, i, v);
+    });
+    Ok(())
 }
 
+/// One output channel of the option-A shortcut: zeros, or the subsampled
+/// input channel it holds.
+#[allow(clippy::too_many_arguments)]
 fn channel_pad<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
@@ -989,33 +968,30 @@ fn channel_pad<'ctx>(
     x: NodeIndex,
     out_channels: usize,
     stride: usize,
-) {
+    (b, oc): Unit<'ctx>,
+) -> Result<(), LlvmError> {
     let (ch, h, w) = chw(c.shape(x));
     let (_, oh, ow) = chw(c.shape(n));
     let before = (out_channels as u64 - ch) / 2;
     let s = stride as u64;
-    let (vx, vy) = (c.view(x), c.view(n));
-    let zero = e.int(0);
-    e.for_range(zero, a.batch, |e, b| {
-        let (xb, yb) = (a.image(e, vx, b), a.image(e, vy, b));
-        e.for_const(0, out_channels as u64 * oh * ow, |e, i| {
-            e.store(yb, i, e.f32(0.0))
-        });
-        e.for_const(0, ch, |e, cc| {
-            e.for_const(0, oh, |e, r| {
-                e.for_const(0, ow, |e, q| {
-                    let src = e.add(
-                        e.mul(cc, e.int(h * w)),
-                        e.add(e.mul(r, e.int(s * w)), e.mul(q, e.int(s))),
-                    );
-                    let dst = e.add(
-                        e.mul(e.add(cc, e.int(before)), e.int(oh * ow)),
-                        e.mad(r, ow, q),
-                    );
-                    let v = e.load(xb, src);
-                    e.store(yb, dst, v);
-                });
-            });
+    let (xb, yb) = (a.image(e, c.view(x), b), a.image(e, c.view(n), b));
+    let plane = e.at(yb, e.mul(oc, e.int(oh * ow)));
+    // Source channel, clamped so the load stays in bounds; zero when outside.
+    let src = e.sub(oc, e.int(before));
+    let inside =
+        e.b.build_int_compare(IntPredicate::ULT, src, e.int(ch), "")
+            .expect("cmp");
+    let srcc = e.smin(e.smax(src, e.int(0)), e.int(ch - 1));
+    let xplane = e.at(xb, e.mul(srcc, e.int(h * w)));
+    e.for_const(0, oh, |e, r| {
+        e.for_const(0, ow, |e, q| {
+            let v = e.load(xplane, e.add(e.mul(r, e.int(s * w)), e.mul(q, e.int(s))));
+            let v =
+                e.b.build_select(inside, v, e.f32(0.0), "")
+                    .expect("select")
+                    .into_float_value();
+            e.store(plane, e.mad(r, ow, q), v);
         });
     });
+    Ok(())
 }

@@ -29,6 +29,27 @@ impl Default for CpuOptions {
     }
 }
 
+// The thread pool of generated code (runtime/parallel.c, built by build.rs).
+extern "C" {
+    fn resnetc_parallel_for(units: i64, task: extern "C" fn(*mut u8, i64, i64), ctx: *mut u8);
+    fn resnetc_set_num_threads(n: i32);
+    fn resnetc_get_num_threads() -> i32;
+}
+
+/// The pool's object code, embedded in every static library.
+pub const RUNTIME_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/parallel.o"));
+
+/// Threads JIT-run code uses (the pool is per process; default: all CPUs).
+pub fn set_num_threads(n: usize) {
+    // SAFETY: a plain store of a clamped integer.
+    unsafe { resnetc_set_num_threads(n.min(256) as i32) }
+}
+
+pub fn num_threads() -> usize {
+    // SAFETY: a plain load.
+    unsafe { resnetc_get_num_threads() as usize }
+}
+
 /// The C symbol prefix of a model: its name with anything but [A-Za-z0-9_]
 /// replaced, never starting with a digit.
 pub fn symbol(model: &str) -> String {
@@ -104,6 +125,9 @@ pub fn run_jit(
     let engine = module
         .create_jit_execution_engine(OptimizationLevel::Less)
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
+    if let Some(f) = module.get_function("resnetc_parallel_for") {
+        engine.add_global_mapping(&f, resnetc_parallel_for as *const () as usize);
+    }
     let timing = std::env::var_os("RESNETC_TIMING").is_some();
     let t1 = std::time::Instant::now();
     let batch = input.shape[0];
