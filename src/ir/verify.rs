@@ -5,11 +5,40 @@
 use super::graph::{numel, Graph};
 use super::op::Op;
 use super::shape::{infer, signature, Slot};
-use petgraph::algo::is_cyclic_directed;
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+use std::collections::HashMap;
+
+/// Kahn's algorithm: iterative, so a 100,000-layer network cannot overflow
+/// the stack (petgraph's `is_cyclic_directed` recurses; found by fuzzing).
+fn has_cycle(graph: &Graph) -> bool {
+    let mut indegree: HashMap<_, usize> = graph
+        .g
+        .node_indices()
+        .map(|n| (n, graph.g.edges_directed(n, Direction::Incoming).count()))
+        .collect();
+    let mut ready: Vec<_> = indegree
+        .iter()
+        .filter(|(_, &d)| d == 0)
+        .map(|(&n, _)| n)
+        .collect();
+    let mut seen = 0;
+    while let Some(n) = ready.pop() {
+        seen += 1;
+        for e in graph.g.edges_directed(n, Direction::Outgoing) {
+            let d = indegree.get_mut(&e.target()).expect("every node counted");
+            *d -= 1;
+            if *d == 0 {
+                ready.push(e.target());
+            }
+        }
+    }
+    seen != graph.g.node_count()
+}
 
 /// Checks the graph; the error says which node is wrong and why.
 pub fn verify(graph: &Graph) -> Result<(), String> {
-    if is_cyclic_directed(&graph.g) {
+    if has_cycle(graph) {
         return Err("graph has a cycle".into());
     }
     if !matches!(graph.node(graph.input).op, Op::Input) {
