@@ -12,5 +12,6 @@ run() {
 cargo +nightly fuzz build
 run front_end & a=$!
 run safetensors & b=$!
-wait $a; wait $b
-run npy
+wait $a || status=1; wait $b || status=1
+run npy || status=1
+exit ${status:-0}

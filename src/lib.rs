@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod bench;
 pub mod front;
 pub mod interp;
 pub mod ir;

@@ -85,6 +85,25 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Time a model: warm-up, then runs until the median is stable.
+    Bench {
+        file: PathBuf,
+        /// Weights (default: --random-weights 0).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        #[arg(long, value_name = "SEED")]
+        random_weights: Option<u64>,
+        #[arg(long, value_enum, default_value_t = Target::Cpu)]
+        target: Target,
+        #[arg(long, default_value = "native")]
+        cpu: String,
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        threads: Option<u16>,
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        batch: u32,
+        #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
+        format: SummaryFormat,
+    },
     /// Write seeded random weights (Kaiming init, non-trivial BN) as safetensors.
     Init {
         file: PathBuf,
@@ -136,7 +155,7 @@ enum GraphFormat {
     Svg,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum Target {
     /// The reference interpreter.
     Ref,
@@ -385,6 +404,78 @@ fn dispatch(cmd: Command) -> Result<()> {
                 }
             }
             progress.done();
+            Ok(())
+        }
+        Command::Bench {
+            file,
+            weights: wfile,
+            random_weights,
+            target,
+            cpu,
+            threads,
+            batch,
+            format,
+        } => {
+            let c = compile(&file)?;
+            let wargs = WeightsArgs {
+                weights: wfile,
+                random_weights: Some(random_weights.unwrap_or(0)),
+            };
+            let w = load_weights(&c, &wargs)?;
+            let batch = batch as usize;
+            let mut shape = vec![batch];
+            shape.extend(c.graph.input_shape());
+            // A fixed pseudo-random input: timing does not depend on values.
+            let n: usize = shape.iter().product();
+            let x = resnetc::tensor::Tensor::from_vec(&shape, (0..n).map(|i| ((i * 7919 % 2003) as f32 / 1001.5) - 1.0).collect());
+            let macs: u64 = c.graph.schedule().iter().map(|&n| c.graph.macs_of(n)).sum();
+            let t0 = std::time::Instant::now();
+            let (runs, median, min, spread, threads_used, compile_ms) = match target {
+                Target::Cpu => {
+                    if let Some(t) = threads {
+                        resnetc::backend::cpu::set_num_threads(t as usize);
+                    }
+                    let mut g = c.graph.clone();
+                    resnetc::passes::optimize(&mut g, None);
+                    let opts = resnetc::backend::cpu::CpuOptions { cpu };
+                    let (r, m, mn, sp, cm) = resnetc::backend::cpu::with_jit(&g, &w, &opts, |run| {
+                        let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
+                        let (r, m, mn, sp) = resnetc::bench::measure(|| {
+                            let _ = run(&x);
+                        });
+                        (r, m, mn, sp, compile_ms)
+                    })?;
+                    (r, m, mn, sp, resnetc::backend::cpu::num_threads(), cm)
+                }
+                Target::Ref => {
+                    let (r, m, mn, sp) = resnetc::bench::measure(|| {
+                        let _ = resnetc::interp::run(&c.graph, &w, &x);
+                    });
+                    (r, m, mn, sp, 1, 0.0)
+                }
+                Target::Cuda => {
+                    return Err(other(
+                        "target `cuda` is not available in this build yet".into(),
+                        "use --target cpu",
+                    ))
+                }
+            };
+            let report = resnetc::bench::BenchReport {
+                model: c.graph.name.clone(),
+                target: format!("{:?}", target).to_lowercase(),
+                batch,
+                threads: threads_used,
+                runs,
+                median_ms: median,
+                min_ms: min,
+                spread,
+                gflops: 2.0 * macs as f64 * batch as f64 / (median * 1e6),
+                compile_ms,
+            };
+            match format {
+                SummaryFormat::Text => print!("{}", report.text()),
+                SummaryFormat::Json => println!("{}", serde_json::to_string(&report).expect("serializes")),
+            }
             Ok(())
         }
         Command::Init { file, seed, output } => {

@@ -253,3 +253,26 @@ fn unavailable_target_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+#[test]
+fn bench_reports_json() {
+    let o = resnetc(&[
+        "bench",
+        "examples/densenet_bc_small.res",
+        "--threads",
+        "1",
+        "--batch",
+        "2",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    for key in ["median_ms", "min_ms", "runs", "gflops", "threads", "batch"] {
+        assert!(v.get(key).is_some(), "missing {key} in {v}");
+    }
+    assert_eq!(v["batch"], 2);
+    assert_eq!(v["threads"], 1);
+    assert!(v["runs"].as_u64().expect("runs") >= 10);
+    assert!(v["min_ms"].as_f64().expect("min") <= v["median_ms"].as_f64().expect("median"));
+}

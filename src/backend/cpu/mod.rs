@@ -89,22 +89,18 @@ type RunFn = unsafe extern "C" fn(*const f32, *mut f32, i64, *const f32, *mut f3
 
 /// Compiles an optimized, planned graph and runs it on `input` through
 /// LLVM's JIT.
-pub fn run_jit(
+pub fn run_jit(graph: &Graph, weights: &Weights, input: &Tensor, opts: &CpuOptions) -> Result<Tensor, LlvmError> {
+    with_jit(graph, weights, opts, |run| run(input))?
+}
+
+/// Compiles `graph` once and hands `body` a function that runs it on an
+/// input (any batch size), as often as it likes: what benchmarks need.
+pub fn with_jit<R>(
     graph: &Graph,
     weights: &Weights,
-    input: &Tensor,
     opts: &CpuOptions,
-) -> Result<Tensor, LlvmError> {
-    let expected = graph.input_shape();
-    if input.shape.len() != expected.len() + 1
-        || input.shape[1..] != *expected
-        || input.shape[0] == 0
-    {
-        return Err(LlvmError::Internal(format!(
-            "input shape {:?} does not match the model's [N, {:?}]",
-            input.shape, expected
-        )));
-    }
+    body: impl FnOnce(&mut dyn FnMut(&Tensor) -> Result<Tensor, LlvmError>) -> R,
+) -> Result<R, LlvmError> {
     let plan = graph
         .plan
         .as_ref()
@@ -113,49 +109,46 @@ pub fn run_jit(
     let pool = ConstPool::build(graph, weights, &derived);
     let ctx = Context::create();
     let sym = symbol(&graph.name);
-    let t0 = std::time::Instant::now();
     let (module, _machine) = compile(&ctx, graph, &pool, opts)?;
-    if std::env::var_os("RESNETC_TIMING").is_some() {
-        eprintln!("lower+optimize: {:.2?}", t0.elapsed());
-        let _ = module.print_to_file("/tmp/resnetc_jit.ll");
-    }
     inkwell::targets::Target::initialize_native(&inkwell::targets::InitializationConfig::default())
         .map_err(LlvmError::Internal)?;
-    let t_jit = std::time::Instant::now();
     let engine = module
         .create_jit_execution_engine(OptimizationLevel::Less)
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
     if let Some(f) = module.get_function("resnetc_parallel_for") {
         engine.add_global_mapping(&f, resnetc_parallel_for as *const () as usize);
     }
-    let timing = std::env::var_os("RESNETC_TIMING").is_some();
-    let t1 = std::time::Instant::now();
-    let batch = input.shape[0];
-    let mut arena = vec![0f32; batch * plan.arena_bytes / 4];
-    let mut out_shape = vec![batch];
-    out_shape.extend(graph.output_shape());
-    let mut output = Tensor::zeros(&out_shape);
-    // SAFETY: `_run` was generated for exactly these buffer sizes: the input
-    // and output hold `batch` images of the model's shapes (checked above),
-    // the arena `batch × arena_bytes`, the pool every constant offset.
-    unsafe {
-        let f = engine
-            .get_function::<RunFn>(&format!("{sym}_run"))
-            .map_err(|e| LlvmError::Internal(e.to_string()))?;
-        f.call(
-            input.data.as_ptr(),
-            output.data.as_mut_ptr(),
-            batch as i64,
-            pool.data.as_ptr(),
-            arena.as_mut_ptr(),
-        );
-    }
-    if timing {
-        eprintln!(
-            "jit+run: {:.2?} (engine {:.2?})",
-            t1.elapsed(),
-            t_jit.elapsed()
-        );
-    }
-    Ok(output)
+    // SAFETY: the symbol was generated with exactly this signature.
+    let f = unsafe { engine.get_function::<RunFn>(&format!("{sym}_run")) }
+        .map_err(|e| LlvmError::Internal(e.to_string()))?;
+    let expected = graph.input_shape().to_vec();
+    let mut arena: Vec<f32> = Vec::new();
+    let mut run = |input: &Tensor| -> Result<Tensor, LlvmError> {
+        if input.shape.len() != expected.len() + 1 || input.shape[1..] != *expected || input.shape[0] == 0 {
+            return Err(LlvmError::Internal(format!(
+                "input shape {:?} does not match the model's [N, {:?}]",
+                input.shape, expected
+            )));
+        }
+        let batch = input.shape[0];
+        arena.resize(batch * plan.arena_bytes / 4, 0.0);
+        let mut out_shape = vec![batch];
+        out_shape.extend(graph.output_shape());
+        let mut output = Tensor::zeros(&out_shape);
+        // SAFETY: `_run` was generated for exactly these buffer sizes: the
+        // input and output hold `batch` images of the model's shapes
+        // (checked above), the arena `batch × arena_bytes`, the pool every
+        // constant offset.
+        unsafe {
+            f.call(
+                input.data.as_ptr(),
+                output.data.as_mut_ptr(),
+                batch as i64,
+                pool.data.as_ptr(),
+                arena.as_mut_ptr(),
+            );
+        }
+        Ok(output)
+    };
+    Ok(body(&mut run))
 }
