@@ -37,7 +37,12 @@ pub fn measure(mut run: impl FnMut()) -> (usize, f64, f64, f64) {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let q = |f: f64| ms(times[((times.len() - 1) as f64 * f).round() as usize]);
     let median = q(0.5);
-    (times.len(), median, ms(times[0]), (q(0.9) - q(0.1)) / median)
+    (
+        times.len(),
+        median,
+        ms(times[0]),
+        (q(0.9) - q(0.1)) / median,
+    )
 }
 
 impl BenchReport {

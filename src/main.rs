@@ -427,7 +427,12 @@ fn dispatch(cmd: Command) -> Result<()> {
             shape.extend(c.graph.input_shape());
             // A fixed pseudo-random input: timing does not depend on values.
             let n: usize = shape.iter().product();
-            let x = resnetc::tensor::Tensor::from_vec(&shape, (0..n).map(|i| ((i * 7919 % 2003) as f32 / 1001.5) - 1.0).collect());
+            let x = resnetc::tensor::Tensor::from_vec(
+                &shape,
+                (0..n)
+                    .map(|i| ((i * 7919 % 2003) as f32 / 1001.5) - 1.0)
+                    .collect(),
+            );
             let macs: u64 = c.graph.schedule().iter().map(|&n| c.graph.macs_of(n)).sum();
             let t0 = std::time::Instant::now();
             let (runs, median, min, spread, threads_used, compile_ms) = match target {
@@ -438,13 +443,14 @@ fn dispatch(cmd: Command) -> Result<()> {
                     let mut g = c.graph.clone();
                     resnetc::passes::optimize(&mut g, None);
                     let opts = resnetc::backend::cpu::CpuOptions { cpu };
-                    let (r, m, mn, sp, cm) = resnetc::backend::cpu::with_jit(&g, &w, &opts, |run| {
-                        let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
-                        let (r, m, mn, sp) = resnetc::bench::measure(|| {
-                            let _ = run(&x);
-                        });
-                        (r, m, mn, sp, compile_ms)
-                    })?;
+                    let (r, m, mn, sp, cm) =
+                        resnetc::backend::cpu::with_jit(&g, &w, &opts, |run| {
+                            let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
+                            let (r, m, mn, sp) = resnetc::bench::measure(|| {
+                                let _ = run(&x);
+                            });
+                            (r, m, mn, sp, compile_ms)
+                        })?;
                     (r, m, mn, sp, resnetc::backend::cpu::num_threads(), cm)
                 }
                 Target::Ref => {
@@ -474,7 +480,9 @@ fn dispatch(cmd: Command) -> Result<()> {
             };
             match format {
                 SummaryFormat::Text => print!("{}", report.text()),
-                SummaryFormat::Json => println!("{}", serde_json::to_string(&report).expect("serializes")),
+                SummaryFormat::Json => {
+                    println!("{}", serde_json::to_string(&report).expect("serializes"))
+                }
             }
             Ok(())
         }

@@ -5,8 +5,7 @@
 mod common;
 use common::*;
 use resnetc::backend::cpu::{run_jit, CpuOptions};
-use resnetc::front::compile_source;
-use resnetc::ir::{Graph, Op};
+use resnetc::ir::Graph;
 use resnetc::passes;
 use resnetc::weights::{random_weights, read_npy, specs_of};
 use std::path::Path;
@@ -18,45 +17,16 @@ fn optimized(g: &Graph) -> Graph {
     o
 }
 
-/// The example names, sorted.
-fn example_names() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(root().join("examples"))
-        .expect("examples/")
-        .filter_map(|e| {
-            let p = e.ok()?.path();
-            let stem = p.file_stem()?.to_string_lossy().to_string();
-            (p.extension()? == "res").then_some(stem)
-        })
-        .collect();
-    names.sort();
-    names
-}
-
 /// Every example, CPU vs interpreter, batch 1 and 3. Inputs larger than
 /// 64x64 are compiled at 32x32 (same layers, names and kernels' code
 /// paths) to keep the suite fast; `resnet18_full_size` covers 224x224.
 #[test]
 fn every_example_matches_the_interpreter() {
-    let dir = root().join("examples");
-    for (i, name) in example_names().into_iter().enumerate() {
-        let text = std::fs::read_to_string(dir.join(format!("{name}.res"))).expect("read");
-        let text = text
-            .replace("224, 224]", "32, 32]")
-            .replace("256, 256]", "32, 32]");
-        let c = compile_source(&format!("{name}.res"), &text, Some(&dir)).expect("compiles");
-        let mut w = random_weights(&specs_of(&c.graph), 200 + i as u64);
-        // As in tests/passes.rs: keep very deep residual nets finite.
-        if c.graph
-            .schedule()
-            .iter()
-            .any(|&n| matches!(c.graph.node(n).op, Op::Add))
-        {
-            for (k, t) in w.iter_mut() {
-                if k.ends_with("bn2.weight") || k.ends_with("bn3.weight") {
-                    t.data.iter_mut().for_each(|v| *v *= 0.2);
-                }
-            }
-        }
+    for (i, (name, c)) in examples_small().into_iter().enumerate() {
+        let w = tame_residuals(
+            &c.graph,
+            random_weights(&specs_of(&c.graph), 200 + i as u64),
+        );
         let opt = optimized(&c.graph);
         for batch in [1, 3] {
             let mut shape = vec![batch];

@@ -110,6 +110,12 @@ impl Graph {
     /// depends only on the graph's structure, never on node indices, so the
     /// printed IR is stable under rewrites. Iterative: 1000-layer nets are fine.
     pub fn schedule(&self) -> Vec<NodeIndex> {
+        self.schedule_with(false)
+    }
+
+    /// The same walk visiting operands last-to-first when `reverse` (which
+    /// branch of a block runs first): memory planning tries both.
+    pub fn schedule_with(&self, reverse: bool) -> Vec<NodeIndex> {
         let mut order = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut stack = vec![(self.output, false)];
@@ -122,7 +128,12 @@ impl Graph {
                 continue;
             }
             stack.push((n, true));
-            for o in self.operands(n).into_iter().rev() {
+            let mut ops = self.operands(n);
+            if !reverse {
+                // The stack pops the last pushed first.
+                ops.reverse();
+            }
+            for o in ops {
                 if !seen.contains(&o) {
                     stack.push((o, false));
                 }

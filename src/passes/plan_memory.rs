@@ -25,30 +25,9 @@ pub fn run(graph: &mut Graph) {
     graph.plan = Some(if b.arena_bytes < a.arena_bytes { b } else { a });
 }
 
-/// Post-order from the output; `reverse` visits operands last-first.
+/// Activation ops in execution order; `reverse` visits operands last-first.
 fn schedule(graph: &Graph, reverse: bool) -> Vec<NodeIndex> {
-    let mut order = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    let mut stack = vec![(graph.output, false)];
-    while let Some((n, expanded)) = stack.pop() {
-        if expanded {
-            order.push(n);
-            continue;
-        }
-        if !seen.insert(n) {
-            continue;
-        }
-        stack.push((n, true));
-        let mut ops = graph.operands(n);
-        if !reverse {
-            ops.reverse();
-        }
-        for o in ops {
-            if !seen.contains(&o) {
-                stack.push((o, false));
-            }
-        }
-    }
+    let mut order = graph.schedule_with(reverse);
     order.retain(|&n| !graph.node(n).op.is_const());
     order
 }

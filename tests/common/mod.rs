@@ -98,3 +98,54 @@ pub fn random_tensor(shape: &[usize], seed: u64) -> Tensor {
         .collect();
     Tensor::from_vec(shape, data)
 }
+
+/// Every example by file stem, sorted.
+pub fn example_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root().join("examples"))
+        .expect("examples/")
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            let stem = p.file_stem()?.to_string_lossy().to_string();
+            (p.extension()? == "res").then_some(stem)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every example, inputs larger than 64x64 compiled at 32x32: the same
+/// layers, names and code paths for a fraction of the work.
+pub fn examples_small() -> Vec<(String, Compiled)> {
+    let dir = root().join("examples");
+    example_names()
+        .into_iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(dir.join(format!("{name}.res"))).expect("read");
+            let text = text
+                .replace("224, 224]", "32, 32]")
+                .replace("256, 256]", "32, 32]");
+            let c = resnetc::front::compile_source(&format!("{name}.res"), &text, Some(&dir))
+                .unwrap_or_else(|e| panic!("{name}: {}", e.render_plain()));
+            (name, c)
+        })
+        .collect()
+}
+
+/// Random BN statistics let the residual stream grow with every block, and
+/// a 1202-layer net overflows to NaN, which would hide any difference. As
+/// trained nets (and Goyal et al.'s zero-γ init) do, the last BN of each
+/// residual branch gets a small scale, so every output stays finite.
+pub fn tame_residuals(graph: &resnetc::ir::Graph, mut w: Weights) -> Weights {
+    let residual = graph
+        .schedule()
+        .iter()
+        .any(|&n| matches!(graph.node(n).op, resnetc::ir::Op::Add));
+    if residual {
+        for (name, t) in w.iter_mut() {
+            if name.ends_with("bn2.weight") || name.ends_with("bn3.weight") {
+                t.data.iter_mut().for_each(|v| *v *= 0.2);
+            }
+        }
+    }
+    w
+}

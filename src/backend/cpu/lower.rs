@@ -547,6 +547,84 @@ fn prologue_value<'ctx>(
     }
 }
 
+/// The sizes of a conv or transposed conv, per group.
+struct ConvDims {
+    icg: u64,
+    ocg: u64,
+    h: u64,
+    w: u64,
+    oh: u64,
+    ow: u64,
+    kh: u64,
+    kw: u64,
+    sh: u64,
+    sw: u64,
+    ph: u64,
+    pw: u64,
+    dh: u64,
+    dw: u64,
+}
+
+/// What both conv kernels start with: sizes, operands, and the output plane
+/// of channel `oc`, zeroed.
+struct ConvSetup<'ctx> {
+    d: ConvDims,
+    wt: IntValue<'ctx>,
+    pro: Option<(IntValue<'ctx>, IntValue<'ctx>)>,
+    bias: Option<IntValue<'ctx>>,
+    xb: PointerValue<'ctx>,
+    zb: Option<PointerValue<'ctx>>,
+    plane: PointerValue<'ctx>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_setup<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    c: &Ctx<'_, 'ctx>,
+    a: &Args<'ctx>,
+    n: NodeIndex,
+    ops: &[NodeIndex],
+    g: &ConvGeom,
+    fused: &Fused,
+    (b, oc): Unit<'ctx>,
+) -> ConvSetup<'ctx> {
+    let (ic_all, h, w) = chw(c.shape(ops[0]));
+    let (oc_all, oh, ow) = chw(c.shape(n));
+    let groups = g.groups as u64;
+    let k = |v: [usize; 2]| (v[0] as u64, v[1] as u64);
+    let ((kh, kw), (sh, sw), (ph, pw), (dh, dw)) =
+        (k(g.kernel), k(g.stride), k(g.pad), k(g.dilation));
+    let (pro, bias, residual) = fused_operands(c, ops, fused);
+    let (xb, yb) = (a.image(e, c.view(ops[0]), b), a.image(e, c.view(n), b));
+    let zb = residual.map(|r| a.image(e, c.view(r), b));
+    let plane = e.at(yb, e.mul(oc, e.int(oh * ow)));
+    e.for_const(0, oh * ow, |e, i| e.store(plane, i, e.f32(0.0)));
+    ConvSetup {
+        d: ConvDims {
+            icg: ic_all / groups,
+            ocg: oc_all / groups,
+            h,
+            w,
+            oh,
+            ow,
+            kh,
+            kw,
+            sh,
+            sw,
+            ph,
+            pw,
+            dh,
+            dw,
+        },
+        wt: c.konst(ops[1]),
+        pro,
+        bias,
+        xb,
+        zb,
+        plane,
+    }
+}
+
 /// Direct convolution of one output channel: accumulate every (input
 /// channel, tap) into the output plane; each tap's valid output range is
 /// computed once, so the innermost loop is a branch-free axpy over a row.
@@ -561,20 +639,31 @@ fn conv<'ctx>(
     fused: &Fused,
     (b, oc): Unit<'ctx>,
 ) -> Result<(), LlvmError> {
-    let (ic_all, h, w) = chw(c.shape(ops[0]));
-    let (oc_all, oh, ow) = chw(c.shape(n));
-    let groups = g.groups as u64;
-    let (icg, ocg) = (ic_all / groups, oc_all / groups);
-    let (kh, kw) = (g.kernel[0] as u64, g.kernel[1] as u64);
-    let (sh, sw) = (g.stride[0] as u64, g.stride[1] as u64);
-    let (ph, pw) = (g.pad[0] as u64, g.pad[1] as u64);
-    let (dh, dw) = (g.dilation[0] as u64, g.dilation[1] as u64);
-    let wt = c.konst(ops[1]);
-    let (pro, bias, residual) = fused_operands(c, ops, fused);
-    let (xb, yb) = (a.image(e, c.view(ops[0]), b), a.image(e, c.view(n), b));
-    let zb = residual.map(|r| a.image(e, c.view(r), b));
-    let plane = e.at(yb, e.mul(oc, e.int(oh * ow)));
-    e.for_const(0, oh * ow, |e, i| e.store(plane, i, e.f32(0.0)));
+    let ConvSetup {
+        d:
+            ConvDims {
+                icg,
+                ocg,
+                h,
+                w,
+                oh,
+                ow,
+                kh,
+                kw,
+                sh,
+                sw,
+                ph,
+                pw,
+                dh,
+                dw,
+            },
+        wt,
+        pro,
+        bias,
+        xb,
+        zb,
+        plane,
+    } = conv_setup(e, c, a, n, ops, g, fused, (b, oc));
     let ic0 = e.mul(e.sdiv(oc, e.int(ocg)), e.int(icg));
     e.for_const(0, icg, |e, j| {
         let ic = e.add(ic0, j);
@@ -620,20 +709,31 @@ fn conv_transpose<'ctx>(
     fused: &Fused,
     (b, oc): Unit<'ctx>,
 ) -> Result<(), LlvmError> {
-    let (ic_all, h, w) = chw(c.shape(ops[0]));
-    let (oc_all, oh, ow) = chw(c.shape(n));
-    let groups = g.groups as u64;
-    let (icg, ocg) = (ic_all / groups, oc_all / groups);
-    let (kh, kw) = (g.kernel[0] as u64, g.kernel[1] as u64);
-    let (sh, sw) = (g.stride[0] as u64, g.stride[1] as u64);
-    let (ph, pw) = (g.pad[0] as u64, g.pad[1] as u64);
-    let (dh, dw) = (g.dilation[0] as u64, g.dilation[1] as u64);
-    let wt = c.konst(ops[1]);
-    let (pro, bias, residual) = fused_operands(c, ops, fused);
-    let (xb, yb) = (a.image(e, c.view(ops[0]), b), a.image(e, c.view(n), b));
-    let zb = residual.map(|r| a.image(e, c.view(r), b));
-    let plane = e.at(yb, e.mul(oc, e.int(oh * ow)));
-    e.for_const(0, oh * ow, |e, i| e.store(plane, i, e.f32(0.0)));
+    let ConvSetup {
+        d:
+            ConvDims {
+                icg,
+                ocg,
+                h,
+                w,
+                oh,
+                ow,
+                kh,
+                kw,
+                sh,
+                sw,
+                ph,
+                pw,
+                dh,
+                dw,
+            },
+        wt,
+        pro,
+        bias,
+        xb,
+        zb,
+        plane,
+    } = conv_setup(e, c, a, n, ops, g, fused, (b, oc));
     let grp = e.sdiv(oc, e.int(ocg));
     let j = e.b.build_int_signed_rem(oc, e.int(ocg), "").expect("rem");
     e.for_const(0, icg, |e, i| {

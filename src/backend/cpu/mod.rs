@@ -89,7 +89,12 @@ type RunFn = unsafe extern "C" fn(*const f32, *mut f32, i64, *const f32, *mut f3
 
 /// Compiles an optimized, planned graph and runs it on `input` through
 /// LLVM's JIT.
-pub fn run_jit(graph: &Graph, weights: &Weights, input: &Tensor, opts: &CpuOptions) -> Result<Tensor, LlvmError> {
+pub fn run_jit(
+    graph: &Graph,
+    weights: &Weights,
+    input: &Tensor,
+    opts: &CpuOptions,
+) -> Result<Tensor, LlvmError> {
     with_jit(graph, weights, opts, |run| run(input))?
 }
 
@@ -124,7 +129,10 @@ pub fn with_jit<R>(
     let expected = graph.input_shape().to_vec();
     let mut arena: Vec<f32> = Vec::new();
     let mut run = |input: &Tensor| -> Result<Tensor, LlvmError> {
-        if input.shape.len() != expected.len() + 1 || input.shape[1..] != *expected || input.shape[0] == 0 {
+        if input.shape.len() != expected.len() + 1
+            || input.shape[1..] != *expected
+            || input.shape[0] == 0
+        {
             return Err(LlvmError::Internal(format!(
                 "input shape {:?} does not match the model's [N, {:?}]",
                 input.shape, expected

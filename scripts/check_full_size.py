@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Every example at its full input size: `run --target cpu` against
+`run --target ref` (the interpreter), same random weights and input, batch 1.
+The test suite runs the large models at 32x32 to stay fast; this is the
+full-size check behind it (a few minutes on 2 cores).
+
+    cargo build --release && python3 scripts/check_full_size.py [BATCH]
+"""
+import array
+import json
+import pathlib
+import random
+import subprocess
+import sys
+import tempfile
+
+root = pathlib.Path(__file__).resolve().parent.parent
+exe = str(root / "target/release/resnetc")
+check = str(root / "tests/fixtures/check.py")
+batch = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+
+
+def write_npy(path, shape, values):
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }" % "".join(f"{d}, " for d in shape)
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
+        f.write(array.array("f", values).tobytes())
+
+
+failed = 0
+with tempfile.TemporaryDirectory() as tmp:
+    for model in sorted((root / "examples").glob("*.res")):
+        info = json.loads(subprocess.run([exe, "summary", str(model), "--format", "json"],
+                                         check=True, capture_output=True, text=True).stdout)
+        shape = [batch] + info["input"]
+        n = 1
+        for d in shape:
+            n *= d
+        rng = random.Random(model.stem)
+        x = f"{tmp}/x.npy"
+        write_npy(x, shape, [rng.gauss(0, 1) for _ in range(n)])
+        outs = {}
+        for target in ("ref", "cpu"):
+            outs[target] = f"{tmp}/{target}.npy"
+            subprocess.run([exe, "run", str(model), "--random-weights", "1", "--input", x,
+                            "--output", outs[target], "--target", target], check=True)
+        r = subprocess.run([sys.executable, check, outs["cpu"], outs["ref"], "--rtol", "1e-4"],
+                           capture_output=True, text=True)
+        line = [l for l in r.stdout.splitlines() if l.startswith("max rel")]
+        print(f"{model.stem:20s} {shape} {line[0] if line else r.stdout.strip()} {'PASS' if r.returncode == 0 else 'FAIL'}",
+              flush=True)
+        failed += r.returncode != 0
+sys.exit(1 if failed else 0)
