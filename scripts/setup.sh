@@ -26,4 +26,14 @@ if command -v rustup >/dev/null 2>&1; then
     rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 fi
-echo "setup: ok (LLVM $(/usr/lib/llvm-19/bin/llvm-config --version))" >&2
+
+
+# onnxruntime for the ONNX export test and the side-by-side benchmark, in a
+# project-local virtual environment.
+cd "$(dirname "$0")/.."
+if ! .tools/py/bin/python -c "import onnxruntime, numpy" >/dev/null 2>&1; then
+    echo "setup: installing onnxruntime into .tools/py" >&2
+    python3 -m venv .tools/py
+    .tools/py/bin/pip install -q --disable-pip-version-check onnxruntime numpy
+fi
+echo "setup: ok (LLVM $(/usr/lib/llvm-19/bin/llvm-config --version), $(.tools/py/bin/python -c "import onnxruntime; print(\"onnxruntime \" + onnxruntime.__version__)"))" >&2

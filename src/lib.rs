@@ -7,6 +7,7 @@
 pub mod api;
 pub mod backend;
 pub mod bench;
+pub mod export;
 pub mod front;
 pub mod interp;
 pub mod ir;

@@ -104,6 +104,17 @@ enum Command {
         #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
         format: SummaryFormat,
     },
+    /// Write the model with its weights in another format (ONNX opset 17,
+    /// dynamic batch) to run it in other runtimes.
+    Export {
+        file: PathBuf,
+        #[command(flatten)]
+        weights: WeightsArgs,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Onnx)]
+        format: ExportFormat,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Write seeded random weights (Kaiming init, non-trivial BN) as safetensors.
     Init {
         file: PathBuf,
@@ -139,6 +150,11 @@ struct OptArgs {
 enum SummaryFormat {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Onnx,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -484,6 +500,24 @@ fn dispatch(cmd: Command) -> Result<()> {
                     println!("{}", serde_json::to_string(&report).expect("serializes"))
                 }
             }
+            Ok(())
+        }
+        Command::Export {
+            file,
+            weights: wargs,
+            format: ExportFormat::Onnx,
+            output,
+        } => {
+            let c = compile(&file)?;
+            let w = load_weights(&c, &wargs)?;
+            let bytes = resnetc::export::onnx::export(&c.graph, &w)
+                .map_err(|e| other(format!("cannot export: {e}"), "report this as a bug"))?;
+            weights::write_atomic(&output, &bytes).map_err(|e| {
+                other(
+                    format!("cannot write `{}`: {e}", output.display()),
+                    "check the -o path",
+                )
+            })?;
             Ok(())
         }
         Command::Init { file, seed, output } => {
