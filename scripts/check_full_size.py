@@ -45,6 +45,15 @@ with tempfile.TemporaryDirectory() as tmp:
             outs[target] = f"{tmp}/{target}.npy"
             subprocess.run([exe, "run", str(model), "--random-weights", "1", "--input", x,
                             "--output", outs[target], "--target", target], check=True)
+        ref = array.array("f")
+        raw = open(outs["ref"], "rb").read()
+        ref.frombytes(raw[10 + int.from_bytes(raw[8:10], "little"):])
+        if not all(v == v and abs(v) != float("inf") for v in ref):
+            # Random Kaiming weights make the 1202-layer net overflow in the
+            # reference itself; tests/cpu_backend.rs checks it at this size
+            # with the residual branches' last BN damped.
+            print(f"{model.stem:20s} {shape} SKIP: the reference output is not finite with random weights", flush=True)
+            continue
         r = subprocess.run([sys.executable, check, outs["cpu"], outs["ref"], "--rtol", "1e-4"],
                            capture_output=True, text=True)
         line = [l for l in r.stdout.splitlines() if l.startswith("max rel")]
