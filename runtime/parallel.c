@@ -57,6 +57,24 @@ static void *worker(void *arg) {
     return 0;
 }
 
+/* A forked child has none of the parent's workers: start afresh. */
+static void after_fork_in_child(void) {
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t fresh_cond = PTHREAD_COND_INITIALIZER;
+    job_lock = fresh;
+    state = fresh;
+    wake = fresh_cond;
+    finished = fresh_cond;
+    workers = 0;
+    pending = 0;
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void register_atfork(void) {
+    pthread_atfork(NULL, NULL, after_fork_in_child);
+}
+
 void resnetc_set_num_threads(int n) {
     if (n < 1) n = 1;
     if (n > MAX_THREADS) n = MAX_THREADS;
@@ -79,6 +97,7 @@ void resnetc_parallel_for(int64_t units, resnetc_task fn, void *ctx) {
         if (units > 0) fn(ctx, 0, units);
         return;
     }
+    pthread_once(&atfork_once, register_atfork);
     pthread_mutex_lock(&job_lock);
     while (workers < parts - 1) {
         pthread_t t;

@@ -234,6 +234,20 @@ fn compile(file: &Path) -> Result<Compiled> {
     Ok(c)
 }
 
+/// Writes to standard output; a closed pipe (`resnetc ir ... | head`) ends
+/// the program quietly instead of panicking.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_all(text.as_bytes()).and_then(|_| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// The graph after the passes that `opt` asks for.
 fn optimized(c: &Compiled, opt: &OptArgs) -> Result<resnetc::ir::Graph> {
     let mut g = c.graph.clone();
@@ -254,7 +268,7 @@ fn optimized(c: &Compiled, opt: &OptArgs) -> Result<resnetc::ir::Graph> {
 fn write_output(path: Option<&Path>, text: &str) -> Result<()> {
     match path {
         None => {
-            print!("{text}");
+            out(text);
             Ok(())
         }
         Some(p) => weights::write_atomic(p, text.as_bytes())
@@ -283,13 +297,13 @@ fn dispatch(cmd: Command) -> Result<()> {
         Command::Check { file } => {
             let c = compile(&file)?;
             let g = &c.graph;
-            println!(
-                "ok: model {} {} -> {}, {} weight tensors",
+            out(&format!(
+                "ok: model {} {} -> {}, {} weight tensors\n",
                 g.name,
                 resnetc::ir::shape::show(g.input_shape()),
                 resnetc::ir::shape::show(g.output_shape()),
                 g.weights().len()
-            );
+            ));
             Ok(())
         }
         Command::Summary { file, format, opt } => {
@@ -297,13 +311,11 @@ fn dispatch(cmd: Command) -> Result<()> {
             let g = optimized(&c, &opt)?;
             let s = resnetc::summary::summarize(&g, &c.graph);
             match format {
-                SummaryFormat::Text => print!("{}", s.table()),
-                SummaryFormat::Json => {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&s).expect("summary serializes")
-                    )
-                }
+                SummaryFormat::Text => out(&s.table()),
+                SummaryFormat::Json => out(&format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&s).expect("summary serializes")
+                )),
             }
             Ok(())
         }
@@ -325,12 +337,12 @@ fn dispatch(cmd: Command) -> Result<()> {
         Command::Ir { file, opt } => {
             let c = compile(&file)?;
             let g = optimized(&c, &opt)?;
-            print!("{}", resnetc::ir::print::print(&g));
+            out(&resnetc::ir::print::print(&g));
             Ok(())
         }
         Command::Passes => {
             for p in resnetc::passes::PIPELINE {
-                println!("{:<16} {}", p.name, p.about);
+                out(&format!("{:<16} {}\n", p.name, p.about));
             }
             Ok(())
         }
@@ -495,10 +507,11 @@ fn dispatch(cmd: Command) -> Result<()> {
                 compile_ms,
             };
             match format {
-                SummaryFormat::Text => print!("{}", report.text()),
-                SummaryFormat::Json => {
-                    println!("{}", serde_json::to_string(&report).expect("serializes"))
-                }
+                SummaryFormat::Text => out(&report.text()),
+                SummaryFormat::Json => out(&format!(
+                    "{}\n",
+                    serde_json::to_string(&report).expect("serializes")
+                )),
             }
             Ok(())
         }

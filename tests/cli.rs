@@ -276,3 +276,28 @@ fn bench_reports_json() {
     assert!(v["runs"].as_u64().expect("runs") >= 10);
     assert!(v["min_ms"].as_f64().expect("min") <= v["median_ms"].as_f64().expect("median"));
 }
+
+/// `resnetc ir big.res | head -1`: a closed pipe ends resnetc quietly, not
+/// with a panic (exit 101).
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_resnetc"))
+        .args(["ir", "examples/resnet152.res"])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let mut first = [0u8; 16];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("some output");
+    // Dropping the read end closes the pipe.
+    let status = child.wait().expect("exits");
+    assert_ne!(status.code(), Some(101), "panicked on a closed pipe");
+    assert!(status.success(), "{status:?}");
+}

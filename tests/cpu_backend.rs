@@ -203,3 +203,29 @@ fn static_library_links_into_a_c_program() {
         );
     }
 }
+
+/// Ops that read one value in two slots (`a + a`, a residual that is also
+/// the conv's input, `concat(x, x)`) next to same-shaped ops that do not:
+/// kernel sharing must not mix them up (found in review).
+#[test]
+fn aliased_operands_do_not_share_kernels_wrongly() {
+    let text = r#"
+model aliasing(x: f32[N, 8, 6, 6]) {
+    let a = x |> c0: conv(8, k: 3, pad: 1)
+    let s = a + a
+    let t = s + a
+    let b = (t |> c1: conv(8, k: 3, pad: 1)) + x
+    let c = (b |> c2: conv(8, k: 3, pad: 1)) + x
+    let d = (c |> c3: conv(8, k: 3, pad: 1)) + c
+    let u = concat(x, x)
+    concat(u |> c4: conv(8, k: 1), d) |> c5: conv(4, k: 1)
+}
+"#;
+    let c = resnetc::front::compile_source("aliasing.res", text, None)
+        .unwrap_or_else(|e| panic!("{}", e.render_plain()));
+    let w = random_weights(&specs_of(&c.graph), 4);
+    let x = random_tensor(&[2, 8, 6, 6], 4);
+    let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+    let y = run_jit(&optimized(&c.graph), &w, &x, &CpuOptions::default()).expect("cpu");
+    assert_close("aliasing", &y, &reference, 1e-4, 1e-3);
+}

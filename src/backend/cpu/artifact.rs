@@ -49,6 +49,13 @@ pub fn build(
         Emit::Obj => vec![(format!("{sym}.o"), object(FileType::Object)?)],
         Emit::Staticlib => {
             let obj = object(FileType::Object)?;
+            // The archive index holds 32-bit offsets.
+            if obj.len() + super::RUNTIME_OBJECT.len() + 4096 > u32::MAX as usize {
+                return Err(LlvmError::Internal(format!(
+                    "the object is {} bytes; static libraries over 4 GiB are not supported (use --emit obj)",
+                    obj.len()
+                )));
+            }
             let model_symbols = vec![
                 format!("{sym}_forward"),
                 format!("{sym}_set_num_threads"),

@@ -167,6 +167,13 @@ pub fn lower<'ctx>(
         let slots: Vec<NodeIndex> = std::iter::once(n).chain(graph.operands(n)).collect();
         let mut values = Vec::new();
         let mut key = format!("{:?}", node.op);
+        // Inside a kernel, views are bound by node: an op that reads one
+        // value in two slots (`a + a`) binds both to the first. Ops share a
+        // kernel only when their slots alias alike (found in review).
+        for (i, s) in slots.iter().enumerate() {
+            let first = slots.iter().position(|t| t == s).unwrap_or(i);
+            key.push_str(&format!("|{first}"));
+        }
         for &s in &slots {
             let sn = graph.node(s);
             if sn.op.is_const() {
