@@ -139,7 +139,21 @@ pub fn with_jit<R>(
             )));
         }
         let batch = input.shape[0];
-        arena.resize(batch * plan.arena_bytes / 4, 0.0);
+        // A huge batch is a clear error, not an allocation abort.
+        let elems = batch.checked_mul(plan.arena_bytes / 4).ok_or_else(|| {
+            LlvmError::Memory(format!(
+                "batch {batch} needs more working memory than can be addressed"
+            ))
+        })?;
+        if elems > arena.len() {
+            arena.try_reserve_exact(elems - arena.len()).map_err(|_| {
+                LlvmError::Memory(format!(
+                    "batch {batch} needs {:.1} GiB of working memory, which could not be allocated",
+                    (elems * 4) as f64 / (1u64 << 30) as f64
+                ))
+            })?;
+        }
+        arena.resize(elems, 0.0);
         let mut out_shape = vec![batch];
         out_shape.extend(graph.output_shape());
         let mut output = Tensor::zeros(&out_shape);

@@ -21,6 +21,9 @@ pub enum LlvmError {
         help("use `native`, `x86-64-v3` (AVX2/FMA), `x86-64-v2`, `x86-64`, or an LLVM CPU name such as `skylake-avx512`")
     )]
     UnknownCpu(String),
+    #[error("{0}")]
+    #[diagnostic(code(resnetc::backend::memory), help("use a smaller batch"))]
+    Memory(String),
     #[error("LLVM: {0}")]
     #[diagnostic(
         code(resnetc::backend::llvm),
