@@ -120,3 +120,26 @@ fn broken_weights_and_inputs_fail_cleanly() {
         insta::assert_snapshot!(format!("loader_{name}"), err);
     }
 }
+
+/// A diagnostic on a very long line (a generated 10^6-stage pipeline is a
+/// 10 MB line) gives its location in words: miette panics drawing such a
+/// snippet.
+#[test]
+fn errors_on_huge_lines_render_without_a_snippet() {
+    let text = format!(
+        "model m(x: f32[N, 3, 8, 8]) {{\n    x{} |> nosuch()\n}}\n",
+        " |> relu()".repeat(5000)
+    );
+    let e = resnetc::front::compile_source("long.res", &text, None).expect_err("unknown op");
+    let shown = e.render_plain();
+    assert!(
+        shown.contains("unknown block or operator `nosuch`"),
+        "{shown}"
+    );
+    assert!(shown.contains("long.res:2:"), "no location in\n{shown}");
+    assert!(
+        shown.len() < 2000,
+        "the line was printed:\n{}",
+        &shown[..200]
+    );
+}

@@ -6,6 +6,9 @@ use miette::{LabeledSpan, NamedSource, Severity, SourceCode};
 use std::fmt;
 use std::sync::Arc;
 
+/// Longest source line shown in a snippet.
+const MAX_SNIPPET_LINE: usize = 2000;
+
 /// One error or warning about a `.res` file.
 #[derive(Debug, Clone)]
 pub struct Diag {
@@ -80,6 +83,23 @@ impl Diag {
             }
         }
         self.secondary = kept;
+        // miette cannot draw a snippet of a megabyte-long line (it panics):
+        // give the location in words instead.
+        let text: &str = &file.text;
+        let at = (self.span.start as usize).min(text.len());
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+        if line_end - line_start > MAX_SNIPPET_LINE {
+            self.notes.insert(
+                0,
+                format!(
+                    "at {} (the line is too long to show)",
+                    sources.location(self.span)
+                ),
+            );
+            self.secondary.clear();
+            return self;
+        }
         self.source = Some(NamedSource::new(file.name.clone(), file.text.clone()));
         self
     }
