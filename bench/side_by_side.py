@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""resnetc vs onnxruntime on the same model, weights and input, side by side.
+"""resnetc vs onnxruntime vs tract on the same model, weights and input.
 
     bash scripts/setup.sh && cargo build --release && .tools/py/bin/python bench/side_by_side.py [MODEL ...]
 
@@ -8,7 +8,8 @@ timed runs after warm-up) and onnxruntime (intra_op_num_threads = T, all
 graph optimizations, sequential execution, the same warm-up and median) on
 `resnetc export` of the same network with `--random-weights 0`. Prints a
 Markdown table with each latency and the ratio resnetc / onnxruntime.
-A benchmark, not a test: nothing is asserted.
+tract (bench/tract, built here on first use) runs single-threaded, so its
+column is filled at T = 1. A benchmark, not a test: nothing is asserted.
 """
 import json
 import pathlib
@@ -44,10 +45,21 @@ def ort_median(model, x, threads):
     return statistics.median(times)
 
 
+def tract_median(onnx, shape):
+    exe = root / "bench/tract/target/release/tract-bench"
+    if not exe.exists():
+        subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path",
+                        str(root / "bench/tract/Cargo.toml")], check=True)
+    c, h, w = shape[1:]
+    out = subprocess.run([str(exe), onnx, str(c), str(h), str(w), str(shape[0])],
+                         check=True, capture_output=True, text=True).stdout
+    return float(out.strip())
+
+
 def main():
     cases = [(a, int(b)) for a, b in (c.split(":") for c in sys.argv[1:])] if sys.argv[1:] else DEFAULT
-    print("| model | batch | threads | resnetc ms | onnxruntime ms | resnetc / onnxruntime |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | batch | threads | resnetc ms | onnxruntime ms | tract ms | resnetc / onnxruntime |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, batch in cases:
             model = root / "examples" / f"{name}.res"
@@ -62,8 +74,9 @@ def main():
                      "--batch", str(batch), "--format", "json"],
                     check=True, capture_output=True, text=True).stdout)
                 o = ort_median(onnx, x, threads)
-                print(f"| {name} | {batch} | {threads} | {r['median_ms']:.2f} | {o:.2f} | {r['median_ms'] / o:.2f} |",
-                      flush=True)
+                t = f"{tract_median(onnx, list(x.shape)):.2f}" if threads == 1 else "–"
+                print(f"| {name} | {batch} | {threads} | {r['median_ms']:.2f} | {o:.2f} | {t} | "
+                      f"{r['median_ms'] / o:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
