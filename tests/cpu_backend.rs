@@ -166,6 +166,8 @@ fn static_library_links_into_a_c_program() {
                 "pthread_attr_init",
                 "pthread_attr_destroy",
                 "pthread_attr_setdetachstate",
+                "pthread_atfork",
+                "pthread_once",
             ]
             .contains(&sym.as_str()),
             "unexpected dependency `{sym}`"
