@@ -248,6 +248,17 @@ fn out(text: &str) {
     }
 }
 
+/// Prints a result as text or as one JSON object.
+fn report(format: SummaryFormat, text: &str, value: &impl serde::Serialize) {
+    match format {
+        SummaryFormat::Text => out(text),
+        SummaryFormat::Json => out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(value).expect("reports serialize")
+        )),
+    }
+}
+
 /// The graph after the passes that `opt` asks for.
 fn optimized(c: &Compiled, opt: &OptArgs) -> Result<resnetc::ir::Graph> {
     let mut g = c.graph.clone();
@@ -310,13 +321,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let c = compile(&file)?;
             let g = optimized(&c, &opt)?;
             let s = resnetc::summary::summarize(&g, &c.graph);
-            match format {
-                SummaryFormat::Text => out(&s.table()),
-                SummaryFormat::Json => out(&format!(
-                    "{}\n",
-                    serde_json::to_string_pretty(&s).expect("summary serializes")
-                )),
-            }
+            report(format, &s.table(), &s);
             Ok(())
         }
         Command::Graph {
@@ -509,13 +514,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 gflops: 2.0 * macs as f64 * batch as f64 / (median * 1e6),
                 compile_ms,
             };
-            match format {
-                SummaryFormat::Text => out(&report.text()),
-                SummaryFormat::Json => out(&format!(
-                    "{}\n",
-                    serde_json::to_string(&report).expect("serializes")
-                )),
-            }
+            self::report(format, &report.text(), &report);
             Ok(())
         }
         Command::Export {

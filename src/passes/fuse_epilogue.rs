@@ -19,13 +19,7 @@ pub fn run(graph: &mut Graph) {
                 let p = graph.operands(u)[0];
                 if sole_user(graph, p) {
                     if graph.node(p).op.fused().is_some() {
-                        graph
-                            .node_mut(p)
-                            .op
-                            .fused_mut()
-                            .expect("fused")
-                            .epilogue
-                            .push(EpilogueStep::Act(a));
+                        push_step(graph, p, EpilogueStep::Act(a));
                         absorb(graph, u, p);
                     } else if let Op::Affine { act: None } = graph.node(p).op {
                         graph.node_mut(p).op = Op::Affine { act: Some(a) };
@@ -37,13 +31,7 @@ pub fn run(graph: &mut Graph) {
                 let ops = graph.operands(u);
                 for (p, z) in [(ops[0], ops[1]), (ops[1], ops[0])] {
                     if p != z && sole_user(graph, p) && graph.node(p).op.fused().is_some() {
-                        graph
-                            .node_mut(p)
-                            .op
-                            .fused_mut()
-                            .expect("fused")
-                            .epilogue
-                            .push(EpilogueStep::Add);
+                        push_step(graph, p, EpilogueStep::Add);
                         let slot = graph.operands(p).len() as u32;
                         graph.g.add_edge(z, p, slot);
                         absorb(graph, u, p);
@@ -61,6 +49,13 @@ pub fn run(graph: &mut Graph) {
         if let Op::Affine { act } = graph.node(a).op {
             into_prologues(graph, a, act);
         }
+    }
+}
+
+/// Appends a step to the epilogue of `p`, a conv or linear.
+fn push_step(graph: &mut Graph, p: NodeIndex, step: EpilogueStep) {
+    if let Some(f) = graph.node_mut(p).op.fused_mut() {
+        f.epilogue.push(step);
     }
 }
 
