@@ -179,3 +179,18 @@ fn ir_after_each_pass() {
         }
     }
 }
+
+/// A conv followed by two batchnorms folds both (found by the property test:
+/// the second fold's constants clashed with the first's names).
+#[test]
+fn two_batchnorms_after_a_conv_fold_twice() {
+    let text = "model m(x: f32[N, 3, 6, 6]) {\n    x |> c0: conv(4, k: 3, pad: 1, bias: true) |> n1: batchnorm() |> n2: batchnorm()\n}\n";
+    let c = resnetc::front::compile_source("twice.res", text, None).expect("compiles");
+    let opt = optimized(&c.graph);
+    assert!(!op_counts(&opt).contains_key("batchnorm"));
+    let w = random_weights(&specs_of(&c.graph), 1);
+    let x = random_tensor(&[2, 3, 6, 6], 1);
+    let reference = resnetc::interp::run(&c.graph, &w, &x).expect("runs");
+    let y = resnetc::interp::run(&opt, &w, &x).expect("runs");
+    assert_close("two BNs", &y, &reference, 1e-5, 1e-3);
+}

@@ -33,7 +33,7 @@ pub fn run(graph: &mut Graph) {
             &[gamma, beta, mean, var],
         );
         let folded = if foldable_into(graph, x) {
-            fold_into(graph, x, scale, shift)
+            fold_into(graph, x, scale, shift, &name)
         } else {
             None
         };
@@ -66,12 +66,15 @@ fn constant(
     graph.add(Op::Const(op), name, shape, operands)
 }
 
-/// Replaces producer `p` by a copy with folded weight and bias.
+/// Replaces producer `p` by a copy with folded weight and bias. The new
+/// constants are named after the BN too: a conv followed by two BNs folds
+/// twice (found by the property test).
 fn fold_into(
     graph: &mut Graph,
     p: NodeIndex,
     scale: NodeIndex,
     shift: NodeIndex,
+    bn: &str,
 ) -> Option<NodeIndex> {
     let node: Node = graph.node(p).clone();
     let ops = graph.operands(p);
@@ -87,7 +90,7 @@ fn fold_into(
     let new_w = constant(
         graph,
         scale_w,
-        format!("{}.weight*bn", node.name),
+        format!("{}.weight*{bn}", node.name),
         wshape,
         &[w],
     );
@@ -103,7 +106,7 @@ fn fold_into(
     let new_b = constant(
         graph,
         ConstOp::FoldBias,
-        format!("{}.bias*bn", node.name),
+        format!("{}.bias*{bn}", node.name),
         oc,
         &bias_inputs,
     );
