@@ -78,7 +78,7 @@ pub fn build_cpu(
     let mut g = c.graph.clone();
     crate::passes::optimize(&mut g, None);
     let derived = weights::materialize(&g, &w);
-    let pool = ConstPool::build(&g, &w, &derived);
+    let pool = ConstPool::build(&g, &w, &derived, opts);
     on_stage("generating code");
     let files = artifact::build(&g, &pool, opts, emit)?;
     on_stage("writing");

@@ -2,6 +2,7 @@
 //! (at least 10 runs and 2 s, at most 1000 runs), reported as median, min,
 //! spread and achieved GFLOP/s.
 
+use crate::backend::cpu::Profile;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,38 @@ pub struct BenchReport {
     /// 2 × MACs × batch / median.
     pub gflops: f64,
     pub compile_ms: f64,
+    /// With `--layers`: every parallel call, in schedule order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerTime>,
+}
+
+/// The median time of one parallel call of the forward pass.
+#[derive(Serialize, Debug, Clone)]
+pub struct LayerTime {
+    pub layer: String,
+    pub median_ms: f64,
+}
+
+/// Runs `run` (which fills a profile) 20 times and takes each call's median.
+pub fn profile(mut run: impl FnMut(&mut Profile)) -> Vec<LayerTime> {
+    let mut samples: Vec<Vec<i64>> = Vec::new();
+    let mut labels = Vec::new();
+    for _ in 0..20 {
+        let mut p = Profile::default();
+        run(&mut p);
+        labels = p.labels;
+        samples.push(p.ns);
+    }
+    (0..labels.len())
+        .map(|i| {
+            let mut v: Vec<i64> = samples.iter().filter_map(|s| s.get(i).copied()).collect();
+            v.sort_unstable();
+            LayerTime {
+                layer: labels[i].clone(),
+                median_ms: v.get(v.len() / 2).copied().unwrap_or(0) as f64 / 1e6,
+            }
+        })
+        .collect()
 }
 
 /// Times `run` (which must do one whole forward pass).
@@ -59,6 +92,29 @@ impl BenchReport {
             self.runs,
             self.gflops,
             self.compile_ms
-        )
+        ) + &self.layers_text()
+    }
+
+    /// The per-call table, slowest first, with each call's share.
+    fn layers_text(&self) -> String {
+        let total: f64 = self.layers.iter().map(|l| l.median_ms).sum();
+        let mut rows: Vec<&LayerTime> = self.layers.iter().collect();
+        rows.sort_by(|a, b| b.median_ms.total_cmp(&a.median_ms));
+        let mut out = String::new();
+        if !rows.is_empty() {
+            out.push_str(&format!(
+                "{:>10} {:>6}  layer (sum of medians {total:.3} ms)\n",
+                "ms", "share"
+            ));
+        }
+        for l in rows {
+            out.push_str(&format!(
+                "{:>10.3} {:>5.1}%  {}\n",
+                l.median_ms,
+                100.0 * l.median_ms / total.max(1e-12),
+                l.layer
+            ));
+        }
+        out
     }
 }

@@ -103,6 +103,10 @@ enum Command {
         batch: u32,
         #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
         format: SummaryFormat,
+        /// Also time every parallel call (median over runs), slowest first
+        /// (cpu target).
+        #[arg(long)]
+        layers: bool,
     },
     /// Write the model with its weights in another format (ONNX opset 17,
     /// dynamic batch) to run it in other runtimes.
@@ -448,6 +452,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             threads,
             batch,
             format,
+            layers,
         } => {
             let c = compile(&file)?;
             let wargs = WeightsArgs {
@@ -468,6 +473,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             );
             let macs: u64 = c.graph.schedule().iter().map(|&n| c.graph.macs_of(n)).sum();
             let t0 = std::time::Instant::now();
+            let mut profile = None;
             let (runs, median, min, spread, threads_used, compile_ms) = match target {
                 Target::Cpu => {
                     if let Some(t) = threads {
@@ -481,10 +487,15 @@ fn dispatch(cmd: Command) -> Result<()> {
                             let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
                             // A first run that fails (memory for the batch)
                             // is the answer; later runs do the same work.
-                            run(&x)?;
+                            run(&x, None)?;
                             let (r, m, mn, sp) = resnetc::bench::measure(|| {
-                                let _ = run(&x);
+                                let _ = run(&x, None);
                             });
+                            if layers {
+                                profile = Some(resnetc::bench::profile(|p| {
+                                    let _ = run(&x, Some(p));
+                                }));
+                            }
                             Ok::<_, resnetc::backend::llvm::LlvmError>((r, m, mn, sp, compile_ms))
                         })??;
                     (r, m, mn, sp, resnetc::backend::cpu::num_threads(), cm)
@@ -513,6 +524,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 spread,
                 gflops: 2.0 * macs as f64 * batch as f64 / (median * 1e6),
                 compile_ms,
+                layers: profile.unwrap_or_default(),
             };
             self::report(format, &report.text(), &report);
             Ok(())

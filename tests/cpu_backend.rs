@@ -168,6 +168,7 @@ fn static_library_links_into_a_c_program() {
                 "pthread_attr_setdetachstate",
                 "pthread_atfork",
                 "pthread_once",
+                "clock_gettime",
             ]
             .contains(&sym.as_str()),
             "unexpected dependency `{sym}`"

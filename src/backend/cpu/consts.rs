@@ -2,6 +2,10 @@
 //! laid out once in one f32 array (64-byte aligned), embedded in a library
 //! or handed to the JIT-compiled code.
 
+use super::conv_gemm::{self, GemmConv};
+use super::CpuOptions;
+use crate::backend::llvm::vector_registers;
+use crate::ir::plan::MemoryPlan;
 use crate::ir::{Graph, Op};
 use crate::weights::Weights;
 use petgraph::stable_graph::NodeIndex;
@@ -14,12 +18,26 @@ pub struct ConstPool {
     /// Element offset of each constant node read by an op.
     pub offsets: HashMap<NodeIndex, usize>,
     pub data: Vec<f32>,
+    /// The convs run as register-tiled GEMM, whose weights the pool holds
+    /// prepacked in the kernel's order, and their tiling.
+    pub gemm: HashMap<NodeIndex, GemmConv>,
+    /// Floats per image the kernels need past the memory plan.
+    pub workspace: usize,
 }
 
 impl ConstPool {
     /// Lays out the constants `graph`'s ops read, from the bound weights and
     /// the derived constants (`weights::materialize`).
-    pub fn build(graph: &Graph, weights: &Weights, derived: &Weights) -> ConstPool {
+    pub fn build(
+        graph: &Graph,
+        weights: &Weights,
+        derived: &Weights,
+        opts: &CpuOptions,
+    ) -> ConstPool {
+        let gemm = conv_gemm::plans(graph, vector_registers(&opts.cpu));
+        // Weight node -> the conv whose kernel reads it packed.
+        let packed_for: HashMap<NodeIndex, NodeIndex> =
+            gemm.keys().map(|&c| (graph.operands(c)[1], c)).collect();
         let mut offsets = HashMap::new();
         let mut data = Vec::new();
         for n in graph.schedule() {
@@ -37,9 +55,24 @@ impl ConstPool {
                 continue;
             }
             offsets.insert(n, data.len());
-            data.extend_from_slice(&t.data);
+            match packed_for.get(&n) {
+                Some(c) => data.extend(gemm[c].pack(&t.data)),
+                None => data.extend_from_slice(&t.data),
+            }
             data.resize(data.len().div_ceil(ALIGN) * ALIGN, 0.0);
         }
-        ConstPool { offsets, data }
+        let workspace = conv_gemm::workspace(&gemm) as usize;
+        ConstPool {
+            offsets,
+            data,
+            gemm,
+            workspace,
+        }
+    }
+
+    /// Floats of arena per image: the memory plan's buffers, then the
+    /// kernels' workspace.
+    pub fn arena_floats(&self, plan: &MemoryPlan) -> usize {
+        plan.arena_bytes / 4 + self.workspace
     }
 }

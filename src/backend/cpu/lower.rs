@@ -5,14 +5,16 @@
 //! end)` computes units `[begin, end)`. Ops with the same configuration share
 //! a kernel; a per-op thunk binds the offsets, and the entry
 //! `void <model>_run(const float *input, float *output, i64 batch,
-//! const float *consts, float *arena)` copies the input in, hands every op's
+//! const float *consts, float *arena, i64 *ticks)` copies the input in, hands every op's
 //! `batch × units` to `resnetc_parallel_for` (runtime/parallel.c), and copies
 //! the output out. Kernel bodies are plain loop nests chosen so LLVM
 //! vectorizes the innermost loop; each op's emitter is its own function so a
 //! register-tiled microkernel can replace one without touching the rest.
 
 use super::consts::ConstPool;
+use super::conv_gemm;
 use crate::backend::llvm::emit::Emitter;
+use crate::backend::llvm::vector::LANES;
 use crate::backend::llvm::LlvmError;
 use crate::ir::graph::numel;
 use crate::ir::op::{ConvGeom, EpilogueStep, Fused, Op, PoolGeom, UpsampleMode};
@@ -31,7 +33,7 @@ use std::collections::HashMap;
 /// (scaled by the batch at run time) and the offset inside it, both kernel
 /// arguments, and the distance between images, a constant of the kernel.
 #[derive(Clone, Copy, Debug)]
-struct View<'ctx> {
+pub(super) struct View<'ctx> {
     buffer: IntValue<'ctx>,
     offset: IntValue<'ctx>,
     stride: u64,
@@ -40,15 +42,16 @@ struct View<'ctx> {
 /// The kernel being emitted: its output and operands bound to its
 /// arguments. Ops with the same configuration share one kernel, called with
 /// different offsets.
-struct Ctx<'g, 'ctx> {
-    graph: &'g Graph,
+pub(super) struct Ctx<'g, 'ctx> {
+    pub graph: &'g Graph,
     plan: &'g MemoryPlan,
+    pool: &'g ConstPool,
     views: RefCell<HashMap<NodeIndex, View<'ctx>>>,
     consts: RefCell<HashMap<NodeIndex, IntValue<'ctx>>>,
 }
 
 impl<'ctx> Ctx<'_, 'ctx> {
-    fn view(&self, n: NodeIndex) -> View<'ctx> {
+    pub fn view(&self, n: NodeIndex) -> View<'ctx> {
         self.views.borrow()[&n]
     }
 
@@ -56,7 +59,7 @@ impl<'ctx> Ctx<'_, 'ctx> {
         &self.graph.node(n).shape
     }
 
-    fn konst(&self, n: NodeIndex) -> IntValue<'ctx> {
+    pub fn konst(&self, n: NodeIndex) -> IntValue<'ctx> {
         self.consts.borrow()[&n]
     }
 
@@ -68,6 +71,15 @@ impl<'ctx> Ctx<'_, 'ctx> {
             s.elem_offset as u64,
             s.batch_stride as u64,
         )
+    }
+
+    /// The kernels' workspace, after the plan's buffers.
+    pub fn workspace(&self, e: &Emitter<'_, 'ctx>) -> View<'ctx> {
+        View {
+            buffer: e.int(self.plan.arena_bytes as u64 / 4),
+            offset: e.int(0),
+            stride: self.pool.workspace as u64,
+        }
     }
 
     /// The view of `n` with constant offsets (outside kernels).
@@ -82,7 +94,7 @@ impl<'ctx> Ctx<'_, 'ctx> {
 }
 
 /// Pointers every op function receives.
-struct Args<'ctx> {
+pub(super) struct Args<'ctx> {
     arena: PointerValue<'ctx>,
     consts: PointerValue<'ctx>,
     batch: IntValue<'ctx>,
@@ -90,7 +102,12 @@ struct Args<'ctx> {
 
 impl<'ctx> Args<'ctx> {
     /// First element of image `n` of a view.
-    fn image(&self, e: &Emitter<'_, 'ctx>, v: View<'ctx>, n: IntValue<'ctx>) -> PointerValue<'ctx> {
+    pub fn image(
+        &self,
+        e: &Emitter<'_, 'ctx>,
+        v: View<'ctx>,
+        n: IntValue<'ctx>,
+    ) -> PointerValue<'ctx> {
         let start = e.add(
             e.add(e.mul(self.batch, v.buffer), v.offset),
             e.mul(n, e.int(v.stride)),
@@ -98,9 +115,17 @@ impl<'ctx> Args<'ctx> {
         e.at(self.arena, start)
     }
 
-    fn konst(&self, e: &Emitter<'_, 'ctx>, offset: IntValue<'ctx>) -> PointerValue<'ctx> {
+    pub fn konst(&self, e: &Emitter<'_, 'ctx>, offset: IntValue<'ctx>) -> PointerValue<'ctx> {
         e.at(self.consts, offset)
     }
+}
+
+/// Which kernel of an op: the only one, or a GEMM conv's staging or tiles.
+#[derive(Clone, Copy, Debug)]
+enum Part {
+    Whole,
+    Stage,
+    Gemm,
 }
 
 /// Elements per work unit of elementwise ops.
@@ -130,7 +155,7 @@ pub fn lower<'ctx>(
     graph: &Graph,
     pool: &ConstPool,
     symbol: &str,
-) -> Result<Module<'ctx>, LlvmError> {
+) -> Result<(Module<'ctx>, Vec<String>), LlvmError> {
     let plan = graph
         .plan
         .as_ref()
@@ -139,6 +164,7 @@ pub fn lower<'ctx>(
     let c = Ctx {
         graph,
         plan,
+        pool,
         views: RefCell::new(HashMap::new()),
         consts: RefCell::new(HashMap::new()),
     };
@@ -156,8 +182,9 @@ pub fn lower<'ctx>(
         Some(Linkage::External),
     );
     let mut kernels: HashMap<String, FunctionValue<'ctx>> = HashMap::new();
-    // (thunk, units per image) per op, in schedule order.
+    // (thunk, units per image) per op, in schedule order, and what each is.
     let mut calls = Vec::new();
+    let mut labels = Vec::new();
     for (k, &n) in plan.schedule.iter().enumerate() {
         let node = graph.node(n);
         if matches!(node.op, Op::Input | Op::Output) || is_view(&c, n) {
@@ -185,93 +212,131 @@ pub fn lower<'ctx>(
                 key.push_str(&format!("|a{:?}/{st}", sn.shape));
             }
         }
-        let per_image = units(&c, n);
-        let kernel = match kernels.get(&key) {
-            Some(&f) => f,
-            None => {
-                let mut params: Vec<BasicMetadataTypeEnum> =
-                    vec![ptr.into(), ptr.into(), i64t.into()];
-                params.extend(std::iter::repeat_n(
-                    BasicMetadataTypeEnum::from(i64t),
-                    values.len() + 2,
-                ));
-                let ty = ctx.void_type().fn_type(&params, false);
-                let f = module.add_function(
-                    &format!("{symbol}_k{}_{}", kernels.len(), node.op.kind()),
-                    ty,
-                    Some(Linkage::Internal),
-                );
-                let mut e = Emitter::new(ctx, &module, f);
-                c.views.borrow_mut().clear();
-                c.consts.borrow_mut().clear();
-                for (i, &s) in slots.iter().enumerate().rev() {
-                    let (p0, p1) = (e.param_int(3 + 2 * i as u32), e.param_int(4 + 2 * i as u32));
-                    if graph.node(s).op.is_const() {
-                        c.consts.borrow_mut().insert(s, p0);
-                    } else {
-                        let stride = c.placement(s).2;
-                        let v = View {
-                            buffer: p0,
-                            offset: p1,
-                            stride,
-                        };
-                        c.views.borrow_mut().insert(s, v);
-                    }
+        // A conv on the GEMM path runs as two calls (staging, then tiles);
+        // every other op as one.
+        let parts = match pool.gemm.get(&n) {
+            Some(p) => {
+                let mut v = Vec::new();
+                if p.staging.is_some() {
+                    v.push((Part::Stage, p.groups * p.icg));
                 }
-                let a = Args {
-                    arena: e.param_ptr(0),
-                    consts: e.param_ptr(1),
-                    batch: e.param_int(2),
-                };
-                let last = 3 + values.len() as u32;
-                let (begin, end) = (e.param_int(last), e.param_int(last + 1));
-                let mut result = Ok(());
-                e.for_range(begin, end, |e, t| {
-                    let per = e.int(per_image);
-                    let b = e.sdiv(t, per);
-                    let u = e.b.build_int_signed_rem(t, per, "").expect("rem");
-                    if result.is_ok() {
-                        result = lower_unit(e, &c, &a, n, b, u);
-                    }
-                });
-                result?;
-                e.ret_void();
-                kernels.insert(key, f);
-                f
+                v.push((Part::Gemm, p.groups * p.panels));
+                v
             }
+            None => vec![(Part::Whole, units(&c, n))],
         };
-        // The thunk: unpack the context, bind this op's offsets.
-        let thunk = module.add_function(
-            &format!("{symbol}_op{k}"),
-            thunk_ty,
-            Some(Linkage::Internal),
-        );
-        let e = Emitter::new(ctx, &module, thunk);
-        let cx = e.param_ptr(0);
-        let field = |i: u32, ty: inkwell::types::BasicTypeEnum<'ctx>| {
-            let p = e.b.build_struct_gep(ctx_ty, cx, i, "").expect("field");
-            e.b.build_load(ty, p, "").expect("load")
-        };
-        let mut args: Vec<BasicMetadataValueEnum> = vec![
-            field(0, ptr.into()).into(),
-            field(1, ptr.into()).into(),
-            field(2, i64t.into()).into(),
-        ];
-        args.extend(
-            values
-                .into_iter()
-                .map(|v| BasicMetadataValueEnum::from(e.int(v))),
-        );
-        args.push(e.param_int(1).into());
-        args.push(e.param_int(2).into());
-        e.b.build_call(kernel, &args, "").expect("call");
-        e.ret_void();
-        calls.push((thunk, per_image));
+        for (pi, &(part, per_image)) in parts.iter().enumerate() {
+            let key = format!("{key}|{part:?}");
+            let kernel = match kernels.get(&key) {
+                Some(&f) => f,
+                None => {
+                    let mut params: Vec<BasicMetadataTypeEnum> =
+                        vec![ptr.into(), ptr.into(), i64t.into()];
+                    params.extend(std::iter::repeat_n(
+                        BasicMetadataTypeEnum::from(i64t),
+                        values.len() + 2,
+                    ));
+                    let ty = ctx.void_type().fn_type(&params, false);
+                    let f = module.add_function(
+                        &format!("{symbol}_k{}_{}", kernels.len(), node.op.kind()),
+                        ty,
+                        Some(Linkage::Internal),
+                    );
+                    let mut e = Emitter::new(ctx, &module, f);
+                    c.views.borrow_mut().clear();
+                    c.consts.borrow_mut().clear();
+                    for (i, &s) in slots.iter().enumerate().rev() {
+                        let (p0, p1) =
+                            (e.param_int(3 + 2 * i as u32), e.param_int(4 + 2 * i as u32));
+                        if graph.node(s).op.is_const() {
+                            c.consts.borrow_mut().insert(s, p0);
+                        } else {
+                            let stride = c.placement(s).2;
+                            let v = View {
+                                buffer: p0,
+                                offset: p1,
+                                stride,
+                            };
+                            c.views.borrow_mut().insert(s, v);
+                        }
+                    }
+                    let a = Args {
+                        arena: e.param_ptr(0),
+                        consts: e.param_ptr(1),
+                        batch: e.param_int(2),
+                    };
+                    let last = 3 + values.len() as u32;
+                    let (begin, end) = (e.param_int(last), e.param_int(last + 1));
+                    let mut result = Ok(());
+                    e.for_range(begin, end, |e, t| {
+                        let per = e.int(per_image);
+                        let b = e.sdiv(t, per);
+                        let u = e.srem(t, per);
+                        if result.is_ok() {
+                            result = match (part, pool.gemm.get(&n)) {
+                                (Part::Stage, Some(p)) => conv_gemm::stage(e, &c, &a, n, p, (b, u)),
+                                (Part::Gemm, Some(p)) => conv_gemm::gemm(e, &c, &a, n, p, (b, u)),
+                                _ => lower_unit(e, &c, &a, n, b, u),
+                            };
+                        }
+                    });
+                    result?;
+                    e.ret_void();
+                    kernels.insert(key, f);
+                    f
+                }
+            };
+            // The thunk: unpack the context, bind this op's offsets.
+            let thunk = module.add_function(
+                &format!("{symbol}_op{k}_{pi}"),
+                thunk_ty,
+                Some(Linkage::Internal),
+            );
+            let e = Emitter::new(ctx, &module, thunk);
+            let cx = e.param_ptr(0);
+            let field = |i: u32, ty: inkwell::types::BasicTypeEnum<'ctx>| {
+                let p = e.b.build_struct_gep(ctx_ty, cx, i, "").expect("field");
+                e.b.build_load(ty, p, "").expect("load")
+            };
+            let mut args: Vec<BasicMetadataValueEnum> = vec![
+                field(0, ptr.into()).into(),
+                field(1, ptr.into()).into(),
+                field(2, i64t.into()).into(),
+            ];
+            args.extend(
+                values
+                    .iter()
+                    .map(|&v| BasicMetadataValueEnum::from(e.int(v))),
+            );
+            args.push(e.param_int(1).into());
+            args.push(e.param_int(2).into());
+            e.b.build_call(kernel, &args, "").expect("call");
+            e.ret_void();
+            calls.push((thunk, per_image));
+            let suffix = match part {
+                Part::Whole => "",
+                Part::Stage => " (staging)",
+                Part::Gemm => " (gemm)",
+            };
+            labels.push(format!("{} {}{suffix}", node.name, node.op.kind()));
+        }
     }
     // The entry: input in, schedule, output out.
     let run_ty = ctx.void_type().fn_type(
-        &[ptr.into(), ptr.into(), i64t.into(), ptr.into(), ptr.into()],
+        &[
+            ptr.into(),
+            ptr.into(),
+            i64t.into(),
+            ptr.into(),
+            ptr.into(),
+            ptr.into(),
+        ],
         false,
+    );
+    let now = module.add_function(
+        "resnetc_now_ns",
+        i64t.fn_type(&[], false),
+        Some(Linkage::External),
     );
     let run = module.add_function(&format!("{symbol}_run"), run_ty, None);
     let mut e = Emitter::new(ctx, &module, run);
@@ -307,11 +372,30 @@ pub fn lower<'ctx>(
         |e, n| e.at(input, e.mul(n, e.int(per_in))),
         |e, n| a.image(e, vin, n),
     );
-    for (thunk, per_image) in calls {
+    // With a profile buffer, the time after the input copy and after each
+    // call (all threads done): what `bench --layers` reports.
+    let ticks = e.param_ptr(5);
+    let profiling = e.b.build_is_not_null(ticks, "").expect("cmp");
+    let tick = |e: &mut Emitter<'_, 'ctx>, i: u64| {
+        e.if_else(
+            profiling,
+            |e| {
+                let t = e.b.build_call(now, &[], "").expect("call");
+                let t = t.try_as_basic_value().basic().expect("i64");
+                let p =
+                    unsafe { e.b.build_in_bounds_gep(i64t, ticks, &[e.int(i)], "") }.expect("gep");
+                e.b.build_store(p, t).expect("store");
+            },
+            |_| {},
+        )
+    };
+    tick(&mut e, 0);
+    for (i, (thunk, per_image)) in calls.into_iter().enumerate() {
         let total = e.mul(batch, e.int(per_image));
         let f = thunk.as_global_value().as_pointer_value();
         e.b.build_call(parallel_for, &[total.into(), f.into(), cx.into()], "")
             .expect("call");
+        tick(&mut e, i as u64 + 1);
     }
     let out_src = graph.operands(graph.output)[0];
     let per_out = numel(graph.output_shape()) as u64;
@@ -324,7 +408,7 @@ pub fn lower<'ctx>(
         |e, n| e.at(output, e.mul(n, e.int(per_out))),
     );
     e.ret_void();
-    Ok(module)
+    Ok((module, labels))
 }
 
 /// A flatten that shares its operand's memory computes nothing.
@@ -429,10 +513,10 @@ fn lower_unit<'ctx>(
 }
 
 /// (image, unit) of a kernel invocation.
-type Unit<'ctx> = (IntValue<'ctx>, IntValue<'ctx>);
+pub(super) type Unit<'ctx> = (IntValue<'ctx>, IntValue<'ctx>);
 
 /// `(c, h, w)` of a 4-d shape, or `(c, 1, 1)` for a vector.
-fn chw(s: &[usize]) -> (u64, u64, u64) {
+pub(super) fn chw(s: &[usize]) -> (u64, u64, u64) {
     match *s {
         [c, h, w] => (c as u64, h as u64, w as u64),
         [c] => (c as u64, 1, 1),
@@ -446,7 +530,7 @@ fn chw(s: &[usize]) -> (u64, u64, u64) {
 
 /// Output positions `o` with `0 <= o*stride + shift < extent`, within
 /// `0..out`, for a run-time shift: the loop bounds of one kernel tap.
-fn valid_range<'ctx>(
+pub(super) fn valid_range<'ctx>(
     e: &Emitter<'_, 'ctx>,
     out: u64,
     stride: u64,
@@ -508,7 +592,7 @@ fn epilogue<'ctx>(
 /// Operands after the weight: the prologue's scale and shift, the bias, and
 /// the residual (as constant offsets and a node).
 #[allow(clippy::type_complexity)]
-fn fused_operands<'ctx>(
+pub(super) fn fused_operands<'ctx>(
     c: &Ctx<'_, 'ctx>,
     ops: &[NodeIndex],
     fused: &Fused,
@@ -539,7 +623,7 @@ fn fused_operands<'ctx>(
     (pro, bias, residual)
 }
 
-fn prologue_value<'ctx>(
+pub(super) fn prologue_value<'ctx>(
     e: &Emitter<'_, 'ctx>,
     fused: &Fused,
     x: FloatValue<'ctx>,
@@ -794,7 +878,43 @@ fn linear<'ctx>(
     let acc = e.slot();
     e.set(acc, e.f32(0.0));
     let wrow = e.at(a.konst(e, wt), e.mul(o, e.int(inn)));
-    e.for_const(0, inn, |e, i| {
+    // Four vector accumulators over the bulk (an in-order scalar sum is
+    // latency-bound and LLVM may not reorder it), then the scalar tail.
+    const STEP: u64 = 4 * LANES;
+    let bulk = inn / STEP * STEP;
+    if bulk > 0 {
+        let vs: Vec<_> = (0..4).map(|_| e.vslot()).collect();
+        for &v in &vs {
+            e.vset(v, e.vzero());
+        }
+        e.for_const(0, inn / STEP, |e, i| {
+            for (j, &v) in vs.iter().enumerate() {
+                let idx = e.add(e.mul(i, e.int(STEP)), e.int(j as u64 * LANES));
+                let mut xv = e.vload(xb, idx);
+                if let (Some(p), Some((s, t))) = (fused.prologue, pro) {
+                    xv = e.vfma(xv, e.vload(a.konst(e, s), idx), e.vload(a.konst(e, t), idx));
+                    if let Some(f) = p.act {
+                        xv = e.vact(xv, f);
+                    }
+                }
+                let r = e.vfma(xv, e.vload(wrow, idx), e.vget(v));
+                e.vset(v, r);
+            }
+        });
+        let sum = vs
+            .iter()
+            .skip(1)
+            .fold(e.vget(vs[0]), |m, &v| e.vadd(m, e.vget(v)));
+        let total = (0..LANES).fold(e.f32(0.0), |m, l| {
+            let x =
+                e.b.build_extract_element(sum, e.ctx.i32_type().const_int(l, false), "")
+                    .expect("lane")
+                    .into_float_value();
+            e.fadd(m, x)
+        });
+        e.set(acc, total);
+    }
+    e.for_const(bulk, inn, |e, i| {
         let st = pro.map(|(s, t)| (e.load(a.konst(e, s), i), e.load(a.konst(e, t), i)));
         let xv = prologue_value(e, fused, e.load(xb, i), st);
         let v = e.fmuladd(xv, e.load(wrow, i), e.get(acc));

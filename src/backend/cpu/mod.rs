@@ -4,6 +4,7 @@
 
 pub mod artifact;
 pub mod consts;
+pub mod conv_gemm;
 pub mod lower;
 
 use crate::backend::llvm::{self, LlvmError};
@@ -34,6 +35,7 @@ extern "C" {
     fn resnetc_parallel_for(units: i64, task: extern "C" fn(*mut u8, i64, i64), ctx: *mut u8);
     fn resnetc_set_num_threads(n: i32);
     fn resnetc_get_num_threads() -> i32;
+    fn resnetc_now_ns() -> i64;
 }
 
 /// The pool's object code, embedded in every static library.
@@ -63,7 +65,8 @@ pub fn symbol(model: &str) -> String {
     s
 }
 
-/// Lowers and optimizes `graph` into a module for `opts.cpu`.
+/// Lowers and optimizes `graph` into a module for `opts.cpu`; also returns
+/// what each parallel call of `_run` computes (for profiles).
 pub fn compile<'ctx>(
     ctx: &'ctx Context,
     graph: &Graph,
@@ -73,19 +76,53 @@ pub fn compile<'ctx>(
     (
         inkwell::module::Module<'ctx>,
         inkwell::targets::TargetMachine,
+        Vec<String>,
     ),
     LlvmError,
 > {
-    let module = lower::lower(ctx, graph, pool, &symbol(&graph.name))?;
+    let (module, labels) = lower::lower(ctx, graph, pool, &symbol(&graph.name))?;
     let machine = llvm::x86_machine(&opts.cpu)?;
+    // Per-function CPU attributes: the JIT's own target machine is a
+    // generic x86-64 one, and without these it would compile the vector
+    // kernels for SSE2 (no FMA, half-width vectors).
+    let cpu_name = machine.get_cpu().to_string();
+    let features = machine.get_feature_string().to_string_lossy().to_string();
+    for f in module.get_functions() {
+        if f.count_basic_blocks() == 0 {
+            continue;
+        }
+        let attr = |k: &str, v: &str| ctx.create_string_attribute(k, v);
+        f.add_attribute(
+            inkwell::attributes::AttributeLoc::Function,
+            attr("target-cpu", &cpu_name),
+        );
+        if !features.is_empty() {
+            f.add_attribute(
+                inkwell::attributes::AttributeLoc::Function,
+                attr("target-features", &features),
+            );
+        }
+    }
     module.set_triple(&machine.get_triple());
     module.set_data_layout(&machine.get_target_data().get_data_layout());
     llvm::optimize(&module, &machine)?;
-    Ok((module, machine))
+    Ok((module, machine, labels))
 }
 
-/// The `_run` entry: input, output, batch, constants, arena.
-type RunFn = unsafe extern "C" fn(*const f32, *mut f32, i64, *const f32, *mut f32);
+/// The `_run` entry: input, output, batch, constants, arena, profile
+/// ticks (null: none).
+type RunFn = unsafe extern "C" fn(*const f32, *mut f32, i64, *const f32, *mut f32, *mut i64);
+
+/// How a JIT-compiled model is run: on an input, optionally recording the
+/// time of every parallel call.
+pub type JitRun<'a> = dyn FnMut(&Tensor, Option<&mut Profile>) -> Result<Tensor, LlvmError> + 'a;
+
+/// Per-call times of one run: `labels[i]` took `ns[i]`.
+#[derive(Clone, Debug, Default)]
+pub struct Profile {
+    pub labels: Vec<String>,
+    pub ns: Vec<i64>,
+}
 
 /// Compiles an optimized, planned graph and runs it on `input` through
 /// LLVM's JIT.
@@ -95,7 +132,7 @@ pub fn run_jit(
     input: &Tensor,
     opts: &CpuOptions,
 ) -> Result<Tensor, LlvmError> {
-    with_jit(graph, weights, opts, |run| run(input))?
+    with_jit(graph, weights, opts, |run| run(input, None))?
 }
 
 /// Compiles `graph` once and hands `body` a function that runs it on an
@@ -104,17 +141,17 @@ pub fn with_jit<R>(
     graph: &Graph,
     weights: &Weights,
     opts: &CpuOptions,
-    body: impl FnOnce(&mut dyn FnMut(&Tensor) -> Result<Tensor, LlvmError>) -> R,
+    body: impl FnOnce(&mut JitRun) -> R,
 ) -> Result<R, LlvmError> {
     let plan = graph
         .plan
         .as_ref()
         .ok_or_else(|| LlvmError::Internal("the graph has no memory plan".into()))?;
     let derived = crate::weights::materialize(graph, weights);
-    let pool = ConstPool::build(graph, weights, &derived);
+    let pool = ConstPool::build(graph, weights, &derived, opts);
     let ctx = Context::create();
     let sym = symbol(&graph.name);
-    let (module, _machine) = compile(&ctx, graph, &pool, opts)?;
+    let (module, _machine, labels) = compile(&ctx, graph, &pool, opts)?;
     inkwell::targets::Target::initialize_native(&inkwell::targets::InitializationConfig::default())
         .map_err(LlvmError::Internal)?;
     let engine = module
@@ -123,12 +160,16 @@ pub fn with_jit<R>(
     if let Some(f) = module.get_function("resnetc_parallel_for") {
         engine.add_global_mapping(&f, resnetc_parallel_for as *const () as usize);
     }
+    if let Some(f) = module.get_function("resnetc_now_ns") {
+        engine.add_global_mapping(&f, resnetc_now_ns as *const () as usize);
+    }
     // SAFETY: the symbol was generated with exactly this signature.
     let f = unsafe { engine.get_function::<RunFn>(&format!("{sym}_run")) }
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
     let expected = graph.input_shape().to_vec();
     let mut arena: Vec<f32> = Vec::new();
-    let mut run = |input: &Tensor| -> Result<Tensor, LlvmError> {
+    let mut ticks = vec![0i64; labels.len() + 1];
+    let mut run = |input: &Tensor, profile: Option<&mut Profile>| -> Result<Tensor, LlvmError> {
         if input.shape.len() != expected.len() + 1
             || input.shape[1..] != *expected
             || input.shape[0] == 0
@@ -140,7 +181,7 @@ pub fn with_jit<R>(
         }
         let batch = input.shape[0];
         // A huge batch is a clear error, not an allocation abort.
-        let elems = batch.checked_mul(plan.arena_bytes / 4).ok_or_else(|| {
+        let elems = batch.checked_mul(pool.arena_floats(plan)).ok_or_else(|| {
             LlvmError::Memory(format!(
                 "batch {batch} needs more working memory than can be addressed"
             ))
@@ -159,7 +200,7 @@ pub fn with_jit<R>(
         let mut output = Tensor::zeros(&out_shape);
         // SAFETY: `_run` was generated for exactly these buffer sizes: the
         // input and output hold `batch` images of the model's shapes
-        // (checked above), the arena `batch × arena_bytes`, the pool every
+        // (checked above), the arena `batch × arena_floats`, the pool every
         // constant offset.
         unsafe {
             f.call(
@@ -168,7 +209,16 @@ pub fn with_jit<R>(
                 batch as i64,
                 pool.data.as_ptr(),
                 arena.as_mut_ptr(),
+                if profile.is_some() {
+                    ticks.as_mut_ptr()
+                } else {
+                    std::ptr::null_mut()
+                },
             );
+        }
+        if let Some(p) = profile {
+            p.labels.clone_from(&labels);
+            p.ns = ticks.windows(2).map(|w| w[1] - w[0]).collect();
         }
         Ok(output)
     };

@@ -88,6 +88,17 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
         self.b.build_int_signed_div(a, b, "").expect(BUILDER)
     }
 
+    pub fn srem(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.b.build_int_signed_rem(a, b, "").expect(BUILDER)
+    }
+
+    /// `a < b` as unsigned integers (an i1).
+    pub fn ult(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.b
+            .build_int_compare(IntPredicate::ULT, a, b, "")
+            .expect(BUILDER)
+    }
+
     pub fn smin(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
         let c = self
             .b
@@ -245,13 +256,19 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
     /// A stack slot for an accumulator, allocated in the entry block (LLVM
     /// promotes it to a register).
     pub fn slot(&self) -> PointerValue<'ctx> {
+        self.entry_alloca(self.f32t.into())
+    }
+
+    /// An `alloca` of `ty` at the top of the entry block, where LLVM's
+    /// SROA turns it into SSA values.
+    pub fn entry_alloca(&self, ty: inkwell::types::BasicTypeEnum<'ctx>) -> PointerValue<'ctx> {
         let here = self.b.get_insert_block().expect(BUILDER);
         let entry = self.func.get_first_basic_block().expect("entry block");
         match entry.get_first_instruction() {
             Some(i) => self.b.position_before(&i),
             None => self.b.position_at_end(entry),
         }
-        let p = self.b.build_alloca(self.f32t, "acc").expect(BUILDER);
+        let p = self.b.build_alloca(ty, "acc").expect(BUILDER);
         self.b.position_at_end(here);
         p
     }
@@ -299,6 +316,28 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
         self.b.build_unconditional_branch(header).expect(BUILDER);
         phi.add_incoming(&[(&next, latch)]);
         self.b.position_at_end(exit);
+    }
+
+    /// `if cond { then } else { else_ }`.
+    pub fn if_else(
+        &mut self,
+        cond: IntValue<'ctx>,
+        then: impl FnOnce(&mut Self),
+        else_: impl FnOnce(&mut Self),
+    ) {
+        let (t, f, join) = (
+            self.ctx.append_basic_block(self.func, "then"),
+            self.ctx.append_basic_block(self.func, "else"),
+            self.ctx.append_basic_block(self.func, "join"),
+        );
+        self.b.build_conditional_branch(cond, t, f).expect(BUILDER);
+        self.b.position_at_end(t);
+        then(self);
+        self.b.build_unconditional_branch(join).expect(BUILDER);
+        self.b.position_at_end(f);
+        else_(self);
+        self.b.build_unconditional_branch(join).expect(BUILDER);
+        self.b.position_at_end(join);
     }
 
     /// `for i in lo..hi` with constant bounds; nothing when empty.

@@ -3,6 +3,7 @@
 //! addressing and float math.
 
 pub mod emit;
+pub mod vector;
 
 use inkwell::module::Module;
 use inkwell::passes::PassBuilderOptions;
@@ -49,6 +50,34 @@ pub const KNOWN_CPUS: &[&str] = &[
     "znver3",
     "znver4",
 ];
+
+/// CPU names whose vector registers number 32 (AVX-512).
+const AVX512_CPUS: &[&str] = &[
+    "x86-64-v4",
+    "skylake-avx512",
+    "cascadelake",
+    "icelake-server",
+    "sapphirerapids",
+    "znver4",
+];
+
+/// Vector registers the kernels may tile for on `cpu`: 32 with AVX-512
+/// (even at 256 bits, AVX512VL gives ymm16-31), else 16.
+pub fn vector_registers(cpu: &str) -> u32 {
+    let avx512 = if cpu == "native" {
+        TargetMachine::get_host_cpu_features()
+            .to_string()
+            .split(',')
+            .any(|f| f == "+avx512vl")
+    } else {
+        AVX512_CPUS.contains(&cpu)
+    };
+    if avx512 {
+        32
+    } else {
+        16
+    }
+}
 
 /// The x86-64 target machine for `cpu` (`native` is the host).
 pub fn x86_machine(cpu: &str) -> Result<TargetMachine, LlvmError> {

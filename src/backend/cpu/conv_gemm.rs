@@ -1,0 +1,436 @@
+//! Convolution as a register-tiled GEMM over shifted windows.
+//!
+//! For a conv with stride 1 and no padding, output pixel `q = oy·W + ox` of
+//! input channel `ic` at tap `(ky, kx)` reads `x[ic][q + ky·dh·W + kx·dw]`:
+//! for a fixed tap, consecutive output pixels read consecutive inputs, so a
+//! strip of 16 output pixels is two plain vector loads and no im2col matrix
+//! is ever formed. Padding, strides and a pre-activation prologue are made
+//! to fit that mould by *staging* the input once per conv: each channel is
+//! written, prologue applied, zero-padded and split into `sh × sw` phases
+//! (every `sh`-th row and `sw`-th column), so a strided tap is an unstrided
+//! one in its phase. The output grid then has row pitch `wq ≥ OW`; the
+//! columns past `OW` are computed and never stored.
+//!
+//! The microkernel holds an `MR × 16` tile of (output channel, pixel)
+//! accumulators in registers, streams the weights (prepacked at compile
+//! time as `[group][oc panel][ic][tap][MR]`, one broadcast each) against
+//! the input vectors, then applies the fused epilogue (bias, residual add,
+//! activation) in registers before the one store.
+
+use super::lower::{chw, fused_operands, prologue_value, valid_range, Args, Ctx, Unit};
+use crate::backend::llvm::emit::Emitter;
+use crate::backend::llvm::vector::LANES;
+use crate::backend::llvm::LlvmError;
+use crate::ir::op::{EpilogueStep, Fused, Op};
+use crate::ir::Graph;
+use inkwell::values::{IntValue, PointerValue, VectorValue};
+use petgraph::stable_graph::NodeIndex;
+use std::collections::HashMap;
+
+/// Output pixels per tile: two vectors.
+pub const NR: u64 = 2 * LANES;
+
+/// How the input of a conv is staged: zero-padded, prologue applied, split
+/// into phases.
+#[derive(Clone, Debug)]
+pub struct Staging {
+    /// `(row phase, column phase)` of every plane, in plane order.
+    pub phases: Vec<(u64, u64)>,
+    pub hq: u64,
+    pub h: u64,
+    pub w: u64,
+    pub stride: (u64, u64),
+    pub pad: (u64, u64),
+}
+
+/// The tiling of one conv.
+#[derive(Clone, Debug)]
+pub struct GemmConv {
+    /// Output channels per register tile.
+    pub mr: u64,
+    pub groups: u64,
+    pub icg: u64,
+    pub ocg: u64,
+    /// Register tiles per group: `ceil(ocg / mr)`.
+    pub oc_panels: u64,
+    /// Kernel taps (`kh × kw`, row-major) as offsets into a channel's
+    /// source planes.
+    pub taps: Vec<u64>,
+    /// Elements per input channel in the source (staged or the input).
+    pub plane: u64,
+    /// Row pitch of the output grid.
+    pub wq: u64,
+    pub oh: u64,
+    pub ow: u64,
+    /// 16-pixel tiles per group and image.
+    pub panels: u64,
+    pub staging: Option<Staging>,
+}
+
+impl GemmConv {
+    /// Tiles the conv at `n`, or `None` when it is not a conv over an image.
+    pub fn plan(graph: &Graph, n: NodeIndex, regs: u32) -> Option<GemmConv> {
+        let node = graph.node(n);
+        let Op::Conv { geom, fused } = &node.op else {
+            return None;
+        };
+        let ops = graph.operands(n);
+        let (xs, ys) = (&graph.node(ops[0]).shape, &node.shape);
+        // The packed weight replaces the plain one: it must be this conv's
+        // alone.
+        if xs.len() != 3 || ys.len() != 3 || graph.users(ops[1]).len() != 1 {
+            return None;
+        }
+        let (ic, h, w) = chw(xs);
+        let (oc, oh, ow) = chw(ys);
+        let g = geom.groups as u64;
+        let (icg, ocg) = (ic / g, oc / g);
+        let p = |v: [usize; 2]| (v[0] as u64, v[1] as u64);
+        let ((kh, kw), (sh, sw), (ph, pw), (dh, dw)) = (
+            p(geom.kernel),
+            p(geom.stride),
+            p(geom.pad),
+            p(geom.dilation),
+        );
+        let staged = (ph, pw) != (0, 0) || (sh, sw) != (1, 1) || fused.prologue.is_some();
+        let taps_rc = (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky * dh, kx * dw)));
+        let (plane, wq, taps, staging) = if staged {
+            let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+            let (hq, wq) = (hp.div_ceil(sh), wp.div_ceil(sw));
+            let mut phases: Vec<(u64, u64)> =
+                taps_rc.clone().map(|(y, x)| (y % sh, x % sw)).collect();
+            phases.sort_unstable();
+            phases.dedup();
+            let taps = taps_rc
+                .map(|(y, x)| {
+                    let f = phases
+                        .iter()
+                        .position(|&q| q == (y % sh, x % sw))
+                        .unwrap_or(0) as u64;
+                    f * hq * wq + (y / sh) * wq + x / sw
+                })
+                .collect();
+            let st = Staging {
+                phases,
+                hq,
+                h,
+                w,
+                stride: (sh, sw),
+                pad: (ph, pw),
+            };
+            let plane = st.phases.len() as u64 * hq * wq;
+            (plane, wq, taps, Some(st))
+        } else {
+            (h * w, w, taps_rc.map(|(y, x)| y * w + x).collect(), None)
+        };
+        let mr = choose_mr(ocg, regs);
+        Some(GemmConv {
+            mr,
+            groups: g,
+            icg,
+            ocg,
+            oc_panels: ocg.div_ceil(mr),
+            taps,
+            plane,
+            wq,
+            oh,
+            ow,
+            panels: (oh * wq).div_ceil(NR),
+            staging,
+        })
+    }
+
+    /// Floats of staging space per image, with room for the last tile's
+    /// over-read (lanes past the output grid read past the last plane).
+    pub fn workspace(&self) -> u64 {
+        match self.staging {
+            Some(_) => self.groups * self.icg * self.plane + self.slack(),
+            None => 0,
+        }
+    }
+
+    /// How far past a source the tiles may read (junk lanes, never stored).
+    pub fn slack(&self) -> u64 {
+        self.wq + 2 * NR
+    }
+
+    /// The weight `[oc, icg, kh, kw]` in the kernel's order
+    /// `[group][oc panel][ic][tap][mr]`, zero rows past `ocg`.
+    pub fn pack(&self, w: &[f32]) -> Vec<f32> {
+        let t = self.taps.len() as u64;
+        let mut out =
+            Vec::with_capacity((self.groups * self.oc_panels * self.icg * t * self.mr) as usize);
+        for g in 0..self.groups {
+            for op in 0..self.oc_panels {
+                for ic in 0..self.icg {
+                    for tap in 0..t {
+                        for r in 0..self.mr {
+                            let oc = op * self.mr + r;
+                            out.push(if oc < self.ocg {
+                                w[(((g * self.ocg + oc) * self.icg + ic) * t + tap) as usize]
+                            } else {
+                                0.0
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Output channels per register tile: the candidate that fits the vector
+/// registers (`2·mr` accumulators, two input vectors, one broadcast) and
+/// costs least, counting padded rows and a per-tile overhead of about
+/// three FMAs' worth per step (the input loads and the loop).
+pub fn choose_mr(m: u64, regs: u32) -> u64 {
+    [1u64, 2, 4, 6, 8, 12]
+        .into_iter()
+        .filter(|&mr| 2 * mr + 3 <= regs as u64)
+        .min_by_key(|&mr| (m.div_ceil(mr) * (2 * mr + 3), u64::MAX - mr))
+        .unwrap_or(1)
+}
+
+/// Every conv the GEMM kernel runs, with its tiling.
+pub fn plans(graph: &Graph, regs: u32) -> HashMap<NodeIndex, GemmConv> {
+    graph
+        .schedule()
+        .into_iter()
+        .filter_map(|n| GemmConv::plan(graph, n, regs).map(|p| (n, p)))
+        .collect()
+}
+
+/// Floats per image the arena needs past the memory plan: the largest
+/// staging area, and slack for tiles reading past an unstaged input.
+pub fn workspace(plans: &HashMap<NodeIndex, GemmConv>) -> u64 {
+    plans
+        .values()
+        .map(|p| p.workspace().max(p.slack()))
+        .max()
+        .unwrap_or(0)
+}
+
+// ---- emission ---------------------------------------------------------
+
+/// Stages input channel `ch` of image `b`: every phase plane, prologue
+/// applied, zeros where the padded input is padding.
+pub(super) fn stage<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    c: &Ctx<'_, 'ctx>,
+    a: &Args<'ctx>,
+    n: NodeIndex,
+    p: &GemmConv,
+    (b, ch): Unit<'ctx>,
+) -> Result<(), LlvmError> {
+    let (Some(st), Op::Conv { fused, .. }) = (&p.staging, &c.graph.node(n).op) else {
+        return Err(LlvmError::Internal("staging an unstaged conv".into()));
+    };
+    let ops = c.graph.operands(n);
+    let (pro, _, _) = fused_operands(c, &ops, fused);
+    let (h, w, hq, wq) = (st.h, st.w, st.hq, p.wq);
+    let ((sh, sw), (ph, pw)) = (st.stride, st.pad);
+    let src = e.at(a.image(e, c.view(ops[0]), b), e.mul(ch, e.int(h * w)));
+    let dst = e.at(a.image(e, c.workspace(e), b), e.mul(ch, e.int(p.plane)));
+    let ss = pro.map(|(s, t)| (e.load(a.konst(e, s), ch), e.load(a.konst(e, t), ch)));
+    let signed = |v: i64| v as u64;
+    for (f, &(py, px)) in st.phases.iter().enumerate() {
+        let base = e.at(dst, e.int(f as u64 * hq * wq));
+        let shift_y = e.int(signed(py as i64 - ph as i64));
+        let shift_x = e.int(signed(px as i64 - pw as i64));
+        let (i0, i1) = valid_range(e, hq, sh, shift_y, h);
+        let (j0, j1) = valid_range(e, wq, sw, shift_x, w);
+        let zero_row = |e: &mut Emitter<'_, 'ctx>, row: PointerValue<'ctx>, lo, hi| {
+            e.for_range(lo, hi, |e, j| e.store(row, j, e.f32(0.0)));
+        };
+        let (z, full) = (e.int(0), e.int(wq));
+        e.for_range(z, i0, |e, i| {
+            zero_row(e, e.at(base, e.mul(i, e.int(wq))), z, full)
+        });
+        e.for_range(i0, i1, |e, i| {
+            let row = e.at(base, e.mul(i, e.int(wq)));
+            let iy = e.add(e.mul(i, e.int(sh)), shift_y);
+            let xrow = e.at(src, e.mul(iy, e.int(w)));
+            zero_row(e, row, z, j0);
+            e.for_range(j0, j1, |e, j| {
+                let ix = e.add(e.mul(j, e.int(sw)), shift_x);
+                let v = prologue_value(e, fused, e.load(xrow, ix), ss);
+                e.store(row, j, v);
+            });
+            zero_row(e, row, j1, full);
+        });
+        e.for_range(i1, e.int(hq), |e, i| {
+            zero_row(e, e.at(base, e.mul(i, e.int(wq))), z, full)
+        });
+    }
+    Ok(())
+}
+
+/// One 16-pixel tile of one group of image `b`, every output channel of the
+/// group: `MR × 16` accumulators per register tile, the epilogue in
+/// registers, one (masked where the tile leaves a row) store.
+pub(super) fn gemm<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    c: &Ctx<'_, 'ctx>,
+    a: &Args<'ctx>,
+    n: NodeIndex,
+    p: &GemmConv,
+    (b, u): Unit<'ctx>,
+) -> Result<(), LlvmError> {
+    let Op::Conv { fused, .. } = &c.graph.node(n).op else {
+        return Err(LlvmError::Internal("a GEMM tile of a non-conv".into()));
+    };
+    let ops = c.graph.operands(n);
+    let (_, bias, residual) = fused_operands(c, &ops, fused);
+    let (mr, t) = (p.mr, p.taps.len() as u64);
+    let panels = e.int(p.panels);
+    let g = e.sdiv(u, panels);
+    let q0 = e.mul(e.srem(u, panels), e.int(NR));
+    let src = match p.staging {
+        Some(_) => a.image(e, c.workspace(e), b),
+        None => a.image(e, c.view(ops[0]), b),
+    };
+    let xg = e.at(src, e.add(e.mul(g, e.int(p.icg * p.plane)), q0));
+    let yb = a.image(e, c.view(n), b);
+    let zb = residual.map(|r| a.image(e, c.view(r), b));
+    let slots: Vec<[PointerValue<'ctx>; 2]> = (0..mr).map(|_| [e.vslot(), e.vslot()]).collect();
+    let wt = a.konst(e, c.konst(ops[1]));
+    e.for_const(0, p.oc_panels, |e, op| {
+        for s in slots.iter().flatten() {
+            e.vset(*s, e.vzero());
+        }
+        let panel = e.add(e.mul(g, e.int(p.oc_panels)), op);
+        let wp = e.at(wt, e.mul(panel, e.int(p.icg * t * mr)));
+        e.for_const(0, p.icg, |e, ic| {
+            let xc = e.at(xg, e.mul(ic, e.int(p.plane)));
+            let wk = e.at(wp, e.mul(ic, e.int(t * mr)));
+            let mut acc: Vec<[VectorValue<'ctx>; 2]> =
+                slots.iter().map(|s| [e.vget(s[0]), e.vget(s[1])]).collect();
+            for (ti, &off) in p.taps.iter().enumerate() {
+                let x0 = e.vload(xc, e.int(off));
+                let x1 = e.vload(xc, e.int(off + LANES));
+                for (r, pair) in acc.iter_mut().enumerate() {
+                    let wv = e.vsplat(e.load(wk, e.int(ti as u64 * mr + r as u64)));
+                    pair[0] = e.vfma(wv, x0, pair[0]);
+                    pair[1] = e.vfma(wv, x1, pair[1]);
+                }
+            }
+            for (s, v) in slots.iter().zip(&acc) {
+                e.vset(s[0], v[0]);
+                e.vset(s[1], v[1]);
+            }
+        });
+        let local0 = e.mul(op, e.int(mr));
+        let tile = Tile {
+            p,
+            fused,
+            bias,
+            yb,
+            zb,
+            oc0: e.add(e.mul(g, e.int(p.ocg)), local0),
+            local0,
+            acc: slots.iter().map(|s| [e.vget(s[0]), e.vget(s[1])]).collect(),
+        };
+        let ohw = p.oh * p.ow;
+        if p.wq == p.ow {
+            // Output pixels are the grid's: one store per vector, masked
+            // only in the last tile.
+            let full = e.ult(e.add(q0, e.int(NR)), e.int(ohw + 1));
+            e.if_else(
+                full,
+                |e| tile.store(e, a, |e, v| (e.add(q0, e.int(v * LANES)), None)),
+                |e| {
+                    tile.store(e, a, |e, v| {
+                        let idx = e.vindices(q0, v * LANES);
+                        let m = e.vin_range(idx, e.int(0), e.int(ohw));
+                        (e.add(q0, e.int(v * LANES)), Some(m))
+                    })
+                },
+            );
+        } else {
+            // The tile spans grid rows: per output row, the lanes of that
+            // row shifted back by the junk columns before it.
+            let wq = e.int(p.wq);
+            let lo = e.sdiv(q0, wq);
+            let hi = e.smin(
+                e.add(e.sdiv(e.add(q0, e.int(NR - 1)), wq), e.int(1)),
+                e.int(p.oh),
+            );
+            e.for_range(lo, hi, |e, oy| {
+                let first = e.mul(oy, wq);
+                let last = e.add(first, e.int(p.ow));
+                let shift = e.mul(oy, e.int(p.wq - p.ow));
+                tile.store(e, a, |e, v| {
+                    let idx = e.vindices(q0, v * LANES);
+                    let m = e.vin_range(idx, first, last);
+                    (e.sub(e.add(q0, e.int(v * LANES)), shift), Some(m))
+                })
+            });
+        }
+    });
+    Ok(())
+}
+
+/// A finished register tile and where its epilogue reads and writes.
+struct Tile<'a, 'ctx> {
+    p: &'a GemmConv,
+    fused: &'a Fused,
+    bias: Option<IntValue<'ctx>>,
+    yb: PointerValue<'ctx>,
+    zb: Option<PointerValue<'ctx>>,
+    /// First output channel of the tile, in the model and in its group.
+    oc0: IntValue<'ctx>,
+    local0: IntValue<'ctx>,
+    acc: Vec<[VectorValue<'ctx>; 2]>,
+}
+
+impl<'ctx> Tile<'_, 'ctx> {
+    /// Epilogue and store of every row; `at(v)` gives vector `v`'s index in
+    /// the output plane and its lane mask (`None`: all lanes).
+    fn store(
+        &self,
+        e: &mut Emitter<'_, 'ctx>,
+        a: &Args<'ctx>,
+        at: impl Fn(&Emitter<'_, 'ctx>, u64) -> (IntValue<'ctx>, Option<VectorValue<'ctx>>),
+    ) {
+        let ohw = self.p.oh * self.p.ow;
+        for (r, vals) in self.acc.iter().enumerate() {
+            let row = |e: &mut Emitter<'_, 'ctx>| {
+                let oc = e.add(self.oc0, e.int(r as u64));
+                let yplane = e.at(self.yb, e.mul(oc, e.int(ohw)));
+                let zplane = self.zb.map(|z| e.at(z, e.mul(oc, e.int(ohw))));
+                for (v, &val) in vals.iter().enumerate() {
+                    let (idx, mask) = at(e, v as u64);
+                    let mut x = val;
+                    for step in &self.fused.epilogue {
+                        x = match step {
+                            EpilogueStep::Bias => {
+                                let bias = self.bias.expect("bias operand");
+                                e.vadd(x, e.vsplat(e.load(a.konst(e, bias), oc)))
+                            }
+                            EpilogueStep::Add => {
+                                let z = zplane.expect("add operand");
+                                let zv = match mask {
+                                    Some(m) => e.vload_masked(z, idx, m),
+                                    None => e.vload(z, idx),
+                                };
+                                e.vadd(x, zv)
+                            }
+                            EpilogueStep::Act(f) => e.vact(x, *f),
+                        };
+                    }
+                    match mask {
+                        Some(m) => e.vstore_masked(yplane, idx, x, m),
+                        None => e.vstore(yplane, idx, x),
+                    }
+                }
+            };
+            if self.p.ocg.is_multiple_of(self.p.mr) {
+                row(e);
+            } else {
+                let live = e.ult(e.add(self.local0, e.int(r as u64)), e.int(self.p.ocg));
+                e.if_else(live, row, |_| {});
+            }
+        }
+    }
+}

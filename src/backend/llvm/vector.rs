@@ -1,0 +1,247 @@
+//! Explicit 8-lane f32 vectors for register-tiled kernels: loads, stores
+//! (plain and masked), splats, FMA and the activations, with the same
+//! semantics as the scalar forms in `emit.rs` (NaN handling included).
+
+use super::emit::Emitter;
+use crate::ir::op::Activation;
+use inkwell::intrinsics::Intrinsic;
+use inkwell::types::VectorType;
+use inkwell::values::{BasicValue, IntValue, PointerValue, VectorValue};
+use inkwell::{FloatPredicate, IntPredicate};
+
+const BUILDER: &str = "the emitter keeps an insertion point";
+
+/// Lanes per vector: AVX2's 256 bits (AVX-512 machines run the same code
+/// with twice the registers).
+pub const LANES: u64 = 8;
+
+impl<'ctx> Emitter<'_, 'ctx> {
+    pub fn vty(&self) -> VectorType<'ctx> {
+        self.f32t.vec_type(LANES as u32)
+    }
+
+    /// Eight floats from `base[idx..]` (no alignment assumed).
+    pub fn vload(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> VectorValue<'ctx> {
+        let p = self.at(base, idx);
+        let v = self.b.build_load(self.vty(), p, "").expect(BUILDER);
+        v.as_instruction_value()
+            .and_then(|i| i.set_alignment(4).ok())
+            .expect("a load takes an alignment");
+        v.into_vector_value()
+    }
+
+    pub fn vstore(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>, v: VectorValue<'ctx>) {
+        let p = self.at(base, idx);
+        let s = self.b.build_store(p, v).expect(BUILDER);
+        s.set_alignment(4).expect("a store takes an alignment");
+    }
+
+    /// `base[idx + lane]` where `mask` is set, `0.0` elsewhere; masked-off
+    /// lanes are not read.
+    pub fn vload_masked(
+        &self,
+        base: PointerValue<'ctx>,
+        idx: IntValue<'ctx>,
+        mask: VectorValue<'ctx>,
+    ) -> VectorValue<'ctx> {
+        let f = Intrinsic::find("llvm.masked.load")
+            .and_then(|i| i.get_declaration(self.module, &[self.vty().into(), self.ptr.into()]))
+            .expect("llvm.masked.load");
+        let args = [
+            self.at_unchecked(base, idx).into(),
+            self.ctx.i32_type().const_int(4, false).into(),
+            mask.into(),
+            self.vsplat(self.f32(0.0)).into(),
+        ];
+        self.b
+            .build_call(f, &args, "")
+            .expect(BUILDER)
+            .try_as_basic_value()
+            .basic()
+            .expect("masked load returns a value")
+            .into_vector_value()
+    }
+
+    /// Stores the lanes of `v` where `mask` is set.
+    pub fn vstore_masked(
+        &self,
+        base: PointerValue<'ctx>,
+        idx: IntValue<'ctx>,
+        v: VectorValue<'ctx>,
+        mask: VectorValue<'ctx>,
+    ) {
+        let f = Intrinsic::find("llvm.masked.store")
+            .and_then(|i| i.get_declaration(self.module, &[self.vty().into(), self.ptr.into()]))
+            .expect("llvm.masked.store");
+        let args = [
+            v.into(),
+            self.at_unchecked(base, idx).into(),
+            self.ctx.i32_type().const_int(4, false).into(),
+            mask.into(),
+        ];
+        self.b.build_call(f, &args, "").expect(BUILDER);
+    }
+
+    /// Address of element `idx` of `base` with no in-bounds promise: the
+    /// first lane of a masked access may lie before the buffer.
+    fn at_unchecked(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> PointerValue<'ctx> {
+        // SAFETY (LLVM semantics): a plain GEP is defined for any index.
+        unsafe {
+            self.b
+                .build_gep(self.f32t, base, &[idx], "")
+                .expect(BUILDER)
+        }
+    }
+
+    /// Every lane `x`.
+    pub fn vsplat(&self, x: inkwell::values::FloatValue<'ctx>) -> VectorValue<'ctx> {
+        let undef = self.vty().get_undef();
+        let zero = self.ctx.i32_type().const_zero();
+        let one = self
+            .b
+            .build_insert_element(undef, x, zero, "")
+            .expect(BUILDER);
+        let idx = self.ctx.i32_type().vec_type(LANES as u32).const_zero();
+        self.b
+            .build_shuffle_vector(one, undef, idx, "")
+            .expect(BUILDER)
+    }
+
+    pub fn vzero(&self) -> VectorValue<'ctx> {
+        self.vty().const_zero()
+    }
+
+    /// `a * b + c`, one FMA per lane.
+    pub fn vfma(
+        &self,
+        a: VectorValue<'ctx>,
+        b: VectorValue<'ctx>,
+        c: VectorValue<'ctx>,
+    ) -> VectorValue<'ctx> {
+        let f = Intrinsic::find("llvm.fmuladd")
+            .and_then(|i| i.get_declaration(self.module, &[self.vty().into()]))
+            .expect("llvm.fmuladd");
+        self.b
+            .build_call(f, &[a.into(), b.into(), c.into()], "")
+            .expect(BUILDER)
+            .try_as_basic_value()
+            .basic()
+            .expect("fmuladd returns a value")
+            .into_vector_value()
+    }
+
+    pub fn vadd(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> VectorValue<'ctx> {
+        self.b.build_float_add(a, b, "").expect(BUILDER)
+    }
+
+    fn vselect_cmp(
+        &self,
+        p: FloatPredicate,
+        a: VectorValue<'ctx>,
+        b: VectorValue<'ctx>,
+        then: VectorValue<'ctx>,
+        else_: VectorValue<'ctx>,
+    ) -> VectorValue<'ctx> {
+        let c = self.b.build_float_compare(p, a, b, "").expect(BUILDER);
+        self.b
+            .build_select(c, then, else_, "")
+            .expect(BUILDER)
+            .into_vector_value()
+    }
+
+    /// The activation lane by lane, as `Emitter::act` computes it.
+    pub fn vact(&self, v: VectorValue<'ctx>, a: Activation) -> VectorValue<'ctx> {
+        let zero = self.vzero();
+        let relu = |v| self.vselect_cmp(FloatPredicate::UGE, v, zero, v, zero);
+        match a {
+            Activation::Relu => relu(v),
+            Activation::Relu6 => {
+                let six = self.vsplat(self.f32(6.0));
+                let r = relu(v);
+                self.vselect_cmp(FloatPredicate::ULE, r, six, r, six)
+            }
+            Activation::LeakyRelu(s) => {
+                let scaled = self
+                    .b
+                    .build_float_mul(v, self.vsplat(self.f32(s as f64)), "")
+                    .expect(BUILDER);
+                self.vselect_cmp(FloatPredicate::OLT, v, zero, scaled, v)
+            }
+            Activation::Sigmoid => {
+                let f = Intrinsic::find("llvm.exp")
+                    .and_then(|i| i.get_declaration(self.module, &[self.vty().into()]))
+                    .expect("llvm.exp");
+                let neg = self.b.build_float_neg(v, "").expect(BUILDER);
+                let e = self
+                    .b
+                    .build_call(f, &[neg.into()], "")
+                    .expect(BUILDER)
+                    .try_as_basic_value()
+                    .basic()
+                    .expect("exp returns a value")
+                    .into_vector_value();
+                let one = self.vsplat(self.f32(1.0));
+                let d = self.vadd(one, e);
+                self.b.build_float_div(one, d, "").expect(BUILDER)
+            }
+        }
+    }
+
+    /// `x` in every lane of an i64 vector.
+    fn isplat(&self, x: IntValue<'ctx>) -> VectorValue<'ctx> {
+        let t = self.i64t.vec_type(LANES as u32);
+        let undef = t.get_undef();
+        let one = self
+            .b
+            .build_insert_element(undef, x, self.ctx.i32_type().const_zero(), "")
+            .expect(BUILDER);
+        let zeros = self.ctx.i32_type().vec_type(LANES as u32).const_zero();
+        self.b
+            .build_shuffle_vector(one, undef, zeros, "")
+            .expect(BUILDER)
+    }
+
+    /// Lanes `base + i` for `i` in `first..first + LANES`, as i64.
+    pub fn vindices(&self, base: IntValue<'ctx>, first: u64) -> VectorValue<'ctx> {
+        let steps: Vec<_> = (0..LANES)
+            .map(|i| self.i64t.const_int(first + i, false))
+            .collect();
+        self.b
+            .build_int_add(self.isplat(base), VectorType::const_vector(&steps), "")
+            .expect(BUILDER)
+    }
+
+    /// Lanes of `idx` in `lo..hi` (signed), as a mask.
+    pub fn vin_range(
+        &self,
+        idx: VectorValue<'ctx>,
+        lo: IntValue<'ctx>,
+        hi: IntValue<'ctx>,
+    ) -> VectorValue<'ctx> {
+        let ge = self
+            .b
+            .build_int_compare(IntPredicate::SGE, idx, self.isplat(lo), "")
+            .expect(BUILDER);
+        let lt = self
+            .b
+            .build_int_compare(IntPredicate::SLT, idx, self.isplat(hi), "")
+            .expect(BUILDER);
+        self.b.build_and(ge, lt, "").expect(BUILDER)
+    }
+
+    /// A stack slot for a vector accumulator (promoted to a register).
+    pub fn vslot(&self) -> PointerValue<'ctx> {
+        self.entry_alloca(self.vty().into())
+    }
+
+    pub fn vget(&self, slot: PointerValue<'ctx>) -> VectorValue<'ctx> {
+        self.b
+            .build_load(self.vty(), slot, "")
+            .expect(BUILDER)
+            .into_vector_value()
+    }
+
+    pub fn vset(&self, slot: PointerValue<'ctx>, v: VectorValue<'ctx>) {
+        self.b.build_store(slot, v).expect(BUILDER);
+    }
+}
