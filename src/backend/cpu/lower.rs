@@ -1,15 +1,16 @@
 //! Lowers an optimized, planned graph to LLVM functions for x86-64.
 //!
-//! Each op is a kernel over work units (an output channel of one image, a
-//! chunk of elements, ...): `kernel(arena, consts, batch, offsets..., begin,
-//! end)` computes units `[begin, end)`. Ops with the same configuration share
-//! a kernel; a per-op thunk binds the offsets, and the entry
-//! `void <model>_run(const float *input, float *output, i64 batch,
-//! const float *consts, float *arena, i64 *ticks)` copies the input in, hands every op's
-//! `batch × units` to `resnetc_parallel_for` (runtime/parallel.c), and copies
-//! the output out. Kernel bodies are plain loop nests chosen so LLVM
-//! vectorizes the innermost loop; each op's emitter is its own function so a
-//! register-tiled microkernel can replace one without touching the rest.
+//! Each op is one or more kernels over work units (an output channel of one
+//! image, a chunk of elements, a 16-pixel conv tile, ...): `kernel(arena,
+//! consts, batch, offsets..., begin, end)` computes units `[begin, end)`.
+//! Ops with the same configuration share a kernel; a per-call thunk binds
+//! the offsets, and the entry `void <model>_run(const float *input, float
+//! *output, i64 batch, const float *consts, float *arena, i64 *ticks)` copies
+//! the input in, hands every call's `batch × units` to `resnetc_parallel_for`
+//! (runtime/parallel.c), and copies the output out; with `ticks` it records
+//! the time after each call. Convs are register-tiled GEMM kernels
+//! (`conv_gemm.rs`); the other kernel bodies are plain loop nests chosen so
+//! LLVM vectorizes the innermost loop.
 
 use super::consts::ConstPool;
 use super::conv_gemm;
@@ -451,7 +452,11 @@ fn lower_unit<'ctx>(
     let ops = c.graph.operands(n);
     let u_ = (b, u);
     match &node.op {
-        Op::Conv { geom, fused } => conv(e, c, a, n, &ops, geom, fused, u_),
+        // Every conv has a GEMM plan (`conv_gemm::plans`): a weight has one
+        // user, so its packed copy is that conv's alone.
+        Op::Conv { .. } => Err(LlvmError::Internal(
+            "a conv without a GEMM plan reached the per-unit lowering".into(),
+        )),
         Op::ConvTranspose { geom, fused, .. } => conv_transpose(e, c, a, n, &ops, geom, fused, u_),
         Op::Linear { fused, .. } => linear(e, c, a, n, &ops, fused, u_),
         Op::MaxPool(g) => pool(e, c, a, n, ops[0], g, None, u_),
@@ -714,77 +719,6 @@ fn conv_setup<'ctx>(
         zb,
         plane,
     }
-}
-
-/// Direct convolution of one output channel: accumulate every (input
-/// channel, tap) into the output plane; each tap's valid output range is
-/// computed once, so the innermost loop is a branch-free axpy over a row.
-#[allow(clippy::too_many_arguments)]
-fn conv<'ctx>(
-    e: &mut Emitter<'_, 'ctx>,
-    c: &Ctx<'_, 'ctx>,
-    a: &Args<'ctx>,
-    n: NodeIndex,
-    ops: &[NodeIndex],
-    g: &ConvGeom,
-    fused: &Fused,
-    (b, oc): Unit<'ctx>,
-) -> Result<(), LlvmError> {
-    let ConvSetup {
-        d:
-            ConvDims {
-                icg,
-                ocg,
-                h,
-                w,
-                oh,
-                ow,
-                kh,
-                kw,
-                sh,
-                sw,
-                ph,
-                pw,
-                dh,
-                dw,
-            },
-        wt,
-        pro,
-        bias,
-        xb,
-        zb,
-        plane,
-    } = conv_setup(e, c, a, n, ops, g, fused, (b, oc));
-    let ic0 = e.mul(e.sdiv(oc, e.int(ocg)), e.int(icg));
-    e.for_const(0, icg, |e, j| {
-        let ic = e.add(ic0, j);
-        let xplane = e.at(xb, e.mul(ic, e.int(h * w)));
-        let st = pro.map(|(s, t)| (e.load(a.konst(e, s), ic), e.load(a.konst(e, t), ic)));
-        let wrow = e.at(a.konst(e, wt), e.mul(e.mad(oc, icg, j), e.int(kh * kw)));
-        e.for_const(0, kh, |e, ky| {
-            let shift_y = e.sub(e.mul(ky, e.int(dh)), e.int(ph));
-            let (y0, y1) = valid_range(e, oh, sh, shift_y, h);
-            e.for_const(0, kw, |e, kx| {
-                let shift_x = e.sub(e.mul(kx, e.int(dw)), e.int(pw));
-                let (x0, x1) = valid_range(e, ow, sw, shift_x, w);
-                let wv = e.load(wrow, e.mad(ky, kw, kx));
-                e.for_range(y0, y1, |e, r| {
-                    let ih = e.add(e.mul(r, e.int(sh)), shift_y);
-                    let xrow = e.at(xplane, e.mul(ih, e.int(w)));
-                    let yrow = e.at(plane, e.mul(r, e.int(ow)));
-                    e.for_range(x0, x1, |e, q| {
-                        let iw = e.add(e.mul(q, e.int(sw)), shift_x);
-                        let xv = prologue_value(e, fused, e.load(xrow, iw), st);
-                        let acc = e.fmuladd(xv, wv, e.load(yrow, q));
-                        e.store(yrow, q, acc);
-                    });
-                });
-            });
-        });
-    });
-    let inputs = EpilogueInputs { bias, residual: zb };
-    epilogue(e, a, fused, &inputs, plane, oc, oh * ow);
-    Ok(())
 }
 
 /// Transposed convolution of one output channel: every input pixel of the

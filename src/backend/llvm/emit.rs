@@ -175,17 +175,27 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
         self.b.build_float_div(a, b, "").expect(BUILDER)
     }
 
-    fn intrinsic1(&self, name: &str, args: &[FloatValue<'ctx>]) -> FloatValue<'ctx> {
-        let i = Intrinsic::find(name).expect("LLVM knows its intrinsics");
-        let f = i
-            .get_declaration(self.module, &[self.f32t.into()])
-            .expect("f32 overload");
-        let args: Vec<_> = args.iter().map(|&a| a.into()).collect();
+    /// Calls the LLVM intrinsic `name` overloaded on `types`; `None` for
+    /// one that returns nothing.
+    pub fn call_intrinsic(
+        &self,
+        name: &str,
+        types: &[inkwell::types::BasicTypeEnum<'ctx>],
+        args: &[inkwell::values::BasicMetadataValueEnum<'ctx>],
+    ) -> Option<inkwell::values::BasicValueEnum<'ctx>> {
+        let f = Intrinsic::find(name)
+            .and_then(|i| i.get_declaration(self.module, types))
+            .expect("LLVM knows its intrinsics");
         self.b
-            .build_call(f, &args, "")
+            .build_call(f, args, "")
             .expect(BUILDER)
             .try_as_basic_value()
             .basic()
+    }
+
+    fn intrinsic1(&self, name: &str, args: &[FloatValue<'ctx>]) -> FloatValue<'ctx> {
+        let args: Vec<_> = args.iter().map(|&a| a.into()).collect();
+        self.call_intrinsic(name, &[self.f32t.into()], &args)
             .expect("intrinsic returns a value")
             .into_float_value()
     }

@@ -4,7 +4,6 @@
 
 use super::emit::Emitter;
 use crate::ir::op::Activation;
-use inkwell::intrinsics::Intrinsic;
 use inkwell::types::VectorType;
 use inkwell::values::{BasicValue, IntValue, PointerValue, VectorValue};
 use inkwell::{FloatPredicate, IntPredicate};
@@ -44,22 +43,19 @@ impl<'ctx> Emitter<'_, 'ctx> {
         idx: IntValue<'ctx>,
         mask: VectorValue<'ctx>,
     ) -> VectorValue<'ctx> {
-        let f = Intrinsic::find("llvm.masked.load")
-            .and_then(|i| i.get_declaration(self.module, &[self.vty().into(), self.ptr.into()]))
-            .expect("llvm.masked.load");
         let args = [
             self.at_unchecked(base, idx).into(),
             self.ctx.i32_type().const_int(4, false).into(),
             mask.into(),
             self.vsplat(self.f32(0.0)).into(),
         ];
-        self.b
-            .build_call(f, &args, "")
-            .expect(BUILDER)
-            .try_as_basic_value()
-            .basic()
-            .expect("masked load returns a value")
-            .into_vector_value()
+        self.call_intrinsic(
+            "llvm.masked.load",
+            &[self.vty().into(), self.ptr.into()],
+            &args,
+        )
+        .expect("masked load returns a value")
+        .into_vector_value()
     }
 
     /// Stores the lanes of `v` where `mask` is set.
@@ -70,16 +66,17 @@ impl<'ctx> Emitter<'_, 'ctx> {
         v: VectorValue<'ctx>,
         mask: VectorValue<'ctx>,
     ) {
-        let f = Intrinsic::find("llvm.masked.store")
-            .and_then(|i| i.get_declaration(self.module, &[self.vty().into(), self.ptr.into()]))
-            .expect("llvm.masked.store");
         let args = [
             v.into(),
             self.at_unchecked(base, idx).into(),
             self.ctx.i32_type().const_int(4, false).into(),
             mask.into(),
         ];
-        self.b.build_call(f, &args, "").expect(BUILDER);
+        self.call_intrinsic(
+            "llvm.masked.store",
+            &[self.vty().into(), self.ptr.into()],
+            &args,
+        );
     }
 
     /// Address of element `idx` of `base` with no in-bounds promise: the
@@ -118,16 +115,13 @@ impl<'ctx> Emitter<'_, 'ctx> {
         b: VectorValue<'ctx>,
         c: VectorValue<'ctx>,
     ) -> VectorValue<'ctx> {
-        let f = Intrinsic::find("llvm.fmuladd")
-            .and_then(|i| i.get_declaration(self.module, &[self.vty().into()]))
-            .expect("llvm.fmuladd");
-        self.b
-            .build_call(f, &[a.into(), b.into(), c.into()], "")
-            .expect(BUILDER)
-            .try_as_basic_value()
-            .basic()
-            .expect("fmuladd returns a value")
-            .into_vector_value()
+        self.call_intrinsic(
+            "llvm.fmuladd",
+            &[self.vty().into()],
+            &[a.into(), b.into(), c.into()],
+        )
+        .expect("fmuladd returns a value")
+        .into_vector_value()
     }
 
     pub fn vadd(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> VectorValue<'ctx> {
@@ -168,16 +162,9 @@ impl<'ctx> Emitter<'_, 'ctx> {
                 self.vselect_cmp(FloatPredicate::OLT, v, zero, scaled, v)
             }
             Activation::Sigmoid => {
-                let f = Intrinsic::find("llvm.exp")
-                    .and_then(|i| i.get_declaration(self.module, &[self.vty().into()]))
-                    .expect("llvm.exp");
                 let neg = self.b.build_float_neg(v, "").expect(BUILDER);
                 let e = self
-                    .b
-                    .build_call(f, &[neg.into()], "")
-                    .expect(BUILDER)
-                    .try_as_basic_value()
-                    .basic()
+                    .call_intrinsic("llvm.exp", &[self.vty().into()], &[neg.into()])
                     .expect("exp returns a value")
                     .into_vector_value();
                 let one = self.vsplat(self.f32(1.0));
