@@ -1,4 +1,5 @@
-//! Back ends: LLVM lowering shared by the CPU (x86-64) and, later, NVPTX.
+//! Back ends: LLVM lowering shared by the CPU (x86-64) and CUDA (NVPTX).
 
 pub mod cpu;
+pub mod cuda;
 pub mod llvm;

@@ -38,29 +38,9 @@ impl ConstPool {
         // Weight node -> the conv whose kernel reads it packed.
         let packed_for: HashMap<NodeIndex, NodeIndex> =
             gemm.keys().map(|&c| (graph.operands(c)[1], c)).collect();
-        let mut offsets = HashMap::new();
-        let mut data = Vec::new();
-        for n in graph.schedule() {
-            let node = graph.node(n);
-            let t = match &node.op {
-                Op::Weight { name } => &weights[name],
-                Op::Const(_) => &derived[&node.name],
-                _ => continue,
-            };
-            let used_by_op = graph
-                .users(n)
-                .iter()
-                .any(|&(u, _)| !graph.node(u).op.is_const());
-            if !used_by_op {
-                continue;
-            }
-            offsets.insert(n, data.len());
-            match packed_for.get(&n) {
-                Some(c) => data.extend(gemm[c].pack(&t.data)),
-                None => data.extend_from_slice(&t.data),
-            }
-            data.resize(data.len().div_ceil(ALIGN) * ALIGN, 0.0);
-        }
+        let (offsets, data) = lay_out(graph, weights, derived, |n, t| {
+            packed_for.get(&n).map(|c| gemm[c].pack(t))
+        });
         let workspace = conv_gemm::workspace(&gemm) as usize;
         ConstPool {
             offsets,
@@ -75,4 +55,39 @@ impl ConstPool {
     pub fn arena_floats(&self, plan: &MemoryPlan) -> usize {
         plan.arena_bytes / 4 + self.workspace
     }
+}
+
+/// Every constant an op reads, in schedule order, each 64-byte aligned:
+/// the element offsets by node and the data. `pack(node, values)` may
+/// replace a constant's values by a kernel's packed copy.
+pub fn lay_out(
+    graph: &Graph,
+    weights: &Weights,
+    derived: &Weights,
+    pack: impl Fn(NodeIndex, &[f32]) -> Option<Vec<f32>>,
+) -> (HashMap<NodeIndex, usize>, Vec<f32>) {
+    let mut offsets = HashMap::new();
+    let mut data = Vec::new();
+    for n in graph.schedule() {
+        let node = graph.node(n);
+        let t = match &node.op {
+            Op::Weight { name } => &weights[name],
+            Op::Const(_) => &derived[&node.name],
+            _ => continue,
+        };
+        let used_by_op = graph
+            .users(n)
+            .iter()
+            .any(|&(u, _)| !graph.node(u).op.is_const());
+        if !used_by_op {
+            continue;
+        }
+        offsets.insert(n, data.len());
+        match pack(n, &t.data) {
+            Some(p) => data.extend(p),
+            None => data.extend_from_slice(&t.data),
+        }
+        data.resize(data.len().div_ceil(ALIGN) * ALIGN, 0.0);
+    }
+    (offsets, data)
 }

@@ -22,6 +22,12 @@ pub enum LlvmError {
         help("use `native`, `x86-64-v3` (AVX2/FMA), `x86-64-v2`, `x86-64`, or an LLVM CPU name such as `skylake-avx512`")
     )]
     UnknownCpu(String),
+    #[error("unknown GPU architecture `{0}`")]
+    #[diagnostic(
+        code(resnetc::backend::cuda),
+        help("use `sm_80` (Ampere; its PTX also runs on Hopper) or `sm_90` (Hopper)")
+    )]
+    UnknownGpu(String),
     #[error("{0}")]
     #[diagnostic(code(resnetc::backend::memory), help("use a smaller batch"))]
     Memory(String),
@@ -118,4 +124,30 @@ pub fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), LlvmErro
     module
         .run_passes("default<O2>", machine, PassBuilderOptions::create())
         .map_err(|e| LlvmError::Internal(e.to_string()))
+}
+
+/// GPU architectures the CUDA back end targets, with the PTX version each
+/// needs (sm_80 PTX also runs on Hopper, through the driver's JIT).
+pub const GPUS: &[(&str, &str)] = &[("sm_80", "+ptx75"), ("sm_90", "+ptx80")];
+
+/// The NVPTX target machine for `gpu` (`sm_80`, `sm_90`).
+pub fn nvptx_machine(gpu: &str) -> Result<TargetMachine, LlvmError> {
+    let features = GPUS
+        .iter()
+        .find(|(g, _)| *g == gpu)
+        .map(|(_, f)| *f)
+        .ok_or_else(|| LlvmError::UnknownGpu(gpu.to_string()))?;
+    Target::initialize_nvptx(&InitializationConfig::default());
+    let triple = TargetTriple::create("nvptx64-nvidia-cuda");
+    let target = Target::from_triple(&triple).map_err(|e| LlvmError::Internal(e.to_string()))?;
+    target
+        .create_target_machine(
+            &triple,
+            gpu,
+            features,
+            OptimizationLevel::Aggressive,
+            RelocMode::Default,
+            CodeModel::Default,
+        )
+        .ok_or_else(|| LlvmError::Internal(format!("cannot create a target machine for `{gpu}`")))
 }

@@ -1,0 +1,122 @@
+//! Runs the CUDA kernels on the host: the same SIMT programs emitted in
+//! `Mode::Emulate` (one call per block, the block's threads as loops
+//! between barriers), JIT-compiled for x86 and driven by the launch plan
+//! exactly as the GPU runtime drives it: same arena offsets, same grids,
+//! same pointer arguments. What the tests use to check every CUDA kernel
+//! against the interpreter without a GPU; it is slow and not a target.
+
+use super::lower;
+use super::plan::LaunchPlan;
+use super::simt::Mode;
+use crate::backend::llvm::LlvmError;
+use crate::ir::Graph;
+use crate::tensor::Tensor;
+use crate::weights::Weights;
+use inkwell::context::Context;
+use inkwell::OptimizationLevel;
+
+/// `kernel(args, batch, bx, by, bz)`: one block.
+type BlockFn = unsafe extern "C" fn(*const *mut f32, i64, i64, i64, i64);
+
+/// A zeroed f32 buffer whose first element is 64-byte aligned (the
+/// kernels' vector loads assume 16).
+struct Aligned {
+    buf: Vec<f32>,
+    start: usize,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Aligned {
+        let buf = vec![0.0f32; len + 16];
+        let start = buf.as_ptr().align_offset(64);
+        Aligned { buf, start }
+    }
+
+    fn ptr(&mut self) -> *mut f32 {
+        self.buf[self.start..].as_mut_ptr()
+    }
+
+    fn slice(&mut self) -> &mut [f32] {
+        &mut self.buf[self.start..]
+    }
+}
+
+/// Runs `graph` on `input` through the emulated CUDA kernels for `gpu`.
+/// `tune_batch` picks each launch's variant as if the batch were that one
+/// (to exercise every tile shape at a small batch); `None`: the real batch.
+pub fn run(
+    graph: &Graph,
+    weights: &Weights,
+    input: &Tensor,
+    gpu: &str,
+    tune_batch: Option<u64>,
+) -> Result<Tensor, LlvmError> {
+    let ctx = Context::create();
+    let l = lower::lower(&ctx, graph, weights, Mode::Emulate, gpu)?;
+    l.module
+        .verify()
+        .map_err(|e| LlvmError::Internal(e.to_string()))?;
+    inkwell::targets::Target::initialize_native(&inkwell::targets::InitializationConfig::default())
+        .map_err(LlvmError::Internal)?;
+    let engine = l
+        .module
+        .create_jit_execution_engine(OptimizationLevel::Default)
+        .map_err(|e| LlvmError::Internal(e.to_string()))?;
+    let plan: &LaunchPlan = &l.plan;
+    let n = input.shape.first().copied().unwrap_or(0) as u64;
+    if input.shape.len() != plan.input_shape.len() + 1 || input.shape[1..] != plan.input_shape {
+        return Err(LlvmError::Internal(format!(
+            "input shape {:?} does not match the model's [N, {:?}]",
+            input.shape, plan.input_shape
+        )));
+    }
+    let mut consts = Aligned::new(l.consts.len());
+    consts.slice()[..l.consts.len()].copy_from_slice(&l.consts);
+    let mut arena = Aligned::new((plan.arena_per_image * n) as usize);
+    let per_in: usize = plan.input_shape.iter().product();
+    let at = plan.input.elements(n) as usize;
+    for i in 0..n as usize {
+        let dst = at + i * plan.input_stride as usize;
+        arena.slice()[dst..dst + per_in].copy_from_slice(&input.data[i * per_in..(i + 1) * per_in]);
+    }
+    let (cbase, abase) = (consts.ptr(), arena.ptr());
+    for launch in &plan.launches {
+        let v = launch.variant(tune_batch.unwrap_or(n));
+        // SAFETY: the kernel was generated with exactly this signature.
+        let f = unsafe { engine.get_function::<BlockFn>(&v.kernel) }
+            .map_err(|e| LlvmError::Internal(e.to_string()))?;
+        let args: Vec<*mut f32> = launch
+            .args
+            .iter()
+            .map(|a| {
+                let base = match a {
+                    super::plan::Arg::Arena { .. } => abase,
+                    super::plan::Arg::Const { .. } => cbase,
+                };
+                // SAFETY: offsets come from the plan, inside each buffer.
+                unsafe { base.add(a.elements(n) as usize) }
+            })
+            .collect();
+        let [gx, gy, gz] = v.grid(n);
+        for bz in 0..gz {
+            for by in 0..gy {
+                for bx in 0..gx {
+                    // SAFETY: the kernel reads and writes inside the arena
+                    // of `n` images and the constant pool, as planned.
+                    unsafe { f.call(args.as_ptr(), n as i64, bx as i64, by as i64, bz as i64) };
+                }
+            }
+        }
+    }
+    let per_out: usize = plan.output_shape.iter().product();
+    let mut shape = vec![n as usize];
+    shape.extend(&plan.output_shape);
+    let mut out = Tensor::zeros(&shape);
+    let at = plan.output.elements(n) as usize;
+    for i in 0..n as usize {
+        let src = at + i * plan.output_stride as usize;
+        out.data[i * per_out..(i + 1) * per_out]
+            .copy_from_slice(&arena.slice()[src..src + per_out]);
+    }
+    Ok(out)
+}

@@ -1,0 +1,537 @@
+//! Convolutions and linear layers as implicit GEMM, one output tile per
+//! block: `Y[m, p] = Σ_k W[m, k] · X̂[k, p]` per group, where `m` is the
+//! output channel, `p` the output pixel of the whole batch (batch folded
+//! into the GEMM's N) and `k = (ic, ky, kx)`. The im2col matrix `X̂` is
+//! never stored: each block forms its `BK × BN` slice while loading global
+//! → shared memory (zero padding, stride, dilation and the DenseNet
+//! prologue applied there). Every thread keeps a `TM × TN` register tile
+//! and applies the fused epilogue (bias, residual add, activation) in
+//! registers before its one store. A linear layer is the 1×1 case on a 1×1
+//! image.
+//!
+//! Weights are prepacked at build time as `[group][K padded to BK][M padded
+//! to 128]`, so the `BK × BM` weight tile loads are aligned vector loads
+//! with no bounds checks, for every tile shape.
+
+use super::kernels::{epilogue_value, FusedArgs};
+use super::simt::Kern;
+use crate::ir::op::{ConvGeom, Fused};
+use inkwell::values::{BasicValue, FloatValue, IntValue, PointerValue};
+use serde::Serialize;
+
+/// Depth of one K step.
+pub const BK: u64 = 8;
+/// Weight rows are padded to this many channels: a multiple of every BM.
+pub const M_PAD: u64 = 128;
+
+/// A block tile: `bm × bn` outputs, `tm × tn` per thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Tile {
+    pub bm: u64,
+    pub bn: u64,
+    pub tm: u64,
+    pub tn: u64,
+}
+
+impl Tile {
+    pub fn threads(&self) -> u64 {
+        (self.bm / self.tm) * (self.bn / self.tn)
+    }
+}
+
+/// The tile shapes the cost model picks from, largest first.
+pub const TILES: [Tile; 3] = [
+    Tile {
+        bm: 128,
+        bn: 128,
+        tm: 8,
+        tn: 8,
+    },
+    Tile {
+        bm: 64,
+        bn: 64,
+        tm: 4,
+        tn: 4,
+    },
+    Tile {
+        bm: 32,
+        bn: 32,
+        tm: 2,
+        tn: 2,
+    },
+];
+
+/// The GEMM view of one conv or linear layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct ConvGemm {
+    pub groups: u64,
+    pub icg: u64,
+    pub ocg: u64,
+    pub h: u64,
+    pub w: u64,
+    pub oh: u64,
+    pub ow: u64,
+    pub kh: u64,
+    pub kw: u64,
+    pub sh: u64,
+    pub sw: u64,
+    pub ph: u64,
+    pub pw: u64,
+    pub dh: u64,
+    pub dw: u64,
+}
+
+impl ConvGemm {
+    /// A conv of `g` on a `[c, h, w]` input giving `[oc, oh, ow]`.
+    pub fn conv(g: &ConvGeom, x: (u64, u64, u64), y: (u64, u64, u64)) -> ConvGemm {
+        let groups = g.groups as u64;
+        ConvGemm {
+            groups,
+            icg: x.0 / groups,
+            ocg: y.0 / groups,
+            h: x.1,
+            w: x.2,
+            oh: y.1,
+            ow: y.2,
+            kh: g.kernel[0] as u64,
+            kw: g.kernel[1] as u64,
+            sh: g.stride[0] as u64,
+            sw: g.stride[1] as u64,
+            ph: g.pad[0] as u64,
+            pw: g.pad[1] as u64,
+            dh: g.dilation[0] as u64,
+            dw: g.dilation[1] as u64,
+        }
+    }
+
+    /// A linear layer `in → out`.
+    pub fn linear(inputs: u64, outputs: u64) -> ConvGemm {
+        ConvGemm {
+            groups: 1,
+            icg: inputs,
+            ocg: outputs,
+            h: 1,
+            w: 1,
+            oh: 1,
+            ow: 1,
+            kh: 1,
+            kw: 1,
+            sh: 1,
+            sw: 1,
+            ph: 0,
+            pw: 0,
+            dh: 1,
+            dw: 1,
+        }
+    }
+
+    /// GEMM depth.
+    pub fn k(&self) -> u64 {
+        self.icg * self.kh * self.kw
+    }
+
+    pub fn k_padded(&self) -> u64 {
+        self.k().div_ceil(BK) * BK
+    }
+
+    pub fn m_padded(&self) -> u64 {
+        self.ocg.div_ceil(M_PAD) * M_PAD
+    }
+
+    /// Output pixels per image (the GEMM's N per image).
+    pub fn pixels(&self) -> u64 {
+        self.oh * self.ow
+    }
+
+    /// Weights `[groups·ocg][k]` (PyTorch's order) → `[group][Kp][Mp]`.
+    pub fn pack(&self, w: &[f32]) -> Vec<f32> {
+        let (k, kp, mp) = (self.k(), self.k_padded(), self.m_padded());
+        let mut out = vec![0.0; (self.groups * kp * mp) as usize];
+        for g in 0..self.groups {
+            for m in 0..self.ocg {
+                let row = ((g * self.ocg + m) * k) as usize;
+                for kk in 0..k {
+                    out[((g * kp + kk) * mp + m) as usize] = w[row + kk as usize];
+                }
+            }
+        }
+        out
+    }
+
+    /// Modelled time of tile `t` at batch `n` on a GPU of `sms`
+    /// multiprocessors, in arbitrary units: waves of blocks × the work of
+    /// a wave, over the tile's relative efficiency (small tiles reload
+    /// shared memory more per FMA).
+    pub fn cost(&self, t: &Tile, n: u64, sms: u64) -> f64 {
+        let blocks = self.ocg.div_ceil(t.bm) * (n * self.pixels()).div_ceil(t.bn) * self.groups;
+        // Blocks resident per multiprocessor (registers bound the large tile).
+        let resident = match t.tm * t.tn {
+            64 => 2,
+            16 => 4,
+            _ => 8,
+        };
+        let eff = match t.tm * t.tn {
+            64 => 1.0,
+            16 => 0.6,
+            _ => 0.3,
+        };
+        let waves = blocks.div_ceil(sms * resident) as f64;
+        waves * (resident * t.bm * t.bn * self.k_padded()) as f64 / eff
+    }
+
+    /// The tile for batch `n`.
+    pub fn choose(&self, n: u64, sms: u64) -> Tile {
+        let mut best = TILES[0];
+        for t in &TILES[1..] {
+            if self.cost(t, n, sms) < self.cost(&best, n, sms) {
+                best = *t;
+            }
+        }
+        best
+    }
+}
+
+/// Emits the GEMM kernel of `c` with tile `t`. Arguments: y, x, the packed
+/// weight, then the fused operands (`f`).
+pub fn emit(
+    k: &mut Kern<'_, '_>,
+    c: &ConvGemm,
+    t: &Tile,
+    fused: &Fused,
+    f: &FusedArgs,
+    strides: (u64, u64, u64),
+) {
+    let (ys, xs, zs) = strides;
+    let threads = t.threads();
+    let mode = k.mode;
+    let (y, x, wp) = (k.arg(0), k.arg(1), k.arg(2));
+    let pro = f.prologue.map(|(s, h)| (k.arg(s), k.arg(h)));
+    let bias = f.bias.map(|b| k.arg(b));
+    let z = f.residual.map(|r| k.arg(r));
+    let (kdim, kp, mp) = (c.k(), c.k_padded(), c.m_padded());
+    let (bn0, bm0, g) = {
+        let e = &k.e;
+        (
+            e.mul(k.block(0), e.int(t.bn)),
+            e.mul(k.block(1), e.int(t.bm)),
+            k.block(2),
+        )
+    };
+    let npix = k.e.mul(k.batch, k.e.int(c.pixels()));
+    let a_sh = k.shared("a", BK * t.bm);
+    let b_sh = k.shared("b", BK * t.bn);
+    let acc = k.private(t.tm * t.tn);
+    k.phase(|e, th| {
+        for j in 0..t.tm * t.tn {
+            e.b.build_store(acc.at(e, mode, th, j), e.f32(0.0))
+                .expect("store");
+        }
+    });
+    let (zero, steps) = (k.e.int(0), k.e.int(kp / BK));
+    k.for_range(zero, steps, |k, step| {
+        k.phase(|e, th| {
+            // The weight tile: `v` consecutive channels per thread.
+            let v = BK * t.bm / threads;
+            let per_row = t.bm / v;
+            let r =
+                e.b.build_int_unsigned_div(th, e.int(per_row), "")
+                    .expect("div");
+            let col = e.mul(
+                e.b.build_int_unsigned_rem(th, e.int(per_row), "")
+                    .expect("rem"),
+                e.int(v),
+            );
+            let krow = e.add(e.mul(step, e.int(BK)), r);
+            let src = e.add(
+                e.mul(e.add(e.mul(g, e.int(kp)), krow), e.int(mp)),
+                e.add(bm0, col),
+            );
+            let vals = load_run(e, wp, src, v);
+            store_run(e, a_sh, e.add(e.mul(r, e.int(t.bm)), col), &vals);
+            // The im2col tile: one pixel column per thread, `BK·BN/threads`
+            // rows apart by `threads/BN`.
+            let p =
+                e.b.build_int_unsigned_rem(th, e.int(t.bn), "")
+                    .expect("rem");
+            let r0 =
+                e.b.build_int_unsigned_div(th, e.int(t.bn), "")
+                    .expect("div");
+            let pg = e.add(bn0, p);
+            let inside_p = e.ult(pg, npix);
+            let img =
+                e.b.build_int_unsigned_div(pg, e.int(c.pixels()), "")
+                    .expect("div");
+            let pix =
+                e.b.build_int_unsigned_rem(pg, e.int(c.pixels()), "")
+                    .expect("rem");
+            let oy =
+                e.b.build_int_unsigned_div(pix, e.int(c.ow), "")
+                    .expect("div");
+            let ox =
+                e.b.build_int_unsigned_rem(pix, e.int(c.ow), "")
+                    .expect("rem");
+            let ximg = e.at(x, e.mul(img, e.int(xs)));
+            for j in 0..BK * t.bn / threads {
+                let r = e.add(r0, e.int(j * (threads / t.bn)));
+                let kk = e.add(e.mul(step, e.int(BK)), r);
+                let taps = c.kh * c.kw;
+                let ic =
+                    e.b.build_int_unsigned_div(kk, e.int(taps), "")
+                        .expect("div");
+                let tap =
+                    e.b.build_int_unsigned_rem(kk, e.int(taps), "")
+                        .expect("rem");
+                let ky =
+                    e.b.build_int_unsigned_div(tap, e.int(c.kw), "")
+                        .expect("div");
+                let kx =
+                    e.b.build_int_unsigned_rem(tap, e.int(c.kw), "")
+                        .expect("rem");
+                let iy = e.add(
+                    e.sub(e.mul(oy, e.int(c.sh)), e.int(c.ph)),
+                    e.mul(ky, e.int(c.dh)),
+                );
+                let ix = e.add(
+                    e.sub(e.mul(ox, e.int(c.sw)), e.int(c.pw)),
+                    e.mul(kx, e.int(c.dw)),
+                );
+                let ok = [
+                    e.ult(kk, e.int(kdim)),
+                    e.ult(iy, e.int(c.h)),
+                    e.ult(ix, e.int(c.w)),
+                ]
+                .into_iter()
+                .fold(inside_p, |a, b| e.b.build_and(a, b, "").expect("and"));
+                let slot = e.slot();
+                e.set(slot, e.f32(0.0));
+                e.if_else(
+                    ok,
+                    |e| {
+                        let ch = e.add(e.mul(g, e.int(c.icg)), ic);
+                        let idx = e.add(
+                            e.mul(ch, e.int(c.h * c.w)),
+                            e.add(e.mul(iy, e.int(c.w)), ix),
+                        );
+                        let mut v = e.load(ximg, idx);
+                        if let (Some(p), Some((s, h))) = (fused.prologue, pro) {
+                            v = e.fmuladd(v, e.load(s, ch), e.load(h, ch));
+                            if let Some(a) = p.act {
+                                v = e.act(v, a);
+                            }
+                        }
+                        e.set(slot, v);
+                    },
+                    |_| {},
+                );
+                let v = e.get(slot);
+                e.store(b_sh, e.add(e.mul(r, e.int(t.bn)), p), v);
+            }
+        });
+        k.barrier();
+        k.phase(|e, th| {
+            let (ty, tx) = thread_tile(e, th, t);
+            let mut accs: Vec<FloatValue> = (0..t.tm * t.tn)
+                .map(|j| {
+                    e.b.build_load(e.f32t, acc.at(e, mode, th, j), "")
+                        .expect("load")
+                        .into_float_value()
+                })
+                .collect();
+            for kk in 0..BK {
+                let av = load_run(
+                    e,
+                    a_sh,
+                    e.add(e.int(kk * t.bm), e.mul(ty, e.int(t.tm))),
+                    t.tm,
+                );
+                let bv = load_run(
+                    e,
+                    b_sh,
+                    e.add(e.int(kk * t.bn), e.mul(tx, e.int(t.tn))),
+                    t.tn,
+                );
+                for i in 0..t.tm as usize {
+                    for j in 0..t.tn as usize {
+                        let s = i * t.tn as usize + j;
+                        accs[s] = e.fmuladd(av[i], bv[j], accs[s]);
+                    }
+                }
+            }
+            for (j, &v) in accs.iter().enumerate() {
+                e.b.build_store(acc.at(e, mode, th, j as u64), v)
+                    .expect("store");
+            }
+        });
+        k.barrier();
+    });
+    k.phase(|e, th| {
+        let (ty, tx) = thread_tile(e, th, t);
+        // Pixel columns of this thread: (inside, image, pixel).
+        let cols: Vec<(IntValue, IntValue, IntValue)> = (0..t.tn)
+            .map(|j| {
+                let pg = e.add(bn0, e.add(e.mul(tx, e.int(t.tn)), e.int(j)));
+                (
+                    e.ult(pg, npix),
+                    e.b.build_int_unsigned_div(pg, e.int(c.pixels()), "")
+                        .expect("div"),
+                    e.b.build_int_unsigned_rem(pg, e.int(c.pixels()), "")
+                        .expect("rem"),
+                )
+            })
+            .collect();
+        for i in 0..t.tm {
+            let m = e.add(bm0, e.add(e.mul(ty, e.int(t.tm)), e.int(i)));
+            let ok_m = e.ult(m, e.int(c.ocg));
+            e.if_else(
+                ok_m,
+                |e| {
+                    let oc = e.add(e.mul(g, e.int(c.ocg)), m);
+                    for (j, &(inside, img, pix)) in cols.iter().enumerate() {
+                        let a = acc.at(e, mode, th, i * t.tn + j as u64);
+                        e.if_else(
+                            inside,
+                            |e| {
+                                let v =
+                                    e.b.build_load(e.f32t, a, "")
+                                        .expect("load")
+                                        .into_float_value();
+                                let at = e.add(e.mul(oc, e.int(c.pixels())), pix);
+                                let zi = z.map(|z| e.at(z, e.add(e.mul(img, e.int(zs)), at)));
+                                let v = epilogue_value(e, fused, v, bias, oc, zi);
+                                e.store(y, e.add(e.mul(img, e.int(ys)), at), v);
+                            },
+                            |_| {},
+                        );
+                    }
+                },
+                |_| {},
+            );
+        }
+    });
+}
+
+/// (row, column) of a thread's register tile in the block tile.
+fn thread_tile<'ctx>(
+    e: &crate::backend::llvm::emit::Emitter<'_, 'ctx>,
+    th: IntValue<'ctx>,
+    t: &Tile,
+) -> (IntValue<'ctx>, IntValue<'ctx>) {
+    let across = e.int(t.bn / t.tn);
+    (
+        e.b.build_int_unsigned_div(th, across, "").expect("div"),
+        e.b.build_int_unsigned_rem(th, across, "").expect("rem"),
+    )
+}
+
+/// `len` consecutive floats from `base[idx..]`, as 4-wide vector loads
+/// where `len` allows (the index is a multiple of `len`, the base 16-byte
+/// aligned).
+fn load_run<'ctx>(
+    e: &crate::backend::llvm::emit::Emitter<'_, 'ctx>,
+    base: PointerValue<'ctx>,
+    idx: IntValue<'ctx>,
+    len: u64,
+) -> Vec<FloatValue<'ctx>> {
+    let width = len.min(4);
+    let vt = e.f32t.vec_type(width as u32);
+    let mut out = Vec::new();
+    for q in 0..len / width {
+        let p = e.at(base, e.add(idx, e.int(q * width)));
+        if width == 1 {
+            out.push(
+                e.b.build_load(e.f32t, p, "")
+                    .expect("load")
+                    .into_float_value(),
+            );
+            continue;
+        }
+        let v = e.b.build_load(vt, p, "").expect("load");
+        v.as_instruction_value()
+            .and_then(|i| i.set_alignment(4 * width as u32).ok())
+            .expect("a load takes an alignment");
+        let v = v.into_vector_value();
+        for l in 0..width {
+            let x =
+                e.b.build_extract_element(v, e.ctx.i32_type().const_int(l, false), "")
+                    .expect("lane");
+            out.push(x.into_float_value());
+        }
+    }
+    out
+}
+
+/// Stores `vals` at `base[idx..]`, vectorized like `load_run`.
+fn store_run<'ctx>(
+    e: &crate::backend::llvm::emit::Emitter<'_, 'ctx>,
+    base: PointerValue<'ctx>,
+    idx: IntValue<'ctx>,
+    vals: &[FloatValue<'ctx>],
+) {
+    let width = (vals.len() as u64).min(4);
+    let vt = e.f32t.vec_type(width as u32);
+    for (q, chunk) in vals.chunks(width as usize).enumerate() {
+        let p = e.at(base, e.add(idx, e.int(q as u64 * width)));
+        if width == 1 {
+            e.b.build_store(p, chunk[0]).expect("store");
+            continue;
+        }
+        let mut v = vt.get_undef();
+        for (l, &x) in chunk.iter().enumerate() {
+            v =
+                e.b.build_insert_element(v, x, e.ctx.i32_type().const_int(l as u64, false), "")
+                    .expect("lane");
+        }
+        let s = e.b.build_store(p, v).expect("store");
+        s.set_alignment(4 * width as u32)
+            .expect("a store takes an alignment");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every tile's loads split evenly over its threads: the weight tile
+    /// in runs of whole vectors, the im2col tile in whole rows.
+    #[test]
+    fn tiles_divide_their_loads() {
+        for t in TILES {
+            let th = t.threads();
+            assert_eq!((BK * t.bm) % th, 0, "{t:?}");
+            assert!(BK * t.bm / th <= 4 && t.bm % (BK * t.bm / th) == 0, "{t:?}");
+            assert_eq!(th % t.bn, 0, "{t:?}");
+            assert_eq!((BK * t.bn) % th, 0, "{t:?}");
+            assert_eq!(BK % (th / t.bn), 0, "{t:?}");
+            assert_eq!(M_PAD % t.bm, 0, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn packing_puts_channels_innermost() {
+        let c = ConvGemm::linear(3, 2);
+        // w = [[1, 2, 3], [4, 5, 6]]
+        let p = c.pack(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(p.len(), 8 * 128);
+        assert_eq!(
+            (p[0], p[1], p[128], p[129], p[256], p[257]),
+            (1.0, 4.0, 2.0, 5.0, 3.0, 6.0)
+        );
+        assert!(p[2..128].iter().all(|&v| v == 0.0) && p[384..].iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn the_cost_model_prefers_small_tiles_for_small_layers() {
+        // resnet50's last 3x3 conv at batch 1 (7x7 output) vs batch 64.
+        let g = ConvGeom {
+            out_channels: 512,
+            kernel: [3, 3],
+            stride: [1, 1],
+            pad: [1, 1],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let c = ConvGemm::conv(&g, (512, 7, 7), (512, 7, 7));
+        assert_ne!(c.choose(1, 132), TILES[0]);
+        assert_eq!(c.choose(64, 132), TILES[0]);
+    }
+}

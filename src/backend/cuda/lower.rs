@@ -1,0 +1,278 @@
+//! Lowers an optimized, planned graph to CUDA kernels and the launch plan:
+//! one or more launches per op in schedule order, kernels shared between
+//! ops of one configuration (the pointers are arguments), constants laid
+//! out once with conv and linear weights packed for the GEMM kernel.
+
+use super::gemm::{self, ConvGemm};
+use super::kernels::{self, FusedArgs, OpArgs, THREADS};
+use super::plan::{Arg, Launch, LaunchPlan, Variant, FORMAT};
+use super::simt::{Kern, Mode};
+use crate::backend::cpu::consts::lay_out;
+use crate::backend::cpu::symbol;
+use crate::backend::llvm::LlvmError;
+use crate::ir::graph::numel;
+use crate::ir::{Graph, Op};
+use crate::weights::Weights;
+use inkwell::context::Context;
+use inkwell::module::Module;
+use petgraph::stable_graph::NodeIndex;
+use std::collections::HashMap;
+
+/// Batches at which the cost model picks each GEMM's tile; a launch gets
+/// one variant per distinct choice.
+const TUNE_BATCHES: [u64; 4] = [1, 4, 16, 64];
+
+pub struct Lowered<'ctx> {
+    pub module: Module<'ctx>,
+    pub plan: LaunchPlan,
+    pub consts: Vec<f32>,
+}
+
+/// `(c, h, w)` of a per-image shape (`(n, 1, 1)` for a vector).
+fn chw(s: &[usize]) -> (u64, u64, u64) {
+    match *s {
+        [c, h, w] => (c as u64, h as u64, w as u64),
+        _ => (numel(s) as u64, 1, 1),
+    }
+}
+
+/// The GEMM view of a conv or linear layer.
+fn gemm_of(graph: &Graph, n: NodeIndex) -> Option<ConvGemm> {
+    let node = graph.node(n);
+    let x = || graph.operands(n)[0];
+    match &node.op {
+        Op::Conv { geom, .. } => Some(ConvGemm::conv(
+            geom,
+            chw(&graph.node(x()).shape),
+            chw(&node.shape),
+        )),
+        Op::Linear { out_features, .. } => Some(ConvGemm::linear(
+            numel(&graph.node(x()).shape) as u64,
+            *out_features as u64,
+        )),
+        _ => None,
+    }
+}
+
+/// Multiprocessors the cost model plans for: A100 (sm_80), H100 (sm_90).
+fn multiprocessors(gpu: &str) -> u64 {
+    if gpu == "sm_90" {
+        132
+    } else {
+        108
+    }
+}
+
+pub fn lower<'ctx>(
+    ctx: &'ctx Context,
+    graph: &Graph,
+    weights: &Weights,
+    mode: Mode,
+    gpu: &str,
+) -> Result<Lowered<'ctx>, LlvmError> {
+    let plan = graph
+        .plan
+        .as_ref()
+        .ok_or_else(|| LlvmError::Internal("the graph has no memory plan".into()))?;
+    let sym = symbol(&graph.name);
+    let module = ctx.create_module(&sym);
+    let derived = crate::weights::materialize(graph, weights);
+    // Weight node -> the GEMM that reads it packed.
+    let mut packed: HashMap<NodeIndex, ConvGemm> = HashMap::new();
+    for &n in &plan.schedule {
+        if let Some(c) = gemm_of(graph, n) {
+            let w = graph.operands(n)[1];
+            if packed.insert(w, c).is_some_and(|old| old != c) {
+                return Err(LlvmError::Internal(format!(
+                    "weight `{}` is read by two different layers",
+                    graph.node(w).name
+                )));
+            }
+        }
+    }
+    let (offsets, consts) = lay_out(graph, weights, &derived, |n, t| {
+        packed.get(&n).map(|c| c.pack(t))
+    });
+    let arg_of = |s: NodeIndex| -> Arg {
+        if graph.node(s).op.is_const() {
+            Arg::Const {
+                offset: offsets[&s] as u64,
+            }
+        } else {
+            let st = plan.storage[&s];
+            Arg::Arena {
+                per_image: plan.buffers[st.buffer].offset as u64 / 4,
+                offset: st.elem_offset as u64,
+            }
+        }
+    };
+    let stride_of =
+        |s: NodeIndex| -> u64 { plan.storage.get(&s).map_or(0, |st| st.batch_stride as u64) };
+    let sms = multiprocessors(gpu);
+    let mut kernels: HashMap<String, String> = HashMap::new();
+    let mut names: Vec<String> = Vec::new();
+    let mut launches = Vec::new();
+    // Declares the kernel for `key` once; returns its name.
+    let mut kernel = |key: String,
+                      kind: &str,
+                      nargs: usize,
+                      threads: u64,
+                      body: &mut dyn FnMut(&mut Kern<'_, 'ctx>) -> Result<(), LlvmError>|
+     -> Result<String, LlvmError> {
+        if let Some(name) = kernels.get(&key) {
+            return Ok(name.clone());
+        }
+        let name = format!("{sym}_k{}_{kind}", names.len());
+        let mut k = Kern::new(ctx, &module, mode, &name, nargs as u32, threads);
+        body(&mut k)?;
+        k.finish();
+        kernels.insert(key, name.clone());
+        names.push(name.clone());
+        Ok(name)
+    };
+    for &n in &plan.schedule {
+        let node = graph.node(n);
+        if matches!(node.op, Op::Input | Op::Output) || is_view(graph, n) {
+            continue;
+        }
+        let ops = graph.operands(n);
+        let slots: Vec<NodeIndex> = std::iter::once(n).chain(ops.iter().copied()).collect();
+        let a = OpArgs {
+            shapes: slots.iter().map(|&s| chw(&graph.node(s).shape)).collect(),
+            strides: slots.iter().map(|&s| stride_of(s)).collect(),
+        };
+        let label = format!("{} {}", node.name, node.op.kind());
+        let key = format!("{:?}|{:?}|{:?}", node.op, a.shapes, a.strides);
+        if let (Some(c), Some(fused)) = (gemm_of(graph, n), node.op.fused()) {
+            let f = FusedArgs::of(fused);
+            let strides = (
+                a.strides[0],
+                a.strides[1],
+                f.residual.map_or(0, |r| a.strides[r]),
+            );
+            let mut variants: Vec<Variant> = Vec::new();
+            for &b in &TUNE_BATCHES {
+                let t = c.choose(b, sms);
+                if variants.last().is_some_and(|v| v.x_tile == t.bn) {
+                    continue;
+                }
+                let name = kernel(
+                    format!("{key}|{t:?}"),
+                    node.op.kind(),
+                    slots.len(),
+                    t.threads(),
+                    &mut |k| {
+                        gemm::emit(k, &c, &t, fused, &f, strides);
+                        Ok(())
+                    },
+                )?;
+                variants.push(Variant {
+                    min_batch: b,
+                    kernel: name,
+                    x_per_image: c.pixels(),
+                    x_tile: t.bn,
+                    grid_y: c.ocg.div_ceil(t.bm),
+                    grid_z: c.groups,
+                    block: t.threads(),
+                });
+            }
+            launches.push(Launch {
+                label,
+                variants,
+                args: slots.iter().map(|&s| arg_of(s)).collect(),
+            });
+            continue;
+        }
+        if let Op::Concat { placed } = &node.op {
+            // One copy per operand not already written into its slice.
+            let mut off = 0u64;
+            for (i, &o) in ops.iter().enumerate() {
+                let per = numel(&graph.node(o).shape) as u64;
+                if !placed.get(i).copied().unwrap_or(false) {
+                    let sa = OpArgs {
+                        shapes: vec![a.shapes[i + 1], a.shapes[i + 1]],
+                        strides: vec![a.strides[0], a.strides[i + 1]],
+                    };
+                    let key = format!("copy|{:?}|{:?}", sa.shapes, sa.strides);
+                    let name = kernel(key, "copy", 2, THREADS, &mut |k| {
+                        kernels::emit(k, &node.op, &sa)
+                    })?;
+                    let dst = match arg_of(n) {
+                        Arg::Arena { per_image, offset } => Arg::Arena {
+                            per_image,
+                            offset: offset + off,
+                        },
+                        c => c,
+                    };
+                    launches.push(Launch {
+                        label: format!("{label} (operand {i})"),
+                        variants: vec![simple(name, per)],
+                        args: vec![dst, arg_of(o)],
+                    });
+                }
+                off += per;
+            }
+            continue;
+        }
+        let per = match node.op {
+            Op::GlobalAvgPool => a.shapes[0].0,
+            Op::Softmax => a.shapes[1].1 * a.shapes[1].2,
+            _ => numel(&node.shape) as u64,
+        };
+        let name = kernel(key, node.op.kind(), slots.len(), THREADS, &mut |k| {
+            kernels::emit(k, &node.op, &a)
+        })?;
+        launches.push(Launch {
+            label,
+            variants: vec![simple(name, per)],
+            args: slots.iter().map(|&s| arg_of(s)).collect(),
+        });
+    }
+    let out_src = graph.operands(graph.output)[0];
+    let plan = LaunchPlan {
+        format: FORMAT.into(),
+        model: graph.name.clone(),
+        gpu: gpu.into(),
+        input_shape: graph.input_shape().to_vec(),
+        output_shape: graph.output_shape().to_vec(),
+        input: arg_of(graph.input),
+        input_stride: stride_of(graph.input),
+        output: arg_of(out_src),
+        output_stride: stride_of(out_src),
+        arena_per_image: plan.arena_bytes as u64 / 4,
+        const_elements: consts.len() as u64,
+        kernels: names,
+        launches,
+    };
+    Ok(Lowered {
+        module,
+        plan,
+        consts,
+    })
+}
+
+/// The launch of a one-thread-per-element kernel over `per` elements of
+/// every image.
+fn simple(kernel: String, per: u64) -> Variant {
+    Variant {
+        min_batch: 1,
+        kernel,
+        x_per_image: per,
+        x_tile: THREADS,
+        grid_y: 1,
+        grid_z: 1,
+        block: THREADS,
+    }
+}
+
+/// A flatten that shares its operand's memory computes nothing.
+fn is_view(graph: &Graph, n: NodeIndex) -> bool {
+    let Some(plan) = &graph.plan else {
+        return false;
+    };
+    matches!(graph.node(n).op, Op::Flatten) && {
+        let o = graph.operands(n)[0];
+        let (a, b) = (plan.storage[&n], plan.storage[&o]);
+        a.buffer == b.buffer && a.elem_offset == b.elem_offset
+    }
+}

@@ -1,0 +1,71 @@
+//! The CUDA back end: the optimized graph lowered to NVPTX kernels through
+//! LLVM (`lower`, `gemm`, `kernels`, written once as SIMT programs in
+//! `simt`), a launch plan (`plan`), and three ways to run them: on a GPU
+//! through the driver API (`runtime`), embedded in a static library with
+//! its C runtime (`artifact`), and emulated on the host (`emulate`), which
+//! is how machines without a GPU test every kernel.
+
+// pub mod artifact;
+pub mod emulate;
+pub mod gemm;
+pub mod kernels;
+pub mod lower;
+pub mod plan;
+// pub mod runtime;
+pub mod simt;
+
+use crate::backend::llvm::{self, LlvmError};
+use crate::ir::Graph;
+use crate::weights::Weights;
+use inkwell::context::Context;
+use inkwell::targets::FileType;
+use plan::LaunchPlan;
+
+/// Options of a CUDA build.
+#[derive(Clone, Debug)]
+pub struct CudaOptions {
+    /// `sm_80` (default: its PTX also runs on Hopper) or `sm_90`.
+    pub gpu: String,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        CudaOptions {
+            gpu: "sm_80".into(),
+        }
+    }
+}
+
+/// A compiled model: PTX text, how to launch it, and the constant pool
+/// (weights prepacked for the kernels).
+pub struct CudaProgram {
+    pub ptx: String,
+    pub plan: LaunchPlan,
+    pub consts: Vec<f32>,
+}
+
+/// Lowers an optimized, planned graph to PTX for `opts.gpu`.
+pub fn compile(
+    graph: &Graph,
+    weights: &Weights,
+    opts: &CudaOptions,
+) -> Result<CudaProgram, LlvmError> {
+    let machine = llvm::nvptx_machine(&opts.gpu)?;
+    let ctx = Context::create();
+    let l = lower::lower(&ctx, graph, weights, simt::Mode::Gpu, &opts.gpu)?;
+    l.module.set_triple(&machine.get_triple());
+    l.module
+        .set_data_layout(&machine.get_target_data().get_data_layout());
+    llvm::optimize(&l.module, &machine)?;
+    let buf = machine
+        .write_to_memory_buffer(&l.module, FileType::Assembly)
+        .map_err(|e| LlvmError::Internal(e.to_string()))?;
+    let ptx = String::from_utf8_lossy(buf.as_slice())
+        .trim_end_matches('\0')
+        .to_string();
+    Ok(CudaProgram {
+        ptx,
+        plan: l.plan,
+        consts: l.consts,
+    })
+}

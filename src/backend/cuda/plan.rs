@@ -1,0 +1,100 @@
+//! The launch plan: what the CUDA runtime (and the C runtime of a static
+//! library) needs besides the PTX: the kernels in order, their grids,
+//! blocks and pointer arguments, the arena size and where the input and
+//! output live. Serialized as `plan.json` in a CUDA artifact
+//! (docs/cuda.md). All sizes and offsets are in f32 elements.
+
+use serde::{Deserialize, Serialize};
+
+/// The format tag of `plan.json`; bumped on any incompatible change.
+pub const FORMAT: &str = "resnetc-cuda-plan-1";
+
+/// A pointer argument of a kernel, resolved at launch for batch `n`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arg {
+    /// `arena + per_image × n + offset`: an activation (its images follow
+    /// each other inside the buffer; the kernel knows their stride).
+    Arena { per_image: u64, offset: u64 },
+    /// `consts + offset`: a weight or derived constant.
+    Const { offset: u64 },
+}
+
+impl Arg {
+    /// Element offset of the pointer for batch `n`, from its base.
+    pub fn elements(&self, n: u64) -> u64 {
+        match *self {
+            Arg::Arena { per_image, offset } => per_image * n + offset,
+            Arg::Const { offset } => offset,
+        }
+    }
+}
+
+/// One way to launch an op, used from batch `min_batch` on (the largest
+/// `min_batch` not above the batch wins): `grid.x = ceil(n × x_per_image
+/// / x_tile)`, `grid.y`, `grid.z` fixed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variant {
+    pub min_batch: u64,
+    pub kernel: String,
+    pub x_per_image: u64,
+    pub x_tile: u64,
+    pub grid_y: u64,
+    pub grid_z: u64,
+    pub block: u64,
+}
+
+impl Variant {
+    pub fn grid(&self, n: u64) -> [u64; 3] {
+        [
+            (n * self.x_per_image).div_ceil(self.x_tile),
+            self.grid_y,
+            self.grid_z,
+        ]
+    }
+}
+
+/// One kernel launch of the forward pass: every kernel takes the pointer
+/// arguments in order, then the batch as an `i64`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Launch {
+    /// The layer and op (`layer1.0.conv1 conv`), for profiles.
+    pub label: String,
+    pub variants: Vec<Variant>,
+    pub args: Vec<Arg>,
+}
+
+impl Launch {
+    /// The variant for batch `n`.
+    pub fn variant(&self, n: u64) -> &Variant {
+        self.variants
+            .iter()
+            .rev()
+            .find(|v| v.min_batch <= n)
+            .unwrap_or(&self.variants[0])
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LaunchPlan {
+    pub format: String,
+    pub model: String,
+    /// `sm_80` or `sm_90`.
+    pub gpu: String,
+    /// Per-image shapes (the batch axis is the caller's).
+    pub input_shape: Vec<usize>,
+    pub output_shape: Vec<usize>,
+    /// Where the runtime copies the input to and the output from; images
+    /// are `input_stride`/`output_stride` elements apart.
+    pub input: Arg,
+    pub input_stride: u64,
+    pub output: Arg,
+    pub output_stride: u64,
+    /// Arena elements per image.
+    pub arena_per_image: u64,
+    /// Elements of the constant pool (`weights.bin`).
+    pub const_elements: u64,
+    /// Every kernel the PTX defines, by name.
+    pub kernels: Vec<String>,
+    pub launches: Vec<Launch>,
+}
