@@ -1,10 +1,12 @@
 //! The library API for build scripts and tools: compile a `.res` model to a
-//! static library (or another artifact) in one call. `resnetc build` is this
+//! static library (or another artifact, CPU or CUDA) in one call. `resnetc build` is this
 //! function behind a command line.
 
 use crate::backend::cpu::artifact::{self, Emit};
 use crate::backend::cpu::consts::ConstPool;
 use crate::backend::cpu::{self, CpuOptions};
+use crate::backend::cuda::artifact::CudaEmit;
+use crate::backend::cuda::{self, CudaOptions};
 use crate::backend::llvm::LlvmError;
 use crate::front::{self, CompileError};
 use crate::weights::{self, NpyError, WeightsError};
@@ -63,6 +65,36 @@ pub fn build_cpu(
     emit: Emit,
     on_stage: &mut dyn FnMut(&str),
 ) -> Result<Built, Error> {
+    let (g, w) = load(model, weights, on_stage)?;
+    let derived = weights::materialize(&g, &w);
+    let pool = ConstPool::build(&g, &w, &derived, opts);
+    on_stage("generating code");
+    let files = artifact::build(&g, &pool, opts, emit)?;
+    finish(&g, files, out_dir, on_stage)
+}
+
+/// Compiles `model` with `weights` for `opts.gpu` and writes the CUDA
+/// artifact (`emit`) into `out_dir`, as `build_cpu` does.
+pub fn build_cuda(
+    model: &Path,
+    weights: &WeightsSource,
+    out_dir: &Path,
+    opts: &CudaOptions,
+    emit: CudaEmit,
+    on_stage: &mut dyn FnMut(&str),
+) -> Result<Built, Error> {
+    let (g, w) = load(model, weights, on_stage)?;
+    on_stage("generating PTX");
+    let files = cuda::artifact::build(&g, &w, opts, emit)?;
+    finish(&g, files, out_dir, on_stage)
+}
+
+/// The optimized graph of `model` and its bound weights.
+fn load(
+    model: &Path,
+    weights: &WeightsSource,
+    on_stage: &mut dyn FnMut(&str),
+) -> Result<(crate::ir::Graph, weights::Weights), Error> {
     let c = front::compile_file(model).map_err(Error::Compile)?;
     on_stage("binding weights");
     let specs = weights::specs_of(&c.graph);
@@ -77,10 +109,16 @@ pub fn build_cpu(
     on_stage("optimizing");
     let mut g = c.graph.clone();
     crate::passes::optimize(&mut g, None);
-    let derived = weights::materialize(&g, &w);
-    let pool = ConstPool::build(&g, &w, &derived, opts);
-    on_stage("generating code");
-    let files = artifact::build(&g, &pool, opts, emit)?;
+    Ok((g, w))
+}
+
+/// Writes a build's files atomically into `out_dir` (created if missing).
+fn finish(
+    g: &crate::ir::Graph,
+    files: Vec<(String, Vec<u8>)>,
+    out_dir: &Path,
+    on_stage: &mut dyn FnMut(&str),
+) -> Result<Built, Error> {
     on_stage("writing");
     let io = |path: &Path, source| Error::Io {
         path: path.display().to_string(),

@@ -64,20 +64,29 @@ enum Command {
         /// Threads for --target cpu (default: all CPUs).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: Option<u16>,
+        /// GPU architecture for --target cuda: sm_80 (also runs on Hopper) or sm_90.
+        #[arg(long, default_value = "sm_80")]
+        gpu: String,
     },
-    /// Compile a model to native code: a static library and C header (default),
-    /// an object file, assembly or LLVM IR, written into the directory OUT.
+    /// Compile a model, written into the directory OUT. CPU: a static library
+    /// and C header (default), an object file, assembly or LLVM IR. CUDA: the
+    /// artifact (PTX, launch plan, weights; default), the PTX alone, LLVM IR,
+    /// or a static library and C header.
     Build {
         file: PathBuf,
         #[command(flatten)]
         weights: WeightsArgs,
         #[arg(long, value_enum, default_value_t = Target::Cpu)]
         target: Target,
-        #[arg(long, value_enum, default_value_t = EmitKind::Staticlib)]
-        emit: EmitKind,
+        /// What to write (default: staticlib for cpu, artifact for cuda).
+        #[arg(long, value_enum)]
+        emit: Option<EmitKind>,
         /// CPU to generate code for: native, x86-64-v3, x86-64, ...
         #[arg(long, default_value = "native")]
         cpu: String,
+        /// GPU architecture for --target cuda: sm_80 (also runs on Hopper) or sm_90.
+        #[arg(long, default_value = "sm_80")]
+        gpu: String,
         /// Output directory (created if missing).
         #[arg(short, long, default_value = ".")]
         output: PathBuf,
@@ -99,6 +108,9 @@ enum Command {
         cpu: String,
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: Option<u16>,
+        /// GPU architecture for --target cuda.
+        #[arg(long, default_value = "sm_80")]
+        gpu: String,
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
         batch: u32,
         #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
@@ -167,6 +179,10 @@ enum EmitKind {
     Obj,
     LlvmIr,
     Asm,
+    /// CUDA: PTX, launch plan and weights.
+    Artifact,
+    /// CUDA: the PTX alone.
+    Ptx,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -363,7 +379,11 @@ fn dispatch(cmd: Command) -> Result<()> {
             target,
             cpu,
             threads,
+            gpu,
         } => {
+            if target == Target::Cuda {
+                require_cuda_driver()?;
+            }
             let c = compile(&file)?;
             let w = load_weights(&c, &wargs)?;
             let x = weights::read_npy(&input)?;
@@ -379,10 +399,14 @@ fn dispatch(cmd: Command) -> Result<()> {
                     }
                     resnetc::backend::cpu::run_jit(&g, &w, &x, &opts)?
                 }
-                Target::Cuda => return Err(other(
-                    "target `cuda` is not available in this build yet".into(),
-                    "use --target cpu (native code) or --target ref (the reference interpreter)",
-                )),
+                Target::Cuda => {
+                    let mut g = c.graph.clone();
+                    resnetc::passes::optimize(&mut g, None);
+                    let opts = resnetc::backend::cuda::CudaOptions { gpu };
+                    let p = resnetc::backend::cuda::compile(&g, &w, &opts)?;
+                    let mut dev = resnetc::backend::cuda::runtime::Device::load(&p)?;
+                    dev.run(&x)?
+                }
             };
             weights::write_npy(&output, &y)?;
             Ok(())
@@ -393,29 +417,43 @@ fn dispatch(cmd: Command) -> Result<()> {
             target,
             emit,
             cpu,
+            gpu,
             output,
             quiet,
         } => {
             let progress = Progress::new(quiet);
-            if target != Target::Cpu {
-                return Err(other(
-                    format!(
-                        "`build` supports --target cpu only so far, not `{}`",
-                        if target == Target::Cuda {
-                            "cuda"
-                        } else {
-                            "ref"
-                        }
-                    ),
-                    "use --target cpu",
-                ));
-            }
             use resnetc::backend::cpu::artifact::Emit;
-            let kind = match emit {
-                EmitKind::Staticlib => Emit::Staticlib,
-                EmitKind::Obj => Emit::Obj,
-                EmitKind::LlvmIr => Emit::LlvmIr,
-                EmitKind::Asm => Emit::Asm,
+            use resnetc::backend::cuda::artifact::CudaEmit;
+            enum Kind {
+                Cpu(Emit),
+                Cuda(CudaEmit),
+            }
+            let kind = match (target, emit) {
+                (Target::Cpu, None | Some(EmitKind::Staticlib)) => Kind::Cpu(Emit::Staticlib),
+                (Target::Cpu, Some(EmitKind::Obj)) => Kind::Cpu(Emit::Obj),
+                (Target::Cpu, Some(EmitKind::LlvmIr)) => Kind::Cpu(Emit::LlvmIr),
+                (Target::Cpu, Some(EmitKind::Asm)) => Kind::Cpu(Emit::Asm),
+                (Target::Cuda, None | Some(EmitKind::Artifact)) => Kind::Cuda(CudaEmit::Artifact),
+                (Target::Cuda, Some(EmitKind::Ptx)) => Kind::Cuda(CudaEmit::Ptx),
+                (Target::Cuda, Some(EmitKind::LlvmIr)) => Kind::Cuda(CudaEmit::LlvmIr),
+                (Target::Cuda, Some(EmitKind::Staticlib)) => Kind::Cuda(CudaEmit::Staticlib),
+                (Target::Ref, _) => {
+                    return Err(other(
+                        "the reference interpreter has nothing to build".into(),
+                        "use --target cpu or --target cuda",
+                    ))
+                }
+                (t, Some(e)) => {
+                    fn name(v: impl ValueEnum) -> String {
+                        v.to_possible_value()
+                            .map(|p| p.get_name().to_string())
+                            .unwrap_or_default()
+                    }
+                    return Err(other(
+                        format!("--emit {} does not apply to --target {}", name(e), name(t)),
+                        "cpu: staticlib, obj, llvm-ir, asm; cuda: artifact, ptx, llvm-ir, staticlib",
+                    ));
+                }
             };
             let source = match (&wargs.weights, wargs.random_weights) {
                 (Some(p), _) => resnetc::api::WeightsSource::File(p.clone()),
@@ -427,10 +465,17 @@ fn dispatch(cmd: Command) -> Result<()> {
                     ))
                 }
             };
-            let opts = resnetc::backend::cpu::CpuOptions { cpu };
-            let built = resnetc::api::build_cpu(&file, &source, &output, &opts, kind, &mut |s| {
-                progress.stage(s)
-            })
+            let mut stage = |s: &str| progress.stage(s);
+            let built = match kind {
+                Kind::Cpu(kind) => {
+                    let opts = resnetc::backend::cpu::CpuOptions { cpu };
+                    resnetc::api::build_cpu(&file, &source, &output, &opts, kind, &mut stage)
+                }
+                Kind::Cuda(kind) => {
+                    let opts = resnetc::backend::cuda::CudaOptions { gpu };
+                    resnetc::api::build_cuda(&file, &source, &output, &opts, kind, &mut stage)
+                }
+            }
             .map_err(|e| match e {
                 resnetc::api::Error::Compile(c) => Failure::Compile(c),
                 other => Failure::Other(Report::new(other)),
@@ -450,10 +495,14 @@ fn dispatch(cmd: Command) -> Result<()> {
             target,
             cpu,
             threads,
+            gpu,
             batch,
             format,
             layers,
         } => {
+            if target == Target::Cuda {
+                require_cuda_driver()?;
+            }
             let c = compile(&file)?;
             let wargs = WeightsArgs {
                 weights: wfile,
@@ -507,10 +556,22 @@ fn dispatch(cmd: Command) -> Result<()> {
                     (r, m, mn, sp, 1, 0.0)
                 }
                 Target::Cuda => {
-                    return Err(other(
-                        "target `cuda` is not available in this build yet".into(),
-                        "use --target cpu",
-                    ))
+                    let mut g = c.graph.clone();
+                    resnetc::passes::optimize(&mut g, None);
+                    let opts = resnetc::backend::cuda::CudaOptions { gpu };
+                    let p = resnetc::backend::cuda::compile(&g, &w, &opts)?;
+                    let mut dev = resnetc::backend::cuda::runtime::Device::load(&p)?;
+                    let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
+                    dev.run(&x)?;
+                    eprintln!("device: {}", dev.name());
+                    // CUDA events around graph launches: 20 warm-up runs,
+                    // then 100 timed ones.
+                    let mut times = dev.time(batch as u64, 20, 100)?;
+                    times.sort_by(|a, b| a.total_cmp(b));
+                    let median = times[times.len() / 2];
+                    let min = times[0];
+                    let spread = (times[times.len() * 9 / 10] - times[times.len() / 10]) / median;
+                    (times.len(), median, min, spread, 0, compile_ms)
                 }
             };
             let report = resnetc::bench::BenchReport {
@@ -553,6 +614,15 @@ fn dispatch(cmd: Command) -> Result<()> {
             weights::save_safetensors(&output, &w)?;
             Ok(())
         }
+    }
+}
+
+/// `--target cuda` needs the CUDA driver: say so before any work.
+fn require_cuda_driver() -> Result<()> {
+    if resnetc::backend::cuda::runtime::driver_present() {
+        Ok(())
+    } else {
+        Err(resnetc::backend::cuda::runtime::CudaError::NoDriver.into())
     }
 }
 

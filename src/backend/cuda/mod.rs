@@ -5,13 +5,13 @@
 //! its C runtime (`artifact`), and emulated on the host (`emulate`), which
 //! is how machines without a GPU test every kernel.
 
-// pub mod artifact;
+pub mod artifact;
 pub mod emulate;
 pub mod gemm;
 pub mod kernels;
 pub mod lower;
 pub mod plan;
-// pub mod runtime;
+pub mod runtime;
 pub mod simt;
 
 use crate::backend::llvm::{self, LlvmError};

@@ -1,0 +1,327 @@
+/* The C runtime of CUDA static libraries built by resnetc: finds the CUDA
+ * driver (libcuda.so.1) at run time with dlopen, so programs link with
+ * libc, libdl and pthreads only; loads a model's embedded PTX, uploads its
+ * weights, and runs its launch plan, captured as one CUDA graph per batch
+ * size.
+ *
+ * A model is described by `struct resnetc_cuda_model` (generated data):
+ *   plan:   int64 table (written by resnetc's cuda::artifact::encode_plan)
+ *     [0] version (1)  [1] arena floats per image  [2] constant floats
+ *     [3] input floats per image  [4] input per-image offset  [5] input
+ *     offset  [6] input image stride  [7..10] the same four for the output
+ *     [11] kernels  [12] launches, then per launch: variants, args, each
+ *     variant (min_batch, kernel, x_per_image, x_tile, grid_y, grid_z,
+ *     block), each arg (kind 0 arena / 1 const, per_image, offset).
+ *   names:  the kernels' names, NUL-separated, in kernel order.
+ *   ptx:    NUL-terminated PTX.   consts: the constant pool.
+ *   state:  a slot for this runtime's per-model state (initially NULL).
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct resnetc_cuda_model {
+    const int64_t *plan;
+    const char *names;
+    const char *ptx;
+    const float *consts;
+    void **state;
+};
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef void *CUcontext, *CUmodule, *CUfunction, *CUstream, *CUgraph, *CUgraphExec;
+typedef unsigned long long CUdeviceptr;
+
+#define CUDA_ERROR_OUT_OF_MEMORY 2
+
+static struct {
+    CUresult (*Init)(unsigned);
+    CUresult (*DeviceGet)(CUdevice *, int);
+    CUresult (*DevicePrimaryCtxRetain)(CUcontext *, CUdevice);
+    CUresult (*CtxSetCurrent)(CUcontext);
+    CUresult (*ModuleLoadData)(CUmodule *, const void *);
+    CUresult (*ModuleGetFunction)(CUfunction *, CUmodule, const char *);
+    CUresult (*MemAlloc)(CUdeviceptr *, size_t);
+    CUresult (*MemFree)(CUdeviceptr);
+    CUresult (*MemcpyHtoD)(CUdeviceptr, const void *, size_t);
+    CUresult (*MemcpyHtoDAsync)(CUdeviceptr, const void *, size_t, CUstream);
+    CUresult (*MemcpyDtoHAsync)(void *, CUdeviceptr, size_t, CUstream);
+    CUresult (*MemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
+    CUresult (*StreamCreate)(CUstream *, unsigned);
+    CUresult (*StreamSynchronize)(CUstream);
+    CUresult (*StreamBeginCapture)(CUstream, int);
+    CUresult (*StreamEndCapture)(CUstream, CUgraph *);
+    CUresult (*GraphInstantiate)(CUgraphExec *, CUgraph, unsigned long long);
+    CUresult (*GraphDestroy)(CUgraph);
+    CUresult (*GraphExecDestroy)(CUgraphExec);
+    CUresult (*GraphLaunch)(CUgraphExec, CUstream);
+    CUresult (*LaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
+                             unsigned, unsigned, CUstream, void **, void **);
+    CUresult (*GetErrorName)(CUresult, const char **);
+} cu;
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static __thread char last_error[256] = "no error";
+static int driver_state; /* 0 unknown, 1 loaded, -1 missing */
+static CUcontext context;
+
+const char *resnetc_cuda_last_error(void) { return last_error; }
+
+static int fail(int code, const char *what, CUresult r) {
+    const char *name = "?";
+    if (r && cu.GetErrorName) cu.GetErrorName(r, &name);
+    if (r)
+        snprintf(last_error, sizeof last_error, "CUDA: %s failed (%s, %d)", what, name, r);
+    else
+        snprintf(last_error, sizeof last_error, "%s", what);
+    return r == CUDA_ERROR_OUT_OF_MEMORY ? -2 : code;
+}
+
+#define CHECK(call, what)                                   \
+    do {                                                    \
+        CUresult r_ = (call);                               \
+        if (r_) return fail(-4, what, r_);                  \
+    } while (0)
+
+/* Loads the driver and makes GPU 0's primary context current. */
+static int load_driver(void) {
+    if (driver_state == 1) return cu.CtxSetCurrent(context) ? fail(-4, "cuCtxSetCurrent", 1) : 0;
+    if (driver_state == -1) return fail(-3, "no CUDA driver was found (libcuda.so.1)", 0);
+    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!h) h = dlopen("libcuda.so", RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+        driver_state = -1;
+        return fail(-3, "no CUDA driver was found (libcuda.so.1)", 0);
+    }
+    struct { void **slot; const char *name; } syms[] = {
+        {(void **)&cu.Init, "cuInit"},
+        {(void **)&cu.DeviceGet, "cuDeviceGet"},
+        {(void **)&cu.DevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain"},
+        {(void **)&cu.CtxSetCurrent, "cuCtxSetCurrent"},
+        {(void **)&cu.ModuleLoadData, "cuModuleLoadData"},
+        {(void **)&cu.ModuleGetFunction, "cuModuleGetFunction"},
+        {(void **)&cu.MemAlloc, "cuMemAlloc_v2"},
+        {(void **)&cu.MemFree, "cuMemFree_v2"},
+        {(void **)&cu.MemcpyHtoD, "cuMemcpyHtoD_v2"},
+        {(void **)&cu.MemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2"},
+        {(void **)&cu.MemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2"},
+        {(void **)&cu.MemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2"},
+        {(void **)&cu.StreamCreate, "cuStreamCreate"},
+        {(void **)&cu.StreamSynchronize, "cuStreamSynchronize"},
+        {(void **)&cu.StreamBeginCapture, "cuStreamBeginCapture_v2"},
+        {(void **)&cu.StreamEndCapture, "cuStreamEndCapture"},
+        {(void **)&cu.GraphInstantiate, "cuGraphInstantiateWithFlags"},
+        {(void **)&cu.GraphDestroy, "cuGraphDestroy"},
+        {(void **)&cu.GraphExecDestroy, "cuGraphExecDestroy"},
+        {(void **)&cu.GraphLaunch, "cuGraphLaunch"},
+        {(void **)&cu.LaunchKernel, "cuLaunchKernel"},
+        {(void **)&cu.GetErrorName, "cuGetErrorName"},
+    };
+    for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
+        *syms[i].slot = dlsym(h, syms[i].name);
+        if (!*syms[i].slot) {
+            driver_state = -1;
+            snprintf(last_error, sizeof last_error,
+                     "the CUDA driver is too old: it lacks %s (CUDA 12 or newer is needed)",
+                     syms[i].name);
+            return -3;
+        }
+    }
+    CUdevice dev;
+    CUresult r = cu.Init(0);
+    if (!r) r = cu.DeviceGet(&dev, 0);
+    if (r) {
+        driver_state = -1;
+        return fail(-3, "no CUDA GPU is usable (cuInit/cuDeviceGet)", r);
+    }
+    CHECK(cu.DevicePrimaryCtxRetain(&context, dev), "cuDevicePrimaryCtxRetain");
+    CHECK(cu.CtxSetCurrent(context), "cuCtxSetCurrent");
+    driver_state = 1;
+    return 0;
+}
+
+#define MAX_BATCHES 8
+
+struct batch {
+    int n;
+    CUdeviceptr arena;
+    CUgraphExec exec;
+};
+
+struct state {
+    CUmodule module;
+    CUfunction *functions;
+    CUdeviceptr consts;
+    CUstream stream;
+    struct batch batches[MAX_BATCHES];
+    int next; /* the slot to reuse when all are taken */
+};
+
+static int load_model(const struct resnetc_cuda_model *m, struct state **out) {
+    if (*m->state) {
+        *out = *m->state;
+        return 0;
+    }
+    const int64_t *p = m->plan;
+    if (p[0] != 1) return fail(-4, "the model's plan has an unknown version", 0);
+    struct state *s = calloc(1, sizeof *s);
+    if (!s) return fail(-2, "out of host memory", 0);
+    int64_t kernels = p[11];
+    s->functions = calloc((size_t)kernels + 1, sizeof(CUfunction));
+    if (!s->functions) {
+        free(s);
+        return fail(-2, "out of host memory", 0);
+    }
+    CHECK(cu.ModuleLoadData(&s->module, m->ptx), "cuModuleLoadData (the PTX may target a newer GPU)");
+    const char *name = m->names;
+    for (int64_t k = 0; k < kernels; k++) {
+        CHECK(cu.ModuleGetFunction(&s->functions[k], s->module, name), "cuModuleGetFunction");
+        name += strlen(name) + 1;
+    }
+    size_t bytes = (size_t)p[2] * 4;
+    CHECK(cu.MemAlloc(&s->consts, bytes ? bytes : 4), "cuMemAlloc (weights)");
+    if (bytes) CHECK(cu.MemcpyHtoD(s->consts, m->consts, bytes), "cuMemcpyHtoD (weights)");
+    CHECK(cu.StreamCreate(&s->stream, 1 /* non-blocking */), "cuStreamCreate");
+    *m->state = s;
+    *out = s;
+    return 0;
+}
+
+/* Enqueues every launch of the plan for batch n on the stream. */
+static int enqueue(const struct resnetc_cuda_model *m, struct state *s, int64_t n, CUdeviceptr arena) {
+    const int64_t *p = m->plan;
+    int64_t launches = p[12];
+    const int64_t *q = p + 13;
+    for (int64_t l = 0; l < launches; l++) {
+        int64_t nv = q[0], na = q[1];
+        const int64_t *v = q + 2, *chosen = v;
+        for (int64_t i = 0; i < nv; i++)
+            if (v[7 * i] <= n) chosen = v + 7 * i;
+        const int64_t *a = v + 7 * nv;
+        uint64_t params[32];
+        void *ptrs[32];
+        if (na + 1 > 32) return fail(-4, "a kernel has too many arguments", 0);
+        for (int64_t i = 0; i < na; i++) {
+            const int64_t *arg = a + 3 * i;
+            uint64_t base = arg[0] == 0 ? arena : s->consts;
+            params[i] = base + 4 * (uint64_t)(arg[1] * n + arg[2]);
+            ptrs[i] = &params[i];
+        }
+        params[na] = (uint64_t)n;
+        ptrs[na] = &params[na];
+        unsigned gx = (unsigned)((n * chosen[2] + chosen[3] - 1) / chosen[3]);
+        CHECK(cu.LaunchKernel(s->functions[chosen[1]], gx, (unsigned)chosen[4], (unsigned)chosen[5],
+                              (unsigned)chosen[6], 1, 1, 0, s->stream, ptrs, NULL),
+              "cuLaunchKernel");
+        q = a + 3 * na;
+    }
+    return 0;
+}
+
+/* The arena and graph of batch n, captured on first use. */
+static int batch_of(const struct resnetc_cuda_model *m, struct state *s, int n, struct batch **out) {
+    for (int i = 0; i < MAX_BATCHES; i++)
+        if (s->batches[i].n == n) {
+            *out = &s->batches[i];
+            return 0;
+        }
+    struct batch *b = NULL;
+    for (int i = 0; i < MAX_BATCHES && !b; i++)
+        if (s->batches[i].n == 0) b = &s->batches[i];
+    if (!b) {
+        b = &s->batches[s->next];
+        s->next = (s->next + 1) % MAX_BATCHES;
+        CHECK(cu.StreamSynchronize(s->stream), "cuStreamSynchronize");
+        cu.GraphExecDestroy(b->exec);
+        cu.MemFree(b->arena);
+        memset(b, 0, sizeof *b);
+    }
+    size_t bytes = (size_t)m->plan[1] * 4 * (size_t)n;
+    CHECK(cu.MemAlloc(&b->arena, bytes ? bytes : 4), "cuMemAlloc (working memory)");
+    CUgraph g = NULL;
+    CHECK(cu.StreamBeginCapture(s->stream, 1 /* thread-local */), "cuStreamBeginCapture");
+    int e = enqueue(m, s, n, b->arena);
+    CUresult r = cu.StreamEndCapture(s->stream, &g);
+    if (e) return e;
+    if (r) return fail(-4, "cuStreamEndCapture", r);
+    r = cu.GraphInstantiate(&b->exec, g, 0);
+    cu.GraphDestroy(g);
+    if (r) return fail(-4, "cuGraphInstantiate", r);
+    b->n = n;
+    *out = b;
+    return 0;
+}
+
+static int prepare(const struct resnetc_cuda_model *m, int batch, struct state **s, struct batch **b) {
+    if (batch < 1) return fail(-1, "batch < 1", 0);
+    int e = load_driver();
+    if (!e) e = load_model(m, s);
+    if (!e) e = batch_of(m, *s, batch, b);
+    return e;
+}
+
+/* Copies `per` floats of each image between `a` (packed) and the arena. */
+#define IMAGES(n, per, stride, at, body)                       \
+    for (int64_t i = 0; i < (n); i++) {                        \
+        CUdeviceptr dev = (at) + 4 * (uint64_t)(i * (stride)); \
+        size_t off = (size_t)(i * (per));                      \
+        body;                                                  \
+    }
+
+int resnetc_cuda_forward(const struct resnetc_cuda_model *m, const float *input, float *output, int batch) {
+    pthread_mutex_lock(&lock);
+    struct state *s = NULL;
+    struct batch *b = NULL;
+    int e = prepare(m, batch, &s, &b);
+    if (!e) {
+        const int64_t *p = m->plan;
+        int64_t n = batch;
+        CUdeviceptr in = b->arena + 4 * (uint64_t)(p[4] * n + p[5]);
+        CUdeviceptr out = b->arena + 4 * (uint64_t)(p[8] * n + p[9]);
+        IMAGES(n, p[3], p[6], in, {
+            CUresult r = cu.MemcpyHtoDAsync(dev, input + off, (size_t)p[3] * 4, s->stream);
+            if (r && !e) e = fail(-4, "cuMemcpyHtoDAsync", r);
+        });
+        CUresult r = e ? 0 : cu.GraphLaunch(b->exec, s->stream);
+        if (r) e = fail(-4, "cuGraphLaunch", r);
+        IMAGES(n, p[7], p[10], out, {
+            CUresult r2 = e ? 0 : cu.MemcpyDtoHAsync(output + off, dev, (size_t)p[7] * 4, s->stream);
+            if (r2 && !e) e = fail(-4, "cuMemcpyDtoHAsync", r2);
+        });
+        r = cu.StreamSynchronize(s->stream);
+        if (r && !e) e = fail(-4, "cuStreamSynchronize", r);
+    }
+    pthread_mutex_unlock(&lock);
+    return e;
+}
+
+int resnetc_cuda_forward_device(const struct resnetc_cuda_model *m, const float *input, float *output, int batch,
+                                void *stream) {
+    pthread_mutex_lock(&lock);
+    struct state *s = NULL;
+    struct batch *b = NULL;
+    int e = prepare(m, batch, &s, &b);
+    if (!e) {
+        const int64_t *p = m->plan;
+        int64_t n = batch;
+        CUstream st = (CUstream)stream;
+        CUdeviceptr in = b->arena + 4 * (uint64_t)(p[4] * n + p[5]);
+        CUdeviceptr out = b->arena + 4 * (uint64_t)(p[8] * n + p[9]);
+        IMAGES(n, p[3], p[6], in, {
+            CUresult r = cu.MemcpyDtoDAsync(dev, (CUdeviceptr)(uintptr_t)(input + off), (size_t)p[3] * 4, st);
+            if (r && !e) e = fail(-4, "cuMemcpyDtoDAsync", r);
+        });
+        CUresult r = e ? 0 : cu.GraphLaunch(b->exec, st);
+        if (r) e = fail(-4, "cuGraphLaunch", r);
+        IMAGES(n, p[7], p[10], out, {
+            CUresult r2 = e ? 0 : cu.MemcpyDtoDAsync((CUdeviceptr)(uintptr_t)(output + off), dev, (size_t)p[7] * 4, st);
+            if (r2 && !e) e = fail(-4, "cuMemcpyDtoDAsync", r2);
+        });
+    }
+    pthread_mutex_unlock(&lock);
+    return e;
+}

@@ -1,0 +1,318 @@
+//! What `resnetc build --target cuda` writes (docs/cuda.md): the artifact
+//! (`<model>.ptx`, `<model>.plan.json`, `<model>.weights.bin`), the PTX
+//! alone, or a static library whose C runtime (runtime/cuda_rt.c) finds
+//! the CUDA driver at run time, with the PTX, the launch plan and the
+//! weights embedded.
+
+use super::plan::{Arg, LaunchPlan};
+use super::{compile, CudaOptions, CudaProgram};
+use crate::backend::cpu::artifact::archive;
+use crate::backend::cpu::symbol;
+use crate::backend::llvm::{self, LlvmError};
+use crate::ir::Graph;
+use crate::weights::Weights;
+use inkwell::context::Context;
+use inkwell::module::{Linkage, Module};
+use inkwell::types::BasicType;
+use inkwell::targets::FileType;
+use inkwell::AddressSpace;
+
+/// The C runtime's object (runtime/cuda_rt.c), embedded in every CUDA
+/// static library.
+pub const CUDA_RUNTIME_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cuda_rt.o"));
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CudaEmit {
+    /// PTX, launch plan and weights as three files.
+    Artifact,
+    Ptx,
+    /// Unoptimized NVPTX LLVM IR.
+    LlvmIr,
+    Staticlib,
+}
+
+/// The files of one build, as (file name, bytes).
+pub fn build(
+    graph: &Graph,
+    weights: &Weights,
+    opts: &CudaOptions,
+    emit: CudaEmit,
+) -> Result<Vec<(String, Vec<u8>)>, LlvmError> {
+    let sym = symbol(&graph.name);
+    if emit == CudaEmit::LlvmIr {
+        let ctx = Context::create();
+        let l = super::lower::lower(&ctx, graph, weights, super::simt::Mode::Gpu, &opts.gpu)?;
+        return Ok(vec![(
+            format!("{sym}.nvptx.ll"),
+            l.module.print_to_string().to_bytes().to_vec(),
+        )]);
+    }
+    let p = compile(graph, weights, opts)?;
+    let ptx = (format!("{sym}.ptx"), p.ptx.clone().into_bytes());
+    Ok(match emit {
+        CudaEmit::Ptx => vec![ptx],
+        CudaEmit::Artifact | CudaEmit::LlvmIr => vec![
+            ptx,
+            (
+                format!("{sym}.plan.json"),
+                serde_json::to_string_pretty(&p.plan)
+                    .map_err(|e| LlvmError::Internal(e.to_string()))?
+                    .into_bytes(),
+            ),
+            (
+                format!("{sym}.weights.bin"),
+                p.consts.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+        ],
+        CudaEmit::Staticlib => {
+            let obj = host_object(&p, &sym)?;
+            if obj.len() + CUDA_RUNTIME_OBJECT.len() + 4096 > u32::MAX as usize {
+                return Err(LlvmError::Internal(
+                    "static libraries over 4 GiB are not supported (use the artifact)".into(),
+                ));
+            }
+            let members = [
+                (
+                    "model.o",
+                    obj.as_slice(),
+                    vec![
+                        format!("{sym}_forward"),
+                        format!("{sym}_forward_device"),
+                        format!("{sym}_last_error"),
+                    ],
+                ),
+                (
+                    "cuda_rt.o",
+                    CUDA_RUNTIME_OBJECT,
+                    vec![
+                        "resnetc_cuda_forward".to_string(),
+                        "resnetc_cuda_forward_device".to_string(),
+                        "resnetc_cuda_last_error".to_string(),
+                    ],
+                ),
+            ];
+            vec![
+                (format!("lib{sym}.a"), archive(&members)),
+                (format!("{sym}.h"), header(&p.plan, &sym).into_bytes()),
+            ]
+        }
+    })
+}
+
+/// The launch plan as the flat `int64` table the C runtime reads (layout
+/// in runtime/cuda_rt.c).
+pub fn encode_plan(plan: &LaunchPlan) -> Vec<i64> {
+    let arg = |a: &Arg| -> [i64; 3] {
+        match *a {
+            Arg::Arena { per_image, offset } => [0, per_image as i64, offset as i64],
+            Arg::Const { offset } => [1, 0, offset as i64],
+        }
+    };
+    let per = |s: &[usize]| s.iter().product::<usize>() as i64;
+    let mut t = vec![1, plan.arena_per_image as i64, plan.const_elements as i64];
+    t.push(per(&plan.input_shape));
+    t.extend(&arg(&plan.input)[1..]);
+    t.push(plan.input_stride as i64);
+    t.push(per(&plan.output_shape));
+    t.extend(&arg(&plan.output)[1..]);
+    t.push(plan.output_stride as i64);
+    t.push(plan.kernels.len() as i64);
+    t.push(plan.launches.len() as i64);
+    for l in &plan.launches {
+        t.push(l.variants.len() as i64);
+        t.push(l.args.len() as i64);
+        for v in &l.variants {
+            let k = plan.kernels.iter().position(|k| *k == v.kernel).unwrap_or(0);
+            t.extend([
+                v.min_batch as i64,
+                k as i64,
+                v.x_per_image as i64,
+                v.x_tile as i64,
+                v.grid_y as i64,
+                v.grid_z as i64,
+                v.block as i64,
+            ]);
+        }
+        for a in &l.args {
+            t.extend(arg(a));
+        }
+    }
+    t
+}
+
+fn private_bytes<'ctx>(ctx: &'ctx Context, m: &Module<'ctx>, name: &str, bytes: &[u8], align: u32) -> inkwell::values::GlobalValue<'ctx> {
+    let init = ctx.const_string(bytes, false);
+    let g = m.add_global(init.get_type(), None, name);
+    g.set_initializer(&init);
+    g.set_constant(true);
+    g.set_linkage(Linkage::Private);
+    g.set_alignment(align);
+    g
+}
+
+/// The x86-64 object of a CUDA static library: the PTX, kernel names,
+/// plan table and weights as data, and `<sym>_forward`,
+/// `<sym>_forward_device` and `<sym>_last_error`, which hand the model's
+/// descriptor to the C runtime.
+fn host_object(p: &CudaProgram, sym: &str) -> Result<Vec<u8>, LlvmError> {
+    let ctx = Context::create();
+    let m = ctx.create_module(sym);
+    let ptr = ctx.ptr_type(AddressSpace::default());
+    let i32t = ctx.i32_type();
+    let mut ptx = p.ptx.clone().into_bytes();
+    ptx.push(0);
+    let mut names = Vec::new();
+    for k in &p.plan.kernels {
+        names.extend(k.as_bytes());
+        names.push(0);
+    }
+    let table: Vec<u8> = encode_plan(&p.plan)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let consts: Vec<u8> = p.consts.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let g_plan = private_bytes(&ctx, &m, &format!("{sym}_plan"), &table, 8);
+    let g_names = private_bytes(&ctx, &m, &format!("{sym}_names"), &names, 1);
+    let g_ptx = private_bytes(&ctx, &m, &format!("{sym}_ptx"), &ptx, 1);
+    let g_consts = private_bytes(&ctx, &m, &format!("{sym}_consts"), &consts, 64);
+    let state = m.add_global(ptr, None, &format!("{sym}_state"));
+    state.set_initializer(&ptr.const_null());
+    state.set_linkage(Linkage::Private);
+    let desc_ty = ctx.struct_type(&[ptr.into(); 5], false);
+    let desc = m.add_global(desc_ty, None, &format!("{sym}_model"));
+    desc.set_initializer(&desc_ty.const_named_struct(&[
+        g_plan.as_pointer_value().into(),
+        g_names.as_pointer_value().into(),
+        g_ptx.as_pointer_value().into(),
+        g_consts.as_pointer_value().into(),
+        state.as_pointer_value().into(),
+    ]));
+    desc.set_constant(true);
+    desc.set_linkage(Linkage::Private);
+    let b = ctx.create_builder();
+    let err = |e: inkwell::builder::BuilderError| LlvmError::Internal(e.to_string());
+    // <sym>_NAME(args...) { return resnetc_cuda_NAME(&model, args...); }
+    let wrappers: [(&str, Vec<inkwell::types::BasicMetadataTypeEnum>, bool); 3] = [
+        ("forward", vec![ptr.into(), ptr.into(), i32t.into()], true),
+        (
+            "forward_device",
+            vec![ptr.into(), ptr.into(), i32t.into(), ptr.into()],
+            true,
+        ),
+        ("last_error", vec![], false),
+    ];
+    for (name, params, takes_model) in wrappers {
+        let mut rt_params = params.clone();
+        if takes_model {
+            rt_params.insert(0, ptr.into());
+        }
+        let ret: inkwell::types::BasicTypeEnum = if name == "last_error" {
+            ptr.into()
+        } else {
+            i32t.into()
+        };
+        let rt = m.add_function(
+            &format!("resnetc_cuda_{name}"),
+            ret.fn_type(&rt_params, false),
+            Some(Linkage::External),
+        );
+        let f = m.add_function(&format!("{sym}_{name}"), ret.fn_type(&params, false), None);
+        b.position_at_end(ctx.append_basic_block(f, "entry"));
+        let mut args: Vec<inkwell::values::BasicMetadataValueEnum> = Vec::new();
+        if takes_model {
+            args.push(desc.as_pointer_value().into());
+        }
+        args.extend(
+            f.get_param_iter()
+                .map(inkwell::values::BasicMetadataValueEnum::from),
+        );
+        let r = b.build_call(rt, &args, "").map_err(err)?;
+        let v = r
+            .try_as_basic_value()
+            .basic()
+            .ok_or_else(|| LlvmError::Internal("the runtime returns a value".into()))?;
+        b.build_return(Some(&v)).map_err(err)?;
+    }
+    m.verify().map_err(|e| LlvmError::Internal(e.to_string()))?;
+    let machine = llvm::x86_machine("x86-64")?;
+    m.set_triple(&machine.get_triple());
+    m.set_data_layout(&machine.get_target_data().get_data_layout());
+    machine
+        .write_to_memory_buffer(&m, FileType::Object)
+        .map(|b| b.as_slice().to_vec())
+        .map_err(|e| LlvmError::Internal(e.to_string()))
+}
+
+/// The C header of a CUDA static library.
+pub fn header(plan: &LaunchPlan, sym: &str) -> String {
+    let up = sym.to_uppercase();
+    let dims = |s: &[usize]| {
+        s.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let per = |s: &[usize]| s.iter().product::<usize>();
+    format!(
+        r#"/* {sym}.h: generated by resnetc {version} for model `{name}`, CUDA ({gpu}).
+ * Link with lib{sym}.a, libdl and libpthread (nothing else; the CUDA
+ * driver, libcuda.so.1, is loaded at run time):
+ *     cc app.c -L. -l{sym} -ldl -lpthread
+ */
+#ifndef {up}_H
+#define {up}_H
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+/* Input: float32, NCHW, C order, `batch` images of this shape each. */
+#define {up}_INPUT_RANK {in_rank}
+#define {up}_INPUT_DIMS {{ {in_dims} }}
+#define {up}_INPUT_SIZE {in_size} /* floats per image */
+
+/* Output: float32, `batch` results of this shape each. */
+#define {up}_OUTPUT_RANK {out_rank}
+#define {up}_OUTPUT_DIMS {{ {out_dims} }}
+#define {up}_OUTPUT_SIZE {out_size} /* floats per image */
+
+/* Device memory per image, kept per batch size used (plus the weights). */
+#define {up}_ARENA_BYTES_PER_IMAGE {arena}
+
+/* Runs the model on GPU 0 on `batch` images in host memory: reads batch *
+ * {up}_INPUT_SIZE floats from `input`, writes batch * {up}_OUTPUT_SIZE
+ * floats to `output`, and returns when they are there. The first call
+ * loads the PTX and uploads the weights; the first call with each batch
+ * size captures the forward pass as a CUDA graph, later ones replay it.
+ * Returns 0 on success, -1 if batch < 1, -2 if device memory ran out, -3
+ * if no CUDA driver or GPU was found, -4 on any other CUDA error
+ * ({sym}_last_error() says which). Thread-safe (calls are serialized). */
+int {sym}_forward(const float *input, float *output, int batch);
+
+/* The same on device pointers, enqueued on `stream` (a CUstream; NULL:
+ * the default stream) without waiting. The model's working memory is
+ * shared by every call with the same batch size: calls must not overlap
+ * on different streams. */
+int {sym}_forward_device(const float *input, float *output, int batch, void *stream);
+
+/* Why the last call on this thread failed (a static string). */
+const char *{sym}_last_error(void);
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif /* {up}_H */
+"#,
+        version = env!("CARGO_PKG_VERSION"),
+        name = plan.model,
+        gpu = plan.gpu,
+        in_rank = plan.input_shape.len() + 1,
+        in_dims = dims(&plan.input_shape),
+        in_size = per(&plan.input_shape),
+        out_rank = plan.output_shape.len() + 1,
+        out_dims = dims(&plan.output_shape),
+        out_size = per(&plan.output_shape),
+        arena = plan.arena_per_image * 4,
+    )
+}

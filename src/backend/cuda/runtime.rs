@@ -1,0 +1,288 @@
+//! Runs a compiled model on an NVIDIA GPU through the CUDA driver API
+//! (cudarc, the driver library loaded at run time): the PTX loaded once,
+//! the constant pool uploaded once, and per batch size one device arena and
+//! one CUDA graph of the whole forward pass, captured on first use, so a
+//! run is one copy in, one graph launch and one copy out. Independent of
+//! LLVM: it needs only a `CudaProgram`.
+
+use super::plan::{Arg, LaunchPlan};
+use super::CudaProgram;
+use crate::tensor::Tensor;
+use cudarc::driver::{result, sys, CudaContext, CudaGraph, CudaStream};
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum CudaError {
+    #[error("no CUDA driver was found (libcuda.so could not be loaded)")]
+    #[diagnostic(
+        code(resnetc::cuda::no_driver),
+        help("run on a machine with an NVIDIA GPU and its driver, or use --target cpu; `resnetc build --target cuda` works without a GPU")
+    )]
+    NoDriver,
+    #[error("CUDA: {what}: {err}")]
+    #[diagnostic(code(resnetc::cuda::driver), help("{hint}"))]
+    Driver {
+        what: String,
+        err: String,
+        hint: String,
+    },
+    #[error("input shape {got:?} does not match the model's [N, {want:?}]")]
+    #[diagnostic(code(resnetc::cuda::input))]
+    Input { got: Vec<usize>, want: Vec<usize> },
+}
+
+/// Whether the CUDA driver library can be loaded. cudarc panics on first
+/// use without one, so every entry point checks this first.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { sys::is_culib_present() }
+}
+
+fn driver<T>(what: &str, r: Result<T, result::DriverError>) -> Result<T, CudaError> {
+    r.map_err(|e| {
+        let err = format!("{e:?}");
+        let hint = if err.contains("NO_BINARY_FOR_GPU") || err.contains("INVALID_PTX") || err.contains("UNSUPPORTED_PTX") {
+            "the PTX targets a newer GPU or driver than this one: build with --gpu sm_80, or update the driver"
+        } else if err.contains("OUT_OF_MEMORY") {
+            "use a smaller batch"
+        } else {
+            "check the GPU with nvidia-smi"
+        };
+        CudaError::Driver {
+            what: what.to_string(),
+            err,
+            hint: hint.to_string(),
+        }
+    })
+}
+
+/// Device memory freed on drop.
+struct DeviceBuffer {
+    ptr: sys::CUdeviceptr,
+}
+
+impl DeviceBuffer {
+    fn new(ctx: &CudaContext, floats: u64) -> Result<DeviceBuffer, CudaError> {
+        driver("bind context", ctx.bind_to_thread())?;
+        // SAFETY: a plain allocation (at least one byte).
+        let ptr = driver("allocate device memory", unsafe {
+            result::malloc_sync((floats.max(1) * 4) as usize)
+        })?;
+        Ok(DeviceBuffer { ptr })
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated by malloc_sync and freed once.
+        let _ = unsafe { result::free_sync(self.ptr) };
+    }
+}
+
+/// What one batch size needs: its arena and its captured forward pass.
+struct Batch {
+    arena: DeviceBuffer,
+    graph: CudaGraph,
+}
+
+/// A model loaded on the GPU.
+pub struct Device {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: sys::CUmodule,
+    functions: HashMap<String, sys::CUfunction>,
+    consts: DeviceBuffer,
+    plan: LaunchPlan,
+    batches: HashMap<u64, Batch>,
+}
+
+impl Device {
+    /// Loads `program` on GPU 0.
+    pub fn load(program: &CudaProgram) -> Result<Device, CudaError> {
+        if !driver_present() {
+            return Err(CudaError::NoDriver);
+        }
+        let ctx = driver("create a context on GPU 0", CudaContext::new(0))?;
+        // The runtime orders everything on one stream; cudarc's per-buffer
+        // events would only get in the way of graph capture.
+        // SAFETY: no cudarc buffers are shared between streams here.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = driver("create a stream", ctx.new_stream())?;
+        let ptx = CString::new(program.ptx.as_bytes()).map_err(|_| CudaError::Driver {
+            what: "load the PTX".into(),
+            err: "the PTX holds a NUL byte".into(),
+            hint: "this is a bug in resnetc".into(),
+        })?;
+        driver("bind context", ctx.bind_to_thread())?;
+        // SAFETY: a NUL-terminated PTX image.
+        let module = driver("load the PTX", unsafe {
+            result::module::load_data(ptx.as_ptr() as *const c_void)
+        })?;
+        let mut functions = HashMap::new();
+        for name in &program.plan.kernels {
+            let c = CString::new(name.as_str()).unwrap_or_default();
+            // SAFETY: the module was just loaded.
+            let f = driver(&format!("find kernel {name}"), unsafe {
+                result::module::get_function(module, c)
+            })?;
+            functions.insert(name.clone(), f);
+        }
+        let consts = DeviceBuffer::new(&ctx, program.consts.len() as u64)?;
+        // SAFETY: the buffer holds exactly the pool.
+        driver("upload the weights", unsafe {
+            result::memcpy_htod_sync(consts.ptr, &program.consts)
+        })?;
+        Ok(Device {
+            ctx,
+            stream,
+            module,
+            functions,
+            consts,
+            plan: program.plan.clone(),
+            batches: HashMap::new(),
+        })
+    }
+
+    /// The GPU's name and compute capability.
+    pub fn name(&self) -> String {
+        let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        match self.ctx.compute_capability() {
+            Ok((a, b)) => format!("{name} (sm_{a}{b})"),
+            Err(_) => name,
+        }
+    }
+
+    /// Enqueues every kernel of the forward pass for batch `n` on the
+    /// stream (what the graph captures).
+    fn enqueue(&self, n: u64, arena: sys::CUdeviceptr) -> Result<(), CudaError> {
+        for l in &self.plan.launches {
+            let v = l.variant(n);
+            let mut params: Vec<u64> = l
+                .args
+                .iter()
+                .map(|a| {
+                    let base = match a {
+                        Arg::Arena { .. } => arena,
+                        Arg::Const { .. } => self.consts.ptr,
+                    };
+                    base + 4 * a.elements(n)
+                })
+                .collect();
+            params.push(n);
+            let mut ptrs: Vec<*mut c_void> = params
+                .iter_mut()
+                .map(|p| p as *mut u64 as *mut c_void)
+                .collect();
+            let [gx, gy, gz] = v.grid(n);
+            let f = self.functions[&v.kernel];
+            // SAFETY: the kernel takes `args.len()` pointers and an i64,
+            // every pointer inside the arena of `n` images or the pool.
+            driver(&format!("launch {}", l.label), unsafe {
+                result::launch_kernel(
+                    f,
+                    (gx as u32, gy as u32, gz as u32),
+                    (v.block as u32, 1, 1),
+                    0,
+                    self.stream.cu_stream(),
+                    &mut ptrs,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The arena and captured graph of batch `n`, made on first use.
+    fn batch(&mut self, n: u64) -> Result<&Batch, CudaError> {
+        if !self.batches.contains_key(&n) {
+            let arena = DeviceBuffer::new(&self.ctx, self.plan.arena_per_image * n)?;
+            driver(
+                "begin graph capture",
+                self.stream
+                    .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+            )?;
+            let captured = self.enqueue(n, arena.ptr);
+            let graph = driver(
+                "end graph capture",
+                self.stream.end_capture(sys::CUgraphInstantiate_flags(0)),
+            );
+            captured?;
+            let graph = graph?.ok_or_else(|| CudaError::Driver {
+                what: "capture the forward pass".into(),
+                err: "the captured graph is empty".into(),
+                hint: "this is a bug in resnetc".into(),
+            })?;
+            self.batches.insert(n, Batch { arena, graph });
+        }
+        Ok(&self.batches[&n])
+    }
+
+    /// Runs the model on `input` (`[N, ...]` on the host).
+    pub fn run(&mut self, input: &Tensor) -> Result<Tensor, CudaError> {
+        let want = self.plan.input_shape.clone();
+        if input.shape.len() != want.len() + 1 || input.shape[1..] != want || input.shape[0] == 0 {
+            return Err(CudaError::Input {
+                got: input.shape.clone(),
+                want,
+            });
+        }
+        let n = input.shape[0] as u64;
+        let plan = self.plan.clone();
+        let stream = self.stream.cu_stream();
+        let b = self.batch(n)?;
+        let per_in: usize = plan.input_shape.iter().product();
+        for i in 0..n as usize {
+            let dst = b.arena.ptr + 4 * (plan.input.elements(n) + i as u64 * plan.input_stride);
+            // SAFETY: one image into its planned place in the arena.
+            driver("copy the input", unsafe {
+                result::memcpy_htod_async(dst, &input.data[i * per_in..(i + 1) * per_in], stream)
+            })?;
+        }
+        driver("run the forward graph", b.graph.launch())?;
+        let per_out: usize = plan.output_shape.iter().product();
+        let mut shape = vec![n as usize];
+        shape.extend(&plan.output_shape);
+        let mut out = Tensor::zeros(&shape);
+        for i in 0..n as usize {
+            let src = b.arena.ptr + 4 * (plan.output.elements(n) + i as u64 * plan.output_stride);
+            // SAFETY: one image out of the arena into its slot.
+            driver("copy the output", unsafe {
+                result::memcpy_dtoh_async(&mut out.data[i * per_out..(i + 1) * per_out], src, stream)
+            })?;
+        }
+        driver("synchronize", self.stream.synchronize())?;
+        Ok(out)
+    }
+
+    /// Milliseconds of `runs` graph launches of batch `n` each, timed with
+    /// CUDA events (the input copy excluded), after `warmup` launches.
+    pub fn time(&mut self, n: u64, warmup: usize, runs: usize) -> Result<Vec<f64>, CudaError> {
+        self.batch(n)?;
+        let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = driver("create an event", self.ctx.new_event(flags))?;
+        let end = driver("create an event", self.ctx.new_event(flags))?;
+        let b = &self.batches[&n];
+        for _ in 0..warmup {
+            driver("run the forward graph", b.graph.launch())?;
+        }
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            driver("record an event", start.record(&self.stream))?;
+            driver("run the forward graph", b.graph.launch())?;
+            driver("record an event", end.record(&self.stream))?;
+            driver("synchronize", end.synchronize())?;
+            times.push(driver("read an event", start.elapsed_ms(&end))? as f64);
+        }
+        Ok(times)
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.stream.synchronize();
+        self.batches.clear();
+        // SAFETY: the module is unloaded once, after its last use.
+        let _ = unsafe { result::module::unload(self.module) };
+    }
+}
