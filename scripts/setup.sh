@@ -36,4 +36,10 @@ if ! .tools/py/bin/python -c "import onnxruntime, numpy" >/dev/null 2>&1; then
     python3 -m venv .tools/py
     .tools/py/bin/pip install -q --disable-pip-version-check onnxruntime numpy
 fi
+# NVIDIA's PTX assembler (no GPU or CUDA toolkit needed): the tests assemble
+# every example's PTX with it. It ships in a PyPI wheel.
+if ! ls .tools/py/lib/python*/site-packages/nvidia/cuda_nvcc/bin/ptxas >/dev/null 2>&1; then
+    echo "setup: installing ptxas (nvidia-cuda-nvcc-cu12) into .tools/py" >&2
+    .tools/py/bin/pip install -q --disable-pip-version-check nvidia-cuda-nvcc-cu12
+fi
 echo "setup: ok (LLVM $(/usr/lib/llvm-19/bin/llvm-config --version), $(.tools/py/bin/python -c "import onnxruntime; print(\"onnxruntime \" + onnxruntime.__version__)"))" >&2

@@ -234,8 +234,13 @@ fn bad_weights_and_inputs_fail_cleanly() {
     }
 }
 
+/// Without a CUDA driver, `run --target cuda` says so and exits 1, writing
+/// nothing (on a GPU machine it runs: tests/cuda_backend.rs).
 #[test]
-fn unavailable_target_is_a_clear_error() {
+fn cuda_without_a_driver_is_a_clear_error() {
+    if resnetc::backend::cuda::runtime::driver_present() {
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("y.npy");
     let o = resnetc(&[
@@ -251,6 +256,11 @@ fn unavailable_target_is_a_clear_error() {
         "cuda",
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no CUDA driver was found"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!out.exists());
 }
 

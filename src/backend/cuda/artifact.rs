@@ -13,8 +13,8 @@ use crate::ir::Graph;
 use crate::weights::Weights;
 use inkwell::context::Context;
 use inkwell::module::{Linkage, Module};
-use inkwell::types::BasicType;
 use inkwell::targets::FileType;
+use inkwell::types::BasicType;
 use inkwell::AddressSpace;
 
 /// The C runtime's object (runtime/cuda_rt.c), embedded in every CUDA
@@ -122,7 +122,11 @@ pub fn encode_plan(plan: &LaunchPlan) -> Vec<i64> {
         t.push(l.variants.len() as i64);
         t.push(l.args.len() as i64);
         for v in &l.variants {
-            let k = plan.kernels.iter().position(|k| *k == v.kernel).unwrap_or(0);
+            let k = plan
+                .kernels
+                .iter()
+                .position(|k| *k == v.kernel)
+                .unwrap_or(0);
             t.extend([
                 v.min_batch as i64,
                 k as i64,
@@ -140,7 +144,13 @@ pub fn encode_plan(plan: &LaunchPlan) -> Vec<i64> {
     t
 }
 
-fn private_bytes<'ctx>(ctx: &'ctx Context, m: &Module<'ctx>, name: &str, bytes: &[u8], align: u32) -> inkwell::values::GlobalValue<'ctx> {
+fn private_bytes<'ctx>(
+    ctx: &'ctx Context,
+    m: &Module<'ctx>,
+    name: &str,
+    bytes: &[u8],
+    align: u32,
+) -> inkwell::values::GlobalValue<'ctx> {
     let init = ctx.const_string(bytes, false);
     let g = m.add_global(init.get_type(), None, name);
     g.set_initializer(&init);

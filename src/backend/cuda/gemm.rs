@@ -350,10 +350,10 @@ pub fn emit(
                     e.add(e.int(kk * t.bn), e.mul(tx, e.int(t.tn))),
                     t.tn,
                 );
-                for i in 0..t.tm as usize {
-                    for j in 0..t.tn as usize {
-                        let s = i * t.tn as usize + j;
-                        accs[s] = e.fmuladd(av[i], bv[j], accs[s]);
+                // accs is row-major [tm][tn].
+                for (row, &a) in accs.chunks_mut(t.tn as usize).zip(&av) {
+                    for (acc, &b) in row.iter_mut().zip(&bv) {
+                        *acc = e.fmuladd(a, b, *acc);
                     }
                 }
             }
@@ -521,7 +521,8 @@ mod tests {
 
     #[test]
     fn the_cost_model_prefers_small_tiles_for_small_layers() {
-        // resnet50's last 3x3 conv at batch 1 (7x7 output) vs batch 64.
+        // resnet50's last 3x3 conv at batch 1 (7x7 output): 16 blocks of 128x128
+        // would leave most of the GPU idle.
         let g = ConvGeom {
             out_channels: 512,
             kernel: [3, 3],
@@ -530,8 +531,10 @@ mod tests {
             dilation: [1, 1],
             groups: 1,
         };
-        let c = ConvGemm::conv(&g, (512, 7, 7), (512, 7, 7));
-        assert_ne!(c.choose(1, 132), TILES[0]);
-        assert_eq!(c.choose(64, 132), TILES[0]);
+        let late = ConvGemm::conv(&g, (512, 7, 7), (512, 7, 7));
+        assert_ne!(late.choose(1, 132), TILES[0]);
+        // A 56x56 layer at batch 64: thousands of blocks, the big tile.
+        let early = ConvGemm::conv(&g, (256, 56, 56), (256, 56, 56));
+        assert_eq!(early.choose(64, 132), TILES[0]);
     }
 }

@@ -408,8 +408,8 @@ fn upsample(k: &mut Kern<'_, '_>, scale: [usize; 2], mode: UpsampleMode, a: &OpA
                 e.load(xp, e.mad(sr, w, sq))
             }
             UpsampleMode::Bilinear { align_corners } => {
-                let (r0, r1, lr) = coord(e, oy, h, oh, scale[0], align_corners);
-                let (q0, q1, lq) = coord(e, ox, w, ow, scale[1], align_corners);
+                let (r0, r1, lr) = e.upsample_coord(oy, h, oh, scale[0], align_corners);
+                let (q0, q1, lq) = e.upsample_coord(ox, w, ow, scale[1], align_corners);
                 let at = |rr, qq| e.load(xp, e.mad(rr, w, qq));
                 let top = e.fmuladd(e.fsub(at(r0, q1), at(r0, q0)), lq, at(r0, q0));
                 let bot = e.fmuladd(e.fsub(at(r1, q1), at(r1, q0)), lq, at(r1, q0));
@@ -418,36 +418,4 @@ fn upsample(k: &mut Kern<'_, '_>, scale: [usize; 2], mode: UpsampleMode, a: &OpA
         };
         e.store(a.image(e, y, 0, img), r, v);
     });
-}
-
-/// Lower index, upper index and the upper one's weight along one axis.
-fn coord<'ctx>(
-    e: &Emitter<'_, 'ctx>,
-    o: IntValue<'ctx>,
-    inn: u64,
-    out: u64,
-    s: usize,
-    align: bool,
-) -> (IntValue<'ctx>, IntValue<'ctx>, FloatValue<'ctx>) {
-    let of = e.int_to_float(o);
-    let src = if align {
-        let r = if out > 1 {
-            (inn - 1) as f64 / (out - 1) as f64
-        } else {
-            0.0
-        };
-        e.fmul(of, e.f32(r))
-    } else {
-        let v = e.fsub(
-            e.fmul(e.fadd(of, e.f32(0.5)), e.f32(1.0 / s as f64)),
-            e.f32(0.5),
-        );
-        e.fmax(v, e.f32(0.0))
-    };
-    let lo =
-        e.b.build_float_to_signed_int(e.floor(src), e.i64t, "")
-            .expect("fptosi");
-    let lo = e.smin(lo, e.int(inn - 1));
-    let hi = e.smin(e.add(lo, e.int(1)), e.int(inn - 1));
-    (lo, hi, e.fsub(src, e.int_to_float(lo)))
 }

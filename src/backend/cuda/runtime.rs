@@ -248,7 +248,11 @@ impl Device {
             let src = b.arena.ptr + 4 * (plan.output.elements(n) + i as u64 * plan.output_stride);
             // SAFETY: one image out of the arena into its slot.
             driver("copy the output", unsafe {
-                result::memcpy_dtoh_async(&mut out.data[i * per_out..(i + 1) * per_out], src, stream)
+                result::memcpy_dtoh_async(
+                    &mut out.data[i * per_out..(i + 1) * per_out],
+                    src,
+                    stream,
+                )
             })?;
         }
         driver("synchronize", self.stream.synchronize())?;

@@ -263,6 +263,42 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
         }
     }
 
+    /// Bilinear upsampling along one axis (PyTorch's
+    /// `upsample_bilinear2d`): for output index `o` of `out` (input `inn`,
+    /// scale `s`), the lower and upper source index and the upper one's
+    /// weight.
+    pub fn upsample_coord(
+        &self,
+        o: IntValue<'ctx>,
+        inn: u64,
+        out: u64,
+        s: usize,
+        align_corners: bool,
+    ) -> (IntValue<'ctx>, IntValue<'ctx>, FloatValue<'ctx>) {
+        let of = self.int_to_float(o);
+        let src = if align_corners {
+            let r = if out > 1 {
+                (inn - 1) as f64 / (out - 1) as f64
+            } else {
+                0.0
+            };
+            self.fmul(of, self.f32(r))
+        } else {
+            let v = self.fsub(
+                self.fmul(self.fadd(of, self.f32(0.5)), self.f32(1.0 / s as f64)),
+                self.f32(0.5),
+            );
+            self.fmax(v, self.f32(0.0))
+        };
+        let lo = self
+            .b
+            .build_float_to_signed_int(self.floor(src), self.i64t, "")
+            .expect(BUILDER);
+        let lo = self.smin(lo, self.int(inn - 1));
+        let hi = self.smin(self.add(lo, self.int(1)), self.int(inn - 1));
+        (lo, hi, self.fsub(src, self.int_to_float(lo)))
+    }
+
     /// A stack slot for an accumulator, allocated in the entry block (LLVM
     /// promotes it to a register).
     pub fn slot(&self) -> PointerValue<'ctx> {
