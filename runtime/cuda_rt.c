@@ -264,15 +264,11 @@ static int prepare(const struct resnetc_cuda_model *m, int batch, struct state *
     return e;
 }
 
-/* Copies `per` floats of each image between `a` (packed) and the arena. */
-#define IMAGES(n, per, stride, at, body)                       \
-    for (int64_t i = 0; i < (n); i++) {                        \
-        CUdeviceptr dev = (at) + 4 * (uint64_t)(i * (stride)); \
-        size_t off = (size_t)(i * (per));                      \
-        body;                                                  \
-    }
-
-int resnetc_cuda_forward(const struct resnetc_cuda_model *m, const float *input, float *output, int batch) {
+/* Copies the input in, replays the graph and copies the output out, on
+ * the model's stream (host pointers, then waits) or on `stream` (device
+ * pointers, returns at once). */
+static int run(const struct resnetc_cuda_model *m, const float *input, float *output, int batch, void *stream,
+               int on_device) {
     pthread_mutex_lock(&lock);
     struct state *s = NULL;
     struct batch *b = NULL;
@@ -280,48 +276,37 @@ int resnetc_cuda_forward(const struct resnetc_cuda_model *m, const float *input,
     if (!e) {
         const int64_t *p = m->plan;
         int64_t n = batch;
+        CUstream st = on_device ? (CUstream)stream : s->stream;
         CUdeviceptr in = b->arena + 4 * (uint64_t)(p[4] * n + p[5]);
         CUdeviceptr out = b->arena + 4 * (uint64_t)(p[8] * n + p[9]);
-        IMAGES(n, p[3], p[6], in, {
-            CUresult r = cu.MemcpyHtoDAsync(dev, input + off, (size_t)p[3] * 4, s->stream);
-            if (r && !e) e = fail(-4, "cuMemcpyHtoDAsync", r);
-        });
-        CUresult r = e ? 0 : cu.GraphLaunch(b->exec, s->stream);
-        if (r) e = fail(-4, "cuGraphLaunch", r);
-        IMAGES(n, p[7], p[10], out, {
-            CUresult r2 = e ? 0 : cu.MemcpyDtoHAsync(output + off, dev, (size_t)p[7] * 4, s->stream);
-            if (r2 && !e) e = fail(-4, "cuMemcpyDtoHAsync", r2);
-        });
-        r = cu.StreamSynchronize(s->stream);
-        if (r && !e) e = fail(-4, "cuStreamSynchronize", r);
+        size_t in_bytes = (size_t)p[3] * 4, out_bytes = (size_t)p[7] * 4;
+        CUresult r = 0;
+        for (int64_t i = 0; i < n && !r; i++) {
+            CUdeviceptr dev = in + 4 * (uint64_t)(i * p[6]);
+            const float *src = input + i * p[3];
+            r = on_device ? cu.MemcpyDtoDAsync(dev, (CUdeviceptr)(uintptr_t)src, in_bytes, st)
+                          : cu.MemcpyHtoDAsync(dev, src, in_bytes, st);
+        }
+        if (r) e = fail(-4, "copying the input", r);
+        if (!e && (r = cu.GraphLaunch(b->exec, st))) e = fail(-4, "cuGraphLaunch", r);
+        for (int64_t i = 0; i < n && !e && !r; i++) {
+            CUdeviceptr dev = out + 4 * (uint64_t)(i * p[10]);
+            float *dst = output + i * p[7];
+            r = on_device ? cu.MemcpyDtoDAsync((CUdeviceptr)(uintptr_t)dst, dev, out_bytes, st)
+                          : cu.MemcpyDtoHAsync(dst, dev, out_bytes, st);
+        }
+        if (r && !e) e = fail(-4, "copying the output", r);
+        if (!on_device && (r = cu.StreamSynchronize(st)) && !e) e = fail(-4, "cuStreamSynchronize", r);
     }
     pthread_mutex_unlock(&lock);
     return e;
 }
 
+int resnetc_cuda_forward(const struct resnetc_cuda_model *m, const float *input, float *output, int batch) {
+    return run(m, input, output, batch, NULL, 0);
+}
+
 int resnetc_cuda_forward_device(const struct resnetc_cuda_model *m, const float *input, float *output, int batch,
                                 void *stream) {
-    pthread_mutex_lock(&lock);
-    struct state *s = NULL;
-    struct batch *b = NULL;
-    int e = prepare(m, batch, &s, &b);
-    if (!e) {
-        const int64_t *p = m->plan;
-        int64_t n = batch;
-        CUstream st = (CUstream)stream;
-        CUdeviceptr in = b->arena + 4 * (uint64_t)(p[4] * n + p[5]);
-        CUdeviceptr out = b->arena + 4 * (uint64_t)(p[8] * n + p[9]);
-        IMAGES(n, p[3], p[6], in, {
-            CUresult r = cu.MemcpyDtoDAsync(dev, (CUdeviceptr)(uintptr_t)(input + off), (size_t)p[3] * 4, st);
-            if (r && !e) e = fail(-4, "cuMemcpyDtoDAsync", r);
-        });
-        CUresult r = e ? 0 : cu.GraphLaunch(b->exec, st);
-        if (r) e = fail(-4, "cuGraphLaunch", r);
-        IMAGES(n, p[7], p[10], out, {
-            CUresult r2 = e ? 0 : cu.MemcpyDtoDAsync((CUdeviceptr)(uintptr_t)(output + off), dev, (size_t)p[7] * 4, st);
-            if (r2 && !e) e = fail(-4, "cuMemcpyDtoDAsync", r2);
-        });
-    }
-    pthread_mutex_unlock(&lock);
-    return e;
+    return run(m, input, output, batch, stream, 1);
 }

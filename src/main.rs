@@ -399,14 +399,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                     }
                     resnetc::backend::cpu::run_jit(&g, &w, &x, &opts)?
                 }
-                Target::Cuda => {
-                    let mut g = c.graph.clone();
-                    resnetc::passes::optimize(&mut g, None);
-                    let opts = resnetc::backend::cuda::CudaOptions { gpu };
-                    let p = resnetc::backend::cuda::compile(&g, &w, &opts)?;
-                    let mut dev = resnetc::backend::cuda::runtime::Device::load(&p)?;
-                    dev.run(&x)?
-                }
+                Target::Cuda => cuda_device(&c, &w, gpu)?.run(&x)?,
             };
             weights::write_npy(&output, &y)?;
             Ok(())
@@ -556,11 +549,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                     (r, m, mn, sp, 1, 0.0)
                 }
                 Target::Cuda => {
-                    let mut g = c.graph.clone();
-                    resnetc::passes::optimize(&mut g, None);
-                    let opts = resnetc::backend::cuda::CudaOptions { gpu };
-                    let p = resnetc::backend::cuda::compile(&g, &w, &opts)?;
-                    let mut dev = resnetc::backend::cuda::runtime::Device::load(&p)?;
+                    let mut dev = cuda_device(&c, &w, gpu)?;
                     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
                     dev.run(&x)?;
                     eprintln!("device: {}", dev.name());
@@ -615,6 +604,19 @@ fn dispatch(cmd: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The optimized model compiled to PTX for `gpu` and loaded on GPU 0.
+fn cuda_device(
+    c: &Compiled,
+    w: &Weights,
+    gpu: String,
+) -> Result<resnetc::backend::cuda::runtime::Device> {
+    let mut g = c.graph.clone();
+    resnetc::passes::optimize(&mut g, None);
+    let opts = resnetc::backend::cuda::CudaOptions { gpu };
+    let p = resnetc::backend::cuda::compile(&g, w, &opts)?;
+    Ok(resnetc::backend::cuda::runtime::Device::load(&p)?)
 }
 
 /// `--target cuda` needs the CUDA driver: say so before any work.

@@ -117,36 +117,10 @@ fn raw_floats(path: &Path) -> Vec<u8> {
 #[test]
 fn static_library_links_into_a_c_program() {
     let out = tempfile::tempdir().expect("tempdir");
-    let make = Command::new("make")
-        .args(["-s", "-C", "examples/embed_c"])
-        .arg(format!("OUT={}", out.path().display()))
-        .arg(format!("RESNETC={}", env!("CARGO_BIN_EXE_resnetc")))
-        .arg("CC=gcc")
-        .current_dir(root())
-        .output()
-        .expect("make runs");
-    assert!(
-        make.status.success(),
-        "make failed:\n{}",
-        String::from_utf8_lossy(&make.stderr)
-    );
+    make_example("embed_c", out.path(), env!("CARGO_BIN_EXE_resnetc"));
     // The library needs nothing but libc, libm and pthreads: every symbol
     // it uses and does not define itself is one of theirs.
-    let nm = Command::new("nm")
-        .arg(out.path().join("libcifar_resnet20.a"))
-        .output()
-        .expect("nm");
-    let listing = String::from_utf8_lossy(&nm.stdout).to_string();
-    let (mut defined, mut used) = (Vec::new(), Vec::new());
-    for line in listing.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        match f.as_slice() {
-            ["U", name] => used.push(name.to_string()),
-            [_, kind, name] if "TtDdBbRr".contains(*kind) => defined.push(name.to_string()),
-            _ => {}
-        }
-    }
-    for sym in used.iter().filter(|u| !defined.contains(u)) {
+    for sym in undefined_symbols(&out.path().join("libcifar_resnet20.a")) {
         assert!(
             [
                 "malloc",

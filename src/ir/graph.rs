@@ -195,3 +195,17 @@ impl Graph {
 pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
+
+/// `(c, h, w)` of a per-image activation shape, or `(c, 1, 1)` for a
+/// vector: how kernels address an image.
+pub fn chw(s: &[usize]) -> (u64, u64, u64) {
+    match *s {
+        [c, h, w] => (c as u64, h as u64, w as u64),
+        [c] => (c as u64, 1, 1),
+        _ => (
+            s.first().copied().unwrap_or(1) as u64,
+            s.get(1..).map_or(1, |r| r.iter().product::<usize>()) as u64,
+            1,
+        ),
+    }
+}

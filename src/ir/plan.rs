@@ -42,3 +42,15 @@ pub struct MemoryPlan {
     /// Sum of all activation tensors per image, as if none shared memory.
     pub naive_bytes: usize,
 }
+
+impl MemoryPlan {
+    /// A flatten placed on its operand's memory: a view that computes
+    /// nothing (back ends emit no kernel for it).
+    pub fn is_view(&self, graph: &super::Graph, n: NodeIndex) -> bool {
+        matches!(graph.node(n).op, super::Op::Flatten) && {
+            let o = graph.operands(n)[0];
+            let (a, b) = (self.storage[&n], self.storage[&o]);
+            a.buffer == b.buffer && a.elem_offset == b.elem_offset
+        }
+    }
+}

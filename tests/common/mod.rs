@@ -159,3 +159,41 @@ pub fn tame_residuals(graph: &resnetc::ir::Graph, mut w: Weights) -> Weights {
     }
     w
 }
+
+/// Symbols a static library uses but does not define itself (`nm`).
+pub fn undefined_symbols(archive: &Path) -> Vec<String> {
+    let nm = std::process::Command::new("nm")
+        .arg(archive)
+        .output()
+        .expect("nm runs");
+    let listing = String::from_utf8_lossy(&nm.stdout).to_string();
+    let (mut defined, mut used) = (Vec::new(), Vec::new());
+    for line in listing.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["U", name] => used.push(name.to_string()),
+            [_, kind, name] if "TtDdBbRr".contains(*kind) => defined.push(name.to_string()),
+            _ => {}
+        }
+    }
+    used.retain(|u| !defined.contains(u));
+    used
+}
+
+/// Runs `make -C examples/<dir>` (a library built by `resnetc`, a C program
+/// linked to it) into `out`.
+pub fn make_example(dir: &str, out: &Path, resnetc: &str) {
+    let make = std::process::Command::new("make")
+        .args(["-s", "-C", &format!("examples/{dir}")])
+        .arg(format!("OUT={}", out.display()))
+        .arg(format!("RESNETC={resnetc}"))
+        .arg("CC=gcc")
+        .current_dir(root())
+        .output()
+        .expect("make runs");
+    assert!(
+        make.status.success(),
+        "make failed:\n{}",
+        String::from_utf8_lossy(&make.stderr)
+    );
+}

@@ -17,10 +17,11 @@
 //! the input vectors, then applies the fused epilogue (bias, residual add,
 //! activation) in registers before the one store.
 
-use super::lower::{chw, fused_operands, prologue_value, valid_range, Args, Ctx, Unit};
+use super::lower::{fused_operands, prologue_value, valid_range, Args, Ctx, Unit};
 use crate::backend::llvm::emit::Emitter;
 use crate::backend::llvm::vector::LANES;
 use crate::backend::llvm::LlvmError;
+use crate::ir::graph::chw;
 use crate::ir::op::{EpilogueStep, Fused, Op};
 use crate::ir::Graph;
 use inkwell::values::{IntValue, PointerValue, VectorValue};

@@ -17,7 +17,7 @@ use super::conv_gemm;
 use crate::backend::llvm::emit::Emitter;
 use crate::backend::llvm::vector::LANES;
 use crate::backend::llvm::LlvmError;
-use crate::ir::graph::numel;
+use crate::ir::graph::{chw, numel};
 use crate::ir::op::{ConvGeom, EpilogueStep, Fused, Op, PoolGeom, UpsampleMode};
 use crate::ir::plan::MemoryPlan;
 use crate::ir::Graph;
@@ -188,7 +188,7 @@ pub fn lower<'ctx>(
     let mut labels = Vec::new();
     for (k, &n) in plan.schedule.iter().enumerate() {
         let node = graph.node(n);
-        if matches!(node.op, Op::Input | Op::Output) || is_view(&c, n) {
+        if matches!(node.op, Op::Input | Op::Output) || plan.is_view(graph, n) {
             continue;
         }
         // Argument slots: the output, then every operand, two i64 each.
@@ -412,15 +412,6 @@ pub fn lower<'ctx>(
     Ok((module, labels))
 }
 
-/// A flatten that shares its operand's memory computes nothing.
-fn is_view(c: &Ctx<'_, '_>, n: NodeIndex) -> bool {
-    matches!(c.graph.node(n).op, Op::Flatten) && {
-        let o = c.graph.operands(n)[0];
-        let (a, b) = (c.plan.storage[&n], c.plan.storage[&o]);
-        a.buffer == b.buffer && a.elem_offset == b.elem_offset
-    }
-}
-
 /// Copies `per` elements of every image from `src(n)` to `dst(n)`.
 fn copy_images<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
@@ -519,19 +510,6 @@ fn lower_unit<'ctx>(
 
 /// (image, unit) of a kernel invocation.
 pub(super) type Unit<'ctx> = (IntValue<'ctx>, IntValue<'ctx>);
-
-/// `(c, h, w)` of a 4-d shape, or `(c, 1, 1)` for a vector.
-pub(super) fn chw(s: &[usize]) -> (u64, u64, u64) {
-    match *s {
-        [c, h, w] => (c as u64, h as u64, w as u64),
-        [c] => (c as u64, 1, 1),
-        _ => (
-            s.first().copied().unwrap_or(1) as u64,
-            s[1..].iter().product::<usize>() as u64,
-            1,
-        ),
-    }
-}
 
 /// Output positions `o` with `0 <= o*stride + shift < extent`, within
 /// `0..out`, for a run-time shift: the loop bounds of one kernel tap.

@@ -88,14 +88,8 @@ pub fn run(
         let args: Vec<*mut f32> = launch
             .args
             .iter()
-            .map(|a| {
-                let base = match a {
-                    super::plan::Arg::Arena { .. } => abase,
-                    super::plan::Arg::Const { .. } => cbase,
-                };
-                // SAFETY: offsets come from the plan, inside each buffer.
-                unsafe { base.add(a.elements(n) as usize) }
-            })
+            // Offsets come from the plan, inside each buffer.
+            .map(|a| a.address(n, abase as u64, cbase as u64) as *mut f32)
             .collect();
         let [gx, gy, gz] = v.grid(n);
         for bz in 0..gz {

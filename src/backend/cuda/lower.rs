@@ -10,7 +10,7 @@ use super::simt::{Kern, Mode};
 use crate::backend::cpu::consts::lay_out;
 use crate::backend::cpu::symbol;
 use crate::backend::llvm::LlvmError;
-use crate::ir::graph::numel;
+use crate::ir::graph::{chw, numel};
 use crate::ir::{Graph, Op};
 use crate::weights::Weights;
 use inkwell::context::Context;
@@ -26,14 +26,6 @@ pub struct Lowered<'ctx> {
     pub module: Module<'ctx>,
     pub plan: LaunchPlan,
     pub consts: Vec<f32>,
-}
-
-/// `(c, h, w)` of a per-image shape (`(n, 1, 1)` for a vector).
-fn chw(s: &[usize]) -> (u64, u64, u64) {
-    match *s {
-        [c, h, w] => (c as u64, h as u64, w as u64),
-        _ => (numel(s) as u64, 1, 1),
-    }
 }
 
 /// The GEMM view of a conv or linear layer.
@@ -132,7 +124,7 @@ pub fn lower<'ctx>(
     };
     for &n in &plan.schedule {
         let node = graph.node(n);
-        if matches!(node.op, Op::Input | Op::Output) || is_view(graph, n) {
+        if matches!(node.op, Op::Input | Op::Output) || plan.is_view(graph, n) {
             continue;
         }
         let ops = graph.operands(n);
@@ -262,17 +254,5 @@ fn simple(kernel: String, per: u64) -> Variant {
         grid_y: 1,
         grid_z: 1,
         block: THREADS,
-    }
-}
-
-/// A flatten that shares its operand's memory computes nothing.
-fn is_view(graph: &Graph, n: NodeIndex) -> bool {
-    let Some(plan) = &graph.plan else {
-        return false;
-    };
-    matches!(graph.node(n).op, Op::Flatten) && {
-        let o = graph.operands(n)[0];
-        let (a, b) = (plan.storage[&n], plan.storage[&o]);
-        a.buffer == b.buffer && a.elem_offset == b.elem_offset
     }
 }

@@ -28,6 +28,16 @@ impl Arg {
             Arg::Const { offset } => offset,
         }
     }
+
+    /// The pointer for batch `n`, given the arena's and the pool's base
+    /// addresses (f32 elements are 4 bytes).
+    pub fn address(&self, n: u64, arena: u64, consts: u64) -> u64 {
+        let base = match self {
+            Arg::Arena { .. } => arena,
+            Arg::Const { .. } => consts,
+        };
+        base + 4 * self.elements(n)
+    }
 }
 
 /// One way to launch an op, used from batch `min_batch` on (the largest

@@ -5,7 +5,7 @@
 //! run is one copy in, one graph launch and one copy out. Independent of
 //! LLVM: it needs only a `CudaProgram`.
 
-use super::plan::{Arg, LaunchPlan};
+use super::plan::LaunchPlan;
 use super::CudaProgram;
 use crate::tensor::Tensor;
 use cudarc::driver::{result, sys, CudaContext, CudaGraph, CudaStream};
@@ -162,13 +162,7 @@ impl Device {
             let mut params: Vec<u64> = l
                 .args
                 .iter()
-                .map(|a| {
-                    let base = match a {
-                        Arg::Arena { .. } => arena,
-                        Arg::Const { .. } => self.consts.ptr,
-                    };
-                    base + 4 * a.elements(n)
-                })
+                .map(|a| a.address(n, arena, self.consts.ptr))
                 .collect();
             params.push(n);
             let mut ptrs: Vec<*mut c_void> = params

@@ -16,7 +16,7 @@ use inkwell::context::Context;
 use inkwell::module::{Linkage, Module};
 use inkwell::types::{BasicMetadataTypeEnum, BasicType};
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
-use inkwell::{AddressSpace, IntPredicate};
+use inkwell::AddressSpace;
 
 const BUILDER: &str = "the emitter keeps an insertion point";
 
@@ -218,29 +218,9 @@ impl<'a, 'ctx> Kern<'a, 'ctx> {
         hi: IntValue<'ctx>,
         mut body: impl FnMut(&mut Self, IntValue<'ctx>),
     ) {
-        let e = &self.e;
-        let pre = e.b.get_insert_block().expect(BUILDER);
-        let header = e.ctx.append_basic_block(e.func, "kloop");
-        let inner = e.ctx.append_basic_block(e.func, "kbody");
-        let exit = e.ctx.append_basic_block(e.func, "kexit");
-        e.b.build_unconditional_branch(header).expect(BUILDER);
-        e.b.position_at_end(header);
-        let phi = e.b.build_phi(e.i64t, "k").expect(BUILDER);
-        phi.add_incoming(&[(&lo, pre)]);
-        let i = phi.as_basic_value().into_int_value();
-        let go =
-            e.b.build_int_compare(IntPredicate::SLT, i, hi, "")
-                .expect(BUILDER);
-        e.b.build_conditional_branch(go, inner, exit)
-            .expect(BUILDER);
-        e.b.position_at_end(inner);
+        let (l, i) = self.e.loop_open(lo, hi);
         body(self, i);
-        let e = &self.e;
-        let next = e.add(i, e.int(1));
-        let latch = e.b.get_insert_block().expect(BUILDER);
-        e.b.build_unconditional_branch(header).expect(BUILDER);
-        phi.add_incoming(&[(&next, latch)]);
-        e.b.position_at_end(exit);
+        self.e.loop_close(l, i);
     }
 
     /// One thread per element: `body(i)` for `i = block.x * threads +

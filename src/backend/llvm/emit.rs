@@ -16,6 +16,13 @@ use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 
 const BUILDER: &str = "the emitter keeps an insertion point";
 
+/// A loop opened by `Emitter::loop_open`, to be closed by `loop_close`.
+pub struct OpenLoop<'ctx> {
+    phi: inkwell::values::PhiValue<'ctx>,
+    header: inkwell::basic_block::BasicBlock<'ctx>,
+    exit: inkwell::basic_block::BasicBlock<'ctx>,
+}
+
 pub struct Emitter<'a, 'ctx> {
     pub ctx: &'ctx Context,
     pub module: &'a Module<'ctx>,
@@ -339,6 +346,19 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
         hi: IntValue<'ctx>,
         mut body: impl FnMut(&mut Self, IntValue<'ctx>),
     ) {
+        let (l, i) = self.loop_open(lo, hi);
+        body(self, i);
+        self.loop_close(l, i);
+    }
+
+    /// Opens `for i in lo..hi` (signed compare) and positions the builder
+    /// in its body; returns the loop and `i`. For loops whose body is not
+    /// an `Emitter` closure (the CUDA kernels' block-level loops).
+    pub fn loop_open(
+        &self,
+        lo: IntValue<'ctx>,
+        hi: IntValue<'ctx>,
+    ) -> (OpenLoop<'ctx>, IntValue<'ctx>) {
         let pre = self.b.get_insert_block().expect(BUILDER);
         let header = self.ctx.append_basic_block(self.func, "loop");
         let inner = self.ctx.append_basic_block(self.func, "body");
@@ -356,12 +376,17 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
             .build_conditional_branch(go, inner, exit)
             .expect(BUILDER);
         self.b.position_at_end(inner);
-        body(self, i);
+        (OpenLoop { phi, header, exit }, i)
+    }
+
+    /// Closes a loop from `loop_open`: `i + 1`, back to the header, and
+    /// positions the builder after the loop.
+    pub fn loop_close(&self, l: OpenLoop<'ctx>, i: IntValue<'ctx>) {
         let next = self.add(i, self.int(1));
         let latch = self.b.get_insert_block().expect(BUILDER);
-        self.b.build_unconditional_branch(header).expect(BUILDER);
-        phi.add_incoming(&[(&next, latch)]);
-        self.b.position_at_end(exit);
+        self.b.build_unconditional_branch(l.header).expect(BUILDER);
+        l.phi.add_incoming(&[(&next, latch)]);
+        self.b.position_at_end(l.exit);
     }
 
     /// `if cond { then } else { else_ }`.
