@@ -58,9 +58,8 @@ enum Command {
         output: PathBuf,
         #[arg(long, value_enum, default_value_t = Target::Cpu)]
         target: Target,
-        /// CPU to generate code for: native, x86-64-v3, x86-64, ...
-        #[arg(long, default_value = "native")]
-        cpu: String,
+        #[command(flatten)]
+        cpu: CpuArgs,
         /// Threads for --target cpu (default: all CPUs).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: Option<u16>,
@@ -81,9 +80,8 @@ enum Command {
         /// What to write (default: staticlib for cpu, artifact for cuda).
         #[arg(long, value_enum)]
         emit: Option<EmitKind>,
-        /// CPU to generate code for: native, x86-64-v3, x86-64, ...
-        #[arg(long, default_value = "native")]
-        cpu: String,
+        #[command(flatten)]
+        cpu: CpuArgs,
         /// GPU architecture for --target cuda: sm_80 (also runs on Hopper) or sm_90.
         #[arg(long, default_value = "sm_80")]
         gpu: String,
@@ -104,8 +102,8 @@ enum Command {
         random_weights: Option<u64>,
         #[arg(long, value_enum, default_value_t = Target::Cpu)]
         target: Target,
-        #[arg(long, default_value = "native")]
-        cpu: String,
+        #[command(flatten)]
+        cpu: CpuArgs,
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: Option<u16>,
         /// GPU architecture for --target cuda.
@@ -150,6 +148,40 @@ struct WeightsArgs {
     /// Use seeded random weights instead of a file.
     #[arg(long, value_name = "SEED")]
     random_weights: Option<u64>,
+}
+
+/// How the CPU back end generates code.
+#[derive(clap::Args)]
+struct CpuArgs {
+    /// CPU to generate code for: native, x86-64-v3, x86-64, ...
+    #[arg(long, default_value = "native")]
+    cpu: String,
+    /// Conv tiling: the cost model's per-conv choice, or one for every conv.
+    #[arg(long, value_enum, default_value_t = ConvKernelArg::Auto)]
+    conv_kernel: ConvKernelArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ConvKernelArg {
+    Auto,
+    /// Vectors over 16 output pixels, weights broadcast.
+    Pixels,
+    /// Vectors over output channels, input pixels broadcast.
+    Channels,
+}
+
+impl CpuArgs {
+    fn options(&self) -> resnetc::backend::cpu::CpuOptions {
+        use resnetc::backend::cpu::ConvKernel;
+        resnetc::backend::cpu::CpuOptions {
+            cpu: self.cpu.clone(),
+            conv: match self.conv_kernel {
+                ConvKernelArg::Auto => ConvKernel::Auto,
+                ConvKernelArg::Pixels => ConvKernel::Pixels,
+                ConvKernelArg::Channels => ConvKernel::Channels,
+            },
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -393,7 +425,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 Target::Cpu => {
                     let mut g = c.graph.clone();
                     resnetc::passes::optimize(&mut g, None);
-                    let opts = resnetc::backend::cpu::CpuOptions { cpu: cpu.clone() };
+                    let opts = cpu.options();
                     if let Some(t) = threads {
                         resnetc::backend::cpu::set_num_threads(t as usize);
                     }
@@ -461,7 +493,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let mut stage = |s: &str| progress.stage(s);
             let built = match kind {
                 Kind::Cpu(kind) => {
-                    let opts = resnetc::backend::cpu::CpuOptions { cpu };
+                    let opts = cpu.options();
                     resnetc::api::build_cpu(&file, &source, &output, &opts, kind, &mut stage)
                 }
                 Kind::Cuda(kind) => {
@@ -523,7 +555,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                     }
                     let mut g = c.graph.clone();
                     resnetc::passes::optimize(&mut g, None);
-                    let opts = resnetc::backend::cpu::CpuOptions { cpu };
+                    let opts = cpu.options();
                     let (r, m, mn, sp, cm) =
                         resnetc::backend::cpu::with_jit(&g, &w, &opts, |run| {
                             let compile_ms = t0.elapsed().as_secs_f64() * 1e3;

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use resnetc::backend::cpu::{run_jit, CpuOptions};
+use resnetc::backend::cpu::{run_jit, ConvKernel, CpuOptions};
 use resnetc::ir::Graph;
 use resnetc::passes;
 use resnetc::weights::{random_weights, read_npy, specs_of};
@@ -17,24 +17,39 @@ fn optimized(g: &Graph) -> Graph {
     o
 }
 
-/// Every example, CPU vs interpreter, batch 1 and 3. Inputs larger than
-/// 64x64 are compiled at 32x32 (same layers, names and kernels' code
-/// paths) to keep the suite fast; `resnet18_full_size` covers 224x224.
+/// Every example, CPU vs interpreter, batch 1 and 3 with the tilings the
+/// cost model picks, and batch 2 with each conv tiling forced on every
+/// conv (so both conv kernels meet every conv shape of the examples).
+/// Inputs larger than 64x64 are compiled at 32x32 (same layers, names and
+/// kernels' code paths) to keep the suite fast; `resnet18_full_size`
+/// covers 224x224.
 #[test]
 fn every_example_matches_the_interpreter() {
+    let runs: [(usize, &[ConvKernel]); 3] = [
+        (1, &[ConvKernel::Auto]),
+        (3, &[ConvKernel::Auto]),
+        (2, &[ConvKernel::Pixels, ConvKernel::Channels]),
+    ];
     for (i, (name, c)) in examples_small().into_iter().enumerate() {
         let w = tame_residuals(
             &c.graph,
             random_weights(&specs_of(&c.graph), 200 + i as u64),
         );
         let opt = optimized(&c.graph);
-        for batch in [1, 3] {
+        for (batch, convs) in runs {
             let mut shape = vec![batch];
             shape.extend(c.graph.input_shape());
             let x = random_tensor(&shape, 31 * i as u64 + batch as u64);
             let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
-            let y = run_jit(&opt, &w, &x, &CpuOptions::default()).expect("cpu");
-            assert_close(&format!("{name} batch {batch}"), &y, &reference, 1e-4, 1e-3);
+            for &conv in convs {
+                let opts = CpuOptions {
+                    conv,
+                    ..CpuOptions::default()
+                };
+                let y = run_jit(&opt, &w, &x, &opts).expect("cpu");
+                let what = format!("{name} batch {batch} {conv:?}");
+                assert_close(&what, &y, &reference, 1e-4, 1e-3);
+            }
         }
     }
 }
@@ -92,7 +107,16 @@ fn portable_cpu_choices_work_and_unknown_ones_are_refused() {
     let e = read_npy(&fixture("cifar_resnet20.output.npy")).expect("output");
     let opt = optimized(&c.graph);
     for cpu in ["x86-64", "x86-64-v3"] {
-        let y = run_jit(&opt, &w, &x, &CpuOptions { cpu: cpu.into() }).expect("cpu");
+        let y = run_jit(
+            &opt,
+            &w,
+            &x,
+            &CpuOptions {
+                cpu: cpu.into(),
+                ..CpuOptions::default()
+            },
+        )
+        .expect("cpu");
         assert_close(cpu, &y, &e, 1e-4, 1e-3);
     }
     let err = run_jit(
@@ -101,6 +125,7 @@ fn portable_cpu_choices_work_and_unknown_ones_are_refused() {
         &x,
         &CpuOptions {
             cpu: "pentium-9000".into(),
+            ..CpuOptions::default()
         },
     )
     .expect_err("refused");

@@ -34,7 +34,7 @@ impl ConstPool {
         derived: &Weights,
         opts: &CpuOptions,
     ) -> ConstPool {
-        let gemm = conv_gemm::plans(graph, vector_registers(&opts.cpu));
+        let gemm = conv_gemm::plans(graph, vector_registers(&opts.cpu), opts.conv);
         // Weight node -> the conv whose kernel reads it packed.
         let packed_for: HashMap<NodeIndex, NodeIndex> =
             gemm.keys().map(|&c| (graph.operands(c)[1], c)).collect();

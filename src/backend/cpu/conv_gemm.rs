@@ -16,6 +16,14 @@
 //! time as `[group][oc panel][ic][tap][MR]`, one broadcast each) against
 //! the input vectors, then applies the fused epilogue (bias, residual add,
 //! activation) in registers before the one store.
+//!
+//! Where the junk columns and the rounding of the grid to 16-pixel tiles
+//! waste much (the 7×7 and 14×14 stages, 8×8 CIFAR maps), the tile turns
+//! round (`Tiling::Channels`): `8·V` output channels (the packed weights,
+//! vector loads) × `r` pixels of one output row (broadcasts of the input),
+//! so no junk column is computed. Its stores are scatters (NCHW puts the
+//! channels of one pixel a plane apart), a few hundred per tile against
+//! thousands of FMAs. A cost model picks the tiling per conv.
 
 use super::lower::{fused_operands, prologue_value, valid_range, Args, Ctx, Unit};
 use crate::backend::llvm::emit::Emitter;
@@ -44,9 +52,31 @@ pub struct Staging {
     pub pad: (u64, u64),
 }
 
+/// Which way a conv's register tile is vectorized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tiling {
+    /// `mr` output channels × 16 consecutive grid pixels (pixel vectors,
+    /// weight broadcasts).
+    Pixels,
+    /// `mr = 8·V` output channels × `r` pixels of one output row (channel
+    /// vectors, input broadcasts).
+    Channels { r: u64 },
+}
+
+/// Which tilings the CPU back end may use: the cost model's choice (`Auto`)
+/// or one forced for every conv (for tests and comparisons).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvKernel {
+    #[default]
+    Auto,
+    Pixels,
+    Channels,
+}
+
 /// The tiling of one conv.
 #[derive(Clone, Debug)]
 pub struct GemmConv {
+    pub tiling: Tiling,
     /// Output channels per register tile.
     pub mr: u64,
     pub groups: u64,
@@ -63,14 +93,19 @@ pub struct GemmConv {
     pub wq: u64,
     pub oh: u64,
     pub ow: u64,
-    /// 16-pixel tiles per group and image.
+    /// 16-pixel tiles per group and image (`Pixels`).
     pub panels: u64,
+    /// 16-pixel tiles per work unit (`Pixels`).
+    pub block: u64,
+    /// Row ranges the output is split into (`Channels`), so that a layer
+    /// with few channel panels still has work for every thread.
+    pub row_chunks: u64,
     pub staging: Option<Staging>,
 }
 
 impl GemmConv {
     /// Tiles the conv at `n`, or `None` when it is not a conv over an image.
-    pub fn plan(graph: &Graph, n: NodeIndex, regs: u32) -> Option<GemmConv> {
+    pub fn plan(graph: &Graph, n: NodeIndex, regs: u32, kernel: ConvKernel) -> Option<GemmConv> {
         let node = graph.node(n);
         let Op::Conv { geom, fused } = &node.op else {
             return None;
@@ -124,21 +159,38 @@ impl GemmConv {
         } else {
             (h * w, w, taps_rc.map(|(y, x)| y * w + x).collect(), None)
         };
-        let mr = choose_mr(ocg, regs);
+        let (tiling, mr) = choose_tiling(ocg, oh, ow, wq, regs, kernel);
+        let oc_panels = ocg.div_ceil(mr);
+        let panels = (oh * wq).div_ceil(NR);
+        let row_chunks = match tiling {
+            Tiling::Pixels => 1,
+            Tiling::Channels { .. } => MIN_UNITS.div_ceil(g * oc_panels).min(oh).max(1),
+        };
         Some(GemmConv {
+            tiling,
             mr,
             groups: g,
             icg,
             ocg,
-            oc_panels: ocg.div_ceil(mr),
+            oc_panels,
             taps,
             plane,
             wq,
             oh,
             ow,
-            panels: (oh * wq).div_ceil(NR),
+            panels,
+            block: (panels / MIN_UNITS).clamp(1, PIXEL_BLOCK),
+            row_chunks,
             staging,
         })
+    }
+
+    /// Work units per image of the tile kernel.
+    pub fn units(&self) -> u64 {
+        match self.tiling {
+            Tiling::Pixels => self.groups * self.panels.div_ceil(self.block),
+            Tiling::Channels { .. } => self.groups * self.oc_panels * self.row_chunks,
+        }
     }
 
     /// Floats of staging space per image, with room for the last tile's
@@ -193,12 +245,61 @@ pub fn choose_mr(m: u64, regs: u32) -> u64 {
         .unwrap_or(1)
 }
 
+/// Work units per image a `Channels` conv is split into at least (when it
+/// has the rows), so that two threads, or eight, have work.
+const MIN_UNITS: u64 = 8;
+
+/// 16-pixel tiles per work unit of a `Pixels` conv at most.
+const PIXEL_BLOCK: u64 = 8;
+
+/// The cost of a `Channels` tile step relative to a `Pixels` one of the
+/// same FMA count, in percent: its weight loads are aligned and its
+/// broadcasts fold into the FMAs, where the pixel tile's shifted input
+/// loads straddle cache lines. Measured on resnet50's layers (one thread,
+/// `resnetc bench --layers --conv-kernel ...`, docs/performance.md): at
+/// equal padding the channel tile ran 10-25% faster.
+const CHANNELS_COST_PERCENT: u64 = 85;
+
+/// The tiling of a conv with `ocg` output channels per group over an
+/// `oh × ow` output (grid row pitch `wq`), and its output channels per
+/// register tile. Costs count vector FMA slots per (input channel, tap)
+/// step, padded channels and junk pixels included, plus about three slots
+/// of overhead per tile step (loads, loop).
+pub fn choose_tiling(
+    ocg: u64,
+    oh: u64,
+    ow: u64,
+    wq: u64,
+    regs: u32,
+    kernel: ConvKernel,
+) -> (Tiling, u64) {
+    let mr = choose_mr(ocg, regs);
+    let pixels = (oh * wq).div_ceil(NR) * ocg.div_ceil(mr) * (2 * mr + 3) * 100;
+    // `r·v` accumulators, `v` weight vectors and one broadcast in registers.
+    let channels = (1..=4u64)
+        .flat_map(|v| (1..=16u64).map(move |r| (v, r)))
+        .filter(|&(v, r)| r * v + v + 1 <= regs as u64)
+        .map(|(v, r)| {
+            let cost = oh * ow.div_ceil(r) * ocg.div_ceil(v * LANES) * (r * v + 3);
+            (cost * CHANNELS_COST_PERCENT, u64::MAX - r * v, v, r)
+        })
+        .min();
+    match (kernel, channels) {
+        (ConvKernel::Pixels, _) | (_, None) => (Tiling::Pixels, mr),
+        (ConvKernel::Channels, Some((_, _, v, r))) => (Tiling::Channels { r }, v * LANES),
+        (ConvKernel::Auto, Some((cost, _, v, r))) if cost < pixels => {
+            (Tiling::Channels { r }, v * LANES)
+        }
+        (ConvKernel::Auto, Some(_)) => (Tiling::Pixels, mr),
+    }
+}
+
 /// Every conv the GEMM kernel runs, with its tiling.
-pub fn plans(graph: &Graph, regs: u32) -> HashMap<NodeIndex, GemmConv> {
+pub fn plans(graph: &Graph, regs: u32, kernel: ConvKernel) -> HashMap<NodeIndex, GemmConv> {
     graph
         .schedule()
         .into_iter()
-        .filter_map(|n| GemmConv::plan(graph, n, regs).map(|p| (n, p)))
+        .filter_map(|n| GemmConv::plan(graph, n, regs, kernel).map(|p| (n, p)))
         .collect()
 }
 
@@ -267,109 +368,266 @@ pub(super) fn stage<'ctx>(
     Ok(())
 }
 
-/// One 16-pixel tile of one group of image `b`, every output channel of the
-/// group: `MR × 16` accumulators per register tile, the epilogue in
-/// registers, one (masked where the tile leaves a row) store.
+/// Work unit `u` of image `b` of the conv's tile kernel.
 pub(super) fn gemm<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
     a: &Args<'ctx>,
     n: NodeIndex,
     p: &GemmConv,
-    (b, u): Unit<'ctx>,
+    unit: Unit<'ctx>,
 ) -> Result<(), LlvmError> {
     let Op::Conv { fused, .. } = &c.graph.node(n).op else {
         return Err(LlvmError::Internal("a GEMM tile of a non-conv".into()));
     };
+    match p.tiling {
+        Tiling::Pixels => gemm_pixels(e, c, a, n, p, fused, unit),
+        Tiling::Channels { r } => gemm_channels(e, c, a, n, p, fused, r, unit),
+    }
+    Ok(())
+}
+
+/// One 16-pixel tile of one group of image `b`, every output channel of the
+/// group: `MR × 16` accumulators per register tile, the epilogue in
+/// registers, one (masked where the tile leaves a row) store.
+fn gemm_pixels<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    c: &Ctx<'_, 'ctx>,
+    a: &Args<'ctx>,
+    n: NodeIndex,
+    p: &GemmConv,
+    fused: &Fused,
+    (b, u): Unit<'ctx>,
+) {
     let ops = c.graph.operands(n);
     let (_, bias, residual) = fused_operands(c, &ops, fused);
     let (mr, t) = (p.mr, p.taps.len() as u64);
-    let panels = e.int(p.panels);
-    let g = e.sdiv(u, panels);
-    let q0 = e.mul(e.srem(u, panels), e.int(NR));
+    let blocks = e.int(p.panels.div_ceil(p.block));
+    let g = e.sdiv(u, blocks);
+    let t0 = e.mul(e.srem(u, blocks), e.int(p.block));
+    let t1 = e.smin(e.add(t0, e.int(p.block)), e.int(p.panels));
     let src = match p.staging {
         Some(_) => a.image(e, c.workspace(e), b),
         None => a.image(e, c.view(ops[0]), b),
     };
-    let xg = e.at(src, e.add(e.mul(g, e.int(p.icg * p.plane)), q0));
+    let xgroup = e.at(src, e.mul(g, e.int(p.icg * p.plane)));
     let yb = a.image(e, c.view(n), b);
     let zb = residual.map(|r| a.image(e, c.view(r), b));
     let slots: Vec<[PointerValue<'ctx>; 2]> = (0..mr).map(|_| [e.vslot(), e.vslot()]).collect();
     let wt = a.konst(e, c.konst(ops[1]));
+    // Channel panel outer, pixel tile inner: the panel's weights stay in
+    // L1 across the block's tiles, and the stores of one panel go to `mr`
+    // planes rather than to every plane of the output.
     e.for_const(0, p.oc_panels, |e, op| {
-        for s in slots.iter().flatten() {
-            e.vset(*s, e.vzero());
-        }
-        let panel = e.add(e.mul(g, e.int(p.oc_panels)), op);
-        let wp = e.at(wt, e.mul(panel, e.int(p.icg * t * mr)));
-        e.for_const(0, p.icg, |e, ic| {
-            let xc = e.at(xg, e.mul(ic, e.int(p.plane)));
-            let wk = e.at(wp, e.mul(ic, e.int(t * mr)));
-            let mut acc: Vec<[VectorValue<'ctx>; 2]> =
-                slots.iter().map(|s| [e.vget(s[0]), e.vget(s[1])]).collect();
-            for (ti, &off) in p.taps.iter().enumerate() {
-                let x0 = e.vload(xc, e.int(off));
-                let x1 = e.vload(xc, e.int(off + LANES));
-                for (r, pair) in acc.iter_mut().enumerate() {
-                    let wv = e.vsplat(e.load(wk, e.int(ti as u64 * mr + r as u64)));
-                    pair[0] = e.vfma(wv, x0, pair[0]);
-                    pair[1] = e.vfma(wv, x1, pair[1]);
+        e.for_range(t0, t1, |e, tile| {
+            let q0 = e.mul(tile, e.int(NR));
+            let xg = e.at(xgroup, q0);
+            for s in slots.iter().flatten() {
+                e.vset(*s, e.vzero());
+            }
+            let panel = e.add(e.mul(g, e.int(p.oc_panels)), op);
+            let wp = e.at(wt, e.mul(panel, e.int(p.icg * t * mr)));
+            e.for_const(0, p.icg, |e, ic| {
+                let xc = e.at(xg, e.mul(ic, e.int(p.plane)));
+                let wk = e.at(wp, e.mul(ic, e.int(t * mr)));
+                let mut acc: Vec<[VectorValue<'ctx>; 2]> =
+                    slots.iter().map(|s| [e.vget(s[0]), e.vget(s[1])]).collect();
+                for (ti, &off) in p.taps.iter().enumerate() {
+                    let x0 = e.vload(xc, e.int(off));
+                    let x1 = e.vload(xc, e.int(off + LANES));
+                    for (r, pair) in acc.iter_mut().enumerate() {
+                        let wv = e.vsplat(e.load(wk, e.int(ti as u64 * mr + r as u64)));
+                        pair[0] = e.vfma(wv, x0, pair[0]);
+                        pair[1] = e.vfma(wv, x1, pair[1]);
+                    }
                 }
-            }
-            for (s, v) in slots.iter().zip(&acc) {
-                e.vset(s[0], v[0]);
-                e.vset(s[1], v[1]);
-            }
-        });
-        let local0 = e.mul(op, e.int(mr));
-        let tile = Tile {
-            p,
-            fused,
-            bias,
-            yb,
-            zb,
-            oc0: e.add(e.mul(g, e.int(p.ocg)), local0),
-            local0,
-            acc: slots.iter().map(|s| [e.vget(s[0]), e.vget(s[1])]).collect(),
-        };
-        let ohw = p.oh * p.ow;
-        if p.wq == p.ow {
-            // Output pixels are the grid's: one store per vector, masked
-            // only in the last tile.
-            let full = e.ult(e.add(q0, e.int(NR)), e.int(ohw + 1));
-            e.if_else(
-                full,
-                |e| tile.store(e, a, |e, v| (e.add(q0, e.int(v * LANES)), None)),
-                |e| {
+                for (s, v) in slots.iter().zip(&acc) {
+                    e.vset(s[0], v[0]);
+                    e.vset(s[1], v[1]);
+                }
+            });
+            let local0 = e.mul(op, e.int(mr));
+            let tile = Tile {
+                p,
+                fused,
+                bias,
+                yb,
+                zb,
+                oc0: e.add(e.mul(g, e.int(p.ocg)), local0),
+                local0,
+                acc: slots.iter().map(|s| [e.vget(s[0]), e.vget(s[1])]).collect(),
+            };
+            let ohw = p.oh * p.ow;
+            if p.wq == p.ow {
+                // Output pixels are the grid's: one store per vector, masked
+                // only in the last tile.
+                let full = e.ult(e.add(q0, e.int(NR)), e.int(ohw + 1));
+                e.if_else(
+                    full,
+                    |e| tile.store(e, a, |e, v| (e.add(q0, e.int(v * LANES)), None)),
+                    |e| {
+                        tile.store(e, a, |e, v| {
+                            let idx = e.vindices(q0, v * LANES);
+                            let m = e.vin_range(idx, e.int(0), e.int(ohw));
+                            (e.add(q0, e.int(v * LANES)), Some(m))
+                        })
+                    },
+                );
+            } else {
+                // The tile spans grid rows: per output row, the lanes of that
+                // row shifted back by the junk columns before it.
+                let wq = e.int(p.wq);
+                let lo = e.sdiv(q0, wq);
+                let hi = e.smin(
+                    e.add(e.sdiv(e.add(q0, e.int(NR - 1)), wq), e.int(1)),
+                    e.int(p.oh),
+                );
+                e.for_range(lo, hi, |e, oy| {
+                    let first = e.mul(oy, wq);
+                    let last = e.add(first, e.int(p.ow));
+                    let shift = e.mul(oy, e.int(p.wq - p.ow));
                     tile.store(e, a, |e, v| {
                         let idx = e.vindices(q0, v * LANES);
-                        let m = e.vin_range(idx, e.int(0), e.int(ohw));
-                        (e.add(q0, e.int(v * LANES)), Some(m))
+                        let m = e.vin_range(idx, first, last);
+                        (e.sub(e.add(q0, e.int(v * LANES)), shift), Some(m))
                     })
-                },
-            );
-        } else {
-            // The tile spans grid rows: per output row, the lanes of that
-            // row shifted back by the junk columns before it.
-            let wq = e.int(p.wq);
-            let lo = e.sdiv(q0, wq);
-            let hi = e.smin(
-                e.add(e.sdiv(e.add(q0, e.int(NR - 1)), wq), e.int(1)),
-                e.int(p.oh),
-            );
-            e.for_range(lo, hi, |e, oy| {
-                let first = e.mul(oy, wq);
-                let last = e.add(first, e.int(p.ow));
-                let shift = e.mul(oy, e.int(p.wq - p.ow));
-                tile.store(e, a, |e, v| {
-                    let idx = e.vindices(q0, v * LANES);
-                    let m = e.vin_range(idx, first, last);
-                    (e.sub(e.add(q0, e.int(v * LANES)), shift), Some(m))
-                })
-            });
-        }
+                });
+            }
+        })
     });
-    Ok(())
+}
+
+/// One channel panel (`mr = 8·V` output channels of one group) over one
+/// range of output rows of image `b`: per `r`-pixel strip of a row, `r × V`
+/// vector accumulators fed by `V` weight vectors and `r` input broadcasts
+/// per (input channel, tap), then the epilogue in registers and one
+/// scatter per vector. The panel's weights stay in cache across the strips.
+#[allow(clippy::too_many_arguments)]
+fn gemm_channels<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    c: &Ctx<'_, 'ctx>,
+    a: &Args<'ctx>,
+    n: NodeIndex,
+    p: &GemmConv,
+    fused: &Fused,
+    r: u64,
+    (b, u): Unit<'ctx>,
+) {
+    let ops = c.graph.operands(n);
+    let (_, bias, residual) = fused_operands(c, &ops, fused);
+    let (mr, t, nv) = (p.mr, p.taps.len() as u64, p.mr / LANES);
+    let chunks = e.int(p.row_chunks);
+    let chunk = e.srem(u, chunks);
+    let panel = e.sdiv(u, chunks);
+    let g = e.sdiv(panel, e.int(p.oc_panels));
+    let local0 = e.mul(e.srem(panel, e.int(p.oc_panels)), e.int(mr));
+    let oc0 = e.add(e.mul(g, e.int(p.ocg)), local0);
+    let rows = p.oh.div_ceil(p.row_chunks);
+    let y0 = e.mul(chunk, e.int(rows));
+    let y1 = e.smin(e.add(y0, e.int(rows)), e.int(p.oh));
+    let src = match p.staging {
+        Some(_) => a.image(e, c.workspace(e), b),
+        None => a.image(e, c.view(ops[0]), b),
+    };
+    let xg = e.at(src, e.mul(g, e.int(p.icg * p.plane)));
+    let yb = a.image(e, c.view(n), b);
+    let zb = residual.map(|z| a.image(e, c.view(z), b));
+    let bias = bias.map(|k| a.konst(e, k));
+    let wp = e.at(
+        a.konst(e, c.konst(ops[1])),
+        e.mul(panel, e.int(p.icg * t * mr)),
+    );
+    let slots: Vec<PointerValue<'ctx>> = (0..r * nv).map(|_| e.vslot()).collect();
+    let ohw = p.oh * p.ow;
+    e.for_range(y0, y1, |e, oy| {
+        e.for_const(0, p.ow.div_ceil(r), |e, s| {
+            let ox0 = e.mul(s, e.int(r));
+            let xq = e.at(xg, e.add(e.mul(oy, e.int(p.wq)), ox0));
+            for s in &slots {
+                e.vset(*s, e.vzero());
+            }
+            e.for_const(0, p.icg, |e, ic| {
+                let xc = e.at(xq, e.mul(ic, e.int(p.plane)));
+                let wk = e.at(wp, e.mul(ic, e.int(t * mr)));
+                let mut acc: Vec<VectorValue<'ctx>> = slots.iter().map(|s| e.vget(*s)).collect();
+                for (ti, &off) in p.taps.iter().enumerate() {
+                    let wv: Vec<VectorValue<'ctx>> = (0..nv)
+                        .map(|v| e.vload(wk, e.int(ti as u64 * mr + v * LANES)))
+                        .collect();
+                    for (j, px) in acc.chunks_mut(nv as usize).enumerate() {
+                        let xb = e.vsplat(e.load(xc, e.int(off + j as u64)));
+                        for (a, w) in px.iter_mut().zip(&wv) {
+                            *a = e.vfma(*w, xb, *a);
+                        }
+                    }
+                }
+                for (s, v) in slots.iter().zip(&acc) {
+                    e.vset(*s, *v);
+                }
+            });
+            // Epilogue: each 8 × 8 block of (pixel, channel) accumulators is
+            // transposed in registers, so every channel's pixels are one
+            // contiguous (masked at a row's end) vector in its plane.
+            let acc: Vec<VectorValue<'ctx>> = slots.iter().map(|s| e.vget(*s)).collect();
+            let pix0 = e.add(e.mul(oy, e.int(p.ow)), ox0);
+            let end = e.smin(e.add(ox0, e.int(r)), e.int(p.ow));
+            for pb in 0..r.div_ceil(LANES) {
+                let full = (pb + 1) * LANES <= r && p.ow.is_multiple_of(r);
+                let mask = (!full).then(|| {
+                    let ox = e.vindices(ox0, pb * LANES);
+                    e.vin_range(ox, e.int(0), end)
+                });
+                let at0 = e.add(pix0, e.int(pb * LANES));
+                for v in 0..nv {
+                    let rows: Vec<VectorValue<'ctx>> = (0..LANES)
+                        .map(|l| {
+                            let j = pb * LANES + l;
+                            if j < r {
+                                acc[(j * nv + v) as usize]
+                            } else {
+                                e.vzero()
+                            }
+                        })
+                        .collect();
+                    for (l, col) in e.vtranspose(&rows).into_iter().enumerate() {
+                        let lane = v * LANES + l as u64;
+                        let store = |e: &mut Emitter<'_, 'ctx>| {
+                            let oc = e.add(oc0, e.int(lane));
+                            let at = e.add(e.mul(oc, e.int(ohw)), at0);
+                            let mut x = col;
+                            for step in &fused.epilogue {
+                                x = match step {
+                                    EpilogueStep::Bias => {
+                                        let bias = bias.expect("bias operand");
+                                        e.vadd(x, e.vsplat(e.load(bias, oc)))
+                                    }
+                                    EpilogueStep::Add => {
+                                        let z = zb.expect("add operand");
+                                        let zv = match mask {
+                                            Some(m) => e.vload_masked(z, at, m),
+                                            None => e.vload(z, at),
+                                        };
+                                        e.vadd(x, zv)
+                                    }
+                                    EpilogueStep::Act(f) => e.vact(x, *f),
+                                };
+                            }
+                            match mask {
+                                Some(m) => e.vstore_masked(yb, at, x, m),
+                                None => e.vstore(yb, at, x),
+                            }
+                        };
+                        if p.ocg.is_multiple_of(mr) {
+                            store(e);
+                        } else {
+                            let live = e.ult(e.add(local0, e.int(lane)), e.int(p.ocg));
+                            e.if_else(live, store, |_| {});
+                        }
+                    }
+                }
+            }
+        });
+    });
 }
 
 /// A finished register tile and where its epilogue reads and writes.

@@ -221,7 +221,7 @@ pub fn lower<'ctx>(
                 if p.staging.is_some() {
                     v.push((Part::Stage, p.groups * p.icg));
                 }
-                v.push((Part::Gemm, p.groups * p.panels));
+                v.push((Part::Gemm, p.units()));
                 v
             }
             None => vec![(Part::Whole, units(&c, n))],

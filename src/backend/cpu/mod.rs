@@ -12,6 +12,7 @@ use crate::ir::Graph;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use consts::ConstPool;
+pub use conv_gemm::ConvKernel;
 use inkwell::context::Context;
 use inkwell::OptimizationLevel;
 
@@ -20,12 +21,15 @@ use inkwell::OptimizationLevel;
 pub struct CpuOptions {
     /// `native`, `x86-64-v3`, `x86-64`, ...
     pub cpu: String,
+    /// The conv tilings allowed (default: the cost model picks per conv).
+    pub conv: ConvKernel,
 }
 
 impl Default for CpuOptions {
     fn default() -> Self {
         CpuOptions {
             cpu: "native".into(),
+            conv: ConvKernel::Auto,
         }
     }
 }

@@ -216,6 +216,33 @@ impl<'ctx> Emitter<'_, 'ctx> {
         self.b.build_and(ge, lt, "").expect(BUILDER)
     }
 
+    /// The transpose of an 8 × 8 block given as 8 row vectors: three
+    /// butterfly stages, each swapping one bit of the row index with the
+    /// same bit of the lane index (24 two-source shuffles).
+    pub fn vtranspose(&self, rows: &[VectorValue<'ctx>]) -> Vec<VectorValue<'ctx>> {
+        let n = LANES as usize;
+        assert_eq!(rows.len(), n, "a transpose takes {LANES} rows");
+        let i32t = self.ctx.i32_type();
+        let mut m = rows.to_vec();
+        for bit in [1usize, 2, 4] {
+            let mask = |pick: &dyn Fn(usize) -> usize| {
+                let idx: Vec<_> = (0..n)
+                    .map(|k| i32t.const_int(pick(k) as u64, false))
+                    .collect();
+                VectorType::const_vector(&idx)
+            };
+            let low = mask(&|k| if k & bit == 0 { k } else { n + (k ^ bit) });
+            let high = mask(&|k| if k & bit == 0 { k | bit } else { n + k });
+            for i in (0..n).filter(|i| i & bit == 0) {
+                let (a, b) = (m[i], m[i | bit]);
+                let shuffle = |mk| self.b.build_shuffle_vector(a, b, mk, "").expect(BUILDER);
+                m[i] = shuffle(low);
+                m[i | bit] = shuffle(high);
+            }
+        }
+        m
+    }
+
     /// A stack slot for a vector accumulator (promoted to a register).
     pub fn vslot(&self) -> PointerValue<'ctx> {
         self.entry_alloca(self.vty().into())
