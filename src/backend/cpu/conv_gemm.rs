@@ -278,7 +278,7 @@ pub fn choose_tiling(
     // `r·v` accumulators, `v` weight vectors and one broadcast in registers.
     let channels = (1..=4u64)
         .flat_map(|v| (1..=16u64).map(move |r| (v, r)))
-        .filter(|&(v, r)| r * v + v + 1 <= regs as u64)
+        .filter(|&(v, r)| r * v + v < regs as u64)
         .map(|(v, r)| {
             let cost = oh * ow.div_ceil(r) * ocg.div_ceil(v * LANES) * (r * v + 3);
             (cost * CHANNELS_COST_PERCENT, u64::MAX - r * v, v, r)
