@@ -231,3 +231,28 @@ model aliasing(x: f32[N, 8, 6, 6]) {
     let y = run_jit(&optimized(&c.graph), &w, &x, &CpuOptions::default()).expect("cpu");
     assert_close("aliasing", &y, &reference, 1e-4, 1e-3);
 }
+
+/// Transposed convs run as channel tiles over row phases: strides 1-3,
+/// padding, output padding, dilation, groups, odd widths (ragged strips),
+/// a BatchNorm+ReLU prologue after a concat, a residual add and a BN
+/// folded into the output channels, all against the interpreter.
+#[test]
+fn transposed_convs_match_the_interpreter() {
+    let text = r#"
+model transposed(x: f32[N, 6, 7, 9]) {
+    let a = x |> t0: conv_transpose(16, k: 2, stride: 2, bias: true) |> relu()
+    let b = a |> t1: conv_transpose(8, k: 3, stride: 2, pad: 1, output_padding: 1)
+    let c = b |> t2: conv_transpose(8, k: 3, pad: 1, dilation: 2, groups: 2, bias: true)
+    let d = (c |> t3: conv_transpose(8, k: 3, pad: 1, bias: true)) + c
+    let e = concat(d, c) |> bn: batchnorm() |> relu() |> t4: conv_transpose(12, k: 4, stride: 3, pad: 1)
+    e |> t5: conv_transpose(3, k: 5, stride: 1, pad: 2) |> b5: batchnorm()
+}
+"#;
+    let c = resnetc::front::compile_source("transposed.res", text, None)
+        .unwrap_or_else(|e| panic!("{}", e.render_plain()));
+    let w = random_weights(&specs_of(&c.graph), 5);
+    let x = random_tensor(&[2, 6, 7, 9], 5);
+    let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+    let y = run_jit(&optimized(&c.graph), &w, &x, &CpuOptions::default()).expect("cpu");
+    assert_close("transposed", &y, &reference, 1e-4, 1e-3);
+}

@@ -73,6 +73,22 @@ pub enum ConvKernel {
     Channels,
 }
 
+/// Output rows that share one set of taps in a `Channels` tile: rows
+/// `first + step·i` for `i < rows`. A conv has one (every row, every tap);
+/// a transposed conv with stride `s` has `s`, each with the taps that land
+/// on its rows.
+#[derive(Clone, Debug)]
+pub struct RowPhase {
+    pub first: u64,
+    pub step: u64,
+    pub rows: u64,
+    /// Source offset of row `i`'s first input element: `i · row_pitch`.
+    pub row_pitch: u64,
+    /// Per tap (index into the packed weights), the tile pixels it feeds
+    /// and the source offset each reads, from the tile's source base.
+    pub uses: Vec<(u64, Vec<(u64, u64)>)>,
+}
+
 /// The tiling of one conv.
 #[derive(Clone, Debug)]
 pub struct GemmConv {
@@ -100,6 +116,12 @@ pub struct GemmConv {
     /// Row ranges the output is split into (`Channels`), so that a layer
     /// with few channel panels still has work for every thread.
     pub row_chunks: u64,
+    /// `Channels`: the row phases, and the source columns one `r`-pixel
+    /// strip advances by.
+    pub row_phases: Vec<RowPhase>,
+    pub strip_cols: u64,
+    /// A transposed conv: its weight is `[ic, ocg, kh, kw]`.
+    pub transposed: bool,
     pub staging: Option<Staging>,
 }
 
@@ -137,7 +159,7 @@ impl GemmConv {
                 taps_rc.clone().map(|(y, x)| (y % sh, x % sw)).collect();
             phases.sort_unstable();
             phases.dedup();
-            let taps = taps_rc
+            let taps: Vec<u64> = taps_rc
                 .map(|(y, x)| {
                     let f = phases
                         .iter()
@@ -160,19 +182,30 @@ impl GemmConv {
             (h * w, w, taps_rc.map(|(y, x)| y * w + x).collect(), None)
         };
         let (tiling, mr) = choose_tiling(ocg, oh, ow, wq, regs, kernel);
-        let oc_panels = ocg.div_ceil(mr);
         let panels = (oh * wq).div_ceil(NR);
-        let row_chunks = match tiling {
+        let r = match tiling {
+            Tiling::Channels { r } => r,
             Tiling::Pixels => 1,
-            Tiling::Channels { .. } => MIN_UNITS.div_ceil(g * oc_panels).min(oh).max(1),
         };
-        Some(GemmConv {
+        let uses = taps
+            .iter()
+            .enumerate()
+            .map(|(ti, &off)| (ti as u64, (0..r).map(|j| (j, off + j)).collect()))
+            .collect();
+        let phase = RowPhase {
+            first: 0,
+            step: 1,
+            rows: oh,
+            row_pitch: wq,
+            uses,
+        };
+        let mut p = GemmConv {
             tiling,
             mr,
             groups: g,
             icg,
             ocg,
-            oc_panels,
+            oc_panels: ocg.div_ceil(mr),
             taps,
             plane,
             wq,
@@ -180,9 +213,26 @@ impl GemmConv {
             ow,
             panels,
             block: (panels / MIN_UNITS).clamp(1, PIXEL_BLOCK),
-            row_chunks,
+            row_chunks: 1,
+            row_phases: vec![phase],
+            strip_cols: r,
+            transposed: false,
             staging,
-        })
+        };
+        p.split_rows();
+        Some(p)
+    }
+
+    /// Splits a `Channels` conv's rows so that every image has at least
+    /// `MIN_UNITS` work units where the rows allow.
+    pub(super) fn split_rows(&mut self) {
+        if let Tiling::Channels { .. } = self.tiling {
+            let rows = self.row_phases.iter().map(|p| p.rows).max().unwrap_or(1);
+            self.row_chunks = MIN_UNITS
+                .div_ceil(self.groups * self.oc_panels)
+                .min(rows)
+                .max(1);
+        }
     }
 
     /// Work units per image of the tile kernel.
@@ -204,11 +254,12 @@ impl GemmConv {
 
     /// How far past a source the tiles may read (junk lanes, never stored).
     pub fn slack(&self) -> u64 {
-        self.wq + 2 * NR
+        2 * self.wq + 2 * NR
     }
 
-    /// The weight `[oc, icg, kh, kw]` in the kernel's order
-    /// `[group][oc panel][ic][tap][mr]`, zero rows past `ocg`.
+    /// The weight `[oc, icg, kh, kw]` (transposed: `[ic, ocg, kh, kw]`) in
+    /// the kernel's order `[group][oc panel][ic][tap][mr]`, zero rows past
+    /// `ocg`.
     pub fn pack(&self, w: &[f32]) -> Vec<f32> {
         let t = self.taps.len() as u64;
         let mut out =
@@ -219,11 +270,12 @@ impl GemmConv {
                     for tap in 0..t {
                         for r in 0..self.mr {
                             let oc = op * self.mr + r;
-                            out.push(if oc < self.ocg {
-                                w[(((g * self.ocg + oc) * self.icg + ic) * t + tap) as usize]
+                            let at = if self.transposed {
+                                ((g * self.icg + ic) * self.ocg + oc) * t + tap
                             } else {
-                                0.0
-                            });
+                                ((g * self.ocg + oc) * self.icg + ic) * t + tap
+                            };
+                            out.push(if oc < self.ocg { w[at as usize] } else { 0.0 });
                         }
                     }
                 }
@@ -250,7 +302,7 @@ pub fn choose_mr(m: u64, regs: u32) -> u64 {
 const MIN_UNITS: u64 = 8;
 
 /// 16-pixel tiles per work unit of a `Pixels` conv at most.
-const PIXEL_BLOCK: u64 = 8;
+pub const PIXEL_BLOCK: u64 = 8;
 
 /// The cost of a `Channels` tile step relative to a `Pixels` one of the
 /// same FMA count, in percent: its weight loads are aligned and its
@@ -275,15 +327,7 @@ pub fn choose_tiling(
 ) -> (Tiling, u64) {
     let mr = choose_mr(ocg, regs);
     let pixels = (oh * wq).div_ceil(NR) * ocg.div_ceil(mr) * (2 * mr + 3) * 100;
-    // `r·v` accumulators, `v` weight vectors and one broadcast in registers.
-    let channels = (1..=4u64)
-        .flat_map(|v| (1..=16u64).map(move |r| (v, r)))
-        .filter(|&(v, r)| r * v + v < regs as u64)
-        .map(|(v, r)| {
-            let cost = oh * ow.div_ceil(r) * ocg.div_ceil(v * LANES) * (r * v + 3);
-            (cost * CHANNELS_COST_PERCENT, u64::MAX - r * v, v, r)
-        })
-        .min();
+    let channels = choose_channels(ocg, oh, ow, regs, 1);
     match (kernel, channels) {
         (ConvKernel::Pixels, _) | (_, None) => (Tiling::Pixels, mr),
         (ConvKernel::Channels, Some((_, _, v, r))) => (Tiling::Channels { r }, v * LANES),
@@ -294,12 +338,36 @@ pub fn choose_tiling(
     }
 }
 
+/// The cheapest `Channels` tile `(cost, -r·v, v, r)` with `r` a multiple
+/// of `r_step`: `r·v` accumulators, `v` weight vectors and one broadcast
+/// in registers.
+pub fn choose_channels(
+    ocg: u64,
+    oh: u64,
+    ow: u64,
+    regs: u32,
+    r_step: u64,
+) -> Option<(u64, u64, u64, u64)> {
+    (1..=4u64)
+        .flat_map(|v| (1..=16u64).map(move |r| (v, r)))
+        .filter(|&(v, r)| r * v + v < regs as u64 && r.is_multiple_of(r_step))
+        .map(|(v, r)| {
+            let cost = oh * ow.div_ceil(r) * ocg.div_ceil(v * LANES) * (r * v + 3);
+            (cost * CHANNELS_COST_PERCENT, u64::MAX - r * v, v, r)
+        })
+        .min()
+}
+
 /// Every conv the GEMM kernel runs, with its tiling.
 pub fn plans(graph: &Graph, regs: u32, kernel: ConvKernel) -> HashMap<NodeIndex, GemmConv> {
     graph
         .schedule()
         .into_iter()
-        .filter_map(|n| GemmConv::plan(graph, n, regs, kernel).map(|p| (n, p)))
+        .filter_map(|n| {
+            GemmConv::plan(graph, n, regs, kernel)
+                .or_else(|| super::conv_transpose_plan::plan(graph, n, regs))
+                .map(|p| (n, p))
+        })
         .collect()
 }
 
@@ -325,7 +393,7 @@ pub(super) fn stage<'ctx>(
     p: &GemmConv,
     (b, ch): Unit<'ctx>,
 ) -> Result<(), LlvmError> {
-    let (Some(st), Op::Conv { fused, .. }) = (&p.staging, &c.graph.node(n).op) else {
+    let (Some(st), Some(fused)) = (&p.staging, conv_fused(&c.graph.node(n).op)) else {
         return Err(LlvmError::Internal("staging an unstaged conv".into()));
     };
     let ops = c.graph.operands(n);
@@ -368,6 +436,14 @@ pub(super) fn stage<'ctx>(
     Ok(())
 }
 
+/// The fused prologue and epilogue of a conv or transposed conv.
+fn conv_fused(op: &Op) -> Option<&Fused> {
+    match op {
+        Op::Conv { fused, .. } | Op::ConvTranspose { fused, .. } => Some(fused),
+        _ => None,
+    }
+}
+
 /// Work unit `u` of image `b` of the conv's tile kernel.
 pub(super) fn gemm<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
@@ -377,7 +453,7 @@ pub(super) fn gemm<'ctx>(
     p: &GemmConv,
     unit: Unit<'ctx>,
 ) -> Result<(), LlvmError> {
-    let Op::Conv { fused, .. } = &c.graph.node(n).op else {
+    let Some(fused) = conv_fused(&c.graph.node(n).op) else {
         return Err(LlvmError::Internal("a GEMM tile of a non-conv".into()));
     };
     match p.tiling {
@@ -522,9 +598,6 @@ fn gemm_channels<'ctx>(
     let g = e.sdiv(panel, e.int(p.oc_panels));
     let local0 = e.mul(e.srem(panel, e.int(p.oc_panels)), e.int(mr));
     let oc0 = e.add(e.mul(g, e.int(p.ocg)), local0);
-    let rows = p.oh.div_ceil(p.row_chunks);
-    let y0 = e.mul(chunk, e.int(rows));
-    let y1 = e.smin(e.add(y0, e.int(rows)), e.int(p.oh));
     let src = match p.staging {
         Some(_) => a.image(e, c.workspace(e), b),
         None => a.image(e, c.view(ops[0]), b),
@@ -539,95 +612,106 @@ fn gemm_channels<'ctx>(
     );
     let slots: Vec<PointerValue<'ctx>> = (0..r * nv).map(|_| e.vslot()).collect();
     let ohw = p.oh * p.ow;
-    e.for_range(y0, y1, |e, oy| {
-        e.for_const(0, p.ow.div_ceil(r), |e, s| {
-            let ox0 = e.mul(s, e.int(r));
-            let xq = e.at(xg, e.add(e.mul(oy, e.int(p.wq)), ox0));
-            for s in &slots {
-                e.vset(*s, e.vzero());
-            }
-            e.for_const(0, p.icg, |e, ic| {
-                let xc = e.at(xq, e.mul(ic, e.int(p.plane)));
-                let wk = e.at(wp, e.mul(ic, e.int(t * mr)));
-                let mut acc: Vec<VectorValue<'ctx>> = slots.iter().map(|s| e.vget(*s)).collect();
-                for (ti, &off) in p.taps.iter().enumerate() {
-                    let wv: Vec<VectorValue<'ctx>> = (0..nv)
-                        .map(|v| e.vload(wk, e.int(ti as u64 * mr + v * LANES)))
-                        .collect();
-                    for (j, px) in acc.chunks_mut(nv as usize).enumerate() {
-                        let xb = e.vsplat(e.load(xc, e.int(off + j as u64)));
-                        for (a, w) in px.iter_mut().zip(&wv) {
-                            *a = e.vfma(*w, xb, *a);
+    for ph in &p.row_phases {
+        let rows = ph.rows.div_ceil(p.row_chunks);
+        let i0 = e.mul(chunk, e.int(rows));
+        let i1 = e.smin(e.add(i0, e.int(rows)), e.int(ph.rows));
+        e.for_range(i0, i1, |e, i| {
+            let oy = e.add(e.mul(i, e.int(ph.step)), e.int(ph.first));
+            e.for_const(0, p.ow.div_ceil(r), |e, s| {
+                let ox0 = e.mul(s, e.int(r));
+                let xq = e.at(
+                    xg,
+                    e.add(e.mul(i, e.int(ph.row_pitch)), e.mul(s, e.int(p.strip_cols))),
+                );
+                for s in &slots {
+                    e.vset(*s, e.vzero());
+                }
+                e.for_const(0, p.icg, |e, ic| {
+                    let xc = e.at(xq, e.mul(ic, e.int(p.plane)));
+                    let wk = e.at(wp, e.mul(ic, e.int(t * mr)));
+                    let mut acc: Vec<VectorValue<'ctx>> =
+                        slots.iter().map(|s| e.vget(*s)).collect();
+                    for (ti, uses) in &ph.uses {
+                        let wv: Vec<VectorValue<'ctx>> = (0..nv)
+                            .map(|v| e.vload(wk, e.int(ti * mr + v * LANES)))
+                            .collect();
+                        for &(j, off) in uses {
+                            let xb = e.vsplat(e.load(xc, e.int(off)));
+                            let px = &mut acc[(j * nv) as usize..((j + 1) * nv) as usize];
+                            for (a, w) in px.iter_mut().zip(&wv) {
+                                *a = e.vfma(*w, xb, *a);
+                            }
                         }
                     }
-                }
-                for (s, v) in slots.iter().zip(&acc) {
-                    e.vset(*s, *v);
+                    for (s, v) in slots.iter().zip(&acc) {
+                        e.vset(*s, *v);
+                    }
+                });
+                // Epilogue: each 8 × 8 block of (pixel, channel) accumulators is
+                // transposed in registers, so every channel's pixels are one
+                // contiguous (masked at a row's end) vector in its plane.
+                let acc: Vec<VectorValue<'ctx>> = slots.iter().map(|s| e.vget(*s)).collect();
+                let pix0 = e.add(e.mul(oy, e.int(p.ow)), ox0);
+                let end = e.smin(e.add(ox0, e.int(r)), e.int(p.ow));
+                for pb in 0..r.div_ceil(LANES) {
+                    let full = (pb + 1) * LANES <= r && p.ow.is_multiple_of(r);
+                    let mask = (!full).then(|| {
+                        let ox = e.vindices(ox0, pb * LANES);
+                        e.vin_range(ox, e.int(0), end)
+                    });
+                    let at0 = e.add(pix0, e.int(pb * LANES));
+                    for v in 0..nv {
+                        let rows: Vec<VectorValue<'ctx>> = (0..LANES)
+                            .map(|l| {
+                                let j = pb * LANES + l;
+                                if j < r {
+                                    acc[(j * nv + v) as usize]
+                                } else {
+                                    e.vzero()
+                                }
+                            })
+                            .collect();
+                        for (l, col) in e.vtranspose(&rows).into_iter().enumerate() {
+                            let lane = v * LANES + l as u64;
+                            let store = |e: &mut Emitter<'_, 'ctx>| {
+                                let oc = e.add(oc0, e.int(lane));
+                                let at = e.add(e.mul(oc, e.int(ohw)), at0);
+                                let mut x = col;
+                                for step in &fused.epilogue {
+                                    x = match step {
+                                        EpilogueStep::Bias => {
+                                            let bias = bias.expect("bias operand");
+                                            e.vadd(x, e.vsplat(e.load(bias, oc)))
+                                        }
+                                        EpilogueStep::Add => {
+                                            let z = zb.expect("add operand");
+                                            let zv = match mask {
+                                                Some(m) => e.vload_masked(z, at, m),
+                                                None => e.vload(z, at),
+                                            };
+                                            e.vadd(x, zv)
+                                        }
+                                        EpilogueStep::Act(f) => e.vact(x, *f),
+                                    };
+                                }
+                                match mask {
+                                    Some(m) => e.vstore_masked(yb, at, x, m),
+                                    None => e.vstore(yb, at, x),
+                                }
+                            };
+                            if p.ocg.is_multiple_of(mr) {
+                                store(e);
+                            } else {
+                                let live = e.ult(e.add(local0, e.int(lane)), e.int(p.ocg));
+                                e.if_else(live, store, |_| {});
+                            }
+                        }
+                    }
                 }
             });
-            // Epilogue: each 8 × 8 block of (pixel, channel) accumulators is
-            // transposed in registers, so every channel's pixels are one
-            // contiguous (masked at a row's end) vector in its plane.
-            let acc: Vec<VectorValue<'ctx>> = slots.iter().map(|s| e.vget(*s)).collect();
-            let pix0 = e.add(e.mul(oy, e.int(p.ow)), ox0);
-            let end = e.smin(e.add(ox0, e.int(r)), e.int(p.ow));
-            for pb in 0..r.div_ceil(LANES) {
-                let full = (pb + 1) * LANES <= r && p.ow.is_multiple_of(r);
-                let mask = (!full).then(|| {
-                    let ox = e.vindices(ox0, pb * LANES);
-                    e.vin_range(ox, e.int(0), end)
-                });
-                let at0 = e.add(pix0, e.int(pb * LANES));
-                for v in 0..nv {
-                    let rows: Vec<VectorValue<'ctx>> = (0..LANES)
-                        .map(|l| {
-                            let j = pb * LANES + l;
-                            if j < r {
-                                acc[(j * nv + v) as usize]
-                            } else {
-                                e.vzero()
-                            }
-                        })
-                        .collect();
-                    for (l, col) in e.vtranspose(&rows).into_iter().enumerate() {
-                        let lane = v * LANES + l as u64;
-                        let store = |e: &mut Emitter<'_, 'ctx>| {
-                            let oc = e.add(oc0, e.int(lane));
-                            let at = e.add(e.mul(oc, e.int(ohw)), at0);
-                            let mut x = col;
-                            for step in &fused.epilogue {
-                                x = match step {
-                                    EpilogueStep::Bias => {
-                                        let bias = bias.expect("bias operand");
-                                        e.vadd(x, e.vsplat(e.load(bias, oc)))
-                                    }
-                                    EpilogueStep::Add => {
-                                        let z = zb.expect("add operand");
-                                        let zv = match mask {
-                                            Some(m) => e.vload_masked(z, at, m),
-                                            None => e.vload(z, at),
-                                        };
-                                        e.vadd(x, zv)
-                                    }
-                                    EpilogueStep::Act(f) => e.vact(x, *f),
-                                };
-                            }
-                            match mask {
-                                Some(m) => e.vstore_masked(yb, at, x, m),
-                                None => e.vstore(yb, at, x),
-                            }
-                        };
-                        if p.ocg.is_multiple_of(mr) {
-                            store(e);
-                        } else {
-                            let live = e.ult(e.add(local0, e.int(lane)), e.int(p.ocg));
-                            e.if_else(live, store, |_| {});
-                        }
-                    }
-                }
-            }
         });
-    });
+    }
 }
 
 /// A finished register tile and where its epilogue reads and writes.

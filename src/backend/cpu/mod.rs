@@ -5,6 +5,7 @@
 pub mod artifact;
 pub mod consts;
 pub mod conv_gemm;
+pub mod conv_transpose_plan;
 pub mod lower;
 
 use crate::backend::llvm::{self, LlvmError};
