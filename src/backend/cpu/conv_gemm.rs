@@ -125,31 +125,74 @@ pub struct GemmConv {
     pub staging: Option<Staging>,
 }
 
-impl GemmConv {
-    /// Tiles the conv at `n`, or `None` when it is not a conv over an image.
-    pub fn plan(graph: &Graph, n: NodeIndex, regs: u32, kernel: ConvKernel) -> Option<GemmConv> {
+/// The sizes of a conv or transposed conv over an image, per group.
+pub struct ConvShape {
+    pub g: u64,
+    pub icg: u64,
+    pub ocg: u64,
+    pub h: u64,
+    pub w: u64,
+    pub oh: u64,
+    pub ow: u64,
+    pub k: (u64, u64),
+    pub s: (u64, u64),
+    pub p: (u64, u64),
+    pub d: (u64, u64),
+}
+
+impl ConvShape {
+    /// The shape of the (transposed) conv at `n`, or `None` when it is not
+    /// one over an image or shares its weight: the packed weight replaces
+    /// the plain one, so it must be this op's alone.
+    pub fn of(graph: &Graph, n: NodeIndex) -> Option<ConvShape> {
         let node = graph.node(n);
-        let Op::Conv { geom, fused } = &node.op else {
+        let (Op::Conv { geom, .. } | Op::ConvTranspose { geom, .. }) = &node.op else {
             return None;
         };
         let ops = graph.operands(n);
         let (xs, ys) = (&graph.node(ops[0]).shape, &node.shape);
-        // The packed weight replaces the plain one: it must be this conv's
-        // alone.
         if xs.len() != 3 || ys.len() != 3 || graph.users(ops[1]).len() != 1 {
             return None;
         }
         let (ic, h, w) = chw(xs);
         let (oc, oh, ow) = chw(ys);
         let g = geom.groups as u64;
-        let (icg, ocg) = (ic / g, oc / g);
-        let p = |v: [usize; 2]| (v[0] as u64, v[1] as u64);
-        let ((kh, kw), (sh, sw), (ph, pw), (dh, dw)) = (
-            p(geom.kernel),
-            p(geom.stride),
-            p(geom.pad),
-            p(geom.dilation),
-        );
+        let pair = |v: [usize; 2]| (v[0] as u64, v[1] as u64);
+        Some(ConvShape {
+            g,
+            icg: ic / g,
+            ocg: oc / g,
+            h,
+            w,
+            oh,
+            ow,
+            k: pair(geom.kernel),
+            s: pair(geom.stride),
+            p: pair(geom.pad),
+            d: pair(geom.dilation),
+        })
+    }
+}
+
+impl GemmConv {
+    /// Tiles the conv at `n`, or `None` when it is not a conv over an image.
+    pub fn plan(graph: &Graph, n: NodeIndex, regs: u32, kernel: ConvKernel) -> Option<GemmConv> {
+        let Op::Conv { fused, .. } = &graph.node(n).op else {
+            return None;
+        };
+        let ConvShape {
+            g,
+            icg,
+            ocg,
+            h,
+            w,
+            oh,
+            ow,
+            k: (kh, kw),
+            s: (sh, sw),
+            p: (ph, pw),
+            d: (dh, dw),
+        } = ConvShape::of(graph, n)?;
         let staged = (ph, pw) != (0, 0) || (sh, sw) != (1, 1) || fused.prologue.is_some();
         let taps_rc = (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky * dh, kx * dw)));
         let (plane, wq, taps, staging) = if staged {
@@ -677,28 +720,8 @@ fn gemm_channels<'ctx>(
                             let store = |e: &mut Emitter<'_, 'ctx>| {
                                 let oc = e.add(oc0, e.int(lane));
                                 let at = e.add(e.mul(oc, e.int(ohw)), at0);
-                                let mut x = col;
-                                for step in &fused.epilogue {
-                                    x = match step {
-                                        EpilogueStep::Bias => {
-                                            let bias = bias.expect("bias operand");
-                                            e.vadd(x, e.vsplat(e.load(bias, oc)))
-                                        }
-                                        EpilogueStep::Add => {
-                                            let z = zb.expect("add operand");
-                                            let zv = match mask {
-                                                Some(m) => e.vload_masked(z, at, m),
-                                                None => e.vload(z, at),
-                                            };
-                                            e.vadd(x, zv)
-                                        }
-                                        EpilogueStep::Act(f) => e.vact(x, *f),
-                                    };
-                                }
-                                match mask {
-                                    Some(m) => e.vstore_masked(yb, at, x, m),
-                                    None => e.vstore(yb, at, x),
-                                }
+                                let out = Out { y: yb, z: zb, bias };
+                                epilogue_store(e, fused, &out, col, oc, at, mask);
                             };
                             if p.ocg.is_multiple_of(mr) {
                                 store(e);
@@ -711,6 +734,48 @@ fn gemm_channels<'ctx>(
                 }
             });
         });
+    }
+}
+
+/// Where a tile's epilogue writes and reads: the output and residual (the
+/// same index in both) and the bias array.
+struct Out<'ctx> {
+    y: PointerValue<'ctx>,
+    z: Option<PointerValue<'ctx>>,
+    bias: Option<PointerValue<'ctx>>,
+}
+
+/// Applies the epilogue to vector `x` of output channel `oc` and stores it
+/// at `y[idx..]` (masked when `mask` is given).
+fn epilogue_store<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    fused: &Fused,
+    out: &Out<'ctx>,
+    mut x: VectorValue<'ctx>,
+    oc: IntValue<'ctx>,
+    idx: IntValue<'ctx>,
+    mask: Option<VectorValue<'ctx>>,
+) {
+    for step in &fused.epilogue {
+        x = match step {
+            EpilogueStep::Bias => {
+                let bias = out.bias.expect("bias operand");
+                e.vadd(x, e.vsplat(e.load(bias, oc)))
+            }
+            EpilogueStep::Add => {
+                let z = out.z.expect("add operand");
+                let zv = match mask {
+                    Some(m) => e.vload_masked(z, idx, m),
+                    None => e.vload(z, idx),
+                };
+                e.vadd(x, zv)
+            }
+            EpilogueStep::Act(f) => e.vact(x, *f),
+        };
+    }
+    match mask {
+        Some(m) => e.vstore_masked(out.y, idx, x, m),
+        None => e.vstore(out.y, idx, x),
     }
 }
 
@@ -744,28 +809,12 @@ impl<'ctx> Tile<'_, 'ctx> {
                 let zplane = self.zb.map(|z| e.at(z, e.mul(oc, e.int(ohw))));
                 for (v, &val) in vals.iter().enumerate() {
                     let (idx, mask) = at(e, v as u64);
-                    let mut x = val;
-                    for step in &self.fused.epilogue {
-                        x = match step {
-                            EpilogueStep::Bias => {
-                                let bias = self.bias.expect("bias operand");
-                                e.vadd(x, e.vsplat(e.load(a.konst(e, bias), oc)))
-                            }
-                            EpilogueStep::Add => {
-                                let z = zplane.expect("add operand");
-                                let zv = match mask {
-                                    Some(m) => e.vload_masked(z, idx, m),
-                                    None => e.vload(z, idx),
-                                };
-                                e.vadd(x, zv)
-                            }
-                            EpilogueStep::Act(f) => e.vact(x, *f),
-                        };
-                    }
-                    match mask {
-                        Some(m) => e.vstore_masked(yplane, idx, x, m),
-                        None => e.vstore(yplane, idx, x),
-                    }
+                    let out = Out {
+                        y: yplane,
+                        z: zplane,
+                        bias: self.bias.map(|b| a.konst(e, b)),
+                    };
+                    epilogue_store(e, self.fused, &out, val, oc, idx, mask);
                 }
             };
             if self.p.ocg.is_multiple_of(self.p.mr) {

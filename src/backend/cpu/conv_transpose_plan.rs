@@ -10,35 +10,32 @@
 //! compile time. The input is staged once, zero-padded on every side by as
 //! much as any output reaches past it, so the tile reads no bounds.
 
-use super::conv_gemm::{choose_channels, GemmConv, RowPhase, Staging, Tiling, PIXEL_BLOCK};
+use super::conv_gemm::{
+    choose_channels, ConvShape, GemmConv, RowPhase, Staging, Tiling, PIXEL_BLOCK,
+};
 use crate::backend::llvm::vector::LANES;
-use crate::ir::graph::chw;
 use crate::ir::{Graph, Op};
 use petgraph::stable_graph::NodeIndex;
 
 /// The `Channels` tiling of the transposed conv at `n`, or `None` when it is
 /// not one over an image whose weight it alone reads.
 pub fn plan(graph: &Graph, n: NodeIndex, regs: u32) -> Option<GemmConv> {
-    let node = graph.node(n);
-    let Op::ConvTranspose { geom, .. } = &node.op else {
-        return None;
-    };
-    let ops = graph.operands(n);
-    let (xs, ys) = (&graph.node(ops[0]).shape, &node.shape);
-    if xs.len() != 3 || ys.len() != 3 || graph.users(ops[1]).len() != 1 {
+    if !matches!(graph.node(n).op, Op::ConvTranspose { .. }) {
         return None;
     }
-    let (ic, h, w) = chw(xs);
-    let (oc, oh, ow) = chw(ys);
-    let g = geom.groups as u64;
-    let (icg, ocg) = (ic / g, oc / g);
-    let u = |v: [usize; 2]| (v[0] as u64, v[1] as u64);
-    let ((kh, kw), (sh, sw), (ph, pw), (dh, dw)) = (
-        u(geom.kernel),
-        u(geom.stride),
-        u(geom.pad),
-        u(geom.dilation),
-    );
+    let ConvShape {
+        g,
+        icg,
+        ocg,
+        h,
+        w,
+        oh,
+        ow,
+        k: (kh, kw),
+        s: (sh, sw),
+        p: (ph, pw),
+        d: (dh, dw),
+    } = ConvShape::of(graph, n)?;
     let (_, _, v, r) = choose_channels(ocg, oh, ow, regs, sw)?;
     // The input index output `o` reads through tap `k`, when one.
     let source = |o: u64, k: u64, s: u64, p: u64, d: u64| -> Option<i64> {
