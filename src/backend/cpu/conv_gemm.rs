@@ -30,7 +30,7 @@ use crate::backend::llvm::emit::Emitter;
 use crate::backend::llvm::vector::LANES;
 use crate::backend::llvm::LlvmError;
 use crate::ir::graph::chw;
-use crate::ir::op::{EpilogueStep, Fused, Op};
+use crate::ir::op::{ConvGeom, EpilogueStep, Fused, Op};
 use crate::ir::Graph;
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 use petgraph::stable_graph::NodeIndex;
@@ -154,23 +154,26 @@ impl ConvShape {
         if xs.len() != 3 || ys.len() != 3 || graph.users(ops[1]).len() != 1 {
             return None;
         }
-        let (ic, h, w) = chw(xs);
-        let (oc, oh, ow) = chw(ys);
+        Some(ConvShape::new(geom, chw(xs), chw(ys)))
+    }
+
+    /// The sizes of `geom` on a `[c, h, w]` input giving `[oc, oh, ow]`.
+    pub fn new(geom: &ConvGeom, x: (u64, u64, u64), y: (u64, u64, u64)) -> ConvShape {
         let g = geom.groups as u64;
         let pair = |v: [usize; 2]| (v[0] as u64, v[1] as u64);
-        Some(ConvShape {
+        ConvShape {
             g,
-            icg: ic / g,
-            ocg: oc / g,
-            h,
-            w,
-            oh,
-            ow,
+            icg: x.0 / g,
+            ocg: y.0 / g,
+            h: x.1,
+            w: x.2,
+            oh: y.1,
+            ow: y.2,
             k: pair(geom.kernel),
             s: pair(geom.stride),
             p: pair(geom.pad),
             d: pair(geom.dilation),
-        })
+        }
     }
 }
 
@@ -226,21 +229,25 @@ impl GemmConv {
         };
         let (tiling, mr) = choose_tiling(ocg, oh, ow, wq, regs, kernel);
         let panels = (oh * wq).div_ceil(NR);
-        let r = match tiling {
-            Tiling::Channels { r } => r,
-            Tiling::Pixels => 1,
-        };
-        let uses = taps
-            .iter()
-            .enumerate()
-            .map(|(ti, &off)| (ti as u64, (0..r).map(|j| (j, off + j)).collect()))
-            .collect();
-        let phase = RowPhase {
-            first: 0,
-            step: 1,
-            rows: oh,
-            row_pitch: wq,
-            uses,
+        // A channel tile's one row phase: every row, every tap, pixel `j`
+        // reading `tap + j`.
+        let (row_phases, strip_cols) = match tiling {
+            Tiling::Pixels => (Vec::new(), 0),
+            Tiling::Channels { r } => {
+                let uses = taps
+                    .iter()
+                    .enumerate()
+                    .map(|(ti, &off)| (ti as u64, (0..r).map(|j| (j, off + j)).collect()))
+                    .collect();
+                let phase = RowPhase {
+                    first: 0,
+                    step: 1,
+                    rows: oh,
+                    row_pitch: wq,
+                    uses,
+                };
+                (vec![phase], r)
+            }
         };
         let mut p = GemmConv {
             tiling,
@@ -257,8 +264,8 @@ impl GemmConv {
             panels,
             block: (panels / MIN_UNITS).clamp(1, PIXEL_BLOCK),
             row_chunks: 1,
-            row_phases: vec![phase],
-            strip_cols: r,
+            row_phases,
+            strip_cols,
             transposed: false,
             staging,
         };
@@ -619,8 +626,9 @@ fn gemm_pixels<'ctx>(
 /// One channel panel (`mr = 8·V` output channels of one group) over one
 /// range of output rows of image `b`: per `r`-pixel strip of a row, `r × V`
 /// vector accumulators fed by `V` weight vectors and `r` input broadcasts
-/// per (input channel, tap), then the epilogue in registers and one
-/// scatter per vector. The panel's weights stay in cache across the strips.
+/// per (input channel, tap), then the epilogue in registers on 8 × 8
+/// transposed blocks and one contiguous store per channel and block. The
+/// panel's weights stay in cache across the strips.
 #[allow(clippy::too_many_arguments)]
 fn gemm_channels<'ctx>(
     e: &mut Emitter<'_, 'ctx>,

@@ -13,7 +13,7 @@
 //! LLVM vectorizes the innermost loop.
 
 use super::consts::ConstPool;
-use super::conv_gemm;
+use super::conv_gemm::{self, ConvShape};
 use crate::backend::llvm::emit::Emitter;
 use crate::backend::llvm::vector::LANES;
 use crate::backend::llvm::LlvmError;
@@ -621,28 +621,10 @@ pub(super) fn prologue_value<'ctx>(
     }
 }
 
-/// The sizes of a conv or transposed conv, per group.
-struct ConvDims {
-    icg: u64,
-    ocg: u64,
-    h: u64,
-    w: u64,
-    oh: u64,
-    ow: u64,
-    kh: u64,
-    kw: u64,
-    sh: u64,
-    sw: u64,
-    ph: u64,
-    pw: u64,
-    dh: u64,
-    dw: u64,
-}
-
 /// What both conv kernels start with: sizes, operands, and the output plane
 /// of channel `oc`, zeroed.
 struct ConvSetup<'ctx> {
-    d: ConvDims,
+    d: ConvShape,
     wt: IntValue<'ctx>,
     pro: Option<(IntValue<'ctx>, IntValue<'ctx>)>,
     bias: Option<IntValue<'ctx>>,
@@ -662,34 +644,14 @@ fn conv_setup<'ctx>(
     fused: &Fused,
     (b, oc): Unit<'ctx>,
 ) -> ConvSetup<'ctx> {
-    let (ic_all, h, w) = chw(c.shape(ops[0]));
-    let (oc_all, oh, ow) = chw(c.shape(n));
-    let groups = g.groups as u64;
-    let k = |v: [usize; 2]| (v[0] as u64, v[1] as u64);
-    let ((kh, kw), (sh, sw), (ph, pw), (dh, dw)) =
-        (k(g.kernel), k(g.stride), k(g.pad), k(g.dilation));
+    let d = ConvShape::new(g, chw(c.shape(ops[0])), chw(c.shape(n)));
     let (pro, bias, residual) = fused_operands(c, ops, fused);
     let (xb, yb) = (a.image(e, c.view(ops[0]), b), a.image(e, c.view(n), b));
     let zb = residual.map(|r| a.image(e, c.view(r), b));
-    let plane = e.at(yb, e.mul(oc, e.int(oh * ow)));
-    e.for_const(0, oh * ow, |e, i| e.store(plane, i, e.f32(0.0)));
+    let plane = e.at(yb, e.mul(oc, e.int(d.oh * d.ow)));
+    e.for_const(0, d.oh * d.ow, |e, i| e.store(plane, i, e.f32(0.0)));
     ConvSetup {
-        d: ConvDims {
-            icg: ic_all / groups,
-            ocg: oc_all / groups,
-            h,
-            w,
-            oh,
-            ow,
-            kh,
-            kw,
-            sh,
-            sw,
-            ph,
-            pw,
-            dh,
-            dw,
-        },
+        d,
         wt: c.konst(ops[1]),
         pro,
         bias,
@@ -714,21 +676,18 @@ fn conv_transpose<'ctx>(
 ) -> Result<(), LlvmError> {
     let ConvSetup {
         d:
-            ConvDims {
+            ConvShape {
                 icg,
                 ocg,
                 h,
                 w,
                 oh,
                 ow,
-                kh,
-                kw,
-                sh,
-                sw,
-                ph,
-                pw,
-                dh,
-                dw,
+                k: (kh, kw),
+                s: (sh, sw),
+                p: (ph, pw),
+                d: (dh, dw),
+                ..
             },
         wt,
         pro,
