@@ -20,15 +20,18 @@ fn optimized(g: &Graph) -> Graph {
 /// Every example, CPU vs interpreter, batch 1 and 3 with the tilings the
 /// cost model picks, and batch 2 with each conv tiling forced on every
 /// conv (so both conv kernels meet every conv shape of the examples).
+/// Batch 3 is compiled for AVX2 (8-lane vectors, 16 registers), the others
+/// for the host (16 lanes and 32 registers where it has AVX-512), so both
+/// vector widths meet every example.
 /// Inputs larger than 64x64 are compiled at 32x32 (same layers, names and
 /// kernels' code paths) to keep the suite fast; `resnet18_full_size`
 /// covers 224x224.
 #[test]
 fn every_example_matches_the_interpreter() {
-    let runs: [(usize, &[ConvKernel]); 3] = [
-        (1, &[ConvKernel::Auto]),
-        (3, &[ConvKernel::Auto]),
-        (2, &[ConvKernel::Pixels, ConvKernel::Channels]),
+    let runs: [(usize, &str, &[ConvKernel]); 3] = [
+        (1, "native", &[ConvKernel::Auto]),
+        (3, "x86-64-v3", &[ConvKernel::Auto]),
+        (2, "native", &[ConvKernel::Pixels, ConvKernel::Channels]),
     ];
     for (i, (name, c)) in examples_small().into_iter().enumerate() {
         let w = tame_residuals(
@@ -36,7 +39,7 @@ fn every_example_matches_the_interpreter() {
             random_weights(&specs_of(&c.graph), 200 + i as u64),
         );
         let opt = optimized(&c.graph);
-        for (batch, convs) in runs {
+        for (batch, cpu, convs) in runs {
             let mut shape = vec![batch];
             shape.extend(c.graph.input_shape());
             let x = random_tensor(&shape, 31 * i as u64 + batch as u64);
@@ -44,10 +47,10 @@ fn every_example_matches_the_interpreter() {
             for &conv in convs {
                 let opts = CpuOptions {
                     conv,
-                    ..CpuOptions::default()
+                    cpu: cpu.into(),
                 };
                 let y = run_jit(&opt, &w, &x, &opts).expect("cpu");
-                let what = format!("{name} batch {batch} {conv:?}");
+                let what = format!("{name} batch {batch} {cpu} {conv:?}");
                 assert_close(&what, &y, &reference, 1e-4, 1e-3);
             }
         }

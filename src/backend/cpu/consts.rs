@@ -4,7 +4,7 @@
 
 use super::conv_gemm::{self, GemmConv};
 use super::CpuOptions;
-use crate::backend::llvm::vector_registers;
+use crate::backend::llvm::VectorIsa;
 use crate::ir::plan::MemoryPlan;
 use crate::ir::{Graph, Op};
 use crate::weights::Weights;
@@ -23,6 +23,8 @@ pub struct ConstPool {
     pub gemm: HashMap<NodeIndex, GemmConv>,
     /// Floats per image the kernels need past the memory plan.
     pub workspace: usize,
+    /// The vector unit the kernels are tiled for.
+    pub isa: VectorIsa,
 }
 
 impl ConstPool {
@@ -34,7 +36,8 @@ impl ConstPool {
         derived: &Weights,
         opts: &CpuOptions,
     ) -> ConstPool {
-        let gemm = conv_gemm::plans(graph, vector_registers(&opts.cpu), opts.conv);
+        let isa = VectorIsa::of(&opts.cpu);
+        let gemm = conv_gemm::plans(graph, isa, opts.conv);
         // Weight node -> the conv whose kernel reads it packed.
         let packed_for: HashMap<NodeIndex, NodeIndex> =
             gemm.keys().map(|&c| (graph.operands(c)[1], c)).collect();
@@ -47,6 +50,7 @@ impl ConstPool {
             data,
             gemm,
             workspace,
+            isa,
         }
     }
 

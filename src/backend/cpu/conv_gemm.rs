@@ -27,17 +27,14 @@
 
 use super::lower::{fused_operands, prologue_value, valid_range, Args, Ctx, Unit};
 use crate::backend::llvm::emit::Emitter;
-use crate::backend::llvm::vector::LANES;
 use crate::backend::llvm::LlvmError;
+use crate::backend::llvm::VectorIsa;
 use crate::ir::graph::chw;
 use crate::ir::op::{ConvGeom, EpilogueStep, Fused, Op};
 use crate::ir::Graph;
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
-
-/// Output pixels per tile: two vectors.
-pub const NR: u64 = 2 * LANES;
 
 /// How the input of a conv is staged: zero-padded, prologue applied, split
 /// into phases.
@@ -93,6 +90,8 @@ pub struct RowPhase {
 #[derive(Clone, Debug)]
 pub struct GemmConv {
     pub tiling: Tiling,
+    /// f32 lanes per vector of the kernel.
+    pub lanes: u64,
     /// Output channels per register tile.
     pub mr: u64,
     pub groups: u64,
@@ -179,7 +178,12 @@ impl ConvShape {
 
 impl GemmConv {
     /// Tiles the conv at `n`, or `None` when it is not a conv over an image.
-    pub fn plan(graph: &Graph, n: NodeIndex, regs: u32, kernel: ConvKernel) -> Option<GemmConv> {
+    pub fn plan(
+        graph: &Graph,
+        n: NodeIndex,
+        isa: VectorIsa,
+        kernel: ConvKernel,
+    ) -> Option<GemmConv> {
         let Op::Conv { fused, .. } = &graph.node(n).op else {
             return None;
         };
@@ -227,8 +231,8 @@ impl GemmConv {
         } else {
             (h * w, w, taps_rc.map(|(y, x)| y * w + x).collect(), None)
         };
-        let (tiling, mr) = choose_tiling(ocg, oh, ow, wq, regs, kernel);
-        let panels = (oh * wq).div_ceil(NR);
+        let (tiling, mr) = choose_tiling(ocg, oh, ow, wq, isa, kernel);
+        let panels = (oh * wq).div_ceil(2 * isa.lanes);
         // A channel tile's one row phase: every row, every tap, pixel `j`
         // reading `tap + j`.
         let (row_phases, strip_cols) = match tiling {
@@ -251,6 +255,7 @@ impl GemmConv {
         };
         let mut p = GemmConv {
             tiling,
+            lanes: isa.lanes,
             mr,
             groups: g,
             icg,
@@ -304,7 +309,12 @@ impl GemmConv {
 
     /// How far past a source the tiles may read (junk lanes, never stored).
     pub fn slack(&self) -> u64 {
-        2 * self.wq + 2 * NR
+        2 * self.wq + 2 * self.nr()
+    }
+
+    /// Output pixels per `Pixels` tile: two vectors.
+    pub fn nr(&self) -> u64 {
+        2 * self.lanes
     }
 
     /// The weight `[oc, icg, kh, kw]` (transposed: `[ic, ocg, kh, kw]`) in
@@ -372,17 +382,17 @@ pub fn choose_tiling(
     oh: u64,
     ow: u64,
     wq: u64,
-    regs: u32,
+    isa: VectorIsa,
     kernel: ConvKernel,
 ) -> (Tiling, u64) {
-    let mr = choose_mr(ocg, regs);
-    let pixels = (oh * wq).div_ceil(NR) * ocg.div_ceil(mr) * (2 * mr + 3) * 100;
-    let channels = choose_channels(ocg, oh, ow, regs, 1);
+    let mr = choose_mr(ocg, isa.regs);
+    let pixels = (oh * wq).div_ceil(2 * isa.lanes) * ocg.div_ceil(mr) * (2 * mr + 3) * 100;
+    let channels = choose_channels(ocg, oh, ow, isa, 1);
     match (kernel, channels) {
         (ConvKernel::Pixels, _) | (_, None) => (Tiling::Pixels, mr),
-        (ConvKernel::Channels, Some((_, _, v, r))) => (Tiling::Channels { r }, v * LANES),
+        (ConvKernel::Channels, Some((_, _, v, r))) => (Tiling::Channels { r }, v * isa.lanes),
         (ConvKernel::Auto, Some((cost, _, v, r))) if cost < pixels => {
-            (Tiling::Channels { r }, v * LANES)
+            (Tiling::Channels { r }, v * isa.lanes)
         }
         (ConvKernel::Auto, Some(_)) => (Tiling::Pixels, mr),
     }
@@ -395,27 +405,27 @@ pub fn choose_channels(
     ocg: u64,
     oh: u64,
     ow: u64,
-    regs: u32,
+    isa: VectorIsa,
     r_step: u64,
 ) -> Option<(u64, u64, u64, u64)> {
     (1..=4u64)
         .flat_map(|v| (1..=16u64).map(move |r| (v, r)))
-        .filter(|&(v, r)| r * v + v < regs as u64 && r.is_multiple_of(r_step))
+        .filter(|&(v, r)| r * v + v < isa.regs as u64 && r.is_multiple_of(r_step))
         .map(|(v, r)| {
-            let cost = oh * ow.div_ceil(r) * ocg.div_ceil(v * LANES) * (r * v + 3);
+            let cost = oh * ow.div_ceil(r) * ocg.div_ceil(v * isa.lanes) * (r * v + 3);
             (cost * CHANNELS_COST_PERCENT, u64::MAX - r * v, v, r)
         })
         .min()
 }
 
 /// Every conv the GEMM kernel runs, with its tiling.
-pub fn plans(graph: &Graph, regs: u32, kernel: ConvKernel) -> HashMap<NodeIndex, GemmConv> {
+pub fn plans(graph: &Graph, isa: VectorIsa, kernel: ConvKernel) -> HashMap<NodeIndex, GemmConv> {
     graph
         .schedule()
         .into_iter()
         .filter_map(|n| {
-            GemmConv::plan(graph, n, regs, kernel)
-                .or_else(|| super::conv_transpose_plan::plan(graph, n, regs))
+            GemmConv::plan(graph, n, isa, kernel)
+                .or_else(|| super::conv_transpose_plan::plan(graph, n, isa))
                 .map(|p| (n, p))
         })
         .collect()
@@ -527,7 +537,7 @@ fn gemm_pixels<'ctx>(
 ) {
     let ops = c.graph.operands(n);
     let (_, bias, residual) = fused_operands(c, &ops, fused);
-    let (mr, t) = (p.mr, p.taps.len() as u64);
+    let (mr, t, nr, lanes) = (p.mr, p.taps.len() as u64, p.nr(), p.lanes);
     let blocks = e.int(p.panels.div_ceil(p.block));
     let g = e.sdiv(u, blocks);
     let t0 = e.mul(e.srem(u, blocks), e.int(p.block));
@@ -546,7 +556,7 @@ fn gemm_pixels<'ctx>(
     // planes rather than to every plane of the output.
     e.for_const(0, p.oc_panels, |e, op| {
         e.for_range(t0, t1, |e, tile| {
-            let q0 = e.mul(tile, e.int(NR));
+            let q0 = e.mul(tile, e.int(nr));
             let xg = e.at(xgroup, q0);
             for s in slots.iter().flatten() {
                 e.vset(*s, e.vzero());
@@ -560,7 +570,7 @@ fn gemm_pixels<'ctx>(
                     slots.iter().map(|s| [e.vget(s[0]), e.vget(s[1])]).collect();
                 for (ti, &off) in p.taps.iter().enumerate() {
                     let x0 = e.vload(xc, e.int(off));
-                    let x1 = e.vload(xc, e.int(off + LANES));
+                    let x1 = e.vload(xc, e.int(off + lanes));
                     for (r, pair) in acc.iter_mut().enumerate() {
                         let wv = e.vsplat(e.load(wk, e.int(ti as u64 * mr + r as u64)));
                         pair[0] = e.vfma(wv, x0, pair[0]);
@@ -587,15 +597,15 @@ fn gemm_pixels<'ctx>(
             if p.wq == p.ow {
                 // Output pixels are the grid's: one store per vector, masked
                 // only in the last tile.
-                let full = e.ult(e.add(q0, e.int(NR)), e.int(ohw + 1));
+                let full = e.ult(e.add(q0, e.int(nr)), e.int(ohw + 1));
                 e.if_else(
                     full,
-                    |e| tile.store(e, a, |e, v| (e.add(q0, e.int(v * LANES)), None)),
+                    |e| tile.store(e, a, |e, v| (e.add(q0, e.int(v * lanes)), None)),
                     |e| {
                         tile.store(e, a, |e, v| {
-                            let idx = e.vindices(q0, v * LANES);
+                            let idx = e.vindices(q0, v * lanes);
                             let m = e.vin_range(idx, e.int(0), e.int(ohw));
-                            (e.add(q0, e.int(v * LANES)), Some(m))
+                            (e.add(q0, e.int(v * lanes)), Some(m))
                         })
                     },
                 );
@@ -605,7 +615,7 @@ fn gemm_pixels<'ctx>(
                 let wq = e.int(p.wq);
                 let lo = e.sdiv(q0, wq);
                 let hi = e.smin(
-                    e.add(e.sdiv(e.add(q0, e.int(NR - 1)), wq), e.int(1)),
+                    e.add(e.sdiv(e.add(q0, e.int(nr - 1)), wq), e.int(1)),
                     e.int(p.oh),
                 );
                 e.for_range(lo, hi, |e, oy| {
@@ -613,9 +623,9 @@ fn gemm_pixels<'ctx>(
                     let last = e.add(first, e.int(p.ow));
                     let shift = e.mul(oy, e.int(p.wq - p.ow));
                     tile.store(e, a, |e, v| {
-                        let idx = e.vindices(q0, v * LANES);
+                        let idx = e.vindices(q0, v * lanes);
                         let m = e.vin_range(idx, first, last);
-                        (e.sub(e.add(q0, e.int(v * LANES)), shift), Some(m))
+                        (e.sub(e.add(q0, e.int(v * lanes)), shift), Some(m))
                     })
                 });
             }
@@ -642,7 +652,8 @@ fn gemm_channels<'ctx>(
 ) {
     let ops = c.graph.operands(n);
     let (_, bias, residual) = fused_operands(c, &ops, fused);
-    let (mr, t, nv) = (p.mr, p.taps.len() as u64, p.mr / LANES);
+    let (mr, t, nv) = (p.mr, p.taps.len() as u64, p.mr / p.lanes);
+    let lanes = p.lanes;
     let chunks = e.int(p.row_chunks);
     let chunk = e.srem(u, chunks);
     let panel = e.sdiv(u, chunks);
@@ -685,7 +696,7 @@ fn gemm_channels<'ctx>(
                         slots.iter().map(|s| e.vget(*s)).collect();
                     for (ti, uses) in &ph.uses {
                         let wv: Vec<VectorValue<'ctx>> = (0..nv)
-                            .map(|v| e.vload(wk, e.int(ti * mr + v * LANES)))
+                            .map(|v| e.vload(wk, e.int(ti * mr + v * lanes)))
                             .collect();
                         for &(j, off) in uses {
                             let xb = e.vsplat(e.load(xc, e.int(off)));
@@ -705,17 +716,17 @@ fn gemm_channels<'ctx>(
                 let acc: Vec<VectorValue<'ctx>> = slots.iter().map(|s| e.vget(*s)).collect();
                 let pix0 = e.add(e.mul(oy, e.int(p.ow)), ox0);
                 let end = e.smin(e.add(ox0, e.int(r)), e.int(p.ow));
-                for pb in 0..r.div_ceil(LANES) {
-                    let full = (pb + 1) * LANES <= r && p.ow.is_multiple_of(r);
+                for pb in 0..r.div_ceil(lanes) {
+                    let full = (pb + 1) * lanes <= r && p.ow.is_multiple_of(r);
                     let mask = (!full).then(|| {
-                        let ox = e.vindices(ox0, pb * LANES);
+                        let ox = e.vindices(ox0, pb * lanes);
                         e.vin_range(ox, e.int(0), end)
                     });
-                    let at0 = e.add(pix0, e.int(pb * LANES));
+                    let at0 = e.add(pix0, e.int(pb * lanes));
                     for v in 0..nv {
-                        let rows: Vec<VectorValue<'ctx>> = (0..LANES)
+                        let rows: Vec<VectorValue<'ctx>> = (0..lanes)
                             .map(|l| {
-                                let j = pb * LANES + l;
+                                let j = pb * lanes + l;
                                 if j < r {
                                     acc[(j * nv + v) as usize]
                                 } else {
@@ -724,7 +735,7 @@ fn gemm_channels<'ctx>(
                             })
                             .collect();
                         for (l, col) in e.vtranspose(&rows).into_iter().enumerate() {
-                            let lane = v * LANES + l as u64;
+                            let lane = v * lanes + l as u64;
                             let store = |e: &mut Emitter<'_, 'ctx>| {
                                 let oc = e.add(oc0, e.int(lane));
                                 let at = e.add(e.mul(oc, e.int(ohw)), at0);

@@ -13,13 +13,13 @@
 use super::conv_gemm::{
     choose_channels, ConvShape, GemmConv, RowPhase, Staging, Tiling, PIXEL_BLOCK,
 };
-use crate::backend::llvm::vector::LANES;
+use crate::backend::llvm::VectorIsa;
 use crate::ir::{Graph, Op};
 use petgraph::stable_graph::NodeIndex;
 
 /// The `Channels` tiling of the transposed conv at `n`, or `None` when it is
 /// not one over an image whose weight it alone reads.
-pub fn plan(graph: &Graph, n: NodeIndex, regs: u32) -> Option<GemmConv> {
+pub fn plan(graph: &Graph, n: NodeIndex, isa: VectorIsa) -> Option<GemmConv> {
     if !matches!(graph.node(n).op, Op::ConvTranspose { .. }) {
         return None;
     }
@@ -36,7 +36,7 @@ pub fn plan(graph: &Graph, n: NodeIndex, regs: u32) -> Option<GemmConv> {
         p: (ph, pw),
         d: (dh, dw),
     } = ConvShape::of(graph, n)?;
-    let (_, _, v, r) = choose_channels(ocg, oh, ow, regs, sw)?;
+    let (_, _, v, r) = choose_channels(ocg, oh, ow, isa, sw)?;
     // The input index output `o` reads through tap `k`, when one.
     let source = |o: u64, k: u64, s: u64, p: u64, d: u64| -> Option<i64> {
         let at = o as i64 + p as i64 - (k * d) as i64;
@@ -84,9 +84,10 @@ pub fn plan(graph: &Graph, n: NodeIndex, regs: u32) -> Option<GemmConv> {
             }
         })
         .collect();
-    let mr = v * LANES;
+    let mr = v * isa.lanes;
     let mut p = GemmConv {
         tiling: Tiling::Channels { r },
+        lanes: isa.lanes,
         mr,
         groups: g,
         icg,

@@ -15,7 +15,6 @@
 use super::consts::ConstPool;
 use super::conv_gemm::{self, ConvShape};
 use crate::backend::llvm::emit::Emitter;
-use crate::backend::llvm::vector::LANES;
 use crate::backend::llvm::LlvmError;
 use crate::ir::graph::{chw, numel};
 use crate::ir::op::{ConvGeom, EpilogueStep, Fused, Op, PoolGeom, UpsampleMode};
@@ -244,6 +243,7 @@ pub fn lower<'ctx>(
                         Some(Linkage::Internal),
                     );
                     let mut e = Emitter::new(ctx, &module, f);
+                    e.lanes = pool.isa.lanes;
                     c.views.borrow_mut().clear();
                     c.consts.borrow_mut().clear();
                     for (i, &s) in slots.iter().enumerate().rev() {
@@ -751,16 +751,17 @@ fn linear<'ctx>(
     let wrow = e.at(a.konst(e, wt), e.mul(o, e.int(inn)));
     // Four vector accumulators over the bulk (an in-order scalar sum is
     // latency-bound and LLVM may not reorder it), then the scalar tail.
-    const STEP: u64 = 4 * LANES;
-    let bulk = inn / STEP * STEP;
+    let lanes = e.lanes;
+    let step = 4 * lanes;
+    let bulk = inn / step * step;
     if bulk > 0 {
         let vs: Vec<_> = (0..4).map(|_| e.vslot()).collect();
         for &v in &vs {
             e.vset(v, e.vzero());
         }
-        e.for_const(0, inn / STEP, |e, i| {
+        e.for_const(0, inn / step, |e, i| {
             for (j, &v) in vs.iter().enumerate() {
-                let idx = e.add(e.mul(i, e.int(STEP)), e.int(j as u64 * LANES));
+                let idx = e.add(e.mul(i, e.int(step)), e.int(j as u64 * lanes));
                 let mut xv = e.vload(xb, idx);
                 if let (Some(p), Some((s, t))) = (fused.prologue, pro) {
                     xv = e.vfma(xv, e.vload(a.konst(e, s), idx), e.vload(a.konst(e, t), idx));
@@ -776,7 +777,7 @@ fn linear<'ctx>(
             .iter()
             .skip(1)
             .fold(e.vget(vs[0]), |m, &v| e.vadd(m, e.vget(v)));
-        let total = (0..LANES).fold(e.f32(0.0), |m, l| {
+        let total = (0..lanes).fold(e.f32(0.0), |m, l| {
             let x =
                 e.b.build_extract_element(sum, e.ctx.i32_type().const_int(l, false), "")
                     .expect("lane")

@@ -92,6 +92,9 @@ pub fn compile<'ctx>(
     // kernels for SSE2 (no FMA, half-width vectors).
     let cpu_name = machine.get_cpu().to_string();
     let features = machine.get_feature_string().to_string_lossy().to_string();
+    // 512-bit kernels: without this LLVM may split `<16 x float>` into
+    // halves on CPUs it tunes to prefer 256-bit vectors.
+    let wide = (pool.isa.lanes * 32).to_string();
     for f in module.get_functions() {
         if f.count_basic_blocks() == 0 {
             continue;
@@ -100,6 +103,14 @@ pub fn compile<'ctx>(
         f.add_attribute(
             inkwell::attributes::AttributeLoc::Function,
             attr("target-cpu", &cpu_name),
+        );
+        f.add_attribute(
+            inkwell::attributes::AttributeLoc::Function,
+            attr("min-legal-vector-width", &wide),
+        );
+        f.add_attribute(
+            inkwell::attributes::AttributeLoc::Function,
+            attr("prefer-vector-width", &wide),
         );
         if !features.is_empty() {
             f.add_attribute(

@@ -31,6 +31,9 @@ pub struct Emitter<'a, 'ctx> {
     pub i64t: IntType<'ctx>,
     pub f32t: FloatType<'ctx>,
     pub ptr: PointerType<'ctx>,
+    /// f32 lanes of the explicit vectors (`vector.rs`): 8 unless the
+    /// target's kernels are tiled for wider ones.
+    pub lanes: u64,
 }
 
 impl<'a, 'ctx> Emitter<'a, 'ctx> {
@@ -47,6 +50,7 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
             i64t: ctx.i64_type(),
             f32t: ctx.f32_type(),
             ptr: ctx.ptr_type(AddressSpace::default()),
+            lanes: 8,
         }
     }
 

@@ -1,6 +1,7 @@
-//! Explicit 8-lane f32 vectors for register-tiled kernels: loads, stores
-//! (plain and masked), splats, FMA and the activations, with the same
-//! semantics as the scalar forms in `emit.rs` (NaN handling included).
+//! Explicit f32 vectors for register-tiled kernels, `Emitter::lanes` wide
+//! (8 for AVX2, 16 for AVX-512): loads, stores (plain and masked), splats,
+//! FMA, transposes and the activations, with the same semantics as the
+//! scalar forms in `emit.rs` (NaN handling included).
 
 use super::emit::Emitter;
 use crate::ir::op::Activation;
@@ -10,16 +11,12 @@ use inkwell::{FloatPredicate, IntPredicate};
 
 const BUILDER: &str = "the emitter keeps an insertion point";
 
-/// Lanes per vector: AVX2's 256 bits (AVX-512 machines run the same code
-/// with twice the registers).
-pub const LANES: u64 = 8;
-
 impl<'ctx> Emitter<'_, 'ctx> {
     pub fn vty(&self) -> VectorType<'ctx> {
-        self.f32t.vec_type(LANES as u32)
+        self.f32t.vec_type(self.lanes as u32)
     }
 
-    /// Eight floats from `base[idx..]` (no alignment assumed).
+    /// `lanes` floats from `base[idx..]` (no alignment assumed).
     pub fn vload(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> VectorValue<'ctx> {
         let p = self.at(base, idx);
         let v = self.b.build_load(self.vty(), p, "").expect(BUILDER);
@@ -98,7 +95,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
             .b
             .build_insert_element(undef, x, zero, "")
             .expect(BUILDER);
-        let idx = self.ctx.i32_type().vec_type(LANES as u32).const_zero();
+        let idx = self.ctx.i32_type().vec_type(self.lanes as u32).const_zero();
         self.b
             .build_shuffle_vector(one, undef, idx, "")
             .expect(BUILDER)
@@ -176,21 +173,21 @@ impl<'ctx> Emitter<'_, 'ctx> {
 
     /// `x` in every lane of an i64 vector.
     fn isplat(&self, x: IntValue<'ctx>) -> VectorValue<'ctx> {
-        let t = self.i64t.vec_type(LANES as u32);
+        let t = self.i64t.vec_type(self.lanes as u32);
         let undef = t.get_undef();
         let one = self
             .b
             .build_insert_element(undef, x, self.ctx.i32_type().const_zero(), "")
             .expect(BUILDER);
-        let zeros = self.ctx.i32_type().vec_type(LANES as u32).const_zero();
+        let zeros = self.ctx.i32_type().vec_type(self.lanes as u32).const_zero();
         self.b
             .build_shuffle_vector(one, undef, zeros, "")
             .expect(BUILDER)
     }
 
-    /// Lanes `base + i` for `i` in `first..first + LANES`, as i64.
+    /// Lanes `base + i` for `i` in `first..first + lanes`, as i64.
     pub fn vindices(&self, base: IntValue<'ctx>, first: u64) -> VectorValue<'ctx> {
-        let steps: Vec<_> = (0..LANES)
+        let steps: Vec<_> = (0..self.lanes)
             .map(|i| self.i64t.const_int(first + i, false))
             .collect();
         self.b
@@ -216,15 +213,17 @@ impl<'ctx> Emitter<'_, 'ctx> {
         self.b.build_and(ge, lt, "").expect(BUILDER)
     }
 
-    /// The transpose of an 8 × 8 block given as 8 row vectors: three
-    /// butterfly stages, each swapping one bit of the row index with the
-    /// same bit of the lane index (24 two-source shuffles).
+    /// The transpose of a `lanes × lanes` block given as its row vectors:
+    /// log2(lanes) butterfly stages, each swapping one bit of the row index
+    /// with the same bit of the lane index (24 two-source shuffles for 8
+    /// lanes, 64 for 16).
     pub fn vtranspose(&self, rows: &[VectorValue<'ctx>]) -> Vec<VectorValue<'ctx>> {
-        let n = LANES as usize;
-        assert_eq!(rows.len(), n, "a transpose takes {LANES} rows");
+        let n = self.lanes as usize;
+        assert!(n.is_power_of_two(), "a transpose of {n} lanes");
+        assert_eq!(rows.len(), n, "a transpose takes {n} rows");
         let i32t = self.ctx.i32_type();
         let mut m = rows.to_vec();
-        for bit in [1usize, 2, 4] {
+        for bit in (0..n.trailing_zeros()).map(|b| 1usize << b) {
             let mask = |pick: &dyn Fn(usize) -> usize| {
                 let idx: Vec<_> = (0..n)
                     .map(|k| i32t.const_int(pick(k) as u64, false))
