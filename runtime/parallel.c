@@ -2,12 +2,16 @@
  * JIT runs) and embedded in every static library it builds.
  *
  * Workers are created once, on the first parallel call that needs them,
- * and live for the life of the process; a call only wakes them. Work is
- * split statically: part i of n parts gets units [i*n_units/n, (i+1)*n_units/n),
- * so every output is computed by exactly one task with the same arithmetic,
- * and results do not depend on the thread count. One parallel call runs at
- * a time; concurrent callers (two threads each running a model) take turns
- * op by op, which keeps the generated forward functions re-entrant. */
+ * and live for the life of the process; a call only wakes them. Part i of
+ * n parts owns units [i*n_units/n, (i+1)*n_units/n) and takes them in
+ * order (kernels order their units so that neighbours share data); a part
+ * that runs out steals the next units of the others, so a thread slowed
+ * by the machine (a VM's vCPU taken away for a while) does not hold up the
+ * op. Every unit is still computed by exactly one task with the same
+ * arithmetic, so results do not depend on the thread count or on who ran
+ * what. One parallel call runs at a time; concurrent callers (two threads
+ * each running a model) take turns op by op, which keeps the generated
+ * forward functions re-entrant. */
 #include <pthread.h>
 #include <stdint.h>
 #include <unistd.h>
@@ -26,7 +30,6 @@ static int workers;          /* threads started besides the caller */
 static uint64_t generation;  /* bumped per job */
 static resnetc_task job_fn;
 static void *job_ctx;
-static int64_t job_units;
 static int job_parts;
 static int pending;          /* workers yet to finish the current job */
 static uint64_t born[MAX_THREADS]; /* generation when each worker was created */
@@ -41,9 +44,26 @@ static inline void pause_once(void) {
 #endif
 }
 
-static void run_part(resnetc_task fn, void *ctx, int64_t units, int parts, int i) {
-    int64_t begin = units * i / parts, end = units * (i + 1) / parts;
-    if (begin < end) fn(ctx, begin, end);
+/* The units of part i not yet taken: [next, end), one cache line each. */
+static struct range {
+    int64_t next;
+    int64_t end;
+    char pad[48];
+} ranges[MAX_THREADS] __attribute__((aligned(64)));
+static int64_t job_grain; /* units taken at a time */
+
+/* Runs part i's own units, then whatever is left of the others'. */
+static void run_part(resnetc_task fn, void *ctx, int parts, int i) {
+    int64_t grain = job_grain;
+    for (int k = 0; k < parts; k++) {
+        struct range *r = &ranges[(i + k) % parts];
+        for (;;) {
+            int64_t begin = __atomic_fetch_add(&r->next, grain, __ATOMIC_RELAXED);
+            if (begin >= r->end) break;
+            int64_t end = begin + grain < r->end ? begin + grain : r->end;
+            fn(ctx, begin, end);
+        }
+    }
 }
 
 static void *worker(void *arg) {
@@ -58,10 +78,9 @@ static void *worker(void *arg) {
         seen = generation;
         resnetc_task fn = job_fn;
         void *ctx = job_ctx;
-        int64_t units = job_units;
         int parts = job_parts;
         pthread_mutex_unlock(&state);
-        if (id < parts) run_part(fn, ctx, units, parts, id);
+        if (id < parts) run_part(fn, ctx, parts, id);
         pthread_mutex_lock(&state);
         if (__atomic_sub_fetch(&pending, 1, __ATOMIC_ACQ_REL) == 0) pthread_cond_signal(&finished);
         pthread_mutex_unlock(&state);
@@ -129,13 +148,20 @@ void resnetc_parallel_for(int64_t units, resnetc_task fn, void *ctx) {
     pthread_mutex_lock(&state);
     job_fn = fn;
     job_ctx = ctx;
-    job_units = units;
     job_parts = parts;
+    /* Small grains balance best; a few per part keep the atomics rare
+     * where units are tiny (an element chunk, one output of a linear). */
+    job_grain = units / ((int64_t)parts * 16);
+    if (job_grain < 1) job_grain = 1;
+    for (int i = 0; i < parts; i++) {
+        ranges[i].next = units * i / parts;
+        ranges[i].end = units * (i + 1) / parts;
+    }
     __atomic_store_n(&pending, workers, __ATOMIC_RELAXED);
     __atomic_store_n(&generation, generation + 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&wake);
     pthread_mutex_unlock(&state);
-    run_part(fn, ctx, units, parts, 0);
+    run_part(fn, ctx, parts, 0);
     for (int i = 0; i < SPIN && __atomic_load_n(&pending, __ATOMIC_ACQUIRE) > 0; i++) pause_once();
     pthread_mutex_lock(&state);
     while (pending > 0) pthread_cond_wait(&finished, &state);

@@ -1,29 +1,32 @@
 //! Convolution as a register-tiled GEMM over shifted windows.
 //!
-//! For a conv with stride 1 and no padding, output pixel `q = oy·W + ox` of
-//! input channel `ic` at tap `(ky, kx)` reads `x[ic][q + ky·dh·W + kx·dw]`:
-//! for a fixed tap, consecutive output pixels read consecutive inputs, so a
-//! strip of 16 output pixels is two plain vector loads and no im2col matrix
-//! is ever formed. Padding, strides and a pre-activation prologue are made
-//! to fit that mould by *staging* the input once per conv: each channel is
-//! written, prologue applied, zero-padded and split into `sh × sw` phases
-//! (every `sh`-th row and `sw`-th column), so a strided tap is an unstrided
-//! one in its phase. The output grid then has row pitch `wq ≥ OW`; the
-//! columns past `OW` are computed and never stored.
+//! Vectors are `lanes` f32 wide: 16 on AVX-512 targets, 8 on AVX2
+//! (`VectorIsa`). For a conv with stride 1 and no padding, output pixel
+//! `q = oy·W + ox` of input channel `ic` at tap `(ky, kx)` reads
+//! `x[ic][q + ky·dh·W + kx·dw]`: for a fixed tap, consecutive output pixels
+//! read consecutive inputs, so a strip of `2·lanes` output pixels is two
+//! plain vector loads and no im2col matrix is ever formed. Padding, strides
+//! and a pre-activation prologue are made to fit that mould by *staging*
+//! the input once per conv: each channel is written, prologue applied,
+//! zero-padded and split into `sh × sw` phases (every `sh`-th row and
+//! `sw`-th column), so a strided tap is an unstrided one in its phase. The
+//! output grid then has row pitch `wq ≥ OW`; the columns past `OW` are
+//! computed and never stored.
 //!
-//! The microkernel holds an `MR × 16` tile of (output channel, pixel)
-//! accumulators in registers, streams the weights (prepacked at compile
-//! time as `[group][oc panel][ic][tap][MR]`, one broadcast each) against
-//! the input vectors, then applies the fused epilogue (bias, residual add,
-//! activation) in registers before the one store.
+//! The pixel microkernel (`Tiling::Pixels`) holds an `MR × 2·lanes` tile
+//! of (output channel, pixel) accumulators in registers, streams the
+//! weights (prepacked at compile time as `[group][oc panel][ic][tap][MR]`,
+//! one broadcast each) against the input vectors, then applies the fused
+//! epilogue (bias, residual add, activation) in registers before the one
+//! store.
 //!
-//! Where the junk columns and the rounding of the grid to 16-pixel tiles
-//! waste much (the 7×7 and 14×14 stages, 8×8 CIFAR maps), the tile turns
-//! round (`Tiling::Channels`): `8·V` output channels (the packed weights,
-//! vector loads) × `r` pixels of one output row (broadcasts of the input),
-//! so no junk column is computed. Its stores are scatters (NCHW puts the
-//! channels of one pixel a plane apart), a few hundred per tile against
-//! thousands of FMAs. A cost model picks the tiling per conv.
+//! Where the junk columns and the rounding of the grid to whole pixel
+//! tiles waste much (the 7×7 and 14×14 stages, 8×8 CIFAR maps), the tile
+//! turns round (`Tiling::Channels`): `lanes·V` output channels (the packed
+//! weights, vector loads) × `r` pixels of one output row (broadcasts of the
+//! input), so no junk column is computed. Its epilogue transposes the
+//! accumulators in registers so that each channel's pixels are one
+//! contiguous store. A cost model picks the tiling per conv.
 
 use super::lower::{fused_operands, prologue_value, valid_range, Args, Ctx, Unit};
 use crate::backend::llvm::emit::Emitter;
@@ -119,6 +122,9 @@ pub struct GemmConv {
     /// strip advances by.
     pub row_phases: Vec<RowPhase>,
     pub strip_cols: u64,
+    /// `Channels`: taps whose weight vectors are held in registers at once
+    /// (consecutive entries of a row phase's `uses`: a kernel row).
+    pub tap_group: u64,
     /// A transposed conv: its weight is `[ic, ocg, kh, kw]`.
     pub transposed: bool,
     pub staging: Option<Staging>,
@@ -231,7 +237,7 @@ impl GemmConv {
         } else {
             (h * w, w, taps_rc.map(|(y, x)| y * w + x).collect(), None)
         };
-        let (tiling, mr) = choose_tiling(ocg, oh, ow, wq, isa, kernel);
+        let (tiling, mr) = choose_tiling(ocg, oh, ow, wq, kw, isa, kernel);
         let panels = (oh * wq).div_ceil(2 * isa.lanes);
         // A channel tile's one row phase: every row, every tap, pixel `j`
         // reading `tap + j`.
@@ -271,6 +277,7 @@ impl GemmConv {
             row_chunks: 1,
             row_phases,
             strip_cols,
+            tap_group: tap_group(kw),
             transposed: false,
             staging,
         };
@@ -382,12 +389,13 @@ pub fn choose_tiling(
     oh: u64,
     ow: u64,
     wq: u64,
+    kw: u64,
     isa: VectorIsa,
     kernel: ConvKernel,
 ) -> (Tiling, u64) {
     let mr = choose_mr(ocg, isa.regs);
     let pixels = (oh * wq).div_ceil(2 * isa.lanes) * ocg.div_ceil(mr) * (2 * mr + 3) * 100;
-    let channels = choose_channels(ocg, oh, ow, isa, 1);
+    let channels = choose_channels(ocg, oh, ow, kw, isa, 1);
     match (kernel, channels) {
         (ConvKernel::Pixels, _) | (_, None) => (Tiling::Pixels, mr),
         (ConvKernel::Channels, Some((_, _, v, r))) => (Tiling::Channels { r }, v * isa.lanes),
@@ -398,19 +406,27 @@ pub fn choose_tiling(
     }
 }
 
+/// Taps of a kernel row `kw` wide whose weights a `Channels` tile holds at
+/// once.
+pub fn tap_group(kw: u64) -> u64 {
+    kw.clamp(1, 4)
+}
+
 /// The cheapest `Channels` tile `(cost, -r·v, v, r)` with `r` a multiple
-/// of `r_step`: `r·v` accumulators, `v` weight vectors and one broadcast
-/// in registers.
+/// of `r_step`, for a kernel `kw` taps wide: `r·v` accumulators, the `v`
+/// weight vectors of each tap of a group and one broadcast in registers.
 pub fn choose_channels(
     ocg: u64,
     oh: u64,
     ow: u64,
+    kw: u64,
     isa: VectorIsa,
     r_step: u64,
 ) -> Option<(u64, u64, u64, u64)> {
+    let g = tap_group(kw);
     (1..=4u64)
         .flat_map(|v| (1..=16u64).map(move |r| (v, r)))
-        .filter(|&(v, r)| r * v + v < isa.regs as u64 && r.is_multiple_of(r_step))
+        .filter(|&(v, r)| r * v + g * v < isa.regs as u64 && r.is_multiple_of(r_step))
         .map(|(v, r)| {
             let cost = oh * ow.div_ceil(r) * ocg.div_ceil(v * isa.lanes) * (r * v + 3);
             (cost * CHANNELS_COST_PERCENT, u64::MAX - r * v, v, r)
@@ -504,23 +520,76 @@ fn conv_fused(op: &Op) -> Option<&Fused> {
     }
 }
 
-/// Work unit `u` of image `b` of the conv's tile kernel.
+/// Work unit `t` (of `batch × units()`) of the conv's tile kernel.
 pub(super) fn gemm<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
     a: &Args<'ctx>,
     n: NodeIndex,
     p: &GemmConv,
-    unit: Unit<'ctx>,
+    t: IntValue<'ctx>,
 ) -> Result<(), LlvmError> {
     let Some(fused) = conv_fused(&c.graph.node(n).op) else {
         return Err(LlvmError::Internal("a GEMM tile of a non-conv".into()));
     };
     match p.tiling {
-        Tiling::Pixels => gemm_pixels(e, c, a, n, p, fused, unit),
-        Tiling::Channels { r } => gemm_channels(e, c, a, n, p, fused, r, unit),
+        Tiling::Pixels => {
+            let per = e.int(p.units());
+            let unit = (e.sdiv(t, per), e.srem(t, per));
+            gemm_pixels(e, c, a, n, p, fused, unit)
+        }
+        Tiling::Channels { r } => {
+            let unit = p.channel_unit(e, a.batch, t);
+            gemm_channels(e, c, a, n, p, fused, r, unit)
+        }
     }
     Ok(())
+}
+
+impl GemmConv {
+    /// Bytes of the packed weight.
+    fn weight_bytes(&self) -> u64 {
+        4 * self.groups * self.oc_panels * self.icg * self.taps.len() as u64 * self.mr
+    }
+
+    /// Bytes of one image's source (staged or not).
+    fn source_bytes(&self) -> u64 {
+        4 * self.groups * self.icg * self.plane
+    }
+
+    /// `(image, channel panel, row chunk)` of unit `t` of a `Channels`
+    /// conv. Consecutive units (which one thread runs, the pool splitting
+    /// the range) share the larger operand, so it is streamed once and the
+    /// smaller one is re-read from cache: panel outermost where the weights
+    /// outweigh the batch's inputs (late layers, large batches), so a
+    /// thread keeps a panel's weights across images and rows; else image
+    /// and rows outermost, so a thread reads only its rows of the input and
+    /// re-reads the small weights.
+    fn channel_unit<'ctx>(
+        &self,
+        e: &Emitter<'_, 'ctx>,
+        batch: IntValue<'ctx>,
+        t: IntValue<'ctx>,
+    ) -> (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>) {
+        let (chunks, panels) = (e.int(self.row_chunks), e.int(self.groups * self.oc_panels));
+        // t = (panel · batch + image) · chunks + chunk
+        let rest = e.sdiv(t, chunks);
+        let by_weights = (e.sdiv(rest, batch), e.srem(rest, batch), e.srem(t, chunks));
+        // t = (image · chunks + chunk) · panels + panel
+        let rest = e.sdiv(t, panels);
+        let by_inputs = (
+            e.sdiv(rest, chunks),
+            e.srem(t, panels),
+            e.srem(rest, chunks),
+        );
+        let inputs = e.mul(batch, e.int(self.source_bytes()));
+        let w = e.ult(inputs, e.int(self.weight_bytes()));
+        (
+            e.pick(w, by_weights.1, by_inputs.0),
+            e.pick(w, by_weights.0, by_inputs.1),
+            e.pick(w, by_weights.2, by_inputs.2),
+        )
+    }
 }
 
 /// One 16-pixel tile of one group of image `b`, every output channel of the
@@ -633,12 +702,12 @@ fn gemm_pixels<'ctx>(
     });
 }
 
-/// One channel panel (`mr = 8·V` output channels of one group) over one
-/// range of output rows of image `b`: per `r`-pixel strip of a row, `r × V`
-/// vector accumulators fed by `V` weight vectors and `r` input broadcasts
-/// per (input channel, tap), then the epilogue in registers on 8 × 8
-/// transposed blocks and one contiguous store per channel and block. The
-/// panel's weights stay in cache across the strips.
+/// One channel panel (`mr = lanes·V` output channels of one group) over
+/// one range of output rows of image `b`: per `r`-pixel strip of a row,
+/// `r × V` vector accumulators fed by `V` weight vectors and `r` input
+/// broadcasts per (input channel, tap), then the epilogue in registers on
+/// `lanes × lanes` transposed blocks and one contiguous store per channel
+/// and block. The panel's weights stay in cache across the strips.
 #[allow(clippy::too_many_arguments)]
 fn gemm_channels<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
@@ -648,15 +717,12 @@ fn gemm_channels<'ctx>(
     p: &GemmConv,
     fused: &Fused,
     r: u64,
-    (b, u): Unit<'ctx>,
+    (b, panel, chunk): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
 ) {
     let ops = c.graph.operands(n);
     let (_, bias, residual) = fused_operands(c, &ops, fused);
     let (mr, t, nv) = (p.mr, p.taps.len() as u64, p.mr / p.lanes);
     let lanes = p.lanes;
-    let chunks = e.int(p.row_chunks);
-    let chunk = e.srem(u, chunks);
-    let panel = e.sdiv(u, chunks);
     let g = e.sdiv(panel, e.int(p.oc_panels));
     let local0 = e.mul(e.srem(panel, e.int(p.oc_panels)), e.int(mr));
     let oc0 = e.add(e.mul(g, e.int(p.ocg)), local0);
@@ -694,15 +760,35 @@ fn gemm_channels<'ctx>(
                     let wk = e.at(wp, e.mul(ic, e.int(t * mr)));
                     let mut acc: Vec<VectorValue<'ctx>> =
                         slots.iter().map(|s| e.vget(*s)).collect();
-                    for (ti, uses) in &ph.uses {
-                        let wv: Vec<VectorValue<'ctx>> = (0..nv)
-                            .map(|v| e.vload(wk, e.int(ti * mr + v * lanes)))
+                    // Per group of taps (a row of the kernel): its weight
+                    // vectors in registers, then each input element the
+                    // group reads broadcast once and fed to every (tap,
+                    // pixel) using it. Emitted tap by tap, LLVM merges the
+                    // repeated broadcasts of neighbouring taps itself and
+                    // keeps them all live: a 3×3 16 × 14 tile spilled a
+                    // register per FMA.
+                    for group in ph.uses.chunks(p.tap_group as usize) {
+                        let wv: Vec<Vec<VectorValue<'ctx>>> = group
+                            .iter()
+                            .map(|(ti, _)| {
+                                (0..nv)
+                                    .map(|v| e.vload(wk, e.int(ti * mr + v * lanes)))
+                                    .collect()
+                            })
                             .collect();
-                        for &(j, off) in uses {
-                            let xb = e.vsplat(e.load(xc, e.int(off)));
-                            let px = &mut acc[(j * nv) as usize..((j + 1) * nv) as usize];
-                            for (a, w) in px.iter_mut().zip(&wv) {
-                                *a = e.vfma(*w, xb, *a);
+                        let mut reads: Vec<(u64, usize, u64)> = group
+                            .iter()
+                            .enumerate()
+                            .flat_map(|(gi, (_, uses))| uses.iter().map(move |&(j, o)| (o, gi, j)))
+                            .collect();
+                        reads.sort_unstable();
+                        for same in reads.chunk_by(|x, y| x.0 == y.0) {
+                            let xb = e.vsplat(e.load(xc, e.int(same[0].0)));
+                            for &(_, gi, j) in same {
+                                let px = &mut acc[(j * nv) as usize..((j + 1) * nv) as usize];
+                                for (a, w) in px.iter_mut().zip(&wv[gi]) {
+                                    *a = e.vfma(*w, xb, *a);
+                                }
                             }
                         }
                     }

@@ -11,7 +11,7 @@
 //! much as any output reaches past it, so the tile reads no bounds.
 
 use super::conv_gemm::{
-    choose_channels, ConvShape, GemmConv, RowPhase, Staging, Tiling, PIXEL_BLOCK,
+    choose_channels, tap_group, ConvShape, GemmConv, RowPhase, Staging, Tiling, PIXEL_BLOCK,
 };
 use crate::backend::llvm::VectorIsa;
 use crate::ir::{Graph, Op};
@@ -36,7 +36,7 @@ pub fn plan(graph: &Graph, n: NodeIndex, isa: VectorIsa) -> Option<GemmConv> {
         p: (ph, pw),
         d: (dh, dw),
     } = ConvShape::of(graph, n)?;
-    let (_, _, v, r) = choose_channels(ocg, oh, ow, isa, sw)?;
+    let (_, _, v, r) = choose_channels(ocg, oh, ow, kw, isa, sw)?;
     // The input index output `o` reads through tap `k`, when one.
     let source = |o: u64, k: u64, s: u64, p: u64, d: u64| -> Option<i64> {
         let at = o as i64 + p as i64 - (k * d) as i64;
@@ -103,6 +103,7 @@ pub fn plan(graph: &Graph, n: NodeIndex, isa: VectorIsa) -> Option<GemmConv> {
         row_chunks: 1,
         row_phases,
         strip_cols: r / sw,
+        tap_group: tap_group(kw),
         transposed: true,
         staging: Some(Staging {
             phases: vec![(0, 0)],

@@ -97,7 +97,7 @@ impl<'ctx> Ctx<'_, 'ctx> {
 pub(super) struct Args<'ctx> {
     arena: PointerValue<'ctx>,
     consts: PointerValue<'ctx>,
-    batch: IntValue<'ctx>,
+    pub batch: IntValue<'ctx>,
 }
 
 impl<'ctx> Args<'ctx> {
@@ -276,7 +276,8 @@ pub fn lower<'ctx>(
                         if result.is_ok() {
                             result = match (part, pool.gemm.get(&n)) {
                                 (Part::Stage, Some(p)) => conv_gemm::stage(e, &c, &a, n, p, (b, u)),
-                                (Part::Gemm, Some(p)) => conv_gemm::gemm(e, &c, &a, n, p, (b, u)),
+                                // Tiles order their units themselves.
+                                (Part::Gemm, Some(p)) => conv_gemm::gemm(e, &c, &a, n, p, t),
                                 _ => lower_unit(e, &c, &a, n, b, u),
                             };
                         }

@@ -110,6 +110,14 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
             .expect(BUILDER)
     }
 
+    /// `if c { a } else { b }` on integers.
+    pub fn pick(&self, c: IntValue<'ctx>, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.b
+            .build_select(c, a, b, "")
+            .expect(BUILDER)
+            .into_int_value()
+    }
+
     pub fn smin(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
         let c = self
             .b
