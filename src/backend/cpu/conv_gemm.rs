@@ -520,7 +520,8 @@ fn conv_fused(op: &Op) -> Option<&Fused> {
     }
 }
 
-/// Work unit `t` (of `batch × units()`) of the conv's tile kernel.
+/// Work unit `t` (of `batch × units()`) of the conv's tile kernel; run
+/// `by_image`, image `b`'s units are `[b·units(), (b + 1)·units())`.
 pub(super) fn gemm<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
@@ -528,6 +529,7 @@ pub(super) fn gemm<'ctx>(
     n: NodeIndex,
     p: &GemmConv,
     t: IntValue<'ctx>,
+    by_image: bool,
 ) -> Result<(), LlvmError> {
     let Some(fused) = conv_fused(&c.graph.node(n).op) else {
         return Err(LlvmError::Internal("a GEMM tile of a non-conv".into()));
@@ -539,7 +541,7 @@ pub(super) fn gemm<'ctx>(
             gemm_pixels(e, c, a, n, p, fused, unit)
         }
         Tiling::Channels { r } => {
-            let unit = p.channel_unit(e, a.batch, t);
+            let unit = p.channel_unit(e, a.batch, t, by_image);
             gemm_channels(e, c, a, n, p, fused, r, unit)
         }
     }
@@ -564,12 +566,13 @@ impl GemmConv {
     /// outweigh the batch's inputs (late layers, large batches), so a
     /// thread keeps a panel's weights across images and rows; else image
     /// and rows outermost, so a thread reads only its rows of the input and
-    /// re-reads the small weights.
+    /// re-reads the small weights. Image by image, the image is outermost.
     fn channel_unit<'ctx>(
         &self,
         e: &Emitter<'_, 'ctx>,
         batch: IntValue<'ctx>,
         t: IntValue<'ctx>,
+        by_image: bool,
     ) -> (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>) {
         let (chunks, panels) = (e.int(self.row_chunks), e.int(self.groups * self.oc_panels));
         // t = (panel · batch + image) · chunks + chunk
@@ -583,7 +586,11 @@ impl GemmConv {
             e.srem(rest, chunks),
         );
         let inputs = e.mul(batch, e.int(self.source_bytes()));
-        let w = e.ult(inputs, e.int(self.weight_bytes()));
+        let w = if by_image {
+            e.ctx.bool_type().const_zero()
+        } else {
+            e.ult(inputs, e.int(self.weight_bytes()))
+        };
         (
             e.pick(w, by_weights.1, by_inputs.0),
             e.pick(w, by_weights.0, by_inputs.1),

@@ -29,9 +29,12 @@ use petgraph::stable_graph::NodeIndex;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-/// Where one value lives, in f32 elements: the buffer's per-image offset
-/// (scaled by the batch at run time) and the offset inside it, both kernel
-/// arguments, and the distance between images, a constant of the kernel.
+/// Where one value lives, in f32 elements: the buffer's offset in an
+/// image's slice of the arena and the offset inside it, both kernel
+/// arguments, and the distance between images (the slice: the memory
+/// plan's buffers, then the workspace), a constant of the kernel. Each
+/// image has its own slice, so images never share memory whatever the
+/// plan reuses, and ops can run image by image (`image_by_image`).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct View<'ctx> {
     buffer: IntValue<'ctx>,
@@ -69,7 +72,7 @@ impl<'ctx> Ctx<'_, 'ctx> {
         (
             self.plan.buffers[s.buffer].offset as u64 / 4,
             s.elem_offset as u64,
-            s.batch_stride as u64,
+            self.pool.arena_floats(self.plan) as u64,
         )
     }
 
@@ -78,7 +81,7 @@ impl<'ctx> Ctx<'_, 'ctx> {
         View {
             buffer: e.int(self.plan.arena_bytes as u64 / 4),
             offset: e.int(0),
-            stride: self.pool.workspace as u64,
+            stride: self.pool.arena_floats(self.plan) as u64,
         }
     }
 
@@ -108,10 +111,7 @@ impl<'ctx> Args<'ctx> {
         v: View<'ctx>,
         n: IntValue<'ctx>,
     ) -> PointerValue<'ctx> {
-        let start = e.add(
-            e.add(e.mul(self.batch, v.buffer), v.offset),
-            e.mul(n, e.int(v.stride)),
-        );
+        let start = e.add(e.add(v.buffer, v.offset), e.mul(n, e.int(v.stride)));
         e.at(self.arena, start)
     }
 
@@ -170,8 +170,9 @@ pub fn lower<'ctx>(
     };
     let ptr = ctx.ptr_type(inkwell::AddressSpace::default());
     let i64t = ctx.i64_type();
-    // The context every thunk receives: arena, constants, batch.
-    let ctx_ty = ctx.struct_type(&[ptr.into(), ptr.into(), i64t.into()], false);
+    // The context every thunk receives: arena, constants, batch, and the
+    // image an image-by-image call runs.
+    let ctx_ty = ctx.struct_type(&[ptr.into(), ptr.into(), i64t.into(), i64t.into()], false);
     let thunk_ty = ctx
         .void_type()
         .fn_type(&[ptr.into(), i64t.into(), i64t.into()], false);
@@ -182,7 +183,8 @@ pub fn lower<'ctx>(
         Some(Linkage::External),
     );
     let mut kernels: HashMap<String, FunctionValue<'ctx>> = HashMap::new();
-    // (thunk, units per image) per op, in schedule order, and what each is.
+    // (thunk, units per image, image by image) per op, in schedule order,
+    // and what each is.
     let mut calls = Vec::new();
     let mut labels = Vec::new();
     for (k, &n) in plan.schedule.iter().enumerate() {
@@ -193,7 +195,8 @@ pub fn lower<'ctx>(
         // Argument slots: the output, then every operand, two i64 each.
         let slots: Vec<NodeIndex> = std::iter::once(n).chain(graph.operands(n)).collect();
         let mut values = Vec::new();
-        let mut key = format!("{:?}", node.op);
+        let by_image = image_by_image(graph, n);
+        let mut key = format!("{:?}|{by_image}", node.op);
         // Inside a kernel, views are bound by node: an op that reads one
         // value in two slots (`a + a`) binds both to the first. Ops share a
         // kernel only when their slots alias alike (found in review).
@@ -277,7 +280,9 @@ pub fn lower<'ctx>(
                             result = match (part, pool.gemm.get(&n)) {
                                 (Part::Stage, Some(p)) => conv_gemm::stage(e, &c, &a, n, p, (b, u)),
                                 // Tiles order their units themselves.
-                                (Part::Gemm, Some(p)) => conv_gemm::gemm(e, &c, &a, n, p, t),
+                                (Part::Gemm, Some(p)) => {
+                                    conv_gemm::gemm(e, &c, &a, n, p, t, by_image)
+                                }
                                 _ => lower_unit(e, &c, &a, n, b, u),
                             };
                         }
@@ -310,11 +315,19 @@ pub fn lower<'ctx>(
                     .iter()
                     .map(|&v| BasicMetadataValueEnum::from(e.int(v))),
             );
-            args.push(e.param_int(1).into());
-            args.push(e.param_int(2).into());
+            // Image by image, the pool hands out one image's units: shift
+            // them to that image's.
+            let (mut begin, mut end) = (e.param_int(1), e.param_int(2));
+            if by_image {
+                let image = field(3, i64t.into()).into_int_value();
+                let base = e.mul(image, e.int(per_image));
+                (begin, end) = (e.add(begin, base), e.add(end, base));
+            }
+            args.push(begin.into());
+            args.push(end.into());
             e.b.build_call(kernel, &args, "").expect("call");
             e.ret_void();
-            calls.push((thunk, per_image));
+            calls.push((thunk, per_image, by_image));
             let suffix = match part {
                 Part::Whole => "",
                 Part::Stage => " (staging)",
@@ -355,7 +368,7 @@ pub fn lower<'ctx>(
         batch,
     };
     let cx = e.b.build_alloca(ctx_ty, "ctx").expect("alloca");
-    for (i, v) in [arena.into(), consts.into(), batch.into()]
+    for (i, v) in [arena.into(), consts.into(), batch.into(), e.int(0).into()]
         .into_iter()
         .enumerate()
     {
@@ -374,30 +387,67 @@ pub fn lower<'ctx>(
         |e, n| e.at(input, e.mul(n, e.int(per_in))),
         |e, n| a.image(e, vin, n),
     );
-    // With a profile buffer, the time after the input copy and after each
-    // call (all threads done): what `bench --layers` reports.
+    // With a profile buffer, each call's time (all threads done) is added
+    // to its entry: what `bench --layers` reports.
     let ticks = e.param_ptr(5);
     let profiling = e.b.build_is_not_null(ticks, "").expect("cmp");
-    let tick = |e: &mut Emitter<'_, 'ctx>, i: u64| {
+    let last = e.b.build_alloca(i64t, "last").expect("alloca");
+    let tick = |e: &mut Emitter<'_, 'ctx>, i: Option<u64>| {
         e.if_else(
             profiling,
             |e| {
                 let t = e.b.build_call(now, &[], "").expect("call");
-                let t = t.try_as_basic_value().basic().expect("i64");
-                let p =
-                    unsafe { e.b.build_in_bounds_gep(i64t, ticks, &[e.int(i)], "") }.expect("gep");
-                e.b.build_store(p, t).expect("store");
+                let t = t
+                    .try_as_basic_value()
+                    .basic()
+                    .expect("i64")
+                    .into_int_value();
+                if let Some(i) = i {
+                    let p = unsafe { e.b.build_in_bounds_gep(i64t, ticks, &[e.int(i)], "") }
+                        .expect("gep");
+                    let before =
+                        e.b.build_load(i64t, last, "")
+                            .expect("load")
+                            .into_int_value();
+                    let sum = e.b.build_load(i64t, p, "").expect("load").into_int_value();
+                    e.b.build_store(p, e.add(sum, e.sub(t, before)))
+                        .expect("store");
+                }
+                e.b.build_store(last, t).expect("store");
             },
             |_| {},
         )
     };
-    tick(&mut e, 0);
-    for (i, (thunk, per_image)) in calls.into_iter().enumerate() {
-        let total = e.mul(batch, e.int(per_image));
-        let f = thunk.as_global_value().as_pointer_value();
-        e.b.build_call(parallel_for, &[total.into(), f.into(), cx.into()], "")
-            .expect("call");
-        tick(&mut e, i as u64 + 1);
+    tick(&mut e, None);
+    let image_field = e.b.build_struct_gep(ctx_ty, cx, 3, "").expect("field");
+    let mut i = 0;
+    while i < calls.len() {
+        // A run of image-by-image calls loops over the images; any other
+        // call covers every image at once.
+        let run = calls[i..].iter().take_while(|c| c.2).count().max(1);
+        let group = &calls[i..i + run];
+        let emit = |e: &mut Emitter<'_, 'ctx>| {
+            for (j, &(thunk, per_image, by_image)) in group.iter().enumerate() {
+                let total = if by_image {
+                    e.int(per_image)
+                } else {
+                    e.mul(batch, e.int(per_image))
+                };
+                let f = thunk.as_global_value().as_pointer_value();
+                e.b.build_call(parallel_for, &[total.into(), f.into(), cx.into()], "")
+                    .expect("call");
+                tick(e, Some((i + j) as u64));
+            }
+        };
+        if group[0].2 {
+            e.for_range(e.int(0), batch, |e, image| {
+                e.b.build_store(image_field, image).expect("store");
+                emit(e);
+            });
+        } else {
+            emit(&mut e);
+        }
+        i += run;
     }
     let out_src = graph.operands(graph.output)[0];
     let per_out = numel(graph.output_shape()) as u64;
@@ -411,6 +461,26 @@ pub fn lower<'ctx>(
     );
     e.ret_void();
     Ok((module, labels))
+}
+
+/// Whether the op at `n` runs image by image in a batch (all its calls for
+/// one image, then the next image's, the ops around it alike) rather than
+/// over every image at once: where its activations outweigh its weights.
+/// A batch of early-layer activations overflows the caches (resnet50's
+/// 56×56 stage is 3.2 MB a tensor per image), while one image's stays in
+/// L2/L3; the late layers, weight-heavy, run batched so that their weights
+/// serve every image while in cache.
+fn image_by_image(graph: &Graph, n: NodeIndex) -> bool {
+    let bytes = |m: NodeIndex| numel(&graph.node(m).shape) as u64 * 4;
+    let (mut weights, mut activations) = (0, bytes(n));
+    for m in graph.operands(n) {
+        if graph.node(m).op.is_const() {
+            weights += bytes(m);
+        } else {
+            activations += bytes(m);
+        }
+    }
+    weights < activations
 }
 
 /// Copies `per` elements of every image from `src(n)` to `dst(n)`.
