@@ -8,6 +8,9 @@ timed runs after warm-up) and onnxruntime (intra_op_num_threads = T, all
 graph optimizations, sequential execution, the same warm-up and median) on
 `resnetc export` of the same network with `--random-weights 0`. Prints a
 Markdown table with each latency and the ratio resnetc / onnxruntime.
+The machine's speed drifts by 10-20% over minutes (a shared VM), so each
+(model, T) is timed in ROUNDS alternating rounds, resnetc then
+onnxruntime, and each column gives the median of its rounds' medians.
 tract (bench/tract, built here on first use) runs single-threaded, so its
 column is filled at T = 1. A benchmark, not a test: nothing is asserted.
 """
@@ -25,6 +28,7 @@ import onnxruntime as ort
 root = pathlib.Path(__file__).resolve().parent.parent
 exe = str(root / "target/release/resnetc")
 # (example, batch)
+ROUNDS = 3
 DEFAULT = [("resnet18", 1), ("resnet50", 1), ("densenet121", 1), ("resnet50", 8),
            ("cifar_resnet20", 1), ("cifar_resnet56", 1), ("unet_small", 1), ("densenet_bc_small", 1)]
 
@@ -69,14 +73,18 @@ def main():
                                              check=True, capture_output=True, text=True).stdout)
             x = np.random.default_rng(0).standard_normal([batch] + info["input"]).astype(np.float32)
             for threads in (1, 2):
-                r = json.loads(subprocess.run(
-                    [exe, "bench", str(model), "--random-weights", "0", "--threads", str(threads),
-                     "--batch", str(batch), "--format", "json"],
-                    check=True, capture_output=True, text=True).stdout)
-                o = ort_median(onnx, x, threads)
+                ours, theirs = [], []
+                for _ in range(ROUNDS):
+                    r = json.loads(subprocess.run(
+                        [exe, "bench", str(model), "--random-weights", "0", "--threads",
+                         str(threads), "--batch", str(batch), "--format", "json"],
+                        check=True, capture_output=True, text=True).stdout)
+                    ours.append(r["median_ms"])
+                    theirs.append(ort_median(onnx, x, threads))
+                r, o = statistics.median(ours), statistics.median(theirs)
                 t = f"{tract_median(onnx, list(x.shape)):.2f}" if threads == 1 else "–"
-                print(f"| {name} | {batch} | {threads} | {r['median_ms']:.2f} | {o:.2f} | {t} | "
-                      f"{r['median_ms'] / o:.2f} |", flush=True)
+                print(f"| {name} | {batch} | {threads} | {r:.2f} | {o:.2f} | {t} | "
+                      f"{r / o:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

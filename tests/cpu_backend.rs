@@ -259,3 +259,36 @@ model transposed(x: f32[N, 6, 7, 9]) {
     let y = run_jit(&optimized(&c.graph), &w, &x, &CpuOptions::default()).expect("cpu");
     assert_close("transposed", &y, &reference, 1e-4, 1e-3);
 }
+
+/// A batch runs activation-heavy ops image by image and weight-heavy ones
+/// over the whole batch; values of different sizes reuse one buffer. With
+/// the images of a buffer laid side by side, image 0's downsample once
+/// overwrote image 1's input before image 1 had run (found while building
+/// it): each image now has its own arena slice. The 3×3 conv to 128
+/// channels on 8×8 is weight-heavy (batched), the others are not.
+#[test]
+fn image_by_image_and_batched_ops_mix_correctly() {
+    let text = r#"
+model mixed(x: f32[N, 16, 32, 32]) {
+    let y = x |> a: conv(16, k: 3, pad: 1, bias: true) |> relu()
+    let z = y |> b: conv(32, k: 3, stride: 2, pad: 1, bias: true) |> relu()
+    let s = y |> d: conv(32, k: 1, stride: 2, bias: true)
+    let u = relu((z |> c: conv(32, k: 3, pad: 1, bias: true)) + s)
+    u |> maxpool(k: 2, stride: 2) |> e: conv(128, k: 3, pad: 1, bias: true) |> relu()
+      |> f: conv(16, k: 1, bias: true) |> g: conv(16, k: 3, pad: 1, bias: true)
+}
+"#;
+    let c = resnetc::front::compile_source("mixed.res", text, None)
+        .unwrap_or_else(|e| panic!("{}", e.render_plain()));
+    let w = random_weights(&specs_of(&c.graph), 11);
+    let x = random_tensor(&[3, 16, 32, 32], 11);
+    let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+    for conv in [ConvKernel::Pixels, ConvKernel::Channels] {
+        let opts = CpuOptions {
+            conv,
+            ..CpuOptions::default()
+        };
+        let y = run_jit(&optimized(&c.graph), &w, &x, &opts).expect("cpu");
+        assert_close(&format!("mixed {conv:?}"), &y, &reference, 1e-4, 1e-3);
+    }
+}
