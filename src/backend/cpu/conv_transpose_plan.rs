@@ -103,6 +103,7 @@ pub fn plan(graph: &Graph, n: NodeIndex, isa: VectorIsa) -> Option<GemmConv> {
         row_chunks: 1,
         row_phases,
         strip_cols: r / sw,
+        kw,
         tap_group: tap_group(kw),
         transposed: true,
         staging: Some(Staging {
