@@ -55,11 +55,11 @@ pub struct Staging {
 /// Which way a conv's register tile is vectorized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tiling {
-    /// `mr` output channels × 16 consecutive grid pixels (pixel vectors,
-    /// weight broadcasts).
+    /// `mr` output channels × `2·lanes` consecutive grid pixels (pixel
+    /// vectors, weight broadcasts).
     Pixels,
-    /// `mr = 8·V` output channels × `r` pixels of one output row (channel
-    /// vectors, input broadcasts).
+    /// `mr = lanes·V` output channels × `r` pixels of one output row
+    /// (channel vectors, input broadcasts).
     Channels { r: u64 },
 }
 
@@ -111,9 +111,9 @@ pub struct GemmConv {
     pub wq: u64,
     pub oh: u64,
     pub ow: u64,
-    /// 16-pixel tiles per group and image (`Pixels`).
+    /// Pixel tiles per group and image (`Pixels`).
     pub panels: u64,
-    /// 16-pixel tiles per work unit (`Pixels`).
+    /// Pixel tiles per work unit (`Pixels`).
     pub block: u64,
     /// Row ranges the output is split into (`Channels`), so that a layer
     /// with few channel panels still has work for every thread.
@@ -370,7 +370,7 @@ pub fn choose_mr(m: u64, regs: u32) -> u64 {
 /// has the rows), so that two threads, or eight, have work.
 const MIN_UNITS: u64 = 8;
 
-/// 16-pixel tiles per work unit of a `Pixels` conv at most.
+/// Pixel tiles per work unit of a `Pixels` conv at most.
 pub const PIXEL_BLOCK: u64 = 8;
 
 /// The cost of a `Channels` tile step relative to a `Pixels` one of the
@@ -603,9 +603,9 @@ impl GemmConv {
     }
 }
 
-/// One 16-pixel tile of one group of image `b`, every output channel of the
-/// group: `MR × 16` accumulators per register tile, the epilogue in
-/// registers, one (masked where the tile leaves a row) store.
+/// One block of pixel tiles of one group of image `b`, every output
+/// channel of the group: `MR × 2·lanes` accumulators per register tile, the
+/// epilogue in registers, one (masked where the tile leaves a row) store.
 fn gemm_pixels<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
@@ -808,9 +808,10 @@ fn gemm_channels<'ctx>(
                         e.vset(*s, *v);
                     }
                 });
-                // Epilogue: each 8 × 8 block of (pixel, channel) accumulators is
-                // transposed in registers, so every channel's pixels are one
-                // contiguous (masked at a row's end) vector in its plane.
+                // Epilogue: each lanes × lanes block of (pixel, channel)
+                // accumulators is transposed in registers, so every channel's
+                // pixels are one contiguous (masked at a row's end) vector in
+                // its plane.
                 let acc: Vec<VectorValue<'ctx>> = slots.iter().map(|s| e.vget(*s)).collect();
                 let pix0 = e.add(e.mul(oy, e.int(p.ow)), ox0);
                 let end = e.smin(e.add(ox0, e.int(r)), e.int(p.ow));

@@ -1,14 +1,15 @@
 //! Lowers an optimized, planned graph to LLVM functions for x86-64.
 //!
 //! Each op is one or more kernels over work units (an output channel of one
-//! image, a chunk of elements, a 16-pixel conv tile, ...): `kernel(arena,
+//! image, a chunk of elements, a block of conv tiles, ...): `kernel(arena,
 //! consts, batch, offsets..., begin, end)` computes units `[begin, end)`.
 //! Ops with the same configuration share a kernel; a per-call thunk binds
 //! the offsets, and the entry `void <model>_run(const float *input, float
 //! *output, i64 batch, const float *consts, float *arena, i64 *ticks)` copies
 //! the input in, hands every call's `batch × units` to `resnetc_parallel_for`
-//! (runtime/parallel.c), and copies the output out; with `ticks` it records
-//! the time after each call. Convs are register-tiled GEMM kernels
+//! (runtime/parallel.c), or a run of activation-heavy calls one image at a
+//! time (`image_by_image`), and copies the output out; with `ticks` it adds
+//! each call's time to its entry. Convs are register-tiled GEMM kernels
 //! (`conv_gemm.rs`); the other kernel bodies are plain loop nests chosen so
 //! LLVM vectorizes the innermost loop.
 
@@ -978,7 +979,7 @@ fn pool<'ctx>(
     let inside = |out: u64, s: u64, p: u64, k: u64, d: u64, extent: u64| {
         let lo = p.div_ceil(s).min(out);
         let reach = (k - 1) * d;
-        let hi = if extent + p >= reach + 1 {
+        let hi = if extent + p > reach {
             ((extent + p - reach - 1) / s + 1).min(out)
         } else {
             0
