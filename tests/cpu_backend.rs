@@ -251,13 +251,26 @@ model transposed(x: f32[N, 6, 7, 9]) {
     e |> t5: conv_transpose(3, k: 5, stride: 1, pad: 2) |> b5: batchnorm()
 }
 "#;
-    let c = resnetc::front::compile_source("transposed.res", text, None)
+    source_matches_the_interpreter(text, &[2, 6, 7, 9], 5, &[ConvKernel::Auto]);
+}
+
+/// The model `text` with seeded random weights on a random input of
+/// `shape`, compiled with each of `convs`, against the interpreter.
+fn source_matches_the_interpreter(text: &str, shape: &[usize], seed: u64, convs: &[ConvKernel]) {
+    let c = resnetc::front::compile_source("test.res", text, None)
         .unwrap_or_else(|e| panic!("{}", e.render_plain()));
-    let w = random_weights(&specs_of(&c.graph), 5);
-    let x = random_tensor(&[2, 6, 7, 9], 5);
+    let w = random_weights(&specs_of(&c.graph), seed);
+    let x = random_tensor(shape, seed);
     let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
-    let y = run_jit(&optimized(&c.graph), &w, &x, &CpuOptions::default()).expect("cpu");
-    assert_close("transposed", &y, &reference, 1e-4, 1e-3);
+    for &conv in convs {
+        let opts = CpuOptions {
+            conv,
+            ..CpuOptions::default()
+        };
+        let y = run_jit(&optimized(&c.graph), &w, &x, &opts).expect("cpu");
+        let what = format!("{} {conv:?}", c.graph.name);
+        assert_close(&what, &y, &reference, 1e-4, 1e-3);
+    }
 }
 
 /// A batch runs activation-heavy ops image by image and weight-heavy ones
@@ -278,17 +291,6 @@ model mixed(x: f32[N, 16, 32, 32]) {
       |> f: conv(16, k: 1, bias: true) |> g: conv(16, k: 3, pad: 1, bias: true)
 }
 "#;
-    let c = resnetc::front::compile_source("mixed.res", text, None)
-        .unwrap_or_else(|e| panic!("{}", e.render_plain()));
-    let w = random_weights(&specs_of(&c.graph), 11);
-    let x = random_tensor(&[3, 16, 32, 32], 11);
-    let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
-    for conv in [ConvKernel::Pixels, ConvKernel::Channels] {
-        let opts = CpuOptions {
-            conv,
-            ..CpuOptions::default()
-        };
-        let y = run_jit(&optimized(&c.graph), &w, &x, &opts).expect("cpu");
-        assert_close(&format!("mixed {conv:?}"), &y, &reference, 1e-4, 1e-3);
-    }
+    let convs = [ConvKernel::Pixels, ConvKernel::Channels];
+    source_matches_the_interpreter(text, &[3, 16, 32, 32], 11, &convs);
 }
