@@ -122,10 +122,9 @@ pub struct GemmConv {
     /// strip advances by.
     pub row_phases: Vec<RowPhase>,
     pub strip_cols: u64,
-    /// `Channels`: the kernel's width, and the taps of one kernel row whose
-    /// weight vectors are held in registers at once (`tap_group`).
+    /// `Channels`: the kernel's width (its rows are split into tap groups,
+    /// `tap_group`).
     pub kw: u64,
-    pub tap_group: u64,
     /// A transposed conv: its weight is `[ic, ocg, kh, kw]`.
     pub transposed: bool,
     pub staging: Option<Staging>,
@@ -279,7 +278,6 @@ impl GemmConv {
             row_phases,
             strip_cols,
             kw,
-            tap_group: tap_group(kw),
             transposed: false,
             staging,
         };
@@ -579,9 +577,6 @@ impl GemmConv {
         by_image: bool,
     ) -> (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>) {
         let (chunks, panels) = (e.int(self.row_chunks), e.int(self.groups * self.oc_panels));
-        // t = (panel · batch + image) · chunks + chunk
-        let rest = e.sdiv(t, chunks);
-        let by_weights = (e.sdiv(rest, batch), e.srem(rest, batch), e.srem(t, chunks));
         // t = (image · chunks + chunk) · panels + panel
         let rest = e.sdiv(t, panels);
         let by_inputs = (
@@ -589,15 +584,17 @@ impl GemmConv {
             e.srem(t, panels),
             e.srem(rest, chunks),
         );
+        if by_image {
+            return by_inputs;
+        }
+        // t = (panel · batch + image) · chunks + chunk
+        let rest = e.sdiv(t, chunks);
+        let by_weights = (e.srem(rest, batch), e.sdiv(rest, batch), e.srem(t, chunks));
         let inputs = e.mul(batch, e.int(self.source_bytes()));
-        let w = if by_image {
-            e.ctx.bool_type().const_zero()
-        } else {
-            e.ult(inputs, e.int(self.weight_bytes()))
-        };
+        let w = e.ult(inputs, e.int(self.weight_bytes()));
         (
-            e.pick(w, by_weights.1, by_inputs.0),
-            e.pick(w, by_weights.0, by_inputs.1),
+            e.pick(w, by_weights.0, by_inputs.0),
+            e.pick(w, by_weights.1, by_inputs.1),
             e.pick(w, by_weights.2, by_inputs.2),
         )
     }
@@ -776,10 +773,10 @@ fn gemm_channels<'ctx>(
                     // group reads broadcast once and fed to every (tap,
                     // pixel) using it. Emitted tap by tap, LLVM merges the
                     // repeated broadcasts of neighbouring taps itself and
-                    // keeps them all live: a 3×3 16 × 14 tile spilled a
+                    // keeps them all live: a 3×3 32 × 14 tile spilled a
                     // register per FMA.
                     let rows = ph.uses.chunk_by(|x, y| x.0 / p.kw == y.0 / p.kw);
-                    for group in rows.flat_map(|row| row.chunks(p.tap_group as usize)) {
+                    for group in rows.flat_map(|row| row.chunks(tap_group(p.kw) as usize)) {
                         let wv: Vec<Vec<VectorValue<'ctx>>> = group
                             .iter()
                             .map(|(ti, _)| {

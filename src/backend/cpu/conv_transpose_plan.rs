@@ -11,7 +11,7 @@
 //! much as any output reaches past it, so the tile reads no bounds.
 
 use super::conv_gemm::{
-    choose_channels, tap_group, ConvShape, GemmConv, RowPhase, Staging, Tiling, PIXEL_BLOCK,
+    choose_channels, ConvShape, GemmConv, RowPhase, Staging, Tiling, PIXEL_BLOCK,
 };
 use crate::backend::llvm::VectorIsa;
 use crate::ir::{Graph, Op};
@@ -104,7 +104,6 @@ pub fn plan(graph: &Graph, n: NodeIndex, isa: VectorIsa) -> Option<GemmConv> {
         row_phases,
         strip_cols: r / sw,
         kw,
-        tap_group: tap_group(kw),
         transposed: true,
         staging: Some(Staging {
             phases: vec![(0, 0)],

@@ -123,10 +123,7 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
             .b
             .build_int_compare(IntPredicate::SLT, a, b, "")
             .expect(BUILDER);
-        self.b
-            .build_select(c, a, b, "")
-            .expect(BUILDER)
-            .into_int_value()
+        self.pick(c, a, b)
     }
 
     pub fn smax(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
@@ -134,10 +131,7 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
             .b
             .build_int_compare(IntPredicate::SGT, a, b, "")
             .expect(BUILDER);
-        self.b
-            .build_select(c, a, b, "")
-            .expect(BUILDER)
-            .into_int_value()
+        self.pick(c, a, b)
     }
 
     pub fn int_to_float(&self, a: IntValue<'ctx>) -> FloatValue<'ctx> {
