@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use resnetc::backend::cuda::{self, emulate, runtime, CudaOptions};
+use resnetc::backend::cuda::{self, emulate, gemm, runtime, CudaOptions};
 use resnetc::ir::Graph;
 use resnetc::passes;
 use resnetc::weights::{random_weights, read_npy, specs_of};
@@ -97,8 +97,36 @@ fn assemble(ptxas: &PathBuf, ptx: &str, gpu: &str, what: &str) -> String {
     report
 }
 
+/// A GEMM kernel (known by its shared memory, which is its tile's) uses
+/// no more registers than lets the blocks the cost model counts on be
+/// resident together: 65536 per multiprocessor.
+fn check_registers(what: &str, line: &str) {
+    let number_before = |unit: &str| -> Option<u64> {
+        let head = line.split(unit).next()?;
+        head.rsplit(|c: char| !c.is_ascii_digit())
+            .find(|w| !w.is_empty())?
+            .parse()
+            .ok()
+    };
+    if !line.contains("registers") || !line.contains("bytes smem") {
+        return;
+    }
+    let (Some(regs), Some(smem)) = (number_before(" registers"), number_before(" bytes smem"))
+    else {
+        panic!("{what}: cannot read ptxas's line `{line}`");
+    };
+    if let Some(t) = gemm::TILES.iter().find(|t| t.shared_bytes() == smem) {
+        assert!(
+            regs * t.threads() * t.resident() <= 65536,
+            "{what}: {regs} registers a thread keep fewer than {} blocks of {t:?} resident",
+            t.resident()
+        );
+    }
+}
+
 /// Every example compiles to PTX for sm_80 and sm_90, ptxas assembles it,
-/// and no kernel spills registers.
+/// no kernel spills registers, and the GEMMs fit the register budget of
+/// their tiles.
 #[test]
 fn every_example_assembles_with_ptxas_without_spills() {
     let Some(ptxas) = ptxas() else {
@@ -128,6 +156,7 @@ fn every_example_assembles_with_ptxas_without_spills() {
                         if let Some(k) = line.split("entry function '").nth(1) {
                             kernel = k.split('\'').next().unwrap_or("").to_string();
                         }
+                        check_registers(&format!("{name} {gpu}: {kernel}"), line);
                         if line.contains("spill stores") {
                             checked += 1;
                             assert!(

@@ -8,11 +8,13 @@
 use super::lower;
 use super::plan::LaunchPlan;
 use super::simt::Mode;
+use crate::backend::llvm;
 use crate::backend::llvm::LlvmError;
 use crate::ir::Graph;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use inkwell::context::Context;
+use inkwell::targets::FileType;
 use inkwell::OptimizationLevel;
 
 /// `kernel(args, batch, bx, by, bz)`: one block.
@@ -113,4 +115,28 @@ pub fn run(
             .copy_from_slice(&arena.slice()[src..src + per_out]);
     }
     Ok(out)
+}
+
+/// The emulated kernels as an x86-64 object (PIC, one exported
+/// `kernel(args, batch, bx, by, bz)` per kernel of the PTX, same names),
+/// with the launch plan they were lowered with. Linked into a shared
+/// object, it is what the tests' model of the CUDA driver
+/// (`tests/fake_cuda`) runs for each launch, so the GPU runtimes can be
+/// exercised end to end without a GPU.
+pub fn emulation_object(
+    graph: &Graph,
+    weights: &Weights,
+    gpu: &str,
+) -> Result<(Vec<u8>, LaunchPlan), LlvmError> {
+    let machine = llvm::x86_machine("native")?;
+    let ctx = Context::create();
+    let l = lower::lower(&ctx, graph, weights, Mode::Emulate, gpu)?;
+    l.module.set_triple(&machine.get_triple());
+    l.module
+        .set_data_layout(&machine.get_target_data().get_data_layout());
+    llvm::optimize(&l.module, &machine)?;
+    let obj = machine
+        .write_to_memory_buffer(&l.module, FileType::Object)
+        .map_err(|e| LlvmError::Internal(e.to_string()))?;
+    Ok((obj.as_slice().to_vec(), l.plan))
 }

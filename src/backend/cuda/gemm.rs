@@ -15,6 +15,7 @@
 
 use super::kernels::{epilogue_value, FusedArgs};
 use super::simt::Kern;
+use crate::backend::llvm::emit::Emitter;
 use crate::ir::op::{ConvGeom, Fused};
 use inkwell::values::{BasicValue, FloatValue, IntValue, PointerValue};
 use serde::Serialize;
@@ -36,6 +37,23 @@ pub struct Tile {
 impl Tile {
     pub fn threads(&self) -> u64 {
         (self.bm / self.tm) * (self.bn / self.tn)
+    }
+
+    /// Blocks resident per multiprocessor, as registers allow: the
+    /// kernels use at most 128 registers a thread for the 8×8 tile (two
+    /// blocks of 256 threads in 65536) and 64 for the others (four); the
+    /// ptxas test holds them to that.
+    pub fn resident(&self) -> u64 {
+        match self.tm * self.tn {
+            64 => 2,
+            _ => 4,
+        }
+    }
+
+    /// Bytes of shared memory: two stages of the `BK × BM` weight and
+    /// `BK × BN` im2col tiles.
+    pub fn shared_bytes(&self) -> u64 {
+        2 * BK * (self.bm + self.bn) * 4
     }
 }
 
@@ -164,12 +182,7 @@ impl ConvGemm {
     /// shared memory more per FMA).
     pub fn cost(&self, t: &Tile, n: u64, sms: u64) -> f64 {
         let blocks = self.ocg.div_ceil(t.bm) * (n * self.pixels()).div_ceil(t.bn) * self.groups;
-        // Blocks resident per multiprocessor (registers bound the large tile).
-        let resident = match t.tm * t.tn {
-            64 => 2,
-            16 => 4,
-            _ => 8,
-        };
+        let resident = t.resident();
         let eff = match t.tm * t.tn {
             64 => 1.0,
             16 => 0.6,
@@ -204,11 +217,18 @@ pub fn emit(
     let (ys, xs, zs) = strides;
     let threads = t.threads();
     let mode = k.mode;
+    // Registers that let `resident` blocks share a multiprocessor. ptxas
+    // left alone takes a few more than that for some layers (up to 131 for
+    // the 8×8 tile), which halves their occupancy; the small tile is left
+    // alone, as a cap made ptxas spill kernels that need 40.
+    if t.tm * t.tn > 4 {
+        k.max_registers(65536 / (threads * t.resident()));
+    }
     let (y, x, wp) = (k.arg(0), k.arg(1), k.arg(2));
     let pro = f.prologue.map(|(s, h)| (k.arg(s), k.arg(h)));
     let bias = f.bias.map(|b| k.arg(b));
     let z = f.residual.map(|r| k.arg(r));
-    let (kdim, kp, mp) = (c.k(), c.k_padded(), c.m_padded());
+    let kp = c.k_padded();
     let (bn0, bm0, g) = {
         let e = &k.e;
         (
@@ -218,117 +238,48 @@ pub fn emit(
         )
     };
     let npix = k.e.mul(k.batch, k.e.int(c.pixels()));
-    let a_sh = k.shared("a", BK * t.bm);
-    let b_sh = k.shared("b", BK * t.bn);
+    // Two stages of shared tiles: while the block multiplies stage
+    // `step % 2`, each thread's loads for the next step are in flight and
+    // land in the other stage, so global latency hides behind the FMAs and
+    // one barrier per step suffices.
+    let (a_len, b_len) = (BK * t.bm, BK * t.bn);
+    let a_sh = k.shared("a", 2 * a_len);
+    let b_sh = k.shared("b", 2 * b_len);
+    let ld = TileLoad {
+        c,
+        t,
+        fused,
+        x,
+        wp,
+        pro,
+        g,
+        bn0,
+        bm0,
+        npix,
+        xs,
+        threads,
+    };
     let acc = k.private(t.tm * t.tn);
+    let steps = kp / BK;
     k.phase(|e, th| {
         for j in 0..t.tm * t.tn {
             e.b.build_store(acc.at(e, mode, th, j), e.f32(0.0))
                 .expect("store");
         }
+        let first = ld.fetch(e, th, e.int(0));
+        ld.put(e, th, a_sh, b_sh, &first);
     });
-    let (zero, steps) = (k.e.int(0), k.e.int(kp / BK));
-    k.for_range(zero, steps, |k, step| {
+    k.barrier();
+    let zero = k.e.int(0);
+    k.for_range(zero, k.e.int(steps), |k, step| {
         k.phase(|e, th| {
-            // The weight tile: `v` consecutive channels per thread.
-            let v = BK * t.bm / threads;
-            let per_row = t.bm / v;
-            let r =
-                e.b.build_int_unsigned_div(th, e.int(per_row), "")
-                    .expect("div");
-            let col = e.mul(
-                e.b.build_int_unsigned_rem(th, e.int(per_row), "")
-                    .expect("rem"),
-                e.int(v),
-            );
-            let krow = e.add(e.mul(step, e.int(BK)), r);
-            let src = e.add(
-                e.mul(e.add(e.mul(g, e.int(kp)), krow), e.int(mp)),
-                e.add(bm0, col),
-            );
-            let vals = load_run(e, wp, src, v);
-            store_run(e, a_sh, e.add(e.mul(r, e.int(t.bm)), col), &vals);
-            // The im2col tile: one pixel column per thread, `BK·BN/threads`
-            // rows apart by `threads/BN`.
-            let p =
-                e.b.build_int_unsigned_rem(th, e.int(t.bn), "")
-                    .expect("rem");
-            let r0 =
-                e.b.build_int_unsigned_div(th, e.int(t.bn), "")
-                    .expect("div");
-            let pg = e.add(bn0, p);
-            let inside_p = e.ult(pg, npix);
-            let img =
-                e.b.build_int_unsigned_div(pg, e.int(c.pixels()), "")
-                    .expect("div");
-            let pix =
-                e.b.build_int_unsigned_rem(pg, e.int(c.pixels()), "")
-                    .expect("rem");
-            let oy =
-                e.b.build_int_unsigned_div(pix, e.int(c.ow), "")
-                    .expect("div");
-            let ox =
-                e.b.build_int_unsigned_rem(pix, e.int(c.ow), "")
-                    .expect("rem");
-            let ximg = e.at(x, e.mul(img, e.int(xs)));
-            for j in 0..BK * t.bn / threads {
-                let r = e.add(r0, e.int(j * (threads / t.bn)));
-                let kk = e.add(e.mul(step, e.int(BK)), r);
-                let taps = c.kh * c.kw;
-                let ic =
-                    e.b.build_int_unsigned_div(kk, e.int(taps), "")
-                        .expect("div");
-                let tap =
-                    e.b.build_int_unsigned_rem(kk, e.int(taps), "")
-                        .expect("rem");
-                let ky =
-                    e.b.build_int_unsigned_div(tap, e.int(c.kw), "")
-                        .expect("div");
-                let kx =
-                    e.b.build_int_unsigned_rem(tap, e.int(c.kw), "")
-                        .expect("rem");
-                let iy = e.add(
-                    e.sub(e.mul(oy, e.int(c.sh)), e.int(c.ph)),
-                    e.mul(ky, e.int(c.dh)),
-                );
-                let ix = e.add(
-                    e.sub(e.mul(ox, e.int(c.sw)), e.int(c.pw)),
-                    e.mul(kx, e.int(c.dw)),
-                );
-                let ok = [
-                    e.ult(kk, e.int(kdim)),
-                    e.ult(iy, e.int(c.h)),
-                    e.ult(ix, e.int(c.w)),
-                ]
-                .into_iter()
-                .fold(inside_p, |a, b| e.b.build_and(a, b, "").expect("and"));
-                let slot = e.slot();
-                e.set(slot, e.f32(0.0));
-                e.if_else(
-                    ok,
-                    |e| {
-                        let ch = e.add(e.mul(g, e.int(c.icg)), ic);
-                        let idx = e.add(
-                            e.mul(ch, e.int(c.h * c.w)),
-                            e.add(e.mul(iy, e.int(c.w)), ix),
-                        );
-                        let mut v = e.load(ximg, idx);
-                        if let (Some(p), Some((s, h))) = (fused.prologue, pro) {
-                            v = e.fmuladd(v, e.load(s, ch), e.load(h, ch));
-                            if let Some(a) = p.act {
-                                v = e.act(v, a);
-                            }
-                        }
-                        e.set(slot, v);
-                    },
-                    |_| {},
-                );
-                let v = e.get(slot);
-                e.store(b_sh, e.add(e.mul(r, e.int(t.bn)), p), v);
-            }
-        });
-        k.barrier();
-        k.phase(|e, th| {
+            // The last step fetches itself again: no branch, and the
+            // stage it writes is not read any more.
+            let next = e.smin(e.add(step, e.int(1)), e.int(steps - 1));
+            let ahead = ld.fetch(e, th, next);
+            let stage = e.b.build_and(step, e.int(1), "").expect("and");
+            let other = e.sub(e.int(1), stage);
+            let (a_now, b_now) = (e.mul(stage, e.int(a_len)), e.mul(stage, e.int(b_len)));
             let (ty, tx) = thread_tile(e, th, t);
             let mut accs: Vec<FloatValue> = (0..t.tm * t.tn)
                 .map(|j| {
@@ -341,13 +292,13 @@ pub fn emit(
                 let av = load_run(
                     e,
                     a_sh,
-                    e.add(e.int(kk * t.bm), e.mul(ty, e.int(t.tm))),
+                    e.add(a_now, e.add(e.int(kk * t.bm), e.mul(ty, e.int(t.tm)))),
                     t.tm,
                 );
                 let bv = load_run(
                     e,
                     b_sh,
-                    e.add(e.int(kk * t.bn), e.mul(tx, e.int(t.tn))),
+                    e.add(b_now, e.add(e.int(kk * t.bn), e.mul(tx, e.int(t.tn)))),
                     t.tn,
                 );
                 // accs is row-major [tm][tn].
@@ -361,44 +312,46 @@ pub fn emit(
                 e.b.build_store(acc.at(e, mode, th, j as u64), v)
                     .expect("store");
             }
+            let a_next = e.at(a_sh, e.mul(other, e.int(a_len)));
+            let b_next = e.at(b_sh, e.mul(other, e.int(b_len)));
+            ld.put(e, th, a_next, b_next, &ahead);
         });
         k.barrier();
     });
     k.phase(|e, th| {
         let (ty, tx) = thread_tile(e, th, t);
-        // Pixel columns of this thread: (inside, image, pixel).
-        let cols: Vec<(IntValue, IntValue, IntValue)> = (0..t.tn)
-            .map(|j| {
-                let pg = e.add(bn0, e.add(e.mul(tx, e.int(t.tn)), e.int(j)));
-                (
-                    e.ult(pg, npix),
-                    e.b.build_int_unsigned_div(pg, e.int(c.pixels()), "")
-                        .expect("div"),
-                    e.b.build_int_unsigned_rem(pg, e.int(c.pixels()), "")
-                        .expect("rem"),
-                )
-            })
-            .collect();
-        for i in 0..t.tm {
-            let m = e.add(bm0, e.add(e.mul(ty, e.int(t.tm)), e.int(i)));
-            let ok_m = e.ult(m, e.int(c.ocg));
+        // Column by column, so that only one column's image and pixel are
+        // live beside the accumulators (all eight at once spilled).
+        for j in 0..t.tn {
+            let pg = e.add(bn0, e.add(e.mul(tx, e.int(t.tn)), e.int(j)));
+            let inside = e.ult(pg, npix);
             e.if_else(
-                ok_m,
+                inside,
                 |e| {
-                    let oc = e.add(e.mul(g, e.int(c.ocg)), m);
-                    for (j, &(inside, img, pix)) in cols.iter().enumerate() {
-                        let a = acc.at(e, mode, th, i * t.tn + j as u64);
+                    let img =
+                        e.b.build_int_unsigned_div(pg, e.int(c.pixels()), "")
+                            .expect("div");
+                    let pix =
+                        e.b.build_int_unsigned_rem(pg, e.int(c.pixels()), "")
+                            .expect("rem");
+                    let y_col = e.at(y, e.add(e.mul(img, e.int(ys)), pix));
+                    let z_col = z.map(|z| e.at(z, e.add(e.mul(img, e.int(zs)), pix)));
+                    for i in 0..t.tm {
+                        let m = e.add(bm0, e.add(e.mul(ty, e.int(t.tm)), e.int(i)));
+                        let ok_m = e.ult(m, e.int(c.ocg));
+                        let a = acc.at(e, mode, th, i * t.tn + j);
                         e.if_else(
-                            inside,
+                            ok_m,
                             |e| {
                                 let v =
                                     e.b.build_load(e.f32t, a, "")
                                         .expect("load")
                                         .into_float_value();
-                                let at = e.add(e.mul(oc, e.int(c.pixels())), pix);
-                                let zi = z.map(|z| e.at(z, e.add(e.mul(img, e.int(zs)), at)));
+                                let oc = e.add(e.mul(g, e.int(c.ocg)), m);
+                                let at = e.mul(oc, e.int(c.pixels()));
+                                let zi = z_col.map(|z| e.at(z, at));
                                 let v = epilogue_value(e, fused, v, bias, oc, zi);
-                                e.store(y, e.add(e.mul(img, e.int(ys)), at), v);
+                                e.store(y_col, at, v);
                             },
                             |_| {},
                         );
@@ -408,6 +361,198 @@ pub fn emit(
             );
         }
     });
+}
+
+/// What `TileLoad::fetch` loaded: the values, and for a kernel with a
+/// prologue each im2col element's (inside, channel).
+struct Fetched<'ctx> {
+    vals: Vec<FloatValue<'ctx>>,
+    gates: Vec<(IntValue<'ctx>, IntValue<'ctx>)>,
+}
+
+/// One thread's share of a K step's loads: a run of the weight tile and
+/// a column of the im2col tile (zero padding, stride, dilation and the
+/// BN-ReLU prologue applied on the way), and where they go in shared
+/// memory.
+struct TileLoad<'c, 'ctx> {
+    c: &'c ConvGemm,
+    t: &'c Tile,
+    fused: &'c Fused,
+    x: PointerValue<'ctx>,
+    wp: PointerValue<'ctx>,
+    pro: Option<(PointerValue<'ctx>, PointerValue<'ctx>)>,
+    g: IntValue<'ctx>,
+    bn0: IntValue<'ctx>,
+    bm0: IntValue<'ctx>,
+    npix: IntValue<'ctx>,
+    xs: u64,
+    threads: u64,
+}
+
+impl<'ctx> TileLoad<'_, 'ctx> {
+    /// Weight run: `v` consecutive channels of row `r` at column `col`.
+    fn weight_slot(
+        &self,
+        e: &Emitter<'_, 'ctx>,
+        th: IntValue<'ctx>,
+    ) -> (u64, IntValue<'ctx>, IntValue<'ctx>) {
+        let v = BK * self.t.bm / self.threads;
+        let per_row = self.t.bm / v;
+        let r =
+            e.b.build_int_unsigned_div(th, e.int(per_row), "")
+                .expect("div");
+        let col = e.mul(
+            e.b.build_int_unsigned_rem(th, e.int(per_row), "")
+                .expect("rem"),
+            e.int(v),
+        );
+        (v, r, col)
+    }
+
+    /// im2col column: pixel `p` of the tile, rows from `r0` every
+    /// `threads / BN`.
+    fn column(
+        &self,
+        e: &Emitter<'_, 'ctx>,
+        th: IntValue<'ctx>,
+    ) -> (IntValue<'ctx>, IntValue<'ctx>) {
+        (
+            e.b.build_int_unsigned_rem(th, e.int(self.t.bn), "")
+                .expect("rem"),
+            e.b.build_int_unsigned_div(th, e.int(self.t.bn), "")
+                .expect("div"),
+        )
+    }
+
+    /// The values thread `th` loads for K step `step`: its weight run,
+    /// then its im2col column (raw: the prologue is applied by `put`, so
+    /// that only these loads are in flight during the step's FMAs).
+    fn fetch(
+        &self,
+        e: &mut Emitter<'_, 'ctx>,
+        th: IntValue<'ctx>,
+        step: IntValue<'ctx>,
+    ) -> Fetched<'ctx> {
+        let (c, t) = (self.c, self.t);
+        let (kdim, kp, mp) = (c.k(), c.k_padded(), c.m_padded());
+        let (v, r, col) = self.weight_slot(e, th);
+        let krow = e.add(e.mul(step, e.int(BK)), r);
+        let src = e.add(
+            e.mul(e.add(e.mul(self.g, e.int(kp)), krow), e.int(mp)),
+            e.add(self.bm0, col),
+        );
+        let mut f = Fetched {
+            vals: load_run(e, self.wp, src, v),
+            gates: Vec::new(),
+        };
+        let (p, r0) = self.column(e, th);
+        let pg = e.add(self.bn0, p);
+        let inside_p = e.ult(pg, self.npix);
+        let img =
+            e.b.build_int_unsigned_div(pg, e.int(c.pixels()), "")
+                .expect("div");
+        let pix =
+            e.b.build_int_unsigned_rem(pg, e.int(c.pixels()), "")
+                .expect("rem");
+        let oy =
+            e.b.build_int_unsigned_div(pix, e.int(c.ow), "")
+                .expect("div");
+        let ox =
+            e.b.build_int_unsigned_rem(pix, e.int(c.ow), "")
+                .expect("rem");
+        let ximg = e.at(self.x, e.mul(img, e.int(self.xs)));
+        // Within one image every index fits in 32 bits; the per-step
+        // decomposition of k runs there.
+        let (oy, ox, step32, r0) = (e.narrow(oy), e.narrow(ox), e.narrow(step), e.narrow(r0));
+        let ch0 = e.narrow(e.mul(self.g, e.int(c.icg)));
+        for j in 0..BK * t.bn / self.threads {
+            let r = e.add(r0, e.int32(j * (self.threads / t.bn)));
+            let kk = e.add(e.mul(step32, e.int32(BK)), r);
+            let taps = c.kh * c.kw;
+            let ic =
+                e.b.build_int_unsigned_div(kk, e.int32(taps), "")
+                    .expect("div");
+            let tap =
+                e.b.build_int_unsigned_rem(kk, e.int32(taps), "")
+                    .expect("rem");
+            let ky =
+                e.b.build_int_unsigned_div(tap, e.int32(c.kw), "")
+                    .expect("div");
+            let kx =
+                e.b.build_int_unsigned_rem(tap, e.int32(c.kw), "")
+                    .expect("rem");
+            let iy = e.add(
+                e.sub(e.mul(oy, e.int32(c.sh)), e.int32(c.ph)),
+                e.mul(ky, e.int32(c.dh)),
+            );
+            let ix = e.add(
+                e.sub(e.mul(ox, e.int32(c.sw)), e.int32(c.pw)),
+                e.mul(kx, e.int32(c.dw)),
+            );
+            let ok = [
+                e.ult(kk, e.int32(kdim)),
+                e.ult(iy, e.int32(c.h)),
+                e.ult(ix, e.int32(c.w)),
+            ]
+            .into_iter()
+            .fold(inside_p, |a, b| e.b.build_and(a, b, "").expect("and"));
+            let ch = e.add(ch0, ic);
+            let slot = e.slot();
+            e.set(slot, e.f32(0.0));
+            e.if_else(
+                ok,
+                |e| {
+                    let idx = e.add(
+                        e.mul(ch, e.int32(c.h * c.w)),
+                        e.add(e.mul(iy, e.int32(c.w)), ix),
+                    );
+                    let v = e.load(ximg, e.widen(idx));
+                    e.set(slot, v);
+                },
+                |_| {},
+            );
+            f.vals.push(e.get(slot));
+            if self.pro.is_some() {
+                // Channel 0 where the element is padding: a safe address.
+                f.gates.push((ok, e.pick(ok, ch, e.int32(0))));
+            }
+        }
+        f
+    }
+
+    /// Stores what `fetch` loaded into the stage at `a_sh` / `b_sh`.
+    fn put(
+        &self,
+        e: &Emitter<'_, 'ctx>,
+        th: IntValue<'ctx>,
+        a_sh: PointerValue<'ctx>,
+        b_sh: PointerValue<'ctx>,
+        f: &Fetched<'ctx>,
+    ) {
+        let (v, r, col) = self.weight_slot(e, th);
+        let (weights, column) = f.vals.split_at(v as usize);
+        store_run(e, a_sh, e.add(e.mul(r, e.int(self.t.bm)), col), weights);
+        let (p, r0) = self.column(e, th);
+        for (j, &x) in column.iter().enumerate() {
+            let mut x = x;
+            if let (Some(pro), Some((s, h)), Some(&(ok, ch))) =
+                (self.fused.prologue, self.pro, f.gates.get(j))
+            {
+                // BN-ReLU of the input; padding stays zero after it.
+                let ch = e.widen(ch);
+                x = e.fmuladd(x, e.load(s, ch), e.load(h, ch));
+                if let Some(a) = pro.act {
+                    x = e.act(x, a);
+                }
+                x =
+                    e.b.build_select(ok, x, e.f32(0.0), "")
+                        .expect("select")
+                        .into_float_value();
+            }
+            let r = e.add(r0, e.int(j as u64 * (self.threads / self.t.bn)));
+            e.store(b_sh, e.add(e.mul(r, e.int(self.t.bn)), p), x);
+        }
+    }
 }
 
 /// (row, column) of a thread's register tile in the block tile.

@@ -127,6 +127,25 @@ impl<'a, 'ctx> Kern<'a, 'ctx> {
         }
     }
 
+    /// Caps the kernel's registers per thread (`.maxnreg`, from an
+    /// `nvvm.annotations` entry: where LLVM 19 reads launch bounds; the
+    /// kernel itself is marked by its calling convention).
+    pub fn max_registers(&self, n: u64) {
+        if self.mode != Mode::Gpu {
+            return;
+        }
+        let ctx = self.e.ctx;
+        let node = ctx.metadata_node(&[
+            self.e.func.as_global_value().as_pointer_value().into(),
+            ctx.metadata_string("maxnreg").into(),
+            ctx.i32_type().const_int(n, false).into(),
+        ]);
+        self.e
+            .module
+            .add_global_metadata("nvvm.annotations", &node)
+            .expect("named metadata takes a node");
+    }
+
     pub fn func(&self) -> FunctionValue<'ctx> {
         self.e.func
     }

@@ -78,6 +78,24 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
         self.i64t.const_int(v, false)
     }
 
+    /// A 32-bit constant: GPU index math that fits in 32 bits is half the
+    /// registers and instructions of 64-bit math.
+    pub fn int32(&self, v: u64) -> IntValue<'ctx> {
+        self.ctx.i32_type().const_int(v, false)
+    }
+
+    /// The low 32 bits of `a`.
+    pub fn narrow(&self, a: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.b
+            .build_int_truncate(a, self.ctx.i32_type(), "")
+            .expect(BUILDER)
+    }
+
+    /// `a` zero-extended to 64 bits.
+    pub fn widen(&self, a: IntValue<'ctx>) -> IntValue<'ctx> {
+        self.b.build_int_z_extend(a, self.i64t, "").expect(BUILDER)
+    }
+
     pub fn add(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
         self.b.build_int_add(a, b, "").expect(BUILDER)
     }

@@ -1,0 +1,306 @@
+//! Both CUDA runtimes, end to end, on a model of the CUDA driver
+//! (`tests/fake_cuda/fake_cuda.c`, built here as `libcuda.so`): `resnetc
+//! run|bench --target cuda` (the Rust runtime through cudarc) and a C
+//! program linked to the CUDA static library (`runtime/cuda_rt.c`). The
+//! model runs each kernel of the PTX as its host emulation, so this checks
+//! what the emulation tests cannot: PTX loading, the weights upload, the
+//! arena, kernel arguments and grids as the runtimes pass them, graph
+//! capture and replay, batch sizes, events, and driver errors surfacing as
+//! diagnostics. Outputs are compared with the interpreter (`--target ref`)
+//! and with PyTorch. It cannot check the GPU itself; a real driver's tests
+//! are in `cuda_backend.rs`.
+
+mod common;
+use common::*;
+use resnetc::backend::cuda::{self, emulate, CudaOptions};
+use resnetc::passes;
+use resnetc::tensor::Tensor;
+use resnetc::weights::{random_weights, read_npy, specs_of, write_npy};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn cc(args: &[&str]) {
+    let out = Command::new("gcc").args(args).output().expect("gcc runs");
+    assert!(
+        out.status.success(),
+        "gcc {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The fake driver as `dir/libcuda.so` (cudarc's name) and `libcuda.so.1`
+/// (the C runtime's).
+fn fake_driver(dir: &Path) {
+    let src = root().join("tests/fake_cuda/fake_cuda.c");
+    let lib = dir.join("libcuda.so");
+    cc(&[
+        "-shared",
+        "-fPIC",
+        "-O2",
+        "-Wall",
+        "-Werror",
+        "-o",
+        lib.to_str().expect("utf-8 path"),
+        src.to_str().expect("utf-8 path"),
+        "-ldl",
+    ]);
+    std::fs::copy(&lib, dir.join("libcuda.so.1")).expect("libcuda.so.1");
+}
+
+/// A model's kernels emulated for the host, as a shared object for the
+/// fake driver. Checks on the way that the emulation was lowered with the
+/// very launch plan of the PTX the runtime will load.
+fn host_kernels(source: &Path, dir: &Path, gpu: &str) -> PathBuf {
+    let c = resnetc::front::compile_file(source).expect("compiles");
+    let mut g = c.graph.clone();
+    passes::optimize(&mut g, None);
+    let w = random_weights(&specs_of(&c.graph), 0);
+    let (obj, plan) = emulate::emulation_object(&g, &w, gpu).expect("emulation object");
+    let ptx = cuda::compile(&g, &w, &CudaOptions { gpu: gpu.into() }).expect("ptx");
+    assert_eq!(
+        plan, ptx.plan,
+        "the emulation and the PTX have different plans"
+    );
+    let o = dir.join("kernels.o");
+    std::fs::write(&o, obj).expect("write object");
+    let so = dir.join("kernels.so");
+    cc(&[
+        "-shared",
+        "-o",
+        so.to_str().expect("utf-8 path"),
+        o.to_str().expect("utf-8 path"),
+        "-lm",
+    ]);
+    so
+}
+
+/// Runs `cmd` with the fake driver and `kernels` visible.
+fn on_fake(cmd: &mut Command, driver: &Path, kernels: Option<&Path>) -> Output {
+    cmd.env("LD_LIBRARY_PATH", driver);
+    match kernels {
+        Some(k) => cmd.env("RESNETC_FAKE_CUDA_KERNELS", k),
+        None => cmd.env_remove("RESNETC_FAKE_CUDA_KERNELS"),
+    };
+    cmd.output().expect("runs")
+}
+
+fn resnetc() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_resnetc"));
+    c.current_dir(root());
+    c
+}
+
+/// `resnetc run MODEL --target T WEIGHTS --input X -o Y`.
+fn run_model(
+    model: &Path,
+    target: &str,
+    weights: &[&str],
+    x: &Path,
+    y: &Path,
+    fake: Option<(&Path, &Path)>,
+) -> Tensor {
+    let mut cmd = resnetc();
+    cmd.arg("run")
+        .arg(model)
+        .args(["--target", target])
+        .args(weights)
+        .arg("--input")
+        .arg(x)
+        .arg("--output")
+        .arg(y);
+    let out = match fake {
+        Some((driver, kernels)) => on_fake(&mut cmd, driver, Some(kernels)),
+        None => cmd.output().expect("runs"),
+    };
+    assert!(
+        out.status.success(),
+        "resnetc run --target {target} {} failed:\n{}",
+        model.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    read_npy(y).expect("output")
+}
+
+/// A copy of an example at a 32x32 input (same layers, a fraction of the
+/// emulation's work), with the library it uses.
+fn small_copy(name: &str, dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(example(name)).expect("read example");
+    let text = text.replace("224, 224]", "32, 32]");
+    let lib = dir.join("lib");
+    std::fs::create_dir_all(&lib).expect("lib/");
+    for e in std::fs::read_dir(root().join("examples/lib")).expect("examples/lib") {
+        let p = e.expect("entry").path();
+        std::fs::copy(&p, lib.join(p.file_name().expect("name"))).expect("copy lib");
+    }
+    let path = dir.join(format!("{name}.res"));
+    std::fs::write(&path, text).expect("write model");
+    path
+}
+
+/// The Rust runtime on the fake driver against the interpreter, for
+/// models that between them hold every kind of kernel (7x7 stem, max
+/// pool, strided 1x1 projections, DenseNet's in-place concat and BN-ReLU
+/// prologue, U-Net's transposed convs and skips), at batch sizes that pick
+/// different tile variants (1, 5).
+#[test]
+fn rust_runtime_matches_the_interpreter_on_the_fake_driver() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let driver = dir.path().join("driver");
+    std::fs::create_dir(&driver).expect("mkdir");
+    fake_driver(&driver);
+    let models = [
+        small_copy("resnet18", dir.path()),
+        example("densenet_bc_small"),
+        example("unet_small"),
+    ];
+    for (i, model) in models.iter().enumerate() {
+        let work = dir.path().join(format!("m{i}"));
+        std::fs::create_dir(&work).expect("mkdir");
+        let kernels = host_kernels(model, &work, "sm_80");
+        let c = resnetc::front::compile_file(model).expect("compiles");
+        for batch in [1, 5] {
+            let mut shape = vec![batch];
+            shape.extend(c.graph.input_shape());
+            let x = work.join(format!("x{batch}.npy"));
+            write_npy(&x, &random_tensor(&shape, 11 + batch as u64)).expect("write input");
+            let weights = ["--random-weights", "3"];
+            let expected = run_model(model, "ref", &weights, &x, &work.join("ref.npy"), None);
+            let y = run_model(
+                model,
+                "cuda",
+                &weights,
+                &x,
+                &work.join("cuda.npy"),
+                Some((&driver, &kernels)),
+            );
+            assert_close(
+                &format!("{} at batch {batch} on the fake driver", model.display()),
+                &y,
+                &expected,
+                1e-4,
+                1e-3,
+            );
+        }
+    }
+}
+
+/// PyTorch's weights and output through the Rust runtime, and `bench
+/// --target cuda` (events, 120 replays of one captured graph) reporting.
+#[test]
+fn fixture_and_bench_on_the_fake_driver() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fake_driver(dir.path());
+    let model = example("cifar_resnet20");
+    let kernels = host_kernels(&model, dir.path(), "sm_90");
+    let w = fixture("cifar_resnet20.safetensors");
+    let weights = ["--weights", w.to_str().expect("utf-8"), "--gpu", "sm_90"];
+    let y = run_model(
+        &model,
+        "cuda",
+        &weights,
+        &fixture("cifar_resnet20.input.npy"),
+        &dir.path().join("y.npy"),
+        Some((dir.path(), &kernels)),
+    );
+    let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("expected");
+    assert_close(
+        "cifar_resnet20 on the fake driver",
+        &y,
+        &expected,
+        1e-4,
+        1e-3,
+    );
+
+    let mut cmd = resnetc();
+    cmd.arg("bench").arg(&model).args([
+        "--target", "cuda", "--gpu", "sm_90", "--batch", "2", "--format", "json",
+    ]);
+    let out = on_fake(&mut cmd, dir.path(), Some(&kernels));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed:\n{stderr}");
+    assert!(
+        stderr.contains("fake CUDA driver"),
+        "the device's name: {stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
+    assert_eq!(report["runs"], 100, "{report}");
+    assert_eq!(report["batch"], 2, "{report}");
+    assert!(
+        report["median_ms"].as_f64().is_some_and(|m| m > 0.0),
+        "{report}"
+    );
+}
+
+/// A driver error is a diagnostic with the failing step and exit 1, not a
+/// panic: here the module cannot be loaded (the fake has no host kernels).
+#[test]
+fn driver_errors_are_diagnostics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fake_driver(dir.path());
+    let x = dir.path().join("x.npy");
+    write_npy(&x, &random_tensor(&[1, 3, 32, 32], 1)).expect("write input");
+    let mut cmd = resnetc();
+    cmd.arg("run")
+        .arg(example("cifar_resnet20"))
+        .args(["--target", "cuda", "--random-weights", "0", "--input"])
+        .arg(&x)
+        .arg("--output")
+        .arg(dir.path().join("y.npy"));
+    let out = on_fake(&mut cmd, dir.path(), None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("load the PTX"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!dir.path().join("y.npy").exists());
+}
+
+/// The C program linked to the CUDA static library, on the fake driver:
+/// PyTorch's output at the fixture's batch, and the interpreter's at
+/// batch 3 (a second graph in a second process).
+#[test]
+fn c_runtime_matches_pytorch_on_the_fake_driver() {
+    let out = tempfile::tempdir().expect("tempdir");
+    make_example("embed_cuda", out.path(), env!("CARGO_BIN_EXE_resnetc"));
+    fake_driver(out.path());
+    let model = example("cifar_resnet20");
+    let kernels = host_kernels(&model, out.path(), "sm_80");
+    let demo = |x: &Tensor, what: &str| -> Tensor {
+        let input = out.path().join("in.f32");
+        let bytes: Vec<u8> = x.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&input, bytes).expect("write input");
+        let output = out.path().join("out.f32");
+        let mut cmd = Command::new(out.path().join("demo"));
+        cmd.arg(&input).arg(&output).arg(x.shape[0].to_string());
+        let run = on_fake(&mut cmd, out.path(), Some(&kernels));
+        assert!(
+            run.status.success(),
+            "demo ({what}) failed:\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let data: Vec<f32> = std::fs::read(&output)
+            .expect("output")
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let mut shape = vec![x.shape[0]];
+        shape.extend(&[10]);
+        Tensor::from_vec(&shape, data)
+    };
+    let x = read_npy(&fixture("cifar_resnet20.input.npy")).expect("input");
+    let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("expected");
+    let y = demo(&x, "fixture");
+    assert_close("C program on the fake driver", &y, &expected, 1e-4, 1e-3);
+
+    let c = compile_example("cifar_resnet20");
+    let w = bind_weights(&c, &fixture("cifar_resnet20.safetensors"));
+    let x3 = random_tensor(&[3, 3, 32, 32], 5);
+    let expected = resnetc::interp::run(&c.graph, &w, &x3).expect("interpreter");
+    let y = demo(&x3, "batch 3");
+    assert_close(
+        "C program at batch 3 on the fake driver",
+        &y,
+        &expected,
+        1e-4,
+        1e-3,
+    );
+}
