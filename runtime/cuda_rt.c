@@ -33,7 +33,7 @@ struct resnetc_cuda_model {
 
 typedef int CUresult;
 typedef int CUdevice;
-typedef void *CUcontext, *CUmodule, *CUfunction, *CUstream, *CUgraph, *CUgraphExec;
+typedef void *CUcontext, *CUmodule, *CUfunction, *CUstream, *CUgraph, *CUgraphExec, *CUevent;
 typedef unsigned long long CUdeviceptr;
 
 #define CUDA_ERROR_OUT_OF_MEMORY 2
@@ -51,6 +51,12 @@ static struct {
     CUresult (*MemcpyHtoDAsync)(CUdeviceptr, const void *, size_t, CUstream);
     CUresult (*MemcpyDtoHAsync)(void *, CUdeviceptr, size_t, CUstream);
     CUresult (*MemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
+    CUresult (*CtxSynchronize)(void);
+    CUresult (*EventCreate)(CUevent *, unsigned);
+    CUresult (*EventRecord)(CUevent, CUstream);
+    CUresult (*EventSynchronize)(CUevent);
+    CUresult (*EventDestroy)(CUevent);
+    CUresult (*StreamWaitEvent)(CUstream, CUevent, unsigned);
     CUresult (*StreamCreate)(CUstream *, unsigned);
     CUresult (*StreamSynchronize)(CUstream);
     CUresult (*StreamBeginCapture)(CUstream, int);
@@ -110,6 +116,12 @@ static int load_driver(void) {
         {(void **)&cu.MemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2"},
         {(void **)&cu.MemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2"},
         {(void **)&cu.MemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2"},
+        {(void **)&cu.CtxSynchronize, "cuCtxSynchronize"},
+        {(void **)&cu.EventCreate, "cuEventCreate"},
+        {(void **)&cu.EventRecord, "cuEventRecord"},
+        {(void **)&cu.EventSynchronize, "cuEventSynchronize"},
+        {(void **)&cu.EventDestroy, "cuEventDestroy_v2"},
+        {(void **)&cu.StreamWaitEvent, "cuStreamWaitEvent"},
         {(void **)&cu.StreamCreate, "cuStreamCreate"},
         {(void **)&cu.StreamSynchronize, "cuStreamSynchronize"},
         {(void **)&cu.StreamBeginCapture, "cuStreamBeginCapture_v2"},
@@ -150,6 +162,9 @@ struct batch {
     int n;
     CUdeviceptr arena;
     CUgraphExec exec;
+    /* Recorded after each use of the arena, on whichever stream ran it: the
+     * next use (on any stream) waits for it, and so does freeing. */
+    CUevent done;
 };
 
 struct state {
@@ -185,6 +200,9 @@ static int load_model(const struct resnetc_cuda_model *m, struct state **out) {
     size_t bytes = (size_t)p[2] * 4;
     CHECK(cu.MemAlloc(&s->consts, bytes ? bytes : 4), "cuMemAlloc (weights)");
     if (bytes) CHECK(cu.MemcpyHtoD(s->consts, m->consts, bytes), "cuMemcpyHtoD (weights)");
+    /* A copy from pageable memory may return before its DMA is done, and
+     * the model's non-blocking stream is not ordered after it. */
+    CHECK(cu.CtxSynchronize(), "cuCtxSynchronize (weights)");
     CHECK(cu.StreamCreate(&s->stream, 1 /* non-blocking */), "cuStreamCreate");
     *m->state = s;
     *out = s;
@@ -235,13 +253,15 @@ static int batch_of(const struct resnetc_cuda_model *m, struct state *s, int n, 
     if (!b) {
         b = &s->batches[s->next];
         s->next = (s->next + 1) % MAX_BATCHES;
-        CHECK(cu.StreamSynchronize(s->stream), "cuStreamSynchronize");
+        CHECK(cu.EventSynchronize(b->done), "cuEventSynchronize");
         cu.GraphExecDestroy(b->exec);
         cu.MemFree(b->arena);
+        cu.EventDestroy(b->done);
         memset(b, 0, sizeof *b);
     }
     size_t bytes = (size_t)m->plan[1] * 4 * (size_t)n;
     CHECK(cu.MemAlloc(&b->arena, bytes ? bytes : 4), "cuMemAlloc (working memory)");
+    CHECK(cu.EventCreate(&b->done, 2 /* no timing */), "cuEventCreate");
     CUgraph g = NULL;
     CHECK(cu.StreamBeginCapture(s->stream, 1 /* thread-local */), "cuStreamBeginCapture");
     int e = enqueue(m, s, n, b->arena);
@@ -280,7 +300,8 @@ static int run(const struct resnetc_cuda_model *m, const float *input, float *ou
         CUdeviceptr in = b->arena + 4 * (uint64_t)(p[4] * n + p[5]);
         CUdeviceptr out = b->arena + 4 * (uint64_t)(p[8] * n + p[9]);
         size_t in_bytes = (size_t)p[3] * 4, out_bytes = (size_t)p[7] * 4;
-        CUresult r = 0;
+        /* The previous use of this arena may be on another stream. */
+        CUresult r = cu.StreamWaitEvent(st, b->done, 0);
         for (int64_t i = 0; i < n && !r; i++) {
             CUdeviceptr dev = in + 4 * (uint64_t)(i * p[6]);
             const float *src = input + i * p[3];
@@ -296,6 +317,7 @@ static int run(const struct resnetc_cuda_model *m, const float *input, float *ou
                           : cu.MemcpyDtoHAsync(dst, dev, out_bytes, st);
         }
         if (r && !e) e = fail(-4, "copying the output", r);
+        if (!e && (r = cu.EventRecord(b->done, st))) e = fail(-4, "cuEventRecord", r);
         if (!on_device && (r = cu.StreamSynchronize(st)) && !e) e = fail(-4, "cuStreamSynchronize", r);
     }
     pthread_mutex_unlock(&lock);

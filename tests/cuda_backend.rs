@@ -100,7 +100,7 @@ fn assemble(ptxas: &PathBuf, ptx: &str, gpu: &str, what: &str) -> String {
 /// A GEMM kernel (known by its shared memory, which is its tile's) uses
 /// no more registers than lets the blocks the cost model counts on be
 /// resident together: 65536 per multiprocessor.
-fn check_registers(what: &str, line: &str) {
+fn check_registers(what: &str, line: &str) -> bool {
     let number_before = |unit: &str| -> Option<u64> {
         let head = line.split(unit).next()?;
         head.rsplit(|c: char| !c.is_ascii_digit())
@@ -109,19 +109,21 @@ fn check_registers(what: &str, line: &str) {
             .ok()
     };
     if !line.contains("registers") || !line.contains("bytes smem") {
-        return;
+        return false;
     }
     let (Some(regs), Some(smem)) = (number_before(" registers"), number_before(" bytes smem"))
     else {
         panic!("{what}: cannot read ptxas's line `{line}`");
     };
-    if let Some(t) = gemm::TILES.iter().find(|t| t.shared_bytes() == smem) {
-        assert!(
-            regs * t.threads() * t.resident() <= 65536,
-            "{what}: {regs} registers a thread keep fewer than {} blocks of {t:?} resident",
-            t.resident()
-        );
-    }
+    let Some(t) = gemm::TILES.iter().find(|t| t.shared_bytes() == smem) else {
+        panic!("{what}: {smem} bytes of shared memory are no GEMM tile's");
+    };
+    assert!(
+        regs * t.threads() * t.resident() <= 65536,
+        "{what}: {regs} registers a thread keep fewer than {} blocks of {t:?} resident",
+        t.resident()
+    );
+    true
 }
 
 /// Every example compiles to PTX for sm_80 and sm_90, ptxas assembles it,
@@ -151,12 +153,12 @@ fn every_example_assembles_with_ptxas_without_spills() {
                     assert!(p.ptx.contains(&format!(".target {target}")), "{name}");
                     let report = assemble(ptxas, &p.ptx, gpu, name);
                     let mut kernel = String::new();
-                    let mut checked = 0;
+                    let (mut checked, mut gemms) = (0, 0);
                     for line in report.lines() {
                         if let Some(k) = line.split("entry function '").nth(1) {
                             kernel = k.split('\'').next().unwrap_or("").to_string();
                         }
-                        check_registers(&format!("{name} {gpu}: {kernel}"), line);
+                        gemms += check_registers(&format!("{name} {gpu}: {kernel}"), line) as usize;
                         if line.contains("spill stores") {
                             checked += 1;
                             assert!(
@@ -166,6 +168,14 @@ fn every_example_assembles_with_ptxas_without_spills() {
                         }
                     }
                     assert_eq!(checked, p.plan.kernels.len(), "{name} {gpu}: {report}");
+                    // Only the GEMM kernels use shared memory.
+                    let convs = p
+                        .plan
+                        .kernels
+                        .iter()
+                        .filter(|k| k.ends_with("_conv") || k.ends_with("_linear"))
+                        .count();
+                    assert_eq!(gemms, convs, "{name} {gpu}: GEMM kernels checked");
                     // sm_80 PTX also assembles for Hopper (what the driver
                     // JIT does on an H100).
                     if gpu == "sm_80" && name == "resnet50" {
@@ -255,30 +265,33 @@ fn cuda_static_library_links_into_a_c_program() {
     let x = read_npy(&fixture("cifar_resnet20.input.npy")).expect("input");
     let bytes: Vec<u8> = x.data.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(&input, bytes).expect("write input");
-    let output = out.path().join("out.f32");
-    let run = Command::new(out.path().join("demo"))
-        .arg(&input)
-        .arg(&output)
-        .arg(x.shape[0].to_string())
-        .output()
-        .expect("demo runs");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    if !runtime::driver_present() {
-        assert_eq!(run.status.code(), Some(3), "{stderr}");
-        assert!(stderr.contains("no CUDA driver"), "{stderr}");
-        assert!(!output.exists());
-        eprintln!("GPU part skipped: no CUDA driver found");
-        return;
-    }
-    assert!(run.status.success(), "demo failed: {stderr}");
-    let data: Vec<f32> = std::fs::read(&output)
-        .expect("output")
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
     let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("expected");
-    let y = resnetc::tensor::Tensor::from_vec(&expected.shape, data);
-    assert_close("C program on the GPU", &y, &expected, 1e-4, 1e-3);
+    // Host memory in and out, then the program's own device memory.
+    for program in ["demo", "demo_device"] {
+        let output = out.path().join(format!("{program}.f32"));
+        let run = Command::new(out.path().join(program))
+            .arg(&input)
+            .arg(&output)
+            .arg(x.shape[0].to_string())
+            .output()
+            .expect("demo runs");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        if !runtime::driver_present() {
+            assert_eq!(run.status.code(), Some(3), "{program}: {stderr}");
+            assert!(stderr.contains("no CUDA driver"), "{program}: {stderr}");
+            assert!(!output.exists());
+            eprintln!("GPU part skipped for {program}: no CUDA driver found");
+            continue;
+        }
+        assert!(run.status.success(), "{program} failed: {stderr}");
+        let data: Vec<f32> = std::fs::read(&output)
+            .expect("output")
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let y = resnetc::tensor::Tensor::from_vec(&expected.shape, data);
+        assert_close(&format!("{program} on the GPU"), &y, &expected, 1e-4, 1e-3);
+    }
 }
 
 /// On a GPU: every example at batch 2 against the interpreter, and the

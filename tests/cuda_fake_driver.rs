@@ -254,9 +254,10 @@ fn driver_errors_are_diagnostics() {
     assert!(!dir.path().join("y.npy").exists());
 }
 
-/// The C program linked to the CUDA static library, on the fake driver:
-/// PyTorch's output at the fixture's batch, and the interpreter's at
-/// batch 3 (a second graph in a second process).
+/// The C programs linked to the CUDA static library, on the fake driver,
+/// through host memory (`demo`) and through their own device memory and
+/// the default stream (`demo_device`): PyTorch's output at the fixture's
+/// batch, and the interpreter's at batch 3.
 #[test]
 fn c_runtime_matches_pytorch_on_the_fake_driver() {
     let out = tempfile::tempdir().expect("tempdir");
@@ -264,17 +265,17 @@ fn c_runtime_matches_pytorch_on_the_fake_driver() {
     fake_driver(out.path());
     let model = example("cifar_resnet20");
     let kernels = host_kernels(&model, out.path(), "sm_80");
-    let demo = |x: &Tensor, what: &str| -> Tensor {
+    let demo = |program: &str, x: &Tensor, what: &str| -> Tensor {
         let input = out.path().join("in.f32");
         let bytes: Vec<u8> = x.data.iter().flat_map(|v| v.to_le_bytes()).collect();
         std::fs::write(&input, bytes).expect("write input");
         let output = out.path().join("out.f32");
-        let mut cmd = Command::new(out.path().join("demo"));
+        let mut cmd = Command::new(out.path().join(program));
         cmd.arg(&input).arg(&output).arg(x.shape[0].to_string());
         let run = on_fake(&mut cmd, out.path(), Some(&kernels));
         assert!(
             run.status.success(),
-            "demo ({what}) failed:\n{}",
+            "{program} ({what}) failed:\n{}",
             String::from_utf8_lossy(&run.stderr)
         );
         let data: Vec<f32> = std::fs::read(&output)
@@ -288,19 +289,24 @@ fn c_runtime_matches_pytorch_on_the_fake_driver() {
     };
     let x = read_npy(&fixture("cifar_resnet20.input.npy")).expect("input");
     let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("expected");
-    let y = demo(&x, "fixture");
-    assert_close("C program on the fake driver", &y, &expected, 1e-4, 1e-3);
+    for program in ["demo", "demo_device"] {
+        let y = demo(program, &x, "fixture");
+        assert_close(
+            &format!("{program} on the fake driver"),
+            &y,
+            &expected,
+            1e-4,
+            1e-3,
+        );
+    }
 
     let c = compile_example("cifar_resnet20");
     let w = bind_weights(&c, &fixture("cifar_resnet20.safetensors"));
     let x3 = random_tensor(&[3, 3, 32, 32], 5);
     let expected = resnetc::interp::run(&c.graph, &w, &x3).expect("interpreter");
-    let y = demo(&x3, "batch 3");
-    assert_close(
-        "C program at batch 3 on the fake driver",
-        &y,
-        &expected,
-        1e-4,
-        1e-3,
-    );
+    for program in ["demo", "demo_device"] {
+        let y = demo(program, &x3, "batch 3");
+        let what = format!("{program} at batch 3 on the fake driver");
+        assert_close(&what, &y, &expected, 1e-4, 1e-3);
+    }
 }

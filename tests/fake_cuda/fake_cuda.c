@@ -9,17 +9,22 @@
  * same kernels emitted for the host (`emulate::emulation_object`, one call
  * per block), named by RESNETC_FAKE_CUDA_KERNELS. The PTX still decides
  * what exists: a kernel must be an `.entry` of the module, and its
- * parameter count comes from the entry.
+ * parameter count comes from the entry; its block size is the one the
+ * host kernel was emulated with (`NAME_threads` there).
  *
  * Where the real driver would fail, this one fails too, so that a runtime
  * bug shows here rather than on the first GPU: calls before cuInit or
  * without a current context, unknown handles, device pointers outside
- * live allocations (copies and kernel arguments), launch bounds, and the
+ * live allocations (copies and kernel arguments; each allocation ends at
+ * an inaccessible page, so a kernel running past it faults), grid and
+ * block sizes, and the
  * calls that are illegal while a stream is being captured (synchronous
  * copies, allocation, synchronization). Device memory starts as NaNs, not
  * zeros, as cuMemAlloc promises nothing. Work runs synchronously at
  * enqueue time, which is one legal order of a single stream. */
 #include <dlfcn.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,13 +83,15 @@ static int capture_broken;
 struct alloc {
     char *base;
     size_t bytes;
+    char *map; /* the mapping: pages, then one inaccessible page */
+    size_t mapped;
     struct alloc *next;
 };
 static struct alloc *allocs;
 
 static struct alloc *find_alloc(CUdeviceptr p) {
     for (struct alloc *a = allocs; a; a = a->next)
-        if ((char *)p >= a->base && (char *)p <= a->base + a->bytes) return a;
+        if ((char *)p >= a->base && (char *)p < a->base + a->bytes) return a;
     return NULL;
 }
 
@@ -101,6 +108,7 @@ struct function {
     char name[256];
     int params;     /* from the PTX entry */
     block_fn fn;    /* from the host kernels */
+    long threads;   /* the block size fn was emulated with */
     struct function *next;
 };
 
@@ -161,8 +169,14 @@ CUresult cuModuleGetFunction(struct function **out, struct module *m, const char
     if (!m || m->magic != MODULE_MAGIC) return bad(INVALID_HANDLE, __func__);
     for (struct function *f = m->functions; f; f = f->next)
         if (!strcmp(f->name, name)) {
-            if (!f->fn) f->fn = (block_fn)dlsym(m->host, name);
             if (!f->fn) {
+                char sym[300];
+                snprintf(sym, sizeof sym, "%s_threads", name);
+                const long *threads = dlsym(m->host, sym);
+                f->threads = threads ? *threads : 0;
+                f->fn = (block_fn)dlsym(m->host, name);
+            }
+            if (!f->fn || !f->threads) {
                 fprintf(stderr, "fake cuda: `%s` is in the PTX but not in the host kernels\n", name);
                 return bad(NOT_FOUND, __func__);
             }
@@ -224,6 +238,11 @@ CUresult cuLaunchKernel(struct function *f, unsigned gx, unsigned gy, unsigned g
     if (!gx || !gy || !gz || gy > 65535 || gz > 65535 || gx > 0x7fffffffu) return bad(INVALID_VALUE, "grid");
     if (!bx || !by || !bz || bx > 1024 || by > 1024 || bz > 64 || (size_t)bx * by * bz > 1024)
         return bad(INVALID_VALUE, "block");
+    if (bx * by * bz != (unsigned long)f->threads || by != 1 || bz != 1) {
+        fprintf(stderr, "fake cuda: %s launched with %ux%ux%u threads; it was built for %ld\n", f->name, bx, by, bz,
+                f->threads);
+        return bad(INVALID_VALUE, "block");
+    }
     if (shared > 48 * 1024 || extra || !params || f->params < 1 || f->params > MAX_PARAMS)
         return bad(INVALID_VALUE, __func__);
     struct launch l = {f, {gx, gy, gz}, {0}};
@@ -276,11 +295,13 @@ CUresult cuCtxSynchronize(void) {
     return OK;
 }
 
-CUresult cuStreamWaitEvent(struct stream *s, void *event, unsigned flags) {
+struct event;
+static int valid_event(struct event *e);
+
+CUresult cuStreamWaitEvent(struct stream *s, struct event *e, unsigned flags) {
     NEED_CTX();
-    (void)event;
     (void)flags;
-    return valid_stream(s) ? OK : bad(INVALID_HANDLE, __func__);
+    return valid_stream(s) && valid_event(e) ? OK : bad(INVALID_HANDLE, __func__);
 }
 
 CUresult cuStreamBeginCapture_v2(struct stream *s, int mode) {
@@ -378,8 +399,14 @@ CUresult cuMemAlloc_v2(CUdeviceptr *out, size_t bytes) {
     NOT_DURING_CAPTURE();
     if (!out || !bytes) return INVALID_VALUE;
     struct alloc *a = calloc(1, sizeof *a);
-    size_t rounded = (bytes + 255) / 256 * 256;
-    if (!a || !(a->base = aligned_alloc(256, rounded))) return OUT_OF_MEMORY;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), rounded = (bytes + 255) / 256 * 256;
+    size_t pages = (rounded + page - 1) / page * page;
+    if (!a) return OUT_OF_MEMORY;
+    a->mapped = pages + page;
+    a->map = mmap(NULL, a->mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (a->map == MAP_FAILED || mprotect(a->map + pages, page, PROT_NONE)) return OUT_OF_MEMORY;
+    /* 256-byte aligned, as cuMemAlloc's, and ending at the guard page. */
+    a->base = a->map + pages - rounded;
     memset(a->base, 0xff, rounded); /* NaN: nothing may read memory it did not write */
     a->bytes = bytes;
     a->next = allocs;
@@ -395,7 +422,7 @@ CUresult cuMemFree_v2(CUdeviceptr p) {
         if ((CUdeviceptr)(uintptr_t)(*a)->base == p) {
             struct alloc *dead = *a;
             *a = dead->next;
-            free(dead->base);
+            munmap(dead->map, dead->mapped);
             free(dead);
             return OK;
         }
@@ -464,6 +491,8 @@ struct event {
     double ms;
 };
 #define EVENT_MAGIC 0x657674
+
+static int valid_event(struct event *e) { return e && e->magic == EVENT_MAGIC; }
 
 CUresult cuEventCreate(struct event **out, unsigned flags) {
     NEED_CTX();

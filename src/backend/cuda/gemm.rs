@@ -219,8 +219,9 @@ pub fn emit(
     let mode = k.mode;
     // Registers that let `resident` blocks share a multiprocessor. ptxas
     // left alone takes a few more than that for some layers (up to 131 for
-    // the 8×8 tile), which halves their occupancy; the small tile is left
-    // alone, as a cap made ptxas spill kernels that need 40.
+    // the 8×8 tile), which halves their occupancy. The 2×2 tile needs
+    // 31-56 unasked, and a cap of 64 made ptxas spill one that needs 40
+    // (a linear layer); the ptxas test holds it to the budget instead.
     if t.tm * t.tn > 4 {
         k.max_registers(65536 / (threads * t.resident()));
     }

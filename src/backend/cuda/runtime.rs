@@ -134,6 +134,9 @@ impl Device {
         driver("upload the weights", unsafe {
             result::memcpy_htod_sync(consts.ptr, &program.consts)
         })?;
+        // A copy from pageable memory may return before its DMA is done,
+        // and the non-blocking stream is not ordered after it.
+        driver("wait for the weights", ctx.synchronize())?;
         Ok(Device {
             ctx,
             stream,

@@ -85,6 +85,13 @@ impl<'a, 'ctx> Kern<'a, 'ctx> {
         if mode == Mode::Gpu {
             f.set_call_conventions(PTX_KERNEL);
         }
+        if mode == Mode::Emulate {
+            // The block size, for a host model of the driver to check
+            // launches against (the GPU form needs none).
+            let g = module.add_global(i64t, None, &format!("{name}_threads"));
+            g.set_initializer(&i64t.const_int(threads, false));
+            g.set_constant(true);
+        }
         let e = Emitter::new(ctx, module, f);
         let (args, batch, block) = match mode {
             Mode::Gpu => {

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Everything the CUDA back end has to show on a GPU, in one run of a few
+minutes (what a session lent an H100/H200 runs; it needs no Rust toolchain,
+only a release binary of resnetc, Python 3 and, for the timings, PyTorch
+with torchvision):
+
+  1. every example at its full input size, batch 2, random weights:
+     `run --target cuda` (sm_80 PTX, JIT-compiled by the driver, and sm_90)
+     against `run --target ref` (the interpreter), 1e-4 relative;
+  2. the PyTorch fixtures (tests/fixtures) against PyTorch's outputs;
+  3. the CUDA static library linked into the C programs of
+     examples/embed_cuda (host-memory and device-pointer entry points)
+     against PyTorch's output (needs a C compiler and make);
+  4. bench/cuda_vs_torch.py: resnet50 b1/b64, resnet18 and densenet121 b1
+     against PyTorch eager, fp32 with TF32 off on both sides.
+
+    python3 scripts/gpu_check.py [--resnetc target/release/resnetc] [--out DIR] [--no-bench]
+
+Prints a markdown report and writes it to DIR/gpu_check.md; exits 1 if any
+check failed. The release binary (55 MB) and the working tree (23 MB) are
+over the 64 MiB a device call carries, so carry the binary compressed
+(13 MB) and unpack it there with Python's lzma:
+
+    here:   mkdir -p .gpu && grep -qx /.gpu/ .git/info/exclude || echo /.gpu/ >> .git/info/exclude
+            cargo build --release && xz -T2 -6 -c target/release/resnetc > .gpu/resnetc.xz
+    there:  python3 -c "import lzma,shutil,os; shutil.copyfileobj(lzma.open('.gpu/resnetc.xz'), \
+                open('/tmp/resnetc','wb')); os.chmod('/tmp/resnetc', 0o755)" \
+            && python3 scripts/gpu_check.py --resnetc /tmp/resnetc --out $OUT      (carry: [".gpu"])
+ Without a GPU every cuda step fails with resnetc's "no CUDA
+driver was found", which is how this script is tested off a GPU.
+"""
+import argparse
+import array
+import concurrent.futures
+import json
+import os
+import pathlib
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+
+root = pathlib.Path(__file__).resolve().parent.parent
+check = root / "tests/fixtures/check.py"
+FIXTURES = ["cifar_resnet20", "cifar_plain20", "unet_small", "densenet_bc_small"]
+
+
+def write_npy(path, shape, values):
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }" % "".join(f"{d}, " for d in shape)
+    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
+        f.write(array.array("f", values).tobytes())
+
+
+def read_npy_floats(path):
+    raw = open(path, "rb").read()
+    out = array.array("f")
+    out.frombytes(raw[10 + int.from_bytes(raw[8:10], "little"):])
+    return out
+
+
+def sh(cmd, timeout=300):
+    try:
+        r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return 124, f"timed out after {timeout} s"
+    return r.returncode, (r.stdout + r.stderr).strip()
+
+
+def compare(actual, expected, centred=None):
+    """check.py's verdict and its max-rel line."""
+    cmd = [sys.executable, check, actual, expected, "--rtol", "1e-4"]
+    if centred:
+        cmd += ["--centered-rtol", str(centred)]
+    rc, out = sh(cmd)
+    lines = [l for l in out.splitlines() if "rel" in l]
+    return rc == 0, "; ".join(lines) or out
+
+
+def run(exe, model, target, weights, x, y, gpu=None):
+    cmd = [exe, "run", model, "--target", target, *weights, "--input", x, "--output", y]
+    if gpu:
+        cmd += ["--gpu", gpu]
+    return sh(cmd)
+
+
+def examples(exe, tmp):
+    """Step 1: every example, full size, batch 2, cuda vs the interpreter."""
+    rows = []
+
+    def one(model):
+        info = json.loads(sh([exe, "summary", model, "--format", "json"])[1])
+        shape = [2] + info["input"]
+        n = 1
+        for d in shape:
+            n *= d
+        rng = random.Random(model.stem)
+        d = tmp / model.stem
+        d.mkdir()
+        x = d / "x.npy"
+        write_npy(x, shape, [rng.gauss(0, 1) for _ in range(n)])
+        w = ["--random-weights", "1"]
+        rc, out = run(exe, model, "ref", w, x, d / "ref.npy")
+        if rc:
+            return [(model.stem, "ref", False, out[-300:])]
+        ref = read_npy_floats(d / "ref.npy")
+        if not all(v == v and abs(v) != float("inf") for v in ref):
+            return [(model.stem, "-", None, "the reference is not finite with random weights")]
+        res = []
+        for gpu in ("sm_80", "sm_90"):
+            y = d / f"cuda_{gpu}.npy"
+            rc, out = run(exe, model, "cuda", w, x, y, gpu)
+            if rc:
+                res.append((model.stem, gpu, False, out[-300:]))
+                continue
+            ok, line = compare(y, d / "ref.npy", 1e-3)
+            res.append((model.stem, gpu, ok, line))
+        return res
+
+    models = sorted((root / "examples").glob("*.res"))
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+        for r in pool.map(one, models):
+            rows += r
+    return rows
+
+
+def fixtures(exe, tmp):
+    """Step 2: the PyTorch fixtures through the GPU."""
+    rows = []
+    for name in FIXTURES:
+        f = root / "tests/fixtures"
+        y = tmp / f"{name}.fixture.npy"
+        rc, out = run(exe, root / f"examples/{name}.res", "cuda", ["--weights", f / f"{name}.safetensors"],
+                      f / f"{name}.input.npy", y)
+        if rc:
+            rows.append((name, "PyTorch", False, out[-300:]))
+            continue
+        ok, line = compare(y, f / f"{name}.output.npy")
+        rows.append((name, "PyTorch", ok, line))
+    return rows
+
+
+def c_program(exe, tmp):
+    """Step 3: the static library in a C program, on the GPU."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not shutil.which("make") or not cc:
+        return [("embed_cuda", "C", False, "no C compiler or make on this machine")]
+    out = tmp / "embed"
+    out.mkdir()
+    rc, log = sh(["make", "-s", "-C", root / "examples/embed_cuda", f"OUT={out}", f"RESNETC={exe}", f"CC={cc}"])
+    if rc:
+        return [("embed_cuda", "C", False, log[-300:])]
+    f = root / "tests/fixtures"
+    x = read_npy_floats(f / "cifar_resnet20.input.npy")
+    (out / "in.f32").write_bytes(x.tobytes())
+    batch = len(x) // (3 * 32 * 32)
+    rows = []
+    for program, what in (("demo", "host memory"), ("demo_device", "device memory")):
+        rc, log = sh([out / program, out / "in.f32", out / "out.f32", batch])
+        if rc:
+            rows.append((f"embed_cuda {program}", what, False, log[-300:]))
+            continue
+        y = array.array("f")
+        y.frombytes((out / "out.f32").read_bytes())
+        write_npy(out / "out.npy", [batch, 10], y)
+        ok, line = compare(out / "out.npy", f / "cifar_resnet20.output.npy")
+        rows.append((f"embed_cuda {program} (cifar_resnet20)", f"PyTorch, {what}", ok, line))
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--resnetc", default=str(root / "target/release/resnetc"))
+    ap.add_argument("--out", default=".")
+    ap.add_argument("--no-bench", action="store_true")
+    args = ap.parse_args()
+    exe = pathlib.Path(args.resnetc).resolve()
+    _, gpu = sh(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"]) \
+        if shutil.which("nvidia-smi") else (1, "no nvidia-smi")
+    report = [f"# resnetc GPU check\n\nGPU: {gpu}\n"]
+    out_dir = pathlib.Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def save():
+        # After every step: a command killed at its time limit still
+        # leaves what it found.
+        (out_dir / "gpu_check.md").write_text("\n".join(report) + "\n")
+
+    failed = 0
+    with tempfile.TemporaryDirectory() as t:
+        tmp = pathlib.Path(t)
+        for title, step in (("Examples (batch 2, full size) vs the interpreter", examples),
+                            ("Fixtures vs PyTorch", fixtures), ("C programs", c_program)):
+            rows = step(exe, tmp)
+            report.append(f"\n## {title}\n\n| model | against | result | detail |\n| --- | --- | --- | --- |")
+            for name, what, ok, detail in rows:
+                failed += ok is False
+                verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[ok]
+                detail = " ".join(detail.replace("|", "/").split())
+                report.append(f"| {name} | {what} | {verdict} | {detail} |")
+            print("\n".join(report[-len(rows) - 2:]), flush=True)
+            save()
+    if not args.no_bench:
+        rc, out = sh([sys.executable, root / "bench/cuda_vs_torch.py", "--resnetc", exe], timeout=400)
+        report.append("\n## Timings (bench/cuda_vs_torch.py)\n\n" + out)
+        failed += rc != 0
+        print(report[-1], flush=True)
+    report.append(f"\n{failed} failed" if failed else "\nall passed")
+    save()
+    print(report[-1])
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
