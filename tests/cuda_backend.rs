@@ -50,6 +50,49 @@ fn every_example_matches_the_interpreter_emulated() {
     }
 }
 
+/// No phase of any kernel depends on the order its threads run in (which
+/// on a GPU is none): with every phase's threads walked backwards the
+/// emulation gives bit for bit the same outputs. A thread reading shared
+/// memory another thread writes in the same phase (a missing barrier, or
+/// a two-stage GEMM writing the stage being read) would break this.
+#[test]
+fn kernels_do_not_depend_on_thread_order() {
+    use resnetc::backend::cuda::simt::ThreadOrder;
+    let keep = [
+        "resnet18",
+        "densenet_bc_small",
+        "unet_small",
+        "cifar_resnet20",
+    ];
+    for (i, (name, c)) in examples_small()
+        .into_iter()
+        .filter(|(n, _)| keep.contains(&n.as_str()))
+        .enumerate()
+    {
+        let w = tame_residuals(&c.graph, random_weights(&specs_of(&c.graph), 40 + i as u64));
+        let opt = optimized(&c.graph);
+        let mut shape = vec![2];
+        shape.extend(c.graph.input_shape());
+        let x = random_tensor(&shape, 3 + i as u64);
+        for tune in [1, 64] {
+            let run = |order| {
+                emulate::run_in_order(&opt, &w, &x, "sm_80", Some(tune), order)
+                    .expect("emulated cuda")
+            };
+            let (fwd, bwd) = (run(ThreadOrder::Forward), run(ThreadOrder::Backward));
+            let same = fwd
+                .data
+                .iter()
+                .zip(&bwd.data)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{name} (tiles for batch {tune}): thread order changes the output"
+            );
+        }
+    }
+}
+
 #[test]
 fn fixtures_match_pytorch_emulated() {
     for name in [

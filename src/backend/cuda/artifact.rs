@@ -43,7 +43,14 @@ pub fn build(
     Ok(match emit {
         CudaEmit::LlvmIr => {
             let ctx = Context::create();
-            let l = super::lower::lower(&ctx, graph, weights, super::simt::Mode::Gpu, &opts.gpu)?;
+            let l = super::lower::lower(
+                &ctx,
+                graph,
+                weights,
+                super::simt::Mode::Gpu,
+                Default::default(),
+                &opts.gpu,
+            )?;
             vec![(
                 format!("{sym}.nvptx.ll"),
                 l.module.print_to_string().to_bytes().to_vec(),

@@ -7,7 +7,7 @@
 
 use super::lower;
 use super::plan::LaunchPlan;
-use super::simt::Mode;
+use super::simt::{Mode, ThreadOrder};
 use crate::backend::llvm;
 use crate::backend::llvm::LlvmError;
 use crate::ir::Graph;
@@ -53,8 +53,20 @@ pub fn run(
     gpu: &str,
     tune_batch: Option<u64>,
 ) -> Result<Tensor, LlvmError> {
+    run_in_order(graph, weights, input, gpu, tune_batch, ThreadOrder::Forward)
+}
+
+/// `run`, with the threads of every phase walked in `order`.
+pub fn run_in_order(
+    graph: &Graph,
+    weights: &Weights,
+    input: &Tensor,
+    gpu: &str,
+    tune_batch: Option<u64>,
+    order: ThreadOrder,
+) -> Result<Tensor, LlvmError> {
     let ctx = Context::create();
-    let l = lower::lower(&ctx, graph, weights, Mode::Emulate, gpu)?;
+    let l = lower::lower(&ctx, graph, weights, Mode::Emulate, order, gpu)?;
     l.module
         .verify()
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
@@ -130,7 +142,14 @@ pub fn emulation_object(
 ) -> Result<(Vec<u8>, LaunchPlan), LlvmError> {
     let machine = llvm::x86_machine("native")?;
     let ctx = Context::create();
-    let l = lower::lower(&ctx, graph, weights, Mode::Emulate, gpu)?;
+    let l = lower::lower(
+        &ctx,
+        graph,
+        weights,
+        Mode::Emulate,
+        ThreadOrder::Forward,
+        gpu,
+    )?;
     l.module.set_triple(&machine.get_triple());
     l.module
         .set_data_layout(&machine.get_target_data().get_data_layout());

@@ -6,7 +6,7 @@
 use super::gemm::{self, ConvGemm};
 use super::kernels::{self, FusedArgs, OpArgs, THREADS};
 use super::plan::{Arg, Launch, LaunchPlan, Variant, FORMAT};
-use super::simt::{Kern, Mode};
+use super::simt::{Kern, Mode, ThreadOrder};
 use crate::backend::cpu::consts::lay_out;
 use crate::backend::cpu::symbol;
 use crate::backend::llvm::LlvmError;
@@ -60,6 +60,7 @@ pub fn lower<'ctx>(
     graph: &Graph,
     weights: &Weights,
     mode: Mode,
+    order: ThreadOrder,
     gpu: &str,
 ) -> Result<Lowered<'ctx>, LlvmError> {
     let plan = graph
@@ -116,6 +117,7 @@ pub fn lower<'ctx>(
         }
         let name = format!("{sym}_k{}_{kind}", names.len());
         let mut k = Kern::new(ctx, &module, mode, &name, nargs as u32, threads);
+        k.order = order;
         body(&mut k)?;
         k.finish();
         kernels.insert(key, name.clone());

@@ -52,7 +52,14 @@ pub fn compile(
 ) -> Result<CudaProgram, LlvmError> {
     let machine = llvm::nvptx_machine(&opts.gpu)?;
     let ctx = Context::create();
-    let l = lower::lower(&ctx, graph, weights, simt::Mode::Gpu, &opts.gpu)?;
+    let l = lower::lower(
+        &ctx,
+        graph,
+        weights,
+        simt::Mode::Gpu,
+        Default::default(),
+        &opts.gpu,
+    )?;
     l.module.set_triple(&machine.get_triple());
     l.module
         .set_data_layout(&machine.get_target_data().get_data_layout());

@@ -32,6 +32,18 @@ pub enum Mode {
     Emulate,
 }
 
+/// The order in which the emulation runs a block's threads through a
+/// phase. On a GPU they run in no order at all; a phase whose result
+/// depends on the order (a thread reading shared memory another thread
+/// writes in the same phase: a missing barrier) gives different results
+/// run forwards and backwards, which is how the tests look for one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ThreadOrder {
+    #[default]
+    Forward,
+    Backward,
+}
+
 /// A thread-private array of floats (the register tile of a thread).
 #[derive(Clone, Copy)]
 pub struct Private<'ctx> {
@@ -44,6 +56,8 @@ pub struct Kern<'a, 'ctx> {
     pub mode: Mode,
     /// Threads per block.
     pub threads: u64,
+    /// How the emulation walks the threads of a phase.
+    pub order: ThreadOrder,
     args: Vec<PointerValue<'ctx>>,
     /// The batch size.
     pub batch: IntValue<'ctx>,
@@ -128,6 +142,7 @@ impl<'a, 'ctx> Kern<'a, 'ctx> {
             e,
             mode,
             threads,
+            order: ThreadOrder::Forward,
             args,
             batch,
             block,
@@ -185,8 +200,14 @@ impl<'a, 'ctx> Kern<'a, 'ctx> {
                 body(&mut self.e, t);
             }
             Mode::Emulate => {
-                let threads = self.threads;
-                self.e.for_const(0, threads, |e, t| body(e, t));
+                let (threads, order) = (self.threads, self.order);
+                self.e.for_const(0, threads, |e, t| {
+                    let t = match order {
+                        ThreadOrder::Forward => t,
+                        ThreadOrder::Backward => e.sub(e.int(threads - 1), t),
+                    };
+                    body(e, t)
+                });
             }
         }
     }
