@@ -115,7 +115,10 @@ def examples(exe, tmp):
             if rc:
                 res.append((model.stem, gpu, False, out[-300:]))
                 continue
-            ok, line = compare(y, d / "ref.npy", 1e-3)
+            # Relative error only: with untamed random weights the deep nets'
+            # outputs barely depend on the input, so the batch-centred check
+            # (which the tests run on tamed weights) would measure noise.
+            ok, line = compare(y, d / "ref.npy")
             res.append((model.stem, gpu, ok, line))
         return res
 
