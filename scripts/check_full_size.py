@@ -6,7 +6,6 @@ full-size check behind it (a few minutes on 2 cores).
 
     cargo build --release && python3 scripts/check_full_size.py [BATCH]
 """
-import array
 import json
 import pathlib
 import random
@@ -14,18 +13,12 @@ import subprocess
 import sys
 import tempfile
 
+from npy import read_floats, write_npy
+
 root = pathlib.Path(__file__).resolve().parent.parent
 exe = str(root / "target/release/resnetc")
 check = str(root / "tests/fixtures/check.py")
 batch = int(sys.argv[1]) if len(sys.argv) > 1 else 1
-
-
-def write_npy(path, shape, values):
-    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }" % "".join(f"{d}, " for d in shape)
-    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
-    with open(path, "wb") as f:
-        f.write(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
-        f.write(array.array("f", values).tobytes())
 
 
 failed = 0
@@ -45,9 +38,7 @@ with tempfile.TemporaryDirectory() as tmp:
             outs[target] = f"{tmp}/{target}.npy"
             subprocess.run([exe, "run", str(model), "--random-weights", "1", "--input", x,
                             "--output", outs[target], "--target", target], check=True)
-        ref = array.array("f")
-        raw = open(outs["ref"], "rb").read()
-        ref.frombytes(raw[10 + int.from_bytes(raw[8:10], "little"):])
+        ref = read_floats(outs["ref"])
         if not all(v == v and abs(v) != float("inf") for v in ref):
             # Random Kaiming weights make the 1202-layer net overflow in the
             # reference itself; tests/cpu_backend.rs checks it at this size

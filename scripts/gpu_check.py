@@ -41,24 +41,11 @@ import subprocess
 import sys
 import tempfile
 
+from npy import read_floats, write_npy
+
 root = pathlib.Path(__file__).resolve().parent.parent
 check = root / "tests/fixtures/check.py"
 FIXTURES = ["cifar_resnet20", "cifar_plain20", "unet_small", "densenet_bc_small"]
-
-
-def write_npy(path, shape, values):
-    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%s), }" % "".join(f"{d}, " for d in shape)
-    header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
-    with open(path, "wb") as f:
-        f.write(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode())
-        f.write(array.array("f", values).tobytes())
-
-
-def read_npy_floats(path):
-    raw = open(path, "rb").read()
-    out = array.array("f")
-    out.frombytes(raw[10 + int.from_bytes(raw[8:10], "little"):])
-    return out
 
 
 def sh(cmd, timeout=300):
@@ -105,7 +92,7 @@ def examples(exe, tmp):
         rc, out = run(exe, model, "ref", w, x, d / "ref.npy")
         if rc:
             return [(model.stem, "ref", False, out[-300:])]
-        ref = read_npy_floats(d / "ref.npy")
+        ref = read_floats(d / "ref.npy")
         if not all(v == v and abs(v) != float("inf") for v in ref):
             return [(model.stem, "-", None, "the reference is not finite with random weights")]
         res = []
@@ -156,7 +143,7 @@ def c_program(exe, tmp):
     if rc:
         return [("embed_cuda", "C", False, log[-300:])]
     f = root / "tests/fixtures"
-    x = read_npy_floats(f / "cifar_resnet20.input.npy")
+    x = read_floats(f / "cifar_resnet20.input.npy")
     (out / "in.f32").write_bytes(x.tobytes())
     batch = len(x) // (3 * 32 * 32)
     rows = []

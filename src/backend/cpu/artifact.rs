@@ -34,12 +34,7 @@ pub fn build(
     module
         .verify()
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
-    let object = |ft| {
-        machine
-            .write_to_memory_buffer(&module, ft)
-            .map(|b| b.as_slice().to_vec())
-            .map_err(|e| LlvmError::Internal(e.to_string()))
-    };
+    let object = |ft| crate::backend::llvm::write(&module, &machine, ft);
     Ok(match emit {
         Emit::LlvmIr => vec![(
             format!("{sym}.ll"),

@@ -119,8 +119,7 @@ pub fn compile<'ctx>(
             );
         }
     }
-    module.set_triple(&machine.get_triple());
-    module.set_data_layout(&machine.get_target_data().get_data_layout());
+    llvm::target(&module, &machine);
     llvm::optimize(&module, &machine)?;
     Ok((module, machine, labels))
 }

@@ -255,12 +255,8 @@ fn host_object(p: &CudaProgram, sym: &str) -> Result<Vec<u8>, LlvmError> {
     }
     m.verify().map_err(|e| LlvmError::Internal(e.to_string()))?;
     let machine = llvm::x86_machine("x86-64")?;
-    m.set_triple(&machine.get_triple());
-    m.set_data_layout(&machine.get_target_data().get_data_layout());
-    machine
-        .write_to_memory_buffer(&m, FileType::Object)
-        .map(|b| b.as_slice().to_vec())
-        .map_err(|e| LlvmError::Internal(e.to_string()))
+    llvm::target(&m, &machine);
+    llvm::write(&m, &machine, FileType::Object)
 }
 
 /// The C header of a CUDA static library.

@@ -150,12 +150,7 @@ pub fn emulation_object(
         ThreadOrder::Forward,
         gpu,
     )?;
-    l.module.set_triple(&machine.get_triple());
-    l.module
-        .set_data_layout(&machine.get_target_data().get_data_layout());
+    llvm::target(&l.module, &machine);
     llvm::optimize(&l.module, &machine)?;
-    let obj = machine
-        .write_to_memory_buffer(&l.module, FileType::Object)
-        .map_err(|e| LlvmError::Internal(e.to_string()))?;
-    Ok((obj.as_slice().to_vec(), l.plan))
+    Ok((llvm::write(&l.module, &machine, FileType::Object)?, l.plan))
 }

@@ -50,10 +50,16 @@ impl Tile {
         }
     }
 
-    /// Bytes of shared memory: two stages of the `BK × BM` weight and
-    /// `BK × BN` im2col tiles.
+    /// Floats of one stage of the `BK × BM` weight and the `BK × BN`
+    /// im2col tile.
+    pub fn stage(&self) -> (u64, u64) {
+        (BK * self.bm, BK * self.bn)
+    }
+
+    /// Bytes of shared memory: two stages.
     pub fn shared_bytes(&self) -> u64 {
-        2 * BK * (self.bm + self.bn) * 4
+        let (a, b) = self.stage();
+        2 * (a + b) * 4
     }
 }
 
@@ -243,7 +249,7 @@ pub fn emit(
     // `step % 2`, each thread's loads for the next step are in flight and
     // land in the other stage, so global latency hides behind the FMAs and
     // one barrier per step suffices.
-    let (a_len, b_len) = (BK * t.bm, BK * t.bn);
+    let (a_len, b_len) = t.stage();
     let a_sh = k.shared("a", 2 * a_len);
     let b_sh = k.shared("b", 2 * b_len);
     let ld = TileLoad {
@@ -329,12 +335,7 @@ pub fn emit(
             e.if_else(
                 inside,
                 |e| {
-                    let img =
-                        e.b.build_int_unsigned_div(pg, e.int(c.pixels()), "")
-                            .expect("div");
-                    let pix =
-                        e.b.build_int_unsigned_rem(pg, e.int(c.pixels()), "")
-                            .expect("rem");
+                    let (img, pix) = e.udivrem(pg, e.int(c.pixels()));
                     let y_col = e.at(y, e.add(e.mul(img, e.int(ys)), pix));
                     let z_col = z.map(|z| e.at(z, e.add(e.mul(img, e.int(zs)), pix)));
                     for i in 0..t.tm {
@@ -399,15 +400,8 @@ impl<'ctx> TileLoad<'_, 'ctx> {
     ) -> (u64, IntValue<'ctx>, IntValue<'ctx>) {
         let v = BK * self.t.bm / self.threads;
         let per_row = self.t.bm / v;
-        let r =
-            e.b.build_int_unsigned_div(th, e.int(per_row), "")
-                .expect("div");
-        let col = e.mul(
-            e.b.build_int_unsigned_rem(th, e.int(per_row), "")
-                .expect("rem"),
-            e.int(v),
-        );
-        (v, r, col)
+        let (r, col) = e.udivrem(th, e.int(per_row));
+        (v, r, e.mul(col, e.int(v)))
     }
 
     /// im2col column: pixel `p` of the tile, rows from `r0` every
@@ -417,12 +411,8 @@ impl<'ctx> TileLoad<'_, 'ctx> {
         e: &Emitter<'_, 'ctx>,
         th: IntValue<'ctx>,
     ) -> (IntValue<'ctx>, IntValue<'ctx>) {
-        (
-            e.b.build_int_unsigned_rem(th, e.int(self.t.bn), "")
-                .expect("rem"),
-            e.b.build_int_unsigned_div(th, e.int(self.t.bn), "")
-                .expect("div"),
-        )
+        let (r0, p) = e.udivrem(th, e.int(self.t.bn));
+        (p, r0)
     }
 
     /// The values thread `th` loads for K step `step`: its weight run,
@@ -449,18 +439,8 @@ impl<'ctx> TileLoad<'_, 'ctx> {
         let (p, r0) = self.column(e, th);
         let pg = e.add(self.bn0, p);
         let inside_p = e.ult(pg, self.npix);
-        let img =
-            e.b.build_int_unsigned_div(pg, e.int(c.pixels()), "")
-                .expect("div");
-        let pix =
-            e.b.build_int_unsigned_rem(pg, e.int(c.pixels()), "")
-                .expect("rem");
-        let oy =
-            e.b.build_int_unsigned_div(pix, e.int(c.ow), "")
-                .expect("div");
-        let ox =
-            e.b.build_int_unsigned_rem(pix, e.int(c.ow), "")
-                .expect("rem");
+        let (img, pix) = e.udivrem(pg, e.int(c.pixels()));
+        let (oy, ox) = e.udivrem(pix, e.int(c.ow));
         let ximg = e.at(self.x, e.mul(img, e.int(self.xs)));
         // Within one image every index fits in 32 bits; the per-step
         // decomposition of k runs there.
@@ -470,18 +450,8 @@ impl<'ctx> TileLoad<'_, 'ctx> {
             let r = e.add(r0, e.int32(j * (self.threads / t.bn)));
             let kk = e.add(e.mul(step32, e.int32(BK)), r);
             let taps = c.kh * c.kw;
-            let ic =
-                e.b.build_int_unsigned_div(kk, e.int32(taps), "")
-                    .expect("div");
-            let tap =
-                e.b.build_int_unsigned_rem(kk, e.int32(taps), "")
-                    .expect("rem");
-            let ky =
-                e.b.build_int_unsigned_div(tap, e.int32(c.kw), "")
-                    .expect("div");
-            let kx =
-                e.b.build_int_unsigned_rem(tap, e.int32(c.kw), "")
-                    .expect("rem");
+            let (ic, tap) = e.udivrem(kk, e.int32(taps));
+            let (ky, kx) = e.udivrem(tap, e.int32(c.kw));
             let iy = e.add(
                 e.sub(e.mul(oy, e.int32(c.sh)), e.int32(c.ph)),
                 e.mul(ky, e.int32(c.dh)),
@@ -558,22 +528,18 @@ impl<'ctx> TileLoad<'_, 'ctx> {
 
 /// (row, column) of a thread's register tile in the block tile.
 fn thread_tile<'ctx>(
-    e: &crate::backend::llvm::emit::Emitter<'_, 'ctx>,
+    e: &Emitter<'_, 'ctx>,
     th: IntValue<'ctx>,
     t: &Tile,
 ) -> (IntValue<'ctx>, IntValue<'ctx>) {
-    let across = e.int(t.bn / t.tn);
-    (
-        e.b.build_int_unsigned_div(th, across, "").expect("div"),
-        e.b.build_int_unsigned_rem(th, across, "").expect("rem"),
-    )
+    e.udivrem(th, e.int(t.bn / t.tn))
 }
 
 /// `len` consecutive floats from `base[idx..]`, as 4-wide vector loads
 /// where `len` allows (the index is a multiple of `len`, the base 16-byte
 /// aligned).
 fn load_run<'ctx>(
-    e: &crate::backend::llvm::emit::Emitter<'_, 'ctx>,
+    e: &Emitter<'_, 'ctx>,
     base: PointerValue<'ctx>,
     idx: IntValue<'ctx>,
     len: u64,
@@ -608,7 +574,7 @@ fn load_run<'ctx>(
 
 /// Stores `vals` at `base[idx..]`, vectorized like `load_run`.
 fn store_run<'ctx>(
-    e: &crate::backend::llvm::emit::Emitter<'_, 'ctx>,
+    e: &Emitter<'_, 'ctx>,
     base: PointerValue<'ctx>,
     idx: IntValue<'ctx>,
     vals: &[FloatValue<'ctx>],

@@ -60,14 +60,10 @@ pub fn compile(
         Default::default(),
         &opts.gpu,
     )?;
-    l.module.set_triple(&machine.get_triple());
-    l.module
-        .set_data_layout(&machine.get_target_data().get_data_layout());
+    llvm::target(&l.module, &machine);
     llvm::optimize(&l.module, &machine)?;
-    let buf = machine
-        .write_to_memory_buffer(&l.module, FileType::Assembly)
-        .map_err(|e| LlvmError::Internal(e.to_string()))?;
-    let ptx = String::from_utf8_lossy(buf.as_slice())
+    let buf = llvm::write(&l.module, &machine, FileType::Assembly)?;
+    let ptx = String::from_utf8_lossy(&buf)
         .trim_end_matches('\0')
         .to_string();
     Ok(CudaProgram {

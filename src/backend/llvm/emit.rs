@@ -121,6 +121,18 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
         self.b.build_int_signed_rem(a, b, "").expect(BUILDER)
     }
 
+    /// `(a / d, a % d)` as unsigned integers, `d` a constant of `a`'s width.
+    pub fn udivrem(
+        &self,
+        a: IntValue<'ctx>,
+        d: IntValue<'ctx>,
+    ) -> (IntValue<'ctx>, IntValue<'ctx>) {
+        (
+            self.b.build_int_unsigned_div(a, d, "").expect(BUILDER),
+            self.b.build_int_unsigned_rem(a, d, "").expect(BUILDER),
+        )
+    }
+
     /// `a < b` as unsigned integers (an i1).
     pub fn ult(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
         self.b

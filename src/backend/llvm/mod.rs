@@ -8,7 +8,7 @@ pub mod vector;
 use inkwell::module::Module;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{
-    CodeModel, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
+    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
 };
 use inkwell::OptimizationLevel;
 
@@ -140,7 +140,25 @@ pub fn x86_machine(cpu: &str) -> Result<TargetMachine, LlvmError> {
         .ok_or_else(|| LlvmError::Internal(format!("cannot create a target machine for `{cpu}`")))
 }
 
-/// Runs LLVM's `default<O3>` pipeline on `module` for `machine`.
+/// Points `module` at `machine`: its triple and data layout.
+pub fn target(module: &Module, machine: &TargetMachine) {
+    module.set_triple(&machine.get_triple());
+    module.set_data_layout(&machine.get_target_data().get_data_layout());
+}
+
+/// `module` written by `machine` as an object file or assembly text.
+pub fn write(
+    module: &Module,
+    machine: &TargetMachine,
+    kind: FileType,
+) -> Result<Vec<u8>, LlvmError> {
+    machine
+        .write_to_memory_buffer(module, kind)
+        .map(|b| b.as_slice().to_vec())
+        .map_err(|e| LlvmError::Internal(e.to_string()))
+}
+
+/// Runs LLVM's `default<O2>` pipeline on `module` for `machine`.
 pub fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), LlvmError> {
     module
         .verify()
