@@ -7,7 +7,9 @@ Needs a GPU with its driver, PyTorch and torchvision; resnetc runs its own
 `bench --target cuda` (CUDA events around graph launches, median of 100).
 PyTorch: the torchvision model in eval mode, 20 warm-up runs, then the
 median of 100 runs timed with CUDA events. Weights are random on both sides
-(timing does not depend on them). Prints a markdown table.
+(timing does not depend on them). Prints a markdown table; its "no split-K"
+column is resnetc with `--max-split-k 1`, which shows what splitting K
+brings (the cost model's choice, not yet calibrated on a GPU).
 """
 import argparse
 import json
@@ -41,9 +43,10 @@ def torch_ms(name, batch):
     return statistics.median(times)
 
 
-def resnetc_ms(exe, name, batch):
+def resnetc_ms(exe, name, batch, *flags):
     out = subprocess.run(
-        [exe, "bench", f"examples/{name}.res", "--target", "cuda", "--batch", str(batch), "--format", "json"],
+        [exe, "bench", f"examples/{name}.res", "--target", "cuda", "--batch", str(batch), "--format", "json",
+         *flags],
         check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout)["median_ms"]
@@ -54,11 +57,15 @@ def main():
     ap.add_argument("--resnetc", default="target/release/resnetc")
     args = ap.parse_args()
     print(f"GPU: {torch.cuda.get_device_name()}, PyTorch {torch.__version__}")
-    print("| model | batch | resnetc ms | PyTorch ms | resnetc / PyTorch | resnetc img/s | PyTorch img/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| model | batch | resnetc ms | no split-K ms | PyTorch ms | resnetc / PyTorch | resnetc img/s"
+          " | PyTorch img/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, batch in CASES:
-        r, t = resnetc_ms(args.resnetc, name, batch), torch_ms(name, batch)
-        print(f"| {name} | {batch} | {r:.2f} | {t:.2f} | {r / t:.2f} | {batch * 1e3 / r:.0f} | {batch * 1e3 / t:.0f} |")
+        r = resnetc_ms(args.resnetc, name, batch)
+        r1 = resnetc_ms(args.resnetc, name, batch, "--max-split-k", "1")
+        t = torch_ms(name, batch)
+        print(f"| {name} | {batch} | {r:.2f} | {r1:.2f} | {t:.2f} | {r / t:.2f} | {batch * 1e3 / r:.0f}"
+              f" | {batch * 1e3 / t:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,11 @@
  *     [0] version (1)  [1] arena floats per image  [2] constant floats
  *     [3] input floats per image  [4] input per-image offset  [5] input
  *     offset  [6] input image stride  [7..10] the same four for the output
- *     [11] kernels  [12] launches, then per launch: variants, args, each
- *     variant (min_batch, kernel, x_per_image, x_tile, grid_y, grid_z,
- *     block), each arg (kind 0 arena / 1 const, per_image, offset).
+ *     [11] kernels  [12] launches  [13] scratch entries, each (min_batch,
+ *     floats per image: split-K scratch after the arena), then per launch:
+ *     variants, args, each variant (min_batch, kernel, x_per_image,
+ *     x_tile, grid_y, grid_z, block; x_per_image 0: no launch), each arg
+ *     (kind 0 arena / 1 const, per_image, offset).
  *   names:  the kernels' names, NUL-separated, in kernel order.
  *   ptx:    NUL-terminated PTX.   consts: the constant pool.
  *   state:  a slot for this runtime's per-model state (initially NULL).
@@ -182,7 +184,7 @@ static int load_model(const struct resnetc_cuda_model *m, struct state **out) {
         return 0;
     }
     const int64_t *p = m->plan;
-    if (p[0] != 1) return fail(-4, "the model's plan has an unknown version", 0);
+    if (p[0] != 2) return fail(-4, "the model's plan has an unknown version", 0);
     struct state *s = calloc(1, sizeof *s);
     if (!s) return fail(-2, "out of host memory", 0);
     int64_t kernels = p[11];
@@ -213,7 +215,7 @@ static int load_model(const struct resnetc_cuda_model *m, struct state **out) {
 static int enqueue(const struct resnetc_cuda_model *m, struct state *s, int64_t n, CUdeviceptr arena) {
     const int64_t *p = m->plan;
     int64_t launches = p[12];
-    const int64_t *q = p + 13;
+    const int64_t *q = p + 14 + 2 * p[13];
     for (int64_t l = 0; l < launches; l++) {
         int64_t nv = q[0], na = q[1];
         const int64_t *v = q + 2, *chosen = v;
@@ -232,10 +234,11 @@ static int enqueue(const struct resnetc_cuda_model *m, struct state *s, int64_t 
         params[na] = (uint64_t)n;
         ptrs[na] = &params[na];
         unsigned gx = (unsigned)((n * chosen[2] + chosen[3] - 1) / chosen[3]);
+        q = a + 3 * na;
+        if (gx == 0) continue; /* nothing to do at this batch */
         CHECK(cu.LaunchKernel(s->functions[chosen[1]], gx, (unsigned)chosen[4], (unsigned)chosen[5],
                               (unsigned)chosen[6], 1, 1, 0, s->stream, ptrs, NULL),
               "cuLaunchKernel");
-        q = a + 3 * na;
     }
     return 0;
 }
@@ -259,7 +262,11 @@ static int batch_of(const struct resnetc_cuda_model *m, struct state *s, int n, 
         cu.EventDestroy(b->done);
         memset(b, 0, sizeof *b);
     }
-    size_t bytes = (size_t)m->plan[1] * 4 * (size_t)n;
+    const int64_t *p = m->plan;
+    int64_t scratch = 0; /* the entry of the largest min_batch <= n */
+    for (int64_t i = 0; i < p[13]; i++)
+        if (p[14 + 2 * i] <= n) scratch = p[15 + 2 * i];
+    size_t bytes = (size_t)(p[1] + scratch) * 4 * (size_t)n;
     CHECK(cu.MemAlloc(&b->arena, bytes ? bytes : 4), "cuMemAlloc (working memory)");
     CHECK(cu.EventCreate(&b->done, 2 /* no timing */), "cuEventCreate");
     CUgraph g = NULL;

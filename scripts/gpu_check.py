@@ -12,7 +12,11 @@ with torchvision):
      examples/embed_cuda (host-memory and device-pointer entry points)
      against PyTorch's output (needs a C compiler and make);
   4. bench/cuda_vs_torch.py: resnet50 b1/b64, resnet18 and densenet121 b1
-     against PyTorch eager, fp32 with TF32 off on both sides.
+     against PyTorch eager, fp32 with TF32 off on both sides, with and
+     without split-K;
+  5. every launch of resnet50 at batch 1 and 64 timed on its own
+     (`bench --target cuda --layers`), written to DIR/profile_*.json: what
+     the GEMM cost model's constants are to be calibrated against.
 
     python3 scripts/gpu_check.py [--resnetc target/release/resnetc] [--out DIR] [--no-bench]
 
@@ -197,6 +201,27 @@ def main():
         report.append("\n## Timings (bench/cuda_vs_torch.py)\n\n" + out)
         failed += rc != 0
         print(report[-1], flush=True)
+        save()
+        report.append("\n## Per-launch profiles\n")
+        for batch in (1, 64):
+            name = f"profile_resnet50_b{batch}.json"
+            rc, out = sh([exe, "bench", root / "examples/resnet50.res", "--target", "cuda", "--batch", batch,
+                          "--layers", "--format", "json"])
+            failed += rc != 0
+            doc = None
+            if rc == 0 and "{" in out:
+                doc, _ = json.JSONDecoder().raw_decode(out[out.index("{"):])
+            if doc:
+                (out_dir / name).write_text(json.dumps(doc, indent=1) + "\n")
+                layers = doc.get("layers", [])
+                top = sorted(layers, key=lambda l: -l["median_ms"])[:5]
+                total = sum(l["median_ms"] for l in layers)
+                report.append(f"- batch {batch}: {len(layers)} launches, {total:.3f} ms in all (each on its own);"
+                              f" slowest: " + ", ".join(f"{l['layer']} {l['median_ms']:.3f}" for l in top)
+                              + f" ({name})")
+            else:
+                report.append(f"- batch {batch}: FAIL {' '.join(out.split())[:300]}")
+            print(report[-1], flush=True)
     report.append(f"\n{failed} failed" if failed else "\nall passed")
     save()
     print(report[-1])

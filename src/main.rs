@@ -63,9 +63,8 @@ enum Command {
         /// Threads for --target cpu (default: all CPUs).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: Option<u16>,
-        /// GPU architecture for --target cuda: sm_80 (also runs on Hopper) or sm_90.
-        #[arg(long, default_value = "sm_80")]
-        gpu: String,
+        #[command(flatten)]
+        cuda: CudaArgs,
     },
     /// Compile a model, written into the directory OUT. CPU: a static library
     /// and C header (default), an object file, assembly or LLVM IR. CUDA: the
@@ -82,9 +81,8 @@ enum Command {
         emit: Option<EmitKind>,
         #[command(flatten)]
         cpu: CpuArgs,
-        /// GPU architecture for --target cuda: sm_80 (also runs on Hopper) or sm_90.
-        #[arg(long, default_value = "sm_80")]
-        gpu: String,
+        #[command(flatten)]
+        cuda: CudaArgs,
         /// Output directory (created if missing).
         #[arg(short, long, default_value = ".")]
         output: PathBuf,
@@ -106,15 +104,15 @@ enum Command {
         cpu: CpuArgs,
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: Option<u16>,
-        /// GPU architecture for --target cuda.
-        #[arg(long, default_value = "sm_80")]
-        gpu: String,
+        #[command(flatten)]
+        cuda: CudaArgs,
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
         batch: u32,
         #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
         format: SummaryFormat,
-        /// Also time every parallel call (median over runs), slowest first
-        /// (cpu target).
+        /// Also time every parallel call (cpu) or every kernel launch (cuda,
+        /// each on its own, outside the graph): median over runs, slowest
+        /// first.
         #[arg(long)]
         layers: bool,
     },
@@ -148,6 +146,27 @@ struct WeightsArgs {
     /// Use seeded random weights instead of a file.
     #[arg(long, value_name = "SEED")]
     random_weights: Option<u64>,
+}
+
+/// How the CUDA back end generates code.
+#[derive(clap::Args)]
+struct CudaArgs {
+    /// GPU architecture for --target cuda: sm_80 (also runs on Hopper) or sm_90.
+    #[arg(long, default_value = "sm_80")]
+    gpu: String,
+    /// For --target cuda: the most slices a conv's K is split into where a
+    /// small batch has too few output tiles to fill the GPU (1: never).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=32))]
+    max_split_k: u64,
+}
+
+impl CudaArgs {
+    fn options(&self) -> resnetc::backend::cuda::CudaOptions {
+        resnetc::backend::cuda::CudaOptions {
+            gpu: self.gpu.clone(),
+            max_split_k: self.max_split_k,
+        }
+    }
 }
 
 /// How the CPU back end generates code.
@@ -411,7 +430,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             target,
             cpu,
             threads,
-            gpu,
+            cuda,
         } => {
             if target == Target::Cuda {
                 require_cuda_driver()?;
@@ -431,7 +450,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                     }
                     resnetc::backend::cpu::run_jit(&g, &w, &x, &opts)?
                 }
-                Target::Cuda => cuda_device(&c, &w, gpu)?.run(&x)?,
+                Target::Cuda => cuda_device(&c, &w, &cuda)?.run(&x)?,
             };
             weights::write_npy(&output, &y)?;
             Ok(())
@@ -442,7 +461,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             target,
             emit,
             cpu,
-            gpu,
+            cuda,
             output,
             quiet,
         } => {
@@ -497,7 +516,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                     resnetc::api::build_cpu(&file, &source, &output, &opts, kind, &mut stage)
                 }
                 Kind::Cuda(kind) => {
-                    let opts = resnetc::backend::cuda::CudaOptions { gpu };
+                    let opts = cuda.options();
                     resnetc::api::build_cuda(&file, &source, &output, &opts, kind, &mut stage)
                 }
             }
@@ -520,7 +539,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             target,
             cpu,
             threads,
-            gpu,
+            cuda,
             batch,
             format,
             layers,
@@ -581,13 +600,25 @@ fn dispatch(cmd: Command) -> Result<()> {
                     (r, m, mn, sp, 1, 0.0)
                 }
                 Target::Cuda => {
-                    let mut dev = cuda_device(&c, &w, gpu)?;
+                    let mut dev = cuda_device(&c, &w, &cuda)?;
                     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
                     dev.run(&x)?;
                     eprintln!("device: {}", dev.name());
                     // CUDA events around graph launches: 20 warm-up runs,
                     // then 100 timed ones.
                     let mut times = dev.time(batch as u64, 20, 100)?;
+                    if layers {
+                        let launches = dev.profile(batch as u64, 20)?;
+                        profile = Some(
+                            launches
+                                .into_iter()
+                                .map(|(layer, median_ms)| resnetc::bench::LayerTime {
+                                    layer,
+                                    median_ms,
+                                })
+                                .collect(),
+                        );
+                    }
                     times.sort_by(|a, b| a.total_cmp(b));
                     let median = times[times.len() / 2];
                     let min = times[0];
@@ -638,15 +669,15 @@ fn dispatch(cmd: Command) -> Result<()> {
     }
 }
 
-/// The optimized model compiled to PTX for `gpu` and loaded on GPU 0.
+/// The optimized model compiled to PTX as `cuda` says and loaded on GPU 0.
 fn cuda_device(
     c: &Compiled,
     w: &Weights,
-    gpu: String,
+    cuda: &CudaArgs,
 ) -> Result<resnetc::backend::cuda::runtime::Device> {
     let mut g = c.graph.clone();
     resnetc::passes::optimize(&mut g, None);
-    let opts = resnetc::backend::cuda::CudaOptions { gpu };
+    let opts = cuda.options();
     let p = resnetc::backend::cuda::compile(&g, w, &opts)?;
     Ok(resnetc::backend::cuda::runtime::Device::load(&p)?)
 }

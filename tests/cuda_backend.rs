@@ -50,6 +50,55 @@ fn every_example_matches_the_interpreter_emulated() {
     }
 }
 
+/// Split K on layers the examples do not have: grouped convs (each group's
+/// slices summed apart), a residual add and a bias in the sum's epilogue,
+/// and the sum written into a concat slice; emulated against the
+/// interpreter at batch 1 (split) and with the tiles for batch 64.
+#[test]
+fn split_k_handles_groups_residuals_and_concat_slices() {
+    let source = r#"
+model split(x: f32[N, 64, 7, 7]) {
+    let a = x |> ga: conv(128, k: 3, pad: 1, groups: 4, bias: true) |> relu()
+    let b = a |> gb: conv(128, k: 3, pad: 1, groups: 2) |> bn: batchnorm()
+    let c = relu(b + a)
+    let d = c |> gc: conv(64, k: 3, pad: 1) |> relu()
+    concat(d, x) |> gd: conv(32, k: 3, pad: 1)
+}
+"#;
+    let c = resnetc::front::compile_source("split.res", source, None)
+        .unwrap_or_else(|e| panic!("{}", e.render_plain()));
+    let w = tame_residuals(&c.graph, random_weights(&specs_of(&c.graph), 5));
+    let opt = optimized(&c.graph);
+    let p = cuda::compile(&opt, &w, &CudaOptions::default()).expect("ptx");
+    let split: Vec<&str> = p
+        .plan
+        .launches
+        .iter()
+        .filter(|l| l.label.ends_with("(split-K sum)") && l.variant(1).runs(1))
+        .map(|l| l.label.as_str())
+        .collect();
+    for layer in ["ga", "gb", "gc", "gd"] {
+        assert!(
+            split.iter().any(|l| l.starts_with(&format!("{layer} "))),
+            "{layer} is not split at batch 1: {split:?}"
+        );
+    }
+    for n in [1, 3] {
+        let x = random_tensor(&[n, 64, 7, 7], 9);
+        let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+        for tune in [None, Some(64)] {
+            let y = emulate::run(&opt, &w, &x, "sm_80", tune).expect("emulated cuda");
+            assert_close(
+                &format!("batch {n}, tiles for {tune:?}"),
+                &y,
+                &reference,
+                1e-4,
+                1e-3,
+            );
+        }
+    }
+}
+
 /// No phase of any kernel depends on the order its threads run in (which
 /// on a GPU is none): with every phase's threads walked backwards the
 /// emulation gives bit for bit the same outputs. A thread reading shared
@@ -190,7 +239,7 @@ fn every_example_assembles_with_ptxas_without_spills() {
                 for name in names {
                     let c = compile_example(name);
                     let w = random_weights(&specs_of(&c.graph), 1);
-                    let opts = CudaOptions { gpu: gpu.into() };
+                    let opts = CudaOptions::for_gpu(gpu);
                     let p = cuda::compile(&optimized(&c.graph), &w, &opts).expect("ptx");
                     let target = if gpu == "sm_90" { "sm_90" } else { "sm_80" };
                     assert!(p.ptx.contains(&format!(".target {target}")), "{name}");
@@ -237,7 +286,12 @@ fn kernel_ptx(source: &str, label: &str) -> String {
     let c = resnetc::front::compile_source("case.res", source, Some(&dir))
         .unwrap_or_else(|e| panic!("{}", e.render_plain()));
     let w = random_weights(&specs_of(&c.graph), 1);
-    let p = cuda::compile(&optimized(&c.graph), &w, &CudaOptions::default()).expect("ptx");
+    // K not split: the kernel with the whole epilogue.
+    let opts = CudaOptions {
+        max_split_k: 1,
+        ..Default::default()
+    };
+    let p = cuda::compile(&optimized(&c.graph), &w, &opts).expect("ptx");
     let launch = p
         .plan
         .launches

@@ -56,7 +56,7 @@ fn host_kernels(source: &Path, dir: &Path, gpu: &str) -> PathBuf {
     passes::optimize(&mut g, None);
     let w = random_weights(&specs_of(&c.graph), 0);
     let (obj, plan) = emulate::emulation_object(&g, &w, gpu).expect("emulation object");
-    let ptx = cuda::compile(&g, &w, &CudaOptions { gpu: gpu.into() }).expect("ptx");
+    let ptx = cuda::compile(&g, &w, &CudaOptions::for_gpu(gpu)).expect("ptx");
     assert_eq!(
         plan, ptx.plan,
         "the emulation and the PTX have different plans"
@@ -213,7 +213,7 @@ fn fixture_and_bench_on_the_fake_driver() {
 
     let mut cmd = resnetc();
     cmd.arg("bench").arg(&model).args([
-        "--target", "cuda", "--gpu", "sm_90", "--batch", "2", "--format", "json",
+        "--target", "cuda", "--gpu", "sm_90", "--batch", "2", "--format", "json", "--layers",
     ]);
     let out = on_fake(&mut cmd, dir.path(), Some(&kernels));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -227,6 +227,34 @@ fn fixture_and_bench_on_the_fake_driver() {
     assert_eq!(report["batch"], 2, "{report}");
     assert!(
         report["median_ms"].as_f64().is_some_and(|m| m > 0.0),
+        "{report}"
+    );
+    // --layers: every launch that runs at batch 2, in plan order (the
+    // split-K sums among them), each timed.
+    let c = resnetc::front::compile_file(&model).expect("compiles");
+    let mut g = c.graph.clone();
+    passes::optimize(&mut g, None);
+    let w = random_weights(&specs_of(&c.graph), 0);
+    let plan = cuda::compile(&g, &w, &CudaOptions::for_gpu("sm_90"))
+        .expect("ptx")
+        .plan;
+    let want: Vec<&str> = plan
+        .launches
+        .iter()
+        .filter(|l| l.variant(2).runs(2))
+        .map(|l| l.label.as_str())
+        .collect();
+    let layers = report["layers"].as_array().expect("layers");
+    let got: Vec<&str> = layers
+        .iter()
+        .map(|l| l["layer"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(got, want, "the profiled launches");
+    assert!(got.iter().any(|l| l.ends_with("(split-K sum)")), "{got:?}");
+    assert!(
+        layers
+            .iter()
+            .all(|l| l["median_ms"].as_f64().is_some_and(|m| m >= 0.0)),
         "{report}"
     );
 }
@@ -257,7 +285,7 @@ fn driver_errors_are_diagnostics() {
 /// The C programs linked to the CUDA static library, on the fake driver,
 /// through host memory (`demo`) and through their own device memory and
 /// the default stream (`demo_device`): PyTorch's output at the fixture's
-/// batch, and the interpreter's at batch 3.
+/// batch, and the interpreter's at batches 3 and 17.
 #[test]
 fn c_runtime_matches_pytorch_on_the_fake_driver() {
     let out = tempfile::tempdir().expect("tempdir");
@@ -302,11 +330,15 @@ fn c_runtime_matches_pytorch_on_the_fake_driver() {
 
     let c = compile_example("cifar_resnet20");
     let w = bind_weights(&c, &fixture("cifar_resnet20.safetensors"));
-    let x3 = random_tensor(&[3, 3, 32, 32], 5);
-    let expected = resnetc::interp::run(&c.graph, &w, &x3).expect("interpreter");
-    for program in ["demo", "demo_device"] {
-        let y = demo(program, &x3, "batch 3");
-        let what = format!("{program} at batch 3 on the fake driver");
-        assert_close(&what, &y, &expected, 1e-4, 1e-3);
+    // Batch 3 takes the variants tuned for batch 1 (K split in most
+    // layers), batch 17 those for 16 (some split-K sums skipped).
+    for batch in [3, 17] {
+        let x = random_tensor(&[batch, 3, 32, 32], 5);
+        let expected = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+        for program in ["demo", "demo_device"] {
+            let what = format!("{program} at batch {batch} on the fake driver");
+            let y = demo(program, &x, &what);
+            assert_close(&what, &y, &expected, 1e-4, 1e-3);
+        }
     }
 }

@@ -49,7 +49,7 @@ pub fn build(
                 weights,
                 super::simt::Mode::Gpu,
                 Default::default(),
-                &opts.gpu,
+                opts,
             )?;
             vec![(
                 format!("{sym}.nvptx.ll"),
@@ -119,7 +119,7 @@ pub fn encode_plan(plan: &LaunchPlan) -> Vec<i64> {
         }
     };
     let per = |s: &[usize]| s.iter().product::<usize>() as i64;
-    let mut t = vec![1, plan.arena_per_image as i64, plan.const_elements as i64];
+    let mut t = vec![2, plan.arena_per_image as i64, plan.const_elements as i64];
     t.push(per(&plan.input_shape));
     t.extend(&arg(&plan.input)[1..]);
     t.push(plan.input_stride as i64);
@@ -128,6 +128,10 @@ pub fn encode_plan(plan: &LaunchPlan) -> Vec<i64> {
     t.push(plan.output_stride as i64);
     t.push(plan.kernels.len() as i64);
     t.push(plan.launches.len() as i64);
+    t.push(plan.scratch.len() as i64);
+    for s in &plan.scratch {
+        t.extend([s.min_batch as i64, s.per_image as i64]);
+    }
     for l in &plan.launches {
         t.push(l.variants.len() as i64);
         t.push(l.args.len() as i64);
@@ -262,7 +266,8 @@ fn host_object(p: &CudaProgram, sym: &str) -> Result<Vec<u8>, LlvmError> {
 /// The C header of a CUDA static library.
 pub fn header(plan: &LaunchPlan, sym: &str) -> String {
     let up = sym.to_uppercase();
-    let arena = plan.arena_per_image * 4;
+    let scratch = plan.scratch.iter().map(|s| s.per_image).max().unwrap_or(0);
+    let arena = (plan.arena_per_image + scratch) * 4;
     c_header(
         sym,
         &format!(
@@ -272,7 +277,8 @@ pub fn header(plan: &LaunchPlan, sym: &str) -> String {
         &plan.input_shape,
         &plan.output_shape,
         &format!(
-            r#"/* Device memory per image, kept per batch size used (plus the weights). */
+            r#"/* Device memory per image at most, kept per batch size used (plus the
+ * weights). */
 #define {up}_ARENA_BYTES_PER_IMAGE {arena}
 
 /* Runs the model on GPU 0 on `batch` images in host memory: reads batch *

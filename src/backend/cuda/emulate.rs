@@ -8,6 +8,7 @@
 use super::lower;
 use super::plan::LaunchPlan;
 use super::simt::{Mode, ThreadOrder};
+use super::CudaOptions;
 use crate::backend::llvm;
 use crate::backend::llvm::LlvmError;
 use crate::ir::Graph;
@@ -66,7 +67,8 @@ pub fn run_in_order(
     order: ThreadOrder,
 ) -> Result<Tensor, LlvmError> {
     let ctx = Context::create();
-    let l = lower::lower(&ctx, graph, weights, Mode::Emulate, order, gpu)?;
+    let opts = CudaOptions::for_gpu(gpu);
+    let l = lower::lower(&ctx, graph, weights, Mode::Emulate, order, &opts)?;
     l.module
         .verify()
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
@@ -86,7 +88,7 @@ pub fn run_in_order(
     }
     let mut consts = Aligned::new(l.consts.len());
     consts.slice()[..l.consts.len()].copy_from_slice(&l.consts);
-    let mut arena = Aligned::new((plan.arena_per_image * n) as usize);
+    let mut arena = Aligned::new(plan.arena_elements(n, tune_batch.unwrap_or(n)) as usize);
     let per_in: usize = plan.input_shape.iter().product();
     let at = plan.input.elements(n) as usize;
     for i in 0..n as usize {
@@ -96,6 +98,9 @@ pub fn run_in_order(
     let (cbase, abase) = (consts.ptr(), arena.ptr());
     for launch in &plan.launches {
         let v = launch.variant(tune_batch.unwrap_or(n));
+        if !v.runs(n) {
+            continue;
+        }
         // SAFETY: the kernel was generated with exactly this signature.
         let f = unsafe { engine.get_function::<BlockFn>(&v.kernel) }
             .map_err(|e| LlvmError::Internal(e.to_string()))?;
@@ -148,7 +153,7 @@ pub fn emulation_object(
         weights,
         Mode::Emulate,
         ThreadOrder::Forward,
-        gpu,
+        &CudaOptions::for_gpu(gpu),
     )?;
     llvm::target(&l.module, &machine);
     llvm::optimize(&l.module, &machine)?;

@@ -182,40 +182,139 @@ impl ConvGemm {
         out
     }
 
-    /// Modelled time of tile `t` at batch `n` on a GPU of `sms`
-    /// multiprocessors, in arbitrary units: waves of blocks × the work of
-    /// a wave, over the tile's relative efficiency (small tiles reload
-    /// shared memory more per FMA).
-    pub fn cost(&self, t: &Tile, n: u64, sms: u64) -> f64 {
-        let blocks = self.ocg.div_ceil(t.bm) * (n * self.pixels()).div_ceil(t.bn) * self.groups;
-        let resident = t.resident();
-        let eff = match t.tm * t.tn {
-            64 => 1.0,
-            16 => 0.6,
-            _ => 0.3,
-        };
-        let waves = blocks.div_ceil(sms * resident) as f64;
-        waves * (resident * t.bm * t.bn * self.k_padded()) as f64 / eff
+    /// Output elements per image (all groups).
+    pub fn outputs(&self) -> u64 {
+        self.groups * self.ocg * self.pixels()
     }
 
-    /// The tile for batch `n`.
-    pub fn choose(&self, n: u64, sms: u64) -> Tile {
-        let mut best = TILES[0];
-        for t in &TILES[1..] {
-            if self.cost(t, n, sms) < self.cost(&best, n, sms) {
-                best = *t;
+    /// Modelled cycles of tile `t` with K split `split` ways at batch `n`
+    /// on a GPU of `sms` multiprocessors (`Cost`).
+    pub fn cost(&self, t: &Tile, split: u64, n: u64, sms: u64) -> f64 {
+        let tiles = self.ocg.div_ceil(t.bm) * (n * self.pixels()).div_ceil(t.bn) * self.groups;
+        Cost::GPU.gemm(
+            t,
+            tiles * split,
+            (self.k_padded() / BK).div_ceil(split),
+            sms,
+        ) + if split > 1 {
+            Cost::GPU.split_sum(split * self.outputs() * n)
+        } else {
+            0.0
+        }
+    }
+
+    /// The tile and K split (at most `max_split` ways) for batch `n`.
+    pub fn choose(&self, n: u64, sms: u64, max_split: u64) -> Choice {
+        let steps = self.k_padded() / BK;
+        let mut best = Choice {
+            tile: TILES[0],
+            split: 1,
+        };
+        for tile in TILES {
+            for split in SPLITS {
+                // Equal slices of at least MIN_SLICE steps.
+                let uneven = !steps.is_multiple_of(split) || steps < MIN_SLICE * split;
+                if split > 1 && (uneven || split > max_split) {
+                    continue;
+                }
+                let c = Choice { tile, split };
+                if self.cost(&tile, split, n, sms) < self.cost(&best.tile, best.split, n, sms) {
+                    best = c;
+                }
             }
         }
         best
     }
 }
 
+/// What the cost model picks for a layer at one batch size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Choice {
+    pub tile: Tile,
+    /// Slices of K (1: no split). Each slice's block writes its partial
+    /// tile to the scratch and a second kernel (`split_k`) sums them in
+    /// order and applies the epilogue, so results do not depend on timing.
+    pub split: u64,
+}
+
+/// The K splits the cost model tries.
+const SPLITS: [u64; 6] = [1, 2, 4, 8, 16, 32];
+/// The fewest K steps a slice may have: the pipeline's fill and the
+/// epilogue cost about as much as a few steps.
+const MIN_SLICE: u64 = 8;
+
+/// The constants of the cost model: a GPU in round numbers (cycles at the
+/// multiprocessor clock). Estimates, not measurements: nothing here has
+/// been calibrated on a GPU yet (`resnetc bench --target cuda --layers`
+/// times every launch, for that).
+struct Cost {
+    /// FMAs a multiprocessor issues per cycle (fp32).
+    fma: f64,
+    /// The shortest K step: a global load's latency and the barrier, which
+    /// the register prefetch hides only behind that many FMAs.
+    step_latency: f64,
+    /// Filling the pipeline and storing the tile, per wave of blocks.
+    fixed: f64,
+    /// One more dependent kernel in a CUDA graph.
+    launch: f64,
+    /// Bytes per cycle the whole GPU moves through L2.
+    bytes: f64,
+}
+
+impl Cost {
+    const GPU: Cost = Cost {
+        fma: 128.0,
+        step_latency: 600.0,
+        fixed: 1500.0,
+        launch: 2500.0,
+        bytes: 2000.0,
+    };
+
+    /// `blocks` blocks of tile `t`, `steps` K steps each: waves of blocks
+    /// over the multiprocessors (as many resident at once as registers
+    /// allow), each step as long as its FMAs on the multiprocessor shared
+    /// by the blocks resident on it, or its latency.
+    fn gemm(&self, t: &Tile, blocks: u64, steps: u64, sms: u64) -> f64 {
+        // Small tiles reload shared memory more per FMA.
+        let eff = match t.tm * t.tn {
+            64 => 1.0,
+            16 => 0.6,
+            _ => 0.3,
+        };
+        let per_sm = blocks.div_ceil(sms);
+        let resident = t.resident();
+        let waves = per_sm.div_ceil(resident) as f64;
+        let active = per_sm.min(resident) as f64;
+        let step = (active * (t.bm * t.bn * BK) as f64 / (self.fma * eff)).max(self.step_latency);
+        waves * (steps as f64 * step + self.fixed)
+    }
+
+    /// The split-K sum of `partials` partial elements: one more launch,
+    /// the partials written once and read once.
+    fn split_sum(&self, partials: u64) -> f64 {
+        self.launch + 8.0 * partials as f64 / self.bytes
+    }
+}
+
+/// A kernel computing one slice of K: block `z` is slice `z % ways` of
+/// group `z / ways`, and writes its raw tile to the scratch at argument
+/// `scratch`, as `[slice][channel][pixel of the batch]`.
+#[derive(Clone, Copy, Debug)]
+pub struct Split {
+    pub ways: u64,
+    pub scratch: usize,
+}
+
 /// Emits the GEMM kernel of `c` with tile `t`. Arguments: y, x, the packed
-/// weight, then the fused operands (`f`).
+/// weight, then the fused operands (`f`), then (when some batch splits
+/// this layer) the scratch. With `split` the kernel computes a K slice and
+/// leaves bias, residual and activation to the split-K sum.
+#[allow(clippy::too_many_arguments)]
 pub fn emit(
     k: &mut Kern<'_, '_>,
     c: &ConvGemm,
     t: &Tile,
+    split: Option<Split>,
     fused: &Fused,
     f: &FusedArgs,
     strides: (u64, u64, u64),
@@ -236,13 +335,24 @@ pub fn emit(
     let bias = f.bias.map(|b| k.arg(b));
     let z = f.residual.map(|r| k.arg(r));
     let kp = c.k_padded();
-    let (bn0, bm0, g) = {
+    let steps = kp / BK;
+    // The block's K steps: `lo..lo + per`. Slices are equal (the cost
+    // model splits only where they are), so the trip count is a constant
+    // and only `lo` is live beside the loop counter.
+    let per = split.map_or(steps, |s| steps / s.ways);
+    let (bn0, bm0, g, slice, lo) = {
         let e = &k.e;
-        (
+        let (bn0, bm0) = (
             e.mul(k.block(0), e.int(t.bn)),
             e.mul(k.block(1), e.int(t.bm)),
-            k.block(2),
-        )
+        );
+        match split {
+            None => (bn0, bm0, k.block(2), None, e.int(0)),
+            Some(s) => {
+                let (g, slice) = e.udivrem(k.block(2), e.int(s.ways));
+                (bn0, bm0, g, Some(slice), e.mul(slice, e.int(per)))
+            }
+        }
     };
     let npix = k.e.mul(k.batch, k.e.int(c.pixels()));
     // Two stages of shared tiles: while the block multiplies stage
@@ -267,22 +377,26 @@ pub fn emit(
         threads,
     };
     let acc = k.private(t.tm * t.tn);
-    let steps = kp / BK;
     k.phase(|e, th| {
         for j in 0..t.tm * t.tn {
             e.b.build_store(acc.at(e, mode, th, j), e.f32(0.0))
                 .expect("store");
         }
-        let first = ld.fetch(e, th, e.int(0));
-        ld.put(e, th, a_sh, b_sh, &first);
+        let first = ld.fetch(e, th, lo);
+        // Step s uses stage s % 2 (a slice may start at an odd step).
+        let stage = e.b.build_and(lo, e.int(1), "").expect("and");
+        let a_first = e.at(a_sh, e.mul(stage, e.int(a_len)));
+        let b_first = e.at(b_sh, e.mul(stage, e.int(b_len)));
+        ld.put(e, th, a_first, b_first, &first);
     });
     k.barrier();
     let zero = k.e.int(0);
-    k.for_range(zero, k.e.int(steps), |k, step| {
+    k.for_range(zero, k.e.int(per), |k, i| {
         k.phase(|e, th| {
+            let step = e.add(lo, i);
             // The last step fetches itself again: no branch, and the
             // stage it writes is not read any more.
-            let next = e.smin(e.add(step, e.int(1)), e.int(steps - 1));
+            let next = e.add(lo, e.smin(e.add(i, e.int(1)), e.int(per - 1)));
             let ahead = ld.fetch(e, th, next);
             let stage = e.b.build_and(step, e.int(1), "").expect("and");
             let other = e.sub(e.int(1), stage);
@@ -325,6 +439,7 @@ pub fn emit(
         });
         k.barrier();
     });
+    let scratch = split.map(|s| k.arg(s.scratch));
     k.phase(|e, th| {
         let (ty, tx) = thread_tile(e, th, t);
         // Column by column, so that only one column's image and pixel are
@@ -350,6 +465,12 @@ pub fn emit(
                                         .expect("load")
                                         .into_float_value();
                                 let oc = e.add(e.mul(g, e.int(c.ocg)), m);
+                                if let (Some(ws), Some(slice)) = (scratch, slice) {
+                                    // [slice][channel][pixel of the batch]
+                                    let row = e.add(e.mul(slice, e.int(c.groups * c.ocg)), oc);
+                                    e.store(ws, e.add(e.mul(row, npix), pg), v);
+                                    return;
+                                }
                                 let at = e.mul(oc, e.int(c.pixels()));
                                 let zi = z_col.map(|z| e.at(z, at));
                                 let v = epilogue_value(e, fused, v, bias, oc, zi);
@@ -632,7 +753,7 @@ mod tests {
     }
 
     #[test]
-    fn the_cost_model_prefers_small_tiles_for_small_layers() {
+    fn the_cost_model_fills_the_gpu_for_small_layers() {
         // resnet50's last 3x3 conv at batch 1 (7x7 output): 16 blocks of 128x128
         // would leave most of the GPU idle.
         let g = ConvGeom {
@@ -644,9 +765,23 @@ mod tests {
             groups: 1,
         };
         let late = ConvGemm::conv(&g, (512, 7, 7), (512, 7, 7));
-        assert_ne!(late.choose(1, 132), TILES[0]);
-        // A 56x56 layer at batch 64: thousands of blocks, the big tile.
+        let c = late.choose(1, 132, 32);
+        assert!(c.split > 1, "{c:?}");
+        let tiles = 512u64.div_ceil(c.tile.bm) * 49u64.div_ceil(c.tile.bn);
+        assert!(tiles * c.split >= 132, "{c:?} leaves multiprocessors idle");
+        // A 56x56 layer at batch 64: thousands of blocks, the big tile,
+        // nothing to gain from splitting.
         let early = ConvGemm::conv(&g, (256, 56, 56), (256, 56, 56));
-        assert_eq!(early.choose(64, 132), TILES[0]);
+        assert_eq!(
+            early.choose(64, 132, 32),
+            Choice {
+                tile: TILES[0],
+                split: 1
+            }
+        );
+        // A slice never gets fewer than MIN_SLICE steps.
+        let shallow = ConvGemm::linear(64, 512);
+        assert!(shallow.choose(1, 132, 32).split <= 64 / BK / MIN_SLICE);
+        assert_eq!(late.choose(1, 132, 1).split, 1);
     }
 }

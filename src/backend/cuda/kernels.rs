@@ -97,7 +97,7 @@ impl OpArgs {
 }
 
 /// One thread per output element of every image: `body(image, element)`.
-fn per_output<'a, 'ctx>(
+pub(super) fn per_output<'a, 'ctx>(
     k: &mut Kern<'a, 'ctx>,
     per_image: u64,
     mut body: impl FnMut(&mut Emitter<'a, 'ctx>, IntValue<'ctx>, IntValue<'ctx>),

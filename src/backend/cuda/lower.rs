@@ -3,10 +3,12 @@
 //! ops of one configuration (the pointers are arguments), constants laid
 //! out once with conv and linear weights packed for the GEMM kernel.
 
-use super::gemm::{self, ConvGemm};
+use super::gemm::{self, Choice, ConvGemm, Split};
 use super::kernels::{self, FusedArgs, OpArgs, THREADS};
-use super::plan::{Arg, Launch, LaunchPlan, Variant, FORMAT};
+use super::plan::{Arg, Launch, LaunchPlan, Scratch, Variant, FORMAT};
 use super::simt::{Kern, Mode, ThreadOrder};
+use super::split_k;
+use super::CudaOptions;
 use crate::backend::cpu::consts::lay_out;
 use crate::backend::cpu::symbol;
 use crate::backend::llvm::LlvmError;
@@ -61,8 +63,9 @@ pub fn lower<'ctx>(
     weights: &Weights,
     mode: Mode,
     order: ThreadOrder,
-    gpu: &str,
+    opts: &CudaOptions,
 ) -> Result<Lowered<'ctx>, LlvmError> {
+    let gpu = opts.gpu.as_str();
     let plan = graph
         .plan
         .as_ref()
@@ -102,6 +105,13 @@ pub fn lower<'ctx>(
     let stride_of =
         |s: NodeIndex| -> u64 { plan.storage.get(&s).map_or(0, |st| st.batch_stride as u64) };
     let sms = multiprocessors(gpu);
+    // Split-K partial sums live after the planned buffers.
+    let base_per_image = plan.arena_bytes as u64 / 4;
+    let scratch_arg = Arg::Arena {
+        per_image: base_per_image,
+        offset: 0,
+    };
+    let mut scratch = [0u64; TUNE_BATCHES.len()];
     let mut kernels: HashMap<String, String> = HashMap::new();
     let mut names: Vec<String> = Vec::new();
     let mut launches = Vec::new();
@@ -144,19 +154,38 @@ pub fn lower<'ctx>(
                 a.strides[1],
                 f.residual.map_or(0, |r| a.strides[r]),
             );
+            let choices: Vec<Choice> = TUNE_BATCHES
+                .iter()
+                .map(|&b| c.choose(b, sms, opts.max_split_k))
+                .collect();
+            let splits = choices.iter().any(|ch| ch.split > 1);
+            let mut args: Vec<Arg> = slots.iter().map(|&s| arg_of(s)).collect();
+            if splits {
+                args.push(scratch_arg);
+            }
+            let nargs = args.len();
+            let split_of = |ch: &Choice| {
+                (ch.split > 1).then_some(Split {
+                    ways: ch.split,
+                    scratch: nargs - 1,
+                })
+            };
             let mut variants: Vec<Variant> = Vec::new();
-            for &b in &TUNE_BATCHES {
-                let t = c.choose(b, sms);
-                if variants.last().is_some_and(|v| v.x_tile == t.bn) {
+            for (i, (&b, ch)) in TUNE_BATCHES.iter().zip(&choices).enumerate() {
+                if ch.split > 1 {
+                    scratch[i] = scratch[i].max(ch.split * c.outputs());
+                }
+                if i > 0 && choices[i - 1] == *ch {
                     continue;
                 }
+                let t = ch.tile;
                 let name = kernel(
-                    format!("{key}|{t:?}"),
+                    format!("{key}|{ch:?}|{nargs}"),
                     node.op.kind(),
-                    slots.len(),
+                    nargs,
                     t.threads(),
                     &mut |k| {
-                        gemm::emit(k, &c, &t, fused, &f, strides);
+                        gemm::emit(k, &c, &t, split_of(ch), fused, &f, strides);
                         Ok(())
                     },
                 )?;
@@ -166,15 +195,62 @@ pub fn lower<'ctx>(
                     x_per_image: c.pixels(),
                     x_tile: t.bn,
                     grid_y: c.ocg.div_ceil(t.bm),
-                    grid_z: c.groups,
+                    grid_z: c.groups * ch.split,
                     block: t.threads(),
                 });
             }
             launches.push(Launch {
-                label,
+                label: label.clone(),
                 variants,
-                args: slots.iter().map(|&s| arg_of(s)).collect(),
+                args: args.clone(),
             });
+            if splits {
+                // The sum of the slices, where the layer is split; nothing
+                // (an empty grid) where it is not.
+                let mut sums: Vec<(u64, u64, String)> = Vec::new();
+                for (&b, ch) in TUNE_BATCHES.iter().zip(&choices) {
+                    if sums.last().is_some_and(|s| s.1 == ch.split) {
+                        continue;
+                    }
+                    let name = match split_of(ch) {
+                        Some(sp) => kernel(
+                            format!("{key}|split-sum {}|{nargs}", sp.ways),
+                            "split_sum",
+                            nargs,
+                            THREADS,
+                            &mut |k| {
+                                let st = (strides.0, strides.2);
+                                split_k::emit(k, &c, sp.ways, sp.scratch, fused, &f, st);
+                                Ok(())
+                            },
+                        )?,
+                        None => String::new(),
+                    };
+                    sums.push((b, ch.split, name));
+                }
+                let any = sums.iter().find(|s| s.1 > 1).map(|s| s.2.clone());
+                let variants = sums
+                    .into_iter()
+                    .map(|(b, split, name)| Variant {
+                        min_batch: b,
+                        kernel: if split > 1 {
+                            name
+                        } else {
+                            any.clone().unwrap_or_default()
+                        },
+                        x_per_image: if split > 1 { c.outputs() } else { 0 },
+                        x_tile: THREADS,
+                        grid_y: 1,
+                        grid_z: 1,
+                        block: THREADS,
+                    })
+                    .collect();
+                launches.push(Launch {
+                    label: format!("{label} (split-K sum)"),
+                    variants,
+                    args,
+                });
+            }
             continue;
         }
         if let Op::Concat { placed } = &node.op {
@@ -233,7 +309,8 @@ pub fn lower<'ctx>(
         input_stride: stride_of(graph.input),
         output: arg_of(out_src),
         output_stride: stride_of(out_src),
-        arena_per_image: plan.arena_bytes as u64 / 4,
+        arena_per_image: base_per_image,
+        scratch: scratch_entries(&scratch),
         const_elements: consts.len() as u64,
         kernels: names,
         launches,
@@ -257,4 +334,22 @@ fn simple(kernel: String, per: u64) -> Variant {
         grid_z: 1,
         block: THREADS,
     }
+}
+
+/// The scratch per image at each tuning batch, as plan entries (none when
+/// no layer is split).
+fn scratch_entries(per_batch: &[u64]) -> Vec<Scratch> {
+    if per_batch.iter().all(|&s| s == 0) {
+        return Vec::new();
+    }
+    let mut out: Vec<Scratch> = Vec::new();
+    for (&b, &per_image) in TUNE_BATCHES.iter().zip(per_batch) {
+        if out.last().is_none_or(|s| s.per_image != per_image) {
+            out.push(Scratch {
+                min_batch: b,
+                per_image,
+            });
+        }
+    }
+    out
 }

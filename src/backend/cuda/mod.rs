@@ -13,6 +13,7 @@ pub mod lower;
 pub mod plan;
 pub mod runtime;
 pub mod simt;
+pub mod split_k;
 
 use crate::backend::llvm::{self, LlvmError};
 use crate::ir::Graph;
@@ -26,12 +27,26 @@ use plan::LaunchPlan;
 pub struct CudaOptions {
     /// `sm_80` (default: its PTX also runs on Hopper) or `sm_90`.
     pub gpu: String,
+    /// The most slices a GEMM's K is split into where a batch has too few
+    /// output tiles to fill the GPU (1: never split).
+    pub max_split_k: u64,
+}
+
+impl CudaOptions {
+    /// The default options for `gpu`.
+    pub fn for_gpu(gpu: &str) -> CudaOptions {
+        CudaOptions {
+            gpu: gpu.into(),
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for CudaOptions {
     fn default() -> Self {
         CudaOptions {
             gpu: "sm_80".into(),
+            max_split_k: 32,
         }
     }
 }
@@ -58,7 +73,7 @@ pub fn compile(
         weights,
         simt::Mode::Gpu,
         Default::default(),
-        &opts.gpu,
+        opts,
     )?;
     llvm::target(&l.module, &machine);
     llvm::optimize(&l.module, &machine)?;

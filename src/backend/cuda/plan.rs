@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The format tag of `plan.json`; bumped on any incompatible change.
-pub const FORMAT: &str = "resnetc-cuda-plan-1";
+pub const FORMAT: &str = "resnetc-cuda-plan-2";
 
 /// A pointer argument of a kernel, resolved at launch for batch `n`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +42,8 @@ impl Arg {
 
 /// One way to launch an op, used from batch `min_batch` on (the largest
 /// `min_batch` not above the batch wins): `grid.x = ceil(n × x_per_image
-/// / x_tile)`, `grid.y`, `grid.z` fixed.
+/// / x_tile)`, `grid.y`, `grid.z` fixed. A variant with `x_per_image` 0
+/// is not launched (the split-K sum of a layer not split at that batch).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Variant {
     pub min_batch: u64,
@@ -55,6 +56,11 @@ pub struct Variant {
 }
 
 impl Variant {
+    /// Whether batch `n` launches anything.
+    pub fn runs(&self, n: u64) -> bool {
+        self.grid(n)[0] > 0
+    }
+
     pub fn grid(&self, n: u64) -> [u64; 3] {
         [
             (n * self.x_per_image).div_ceil(self.x_tile),
@@ -85,6 +91,15 @@ impl Launch {
     }
 }
 
+/// Arena for split-K partial sums, after the planned buffers: `per_image`
+/// more elements per image from batch `min_batch` on (the largest
+/// `min_batch` not above the batch wins, as for variants).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scratch {
+    pub min_batch: u64,
+    pub per_image: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LaunchPlan {
     pub format: String,
@@ -100,11 +115,31 @@ pub struct LaunchPlan {
     pub input_stride: u64,
     pub output: Arg,
     pub output_stride: u64,
-    /// Arena elements per image.
+    /// Arena elements per image of the planned buffers; the split-K
+    /// scratch follows them (at `arena + arena_per_image × n`).
     pub arena_per_image: u64,
+    /// Scratch elements per image, by batch; empty when nothing is split.
+    pub scratch: Vec<Scratch>,
     /// Elements of the constant pool (`weights.bin`).
     pub const_elements: u64,
     /// Every kernel the PTX defines, by name.
     pub kernels: Vec<String>,
     pub launches: Vec<Launch>,
+}
+
+impl LaunchPlan {
+    /// Scratch elements per image at batch `n`.
+    pub fn scratch_per_image(&self, n: u64) -> u64 {
+        self.scratch
+            .iter()
+            .rev()
+            .find(|s| s.min_batch <= n)
+            .map_or(0, |s| s.per_image)
+    }
+
+    /// Elements of the arena of batch `n` (variants chosen for batch
+    /// `tune`, which is `n` but in the emulation's tests).
+    pub fn arena_elements(&self, n: u64, tune: u64) -> u64 {
+        (self.arena_per_image + self.scratch_per_image(tune)) * n
+    }
 }

@@ -5,7 +5,7 @@
 //! run is one copy in, one graph launch and one copy out. Independent of
 //! LLVM: it needs only a `CudaProgram`.
 
-use super::plan::LaunchPlan;
+use super::plan::{Launch, LaunchPlan};
 use super::CudaProgram;
 use crate::tensor::Tensor;
 use cudarc::driver::{result, sys, CudaContext, CudaGraph, CudaStream};
@@ -161,39 +161,48 @@ impl Device {
     /// stream (what the graph captures).
     fn enqueue(&self, n: u64, arena: sys::CUdeviceptr) -> Result<(), CudaError> {
         for l in &self.plan.launches {
-            let v = l.variant(n);
-            let mut params: Vec<u64> = l
-                .args
-                .iter()
-                .map(|a| a.address(n, arena, self.consts.ptr))
-                .collect();
-            params.push(n);
-            let mut ptrs: Vec<*mut c_void> = params
-                .iter_mut()
-                .map(|p| p as *mut u64 as *mut c_void)
-                .collect();
-            let [gx, gy, gz] = v.grid(n);
-            let f = self.functions[&v.kernel];
-            // SAFETY: the kernel takes `args.len()` pointers and an i64,
-            // every pointer inside the arena of `n` images or the pool.
-            driver(&format!("launch {}", l.label), unsafe {
-                result::launch_kernel(
-                    f,
-                    (gx as u32, gy as u32, gz as u32),
-                    (v.block as u32, 1, 1),
-                    0,
-                    self.stream.cu_stream(),
-                    &mut ptrs,
-                )
-            })?;
+            self.launch(l, n, arena)?;
         }
+        Ok(())
+    }
+
+    /// Enqueues launch `l` for batch `n`, if it runs at that batch.
+    fn launch(&self, l: &Launch, n: u64, arena: sys::CUdeviceptr) -> Result<(), CudaError> {
+        let v = l.variant(n);
+        if !v.runs(n) {
+            return Ok(());
+        }
+        let mut params: Vec<u64> = l
+            .args
+            .iter()
+            .map(|a| a.address(n, arena, self.consts.ptr))
+            .collect();
+        params.push(n);
+        let mut ptrs: Vec<*mut c_void> = params
+            .iter_mut()
+            .map(|p| p as *mut u64 as *mut c_void)
+            .collect();
+        let [gx, gy, gz] = v.grid(n);
+        let f = self.functions[&v.kernel];
+        // SAFETY: the kernel takes `args.len()` pointers and an i64,
+        // every pointer inside the arena of `n` images or the pool.
+        driver(&format!("launch {}", l.label), unsafe {
+            result::launch_kernel(
+                f,
+                (gx as u32, gy as u32, gz as u32),
+                (v.block as u32, 1, 1),
+                0,
+                self.stream.cu_stream(),
+                &mut ptrs,
+            )
+        })?;
         Ok(())
     }
 
     /// The arena and captured graph of batch `n`, made on first use.
     fn batch(&mut self, n: u64) -> Result<&Batch, CudaError> {
         if !self.batches.contains_key(&n) {
-            let arena = DeviceBuffer::new(&self.ctx, self.plan.arena_per_image * n)?;
+            let arena = DeviceBuffer::new(&self.ctx, self.plan.arena_elements(n, n))?;
             driver(
                 "begin graph capture",
                 self.stream
@@ -276,6 +285,50 @@ impl Device {
             times.push(driver("read an event", start.elapsed_ms(&end))? as f64);
         }
         Ok(times)
+    }
+}
+
+impl Device {
+    /// Every launch of batch `n` timed on its own with CUDA events, outside
+    /// the graph (so each includes a launch's overhead), `runs` times
+    /// after one warm-up pass: the label and the median milliseconds of
+    /// each launch that runs at this batch, in order.
+    pub fn profile(&mut self, n: u64, runs: usize) -> Result<Vec<(String, f64)>, CudaError> {
+        let arena = self.batch(n)?.arena.ptr;
+        let launches: Vec<&Launch> = self
+            .plan
+            .launches
+            .iter()
+            .filter(|l| l.variant(n).runs(n))
+            .collect();
+        let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let events = (0..=launches.len())
+            .map(|_| driver("create an event", self.ctx.new_event(flags)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(runs); launches.len()];
+        for run in 0..=runs {
+            driver("record an event", events[0].record(&self.stream))?;
+            for (i, l) in launches.iter().enumerate() {
+                self.launch(l, n, arena)?;
+                driver("record an event", events[i + 1].record(&self.stream))?;
+            }
+            driver("synchronize", self.stream.synchronize())?;
+            if run == 0 {
+                continue; // warm-up
+            }
+            for (i, s) in samples.iter_mut().enumerate() {
+                let ms = driver("read an event", events[i].elapsed_ms(&events[i + 1]))?;
+                s.push(ms as f64);
+            }
+        }
+        Ok(launches
+            .iter()
+            .zip(samples)
+            .map(|(l, mut s)| {
+                s.sort_by(|a, b| a.total_cmp(b));
+                (l.label.clone(), s[s.len() / 2])
+            })
+            .collect())
     }
 }
 

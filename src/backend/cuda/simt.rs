@@ -258,7 +258,8 @@ impl<'a, 'ctx> Kern<'a, 'ctx> {
         }
     }
 
-    /// `for i in lo..hi` around code that may hold phases and barriers.
+    /// `for i in lo..hi` around code that may hold phases and barriers,
+    /// never unrolled.
     pub fn for_range(
         &mut self,
         lo: IntValue<'ctx>,
@@ -267,7 +268,7 @@ impl<'a, 'ctx> Kern<'a, 'ctx> {
     ) {
         let (l, i) = self.e.loop_open(lo, hi);
         body(self, i);
-        self.e.loop_close(l, i);
+        self.e.loop_close_rolled(l, i);
     }
 
     /// One thread per element: `body(i)` for `i = block.x * threads +

@@ -7,11 +7,13 @@
 
 use crate::ir::op::Activation;
 use inkwell::builder::Builder;
-use inkwell::context::Context;
+use inkwell::context::{AsContextRef, Context};
 use inkwell::intrinsics::Intrinsic;
 use inkwell::module::Module;
 use inkwell::types::{FloatType, IntType, PointerType};
-use inkwell::values::{FloatValue, FunctionValue, IntValue, PointerValue};
+use inkwell::values::{
+    AsValueRef, FloatValue, FunctionValue, InstructionValue, IntValue, PointerValue,
+};
 use inkwell::{AddressSpace, FloatPredicate, IntPredicate};
 
 const BUILDER: &str = "the emitter keeps an insertion point";
@@ -418,11 +420,43 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
     /// Closes a loop from `loop_open`: `i + 1`, back to the header, and
     /// positions the builder after the loop.
     pub fn loop_close(&self, l: OpenLoop<'ctx>, i: IntValue<'ctx>) {
+        self.loop_close_branch(l, i);
+    }
+
+    /// `loop_close`, with LLVM told never to unroll the loop: the GEMM's K
+    /// loop, which unrolled whole (a short K) holds several steps'
+    /// prefetches at once and overruns the kernel's register budget.
+    pub fn loop_close_rolled(&self, l: OpenLoop<'ctx>, i: IntValue<'ctx>) {
+        let br = self.loop_close_branch(l, i);
+        use inkwell::llvm_sys::core::{
+            LLVMGetMDKindIDInContext, LLVMMDNodeInContext2, LLVMMDStringInContext2,
+            LLVMMetadataAsValue, LLVMSetMetadata,
+        };
+        use inkwell::llvm_sys::debuginfo::{LLVMMetadataReplaceAllUsesWith, LLVMTemporaryMDNode};
+        let (kind, hint) = ("llvm.loop", "llvm.loop.unroll.disable");
+        // SAFETY: plain LLVM-C calls on this context's live values. Loop
+        // metadata must refer to itself: a temporary first operand,
+        // replaced by the node it is in.
+        unsafe {
+            let c = self.ctx.as_ctx_ref();
+            let tmp = LLVMTemporaryMDNode(c, std::ptr::null_mut(), 0);
+            let mut hint = [LLVMMDStringInContext2(c, hint.as_ptr().cast(), hint.len())];
+            let mut ops = [tmp, LLVMMDNodeInContext2(c, hint.as_mut_ptr(), 1)];
+            let node = LLVMMDNodeInContext2(c, ops.as_mut_ptr(), 2);
+            LLVMMetadataReplaceAllUsesWith(tmp, node);
+            let id = LLVMGetMDKindIDInContext(c, kind.as_ptr().cast(), kind.len() as u32);
+            LLVMSetMetadata(br.as_value_ref(), id, LLVMMetadataAsValue(c, node));
+        }
+    }
+
+    /// Closes loop `l`; returns its back edge.
+    fn loop_close_branch(&self, l: OpenLoop<'ctx>, i: IntValue<'ctx>) -> InstructionValue<'ctx> {
         let next = self.add(i, self.int(1));
         let latch = self.b.get_insert_block().expect(BUILDER);
-        self.b.build_unconditional_branch(l.header).expect(BUILDER);
+        let br = self.b.build_unconditional_branch(l.header).expect(BUILDER);
         l.phi.add_incoming(&[(&next, latch)]);
         self.b.position_at_end(l.exit);
+        br
     }
 
     /// `if cond { then } else { else_ }`.
