@@ -44,9 +44,12 @@ def torch_ms(name, batch):
 
 
 def resnetc_ms(exe, name, batch, *flags):
+    # Hopper gets sm_90 PTX, whose cost model counts its 132 multiprocessors
+    # (sm_80's counts an A100's 108).
+    gpu = "sm_90" if torch.cuda.get_device_capability()[0] >= 9 else "sm_80"
     out = subprocess.run(
-        [exe, "bench", f"examples/{name}.res", "--target", "cuda", "--batch", str(batch), "--format", "json",
-         *flags],
+        [exe, "bench", f"examples/{name}.res", "--target", "cuda", "--gpu", gpu, "--batch", str(batch),
+         "--format", "json", *flags],
         check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout)["median_ms"]

@@ -164,6 +164,36 @@ def c_program(exe, tmp):
     return rows
 
 
+def profiles(exe, out_dir):
+    """Step 5: every launch of resnet50 timed on its own, at batch 1 and 64,
+    written to out_dir/profile_resnet50_b*.json; markdown lines and the
+    number of failures."""
+    lines, failed = [], 0
+    _, cap = sh(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"]) \
+        if shutil.which("nvidia-smi") else (1, "")
+    arch = "sm_90" if cap.strip().startswith("9") else "sm_80"
+    for batch in (1, 64):
+        name = f"profile_resnet50_b{batch}.json"
+        rc, out = sh([exe, "bench", root / "examples/resnet50.res", "--target", "cuda", "--batch", batch,
+                      "--gpu", arch, "--layers", "--format", "json"])
+        doc = None
+        if rc == 0 and "{" in out:
+            doc, _ = json.JSONDecoder().raw_decode(out[out.index("{"):])
+        if doc:
+            (out_dir / name).write_text(json.dumps(doc, indent=1) + "\n")
+            layers = doc.get("layers", [])
+            top = sorted(layers, key=lambda l: -l["median_ms"])[:5]
+            total = sum(l["median_ms"] for l in layers)
+            lines.append(f"- batch {batch} ({arch}): {len(layers)} launches, {total:.3f} ms in all (each on its"
+                         f" own; the graph: {doc['median_ms']:.3f} ms); slowest: "
+                         + ", ".join(f"{l['layer']} {l['median_ms']:.3f}" for l in top) + f" ({name})")
+        else:
+            failed += 1
+            lines.append(f"- batch {batch}: FAIL {' '.join(out.split())[:300]}")
+        print(lines[-1], flush=True)
+    return lines, failed
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--resnetc", default=str(root / "target/release/resnetc"))
@@ -203,25 +233,9 @@ def main():
         print(report[-1], flush=True)
         save()
         report.append("\n## Per-launch profiles\n")
-        for batch in (1, 64):
-            name = f"profile_resnet50_b{batch}.json"
-            rc, out = sh([exe, "bench", root / "examples/resnet50.res", "--target", "cuda", "--batch", batch,
-                          "--layers", "--format", "json"])
-            failed += rc != 0
-            doc = None
-            if rc == 0 and "{" in out:
-                doc, _ = json.JSONDecoder().raw_decode(out[out.index("{"):])
-            if doc:
-                (out_dir / name).write_text(json.dumps(doc, indent=1) + "\n")
-                layers = doc.get("layers", [])
-                top = sorted(layers, key=lambda l: -l["median_ms"])[:5]
-                total = sum(l["median_ms"] for l in layers)
-                report.append(f"- batch {batch}: {len(layers)} launches, {total:.3f} ms in all (each on its own);"
-                              f" slowest: " + ", ".join(f"{l['layer']} {l['median_ms']:.3f}" for l in top)
-                              + f" ({name})")
-            else:
-                report.append(f"- batch {batch}: FAIL {' '.join(out.split())[:300]}")
-            print(report[-1], flush=True)
+        lines, bad = profiles(exe, out_dir)
+        report += lines
+        failed += bad
     report.append(f"\n{failed} failed" if failed else "\nall passed")
     save()
     print(report[-1])

@@ -214,7 +214,9 @@ impl ConvGemm {
             for split in SPLITS {
                 // Equal slices of at least MIN_SLICE steps.
                 let uneven = !steps.is_multiple_of(split) || steps < MIN_SLICE * split;
-                if split > 1 && (uneven || split > max_split) {
+                // grid.z (groups × slices) is at most 65535.
+                let too_many = split > max_split || self.groups * split > 65535;
+                if split > 1 && (uneven || too_many) {
                     continue;
                 }
                 let c = Choice { tile, split };
