@@ -6,7 +6,7 @@
  *
  * A model is described by `struct resnetc_cuda_model` (generated data):
  *   plan:   int64 table (written by resnetc's cuda::artifact::encode_plan)
- *     [0] version (1)  [1] arena floats per image  [2] constant floats
+ *     [0] version (2)  [1] arena floats per image  [2] constant floats
  *     [3] input floats per image  [4] input per-image offset  [5] input
  *     offset  [6] input image stride  [7..10] the same four for the output
  *     [11] kernels  [12] launches  [13] scratch entries, each (min_batch,

@@ -171,7 +171,8 @@ def profiles(exe, out_dir):
     lines, failed = [], 0
     _, cap = sh(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"]) \
         if shutil.which("nvidia-smi") else (1, "")
-    arch = "sm_90" if cap.strip().startswith("9") else "sm_80"
+    major = cap.strip().split(".")[0]
+    arch = "sm_90" if major.isdigit() and int(major) >= 9 else "sm_80"
     for batch in (1, 64):
         name = f"profile_resnet50_b{batch}.json"
         rc, out = sh([exe, "bench", root / "examples/resnet50.res", "--target", "cuda", "--batch", batch,

@@ -154,8 +154,9 @@ struct CudaArgs {
     /// GPU architecture for --target cuda: sm_80 (also runs on Hopper) or sm_90.
     #[arg(long, default_value = "sm_80")]
     gpu: String,
-    /// For --target cuda: the most slices a conv's K is split into where a
-    /// small batch has too few output tiles to fill the GPU (1: never).
+    /// For --target cuda: the most slices a conv's or linear layer's K is
+    /// split into where a small batch has too few output tiles to fill the
+    /// GPU (1: never).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=32))]
     max_split_k: u64,
 }

@@ -339,9 +339,16 @@ pub fn emit(
     let kp = c.k_padded();
     let steps = kp / BK;
     // The block's K steps: `lo..lo + per`. Slices are equal (the cost
-    // model splits only where they are), so the trip count is a constant
-    // and only `lo` is live beside the loop counter.
+    // model splits only where they are), so the trip count is a constant;
+    // the loop counts from 0, the weight pointer is rebased to the
+    // block's first row and step, and `lo` stays live only as a 32-bit
+    // value for the im2col rows (the 8×8 split kernels are a register or
+    // two from spilling).
     let per = split.map_or(steps, |s| steps / s.ways);
+    debug_assert!(
+        split.is_none_or(|s| s.ways > 1 && steps.is_multiple_of(s.ways)),
+        "uneven split {split:?} of {steps} steps"
+    );
     let (bn0, bm0, g, slice, lo) = {
         let e = &k.e;
         let (bn0, bm0) = (
@@ -357,6 +364,12 @@ pub fn emit(
         }
     };
     let npix = k.e.mul(k.batch, k.e.int(c.pixels()));
+    let (wblock, lo32) = {
+        let e = &k.e;
+        let row = e.add(e.mul(g, e.int(kp)), e.mul(lo, e.int(BK)));
+        let at = e.add(e.mul(row, e.int(c.m_padded())), bm0);
+        (e.at(wp, at), e.narrow(lo))
+    };
     // Two stages of shared tiles: while the block multiplies stage
     // `step % 2`, each thread's loads for the next step are in flight and
     // land in the other stage, so global latency hides behind the FMAs and
@@ -369,11 +382,11 @@ pub fn emit(
         t,
         fused,
         x,
-        wp,
+        wp: wblock,
+        lo: lo32,
         pro,
         g,
         bn0,
-        bm0,
         npix,
         xs,
         threads,
@@ -384,23 +397,18 @@ pub fn emit(
             e.b.build_store(acc.at(e, mode, th, j), e.f32(0.0))
                 .expect("store");
         }
-        let first = ld.fetch(e, th, lo);
-        // Step s uses stage s % 2 (a slice may start at an odd step).
-        let stage = e.b.build_and(lo, e.int(1), "").expect("and");
-        let a_first = e.at(a_sh, e.mul(stage, e.int(a_len)));
-        let b_first = e.at(b_sh, e.mul(stage, e.int(b_len)));
-        ld.put(e, th, a_first, b_first, &first);
+        let first = ld.fetch(e, th, e.int(0));
+        ld.put(e, th, a_sh, b_sh, &first);
     });
     k.barrier();
     let zero = k.e.int(0);
     k.for_range(zero, k.e.int(per), |k, i| {
         k.phase(|e, th| {
-            let step = e.add(lo, i);
             // The last step fetches itself again: no branch, and the
             // stage it writes is not read any more.
-            let next = e.add(lo, e.smin(e.add(i, e.int(1)), e.int(per - 1)));
+            let next = e.smin(e.add(i, e.int(1)), e.int(per - 1));
             let ahead = ld.fetch(e, th, next);
-            let stage = e.b.build_and(step, e.int(1), "").expect("and");
+            let stage = e.b.build_and(i, e.int(1), "").expect("and");
             let other = e.sub(e.int(1), stage);
             let (a_now, b_now) = (e.mul(stage, e.int(a_len)), e.mul(stage, e.int(b_len)));
             let (ty, tx) = thread_tile(e, th, t);
@@ -504,11 +512,14 @@ struct TileLoad<'c, 'ctx> {
     t: &'c Tile,
     fused: &'c Fused,
     x: PointerValue<'ctx>,
+    /// The packed weights at this block's group, first K step and first
+    /// channel.
     wp: PointerValue<'ctx>,
+    /// The block's first K step (32-bit).
+    lo: IntValue<'ctx>,
     pro: Option<(PointerValue<'ctx>, PointerValue<'ctx>)>,
     g: IntValue<'ctx>,
     bn0: IntValue<'ctx>,
-    bm0: IntValue<'ctx>,
     npix: IntValue<'ctx>,
     xs: u64,
     threads: u64,
@@ -538,23 +549,21 @@ impl<'ctx> TileLoad<'_, 'ctx> {
         (p, r0)
     }
 
-    /// The values thread `th` loads for K step `step`: its weight run,
-    /// then its im2col column (raw: the prologue is applied by `put`, so
-    /// that only these loads are in flight during the step's FMAs).
+    /// The values thread `th` loads for the block's K step `i` (from its
+    /// first): its weight run, then its im2col column (raw: the prologue
+    /// is applied by `put`, so that only these loads are in flight during
+    /// the step's FMAs).
     fn fetch(
         &self,
         e: &mut Emitter<'_, 'ctx>,
         th: IntValue<'ctx>,
-        step: IntValue<'ctx>,
+        i: IntValue<'ctx>,
     ) -> Fetched<'ctx> {
         let (c, t) = (self.c, self.t);
-        let (kdim, kp, mp) = (c.k(), c.k_padded(), c.m_padded());
+        let (kdim, mp) = (c.k(), c.m_padded());
         let (v, r, col) = self.weight_slot(e, th);
-        let krow = e.add(e.mul(step, e.int(BK)), r);
-        let src = e.add(
-            e.mul(e.add(e.mul(self.g, e.int(kp)), krow), e.int(mp)),
-            e.add(self.bm0, col),
-        );
+        let krow = e.add(e.mul(i, e.int(BK)), r);
+        let src = e.add(e.mul(krow, e.int(mp)), col);
         let mut f = Fetched {
             vals: load_run(e, self.wp, src, v),
             gates: Vec::new(),
@@ -567,7 +576,8 @@ impl<'ctx> TileLoad<'_, 'ctx> {
         let ximg = e.at(self.x, e.mul(img, e.int(self.xs)));
         // Within one image every index fits in 32 bits; the per-step
         // decomposition of k runs there.
-        let (oy, ox, step32, r0) = (e.narrow(oy), e.narrow(ox), e.narrow(step), e.narrow(r0));
+        let step32 = e.add(self.lo, e.narrow(i));
+        let (oy, ox, r0) = (e.narrow(oy), e.narrow(ox), e.narrow(r0));
         let ch0 = e.narrow(e.mul(self.g, e.int(c.icg)));
         for j in 0..BK * t.bn / self.threads {
             let r = e.add(r0, e.int32(j * (self.threads / t.bn)));

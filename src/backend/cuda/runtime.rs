@@ -294,6 +294,7 @@ impl Device {
     /// after one warm-up pass: the label and the median milliseconds of
     /// each launch that runs at this batch, in order.
     pub fn profile(&mut self, n: u64, runs: usize) -> Result<Vec<(String, f64)>, CudaError> {
+        let runs = runs.max(1);
         let arena = self.batch(n)?.arena.ptr;
         let launches: Vec<&Launch> = self
             .plan
