@@ -506,7 +506,7 @@ CUresult cuEventCreate(struct event **out, unsigned flags) {
 
 CUresult cuEventRecord(struct event *e, struct stream *s) {
     NEED_CTX();
-    if (!e || e->magic != EVENT_MAGIC || !valid_stream(s)) return bad(INVALID_HANDLE, __func__);
+    if (!valid_event(e) || !valid_stream(s)) return bad(INVALID_HANDLE, __func__);
     if (s && s->capturing) return bad(NOT_SUPPORTED, "events during capture (not modeled)");
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -516,16 +516,16 @@ CUresult cuEventRecord(struct event *e, struct stream *s) {
 
 CUresult cuEventSynchronize(struct event *e) {
     NEED_CTX();
-    if (!e || e->magic != EVENT_MAGIC) return bad(INVALID_HANDLE, __func__);
+    if (!valid_event(e)) return bad(INVALID_HANDLE, __func__);
     NOT_DURING_CAPTURE();
     return OK;
 }
 
-CUresult cuEventQuery(struct event *e) { return e && e->magic == EVENT_MAGIC ? OK : INVALID_HANDLE; }
+CUresult cuEventQuery(struct event *e) { return valid_event(e) ? OK : INVALID_HANDLE; }
 
 CUresult cuEventElapsedTime(float *ms, struct event *a, struct event *b) {
     NEED_CTX();
-    if (!ms || !a || !b || a->magic != EVENT_MAGIC || b->magic != EVENT_MAGIC) return bad(INVALID_HANDLE, __func__);
+    if (!ms || !valid_event(a) || !valid_event(b)) return bad(INVALID_HANDLE, __func__);
     *ms = (float)(b->ms - a->ms);
     return OK;
 }
@@ -534,7 +534,7 @@ CUresult cuEventElapsedTime_v2(float *ms, struct event *a, struct event *b) { re
 
 CUresult cuEventDestroy_v2(struct event *e) {
     NEED_CTX();
-    if (!e || e->magic != EVENT_MAGIC) return bad(INVALID_HANDLE, __func__);
+    if (!valid_event(e)) return bad(INVALID_HANDLE, __func__);
     e->magic = 0;
     return OK;
 }

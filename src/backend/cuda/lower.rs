@@ -205,46 +205,42 @@ pub fn lower<'ctx>(
                 args: args.clone(),
             });
             if splits {
-                // The sum of the slices, where the layer is split; nothing
-                // (an empty grid) where it is not.
-                let mut sums: Vec<(u64, u64, String)> = Vec::new();
-                for (&b, ch) in TUNE_BATCHES.iter().zip(&choices) {
-                    if sums.last().is_some_and(|s| s.1 == ch.split) {
+                // The sum of the slices where the layer is split; where it
+                // is not, an empty grid of the first sum kernel (never
+                // launched). `kernel` declares each sum kernel once.
+                let mut sum = |sp: Split| {
+                    kernel(
+                        format!("{key}|split-sum {}|{nargs}", sp.ways),
+                        "split_sum",
+                        nargs,
+                        THREADS,
+                        &mut |k| {
+                            split_k::emit(k, &c, sp, fused, &f, (strides.0, strides.2));
+                            Ok(())
+                        },
+                    )
+                };
+                let first = choices.iter().find_map(&split_of).expect("a split");
+                let idle = sum(first)?;
+                let mut variants: Vec<Variant> = Vec::new();
+                for (i, (&b, ch)) in TUNE_BATCHES.iter().zip(&choices).enumerate() {
+                    if i > 0 && choices[i - 1].split == ch.split {
                         continue;
                     }
-                    let name = match split_of(ch) {
-                        Some(sp) => kernel(
-                            format!("{key}|split-sum {}|{nargs}", sp.ways),
-                            "split_sum",
-                            nargs,
-                            THREADS,
-                            &mut |k| {
-                                let st = (strides.0, strides.2);
-                                split_k::emit(k, &c, sp.ways, sp.scratch, fused, &f, st);
-                                Ok(())
-                            },
-                        )?,
-                        None => String::new(),
+                    let (kernel, x_per_image) = match split_of(ch) {
+                        Some(sp) => (sum(sp)?, c.outputs()),
+                        None => (idle.clone(), 0),
                     };
-                    sums.push((b, ch.split, name));
-                }
-                let any = sums.iter().find(|s| s.1 > 1).map(|s| s.2.clone());
-                let variants = sums
-                    .into_iter()
-                    .map(|(b, split, name)| Variant {
+                    variants.push(Variant {
                         min_batch: b,
-                        kernel: if split > 1 {
-                            name
-                        } else {
-                            any.clone().unwrap_or_default()
-                        },
-                        x_per_image: if split > 1 { c.outputs() } else { 0 },
+                        kernel,
+                        x_per_image,
                         x_tile: THREADS,
                         grid_y: 1,
                         grid_z: 1,
                         block: THREADS,
-                    })
-                    .collect();
+                    });
+                }
                 launches.push(Launch {
                     label: format!("{label} (split-K sum)"),
                     variants,

@@ -286,9 +286,7 @@ impl Device {
         }
         Ok(times)
     }
-}
 
-impl Device {
     /// Every launch of batch `n` timed on its own with CUDA events, outside
     /// the graph (so each includes a launch's overhead), `runs` times
     /// after one warm-up pass: the label and the median milliseconds of

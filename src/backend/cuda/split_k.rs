@@ -9,25 +9,25 @@
 //! atomics: results do not depend on timing, and the emulation's
 //! thread-order test still holds.
 
-use super::gemm::ConvGemm;
+use super::gemm::{ConvGemm, Split};
 use super::kernels::{epilogue_value, per_output, FusedArgs};
 use super::simt::Kern;
 use crate::ir::op::Fused;
 
-/// Emits the sum of `ways` slices of `c`'s partial tiles. Arguments: those
-/// of the layer's GEMM kernel (y, x, weight, fused operands, scratch last
-/// at `scratch`); `strides` are the image strides of y and the residual.
+/// Emits the sum of the `split.ways` slices of `c`'s partial tiles.
+/// Arguments: those of the layer's GEMM kernel (y, x, weight, fused
+/// operands, the scratch at `split.scratch`); `strides` are the image
+/// strides of y and the residual.
 pub fn emit(
     k: &mut Kern<'_, '_>,
     c: &ConvGemm,
-    ways: u64,
-    scratch: usize,
+    split: Split,
     fused: &Fused,
     f: &FusedArgs,
     strides: (u64, u64),
 ) {
     let (ys, zs) = strides;
-    let (y, ws) = (k.arg(0), k.arg(scratch));
+    let (y, ws) = (k.arg(0), k.arg(split.scratch));
     let bias = f.bias.map(|b| k.arg(b));
     let z = f.residual.map(|r| k.arg(r));
     let (channels, pixels) = (c.groups * c.ocg, c.pixels());
@@ -37,7 +37,7 @@ pub fn emit(
         let pg = e.add(e.mul(img, e.int(pixels)), pix);
         let acc = e.slot();
         e.set(acc, e.f32(0.0));
-        for s in 0..ways {
+        for s in 0..split.ways {
             let row = e.add(e.int(s * channels), oc);
             let v = e.load(ws, e.add(e.mul(row, npix), pg));
             let sum = e.fadd(e.get(acc), v);
