@@ -42,4 +42,10 @@ if ! ls .tools/py/lib/python*/site-packages/nvidia/cuda_nvcc/bin/ptxas >/dev/nul
     echo "setup: installing ptxas (nvidia-cuda-nvcc-cu12) into .tools/py" >&2
     .tools/py/bin/pip install -q --disable-pip-version-check nvidia-cuda-nvcc-cu12
 fi
+# Its disassembler, for scripts/sass_loops.py and the K-loop test (the
+# FFMA share of every GEMM kernel's inner loop, read off the machine code).
+if ! ls .tools/py/lib/python*/site-packages/nvidia/*/bin/nvdisasm >/dev/null 2>&1; then
+    echo "setup: installing nvdisasm (nvidia-cuda-nvdisasm) into .tools/py" >&2
+    .tools/py/bin/pip install -q --disable-pip-version-check nvidia-cuda-nvdisasm
+fi
 echo "setup: ok (LLVM $(/usr/lib/llvm-19/bin/llvm-config --version), $(.tools/py/bin/python -c "import onnxruntime; print(\"onnxruntime \" + onnxruntime.__version__)"))" >&2

@@ -189,10 +189,10 @@ fn assemble(ptxas: &PathBuf, ptx: &str, gpu: &str, what: &str) -> String {
     report
 }
 
-/// A GEMM kernel (known by its shared memory, which is its tile's) uses
-/// no more registers than lets the blocks the cost model counts on be
-/// resident together: 65536 per multiprocessor.
-fn check_registers(what: &str, line: &str) -> bool {
+/// A GEMM kernel (known by its shared memory and its block of `threads`,
+/// which are its tile's) uses no more registers than lets the blocks the
+/// cost model counts on be resident together: 65536 per multiprocessor.
+fn check_registers(what: &str, line: &str, threads: Option<u64>) -> bool {
     let number_before = |unit: &str| -> Option<u64> {
         let head = line.split(unit).next()?;
         head.rsplit(|c: char| !c.is_ascii_digit())
@@ -207,8 +207,11 @@ fn check_registers(what: &str, line: &str) -> bool {
     else {
         panic!("{what}: cannot read ptxas's line `{line}`");
     };
-    let Some(t) = gemm::TILES.iter().find(|t| t.shared_bytes() == smem) else {
-        panic!("{what}: {smem} bytes of shared memory are no GEMM tile's");
+    let Some(t) = gemm::TILES
+        .iter()
+        .find(|t| t.shared_bytes() == smem && Some(t.threads()) == threads)
+    else {
+        panic!("{what}: {smem} bytes of shared memory and {threads:?} threads are no GEMM tile's");
     };
     assert!(
         regs * t.threads() * t.resident() <= 65536,
@@ -244,13 +247,22 @@ fn every_example_assembles_with_ptxas_without_spills() {
                     let target = if gpu == "sm_90" { "sm_90" } else { "sm_80" };
                     assert!(p.ptx.contains(&format!(".target {target}")), "{name}");
                     let report = assemble(ptxas, &p.ptx, gpu, name);
+                    let block: std::collections::HashMap<&str, u64> = p
+                        .plan
+                        .launches
+                        .iter()
+                        .flat_map(|l| &l.variants)
+                        .map(|v| (v.kernel.as_str(), v.block))
+                        .collect();
                     let mut kernel = String::new();
                     let (mut checked, mut gemms) = (0, 0);
                     for line in report.lines() {
                         if let Some(k) = line.split("entry function '").nth(1) {
                             kernel = k.split('\'').next().unwrap_or("").to_string();
                         }
-                        gemms += check_registers(&format!("{name} {gpu}: {kernel}"), line) as usize;
+                        let what = format!("{name} {gpu}: {kernel}");
+                        let threads = block.get(kernel.as_str()).copied();
+                        gemms += check_registers(&what, line, threads) as usize;
                         if line.contains("spill stores") {
                             checked += 1;
                             assert!(
@@ -412,5 +424,129 @@ fn every_example_matches_the_interpreter_on_the_gpu() {
         let mut dev = runtime::Device::load(&p).expect("load on the GPU");
         let y = dev.run(&x).expect("run on the GPU");
         assert_close(&format!("{name} on the GPU"), &y, &reference, 1e-4, 1e-3);
+    }
+}
+
+/// NVIDIA's disassembler, installed by scripts/setup.sh from the PyPI
+/// wheel `nvidia-cuda-nvdisasm`.
+fn nvdisasm() -> Option<PathBuf> {
+    let lib = root().join(".tools/py/lib");
+    let nvidia = std::fs::read_dir(lib)
+        .ok()?
+        .flatten()
+        .map(|d| d.path().join("site-packages/nvidia"))
+        .find(|p| p.exists())?;
+    std::fs::read_dir(nvidia)
+        .ok()?
+        .flatten()
+        .map(|d| d.path().join("bin/nvdisasm"))
+        .find(|p| p.exists())
+}
+
+/// The K loop of every kernel in `sass` (`nvdisasm -c`): the body of the
+/// backward branch with the most FFMAs, as (instructions, FFMAs).
+fn k_loops(sass: &str) -> Vec<(String, usize, usize)> {
+    let mut out = Vec::new();
+    let mut kernel: Option<String> = None;
+    let (mut labels, mut ins) = (std::collections::HashMap::new(), Vec::<String>::new());
+    let mut finish = |kernel: &Option<String>,
+                      labels: &std::collections::HashMap<String, usize>,
+                      ins: &[String]| {
+        let Some(k) = kernel else { return };
+        let mut best = (0, 0);
+        for (i, text) in ins.iter().enumerate() {
+            let Some(target) = text.split("BRA").nth(1) else {
+                continue;
+            };
+            let target =
+                target.trim_matches(|c: char| c == ' ' || c == '`' || c == '(' || c == ')');
+            if let Some(&start) = labels.get(target).filter(|&&s| s <= i) {
+                let body = &ins[start..=i];
+                let ffma = body.iter().filter(|b| b.contains("FFMA")).count();
+                if ffma > best.1 {
+                    best = (body.len(), ffma);
+                }
+            }
+        }
+        if best.1 > 0 {
+            out.push((k.clone(), best.0, best.1));
+        }
+    };
+    for line in sass.lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix(".text.").and_then(|n| n.strip_suffix(':')) {
+            finish(&kernel, &labels, &ins);
+            kernel = Some(name.to_string());
+            labels.clear();
+            ins.clear();
+        } else if t.starts_with(".L_x_") && t.ends_with(':') {
+            labels.insert(t.trim_end_matches(':').to_string(), ins.len());
+        } else if let Some(rest) = t.strip_prefix("/*").and_then(|r| r.split_once("*/")) {
+            ins.push(rest.1.trim().trim_end_matches(';').trim().to_string());
+        }
+    }
+    finish(&kernel, &labels, &ins);
+    out
+}
+
+/// The 8×8 GEMM kernels' K loops stay mostly FFMA (an upper bound on the
+/// fraction of fp32 peak a kernel can reach, read off the machine code;
+/// `scripts/sass_loops.py` prints it per kernel): resnet50's, where every
+/// conv but the stem has K tap-major and copies by `cp.async`.
+#[test]
+fn gemm_k_loops_are_mostly_ffma() {
+    let (Some(ptxas), Some(nvdisasm)) = (ptxas(), nvdisasm()) else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "ptxas or nvdisasm is missing under CI: scripts/setup.sh installs them"
+        );
+        eprintln!("skipped: ptxas or nvdisasm not found (run scripts/setup.sh)");
+        return;
+    };
+    let c = compile_example("resnet50");
+    let w = random_weights(&specs_of(&c.graph), 1);
+    for gpu in ["sm_80", "sm_90"] {
+        let p = cuda::compile(&optimized(&c.graph), &w, &CudaOptions::for_gpu(gpu)).expect("ptx");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (src, cubin) = (dir.path().join("k.ptx"), dir.path().join("k.cubin"));
+        std::fs::write(&src, &p.ptx).expect("write ptx");
+        let ok = Command::new(&ptxas)
+            .arg(format!("-arch={gpu}"))
+            .arg("-o")
+            .arg(&cubin)
+            .arg(&src)
+            .status()
+            .expect("ptxas runs");
+        assert!(ok.success(), "ptxas {gpu}");
+        let out = Command::new(&nvdisasm)
+            .arg("-c")
+            .arg(&cubin)
+            .output()
+            .expect("nvdisasm runs");
+        assert!(out.status.success(), "nvdisasm {gpu}");
+        let loops = k_loops(&String::from_utf8_lossy(&out.stdout));
+        // The stem (3 input channels) decomposes K per element.
+        let stem = &p.plan.launches[0].variants;
+        let mut eight = 0;
+        for (k, len, ffma) in &loops {
+            let share = *ffma as f64 / *len as f64;
+            if *ffma != 512 || stem.iter().any(|v| &v.kernel == k) {
+                continue;
+            }
+            eight += 1;
+            assert!(
+                share >= 0.8,
+                "{gpu} {k}: K loop {ffma} FFMA of {len} instructions"
+            );
+        }
+        let gemms = p
+            .plan
+            .kernels
+            .iter()
+            .filter(|k| k.ends_with("_conv") || k.ends_with("_linear"));
+        assert!(
+            eight * 2 > gemms.count(),
+            "{gpu}: {eight} 8×8 K loops found of {loops:?}"
+        );
     }
 }

@@ -14,7 +14,7 @@
 //! with no bounds checks, for every tile shape.
 
 use super::kernels::{epilogue_value, FusedArgs};
-use super::simt::Kern;
+use super::simt::{copy_async, Kern, Mode};
 use crate::backend::llvm::emit::Emitter;
 use crate::ir::op::{ConvGeom, Fused};
 use inkwell::values::{BasicValue, FloatValue, IntValue, PointerValue};
@@ -40,14 +40,20 @@ impl Tile {
     }
 
     /// Blocks resident per multiprocessor, as registers allow: the
-    /// kernels use at most 128 registers a thread for the 8×8 tile (two
-    /// blocks of 256 threads in 65536) and 64 for the others (four); the
+    /// kernels use at most 128 registers a thread for the 8×8 register
+    /// tile (65536 / 128 = 512 threads: two blocks of 256, four of 128,
+    /// eight of 64) and 64 for the others (four blocks of 256); the
     /// ptxas test holds them to that.
     pub fn resident(&self) -> u64 {
         match self.tm * self.tn {
-            64 => 2,
+            64 => 512 / self.threads(),
             _ => 4,
         }
+    }
+
+    /// im2col elements each thread loads per K step.
+    pub fn column_rows(&self) -> u64 {
+        BK * self.bn / self.threads()
     }
 
     /// Floats of one stage of the `BK × BM` weight and the `BK × BN`
@@ -63,11 +69,34 @@ impl Tile {
     }
 }
 
-/// The tile shapes the cost model picks from, largest first.
-pub const TILES: [Tile; 3] = [
+/// The tile shapes the cost model picks from, largest first. The 8×8
+/// register tile, whose K loop is the most FFMA for its other work (about
+/// 85% of its instructions against about 60% for 4×4: `scripts/
+/// sass_loops.py`), comes in four block shapes, so that layers of 64
+/// channels or few pixels need not fall back to the smaller register
+/// tiles.
+pub const TILES: [Tile; 6] = [
     Tile {
         bm: 128,
         bn: 128,
+        tm: 8,
+        tn: 8,
+    },
+    Tile {
+        bm: 128,
+        bn: 64,
+        tm: 8,
+        tn: 8,
+    },
+    Tile {
+        bm: 64,
+        bn: 128,
+        tm: 8,
+        tn: 8,
+    },
+    Tile {
+        bm: 64,
+        bn: 64,
         tm: 8,
         tn: 8,
     },
@@ -167,15 +196,32 @@ impl ConvGemm {
         self.oh * self.ow
     }
 
-    /// Weights `[groups·ocg][k]` (PyTorch's order) → `[group][Kp][Mp]`.
+    /// Whether K runs tap-major, `k = (ky, kx, ic)`, rather than in
+    /// PyTorch's `(ic, ky, kx)`: when the channels fill whole K steps, all
+    /// `BK` rows of a step share one filter tap, so a thread finds the tap
+    /// and the input pixel once per step and its im2col loads lie a
+    /// constant apart, with no per-element division or bounds check.
+    pub fn tap_major(&self) -> bool {
+        self.icg.is_multiple_of(BK)
+    }
+
+    /// Weights `[groups·ocg][k]` (PyTorch's order) → `[group][Kp][Mp]`,
+    /// K in the kernel's order (`tap_major`).
     pub fn pack(&self, w: &[f32]) -> Vec<f32> {
         let (k, kp, mp) = (self.k(), self.k_padded(), self.m_padded());
+        let taps = self.kh * self.kw;
         let mut out = vec![0.0; (self.groups * kp * mp) as usize];
         for g in 0..self.groups {
             for m in 0..self.ocg {
                 let row = ((g * self.ocg + m) * k) as usize;
                 for kk in 0..k {
-                    out[((g * kp + kk) * mp + m) as usize] = w[row + kk as usize];
+                    let (ic, tap) = (kk / taps, kk % taps);
+                    let at = if self.tap_major() {
+                        tap * self.icg + ic
+                    } else {
+                        kk
+                    };
+                    out[((g * kp + at) * mp + m) as usize] = w[row + kk as usize];
                 }
             }
         }
@@ -203,14 +249,22 @@ impl ConvGemm {
         }
     }
 
-    /// The tile and K split (at most `max_split` ways) for batch `n`.
-    pub fn choose(&self, n: u64, sms: u64, max_split: u64) -> Choice {
+    /// The tile and K split (at most `max_split` ways) for batch `n`, of
+    /// a kernel with a BN-ReLU `prologue` on its input or without.
+    pub fn choose(&self, n: u64, sms: u64, max_split: u64, prologue: bool) -> Choice {
         let steps = self.k_padded() / BK;
         let mut best = Choice {
             tile: TILES[0],
             split: 1,
         };
-        for tile in TILES {
+        // A prologue kernel holds its im2col column and the columns'
+        // channels in registers during the FMAs (`TileLoad::fetch`): with
+        // the 8×8 register tile that spills unless 256 threads share the
+        // column (four elements each, and the block's indices spread).
+        let tiles = TILES
+            .iter()
+            .filter(|t| !prologue || t.tm * t.tn < 64 || t.threads() == 256);
+        for &tile in tiles {
             for split in SPLITS {
                 // Equal slices of at least MIN_SLICE steps.
                 let uneven = !steps.is_multiple_of(split) || steps < MIN_SLICE * split;
@@ -275,7 +329,8 @@ impl Cost {
     /// `blocks` blocks of tile `t`, `steps` K steps each: waves of blocks
     /// over the multiprocessors (as many resident at once as registers
     /// allow), each step as long as its FMAs on the multiprocessor shared
-    /// by the blocks resident on it, or its latency.
+    /// by the blocks resident on it, its loads through the GPU's L2, or
+    /// its latency.
     fn gemm(&self, t: &Tile, blocks: u64, steps: u64, sms: u64) -> f64 {
         // Small tiles reload shared memory more per FMA.
         let eff = match t.tm * t.tn {
@@ -287,7 +342,13 @@ impl Cost {
         let resident = t.resident();
         let waves = per_sm.div_ceil(resident) as f64;
         let active = per_sm.min(resident) as f64;
-        let step = (active * (t.bm * t.bn * BK) as f64 / (self.fma * eff)).max(self.step_latency);
+        let fmas = active * (t.bm * t.bn * BK) as f64 / (self.fma * eff);
+        // Every busy multiprocessor's blocks load their `BK`-deep slices of
+        // the weight and the input through L2 each step: small tiles load
+        // more per FMA, which at large batches makes L2 the bound.
+        let busy = blocks.min(sms) as f64;
+        let loads = busy * active * ((t.bm + t.bn) * BK * 4) as f64 / self.bytes;
+        let step = fmas.max(loads).max(self.step_latency);
         waves * (steps as f64 * step + self.fixed)
     }
 
@@ -390,6 +451,7 @@ pub fn emit(
         npix,
         xs,
         threads,
+        mode,
     };
     let acc = k.private(t.tm * t.tn);
     k.phase(|e, th| {
@@ -397,19 +459,23 @@ pub fn emit(
             e.b.build_store(acc.at(e, mode, th, j), e.f32(0.0))
                 .expect("store");
         }
-        let first = ld.fetch(e, th, e.int(0));
-        ld.put(e, th, a_sh, b_sh, &first);
+        let first = ld.fetch(e, th, e.int32(0), a_sh, b_sh);
+        ld.put(e, th, b_sh, &first);
     });
+    k.copies_landed();
     k.barrier();
-    let zero = k.e.int(0);
-    k.for_range(zero, k.e.int(per), |k, i| {
+    // A 32-bit counter: one register fewer than 64 bits.
+    let zero = k.e.int32(0);
+    k.for_range(zero, k.e.int32(per), |k, i| {
         k.phase(|e, th| {
             // The last step fetches itself again: no branch, and the
             // stage it writes is not read any more.
-            let next = e.smin(e.add(i, e.int(1)), e.int(per - 1));
-            let ahead = ld.fetch(e, th, next);
-            let stage = e.b.build_and(i, e.int(1), "").expect("and");
+            let next = e.smin(e.add(i, e.int32(1)), e.int32(per - 1));
+            let stage = e.widen(e.b.build_and(i, e.int32(1), "").expect("and"));
             let other = e.sub(e.int(1), stage);
+            let a_next = e.at(a_sh, e.mul(other, e.int(a_len)));
+            let b_next = e.at(b_sh, e.mul(other, e.int(b_len)));
+            let ahead = ld.fetch(e, th, next, a_next, b_next);
             let (a_now, b_now) = (e.mul(stage, e.int(a_len)), e.mul(stage, e.int(b_len)));
             let (ty, tx) = thread_tile(e, th, t);
             let mut accs: Vec<FloatValue> = (0..t.tm * t.tn)
@@ -443,10 +509,9 @@ pub fn emit(
                 e.b.build_store(acc.at(e, mode, th, j as u64), v)
                     .expect("store");
             }
-            let a_next = e.at(a_sh, e.mul(other, e.int(a_len)));
-            let b_next = e.at(b_sh, e.mul(other, e.int(b_len)));
-            ld.put(e, th, a_next, b_next, &ahead);
+            ld.put(e, th, b_next, &ahead);
         });
+        k.copies_landed();
         k.barrier();
     });
     let scratch = split.map(|s| k.arg(s.scratch));
@@ -496,8 +561,8 @@ pub fn emit(
     });
 }
 
-/// What `TileLoad::fetch` loaded: the values, and for a kernel with a
-/// prologue each im2col element's (inside, channel).
+/// What `TileLoad::fetch` of a kernel with a prologue loaded into
+/// registers: its im2col column, and each element's (inside, channel).
 struct Fetched<'ctx> {
     vals: Vec<FloatValue<'ctx>>,
     gates: Vec<(IntValue<'ctx>, IntValue<'ctx>)>,
@@ -523,6 +588,7 @@ struct TileLoad<'c, 'ctx> {
     npix: IntValue<'ctx>,
     xs: u64,
     threads: u64,
+    mode: Mode,
 }
 
 impl<'ctx> TileLoad<'_, 'ctx> {
@@ -549,23 +615,37 @@ impl<'ctx> TileLoad<'_, 'ctx> {
         (p, r0)
     }
 
-    /// The values thread `th` loads for the block's K step `i` (from its
-    /// first): its weight run, then its im2col column (raw: the prologue
-    /// is applied by `put`, so that only these loads are in flight during
-    /// the step's FMAs).
+    /// Thread `th`'s share of the block's K step `i` (32-bit, from its
+    /// first), copied global → shared into the stage at `a_st` / `b_st`
+    /// by `cp.async`, so that no register holds it in flight: its weight
+    /// run, and its im2col column (zeros for padding). A kernel with a
+    /// BN-ReLU prologue loads the column into registers instead and
+    /// returns it raw for `put`, so that only these loads are in flight
+    /// during the step's FMAs.
     fn fetch(
         &self,
         e: &mut Emitter<'_, 'ctx>,
         th: IntValue<'ctx>,
         i: IntValue<'ctx>,
+        a_st: PointerValue<'ctx>,
+        b_st: PointerValue<'ctx>,
     ) -> Fetched<'ctx> {
-        let (c, t) = (self.c, self.t);
+        let (c, t, mode) = (self.c, self.t, self.mode);
         let (kdim, mp) = (c.k(), c.m_padded());
         let (v, r, col) = self.weight_slot(e, th);
-        let krow = e.add(e.mul(i, e.int(BK)), r);
-        let src = e.add(e.mul(krow, e.int(mp)), col);
+        let krow = e.add(e.mul(e.widen(i), e.int(BK)), r);
+        let (src, dst) = (
+            e.add(e.mul(krow, e.int(mp)), col),
+            e.add(e.mul(r, e.int(t.bm)), col),
+        );
+        let width = v.min(4);
+        for q in 0..v / width {
+            let off = e.int(q * width);
+            let (to, from) = (e.at(a_st, e.add(dst, off)), e.at(self.wp, e.add(src, off)));
+            copy_async(e, mode, to, from, 4 * width, None);
+        }
         let mut f = Fetched {
-            vals: load_run(e, self.wp, src, v),
+            vals: Vec::new(),
             gates: Vec::new(),
         };
         let (p, r0) = self.column(e, th);
@@ -573,18 +653,21 @@ impl<'ctx> TileLoad<'_, 'ctx> {
         let inside_p = e.ult(pg, self.npix);
         let (img, pix) = e.udivrem(pg, e.int(c.pixels()));
         let (oy, ox) = e.udivrem(pix, e.int(c.ow));
+        // Image 0 for a pixel past the batch: every address stays inside
+        // the input, padding included (a zero-filling copy reads none).
+        let img = e.pick(inside_p, img, e.int(0));
         let ximg = e.at(self.x, e.mul(img, e.int(self.xs)));
         // Within one image every index fits in 32 bits; the per-step
         // decomposition of k runs there.
-        let step32 = e.add(self.lo, e.narrow(i));
+        let step32 = e.add(self.lo, i);
         let (oy, ox, r0) = (e.narrow(oy), e.narrow(ox), e.narrow(r0));
         let ch0 = e.narrow(e.mul(self.g, e.int(c.icg)));
-        for j in 0..BK * t.bn / self.threads {
-            let r = e.add(r0, e.int32(j * (self.threads / t.bn)));
-            let kk = e.add(e.mul(step32, e.int32(BK)), r);
-            let taps = c.kh * c.kw;
-            let (ic, tap) = e.udivrem(kk, e.int32(taps));
-            let (ky, kx) = e.udivrem(tap, e.int32(c.kw));
+        let rows = t.column_rows();
+        let rstride = self.threads / t.bn;
+        // The input pixel of tap (ky, kx), and whether it is inside the
+        // image. Without padding it always is: the output size leaves
+        // every tap of every output pixel in the image.
+        let tap_pixel = |e: &Emitter<'_, 'ctx>, ky, kx, ok: IntValue<'ctx>| {
             let iy = e.add(
                 e.sub(e.mul(oy, e.int32(c.sh)), e.int32(c.ph)),
                 e.mul(ky, e.int32(c.dh)),
@@ -593,68 +676,91 @@ impl<'ctx> TileLoad<'_, 'ctx> {
                 e.sub(e.mul(ox, e.int32(c.sw)), e.int32(c.pw)),
                 e.mul(kx, e.int32(c.dw)),
             );
-            let ok = [
-                e.ult(kk, e.int32(kdim)),
-                e.ult(iy, e.int32(c.h)),
-                e.ult(ix, e.int32(c.w)),
-            ]
-            .into_iter()
-            .fold(inside_p, |a, b| e.b.build_and(a, b, "").expect("and"));
-            let ch = e.add(ch0, ic);
-            let slot = e.slot();
-            e.set(slot, e.f32(0.0));
-            e.if_else(
-                ok,
-                |e| {
-                    let idx = e.add(
-                        e.mul(ch, e.int32(c.h * c.w)),
-                        e.add(e.mul(iy, e.int32(c.w)), ix),
-                    );
-                    let v = e.load(ximg, e.widen(idx));
-                    e.set(slot, v);
-                },
-                |_| {},
-            );
-            f.vals.push(e.get(slot));
-            if self.pro.is_some() {
-                // Channel 0 where the element is padding: a safe address.
-                f.gates.push((ok, e.pick(ok, ch, e.int32(0))));
+            let mut ok = ok;
+            if c.ph > 0 {
+                ok = e.b.build_and(ok, e.ult(iy, e.int32(c.h)), "").expect("and");
             }
+            if c.pw > 0 {
+                ok = e.b.build_and(ok, e.ult(ix, e.int32(c.w)), "").expect("and");
+            }
+            (e.add(e.mul(iy, e.int32(c.w)), ix), ok)
+        };
+        let hw = e.int32(c.h * c.w);
+        // Element `j` of the column: (inside, channel, index in the image),
+        // the channel 0 and the index 0 where it is padding (safe
+        // addresses).
+        let mut elems = Vec::new();
+        if c.tap_major() {
+            // One tap for the whole step: `BK` divides the channels.
+            let (tap, ic0) = e.udivrem(e.mul(step32, e.int32(BK)), e.int32(c.icg));
+            let (ky, kx) = e.udivrem(tap, e.int32(c.kw));
+            let (at, ok) = tap_pixel(e, ky, kx, inside_p);
+            let ch = e.add(ch0, e.add(ic0, r0));
+            let base = e.pick(ok, e.add(e.mul(ch, hw), at), e.int32(0));
+            for j in 0..rows {
+                let chj = e.pick(ok, e.add(ch, e.int32(j * rstride)), e.int32(0));
+                let off = e.int32(j * rstride * c.h * c.w);
+                elems.push((ok, chj, e.add(base, off)));
+            }
+        } else {
+            for j in 0..rows {
+                let r = e.add(r0, e.int32(j * rstride));
+                let kk = e.add(e.mul(step32, e.int32(BK)), r);
+                let taps = c.kh * c.kw;
+                let (ic, tap) = e.udivrem(kk, e.int32(taps));
+                let (ky, kx) = e.udivrem(tap, e.int32(c.kw));
+                // Rows past K (its padding to whole steps) load nothing.
+                let inside_k =
+                    e.b.build_and(inside_p, e.ult(kk, e.int32(kdim)), "")
+                        .expect("and");
+                let (at, ok) = tap_pixel(e, ky, kx, inside_k);
+                let ch = e.add(ch0, ic);
+                let idx = e.pick(ok, e.add(e.mul(ch, hw), at), e.int32(0));
+                elems.push((ok, e.pick(ok, ch, e.int32(0)), idx));
+            }
+        }
+        for (j, (ok, ch, idx)) in elems.into_iter().enumerate() {
+            let src = e.at(ximg, e.widen(idx));
+            if self.pro.is_none() {
+                let row = e.add(r0, e.int32(j as u64 * rstride));
+                let to = e.at(b_st, e.widen(e.add(e.mul(row, e.int32(t.bn)), e.narrow(p))));
+                copy_async(e, mode, to, src, 4, Some(ok));
+                continue;
+            }
+            // The address is safe either way; `put` zeroes the padding.
+            let v = e.b.build_load(e.f32t, src, "").expect("load");
+            f.vals.push(v.into_float_value());
+            f.gates.push((ok, ch));
         }
         f
     }
 
-    /// Stores what `fetch` loaded into the stage at `a_sh` / `b_sh`.
+    /// Stores the column a prologue kernel's `fetch` loaded into the
+    /// stage at `b_st`, with the prologue applied (nothing otherwise).
     fn put(
         &self,
         e: &Emitter<'_, 'ctx>,
         th: IntValue<'ctx>,
-        a_sh: PointerValue<'ctx>,
-        b_sh: PointerValue<'ctx>,
+        b_st: PointerValue<'ctx>,
         f: &Fetched<'ctx>,
     ) {
-        let (v, r, col) = self.weight_slot(e, th);
-        let (weights, column) = f.vals.split_at(v as usize);
-        store_run(e, a_sh, e.add(e.mul(r, e.int(self.t.bm)), col), weights);
+        let (Some(pro), Some((s, h))) = (self.fused.prologue, self.pro) else {
+            return;
+        };
         let (p, r0) = self.column(e, th);
-        for (j, &x) in column.iter().enumerate() {
-            let mut x = x;
-            if let (Some(pro), Some((s, h)), Some(&(ok, ch))) =
-                (self.fused.prologue, self.pro, f.gates.get(j))
-            {
-                // BN-ReLU of the input; padding stays zero after it.
-                let ch = e.widen(ch);
-                x = e.fmuladd(x, e.load(s, ch), e.load(h, ch));
-                if let Some(a) = pro.act {
-                    x = e.act(x, a);
-                }
-                x =
-                    e.b.build_select(ok, x, e.f32(0.0), "")
-                        .expect("select")
-                        .into_float_value();
+        for (j, (&x, &(ok, ch))) in f.vals.iter().zip(&f.gates).enumerate() {
+            // BN-ReLU of the input; padding stays zero after it.
+            let ch = e.widen(ch);
+            let mut x = e.fmuladd(x, e.load(s, ch), e.load(h, ch));
+            if let Some(a) = pro.act {
+                x = e.act(x, a);
             }
+            x =
+                e.b.build_select(ok, x, e.f32(0.0), "")
+                    .expect("select")
+                    .into_float_value();
             let r = e.add(r0, e.int(j as u64 * (self.threads / self.t.bn)));
-            e.store(b_sh, e.add(e.mul(r, e.int(self.t.bn)), p), x);
+            e.store(b_st, e.add(e.mul(r, e.int(self.t.bn)), p), x);
         }
     }
 }
@@ -705,33 +811,6 @@ fn load_run<'ctx>(
     out
 }
 
-/// Stores `vals` at `base[idx..]`, vectorized like `load_run`.
-fn store_run<'ctx>(
-    e: &Emitter<'_, 'ctx>,
-    base: PointerValue<'ctx>,
-    idx: IntValue<'ctx>,
-    vals: &[FloatValue<'ctx>],
-) {
-    let width = (vals.len() as u64).min(4);
-    let vt = e.f32t.vec_type(width as u32);
-    for (q, chunk) in vals.chunks(width as usize).enumerate() {
-        let p = e.at(base, e.add(idx, e.int(q as u64 * width)));
-        if width == 1 {
-            e.b.build_store(p, chunk[0]).expect("store");
-            continue;
-        }
-        let mut v = vt.get_undef();
-        for (l, &x) in chunk.iter().enumerate() {
-            v =
-                e.b.build_insert_element(v, x, e.ctx.i32_type().const_int(l as u64, false), "")
-                    .expect("lane");
-        }
-        let s = e.b.build_store(p, v).expect("store");
-        s.set_alignment(4 * width as u32)
-            .expect("a store takes an alignment");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -743,7 +822,11 @@ mod tests {
         for t in TILES {
             let th = t.threads();
             assert_eq!((BK * t.bm) % th, 0, "{t:?}");
-            assert!(BK * t.bm / th <= 4 && t.bm % (BK * t.bm / th) == 0, "{t:?}");
+            let run = BK * t.bm / th;
+            assert!(
+                run.is_multiple_of(4.min(run)) && t.bm.is_multiple_of(run),
+                "{t:?}"
+            );
             assert_eq!(th % t.bn, 0, "{t:?}");
             assert_eq!((BK * t.bn) % th, 0, "{t:?}");
             assert_eq!(BK % (th / t.bn), 0, "{t:?}");
@@ -777,7 +860,7 @@ mod tests {
             groups: 1,
         };
         let late = ConvGemm::conv(&g, (512, 7, 7), (512, 7, 7));
-        let c = late.choose(1, 132, 32);
+        let c = late.choose(1, 132, 32, false);
         assert!(c.split > 1, "{c:?}");
         let tiles = 512u64.div_ceil(c.tile.bm) * 49u64.div_ceil(c.tile.bn);
         assert!(tiles * c.split >= 132, "{c:?} leaves multiprocessors idle");
@@ -785,7 +868,7 @@ mod tests {
         // nothing to gain from splitting.
         let early = ConvGemm::conv(&g, (256, 56, 56), (256, 56, 56));
         assert_eq!(
-            early.choose(64, 132, 32),
+            early.choose(64, 132, 32, false),
             Choice {
                 tile: TILES[0],
                 split: 1
@@ -793,7 +876,7 @@ mod tests {
         );
         // A slice never gets fewer than MIN_SLICE steps.
         let shallow = ConvGemm::linear(64, 512);
-        assert!(shallow.choose(1, 132, 32).split <= 64 / BK / MIN_SLICE);
-        assert_eq!(late.choose(1, 132, 1).split, 1);
+        assert!(shallow.choose(1, 132, 32, false).split <= 64 / BK / MIN_SLICE);
+        assert_eq!(late.choose(1, 132, 1, false).split, 1);
     }
 }

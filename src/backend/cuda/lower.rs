@@ -156,7 +156,7 @@ pub fn lower<'ctx>(
             );
             let choices: Vec<Choice> = TUNE_BATCHES
                 .iter()
-                .map(|&b| c.choose(b, sms, opts.max_split_k))
+                .map(|&b| c.choose(b, sms, opts.max_split_k, fused.prologue.is_some()))
                 .collect();
             let splits = choices.iter().any(|ch| ch.split > 1);
             let mut args: Vec<Arg> = slots.iter().map(|&s| arg_of(s)).collect();

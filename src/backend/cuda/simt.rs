@@ -219,6 +219,15 @@ impl<'a, 'ctx> Kern<'a, 'ctx> {
         }
     }
 
+    /// Waits for this thread's `copy_async` copies (`cp.async.wait_all`);
+    /// a barrier after it makes every thread's copies visible to the block.
+    pub fn copies_landed(&mut self) {
+        if self.mode == Mode::Gpu {
+            self.e
+                .call_intrinsic("llvm.nvvm.cp.async.wait.all", &[], &[]);
+        }
+    }
+
     /// `len` floats shared by the block (16-byte aligned).
     pub fn shared(&mut self, name: &str, len: u64) -> PointerValue<'ctx> {
         let ty = self.e.f32t.array_type(len as u32);
@@ -305,5 +314,60 @@ impl<'ctx> Private<'ctx> {
             Mode::Emulate => e.mad(thread, self.len, e.int(j)),
         };
         e.at(self.ptr, idx)
+    }
+}
+
+/// Copies `bytes` (4, 8 or 16, aligned so) from global `src` to shared
+/// `dst` without passing through registers (`cp.async`, sm_80 and later),
+/// zeros where `valid` is false (`src` must still be a valid address).
+/// The copy lands by `Kern::copies_landed`; the emulation copies at once.
+pub fn copy_async<'ctx>(
+    e: &Emitter<'_, 'ctx>,
+    mode: Mode,
+    dst: PointerValue<'ctx>,
+    src: PointerValue<'ctx>,
+    bytes: u64,
+    valid: Option<IntValue<'ctx>>,
+) {
+    match mode {
+        Mode::Gpu => {
+            let global =
+                e.b.build_address_space_cast(src, e.ctx.ptr_type(AddressSpace::from(1u16)), "")
+                    .expect(BUILDER);
+            // 16-byte copies (the weights) cache in L2 only; the im2col
+            // elements also in L1, where a 3x3 conv's taps meet again.
+            let (cache, size) = if bytes == 16 {
+                ("cg", 16)
+            } else {
+                ("ca", bytes)
+            };
+            match valid {
+                None => e.call_intrinsic(
+                    &format!("llvm.nvvm.cp.async.{cache}.shared.global.{size}"),
+                    &[],
+                    &[dst.into(), global.into()],
+                ),
+                Some(ok) => {
+                    let n = e.pick(ok, e.int32(bytes), e.int32(0));
+                    e.call_intrinsic(
+                        &format!("llvm.nvvm.cp.async.{cache}.shared.global.{size}.s"),
+                        &[],
+                        &[dst.into(), global.into(), n.into()],
+                    )
+                }
+            };
+        }
+        Mode::Emulate => {
+            for l in 0..bytes / 4 {
+                let mut v = e.load(src, e.int(l));
+                if let Some(ok) = valid {
+                    v =
+                        e.b.build_select(ok, v, e.f32(0.0), "")
+                            .expect(BUILDER)
+                            .into_float_value();
+                }
+                e.store(dst, e.int(l), v);
+            }
+        }
     }
 }

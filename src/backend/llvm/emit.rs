@@ -403,7 +403,9 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
         let exit = self.ctx.append_basic_block(self.func, "exit");
         self.b.build_unconditional_branch(header).expect(BUILDER);
         self.b.position_at_end(header);
-        let phi = self.b.build_phi(self.i64t, "i").expect(BUILDER);
+        // The counter has the bounds' width (i64, or i32 where the K loop
+        // keeps a register free).
+        let phi = self.b.build_phi(lo.get_type(), "i").expect(BUILDER);
         phi.add_incoming(&[(&lo, pre)]);
         let i = phi.as_basic_value().into_int_value();
         let go = self
@@ -451,7 +453,7 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
 
     /// Closes loop `l`; returns its back edge.
     fn loop_close_branch(&self, l: OpenLoop<'ctx>, i: IntValue<'ctx>) -> InstructionValue<'ctx> {
-        let next = self.add(i, self.int(1));
+        let next = self.add(i, i.get_type().const_int(1, false));
         let latch = self.b.get_insert_block().expect(BUILDER);
         let br = self.b.build_unconditional_branch(l.header).expect(BUILDER);
         l.phi.add_incoming(&[(&next, latch)]);
