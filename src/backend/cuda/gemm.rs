@@ -56,6 +56,11 @@ impl Tile {
         BK * self.bn / self.threads()
     }
 
+    /// Rows between a thread's im2col elements.
+    pub fn column_stride(&self) -> u64 {
+        self.threads() / self.bn
+    }
+
     /// Floats of one stage of the `BK × BM` weight and the `BK × BN`
     /// im2col tile.
     pub fn stage(&self) -> (u64, u64) {
@@ -615,6 +620,18 @@ impl<'ctx> TileLoad<'_, 'ctx> {
         (p, r0)
     }
 
+    /// Where element `j` of the column at pixel `p` from row `r0` goes in
+    /// a stage of the im2col tile.
+    fn column_slot(
+        &self,
+        e: &Emitter<'_, 'ctx>,
+        (p, r0): (IntValue<'ctx>, IntValue<'ctx>),
+        j: u64,
+    ) -> IntValue<'ctx> {
+        let row = e.add(e.narrow(r0), e.int32(j * self.t.column_stride()));
+        e.widen(e.add(e.mul(row, e.int32(self.t.bn)), e.narrow(p)))
+    }
+
     /// Thread `th`'s share of the block's K step `i` (32-bit, from its
     /// first), copied global → shared into the stage at `a_st` / `b_st`
     /// by `cp.async`, so that no register holds it in flight: its weight
@@ -648,7 +665,8 @@ impl<'ctx> TileLoad<'_, 'ctx> {
             vals: Vec::new(),
             gates: Vec::new(),
         };
-        let (p, r0) = self.column(e, th);
+        let column = self.column(e, th);
+        let (p, r0) = column;
         let pg = e.add(self.bn0, p);
         let inside_p = e.ult(pg, self.npix);
         let (img, pix) = e.udivrem(pg, e.int(c.pixels()));
@@ -662,8 +680,7 @@ impl<'ctx> TileLoad<'_, 'ctx> {
         let step32 = e.add(self.lo, i);
         let (oy, ox, r0) = (e.narrow(oy), e.narrow(ox), e.narrow(r0));
         let ch0 = e.narrow(e.mul(self.g, e.int(c.icg)));
-        let rows = t.column_rows();
-        let rstride = self.threads / t.bn;
+        let (rows, rstride) = (t.column_rows(), t.column_stride());
         // The input pixel of tap (ky, kx), and whether it is inside the
         // image. Without padding it always is: the output size leaves
         // every tap of every output pixel in the image.
@@ -722,8 +739,7 @@ impl<'ctx> TileLoad<'_, 'ctx> {
         for (j, (ok, ch, idx)) in elems.into_iter().enumerate() {
             let src = e.at(ximg, e.widen(idx));
             if self.pro.is_none() {
-                let row = e.add(r0, e.int32(j as u64 * rstride));
-                let to = e.at(b_st, e.widen(e.add(e.mul(row, e.int32(t.bn)), e.narrow(p))));
+                let to = e.at(b_st, self.column_slot(e, column, j as u64));
                 copy_async(e, mode, to, src, 4, Some(ok));
                 continue;
             }
@@ -747,7 +763,7 @@ impl<'ctx> TileLoad<'_, 'ctx> {
         let (Some(pro), Some((s, h))) = (self.fused.prologue, self.pro) else {
             return;
         };
-        let (p, r0) = self.column(e, th);
+        let column = self.column(e, th);
         for (j, (&x, &(ok, ch))) in f.vals.iter().zip(&f.gates).enumerate() {
             // BN-ReLU of the input; padding stays zero after it.
             let ch = e.widen(ch);
@@ -759,8 +775,7 @@ impl<'ctx> TileLoad<'_, 'ctx> {
                 e.b.build_select(ok, x, e.f32(0.0), "")
                     .expect("select")
                     .into_float_value();
-            let r = e.add(r0, e.int(j as u64 * (self.threads / self.t.bn)));
-            e.store(b_st, e.add(e.mul(r, e.int(self.t.bn)), p), x);
+            e.store(b_st, self.column_slot(e, column, j as u64), x);
         }
     }
 }
