@@ -6,7 +6,9 @@ with torchvision):
 
   1. every example at its full input size, batch 2, random weights:
      `run --target cuda` (sm_80 PTX, JIT-compiled by the driver, and sm_90)
-     against `run --target ref` (the interpreter), 1e-4 relative;
+     against `run --target ref` (the interpreter), 1e-4 relative; where
+     one differs, `run --check-layers` names the first layer that does
+     (its table in DIR/layers_<model>_<gpu>.txt);
   2. the PyTorch fixtures (tests/fixtures) against PyTorch's outputs;
   3. the CUDA static library linked into the C programs of
      examples/embed_cuda (host-memory and device-pointer entry points)
@@ -44,6 +46,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 
 from npy import read_floats, write_npy
 
@@ -77,8 +80,27 @@ def run(exe, model, target, weights, x, y, gpu=None):
     return sh(cmd)
 
 
-def examples(exe, tmp):
-    """Step 1: every example, full size, batch 2, cuda vs the interpreter."""
+LAYER_CHECKS = threading.Semaphore(3)
+
+
+def layers(exe, model, weights, x, gpu, out_dir):
+    """Where a CUDA run went wrong: `run --check-layers` (every launch's
+    value against the interpreter's), the table written to out_dir; the
+    line naming the first layer that differs. At most three per run: a bug
+    common to every model would otherwise spend the device time on it."""
+    if not LAYER_CHECKS.acquire(blocking=False):
+        return "no --check-layers (three already ran)"
+    table = out_dir / f"layers_{model.stem}_{gpu}.txt"
+    rc, out = sh([exe, "run", model, "--target", "cuda", "--gpu", gpu, *weights, "--input", x,
+                  "--output", x.parent / f"layers_{gpu}.npy", "--check-layers"])
+    table.write_text(out + "\n")
+    summary = [l for l in out.splitlines() if "layers within" in l or "layers differ" in l]
+    return (summary[-1] if summary else out[-200:]) + f" ({table.name})"
+
+
+def examples(exe, tmp, out_dir):
+    """Step 1: every example, full size, batch 2, cuda vs the interpreter;
+    where one differs, which layer first does (`layers`)."""
     rows = []
 
     def one(model):
@@ -104,12 +126,14 @@ def examples(exe, tmp):
             y = d / f"cuda_{gpu}.npy"
             rc, out = run(exe, model, "cuda", w, x, y, gpu)
             if rc:
-                res.append((model.stem, gpu, False, out[-300:]))
+                res.append((model.stem, gpu, False, out[-300:] + "; " + layers(exe, model, w, x, gpu, out_dir)))
                 continue
             # Relative error only: with untamed random weights the deep nets'
             # outputs barely depend on the input, so the batch-centred check
             # (which the tests run on tamed weights) would measure noise.
             ok, line = compare(y, d / "ref.npy")
+            if not ok:
+                line += "; " + layers(exe, model, w, x, gpu, out_dir)
             res.append((model.stem, gpu, ok, line))
         return res
 
@@ -120,7 +144,7 @@ def examples(exe, tmp):
     return rows
 
 
-def fixtures(exe, tmp):
+def fixtures(exe, tmp, out_dir):
     """Step 2: the PyTorch fixtures through the GPU."""
     rows = []
     for name in FIXTURES:
@@ -136,7 +160,7 @@ def fixtures(exe, tmp):
     return rows
 
 
-def c_program(exe, tmp):
+def c_program(exe, tmp, out_dir):
     """Step 3: the static library in a C program, on the GPU."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if not shutil.which("make") or not cc:
@@ -218,7 +242,7 @@ def main():
         tmp = pathlib.Path(t)
         for title, step in (("Examples (batch 2, full size) vs the interpreter", examples),
                             ("Fixtures vs PyTorch", fixtures), ("C programs", c_program)):
-            rows = step(exe, tmp)
+            rows = step(exe, tmp, out_dir)
             report.append(f"\n## {title}\n\n| model | against | result | detail |\n| --- | --- | --- | --- |")
             for name, what, ok, detail in rows:
                 failed += ok is False

@@ -65,6 +65,11 @@ enum Command {
         threads: Option<u16>,
         #[command(flatten)]
         cuda: CudaArgs,
+        /// For --target cuda: run launch by launch and compare every layer's
+        /// output with the interpreter's (1e-4 relative); prints a table
+        /// naming the first layer that differs and exits 1 if any does.
+        #[arg(long)]
+        check_layers: bool,
     },
     /// Compile a model, written into the directory OUT. CPU: a static library
     /// and C header (default), an object file, assembly or LLVM IR. CUDA: the
@@ -432,7 +437,14 @@ fn dispatch(cmd: Command) -> Result<()> {
             cpu,
             threads,
             cuda,
+            check_layers,
         } => {
+            if check_layers && target != Target::Cuda {
+                return Err(other(
+                    "--check-layers compares the layers of the CUDA back end".into(),
+                    "add --target cuda",
+                ));
+            }
             if target == Target::Cuda {
                 require_cuda_driver()?;
             }
@@ -450,6 +462,16 @@ fn dispatch(cmd: Command) -> Result<()> {
                         resnetc::backend::cpu::set_num_threads(t as usize);
                     }
                     resnetc::backend::cpu::run_jit(&g, &w, &x, &opts)?
+                }
+                Target::Cuda if check_layers => {
+                    let (y, ok) = cuda_check_layers(&c, &w, &x, &cuda)?;
+                    if !ok {
+                        return Err(other(
+                            "layers of the CUDA back end differ from the interpreter (table above)".into(),
+                            "the first one that differs is where to look; the output was not written",
+                        ));
+                    }
+                    y
                 }
                 Target::Cuda => cuda_device(&c, &w, &cuda)?.run(&x)?,
             };
@@ -681,6 +703,41 @@ fn cuda_device(
     let opts = cuda.options();
     let p = resnetc::backend::cuda::compile(&g, w, &opts)?;
     Ok(resnetc::backend::cuda::runtime::Device::load(&p)?)
+}
+
+/// `run --check-layers`: the GPU's value of every layer against the
+/// interpreter's on the same optimized graph; prints the table and
+/// returns the output and whether every layer matched.
+fn cuda_check_layers(
+    c: &Compiled,
+    w: &Weights,
+    x: &resnetc::tensor::Tensor,
+    cuda: &CudaArgs,
+) -> Result<(resnetc::tensor::Tensor, bool)> {
+    use resnetc::backend::cuda::{check_layers, runtime::Device};
+    const RTOL: f64 = 1e-4;
+    let mut g = c.graph.clone();
+    resnetc::passes::optimize(&mut g, None);
+    let program = resnetc::backend::cuda::compile(&g, w, &cuda.options())?;
+    // Only the values some launch writes: the rest would hold every
+    // activation of the batch at once.
+    let written: std::collections::HashSet<usize> = program
+        .plan
+        .launches
+        .iter()
+        .filter_map(|l| l.writes.as_ref().map(|w| w.node))
+        .collect();
+    let mut refs = std::collections::HashMap::new();
+    resnetc::interp::run_observed(&g, w, x, |n, t| {
+        if written.contains(&n.index()) {
+            refs.insert(n.index(), t.clone());
+        }
+    })?;
+    let dev = Device::load(&program)?;
+    let (y, checks) = check_layers::check_layers(&dev, x, &refs, RTOL)?;
+    out(&format!("{}\n", dev.name()));
+    out(&check_layers::report(&checks, RTOL));
+    Ok((y, checks.iter().all(|l| l.ok)))
 }
 
 /// `--target cuda` needs the CUDA driver: say so before any work.

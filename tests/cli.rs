@@ -264,6 +264,28 @@ fn cuda_without_a_driver_is_a_clear_error() {
     assert!(!out.exists());
 }
 
+/// `--check-layers` compares the CUDA back end's layers: with another
+/// target it is a usage error naming the flag, before any work.
+#[test]
+fn check_layers_needs_the_cuda_target() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("y.npy");
+    let o = resnetc(&[
+        "run",
+        "examples/cifar_resnet20.res",
+        "--random-weights",
+        "0",
+        "--input",
+        p(&fixture("cifar_resnet20.input.npy")),
+        "--output",
+        p(&out),
+        "--check-layers",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--target cuda"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
+
 #[test]
 fn bench_reports_json() {
     let o = resnetc(&[

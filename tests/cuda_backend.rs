@@ -269,6 +269,13 @@ fn every_example_assembles_with_ptxas_without_spills() {
                                 line.contains(" 0 bytes spill stores, 0 bytes spill loads"),
                                 "{name} {gpu}: {kernel} spills: {line}"
                             );
+                            // No local memory at all: a register tile
+                            // indexed by a run-time value would live there
+                            // without counting as a spill.
+                            assert!(
+                                line.trim_start().starts_with("0 bytes stack frame"),
+                                "{name} {gpu}: {kernel} uses local memory: {line}"
+                            );
                         }
                     }
                     assert_eq!(checked, p.plan.kernels.len(), "{name} {gpu}: {report}");

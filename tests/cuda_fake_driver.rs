@@ -184,6 +184,121 @@ fn rust_runtime_matches_the_interpreter_on_the_fake_driver() {
     }
 }
 
+/// `run --check-layers` on the fake driver: every layer matches, one line
+/// each; with one launch made to do nothing (the fake driver's
+/// RESNETC_FAKE_CUDA_SKIP_LAUNCH), the first layer it names as differing
+/// is that launch, or for a split GEMM's slices the sum that completes
+/// them, and it exits 1 without writing the output.
+#[test]
+fn check_layers_names_the_launch_that_went_wrong() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let driver = dir.path().join("driver");
+    std::fs::create_dir(&driver).expect("mkdir");
+    fake_driver(&driver);
+    let model = small_copy("resnet18", dir.path());
+    let kernels = host_kernels(&model, dir.path(), "sm_80");
+    let c = resnetc::front::compile_file(&model).expect("compiles");
+    let x = dir.path().join("x.npy");
+    let mut shape = vec![1];
+    shape.extend(c.graph.input_shape());
+    write_npy(&x, &random_tensor(&shape, 5)).expect("write input");
+    let y = dir.path().join("y.npy");
+    let check = |skip: Option<usize>| {
+        let mut cmd = resnetc();
+        cmd.arg("run")
+            .arg(&model)
+            .args([
+                "--target",
+                "cuda",
+                "--random-weights",
+                "3",
+                "--check-layers",
+            ])
+            .arg("--input")
+            .arg(&x)
+            .arg("--output")
+            .arg(&y);
+        match skip {
+            Some(k) => cmd.env("RESNETC_FAKE_CUDA_SKIP_LAUNCH", k.to_string()),
+            None => cmd.env_remove("RESNETC_FAKE_CUDA_SKIP_LAUNCH"),
+        };
+        let _ = std::fs::remove_file(&y);
+        let out = on_fake(&mut cmd, &driver, Some(&kernels));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.code(), text, err)
+    };
+    // The plan at batch 1: the launches that run, and the last of each
+    // node's (where its value is complete).
+    let mut g = c.graph.clone();
+    passes::optimize(&mut g, None);
+    let w = random_weights(&specs_of(&c.graph), 3);
+    let plan = cuda::compile(&g, &w, &CudaOptions::for_gpu("sm_80"))
+        .expect("ptx")
+        .plan;
+    let running: Vec<_> = plan
+        .launches
+        .iter()
+        .filter(|l| l.variant(1).runs(1))
+        .collect();
+    let completes = |i: usize| {
+        let node = running[i].writes.as_ref().map(|w| w.node);
+        node.is_some()
+            && running[i + 1..]
+                .iter()
+                .all(|l| l.writes.as_ref().map(|w| w.node) != node)
+    };
+    let checked: Vec<&str> = (0..running.len())
+        .filter(|&i| completes(i))
+        .map(|i| running[i].label.as_str())
+        .collect();
+
+    let (code, text, err) = check(None);
+    assert_eq!(code, Some(0), "{text}{err}");
+    let rows: Vec<&str> = text.lines().filter(|l| l.contains("  ok  ")).collect();
+    assert_eq!(rows.len(), checked.len(), "{text}");
+    for (row, label) in rows.iter().zip(&checked) {
+        assert!(row.contains(label), "{row} is not {label}");
+    }
+    assert!(
+        text.contains(&format!("all {} layers within", checked.len())),
+        "{text}"
+    );
+    assert!(y.exists(), "the output of a run that matched");
+
+    // An unsplit conv past the stem (at 32×32 and batch 1 the late ones
+    // are all split), and the first GEMM whose K is split.
+    let conv = (1..running.len())
+        .rev()
+        .find(|&i| completes(i) && running[i].label.ends_with(" conv"))
+        .expect("a conv that completes its value");
+    assert!(conv > 1, "only the stem conv is unsplit");
+    let sliced = (0..running.len())
+        .find(|&i| running[i].label.ends_with(" conv") && !completes(i))
+        .expect("a split conv at batch 1");
+    assert!(running[sliced + 1].label.ends_with("(split-K sum)"));
+    for (skip, named) in [(conv, conv), (sliced, sliced + 1)] {
+        let (code, text, err) = check(Some(skip));
+        assert_eq!(
+            code,
+            Some(1),
+            "skipping {}: {text}{err}",
+            running[skip].label
+        );
+        let first = text
+            .lines()
+            .find(|l| l.contains("DIFFERS"))
+            .expect("a layer that differs");
+        assert!(
+            first.contains(&format!(" {} ", running[named].label)),
+            "skipping {} was first seen at {first}",
+            running[skip].label
+        );
+        assert!(err.contains("differ from the interpreter"), "{err}");
+        assert!(!y.exists(), "an output written by a failed check");
+    }
+}
+
 /// PyTorch's weights and output through the Rust runtime, and `bench
 /// --target cuda` (events, 120 replays of one captured graph) reporting.
 #[test]

@@ -67,6 +67,17 @@ fn constant<'a>(graph: &Graph, c: (&'a Weights, &'a Weights), o: NodeIndex) -> O
 /// Runs `graph` on a batch. `weights` must hold every weight node (as
 /// `weights::bind` guarantees); derived constants are computed from them.
 pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, InterpError> {
+    run_observed(graph, weights, input, |_, _| {})
+}
+
+/// `run`, showing `seen` the value of every activation node as it is
+/// computed (what `--check-layers` compares a back end's layers with).
+pub fn run_observed(
+    graph: &Graph,
+    weights: &Weights,
+    input: &Tensor,
+    mut seen: impl FnMut(NodeIndex, &Tensor),
+) -> Result<Tensor, InterpError> {
     let consts = prepare(graph, weights, input)?;
     let order = graph.schedule();
     // Free each value after its last use: densenet201 keeps memory bounded.
@@ -100,6 +111,7 @@ pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, I
             "interpreter and shape inference disagree on {}",
             node.op.kind()
         );
+        seen(n, &y);
         for o in ops {
             if let Some(r) = remaining.get_mut(&o) {
                 *r -= 1;

@@ -61,6 +61,24 @@ impl Tile {
         self.threads() / self.bn
     }
 
+    /// A thread's `tn` columns come in runs of this many, consecutive
+    /// threads' runs side by side and the runs `bn / (tn / run)` apart:
+    /// the 8×8 tile's two 4-wide shared-memory loads of a K row then read
+    /// 16 consecutive bytes per thread, 512 consecutive bytes a warp,
+    /// where 8 consecutive columns per thread would put threads 4 apart on
+    /// the same banks (twice the wavefronts). The epilogue's stores of a
+    /// column are 16 bytes apart rather than 32 for the same reason.
+    pub fn col_run(&self) -> u64 {
+        self.tn.min(4)
+    }
+
+    /// Column, within the block tile, of register column `j` of thread
+    /// column `tx`: `tx · col_run + col_offset(j)`.
+    pub fn col_offset(&self, j: u64) -> u64 {
+        let run = self.col_run();
+        (j / run) * (self.bn / (self.tn / run)) + j % run
+    }
+
     /// Floats of one stage of the `BK × BM` weight and the `BK × BN`
     /// im2col tile.
     pub fn stage(&self) -> (u64, u64) {
@@ -264,11 +282,13 @@ impl ConvGemm {
         };
         // A prologue kernel holds its im2col column and the columns'
         // channels in registers during the FMAs (`TileLoad::fetch`): with
-        // the 8×8 register tile that spills unless 256 threads share the
-        // column (four elements each, and the block's indices spread).
+        // the 8×8 register tile that fits the 128-register cap at four
+        // elements a thread (the 256-thread 128×128 and the 128-thread
+        // 128×64 blocks); the 64-channel 64×128 and 64×64 blocks, eight a
+        // thread, spilled.
         let tiles = TILES
             .iter()
-            .filter(|t| !prologue || t.tm * t.tn < 64 || t.threads() == 256);
+            .filter(|t| !prologue || t.tm * t.tn < 64 || t.column_rows() <= 4);
         for &tile in tiles {
             for split in SPLITS {
                 // Equal slices of at least MIN_SLICE steps.
@@ -497,12 +517,13 @@ pub fn emit(
                     e.add(a_now, e.add(e.int(kk * t.bm), e.mul(ty, e.int(t.tm)))),
                     t.tm,
                 );
-                let bv = load_run(
-                    e,
-                    b_sh,
-                    e.add(b_now, e.add(e.int(kk * t.bn), e.mul(tx, e.int(t.tn)))),
-                    t.tn,
-                );
+                let run = t.col_run();
+                let b_row = e.add(b_now, e.add(e.int(kk * t.bn), e.mul(tx, e.int(run))));
+                let bv: Vec<FloatValue> = (0..t.tn / run)
+                    .flat_map(|q| {
+                        load_run(e, b_sh, e.add(b_row, e.int(t.col_offset(q * run))), run)
+                    })
+                    .collect();
                 // accs is row-major [tm][tn].
                 for (row, &a) in accs.chunks_mut(t.tn as usize).zip(&av) {
                     for (acc, &b) in row.iter_mut().zip(&bv) {
@@ -525,7 +546,10 @@ pub fn emit(
         // Column by column, so that only one column's image and pixel are
         // live beside the accumulators (all eight at once spilled).
         for j in 0..t.tn {
-            let pg = e.add(bn0, e.add(e.mul(tx, e.int(t.tn)), e.int(j)));
+            let pg = e.add(
+                bn0,
+                e.add(e.mul(tx, e.int(t.col_run())), e.int(t.col_offset(j))),
+            );
             let inside = e.ult(pg, npix);
             e.if_else(
                 inside,
@@ -846,6 +870,62 @@ mod tests {
             assert_eq!((BK * t.bn) % th, 0, "{t:?}");
             assert_eq!(BK % (th / t.bn), 0, "{t:?}");
             assert_eq!(M_PAD % t.bm, 0, "{t:?}");
+        }
+    }
+
+    /// Shared-memory wavefronts of one warp-wide load, and the fewest its
+    /// bytes need: the banks (4-byte words, 32 of them) serve one distinct
+    /// word each per wavefront (a word read by several threads is a
+    /// broadcast), and a wavefront moves at most 128 bytes.
+    fn wavefronts(words: &[u64]) -> (u64, u64) {
+        let mut distinct = words.to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let per_bank = (0..32)
+            .map(|b| distinct.iter().filter(|&&w| w % 32 == b).count() as u64)
+            .max()
+            .unwrap_or(0);
+        let least = (distinct.len() as u64 * 4).div_ceil(128);
+        (per_bank.max(least), least)
+    }
+
+    /// The K loop's fragment loads are free of bank conflicts for every
+    /// tile: each warp-wide vector load takes the fewest wavefronts its
+    /// bytes need, and the thread columns cover the block tile once.
+    #[test]
+    fn fragment_loads_take_the_fewest_wavefronts() {
+        for t in TILES {
+            let (cols, run) = (t.bn / t.tn, t.col_run());
+            let mut covered: Vec<u64> = (0..cols)
+                .flat_map(|tx| (0..t.tn).map(move |j| tx * run + t.col_offset(j)))
+                .collect();
+            covered.sort_unstable();
+            assert_eq!(covered, (0..t.bn).collect::<Vec<_>>(), "{t:?}");
+            let arun = t.tm.min(4);
+            for warp in 0..t.threads() / 32 {
+                let ids: Vec<(u64, u64)> = (32 * warp..32 * (warp + 1))
+                    .map(|th| (th / cols, th % cols))
+                    .collect();
+                for q in 0..t.tm / arun {
+                    let words: Vec<u64> = ids
+                        .iter()
+                        .flat_map(|&(ty, _)| (0..arun).map(move |l| ty * t.tm + q * arun + l))
+                        .collect();
+                    let (got, least) = wavefronts(&words);
+                    assert_eq!(got, least, "{t:?} A load {q}");
+                }
+                // `load_run`'s vectors: at most 4 floats, within a run.
+                let width = run.min(4);
+                for q in 0..t.tn / width {
+                    let first = t.col_offset(q / (run / width) * run) + q % (run / width) * width;
+                    let words: Vec<u64> = ids
+                        .iter()
+                        .flat_map(|&(_, tx)| (0..width).map(move |l| tx * run + first + l))
+                        .collect();
+                    let (got, least) = wavefronts(&words);
+                    assert_eq!(got, least, "{t:?} B load {q}");
+                }
+            }
         }
     }
 

@@ -5,7 +5,7 @@
 
 use super::gemm::{self, Choice, ConvGemm, Split};
 use super::kernels::{self, FusedArgs, OpArgs, THREADS};
-use super::plan::{Arg, Launch, LaunchPlan, Scratch, Variant, FORMAT};
+use super::plan::{Arg, Launch, LaunchPlan, Scratch, Variant, Written, FORMAT};
 use super::simt::{Kern, Mode, ThreadOrder};
 use super::split_k;
 use super::CudaOptions;
@@ -145,7 +145,16 @@ pub fn lower<'ctx>(
             shapes: slots.iter().map(|&s| chw(&graph.node(s).shape)).collect(),
             strides: slots.iter().map(|&s| stride_of(s)).collect(),
         };
-        let label = format!("{} {}", node.name, node.op.kind());
+        // Unnamed nodes (a pool written without a label) by their op alone.
+        let label = format!("{} {}", node.name, node.op.kind())
+            .trim_start()
+            .to_string();
+        let writes = Some(Written {
+            node: n.index(),
+            at: arg_of(n),
+            per_image: numel(&node.shape) as u64,
+            stride: stride_of(n),
+        });
         let key = format!("{:?}|{:?}|{:?}", node.op, a.shapes, a.strides);
         if let (Some(c), Some(fused)) = (gemm_of(graph, n), node.op.fused()) {
             let f = FusedArgs::of(fused);
@@ -203,6 +212,7 @@ pub fn lower<'ctx>(
                 label: label.clone(),
                 variants,
                 args: args.clone(),
+                writes: writes.clone(),
             });
             if splits {
                 // The sum of the slices where the layer is split; where it
@@ -245,6 +255,7 @@ pub fn lower<'ctx>(
                     label: format!("{label} (split-K sum)"),
                     variants,
                     args,
+                    writes,
                 });
             }
             continue;
@@ -274,6 +285,7 @@ pub fn lower<'ctx>(
                         label: format!("{label} (operand {i})"),
                         variants: vec![simple(name, per)],
                         args: vec![dst, arg_of(o)],
+                        writes: writes.clone(),
                     });
                 }
                 off += per;
@@ -292,6 +304,7 @@ pub fn lower<'ctx>(
             label,
             variants: vec![simple(name, per)],
             args: slots.iter().map(|&s| arg_of(s)).collect(),
+            writes,
         });
     }
     let out_src = graph.operands(graph.output)[0];

@@ -6,6 +6,7 @@
 //! is how machines without a GPU test every kernel.
 
 pub mod artifact;
+pub mod check_layers;
 pub mod emulate;
 pub mod gemm;
 pub mod kernels;

@@ -78,6 +78,22 @@ pub struct Launch {
     pub label: String,
     pub variants: Vec<Variant>,
     pub args: Vec<Arg>,
+    /// The value of the graph this launch writes (all of it, or a part:
+    /// a K slice, a concat operand), for `resnetc run --check-layers`;
+    /// known only to a plan lowered in this process.
+    #[serde(skip)]
+    pub writes: Option<Written>,
+}
+
+/// Where a launch writes a graph value: `per_image` elements at `at`,
+/// images `stride` apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The node's index in the optimized graph.
+    pub node: usize,
+    pub at: Arg,
+    pub per_image: u64,
+    pub stride: u64,
 }
 
 impl Launch {

@@ -5,7 +5,7 @@
 //! run is one copy in, one graph launch and one copy out. Independent of
 //! LLVM: it needs only a `CudaProgram`.
 
-use super::plan::{Launch, LaunchPlan};
+use super::plan::{Arg, Launch, LaunchPlan};
 use super::CudaProgram;
 use crate::tensor::Tensor;
 use cudarc::driver::{result, sys, CudaContext, CudaGraph, CudaStream};
@@ -57,6 +57,10 @@ fn driver<T>(what: &str, r: Result<T, result::DriverError>) -> Result<T, CudaErr
         }
     })
 }
+
+/// Reads values back from the device: `(at, per, stride)` → every
+/// image's `per` elements at `at`, images `stride` apart.
+pub type Reader<'a> = dyn Fn(Arg, usize, u64) -> Result<Vec<f32>, CudaError> + 'a;
 
 /// Device memory freed on drop.
 struct DeviceBuffer {
@@ -148,6 +152,11 @@ impl Device {
         })
     }
 
+    /// The launch plan this device runs.
+    pub fn plan(&self) -> &LaunchPlan {
+        &self.plan
+    }
+
     /// The GPU's name and compute capability.
     pub fn name(&self) -> String {
         let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
@@ -224,45 +233,106 @@ impl Device {
         Ok(&self.batches[&n])
     }
 
-    /// Runs the model on `input` (`[N, ...]` on the host).
-    pub fn run(&mut self, input: &Tensor) -> Result<Tensor, CudaError> {
-        let want = self.plan.input_shape.clone();
-        if input.shape.len() != want.len() + 1 || input.shape[1..] != want || input.shape[0] == 0 {
+    /// The batch of `input`, checked against the model's input shape.
+    fn batch_of(&self, input: &Tensor) -> Result<u64, CudaError> {
+        let want = &self.plan.input_shape;
+        if input.shape.len() != want.len() + 1 || input.shape[1..] != *want || input.shape[0] == 0 {
             return Err(CudaError::Input {
                 got: input.shape.clone(),
-                want,
+                want: want.clone(),
             });
         }
-        let n = input.shape[0] as u64;
-        let plan = self.plan.clone();
-        let stream = self.stream.cu_stream();
-        let b = self.batch(n)?;
+        Ok(input.shape[0] as u64)
+    }
+
+    /// Enqueues the copies of `input`'s images to their place in `arena`.
+    fn copy_in(&self, input: &Tensor, arena: sys::CUdeviceptr) -> Result<(), CudaError> {
+        let (plan, n) = (&self.plan, input.shape[0] as u64);
         let per_in: usize = plan.input_shape.iter().product();
         for i in 0..n as usize {
-            let dst = b.arena.ptr + 4 * (plan.input.elements(n) + i as u64 * plan.input_stride);
+            let dst = arena + 4 * (plan.input.elements(n) + i as u64 * plan.input_stride);
             // SAFETY: one image into its planned place in the arena.
             driver("copy the input", unsafe {
-                result::memcpy_htod_async(dst, &input.data[i * per_in..(i + 1) * per_in], stream)
+                result::memcpy_htod_async(
+                    dst,
+                    &input.data[i * per_in..(i + 1) * per_in],
+                    self.stream.cu_stream(),
+                )
             })?;
         }
-        driver("run the forward graph", b.graph.launch())?;
-        let per_out: usize = plan.output_shape.iter().product();
-        let mut shape = vec![n as usize];
-        shape.extend(&plan.output_shape);
-        let mut out = Tensor::zeros(&shape);
-        for i in 0..n as usize {
-            let src = b.arena.ptr + 4 * (plan.output.elements(n) + i as u64 * plan.output_stride);
-            // SAFETY: one image out of the arena into its slot.
+        Ok(())
+    }
+
+    /// `per` elements of each of `n` images from `at` in `arena`, images
+    /// `stride` apart, back to the host (waits for the stream).
+    fn copy_out(
+        &self,
+        arena: sys::CUdeviceptr,
+        n: u64,
+        at: Arg,
+        per: usize,
+        stride: u64,
+    ) -> Result<Vec<f32>, CudaError> {
+        let mut out = vec![0f32; n as usize * per];
+        for (i, image) in out.chunks_mut(per.max(1)).enumerate() {
+            let src = arena + 4 * (at.elements(n) + i as u64 * stride);
+            // SAFETY: one image's elements, inside the arena of `n` images.
             driver("copy the output", unsafe {
-                result::memcpy_dtoh_async(
-                    &mut out.data[i * per_out..(i + 1) * per_out],
-                    src,
-                    stream,
-                )
+                result::memcpy_dtoh_async(image, src, self.stream.cu_stream())
             })?;
         }
         driver("synchronize", self.stream.synchronize())?;
         Ok(out)
+    }
+
+    /// The output of `n` images from `arena`.
+    fn output(&self, arena: sys::CUdeviceptr, n: u64) -> Result<Tensor, CudaError> {
+        let plan = &self.plan;
+        let per: usize = plan.output_shape.iter().product();
+        let data = self.copy_out(arena, n, plan.output, per, plan.output_stride)?;
+        let mut shape = vec![n as usize];
+        shape.extend(&plan.output_shape);
+        Ok(Tensor::from_vec(&shape, data))
+    }
+
+    /// Runs the model on `input` (`[N, ...]` on the host).
+    pub fn run(&mut self, input: &Tensor) -> Result<Tensor, CudaError> {
+        let n = self.batch_of(input)?;
+        let arena = self.batch(n)?.arena.ptr;
+        self.copy_in(input, arena)?;
+        driver("run the forward graph", self.batches[&n].graph.launch())?;
+        self.output(arena, n)
+    }
+
+    /// Runs the model on `input` launch by launch, outside the graph, in an
+    /// arena of its own, waiting for each launch: after launch `i` (of the
+    /// plan) runs, `after(i, launch, read)` may copy values back, `read(at,
+    /// per, stride)` giving every image's `per` elements at `at`, images
+    /// `stride` apart. What `--check-layers` compares with the interpreter.
+    pub fn run_stepwise(
+        &self,
+        input: &Tensor,
+        mut after: impl FnMut(usize, &Launch, &Reader) -> Result<(), CudaError>,
+    ) -> Result<Tensor, CudaError> {
+        let n = self.batch_of(input)?;
+        let arena = DeviceBuffer::new(&self.ctx, self.plan.arena_elements(n, n))?;
+        self.copy_in(input, arena.ptr)?;
+        for (i, l) in self.plan.launches.iter().enumerate() {
+            if !l.variant(n).runs(n) {
+                continue;
+            }
+            self.launch(l, n, arena.ptr)?;
+            driver(&format!("run {}", l.label), self.stream.synchronize())?;
+            after(i, l, &|at, per, stride| match at {
+                Arg::Arena { .. } => self.copy_out(arena.ptr, n, at, per, stride),
+                Arg::Const { .. } => Err(CudaError::Driver {
+                    what: format!("read back {}", l.label),
+                    err: "a constant is not in the arena".into(),
+                    hint: "this is a bug in resnetc".into(),
+                }),
+            })?;
+        }
+        self.output(arena.ptr, n)
     }
 
     /// Milliseconds of `runs` graph launches of batch `n` each, timed with
