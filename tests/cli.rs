@@ -234,6 +234,30 @@ fn bad_weights_and_inputs_fail_cleanly() {
     }
 }
 
+/// `resnetc run` of CIFAR ResNet-20 on the fixture's input with `extra`
+/// flags, expected to fail with exit 1 and a message holding `says`,
+/// writing no output.
+fn run_fails_cleanly(extra: &[&str], says: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("y.npy");
+    let input = fixture("cifar_resnet20.input.npy");
+    let mut args = vec![
+        "run",
+        "examples/cifar_resnet20.res",
+        "--random-weights",
+        "0",
+        "--input",
+        p(&input),
+        "--output",
+        p(&out),
+    ];
+    args.extend(extra);
+    let o = resnetc(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains(says), "{}", stderr(&o));
+    assert!(!out.exists());
+}
+
 /// Without a CUDA driver, `run --target cuda` says so and exits 1, writing
 /// nothing (on a GPU machine it runs: tests/cuda_backend.rs).
 #[test]
@@ -241,49 +265,14 @@ fn cuda_without_a_driver_is_a_clear_error() {
     if resnetc::backend::cuda::runtime::driver_present() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("y.npy");
-    let o = resnetc(&[
-        "run",
-        "examples/cifar_resnet20.res",
-        "--random-weights",
-        "0",
-        "--input",
-        p(&fixture("cifar_resnet20.input.npy")),
-        "--output",
-        p(&out),
-        "--target",
-        "cuda",
-    ]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("no CUDA driver was found"),
-        "{}",
-        stderr(&o)
-    );
-    assert!(!out.exists());
+    run_fails_cleanly(&["--target", "cuda"], "no CUDA driver was found");
 }
 
 /// `--check-layers` compares the CUDA back end's layers: with another
-/// target it is a usage error naming the flag, before any work.
+/// target it is an error naming the target to use, before any work.
 #[test]
 fn check_layers_needs_the_cuda_target() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("y.npy");
-    let o = resnetc(&[
-        "run",
-        "examples/cifar_resnet20.res",
-        "--random-weights",
-        "0",
-        "--input",
-        p(&fixture("cifar_resnet20.input.npy")),
-        "--output",
-        p(&out),
-        "--check-layers",
-    ]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--target cuda"), "{}", stderr(&o));
-    assert!(!out.exists());
+    run_fails_cleanly(&["--check-layers"], "--target cuda");
 }
 
 #[test]
