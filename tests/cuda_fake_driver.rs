@@ -12,7 +12,7 @@
 
 mod common;
 use common::*;
-use resnetc::backend::cuda::{self, emulate, CudaOptions};
+use resnetc::backend::cuda::{self, emulate, plan::LaunchPlan, CudaOptions};
 use resnetc::passes;
 use resnetc::tensor::Tensor;
 use resnetc::weights::{random_weights, read_npy, specs_of, write_npy};
@@ -51,6 +51,12 @@ fn fake_driver(dir: &Path) {
 /// fake driver. Checks on the way that the emulation was lowered with the
 /// very launch plan of the PTX the runtime will load.
 fn host_kernels(source: &Path, dir: &Path, gpu: &str) -> PathBuf {
+    host_kernels_and_plan(source, dir, gpu).0
+}
+
+/// `host_kernels`, and the launch plan of the kernels (the runtime's,
+/// launch for launch).
+fn host_kernels_and_plan(source: &Path, dir: &Path, gpu: &str) -> (PathBuf, LaunchPlan) {
     let c = resnetc::front::compile_file(source).expect("compiles");
     let mut g = c.graph.clone();
     passes::optimize(&mut g, None);
@@ -71,7 +77,7 @@ fn host_kernels(source: &Path, dir: &Path, gpu: &str) -> PathBuf {
         o.to_str().expect("utf-8 path"),
         "-lm",
     ]);
-    so
+    (so, ptx.plan)
 }
 
 /// Runs `cmd` with the fake driver and `kernels` visible.
@@ -192,11 +198,10 @@ fn rust_runtime_matches_the_interpreter_on_the_fake_driver() {
 #[test]
 fn check_layers_names_the_launch_that_went_wrong() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let driver = dir.path().join("driver");
-    std::fs::create_dir(&driver).expect("mkdir");
-    fake_driver(&driver);
-    let model = small_copy("resnet18", dir.path());
-    let kernels = host_kernels(&model, dir.path(), "sm_80");
+    let driver = dir.path();
+    fake_driver(driver);
+    let model = small_copy("resnet18", driver);
+    let (kernels, plan) = host_kernels_and_plan(&model, driver, "sm_80");
     let c = resnetc::front::compile_file(&model).expect("compiles");
     let x = dir.path().join("x.npy");
     let mut shape = vec![1];
@@ -223,19 +228,13 @@ fn check_layers_names_the_launch_that_went_wrong() {
             None => cmd.env_remove("RESNETC_FAKE_CUDA_SKIP_LAUNCH"),
         };
         let _ = std::fs::remove_file(&y);
-        let out = on_fake(&mut cmd, &driver, Some(&kernels));
+        let out = on_fake(&mut cmd, driver, Some(&kernels));
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         (out.status.code(), text, err)
     };
     // The plan at batch 1: the launches that run, and the last of each
     // node's (where its value is complete).
-    let mut g = c.graph.clone();
-    passes::optimize(&mut g, None);
-    let w = random_weights(&specs_of(&c.graph), 3);
-    let plan = cuda::compile(&g, &w, &CudaOptions::for_gpu("sm_80"))
-        .expect("ptx")
-        .plan;
     let running: Vec<_> = plan
         .launches
         .iter()
