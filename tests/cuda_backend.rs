@@ -99,11 +99,14 @@ model split(x: f32[N, 64, 7, 7]) {
     }
 }
 
-/// No phase of any kernel depends on the order its threads run in (which
-/// on a GPU is none): with every phase's threads walked backwards the
-/// emulation gives bit for bit the same outputs. A thread reading shared
-/// memory another thread writes in the same phase (a missing barrier, or
-/// a two-stage GEMM writing the stage being read) would break this.
+/// No phase of any kernel depends on the order its threads or blocks run
+/// in (which on a GPU is none), nor on when a `cp.async` copy lands before
+/// its wait: with every phase's threads and every launch's blocks walked
+/// backwards, and copies landing only at their wait, the emulation gives
+/// bit for bit the same outputs. A thread reading shared memory another
+/// thread writes in the same phase (a missing barrier, or a two-stage GEMM
+/// writing the stage being read), or reading a stage whose copies it has
+/// not waited for, would break this.
 #[test]
 fn kernels_do_not_depend_on_thread_order() {
     use resnetc::backend::cuda::simt::ThreadOrder;

@@ -17,7 +17,8 @@
  * without a current context, unknown handles, device pointers outside
  * live allocations (copies and kernel arguments; each allocation ends at
  * an inaccessible page, so a kernel running past it faults), grid and
- * block sizes, and the
+ * block sizes, misaligned vector accesses and `cp.async` copies (which the
+ * host kernels record), and the
  * calls that are illegal while a stream is being captured (synchronous
  * copies, allocation, synchronization). Device memory starts as NaNs, not
  * zeros, as cuMemAlloc promises nothing. Work runs synchronously at
@@ -48,6 +49,7 @@ enum {
     NOT_FOUND = 500,
     ILLEGAL_ADDRESS = 700,
     LAUNCH_OUT_OF_RESOURCES = 701,
+    MISALIGNED_ADDRESS = 716,
     NOT_SUPPORTED = 801,
     CAPTURE_UNSUPPORTED = 900,
     CAPTURE_INVALIDATED = 901,
@@ -109,6 +111,7 @@ struct function {
     int params;     /* from the PTX entry */
     block_fn fn;    /* from the host kernels */
     long threads;   /* the block size fn was emulated with */
+    int64_t (*fault_take)(void); /* the host kernels' misaligned-access record */
     struct function *next;
 };
 
@@ -175,6 +178,7 @@ CUresult cuModuleGetFunction(struct function **out, struct module *m, const char
                 const long *threads = dlsym(m->host, sym);
                 f->threads = threads ? *threads : 0;
                 f->fn = (block_fn)dlsym(m->host, name);
+                f->fault_take = (int64_t (*)(void))dlsym(m->host, "resnetc_emulation_fault_take");
             }
             if (!f->fn || !f->threads) {
                 fprintf(stderr, "fake cuda: `%s` is in the PTX but not in the host kernels\n", name);
@@ -224,6 +228,13 @@ static CUresult execute(const struct launch *l) {
     for (unsigned z = 0; z < l->grid[2]; z++)
         for (unsigned y = 0; y < l->grid[1]; y++)
             for (unsigned x = 0; x < l->grid[0]; x++) l->f->fn(args, batch, x, y, z);
+    /* A vector access or cp.async off its alignment: on a GPU, the
+       launch fails. */
+    int64_t fault = l->f->fault_take ? l->f->fault_take() : 0;
+    if (fault) {
+        fprintf(stderr, "fake cuda: %s: misaligned access at 0x%llx\n", l->f->name, (unsigned long long)fault);
+        return bad(MISALIGNED_ADDRESS, __func__);
+    }
     return OK;
 }
 

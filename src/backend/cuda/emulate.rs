@@ -7,7 +7,7 @@
 
 use super::lower;
 use super::plan::LaunchPlan;
-use super::simt::{Mode, ThreadOrder};
+use super::simt::{Mode, ThreadOrder, FAULT_TAKE};
 use super::CudaOptions;
 use crate::backend::llvm;
 use crate::backend::llvm::LlvmError;
@@ -88,7 +88,8 @@ pub fn run_in_order(
     }
     let mut consts = Aligned::new(l.consts.len());
     consts.slice()[..l.consts.len()].copy_from_slice(&l.consts);
-    let mut arena = Aligned::new(plan.arena_elements(n, tune_batch.unwrap_or(n)) as usize);
+    let arena_len = plan.arena_elements(n, tune_batch.unwrap_or(n)) as usize;
+    let mut arena = Aligned::new(arena_len);
     let per_in: usize = plan.input_shape.iter().product();
     let at = plan.input.elements(n) as usize;
     for i in 0..n as usize {
@@ -96,6 +97,9 @@ pub fn run_in_order(
         arena.slice()[dst..dst + per_in].copy_from_slice(&input.data[i * per_in..(i + 1) * per_in]);
     }
     let (cbase, abase) = (consts.ptr(), arena.ptr());
+    // SAFETY: generated as `i64 ()`.
+    let take_fault = unsafe { engine.get_function::<unsafe extern "C" fn() -> i64>(FAULT_TAKE) }
+        .map_err(|e| LlvmError::Internal(e.to_string()))?;
     for launch in &plan.launches {
         let v = launch.variant(tune_batch.unwrap_or(n));
         if !v.runs(n) {
@@ -111,14 +115,33 @@ pub fn run_in_order(
             .map(|a| a.address(n, abase as u64, cbase as u64) as *mut f32)
             .collect();
         let [gx, gy, gz] = v.grid(n);
-        for bz in 0..gz {
-            for by in 0..gy {
-                for bx in 0..gx {
-                    // SAFETY: the kernel reads and writes inside the arena
-                    // of `n` images and the constant pool, as planned.
-                    unsafe { f.call(args.as_ptr(), n as i64, bx as i64, by as i64, bz as i64) };
-                }
-            }
+        let blocks = gx * gy * gz;
+        for b in 0..blocks {
+            let b = match order {
+                ThreadOrder::Forward => b,
+                ThreadOrder::Backward => blocks - 1 - b,
+            };
+            let (bx, by, bz) = (b % gx, b / gx % gy, b / (gx * gy));
+            // SAFETY: the kernel reads and writes inside the arena
+            // of `n` images and the constant pool, as planned.
+            unsafe { f.call(args.as_ptr(), n as i64, bx as i64, by as i64, bz as i64) };
+        }
+        // SAFETY: a plain read of the module's fault record.
+        let addr = unsafe { take_fault.call() } as u64;
+        if addr != 0 {
+            let inside = |base: *mut f32, len: usize| {
+                let lo = base as u64;
+                (lo..lo + 4 * len as u64).contains(&addr).then(|| addr - lo)
+            };
+            let place = match (inside(abase, arena_len), inside(cbase, l.consts.len())) {
+                (Some(off), _) => format!("arena + {off} bytes"),
+                (_, Some(off)) => format!("constants + {off} bytes"),
+                _ => format!("{addr:#x} (shared memory)"),
+            };
+            return Err(LlvmError::Internal(format!(
+                "emulated kernel {}: misaligned vector access or cp.async at {place}",
+                v.kernel
+            )));
         }
     }
     let per_out: usize = plan.output_shape.iter().product();

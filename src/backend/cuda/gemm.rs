@@ -14,7 +14,7 @@
 //! with no bounds checks, for every tile shape.
 
 use super::kernels::{epilogue_value, FusedArgs};
-use super::simt::{copy_async, Kern, Mode};
+use super::simt::{Kern, Memory};
 use crate::backend::llvm::emit::Emitter;
 use crate::ir::op::{ConvGeom, Fused};
 use inkwell::values::{BasicValue, FloatValue, IntValue, PointerValue};
@@ -476,7 +476,7 @@ pub fn emit(
         npix,
         xs,
         threads,
-        mode,
+        mem: k.memory(),
     };
     let acc = k.private(t.tm * t.tn);
     k.phase(|e, th| {
@@ -513,17 +513,18 @@ pub fn emit(
             for kk in 0..BK {
                 let av = load_run(
                     e,
+                    &ld.mem,
                     a_sh,
                     e.add(a_now, e.add(e.int(kk * t.bm), e.mul(ty, e.int(t.tm)))),
                     t.tm,
                 );
                 let run = t.col_run();
                 let b_row = e.add(b_now, e.add(e.int(kk * t.bn), e.mul(tx, e.int(run))));
-                let bv: Vec<FloatValue> = (0..t.tn / run)
-                    .flat_map(|q| {
-                        load_run(e, b_sh, e.add(b_row, e.int(t.col_offset(q * run))), run)
-                    })
-                    .collect();
+                let mut bv: Vec<FloatValue> = Vec::new();
+                for q in 0..t.tn / run {
+                    let at = e.add(b_row, e.int(t.col_offset(q * run)));
+                    bv.extend(load_run(e, &ld.mem, b_sh, at, run));
+                }
                 // accs is row-major [tm][tn].
                 for (row, &a) in accs.chunks_mut(t.tn as usize).zip(&av) {
                     for (acc, &b) in row.iter_mut().zip(&bv) {
@@ -617,7 +618,7 @@ struct TileLoad<'c, 'ctx> {
     npix: IntValue<'ctx>,
     xs: u64,
     threads: u64,
-    mode: Mode,
+    mem: Memory<'ctx>,
 }
 
 impl<'ctx> TileLoad<'_, 'ctx> {
@@ -671,7 +672,7 @@ impl<'ctx> TileLoad<'_, 'ctx> {
         a_st: PointerValue<'ctx>,
         b_st: PointerValue<'ctx>,
     ) -> Fetched<'ctx> {
-        let (c, t, mode) = (self.c, self.t, self.mode);
+        let (c, t) = (self.c, self.t);
         let (kdim, mp) = (c.k(), c.m_padded());
         let (v, r, col) = self.weight_slot(e, th);
         let krow = e.add(e.mul(e.widen(i), e.int(BK)), r);
@@ -683,7 +684,7 @@ impl<'ctx> TileLoad<'_, 'ctx> {
         for q in 0..v / width {
             let off = e.int(q * width);
             let (to, from) = (e.at(a_st, e.add(dst, off)), e.at(self.wp, e.add(src, off)));
-            copy_async(e, mode, to, from, 4 * width, None);
+            self.mem.copy_async(e, to, from, 4 * width, None);
         }
         let mut f = Fetched {
             vals: Vec::new(),
@@ -764,7 +765,7 @@ impl<'ctx> TileLoad<'_, 'ctx> {
             let src = e.at(ximg, e.widen(idx));
             if self.pro.is_none() {
                 let to = e.at(b_st, self.column_slot(e, column, j as u64));
-                copy_async(e, mode, to, src, 4, Some(ok));
+                self.mem.copy_async(e, to, src, 4, Some(ok));
                 continue;
             }
             // The address is safe either way; `put` zeroes the padding.
@@ -817,7 +818,8 @@ fn thread_tile<'ctx>(
 /// where `len` allows (the index is a multiple of `len`, the base 16-byte
 /// aligned).
 fn load_run<'ctx>(
-    e: &Emitter<'_, 'ctx>,
+    e: &mut Emitter<'_, 'ctx>,
+    mem: &Memory<'ctx>,
     base: PointerValue<'ctx>,
     idx: IntValue<'ctx>,
     len: u64,
@@ -835,6 +837,7 @@ fn load_run<'ctx>(
             );
             continue;
         }
+        mem.check_aligned(e, p, 4 * width);
         let v = e.b.build_load(vt, p, "").expect("load");
         v.as_instruction_value()
             .and_then(|i| i.set_alignment(4 * width as u32).ok())
