@@ -12,7 +12,8 @@
 
 mod common;
 use common::*;
-use resnetc::backend::cuda::{self, emulate, plan::LaunchPlan, CudaOptions};
+use resnetc::backend::cuda::plan::{Launch, LaunchPlan};
+use resnetc::backend::cuda::{self, emulate, CudaOptions};
 use resnetc::passes;
 use resnetc::tensor::Tensor;
 use resnetc::weights::{random_weights, read_npy, specs_of, write_npy};
@@ -190,112 +191,177 @@ fn rust_runtime_matches_the_interpreter_on_the_fake_driver() {
     }
 }
 
+/// `resnetc run MODEL --check-layers` on the fake driver at batch 1, and
+/// the launch plan it runs.
+struct LayerCheck<'a> {
+    model: &'a Path,
+    driver: &'a Path,
+    kernels: PathBuf,
+    plan: LaunchPlan,
+    x: PathBuf,
+    y: PathBuf,
+}
+
+impl<'a> LayerCheck<'a> {
+    fn new(model: &'a Path, driver: &'a Path) -> Self {
+        let (kernels, plan) = host_kernels_and_plan(model, driver, "sm_80");
+        let c = resnetc::front::compile_file(model).expect("compiles");
+        let x = driver.join("x.npy");
+        let mut shape = vec![1];
+        shape.extend(c.graph.input_shape());
+        write_npy(&x, &random_tensor(&shape, 5)).expect("write input");
+        let y = driver.join("y.npy");
+        LayerCheck {
+            model,
+            driver,
+            kernels,
+            plan,
+            x,
+            y,
+        }
+    }
+
+    /// Exit code, stdout and stderr, with running launch `skip` made to do
+    /// nothing (the fake driver's RESNETC_FAKE_CUDA_SKIP_LAUNCH).
+    fn run(&self, skip: Option<usize>) -> (Option<i32>, String, String) {
+        let mut cmd = resnetc();
+        cmd.arg("run")
+            .arg(self.model)
+            .args(["--target", "cuda", "--random-weights", "3"])
+            .arg("--check-layers")
+            .arg("--input")
+            .arg(&self.x)
+            .arg("--output")
+            .arg(&self.y);
+        match skip {
+            Some(k) => cmd.env("RESNETC_FAKE_CUDA_SKIP_LAUNCH", k.to_string()),
+            None => cmd.env_remove("RESNETC_FAKE_CUDA_SKIP_LAUNCH"),
+        };
+        let _ = std::fs::remove_file(&self.y);
+        let out = on_fake(&mut cmd, self.driver, Some(&self.kernels));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (out.status.code(), text, err)
+    }
+
+    /// The labels of the launches that run at batch 1.
+    fn running(&self) -> Vec<String> {
+        self.running_launches().map(|l| l.label.clone()).collect()
+    }
+
+    fn running_launches(&self) -> impl Iterator<Item = &Launch> {
+        self.plan.launches.iter().filter(|l| l.variant(1).runs(1))
+    }
+
+    /// Whether running launch `i` is the last to write its part of a value
+    /// (the whole value, or a concat's slice), where it is checked.
+    fn completes(&self, i: usize) -> bool {
+        let part = |l: &Launch| l.writes.as_ref().map(|w| (w.node, w.from));
+        let running: Vec<_> = self.running_launches().collect();
+        part(running[i]).is_some() && running[i + 1..].iter().all(|l| part(l) != part(running[i]))
+    }
+
+    /// With nothing skipped: one `ok` line per launch that completes a
+    /// part, in order, and the output written.
+    fn all_pass(&self) {
+        let running = self.running();
+        let checked: Vec<&str> = (0..running.len())
+            .filter(|&i| self.completes(i))
+            .map(|i| running[i].as_str())
+            .collect();
+        let (code, text, err) = self.run(None);
+        assert_eq!(code, Some(0), "{text}{err}");
+        let rows: Vec<&str> = text.lines().filter(|l| l.contains("  ok  ")).collect();
+        assert_eq!(rows.len(), checked.len(), "{text}");
+        for (row, label) in rows.iter().zip(&checked) {
+            assert!(row.contains(label), "{row} is not {label}");
+        }
+        assert!(
+            text.contains(&format!("all {} layers within", checked.len())),
+            "{text}"
+        );
+        assert!(self.y.exists(), "the output of a run that matched");
+    }
+
+    /// Skipping running launch `skip`, the first layer that differs is
+    /// running launch `named`, and the run fails without an output.
+    fn names(&self, skip: usize, named: usize) {
+        let running = self.running();
+        let (code, text, err) = self.run(Some(skip));
+        assert_eq!(code, Some(1), "skipping {}: {text}{err}", running[skip]);
+        let first = text
+            .lines()
+            .find(|l| l.contains("DIFFERS"))
+            .expect("a layer that differs");
+        assert!(
+            first.contains(&format!(" {} ", running[named])),
+            "skipping {} was first seen at {first}",
+            running[skip]
+        );
+        assert!(err.contains("differ from the interpreter"), "{err}");
+        assert!(!self.y.exists(), "an output written by a failed check");
+    }
+}
+
 /// `run --check-layers` on the fake driver: every layer matches, one line
-/// each; with one launch made to do nothing (the fake driver's
-/// RESNETC_FAKE_CUDA_SKIP_LAUNCH), the first layer it names as differing
-/// is that launch, or for a split GEMM's slices the sum that completes
-/// them, and it exits 1 without writing the output.
+/// each; with one launch made to do nothing, the first layer it names as
+/// differing is that launch, or for a split GEMM's slices the sum that
+/// completes them, and it exits 1 without writing the output.
 #[test]
 fn check_layers_names_the_launch_that_went_wrong() {
     let dir = tempfile::tempdir().expect("tempdir");
     let driver = dir.path();
     fake_driver(driver);
     let model = small_copy("resnet18", driver);
-    let (kernels, plan) = host_kernels_and_plan(&model, driver, "sm_80");
-    let c = resnetc::front::compile_file(&model).expect("compiles");
-    let x = dir.path().join("x.npy");
-    let mut shape = vec![1];
-    shape.extend(c.graph.input_shape());
-    write_npy(&x, &random_tensor(&shape, 5)).expect("write input");
-    let y = dir.path().join("y.npy");
-    let check = |skip: Option<usize>| {
-        let mut cmd = resnetc();
-        cmd.arg("run")
-            .arg(&model)
-            .args([
-                "--target",
-                "cuda",
-                "--random-weights",
-                "3",
-                "--check-layers",
-            ])
-            .arg("--input")
-            .arg(&x)
-            .arg("--output")
-            .arg(&y);
-        match skip {
-            Some(k) => cmd.env("RESNETC_FAKE_CUDA_SKIP_LAUNCH", k.to_string()),
-            None => cmd.env_remove("RESNETC_FAKE_CUDA_SKIP_LAUNCH"),
-        };
-        let _ = std::fs::remove_file(&y);
-        let out = on_fake(&mut cmd, driver, Some(&kernels));
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let err = String::from_utf8_lossy(&out.stderr).to_string();
-        (out.status.code(), text, err)
-    };
-    // The plan at batch 1: the launches that run, and the last of each
-    // node's (where its value is complete).
-    let running: Vec<_> = plan
-        .launches
-        .iter()
-        .filter(|l| l.variant(1).runs(1))
-        .collect();
-    let completes = |i: usize| {
-        let node = running[i].writes.as_ref().map(|w| w.node);
-        node.is_some()
-            && running[i + 1..]
-                .iter()
-                .all(|l| l.writes.as_ref().map(|w| w.node) != node)
-    };
-    let checked: Vec<&str> = (0..running.len())
-        .filter(|&i| completes(i))
-        .map(|i| running[i].label.as_str())
-        .collect();
-
-    let (code, text, err) = check(None);
-    assert_eq!(code, Some(0), "{text}{err}");
-    let rows: Vec<&str> = text.lines().filter(|l| l.contains("  ok  ")).collect();
-    assert_eq!(rows.len(), checked.len(), "{text}");
-    for (row, label) in rows.iter().zip(&checked) {
-        assert!(row.contains(label), "{row} is not {label}");
-    }
-    assert!(
-        text.contains(&format!("all {} layers within", checked.len())),
-        "{text}"
-    );
-    assert!(y.exists(), "the output of a run that matched");
-
+    let check = LayerCheck::new(&model, driver);
+    check.all_pass();
     // An unsplit conv past the stem (at 32×32 and batch 1 the late ones
     // are all split), and the first GEMM whose K is split.
+    let running = check.running();
     let conv = (1..running.len())
         .rev()
-        .find(|&i| completes(i) && running[i].label.ends_with(" conv"))
+        .find(|&i| check.completes(i) && running[i].ends_with(" conv"))
         .expect("a conv that completes its value");
     assert!(conv > 1, "only the stem conv is unsplit");
     let sliced = (0..running.len())
-        .find(|&i| running[i].label.ends_with(" conv") && !completes(i))
+        .find(|&i| running[i].ends_with(" conv") && !check.completes(i))
         .expect("a split conv at batch 1");
-    assert!(running[sliced + 1].label.ends_with("(split-K sum)"));
-    for (skip, named) in [(conv, conv), (sliced, sliced + 1)] {
-        let (code, text, err) = check(Some(skip));
-        assert_eq!(
-            code,
-            Some(1),
-            "skipping {}: {text}{err}",
-            running[skip].label
-        );
-        let first = text
-            .lines()
-            .find(|l| l.contains("DIFFERS"))
-            .expect("a layer that differs");
-        assert!(
-            first.contains(&format!(" {} ", running[named].label)),
-            "skipping {} was first seen at {first}",
-            running[skip].label
-        );
-        assert!(err.contains("differ from the interpreter"), "{err}");
-        assert!(!y.exists(), "an output written by a failed check");
-    }
+    assert!(running[sliced + 1].ends_with("(split-K sum)"));
+    check.names(conv, conv);
+    check.names(sliced, sliced + 1);
+}
+
+/// A concat that copies (the model input, and a value already placed in
+/// it): each copy is checked on its own slice, so a broken first copy is
+/// named, not the last copy into the same value.
+#[test]
+fn check_layers_names_a_broken_concat_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let driver = dir.path();
+    fake_driver(driver);
+    let model = driver.join("copies.res");
+    std::fs::write(
+        &model,
+        r"model copies(x: f32[N, 3, 12, 12]) {
+    let a = x |> c1: conv(8, k: 3, pad: 1) |> relu()
+    let b = a |> c2: conv(8, k: 3, pad: 1)
+    concat(x, a, b, a) |> c3: conv(4, k: 1)
+}
+",
+    )
+    .expect("write model");
+    let check = LayerCheck::new(&model, driver);
+    let running = check.running();
+    let copies: Vec<usize> = (0..running.len())
+        .filter(|&i| running[i].contains("(operand "))
+        .collect();
+    assert_eq!(copies.len(), 2, "{running:?}");
+    assert!(running[copies[0]].ends_with("(operand 0)"), "{running:?}");
+    assert!(running[copies[1]].ends_with("(operand 3)"), "{running:?}");
+    assert!(copies.iter().all(|&i| check.completes(i)));
+    check.all_pass();
+    check.names(copies[0], copies[0]);
+    check.names(copies[1], copies[1]);
 }
 
 /// PyTorch's weights and output through the Rust runtime, and `bench

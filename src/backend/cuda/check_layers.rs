@@ -46,11 +46,11 @@ pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Runs `input` on `device` launch by launch; after the last launch (at
-/// this batch) that writes each node, compares the node's value with
-/// `reference[node]` (the interpreter's, for every image). Returns the
-/// output and one check per such launch, in plan order. Launches that
-/// complete no value of their own (a split GEMM's slices, all but the last
-/// copy into a concat) are compared through the launch that does.
+/// this batch) that writes each node, or each slice of a concat, compares
+/// what it wrote with that part of `reference[node]` (the interpreter's,
+/// for every image). Returns the output and one check per such launch, in
+/// plan order. A split GEMM's slices complete no value of their own and
+/// are compared through the sum that does.
 pub fn check_layers(
     device: &Device,
     input: &Tensor,
@@ -58,10 +58,10 @@ pub fn check_layers(
     rtol: f64,
 ) -> Result<(Tensor, Vec<LayerCheck>), CudaError> {
     let n = input.shape.first().copied().unwrap_or(0) as u64;
-    let mut last: HashMap<usize, usize> = HashMap::new();
+    let mut last: HashMap<(usize, u64), usize> = HashMap::new();
     for (i, l) in device.plan().launches.iter().enumerate() {
         if let (Some(w), true) = (&l.writes, l.variant(n).runs(n)) {
-            last.insert(w.node, i);
+            last.insert((w.node, w.from), i);
         }
     }
     let mut checks = Vec::new();
@@ -69,11 +69,12 @@ pub fn check_layers(
         let Some(w) = &l.writes else {
             return Ok(());
         };
-        let Some(want) = reference.get(&w.node).filter(|_| last[&w.node] == i) else {
+        let key = (w.node, w.from);
+        let Some(want) = reference.get(&w.node).filter(|_| last[&key] == i) else {
             return Ok(());
         };
         let got = read(w.at, w.per_image as usize, w.stride)?;
-        let error = relative_error(&got, &want.data);
+        let error = relative_error(&got, &part(&want.data, n as usize, w));
         let v = l.variant(n);
         checks.push(LayerCheck {
             launch: i,
@@ -87,6 +88,21 @@ pub fn check_layers(
         Ok(())
     })?;
     Ok((out, checks))
+}
+
+/// Elements `w.from..w.from + w.per_image` of each of the `n` images of a
+/// whole value (empty where the value is too short, which then differs).
+fn part(whole: &[f32], n: usize, w: &super::plan::Written) -> Vec<f32> {
+    let per = whole.len() / n.max(1);
+    let (from, len) = (w.from as usize, w.per_image as usize);
+    if from + len > per {
+        return Vec::new();
+    }
+    whole
+        .chunks(per.max(1))
+        .flat_map(|img| &img[from..from + len])
+        .copied()
+        .collect()
 }
 
 /// The checks as a table, with the first layer that differs named last.

@@ -152,6 +152,7 @@ pub fn lower<'ctx>(
         let writes = Some(Written {
             node: n.index(),
             at: arg_of(n),
+            from: 0,
             per_image: numel(&node.shape) as u64,
             stride: stride_of(n),
         });
@@ -281,11 +282,19 @@ pub fn lower<'ctx>(
                         },
                         c => c,
                     };
+                    // Each copy completes its own slice of the value.
+                    let writes = Some(Written {
+                        node: n.index(),
+                        at: dst,
+                        from: off,
+                        per_image: per,
+                        stride: stride_of(n),
+                    });
                     launches.push(Launch {
                         label: format!("{label} (operand {i})"),
                         variants: vec![simple(name, per)],
                         args: vec![dst, arg_of(o)],
-                        writes: writes.clone(),
+                        writes,
                     });
                 }
                 off += per;

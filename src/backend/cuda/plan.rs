@@ -85,13 +85,15 @@ pub struct Launch {
     pub writes: Option<Written>,
 }
 
-/// Where a launch writes a graph value: `per_image` elements at `at`,
+/// Where a launch writes a graph value: elements `from..from + per_image`
+/// of each image's value (all of it but for a copy into a concat) at `at`,
 /// images `stride` apart.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
     /// The node's index in the optimized graph.
     pub node: usize,
     pub at: Arg,
+    pub from: u64,
     pub per_image: u64,
     pub stride: u64,
 }
