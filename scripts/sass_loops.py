@@ -9,7 +9,11 @@ lanes, so a K loop whose body is F% FFMA can reach at most F% of the fp32
 peak, however well it hides latency. The report gives that bound per
 kernel and, weighted by each layer's multiply-adds at the batch asked for,
 for the whole network. It is an upper bound read off the code, not a
-timing: memory, latency and bank conflicts only lower it.
+timing: memory, latency and bank conflicts only lower it. The useful share
+also counts the FFMAs a tile spends on padding: rows past the layer's
+output channels (a 64-row tile on a 32-channel layer wastes half) and
+columns past its pixels. (Tiles are read off the plan for ungrouped
+layers, as in every example.)
 
     python3 scripts/sass_loops.py [--resnetc target/release/resnetc]
         [--model examples/resnet50.res] [--gpu sm_90] [--batch 1 --batch 64]
@@ -117,6 +121,7 @@ def main():
         [a.resnetc, "summary", a.model, "--format", "json"],
         check=True, capture_output=True, text=True).stdout)
     macs = {l["name"]: l["macs"] for l in summary["layers"] if l["name"]}
+    channels = {l["name"]: l["shape"][0] for l in summary["layers"] if l["name"]}
     loops = {k: k_loop(items) for k, items in functions(sass).items()}
 
     if a.kernels:
@@ -130,10 +135,10 @@ def main():
         print()
 
     print(f"{stem}, {a.gpu}: FFMA share of the K loops, weighted by multiply-adds")
-    print("| batch | GEMM launches | weighted FFMA share | by tile (FFMAs per step: share of MACs, FFMA share) |")
-    print("| --- | --- | --- | --- |")
+    print("| batch | GEMM launches | weighted FFMA share | useful share | by tile (FFMAs per step: share of MACs, FFMA share) |")
+    print("| --- | --- | --- | --- | --- |")
     for n in batches:
-        total = issue = 0.0
+        total = issue = useful = 0.0
         launches = 0
         tiles = collections.defaultdict(lambda: [0.0, 0.0])
         for l in plan["launches"]:
@@ -150,13 +155,21 @@ def main():
             w = macs[name]
             total += w
             issue += w / share
+            # The tile: tm·tn outputs a thread (8 FFMAs each per K step; a
+            # prologue adds a few), bn = x_tile, bm from the block's size.
+            per_thread = ops["FFMA"] // 8
+            bn = v["x_tile"]
+            bm = v["block"] * per_thread // bn
+            cols = n * v["x_per_image"]
+            done = (v["grid_y"] * bm) * (-(-cols // bn) * bn)
+            useful += w / (share * channels[name] * cols / done)
             t = tiles[ops["FFMA"]]
             t[0] += w
             t[1] += w / share
             launches += 1
         by = "; ".join(f"{f}: {100 * t[0] / total:.0f}%, {100 * t[0] / t[1]:.0f}%"
                        for f, t in sorted(tiles.items(), reverse=True))
-        print(f"| {n} | {launches} | {100 * total / issue:.1f}% | {by} |")
+        print(f"| {n} | {launches} | {100 * total / issue:.1f}% | {100 * total / useful:.1f}% | {by} |")
 
 
 if __name__ == "__main__":

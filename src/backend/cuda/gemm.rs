@@ -47,7 +47,20 @@ impl Tile {
     pub fn resident(&self) -> u64 {
         match self.tm * self.tn {
             64 => 512 / self.threads(),
+            32 => 6,
             _ => 4,
+        }
+    }
+
+    /// FMAs a cycle relative to the 8×8 tile's: smaller register tiles
+    /// load shared memory and compute addresses for fewer FMAs (about the
+    /// ratio of their K loops' FFMA shares, `scripts/sass_loops.py`).
+    pub fn efficiency(&self) -> f64 {
+        match self.tm * self.tn {
+            64 => 1.0,
+            32 => 0.85,
+            16 => 0.6,
+            _ => 0.3,
         }
     }
 
@@ -97,8 +110,11 @@ impl Tile {
 /// 85% of its instructions against about 60% for 4×4: `scripts/
 /// sass_loops.py`), comes in four block shapes, so that layers of 64
 /// channels or few pixels need not fall back to the smaller register
-/// tiles.
-pub const TILES: [Tile; 6] = [
+/// tiles. Layers of 32 channels or fewer (DenseNet's growth-rate convs,
+/// CIFAR ResNets, U-Net's outer levels) get a 32×128 block of 8×4 register
+/// tiles (about 72% FFMA) rather than an 8×8 tile whose rows past 32 are
+/// padding.
+pub const TILES: [Tile; 7] = [
     Tile {
         bm: 128,
         bn: 128,
@@ -122,6 +138,12 @@ pub const TILES: [Tile; 6] = [
         bn: 64,
         tm: 8,
         tn: 8,
+    },
+    Tile {
+        bm: 32,
+        bn: 128,
+        tm: 8,
+        tn: 4,
     },
     Tile {
         bm: 64,
@@ -256,6 +278,12 @@ impl ConvGemm {
         self.groups * self.ocg * self.pixels()
     }
 
+    /// Outputs tile `t` computes at batch `n`, padding included.
+    pub fn padded(&self, t: &Tile, n: u64) -> u64 {
+        let rows = self.ocg.div_ceil(t.bm) * t.bm;
+        rows * (n * self.pixels()).div_ceil(t.bn) * t.bn * self.groups
+    }
+
     /// Modelled cycles of tile `t` with K split `split` ways at batch `n`
     /// on a GPU of `sms` multiprocessors (`Cost`).
     pub fn cost(&self, t: &Tile, split: u64, n: u64, sms: u64) -> f64 {
@@ -285,10 +313,17 @@ impl ConvGemm {
         // the 8×8 register tile that fits the 128-register cap at four
         // elements a thread (the 256-thread 128×128 and the 128-thread
         // 128×64 blocks); the 64-channel 64×128 and 64×64 blocks, eight a
-        // thread, spilled.
-        let tiles = TILES
-            .iter()
-            .filter(|t| !prologue || t.tm * t.tn < 64 || t.column_rows() <= 4);
+        // thread, spilled (so did the 8×4 tile's eight).
+        //
+        // The 32-channel 8×4 tile is for layers of at most 32 channels a
+        // group, where every 8×8 tile computes half its rows or more for
+        // nothing. On wider layers it wins in the model only by a few
+        // percent of wave quantization, against 2.5 times the L2 traffic
+        // per FMA of a 128×128 tile and fewer FFMAs per instruction, which
+        // the uncalibrated model weighs too roughly to trust.
+        let tiles = TILES.iter().filter(|t| {
+            (!prologue || t.column_rows() <= 4) && (t.tm * t.tn != 32 || self.ocg <= t.bm)
+        });
         for &tile in tiles {
             for split in SPLITS {
                 // Equal slices of at least MIN_SLICE steps.
@@ -298,8 +333,15 @@ impl ConvGemm {
                 if split > 1 && (uneven || too_many) {
                     continue;
                 }
+                // Where the model sees a tie (latency-bound steps cost
+                // the same whatever their FMAs), the tile that issues
+                // fewer instructions for its outputs, padding included.
+                let key = |c: &Choice| {
+                    let issued = self.padded(&c.tile, n) as f64 / c.tile.efficiency();
+                    (self.cost(&c.tile, c.split, n, sms), issued)
+                };
                 let c = Choice { tile, split };
-                if self.cost(&tile, split, n, sms) < self.cost(&best.tile, best.split, n, sms) {
+                if key(&c) < key(&best) {
                     best = c;
                 }
             }
@@ -357,12 +399,7 @@ impl Cost {
     /// by the blocks resident on it, its loads through the GPU's L2, or
     /// its latency.
     fn gemm(&self, t: &Tile, blocks: u64, steps: u64, sms: u64) -> f64 {
-        // Small tiles reload shared memory more per FMA.
-        let eff = match t.tm * t.tn {
-            64 => 1.0,
-            16 => 0.6,
-            _ => 0.3,
-        };
+        let eff = t.efficiency();
         let per_sm = blocks.div_ceil(sms);
         let resident = t.resident();
         let waves = per_sm.div_ceil(resident) as f64;
@@ -981,5 +1018,46 @@ mod tests {
         let shallow = ConvGemm::linear(64, 512);
         assert!(shallow.choose(1, 132, 32, false).split <= 64 / BK / MIN_SLICE);
         assert_eq!(late.choose(1, 132, 1, false).split, 1);
+    }
+
+    /// DenseNet's growth-rate convs (32 channels) compute no padded rows,
+    /// at large batches and at batch 1 (where the model's steps are
+    /// latency-bound and the tie goes to the tile issuing least); wide
+    /// layers never get the 32-row tile.
+    #[test]
+    fn narrow_layers_get_narrow_tiles() {
+        let g = |oc, k: usize| ConvGeom {
+            out_channels: oc,
+            kernel: [k, k],
+            stride: [1, 1],
+            pad: [k / 2, k / 2],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        // (At 7×7 a 64×64 tile pads as much: 49 of its 64 columns.)
+        for (hw, n) in [(56, 64), (56, 16), (28, 4), (14, 1)] {
+            let c = ConvGemm::conv(&g(32, 3), (128, hw, hw), (32, hw, hw));
+            let t = c.choose(n, 132, 32, false).tile;
+            assert_eq!(t.bm, 32, "{hw}x{hw} at batch {n}: {t:?}");
+        }
+        // resnet50's layer2 1×1 convs at batch 16 are where the model
+        // alone would take it (by wave quantization).
+        for (ic, oc, k) in [
+            (128u64, 512u64, 1),
+            (512, 128, 1),
+            (128, 128, 3),
+            (64, 64, 3),
+        ] {
+            for hw in [56, 28, 14, 7] {
+                let c = ConvGemm::conv(&g(oc as usize, k), (ic, hw, hw), (oc, hw, hw));
+                for n in [1, 4, 16, 64] {
+                    let t = c.choose(n, 132, 32, false).tile;
+                    assert!(
+                        t.tm * t.tn != 32,
+                        "{ic}->{oc} {k}x{k} {hw}x{hw} at batch {n}: {t:?}"
+                    );
+                }
+            }
+        }
     }
 }
