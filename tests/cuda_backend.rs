@@ -99,6 +99,52 @@ model split(x: f32[N, 64, 7, 7]) {
     }
 }
 
+/// The 128×128 tile without a prologue, resnet50's workhorse at batch 64,
+/// which the examples' 32×32 copies never pick: a stem-like conv (3 input
+/// channels, K per element), a 3×3 conv with a residual epilogue and a 1×1
+/// conv, all on 128×128 tiles with the tiles for batch 64, two of them
+/// unsplit (checked on the plan), emulated against the interpreter in both
+/// thread orders.
+#[test]
+fn the_largest_tile_matches_the_interpreter() {
+    use resnetc::backend::cuda::simt::ThreadOrder;
+    let source = r#"
+model big(x: f32[N, 3, 64, 64]) {
+    let a = x |> c1: conv(128, k: 7, stride: 2, pad: 3) |> relu()
+    let b = a |> c2: conv(128, k: 3, pad: 1) |> bn: batchnorm()
+    relu(b + a) |> c3: conv(256, k: 1) |> relu()
+}
+"#;
+    let c = resnetc::front::compile_source("big.res", source, None)
+        .unwrap_or_else(|e| panic!("{}", e.render_plain()));
+    let w = tame_residuals(&c.graph, random_weights(&specs_of(&c.graph), 6));
+    let opt = optimized(&c.graph);
+    let p = cuda::compile(&opt, &w, &CudaOptions::default()).expect("ptx");
+    let mut unsplit = 0;
+    for layer in ["c1", "c2", "c3"] {
+        let l = p
+            .plan
+            .launches
+            .iter()
+            .find(|l| l.label.starts_with(&format!("{layer} ")))
+            .expect("the layer's launch");
+        let v = l.variant(64);
+        // 256 threads and 128 columns: only the 128×128 tile; one block
+        // in z: unsplit.
+        assert_eq!((v.block, v.x_tile), (256, 128), "{layer}: {v:?}");
+        unsplit += usize::from(v.grid_z == 1);
+    }
+    assert!(unsplit >= 2, "the layers are split at batch 64");
+    let x = random_tensor(&[2, 3, 64, 64], 4);
+    let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+    let run = |order| {
+        emulate::run_in_order(&opt, &w, &x, "sm_80", Some(64), order).expect("emulated cuda")
+    };
+    let (fwd, bwd) = (run(ThreadOrder::Forward), run(ThreadOrder::Backward));
+    assert_close("128x128 tiles", &fwd, &reference, 1e-4, 1e-3);
+    assert_eq!(fwd.data, bwd.data, "the thread order changed the output");
+}
+
 /// No phase of any kernel depends on the order its threads or blocks run
 /// in (which on a GPU is none), nor on when a `cp.async` copy lands before
 /// its wait: with every phase's threads and every launch's blocks walked
