@@ -156,8 +156,9 @@ def main():
             total += w
             issue += w / share
             # The tile: tm·tn outputs a thread (8 FFMAs each per K step; a
-            # prologue adds a few), bn = x_tile, bm from the block's size.
-            per_thread = ops["FFMA"] // 8
+            # prologue adds some: the largest register tile they cover),
+            # bn = x_tile, bm from the block's size.
+            per_thread = max(p for p in (4, 16, 32, 64) if 8 * p <= ops["FFMA"] or p == 4)
             bn = v["x_tile"]
             bm = v["block"] * per_thread // bn
             cols = n * v["x_per_image"]

@@ -262,8 +262,9 @@ fn check_registers(what: &str, line: &str, threads: Option<u64>) -> bool {
     else {
         panic!("{what}: {smem} bytes of shared memory and {threads:?} threads are no GEMM tile's");
     };
+    // Registers go to warps in units of 256: 8 a thread.
     assert!(
-        regs * t.threads() * t.resident() <= 65536,
+        regs.div_ceil(8) * 8 * t.threads() * t.resident() <= 65536,
         "{what}: {regs} registers a thread keep fewer than {} blocks of {t:?} resident",
         t.resident()
     );

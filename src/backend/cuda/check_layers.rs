@@ -46,11 +46,13 @@ pub fn relative_error(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Runs `input` on `device` launch by launch; after the last launch (at
-/// this batch) that writes each node, or each slice of a concat, compares
-/// what it wrote with that part of `reference[node]` (the interpreter's,
-/// for every image). Returns the output and one check per such launch, in
-/// plan order. A split GEMM's slices complete no value of their own and
-/// are compared through the sum that does.
+/// this batch) that writes each node, compares the node's value with
+/// `reference[node]` (the interpreter's, for every image), and after each
+/// earlier copy into a concat, that copy's slice of it. Returns the output
+/// and one check per such launch, in plan order. A split GEMM's slices
+/// complete no value of their own and are compared through the sum that
+/// does; the last copy into a concat checks the whole concat, so a copy
+/// writing outside its slice is caught there.
 pub fn check_layers(
     device: &Device,
     input: &Tensor,
@@ -58,23 +60,30 @@ pub fn check_layers(
     rtol: f64,
 ) -> Result<(Tensor, Vec<LayerCheck>), CudaError> {
     let n = input.shape.first().copied().unwrap_or(0) as u64;
-    let mut last: HashMap<(usize, u64), usize> = HashMap::new();
+    let (mut last, mut last_part) = (HashMap::new(), HashMap::new());
     for (i, l) in device.plan().launches.iter().enumerate() {
         if let (Some(w), true) = (&l.writes, l.variant(n).runs(n)) {
-            last.insert((w.node, w.from), i);
+            last.insert(w.node, i);
+            last_part.insert((w.node, w.from), i);
         }
     }
     let mut checks = Vec::new();
     let out = device.run_stepwise(input, |i, l, read| {
-        let Some(w) = &l.writes else {
+        let (Some(w), Some(want)) = (
+            &l.writes,
+            l.writes.as_ref().and_then(|w| reference.get(&w.node)),
+        ) else {
             return Ok(());
         };
-        let key = (w.node, w.from);
-        let Some(want) = reference.get(&w.node).filter(|_| last[&key] == i) else {
+        let w = if last[&w.node] == i {
+            w.whole((want.data.len() / (n as usize).max(1)) as u64)
+        } else if last_part[&(w.node, w.from)] == i {
+            w.clone()
+        } else {
             return Ok(());
         };
         let got = read(w.at, w.per_image as usize, w.stride)?;
-        let error = relative_error(&got, &part(&want.data, n as usize, w));
+        let error = relative_error(&got, &part(&want.data, n as usize, &w));
         let v = l.variant(n);
         checks.push(LayerCheck {
             launch: i,

@@ -42,14 +42,21 @@ impl Tile {
     /// Blocks resident per multiprocessor, as registers allow: the
     /// kernels use at most 128 registers a thread for the 8×8 register
     /// tile (65536 / 128 = 512 threads: two blocks of 256, four of 128,
-    /// eight of 64) and 64 for the others (four blocks of 256); the
-    /// ptxas test holds them to that.
+    /// eight of 64), 80 for the 8×4 (six blocks of 128) and 64 for the
+    /// others (four blocks of 256); the ptxas test holds them to that.
     pub fn resident(&self) -> u64 {
         match self.tm * self.tn {
             64 => 512 / self.threads(),
             32 => 6,
             _ => 4,
         }
+    }
+
+    /// Registers a thread may use for `resident` blocks to fit in a
+    /// multiprocessor's 65536, which it hands out to warps in units of 256
+    /// (8 a thread).
+    pub fn register_cap(&self) -> u64 {
+        65536 / (self.threads() * self.resident()) / 8 * 8
     }
 
     /// FMAs a cycle relative to the 8×8 tile's: smaller register tiles
@@ -453,7 +460,7 @@ pub fn emit(
     // 31-56 unasked, and a cap of 64 made ptxas spill one that needs 40
     // (a linear layer); the ptxas test holds it to the budget instead.
     if t.tm * t.tn > 4 {
-        k.max_registers(65536 / (threads * t.resident()));
+        k.max_registers(t.register_cap());
     }
     let (y, x, wp) = (k.arg(0), k.arg(1), k.arg(2));
     let pro = f.prologue.map(|(s, h)| (k.arg(s), k.arg(h)));

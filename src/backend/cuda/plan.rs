@@ -98,6 +98,26 @@ pub struct Written {
     pub stride: u64,
 }
 
+impl Written {
+    /// The whole value, of `per_image` elements an image, that this part
+    /// of it lies in.
+    pub fn whole(&self, per_image: u64) -> Written {
+        let at = match self.at {
+            Arg::Arena { per_image, offset } => Arg::Arena {
+                per_image,
+                offset: offset - self.from,
+            },
+            c => c,
+        };
+        Written {
+            at,
+            from: 0,
+            per_image,
+            ..self.clone()
+        }
+    }
+}
+
 impl Launch {
     /// The variant for batch `n`.
     pub fn variant(&self, n: u64) -> &Variant {

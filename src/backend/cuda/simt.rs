@@ -339,7 +339,8 @@ impl<'a, 'ctx> Kern<'a, 'ctx> {
                     "{name}: a block's shared arrays exceed 48 KiB"
                 );
                 let e = &mut self.e;
-                let (l, j) = e.loop_open(e.int(at), e.int(at + len));
+                // Up to the rounded end: `copies_landed` reads every flag.
+                let (l, j) = e.loop_open(e.int(at), e.int(self.used));
                 e.store(pool, j, e.f32(f64::NAN));
                 e.store(pool, e.add(j, e.int(2 * SHARED_FLOATS)), e.f32(0.0));
                 e.loop_close_rolled(l, j);
