@@ -9,7 +9,7 @@ use common::*;
 use resnetc::backend::cuda::{self, emulate, gemm, runtime, CudaOptions};
 use resnetc::ir::Graph;
 use resnetc::passes;
-use resnetc::weights::{random_weights, read_npy, specs_of};
+use resnetc::weights::{random_weights, read_npy, specs_of, Weights};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -50,6 +50,17 @@ fn every_example_matches_the_interpreter_emulated() {
     }
 }
 
+/// A model written in the test: its graph, tamed random weights (`seed`),
+/// the optimized graph and its PTX program for sm_80.
+fn source_case(name: &str, source: &str, seed: u64) -> (Graph, Weights, Graph, cuda::CudaProgram) {
+    let c = resnetc::front::compile_source(name, source, None)
+        .unwrap_or_else(|e| panic!("{}", e.render_plain()));
+    let w = tame_residuals(&c.graph, random_weights(&specs_of(&c.graph), seed));
+    let opt = optimized(&c.graph);
+    let p = cuda::compile(&opt, &w, &CudaOptions::default()).expect("ptx");
+    (c.graph, w, opt, p)
+}
+
 /// Split K on layers the examples do not have: grouped convs (each group's
 /// slices summed apart), a residual add and a bias in the sum's epilogue,
 /// and the sum written into a concat slice; emulated against the
@@ -65,11 +76,7 @@ model split(x: f32[N, 64, 7, 7]) {
     concat(d, x) |> gd: conv(32, k: 3, pad: 1)
 }
 "#;
-    let c = resnetc::front::compile_source("split.res", source, None)
-        .unwrap_or_else(|e| panic!("{}", e.render_plain()));
-    let w = tame_residuals(&c.graph, random_weights(&specs_of(&c.graph), 5));
-    let opt = optimized(&c.graph);
-    let p = cuda::compile(&opt, &w, &CudaOptions::default()).expect("ptx");
+    let (graph, w, opt, p) = source_case("split.res", source, 5);
     let split: Vec<&str> = p
         .plan
         .launches
@@ -85,7 +92,7 @@ model split(x: f32[N, 64, 7, 7]) {
     }
     for n in [1, 3] {
         let x = random_tensor(&[n, 64, 7, 7], 9);
-        let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+        let reference = resnetc::interp::run(&graph, &w, &x).expect("interpreter");
         for tune in [None, Some(64)] {
             let y = emulate::run(&opt, &w, &x, "sm_80", tune).expect("emulated cuda");
             assert_close(
@@ -115,11 +122,7 @@ model big(x: f32[N, 3, 64, 64]) {
     relu(b + a) |> c3: conv(256, k: 1) |> relu()
 }
 "#;
-    let c = resnetc::front::compile_source("big.res", source, None)
-        .unwrap_or_else(|e| panic!("{}", e.render_plain()));
-    let w = tame_residuals(&c.graph, random_weights(&specs_of(&c.graph), 6));
-    let opt = optimized(&c.graph);
-    let p = cuda::compile(&opt, &w, &CudaOptions::default()).expect("ptx");
+    let (graph, w, opt, p) = source_case("big.res", source, 6);
     let mut unsplit = 0;
     for layer in ["c1", "c2", "c3"] {
         let l = p
@@ -136,7 +139,7 @@ model big(x: f32[N, 3, 64, 64]) {
     }
     assert!(unsplit >= 2, "the layers are split at batch 64");
     let x = random_tensor(&[2, 3, 64, 64], 4);
-    let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+    let reference = resnetc::interp::run(&graph, &w, &x).expect("interpreter");
     let run = |order| {
         emulate::run_in_order(&opt, &w, &x, "sm_80", Some(64), order).expect("emulated cuda")
     };

@@ -69,10 +69,10 @@ pub fn check_layers(
     }
     let mut checks = Vec::new();
     let out = device.run_stepwise(input, |i, l, read| {
-        let (Some(w), Some(want)) = (
-            &l.writes,
-            l.writes.as_ref().and_then(|w| reference.get(&w.node)),
-        ) else {
+        let Some(w) = &l.writes else {
+            return Ok(());
+        };
+        let Some(want) = reference.get(&w.node) else {
             return Ok(());
         };
         let w = if last[&w.node] == i {
