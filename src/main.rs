@@ -171,6 +171,7 @@ impl CudaArgs {
         resnetc::backend::cuda::CudaOptions {
             gpu: self.gpu.clone(),
             max_split_k: self.max_split_k,
+            ..Default::default()
         }
     }
 }

@@ -404,6 +404,42 @@ fn ptx_snapshot_maxpool() {
     insta::assert_snapshot!(kernel_ptx(BLOCK, "maxpool"));
 }
 
+/// PTX built on several threads (each optimizing and emitting a run of
+/// the kernels) is byte for byte what one thread writes: the same kernels
+/// in the same order, labels numbered as in one module, one header. A
+/// DenseNet (prologue kernels, concat slices) and a CIFAR ResNet, cut
+/// into runs of one or a few kernels.
+#[test]
+fn ptx_built_on_several_threads_is_the_single_threaded_ptx() {
+    for (name, gpu, threads) in [
+        ("densenet_bc_small", "sm_80", 3),
+        ("cifar_resnet20", "sm_90", 7),
+    ] {
+        let c = compile_example(name);
+        let w = random_weights(&specs_of(&c.graph), 1);
+        let g = optimized(&c.graph);
+        let build = |codegen_threads| {
+            let opts = CudaOptions {
+                gpu: gpu.into(),
+                codegen_threads,
+                ..Default::default()
+            };
+            cuda::compile(&g, &w, &opts).expect("ptx").ptx
+        };
+        let one = build(1);
+        let many = build(threads);
+        assert!(one.matches(".visible .entry").count() > threads);
+        assert!(
+            one == many,
+            "{name}: PTX on {threads} threads differs from one thread's, first at byte {}",
+            one.bytes()
+                .zip(many.bytes())
+                .take_while(|(a, b)| a == b)
+                .count()
+        );
+    }
+}
+
 /// `resnetc build --target cuda --emit staticlib` → C program (libc, libdl,
 /// pthreads only). Without a driver the program says so (exit 3); with
 /// one its output is PyTorch's.

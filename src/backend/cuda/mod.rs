@@ -7,6 +7,7 @@
 
 pub mod artifact;
 pub mod check_layers;
+pub mod codegen;
 pub mod emulate;
 pub mod gemm;
 pub mod kernels;
@@ -16,11 +17,10 @@ pub mod runtime;
 pub mod simt;
 pub mod split_k;
 
-use crate::backend::llvm::{self, LlvmError};
+use crate::backend::llvm::LlvmError;
 use crate::ir::Graph;
 use crate::weights::Weights;
 use inkwell::context::Context;
-use inkwell::targets::FileType;
 use plan::LaunchPlan;
 
 /// Options of a CUDA build.
@@ -31,6 +31,8 @@ pub struct CudaOptions {
     /// The most slices a GEMM's K is split into where a batch has too few
     /// output tiles to fill the GPU (1: never split).
     pub max_split_k: u64,
+    /// Threads optimizing and emitting the PTX (0: one per core, up to 8).
+    pub codegen_threads: usize,
 }
 
 impl CudaOptions {
@@ -48,6 +50,7 @@ impl Default for CudaOptions {
         CudaOptions {
             gpu: "sm_80".into(),
             max_split_k: 32,
+            codegen_threads: 0,
         }
     }
 }
@@ -66,7 +69,6 @@ pub fn compile(
     weights: &Weights,
     opts: &CudaOptions,
 ) -> Result<CudaProgram, LlvmError> {
-    let machine = llvm::nvptx_machine(&opts.gpu)?;
     let ctx = Context::create();
     let l = lower::lower(
         &ctx,
@@ -76,12 +78,7 @@ pub fn compile(
         Default::default(),
         opts,
     )?;
-    llvm::target(&l.module, &machine);
-    llvm::optimize(&l.module, &machine)?;
-    let buf = llvm::write(&l.module, &machine, FileType::Assembly)?;
-    let ptx = String::from_utf8_lossy(&buf)
-        .trim_end_matches('\0')
-        .to_string();
+    let ptx = codegen::ptx(&l.module, &opts.gpu, opts.codegen_threads)?;
     Ok(CudaProgram {
         ptx,
         plan: l.plan,
