@@ -4,7 +4,8 @@ minutes (what a session lent an H100/H200 runs; it needs no Rust toolchain,
 only a release binary of resnetc, Python 3 and, for the timings, PyTorch
 with torchvision):
 
-  1. every example at its full input size, batch 2, random weights:
+  1. every example and IR test case (tests/ir_cases: every operator) at
+     its full input size, batch 2, random weights:
      `run --target cuda` (sm_80 PTX, JIT-compiled by the driver, and sm_90)
      against `run --target ref` (the interpreter), 1e-4 relative; where
      one differs, `run --check-layers` names the first layer that does
@@ -137,7 +138,8 @@ def examples(exe, tmp, out_dir):
             res.append((model.stem, gpu, ok, line))
         return res
 
-    models = sorted((root / "examples").glob("*.res"))
+    # The IR test cases too: every operator, sigmoid and softmax among them.
+    models = sorted((root / "examples").glob("*.res")) + sorted((root / "tests/ir_cases").glob("*.res"))
     with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
         for r in pool.map(one, models):
             rows += r

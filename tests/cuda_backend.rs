@@ -50,6 +50,54 @@ fn every_example_matches_the_interpreter_emulated() {
     }
 }
 
+/// Every IR test case (tests/ir_cases: every operator the language has,
+/// sigmoid and softmax among them, whose e^x has no libm to call on
+/// NVPTX) through the CUDA back end: emulated against the interpreter at
+/// batch 2 with the tiles for batch 1 and for 64, and its PTX for sm_80
+/// and sm_90 assembled by ptxas.
+#[test]
+fn every_ir_case_builds_for_the_gpu_and_matches_the_interpreter_emulated() {
+    let ptxas = ptxas();
+    assert!(
+        ptxas.is_some() || std::env::var("CI").is_err(),
+        "ptxas is missing under CI: scripts/setup.sh installs it"
+    );
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(root().join("tests/ir_cases"))
+        .expect("tests/ir_cases")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "res"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 6, "{cases:?}");
+    for (i, path) in cases.iter().enumerate() {
+        let name = path
+            .file_stem()
+            .expect("stem")
+            .to_string_lossy()
+            .to_string();
+        let c = resnetc::front::compile_file(path)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.render_plain()));
+        let w = tame_residuals(&c.graph, random_weights(&specs_of(&c.graph), 40 + i as u64));
+        let opt = optimized(&c.graph);
+        let mut shape = vec![2];
+        shape.extend(c.graph.input_shape());
+        let x = random_tensor(&shape, 5 * i as u64 + 3);
+        let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+        for tune in [1, 64] {
+            let y = emulate::run(&opt, &w, &x, "sm_80", Some(tune)).expect("emulated cuda");
+            let what = format!("{name} (tiles for batch {tune})");
+            assert_close(&what, &y, &reference, 1e-4, 1e-3);
+        }
+        for gpu in ["sm_80", "sm_90"] {
+            let p = cuda::compile(&opt, &w, &CudaOptions::for_gpu(gpu))
+                .unwrap_or_else(|e| panic!("{name} {gpu}: {e}"));
+            if let Some(ptxas) = &ptxas {
+                assemble(ptxas, &p.ptx, gpu, &format!("{name} {gpu}"));
+            }
+        }
+    }
+}
+
 /// A model written in the test: its graph, tamed random weights (`seed`),
 /// the optimized graph and its PTX program for sm_80.
 fn source_case(name: &str, source: &str, seed: u64) -> (Graph, Weights, Graph, cuda::CudaProgram) {

@@ -1,13 +1,15 @@
 //! Property tests: random well-formed networks (convs of random kernel,
 //! stride, padding, dilation and groups, residual adds, concats, pools,
 //! transposed convs, BN, activations) written as `.res` text, compiled with
-//! every pass and the CPU back end, must match the interpreter.
+//! every pass, the CPU back end and the CUDA back end (emulated; its PTX
+//! built), must match the interpreter.
 
 mod common;
 use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use resnetc::backend::cpu::{run_jit, CpuOptions};
+use resnetc::backend::cuda::{self, emulate};
 use resnetc::ir::sizes::{conv_out, pool_out};
 
 /// One randomly chosen layer; `build` turns the choices into valid code.
@@ -211,5 +213,11 @@ proptest! {
         assert_close(&format!("arena\n{text}"), &planned, &reference, 1e-5, 1e-3);
         let cpu = run_jit(&opt, &w, &x, &CpuOptions::default()).expect("cpu");
         assert_close(&format!("cpu\n{text}"), &cpu, &reference, 1e-4, 1e-3);
+        // The CUDA back end: its kernels emulated, and its PTX built (every
+        // network ends in softmax, whose e^x NVPTX has no libm for).
+        let cuda = emulate::run(&opt, &w, &x, "sm_80", None).expect("emulated cuda");
+        assert_close(&format!("cuda (emulated)\n{text}"), &cuda, &reference, 1e-4, 1e-3);
+        cuda::compile(&opt, &w, &cuda::CudaOptions::default())
+            .unwrap_or_else(|e| panic!("PTX: {e}\n{text}"));
     }
 }

@@ -12,6 +12,7 @@
 //! that depends on the thread index runs inside `phase`.
 
 use crate::backend::llvm::emit::Emitter;
+use crate::backend::llvm::exp::Exp;
 use inkwell::context::Context;
 use inkwell::module::{Linkage, Module};
 use inkwell::types::{BasicMetadataTypeEnum, BasicType};
@@ -140,7 +141,12 @@ impl<'a, 'ctx> Kern<'a, 'ctx> {
             g.set_constant(true);
         }
         let fault = (mode == Mode::Emulate).then(|| fault_record(ctx, module));
-        let e = Emitter::new(ctx, module, f);
+        let mut e = Emitter::new(ctx, module, f);
+        // NVPTX has no libm; the emulation runs the same reduction.
+        e.exp = Exp::Reduced(match mode {
+            Mode::Gpu => "llvm.nvvm.ex2.approx.f",
+            Mode::Emulate => "llvm.exp2",
+        });
         let (args, batch, block) = match mode {
             Mode::Gpu => {
                 let args = (0..nargs).map(|i| e.param_ptr(i)).collect();

@@ -5,6 +5,7 @@
 //! a bug in the emitter, never a property of the user's model: they panic
 //! with `BUILDER`.
 
+use super::exp::Exp;
 use crate::ir::op::Activation;
 use inkwell::builder::Builder;
 use inkwell::context::{AsContextRef, Context};
@@ -36,6 +37,8 @@ pub struct Emitter<'a, 'ctx> {
     /// f32 lanes of the explicit vectors (`vector.rs`): 8 unless the
     /// target's kernels are tiled for wider ones.
     pub lanes: u64,
+    /// How `exp` is computed: libm, or reduced where there is none.
+    pub exp: Exp,
 }
 
 impl<'a, 'ctx> Emitter<'a, 'ctx> {
@@ -53,6 +56,7 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
             f32t: ctx.f32_type(),
             ptr: ctx.ptr_type(AddressSpace::default()),
             lanes: 8,
+            exp: Exp::Libm,
         }
     }
 
@@ -256,7 +260,10 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
     }
 
     pub fn exp(&self, a: FloatValue<'ctx>) -> FloatValue<'ctx> {
-        self.intrinsic1("llvm.exp", &[a])
+        match self.exp {
+            Exp::Libm => self.intrinsic1("llvm.exp", &[a]),
+            Exp::Reduced(exp2) => self.exp_reduced(a, exp2),
+        }
     }
 
     pub fn floor(&self, a: FloatValue<'ctx>) -> FloatValue<'ctx> {

@@ -2,7 +2,9 @@
 //! pipeline, and `Emitter`, a thin layer over inkwell's builder for loops,
 //! addressing and float math.
 
+pub mod diagnostics;
 pub mod emit;
+pub mod exp;
 pub mod vector;
 
 use inkwell::module::Module;
@@ -152,10 +154,13 @@ pub fn write(
     machine: &TargetMachine,
     kind: FileType,
 ) -> Result<Vec<u8>, LlvmError> {
-    machine
+    let diagnostics = diagnostics::Diagnostics::attach(&module.get_context());
+    let buf = machine
         .write_to_memory_buffer(module, kind)
         .map(|b| b.as_slice().to_vec())
-        .map_err(|e| LlvmError::Internal(e.to_string()))
+        .map_err(|e| LlvmError::Internal(e.to_string()))?;
+    diagnostics.check()?;
+    Ok(buf)
 }
 
 /// Runs LLVM's `default<O2>` pipeline on `module` for `machine`.
@@ -163,9 +168,11 @@ pub fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), LlvmErro
     module
         .verify()
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
+    let diagnostics = diagnostics::Diagnostics::attach(&module.get_context());
     module
         .run_passes("default<O2>", machine, PassBuilderOptions::create())
-        .map_err(|e| LlvmError::Internal(e.to_string()))
+        .map_err(|e| LlvmError::Internal(e.to_string()))?;
+    diagnostics.check()
 }
 
 /// GPU architectures the CUDA back end targets, with the PTX version each
