@@ -273,6 +273,21 @@ impl<E: miette::Diagnostic + Send + Sync + 'static> From<E> for Failure {
 
 type Result<T> = std::result::Result<T, Failure>;
 
+/// Exit status of a failure: 1 for the user's errors, 70 (`EX_SOFTWARE`)
+/// for the internal errors resnetc catches (`LlvmError::Internal`: code
+/// LLVM refused, a stage that found what an earlier one should have
+/// removed), which are bugs.
+fn exit_code(r: &Report) -> u8 {
+    let internal = r
+        .code()
+        .is_some_and(|c| c.to_string() == "resnetc::backend::llvm");
+    if internal {
+        70
+    } else {
+        1
+    }
+}
+
 fn main() -> ExitCode {
     // Honour COLUMNS (as `ls` does) so piped or logged messages wrap at a
     // known width.
@@ -295,7 +310,7 @@ fn main() -> ExitCode {
         }
         Err(Failure::Other(r)) => {
             eprintln!("{r:?}");
-            ExitCode::from(1)
+            ExitCode::from(exit_code(&r))
         }
     }
 }
@@ -818,4 +833,20 @@ fn render_svg(dot: &str) -> Result<String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exit_code;
+    use miette::Report;
+    use resnetc::backend::llvm::LlvmError;
+
+    #[test]
+    fn internal_errors_exit_70_and_user_errors_1() {
+        let bug = Report::new(resnetc::api::Error::from(LlvmError::Internal("x".into())));
+        assert_eq!(exit_code(&bug), 70);
+        let user = Report::new(LlvmError::UnknownGpu("sm_70".into()));
+        assert_eq!(exit_code(&user), 1);
+        assert_eq!(exit_code(&miette::miette!("no weights given")), 1);
+    }
 }

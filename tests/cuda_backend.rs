@@ -19,6 +19,25 @@ fn optimized(g: &Graph) -> Graph {
     o
 }
 
+/// `graph` with tamed random weights (`seed`) at batch 2: the emulated
+/// CUDA kernels against the interpreter, once with the tiles chosen for
+/// batch 1 and once with those for batch 64. The weights and the
+/// optimized graph, for more checks.
+fn emulated_matches_the_interpreter(name: &str, graph: &Graph, seed: u64) -> (Weights, Graph) {
+    let w = tame_residuals(graph, random_weights(&specs_of(graph), seed));
+    let opt = optimized(graph);
+    let mut shape = vec![2];
+    shape.extend(graph.input_shape());
+    let x = random_tensor(&shape, seed + 1);
+    let reference = resnetc::interp::run(graph, &w, &x).expect("interpreter");
+    for tune in [1, 64] {
+        let y = emulate::run(&opt, &w, &x, "sm_80", Some(tune)).expect("emulated cuda");
+        let what = format!("{name} (tiles for batch {tune})");
+        assert_close(&what, &y, &reference, 1e-4, 1e-3);
+    }
+    (w, opt)
+}
+
 /// Every example, emulated CUDA kernels vs the interpreter at batch 2;
 /// the GEMMs once with the tiles chosen for batch 1 and once with those
 /// for batch 64, so every tile shape runs. Inputs over 64x64 at 32x32.
@@ -28,25 +47,7 @@ fn every_example_matches_the_interpreter_emulated() {
         if name == "cifar_resnet1202" {
             continue; // cifar_resnet110's kernels, ten times over
         }
-        let w = tame_residuals(
-            &c.graph,
-            random_weights(&specs_of(&c.graph), 300 + i as u64),
-        );
-        let opt = optimized(&c.graph);
-        let mut shape = vec![2];
-        shape.extend(c.graph.input_shape());
-        let x = random_tensor(&shape, 17 * i as u64 + 1);
-        let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
-        for tune in [1, 64] {
-            let y = emulate::run(&opt, &w, &x, "sm_80", Some(tune)).expect("emulated cuda");
-            assert_close(
-                &format!("{name} (tiles for batch {tune})"),
-                &y,
-                &reference,
-                1e-4,
-                1e-3,
-            );
-        }
+        emulated_matches_the_interpreter(&name, &c.graph, 300 + i as u64);
     }
 }
 
@@ -77,17 +78,7 @@ fn every_ir_case_builds_for_the_gpu_and_matches_the_interpreter_emulated() {
             .to_string();
         let c = resnetc::front::compile_file(path)
             .unwrap_or_else(|e| panic!("{name}: {}", e.render_plain()));
-        let w = tame_residuals(&c.graph, random_weights(&specs_of(&c.graph), 40 + i as u64));
-        let opt = optimized(&c.graph);
-        let mut shape = vec![2];
-        shape.extend(c.graph.input_shape());
-        let x = random_tensor(&shape, 5 * i as u64 + 3);
-        let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
-        for tune in [1, 64] {
-            let y = emulate::run(&opt, &w, &x, "sm_80", Some(tune)).expect("emulated cuda");
-            let what = format!("{name} (tiles for batch {tune})");
-            assert_close(&what, &y, &reference, 1e-4, 1e-3);
-        }
+        let (w, opt) = emulated_matches_the_interpreter(&name, &c.graph, 40 + i as u64);
         for gpu in ["sm_80", "sm_90"] {
             let p = cuda::compile(&opt, &w, &CudaOptions::for_gpu(gpu))
                 .unwrap_or_else(|e| panic!("{name} {gpu}: {e}"));

@@ -46,8 +46,8 @@ pub fn build(
             let obj = object(FileType::Object)?;
             // The archive index holds 32-bit offsets.
             if obj.len() + super::RUNTIME_OBJECT.len() + 4096 > u32::MAX as usize {
-                return Err(LlvmError::Internal(format!(
-                    "the object is {} bytes; static libraries over 4 GiB are not supported (use --emit obj)",
+                return Err(LlvmError::ArchiveTooLarge(format!(
+                    "the object is {} bytes; static libraries over 4 GiB are not supported",
                     obj.len()
                 )));
             }

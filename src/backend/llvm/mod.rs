@@ -33,6 +33,12 @@ pub enum LlvmError {
     #[error("{0}")]
     #[diagnostic(code(resnetc::backend::memory), help("use a smaller batch"))]
     Memory(String),
+    #[error("{0}")]
+    #[diagnostic(
+        code(resnetc::backend::archive),
+        help("use --emit obj: an object file has no such limit")
+    )]
+    ArchiveTooLarge(String),
     #[error("LLVM: {0}")]
     #[diagnostic(
         code(resnetc::backend::llvm),
