@@ -10,8 +10,11 @@
 //! joined in kernel order under one header. A run is as long as its
 //! kernels' pre-optimization instruction counts, so the threads finish
 //! together. The result is the text a single-threaded build writes
-//! (`tests/cuda_backend.rs` compares them).
+//! (`tests/cuda_backend.rs` compares them). A module with anything besides
+//! kernels, intrinsics and the kernels' shared arrays (which no lowering
+//! makes today) is emitted on one thread, as the runs would each need it.
 
+use super::simt::PTX_KERNEL;
 use crate::backend::llvm::{self, LlvmError};
 use inkwell::context::Context;
 use inkwell::memory_buffer::MemoryBuffer;
@@ -19,10 +22,31 @@ use inkwell::module::{Linkage, Module};
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::FileType;
 use inkwell::values::FunctionValue;
+use inkwell::AddressSpace;
 
 /// At most this many threads: each holds a whole copy of the module until
 /// it has dropped the kernels it does not emit.
 const MAX_THREADS: usize = 8;
+
+/// Whether `module` is what the runs assume: every definition a kernel,
+/// every declaration an LLVM intrinsic, every global a kernel's own
+/// shared array. (A helper function, a device-side constant table or a
+/// `vprintf` would need to be declared in every run; such a module is
+/// emitted on one thread.)
+fn independent(module: &Module) -> bool {
+    let functions = module.get_functions().all(|f| {
+        if f.count_basic_blocks() > 0 {
+            f.get_call_conventions() == PTX_KERNEL
+        } else {
+            f.get_name().to_bytes().starts_with(b"llvm.")
+        }
+    });
+    let globals = module.get_globals().all(|g| {
+        matches!(g.get_linkage(), Linkage::Internal | Linkage::Private)
+            && g.as_pointer_value().get_type().get_address_space() == AddressSpace::from(3u16)
+    });
+    functions && globals
+}
 
 /// Kernels (function definitions) of `module`, in order, with their sizes.
 fn kernels(module: &Module) -> Vec<(String, usize)> {
@@ -105,10 +129,18 @@ fn part(ptx: &str, first: usize) -> Result<Part<'_>, LlvmError> {
     let globl = ptx.find("\t// .globl\t").ok_or_else(bad)?;
     let line_end = globl + ptx[globl..].find('\n').ok_or_else(bad)? + 1;
     let entry = line_end + ptx[line_end..].find("\n.visible .entry").ok_or_else(bad)? + 1;
-    let demoted = ptx[line_end..entry]
-        .lines()
-        .filter(|l| l.ends_with(" has been demoted"))
-        .collect();
+    // Only comments on demoted shared arrays may stand before the first
+    // kernel: anything else would be a module-scope declaration to keep.
+    let mut demoted = Vec::new();
+    for l in ptx[line_end..entry].lines() {
+        if l.ends_with(" has been demoted") {
+            demoted.push(l);
+        } else if !l.trim().is_empty() {
+            return Err(LlvmError::Internal(format!(
+                "PTX of an unexpected layout: `{l}` before the first kernel"
+            )));
+        }
+    }
     let kernels = renumber(
         &format!("{}{}", &ptx[globl..line_end], &ptx[entry..]),
         first,
@@ -151,6 +183,11 @@ fn join(texts: &[String], firsts: &[usize]) -> Result<String, LlvmError> {
         .zip(firsts)
         .map(|(t, &f)| part(t, f))
         .collect::<Result<_, _>>()?;
+    if parts.iter().any(|p| p.head != parts[0].head) {
+        return Err(LlvmError::Internal(
+            "PTX runs with different headers".into(),
+        ));
+    }
     let mut out = parts[0].head.to_string();
     let mut seen = std::collections::HashSet::new();
     let (globl, entry) = parts[0]
@@ -220,7 +257,7 @@ pub fn ptx(module: &Module, gpu: &str, threads: usize) -> Result<String, LlvmErr
     };
     let sizes: Vec<usize> = all.iter().map(|(_, s)| *s).collect();
     let parts = runs(&sizes, want.max(1));
-    if parts.len() <= 1 {
+    if parts.len() <= 1 || !independent(module) {
         return emit(module, gpu);
     }
     let bitcode = module.write_bitcode_to_memory().as_slice().to_vec();
@@ -248,7 +285,65 @@ pub fn ptx(module: &Module, gpu: &str, threads: usize) -> Result<String, LlvmErr
 
 #[cfg(test)]
 mod tests {
-    use super::runs;
+    use super::{ptx, runs, PTX_KERNEL};
+    use inkwell::context::Context;
+    use inkwell::AddressSpace;
+
+    /// What the lowering makes is what the runs may split: a model with
+    /// a GEMM (shared arrays), a pool, a concat and a softmax.
+    #[test]
+    fn lowered_models_are_split_into_runs() {
+        let src = "model m(x: f32[N, 8, 8, 8]) {\n\
+            let a = x |> c: conv(16, k: 3, pad: 1) |> relu()\n\
+            concat(a, x) |> maxpool(k: 2, stride: 2) |> global_avgpool() |> flatten() |> fc: linear(4) |> softmax()\n}\n";
+        let c = crate::front::compile_source("m.res", src, None).expect("compiles");
+        let w = crate::weights::random_weights(&crate::weights::specs_of(&c.graph), 1);
+        let mut g = c.graph.clone();
+        crate::passes::optimize(&mut g, None);
+        let ctx = Context::create();
+        let opts = crate::backend::cuda::CudaOptions::default();
+        let l = crate::backend::cuda::lower::lower(
+            &ctx,
+            &g,
+            &w,
+            crate::backend::cuda::simt::Mode::Gpu,
+            Default::default(),
+            &opts,
+        )
+        .expect("lowers");
+        assert!(l.module.get_functions().count() > 3);
+        assert!(super::independent(&l.module));
+    }
+
+    /// Two kernels reading one device-side table: a module the runs
+    /// cannot split (each would need the table), so it is emitted whole,
+    /// the table declared once, whatever the thread count.
+    #[test]
+    fn a_module_with_shared_globals_is_emitted_on_one_thread() {
+        let ctx = Context::create();
+        let module = ctx.create_module("m");
+        let f32t = ctx.f32_type();
+        let table = module.add_global(f32t.array_type(4), Some(AddressSpace::from(1u16)), "tbl");
+        table.set_initializer(&f32t.array_type(4).const_zero());
+        let ptr = ctx.ptr_type(AddressSpace::default());
+        for name in ["k0", "k1"] {
+            let f = module.add_function(name, ctx.void_type().fn_type(&[ptr.into()], false), None);
+            f.set_call_conventions(PTX_KERNEL);
+            let b = ctx.create_builder();
+            b.position_at_end(ctx.append_basic_block(f, "entry"));
+            let v = b
+                .build_load(f32t, table.as_pointer_value(), "")
+                .expect("load");
+            let out = f.get_nth_param(0).expect("param").into_pointer_value();
+            b.build_store(out, v).expect("store");
+            b.build_return(None).expect("ret");
+        }
+        let one = ptx(&module, "sm_80", 1).expect("ptx");
+        let two = ptx(&module, "sm_80", 2).expect("ptx");
+        assert_eq!(one, two);
+        assert_eq!(two.matches(".global .align 4 .b8 tbl").count(), 1, "{two}");
+        assert_eq!(two.matches(".entry").count(), 2, "{two}");
+    }
 
     #[test]
     fn runs_are_contiguous_balanced_and_cover_everything() {

@@ -22,7 +22,7 @@ use inkwell::AddressSpace;
 const BUILDER: &str = "the emitter keeps an insertion point";
 
 /// NVPTX's `ptx_kernel` calling convention: marks an entry point.
-const PTX_KERNEL: u32 = 71;
+pub const PTX_KERNEL: u32 = 71;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

@@ -11,19 +11,24 @@
 use super::LlvmError;
 use inkwell::context::AsContextRef;
 use inkwell::llvm_sys::core::{
+    LLVMContextGetDiagnosticContext, LLVMContextGetDiagnosticHandler,
     LLVMContextSetDiagnosticHandler, LLVMDisposeMessage, LLVMGetDiagInfoDescription,
     LLVMGetDiagInfoSeverity,
 };
 use inkwell::llvm_sys::prelude::{LLVMContextRef, LLVMDiagnosticInfoRef};
-use inkwell::llvm_sys::LLVMDiagnosticSeverity;
+use inkwell::llvm_sys::{LLVMDiagnosticHandler, LLVMDiagnosticSeverity};
 use std::cell::RefCell;
 use std::ffi::{c_void, CStr};
+use std::marker::PhantomData;
 
-/// Collects the error diagnostics of one LLVM context while it lives.
-pub struct Diagnostics {
+/// Collects the error diagnostics of one LLVM context while it lives,
+/// then puts back the handler it replaced.
+pub struct Diagnostics<'ctx> {
     ctx: LLVMContextRef,
+    previous: (LLVMDiagnosticHandler, *mut c_void),
     // Boxed: LLVM holds its address.
     errors: Box<RefCell<Vec<String>>>,
+    _ctx: PhantomData<&'ctx ()>,
 }
 
 extern "C" fn collect(info: LLVMDiagnosticInfoRef, errors: *mut c_void) {
@@ -31,25 +36,44 @@ extern "C" fn collect(info: LLVMDiagnosticInfoRef, errors: *mut c_void) {
     // vector `Diagnostics::attach` registered, alive until it is dropped
     // (which unregisters it), and only used by the context's thread.
     unsafe {
-        if LLVMGetDiagInfoSeverity(info) != LLVMDiagnosticSeverity::LLVMDSError {
+        let severity = LLVMGetDiagInfoSeverity(info);
+        if !matches!(
+            severity,
+            LLVMDiagnosticSeverity::LLVMDSError | LLVMDiagnosticSeverity::LLVMDSWarning
+        ) {
             return;
         }
         let text = LLVMGetDiagInfoDescription(info);
         let message = CStr::from_ptr(text).to_string_lossy().into_owned();
         LLVMDisposeMessage(text);
+        if severity == LLVMDiagnosticSeverity::LLVMDSWarning {
+            // As LLVM's own handler prints them.
+            eprintln!("warning: {message}");
+            return;
+        }
         (*(errors as *const RefCell<Vec<String>>))
             .borrow_mut()
             .push(message);
     }
 }
 
-impl Diagnostics {
-    /// Starts collecting `ctx`'s error diagnostics (warnings and remarks
-    /// are dropped).
-    pub fn attach<'ctx>(ctx: &impl AsContextRef<'ctx>) -> Diagnostics {
+impl<'ctx> Diagnostics<'ctx> {
+    /// Starts collecting `ctx`'s error diagnostics (warnings are printed,
+    /// remarks dropped).
+    pub fn attach(ctx: &impl AsContextRef<'ctx>) -> Diagnostics<'ctx> {
+        let raw = ctx.as_ctx_ref();
+        // SAFETY: reads of the context's current handler.
+        let previous = unsafe {
+            (
+                LLVMContextGetDiagnosticHandler(raw),
+                LLVMContextGetDiagnosticContext(raw),
+            )
+        };
         let d = Diagnostics {
-            ctx: ctx.as_ctx_ref(),
+            ctx: raw,
+            previous,
             errors: Box::new(RefCell::new(Vec::new())),
+            _ctx: PhantomData,
         };
         let data = &*d.errors as *const RefCell<Vec<String>> as *mut c_void;
         // SAFETY: the handler and its data stay valid until `drop`.
@@ -71,10 +95,10 @@ impl Diagnostics {
     }
 }
 
-impl Drop for Diagnostics {
+impl Drop for Diagnostics<'_> {
     fn drop(&mut self) {
-        // SAFETY: back to LLVM's default handler before the data goes.
-        unsafe { LLVMContextSetDiagnosticHandler(self.ctx, None, std::ptr::null_mut()) };
+        // SAFETY: the handler that was there before, before the data goes.
+        unsafe { LLVMContextSetDiagnosticHandler(self.ctx, self.previous.0, self.previous.1) };
     }
 }
 

@@ -7,9 +7,10 @@
 //! `e^x = 2^(r·log2 e) · 2^j`, the power of two built from its exponent
 //! bits in two halves so that `j` down to -150 (a subnormal result) and
 //! up to 128 (overflow to infinity) never needs an exponent out of range.
-//! On the host's exact 2^x the result is within 0.61 ulp of e^x (the
-//! test below); the GPU's `ex2.approx.f32` adds its own error, an
-//! approximation of a couple of ulp, on an argument kept in `[-1/2, 1/2]`.
+//! On the host's exact 2^x the result is within 0.87 ulp of e^x for every
+//! f32 (checked over all 2^32 inputs once; the test below sweeps a grid);
+//! the GPU's `ex2.approx.f32` adds its own error, an approximation of a
+//! couple of ulp, on an argument kept in `[-1/2, 1/2]`.
 //! A direct `ex2.approx(x·log2 e)` would also lose `|x|·2^-24` of relative
 //! accuracy to the product's rounding.
 
