@@ -169,6 +169,8 @@ pub fn with_jit<R>(
     let (module, _machine, labels) = compile(&ctx, graph, &pool, opts)?;
     inkwell::targets::Target::initialize_native(&inkwell::targets::InitializationConfig::default())
         .map_err(LlvmError::Internal)?;
+    // MCJIT generates the code here and at the first function lookup.
+    let diagnostics = crate::backend::llvm::diagnostics::Diagnostics::attach(&module.get_context());
     let engine = module
         .create_jit_execution_engine(OptimizationLevel::Less)
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
@@ -181,6 +183,7 @@ pub fn with_jit<R>(
     // SAFETY: the symbol was generated with exactly this signature.
     let f = unsafe { engine.get_function::<RunFn>(&format!("{sym}_run")) }
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
+    diagnostics.check()?;
     let expected = graph.input_shape().to_vec();
     let mut arena: Vec<f32> = Vec::new();
     let mut ticks = vec![0i64; labels.len()];

@@ -74,6 +74,9 @@ pub fn run_in_order(
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
     inkwell::targets::Target::initialize_native(&inkwell::targets::InitializationConfig::default())
         .map_err(LlvmError::Internal)?;
+    // MCJIT generates the code here and at the first function lookup.
+    let diagnostics =
+        crate::backend::llvm::diagnostics::Diagnostics::attach(&l.module.get_context());
     let engine = l
         .module
         .create_jit_execution_engine(OptimizationLevel::Default)
@@ -108,6 +111,7 @@ pub fn run_in_order(
         // SAFETY: the kernel was generated with exactly this signature.
         let f = unsafe { engine.get_function::<BlockFn>(&v.kernel) }
             .map_err(|e| LlvmError::Internal(e.to_string()))?;
+        diagnostics.check()?;
         let args: Vec<*mut f32> = launch
             .args
             .iter()
