@@ -20,7 +20,7 @@ use inkwell::context::Context;
 use inkwell::memory_buffer::MemoryBuffer;
 use inkwell::module::{Linkage, Module};
 use inkwell::passes::PassBuilderOptions;
-use inkwell::targets::FileType;
+use inkwell::targets::{FileType, TargetMachine};
 use inkwell::values::FunctionValue;
 use inkwell::AddressSpace;
 
@@ -84,12 +84,11 @@ fn runs(sizes: &[usize], n: usize) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-/// Optimizes `module` for `gpu` and writes it as PTX text.
-fn emit(module: &Module, gpu: &str) -> Result<String, LlvmError> {
-    let machine = llvm::nvptx_machine(gpu)?;
-    llvm::target(module, &machine);
-    llvm::optimize(module, &machine)?;
-    let buf = llvm::write(module, &machine, FileType::Assembly)?;
+/// Optimizes `module` for `machine` and writes it as PTX text.
+fn emit(module: &Module, machine: &TargetMachine) -> Result<String, LlvmError> {
+    llvm::target(module, machine);
+    llvm::optimize(module, machine)?;
+    let buf = llvm::write(module, machine, FileType::Assembly)?;
     Ok(String::from_utf8_lossy(&buf)
         .trim_end_matches('\0')
         .to_string())
@@ -112,7 +111,7 @@ fn emit_run(bitcode: &[u8], keep: &[String], gpu: &str) -> Result<String, LlvmEr
     module
         .run_passes("globaldce", &machine, PassBuilderOptions::create())
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
-    emit(&module, gpu)
+    emit(&module, &machine)
 }
 
 /// One run's PTX cut into what the joined text needs: the header's
@@ -189,7 +188,6 @@ fn join(texts: &[String], firsts: &[usize]) -> Result<String, LlvmError> {
         ));
     }
     let mut out = parts[0].head.to_string();
-    let mut seen = std::collections::HashSet::new();
     let (globl, entry) = parts[0]
         .kernels
         .split_once('\n')
@@ -211,39 +209,12 @@ fn join(texts: &[String], firsts: &[usize]) -> Result<String, LlvmError> {
         .chain(parts[1..].iter().map(|p| p.kernels.as_str()))
         .enumerate()
     {
-        for decl in module_scope(k) {
-            if !seen.insert(decl.to_string()) {
-                return Err(LlvmError::Internal(format!(
-                    "two PTX runs both declare `{decl}`"
-                )));
-            }
-        }
         if i > 0 && !out.ends_with('\n') {
             out.push('\n');
         }
         out.push_str(k);
     }
     Ok(out)
-}
-
-/// Directives that declare a module-scope symbol.
-const SYMBOLS: [&str; 8] = [
-    ".visible", ".extern", ".weak", ".global", ".shared", ".const", ".func", ".entry",
-];
-
-/// Module-scope declarations in `ptx` (outside every kernel's braces):
-/// what two runs must not both declare.
-fn module_scope(ptx: &str) -> Vec<&str> {
-    let mut depth = 0i32;
-    let mut out = Vec::new();
-    for line in ptx.lines() {
-        let t = line.trim();
-        if depth == 0 && SYMBOLS.iter().any(|d| t.starts_with(d)) {
-            out.push(t);
-        }
-        depth += t.matches('{').count() as i32 - t.matches('}').count() as i32;
-    }
-    out
 }
 
 /// PTX for `module`'s kernels, on up to `threads` threads (0: one per
@@ -258,7 +229,7 @@ pub fn ptx(module: &Module, gpu: &str, threads: usize) -> Result<String, LlvmErr
     let sizes: Vec<usize> = all.iter().map(|(_, s)| *s).collect();
     let parts = runs(&sizes, want.max(1));
     if parts.len() <= 1 || !independent(module) {
-        return emit(module, gpu);
+        return emit(module, &llvm::nvptx_machine(gpu)?);
     }
     let bitcode = module.write_bitcode_to_memory().as_slice().to_vec();
     let texts: Vec<Result<String, LlvmError>> = std::thread::scope(|s| {

@@ -83,15 +83,18 @@ impl<'ctx> Diagnostics<'ctx> {
 
     /// The errors diagnosed so far, as one `LlvmError`.
     pub fn check(&self) -> Result<(), LlvmError> {
-        let mut errors = self.errors.borrow().clone();
+        let errors = self.errors.borrow();
+        if errors.is_empty() {
+            return Ok(());
+        }
         // One kernel or loop can report the same error many times.
         let mut seen = std::collections::HashSet::new();
-        errors.retain(|e| seen.insert(e.clone()));
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(LlvmError::Internal(errors.join("; ")))
-        }
+        let unique: Vec<&str> = errors
+            .iter()
+            .map(String::as_str)
+            .filter(|e| seen.insert(*e))
+            .collect();
+        Err(LlvmError::Internal(unique.join("; ")))
     }
 }
 
