@@ -60,7 +60,7 @@ enum Command {
         target: Target,
         #[command(flatten)]
         cpu: CpuArgs,
-        /// Threads for --target cpu (default: all CPUs).
+        /// Threads for --target cpu (default: the CPUs this process may use).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: Option<u16>,
         #[command(flatten)]

@@ -298,6 +298,47 @@ fn bench_reports_json() {
     assert!(v["min_ms"].as_f64().expect("min") <= v["median_ms"].as_f64().expect("median"));
 }
 
+/// Without `--threads`, the pool uses the CPUs the process may run on, not
+/// all the machine's: under `taskset -c 0` one thread (two threads spinning
+/// on one CPU made densenet_bc_small 80 times slower).
+#[test]
+fn default_threads_follow_the_affinity_mask() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let taskset = Command::new("taskset").arg("-V").output();
+    if cpus < 2 || !taskset.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: needs taskset and 2 CPUs (have {cpus})");
+        return;
+    }
+    // The first CPU this process may use ("0-1", "2,5-7", ...).
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let first = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|l| l.trim().split([',', '-']).next().map(str::to_string))
+        .unwrap_or_else(|| "0".into());
+    let bench = |pin: bool| {
+        let mut cmd = Command::new(if pin {
+            "taskset"
+        } else {
+            env!("CARGO_BIN_EXE_resnetc")
+        });
+        if pin {
+            cmd.args(["-c", &first, env!("CARGO_BIN_EXE_resnetc")]);
+        }
+        let o = cmd
+            .args(["bench", "examples/cifar_resnet20.res", "--format", "json"])
+            .current_dir(root())
+            .output()
+            .expect("resnetc runs");
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        v["threads"].as_u64().expect("threads")
+    };
+    assert_eq!(bench(true), 1);
+    // Rust counts a cgroup CPU quota too, so it may see fewer.
+    assert!(bench(false) >= cpus as u64);
+}
+
 /// `resnetc ir big.res | head -1`: a closed pipe ends resnetc quietly, not
 /// with a panic (exit 101).
 #[test]

@@ -159,6 +159,8 @@ fn static_library_links_into_a_c_program() {
                 "expf",
                 "exp",
                 "sysconf",
+                "sched_getaffinity",
+                "sched_yield",
                 "pthread_mutex_lock",
                 "pthread_mutex_unlock",
                 "pthread_cond_wait",

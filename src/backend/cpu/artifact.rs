@@ -206,7 +206,8 @@ pub fn header(graph: &Graph, pool: &ConstPool, sym: &str) -> String {
 #define {up}_ARENA_BYTES_PER_IMAGE {arena}
 
 /* Threads the model uses, shared by every resnetc model in the process;
- * the default is the number of online CPUs. Workers are created once, on
+ * the default is the number of CPUs the process may run on (its affinity
+ * mask: taskset, a container's cpuset). Workers are created once, on
  * first use, and reused by every call. */
 void {sym}_set_num_threads(int n);
 
