@@ -5,6 +5,7 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=runtime/parallel.c");
+    println!("cargo:rerun-if-changed=runtime/default_threads.h");
     println!("cargo:rerun-if-changed=runtime/cuda_rt.c");
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let mut build = cc::Build::new();

@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <unistd.h>
 
+#include "default_threads.h"
+
 typedef void (*resnetc_task)(void *ctx, int64_t begin, int64_t end);
 
 #define MAX_THREADS 256
@@ -125,20 +127,20 @@ void resnetc_set_num_threads(int n) {
     __atomic_store_n(&requested, n, __ATOMIC_RELAXED);
 }
 
+static int detected; /* detect_threads(), once */
+
 int resnetc_get_num_threads(void) {
     int n = __atomic_load_n(&requested, __ATOMIC_RELAXED);
     if (n == 0) {
-        /* The CPUs this process may run on (taskset, a container's cpuset),
-         * not all the machine's: more threads than those only queue. */
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        cpu_set_t mask;
-        if (sched_getaffinity(0, sizeof mask, &mask) == 0) {
-            /* Counted here: CPU_COUNT calls a glibc-internal symbol. */
-            long allowed = 0;
-            for (int c = 0; c < CPU_SETSIZE; c++) allowed += CPU_ISSET(c, &mask) != 0;
-            if (allowed > 0) cpus = allowed;
+        /* Once: it reads files, and every parallel call asks (a
+         * sysconf per call made small models 1.6-5 times slower). Two
+         * first callers at once both compute the same value. */
+        n = __atomic_load_n(&detected, __ATOMIC_RELAXED);
+        if (n == 0) {
+            n = detect_threads();
+            __atomic_store_n(&detected, n, __ATOMIC_RELAXED);
         }
-        n = cpus < 1 ? 1 : cpus > MAX_THREADS ? MAX_THREADS : (int)cpus;
+        if (n > MAX_THREADS) n = MAX_THREADS;
     }
     return n;
 }

@@ -60,6 +60,7 @@ pub fn build(
                 "resnetc_parallel_for".to_string(),
                 "resnetc_set_num_threads".to_string(),
                 "resnetc_get_num_threads".to_string(),
+                "resnetc_cgroup_cpu_limit".to_string(),
                 "resnetc_now_ns".to_string(),
             ];
             // Member names over 15 bytes need a long-name table; the
@@ -207,7 +208,8 @@ pub fn header(graph: &Graph, pool: &ConstPool, sym: &str) -> String {
 
 /* Threads the model uses, shared by every resnetc model in the process;
  * the default is the number of CPUs the process may run on (its affinity
- * mask: taskset, a container's cpuset). Workers are created once, on
+ * mask: taskset, a container's cpuset), capped by a cgroup CPU limit
+ * (docker --cpus, a Kubernetes limit). Workers are created once, on
  * first use, and reused by every call. */
 void {sym}_set_num_threads(int n);
 

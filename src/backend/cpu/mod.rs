@@ -6,6 +6,8 @@ pub mod artifact;
 pub mod consts;
 pub mod conv_gemm;
 pub mod conv_transpose_plan;
+#[cfg(test)]
+mod default_threads_tests;
 pub mod lower;
 
 use crate::backend::llvm::{self, LlvmError};
@@ -46,7 +48,8 @@ extern "C" {
 /// The pool's object code, embedded in every static library.
 pub const RUNTIME_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/parallel.o"));
 
-/// Threads JIT-run code uses (the pool is per process; default: all CPUs).
+/// Threads JIT-run code uses (the pool is per process; default: the CPUs
+/// the process may use, within its cgroup's CPU limit).
 pub fn set_num_threads(n: usize) {
     // SAFETY: a plain store of a clamped integer.
     unsafe { resnetc_set_num_threads(n.min(256) as i32) }
