@@ -6,8 +6,10 @@
  *
  * With CALLERS > 1, that many threads call the model at once on the same
  * input, several times each, and every result must equal the first: the
- * generated forward function is re-entrant. MODEL_THREADS sets the threads
- * the model itself uses (default: all CPUs).
+ * generated forward function is re-entrant. Rounds alternate between
+ * FORWARD (working memory allocated per call) and FORWARD_WITH_ARENA (each
+ * caller's own arena, kept across its calls). MODEL_THREADS sets the threads
+ * the model itself uses (default: the CPUs the process may use).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -23,12 +25,15 @@ struct job {
     float *output;
     int batch;
     int status;
+    void *arena;  /* batch * ARENA_BYTES bytes */
+    float *again; /* FORWARD_WITH_ARENA's output */
 };
 
 static void *work(void *arg) {
     struct job *j = arg;
     for (int r = 0; r < ROUNDS && j->status == 0; r++)
-        j->status = FORWARD(j->input, j->output, j->batch);
+        j->status = r % 2 ? FORWARD_WITH_ARENA(j->input, j->again, j->batch, j->arena)
+                          : FORWARD(j->input, j->output, j->batch);
     return NULL;
 }
 
@@ -59,13 +64,21 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (argc > 5) SET_THREADS(atoi(argv[5]));
+    /* The documented refusals, before any work. */
+    float dummy = 0;
+    if (FORWARD(&dummy, &dummy, 0) != -1 || FORWARD_WITH_ARENA(&dummy, &dummy, 0, &dummy) != -1 ||
+        FORWARD_WITH_ARENA(&dummy, &dummy, 1, NULL) != -2) {
+        fprintf(stderr, "a bad batch or a NULL arena was not refused\n");
+        return 1;
+    }
     size_t in_n = (size_t)batch * INPUT_SIZE, out_n = (size_t)batch * OUTPUT_SIZE;
     float *input = read_floats(argv[1], in_n);
     if (!input) return 1;
     struct job *jobs = calloc((size_t)threads, sizeof *jobs);
     pthread_t *tids = calloc((size_t)threads, sizeof *tids);
     for (int t = 0; t < threads; t++) {
-        jobs[t] = (struct job){input, malloc(out_n * sizeof(float)), batch, 0};
+        jobs[t] = (struct job){input, malloc(out_n * sizeof(float)), batch, 0,
+                               malloc((size_t)batch * ARENA_BYTES + 1), malloc(out_n * sizeof(float))};
         if (pthread_create(&tids[t], NULL, work, &jobs[t]) != 0) { perror("pthread_create"); return 1; }
     }
     int bad = 0;
@@ -74,6 +87,9 @@ int main(int argc, char **argv) {
         if (jobs[t].status != 0) { fprintf(stderr, "thread %d: forward returned %d\n", t, jobs[t].status); bad = 1; }
         else if (memcmp(jobs[t].output, jobs[0].output, out_n * sizeof(float)) != 0) {
             fprintf(stderr, "thread %d: result differs from thread 0\n", t);
+            bad = 1;
+        } else if (memcmp(jobs[t].again, jobs[t].output, out_n * sizeof(float)) != 0) {
+            fprintf(stderr, "thread %d: FORWARD_WITH_ARENA differs from FORWARD\n", t);
             bad = 1;
         }
     }

@@ -53,6 +53,7 @@ pub fn build(
             }
             let model_symbols = vec![
                 format!("{sym}_forward"),
+                format!("{sym}_forward_with_arena"),
                 format!("{sym}_set_num_threads"),
                 format!("{sym}_run"),
             ];
@@ -171,6 +172,55 @@ fn add_forward<'ctx>(
     b.build_call(free, &[arena.into()], "").map_err(err)?;
     b.build_return(Some(&i32t.const_zero())).map_err(err)?;
 
+    // <sym>_forward_with_arena(input, output, batch, arena): the caller's
+    // working memory, so that a server reuses it: an arena over glibc's
+    // largest mmap threshold (32 MiB, resnet50 at batch 4) is mapped and
+    // faulted in afresh by every malloc (resnet50 batch 8: 8% of a call).
+    let with = module.add_function(
+        &format!("{sym}_forward_with_arena"),
+        i32t.fn_type(&[ptr.into(), ptr.into(), i32t.into(), ptr.into()], false),
+        None,
+    );
+    let q = |i: u32| with.get_nth_param(i).expect("declared");
+    let entry = ctx.append_basic_block(with, "entry");
+    let bad = ctx.append_basic_block(with, "bad_batch");
+    let check = ctx.append_basic_block(with, "check_arena");
+    let missing = ctx.append_basic_block(with, "no_arena");
+    let go = ctx.append_basic_block(with, "run");
+    b.position_at_end(entry);
+    let batch = q(2).into_int_value();
+    let positive = b
+        .build_int_compare(inkwell::IntPredicate::SGT, batch, i32t.const_zero(), "")
+        .map_err(err)?;
+    b.build_conditional_branch(positive, check, bad)
+        .map_err(err)?;
+    b.position_at_end(bad);
+    b.build_return(Some(&i32t.const_int(-1i64 as u64, true)))
+        .map_err(err)?;
+    b.position_at_end(check);
+    let arena = q(3).into_pointer_value();
+    let null = b.build_is_null(arena, "").map_err(err)?;
+    b.build_conditional_branch(null, missing, go).map_err(err)?;
+    b.position_at_end(missing);
+    b.build_return(Some(&i32t.const_int(-2i64 as u64, true)))
+        .map_err(err)?;
+    b.position_at_end(go);
+    let batch64 = b.build_int_z_extend(batch, i64t, "").map_err(err)?;
+    b.build_call(
+        run,
+        &[
+            q(0).into(),
+            q(1).into(),
+            batch64.into(),
+            weights.as_pointer_value().into(),
+            arena.into(),
+            ptr.const_null().into(),
+        ],
+        "",
+    )
+    .map_err(err)?;
+    b.build_return(Some(&i32t.const_zero())).map_err(err)?;
+
     // <sym>_set_num_threads(n): the pool is shared by every model in the
     // process.
     let set_rt = module.add_function(
@@ -203,7 +253,8 @@ pub fn header(graph: &Graph, pool: &ConstPool, sym: &str) -> String {
         graph.input_shape(),
         graph.output_shape(),
         &format!(
-            r#"/* Working memory each call allocates (and frees), per image. */
+            r#"/* Working memory a call needs, per image: `{sym}_forward` allocates
+ * (and frees) it; `{sym}_forward_with_arena` takes it from the caller. */
 #define {up}_ARENA_BYTES_PER_IMAGE {arena}
 
 /* Threads the model uses, shared by every resnetc model in the process;
@@ -219,6 +270,14 @@ void {sym}_set_num_threads(int n);
  * be allocated. Re-entrant: any number of threads may call it at once (each
  * call has its own working memory; the weights are read-only). */
 int {sym}_forward(const float *input, float *output, int batch);
+
+/* `{sym}_forward` in the caller's working memory: `arena` holds at least
+ * batch * {up}_ARENA_BYTES_PER_IMAGE bytes, 4-byte aligned (64 is best),
+ * contents irrelevant, and serves one call at a time. Nothing is
+ * allocated: a caller that keeps its arena saves the pages a large
+ * allocation maps and faults in on every call. Returns 0, -1 if
+ * batch < 1, -2 if arena is NULL. */
+int {sym}_forward_with_arena(const float *input, float *output, int batch, void *arena);
 "#
         ),
     )
