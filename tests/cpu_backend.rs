@@ -135,6 +135,22 @@ fn portable_cpu_choices_work_and_unknown_ones_are_refused() {
     assert!(err.to_string().contains("unknown CPU"), "{err}");
 }
 
+/// A library caller's mistakes are their own errors, not "a bug in
+/// resnetc": an input of the wrong shape, a graph that skipped the passes.
+#[test]
+fn caller_mistakes_are_not_internal_errors() {
+    use resnetc::backend::llvm::LlvmError;
+    let c = compile_example("cifar_resnet20");
+    let w = bind_weights(&c, &fixture("cifar_resnet20.safetensors"));
+    let opt = optimized(&c.graph);
+    let wrong = resnetc::tensor::Tensor::zeros(&[1, 3, 16, 16]);
+    let err = run_jit(&opt, &w, &wrong, &CpuOptions::default()).expect_err("refused");
+    assert!(matches!(err, LlvmError::Input { .. }), "{err:?}");
+    let x = read_npy(&fixture("cifar_resnet20.input.npy")).expect("input");
+    let err = run_jit(&c.graph, &w, &x, &CpuOptions::default()).expect_err("refused");
+    assert!(matches!(err, LlvmError::Unplanned), "{err:?}");
+}
+
 fn raw_floats(path: &Path) -> Vec<u8> {
     let t = read_npy(path).expect("npy");
     t.data.iter().flat_map(|v| v.to_le_bytes()).collect()

@@ -157,10 +157,7 @@ pub fn lower<'ctx>(
     pool: &ConstPool,
     symbol: &str,
 ) -> Result<(Module<'ctx>, Vec<String>), LlvmError> {
-    let plan = graph
-        .plan
-        .as_ref()
-        .ok_or_else(|| LlvmError::Internal("the graph has no memory plan".into()))?;
+    let plan = graph.plan.as_ref().ok_or(LlvmError::Unplanned)?;
     let module = ctx.create_module(symbol);
     let c = Ctx {
         graph,

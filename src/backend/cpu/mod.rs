@@ -161,10 +161,7 @@ pub fn with_jit<R>(
     opts: &CpuOptions,
     body: impl FnOnce(&mut JitRun) -> R,
 ) -> Result<R, LlvmError> {
-    let plan = graph
-        .plan
-        .as_ref()
-        .ok_or_else(|| LlvmError::Internal("the graph has no memory plan".into()))?;
+    let plan = graph.plan.as_ref().ok_or(LlvmError::Unplanned)?;
     let derived = crate::weights::materialize(graph, weights);
     let pool = ConstPool::build(graph, weights, &derived, opts);
     let ctx = Context::create();
@@ -195,10 +192,10 @@ pub fn with_jit<R>(
             || input.shape[1..] != *expected
             || input.shape[0] == 0
         {
-            return Err(LlvmError::Internal(format!(
-                "input shape {:?} does not match the model's [N, {:?}]",
-                input.shape, expected
-            )));
+            return Err(LlvmError::Input {
+                got: input.shape.clone(),
+                want: expected.clone(),
+            });
         }
         let batch = input.shape[0];
         // A huge batch is a clear error, not an allocation abort.

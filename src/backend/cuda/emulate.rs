@@ -83,11 +83,14 @@ pub fn run_in_order(
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
     let plan: &LaunchPlan = &l.plan;
     let n = input.shape.first().copied().unwrap_or(0) as u64;
-    if input.shape.len() != plan.input_shape.len() + 1 || input.shape[1..] != plan.input_shape {
-        return Err(LlvmError::Internal(format!(
-            "input shape {:?} does not match the model's [N, {:?}]",
-            input.shape, plan.input_shape
-        )));
+    if input.shape.len() != plan.input_shape.len() + 1
+        || input.shape[1..] != plan.input_shape
+        || n == 0
+    {
+        return Err(LlvmError::Input {
+            got: input.shape.clone(),
+            want: plan.input_shape.clone(),
+        });
     }
     let mut consts = Aligned::new(l.consts.len());
     consts.slice()[..l.consts.len()].copy_from_slice(&l.consts);

@@ -66,10 +66,7 @@ pub fn lower<'ctx>(
     opts: &CudaOptions,
 ) -> Result<Lowered<'ctx>, LlvmError> {
     let gpu = opts.gpu.as_str();
-    let plan = graph
-        .plan
-        .as_ref()
-        .ok_or_else(|| LlvmError::Internal("the graph has no memory plan".into()))?;
+    let plan = graph.plan.as_ref().ok_or(LlvmError::Unplanned)?;
     let sym = symbol(&graph.name);
     let module = ctx.create_module(&sym);
     let derived = crate::weights::materialize(graph, weights);

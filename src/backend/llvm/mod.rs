@@ -39,6 +39,20 @@ pub enum LlvmError {
         help("use --emit obj: an object file has no such limit")
     )]
     ArchiveTooLarge(String),
+    /// A library caller's input of the wrong shape (the CLI checks first).
+    #[error("input shape {got:?} does not match the model's [N, {want:?}]")]
+    #[diagnostic(
+        code(resnetc::backend::input),
+        help("pass N ≥ 1 images of the model's input shape")
+    )]
+    Input { got: Vec<usize>, want: Vec<usize> },
+    /// A library caller's graph that did not go through the passes.
+    #[error("the graph has no memory plan")]
+    #[diagnostic(
+        code(resnetc::backend::unplanned),
+        help("run `passes::optimize` on the graph before lowering it")
+    )]
+    Unplanned,
     #[error("LLVM: {0}")]
     #[diagnostic(
         code(resnetc::backend::llvm),
