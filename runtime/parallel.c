@@ -12,6 +12,9 @@
  * what. One parallel call runs at a time; concurrent callers (two threads
  * each running a model) take turns op by op, which keeps the generated
  * forward functions re-entrant. */
+/* The library must link against any glibc: with _FORTIFY_SOURCE (on by
+ * default in some distributions' gcc) calls become __*_chk symbols. */
+#undef _FORTIFY_SOURCE
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
@@ -29,7 +32,7 @@ static pthread_mutex_t state = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t finished = PTHREAD_COND_INITIALIZER;
 
-static int requested;        /* 0 until set: then the CPUs this process may use */
+static int requested;        /* set_num_threads's value; 0: the default */
 static int workers;          /* threads started besides the caller */
 static uint64_t generation;  /* bumped per job */
 static resnetc_task job_fn;

@@ -335,8 +335,28 @@ fn default_threads_follow_the_affinity_mask() {
         v["threads"].as_u64().expect("threads")
     };
     assert_eq!(bench(true), 1);
-    // Rust counts a cgroup CPU quota too, so it may see fewer.
-    assert!(bench(false) >= cpus as u64);
+    // Unpinned: at most the CPUs of the mask, at least what Rust counts
+    // (the mask and the cgroup quota, rounded down where resnetc rounds up).
+    let allowed: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|list| {
+            list.trim()
+                .split(',')
+                .map(|r| match r.split_once('-') {
+                    Some((a, b)) => {
+                        b.parse::<u64>().unwrap_or(0) + 1 - a.parse::<u64>().unwrap_or(0)
+                    }
+                    None => 1,
+                })
+                .sum()
+        })
+        .unwrap_or(cpus as u64);
+    let unpinned = bench(false);
+    assert!(
+        (cpus as u64..=allowed).contains(&unpinned),
+        "{unpinned} threads, not in {cpus}..={allowed}"
+    );
 }
 
 /// `resnetc ir big.res | head -1`: a closed pipe ends resnetc quietly, not

@@ -189,7 +189,7 @@ fn static_library_links_into_a_c_program() {
                 "strcspn",
                 "strlen",
                 "strtok_r",
-                "strtol",
+                "strstr",
                 "pthread_mutex_lock",
                 "pthread_mutex_unlock",
                 "pthread_cond_wait",
