@@ -52,6 +52,9 @@ pub struct Built {
     /// Per-image input and output shapes (batch excluded).
     pub input_shape: Vec<usize>,
     pub output_shape: Vec<usize>,
+    /// Working memory per image of a CPU library's
+    /// `<symbol>_forward_with_arena`; `None` for CUDA builds.
+    pub arena_bytes_per_image: Option<usize>,
 }
 
 /// Compiles `model` with `weights` for `opts.cpu` and writes the artifact
@@ -70,7 +73,8 @@ pub fn build_cpu(
     let pool = ConstPool::build(&g, &w, &derived, opts);
     on_stage("generating code");
     let files = artifact::build(&g, &pool, opts, emit)?;
-    finish(&g, files, out_dir, on_stage)
+    let arena = g.plan.as_ref().map_or(0, |p| pool.arena_floats(p) * 4);
+    finish(&g, files, out_dir, Some(arena), on_stage)
 }
 
 /// Compiles `model` with `weights` for `opts.gpu` and writes the CUDA
@@ -86,7 +90,7 @@ pub fn build_cuda(
     let (g, w) = load(model, weights, on_stage)?;
     on_stage("generating PTX");
     let files = cuda::artifact::build(&g, &w, opts, emit)?;
-    finish(&g, files, out_dir, on_stage)
+    finish(&g, files, out_dir, None, on_stage)
 }
 
 /// The optimized graph of `model` and its bound weights.
@@ -117,6 +121,7 @@ fn finish(
     g: &crate::ir::Graph,
     files: Vec<(String, Vec<u8>)>,
     out_dir: &Path,
+    arena_bytes_per_image: Option<usize>,
     on_stage: &mut dyn FnMut(&str),
 ) -> Result<Built, Error> {
     on_stage("writing");
@@ -136,6 +141,7 @@ fn finish(
         files: written,
         input_shape: g.input_shape().to_vec(),
         output_shape: g.output_shape().to_vec(),
+        arena_bytes_per_image,
     })
 }
 
@@ -165,16 +171,24 @@ extern "C" {{
 pub enum ForwardError {{
     /// The input is not a whole number (at least one) of images.
     InputSize {{ len: usize }},
+    /// `Runner::forward_into`'s output is not `batch * OUTPUT_SIZE` floats.
+    OutputSize {{ len: usize }},
     /// The model returned this status (-2: out of memory).
     Status(i32),
 }}
 
-/// Runs the model on `input.len() / INPUT_SIZE` images; re-entrant.
-pub fn forward(input: &[f32]) -> Result<Vec<f32>, ForwardError> {{
+/// The batch of `input`: a whole number (at least one) of images.
+fn batch_of(input: &[f32]) -> Result<usize, ForwardError> {{
     let batch = input.len() / INPUT_SIZE;
     if batch == 0 || input.len() % INPUT_SIZE != 0 || batch > i32::MAX as usize {{
         return Err(ForwardError::InputSize {{ len: input.len() }});
     }}
+    Ok(batch)
+}}
+
+/// Runs the model on `input.len() / INPUT_SIZE` images; re-entrant.
+pub fn forward(input: &[f32]) -> Result<Vec<f32>, ForwardError> {{
+    let batch = batch_of(input)?;
     let mut output = vec![0f32; batch * OUTPUT_SIZE];
     // SAFETY: the input holds `batch` whole images and the output room for
     // `batch` results, exactly what the generated function reads and writes.
@@ -185,7 +199,10 @@ pub fn forward(input: &[f32]) -> Result<Vec<f32>, ForwardError> {{
         Err(ForwardError::Status(status))
     }}
 }}
-"#,
+{runner}"#,
+        runner = built
+            .arena_bytes_per_image
+            .map_or(String::new(), |a| runner(sym, a)),
         version = env!("CARGO_PKG_VERSION"),
         in_rank = built.input_shape.len(),
         in_shape = built.input_shape,
@@ -193,5 +210,63 @@ pub fn forward(input: &[f32]) -> Result<Vec<f32>, ForwardError> {{
         out_shape = built.output_shape,
         in_size = per(&built.input_shape),
         out_size = per(&built.output_shape),
+    )
+}
+
+/// The bindings' `Runner`: `forward` in working memory it keeps
+/// (`<sym>_forward_with_arena`), for a CPU library of `arena` bytes an image.
+fn runner(sym: &str, arena: usize) -> String {
+    format!(
+        r#"
+extern "C" {{
+    fn {sym}_forward_with_arena(input: *const f32, output: *mut f32, batch: i32, arena: *mut core::ffi::c_void) -> i32;
+}}
+
+/// Bytes of working memory per image.
+pub const ARENA_BYTES_PER_IMAGE: usize = {arena};
+
+/// Runs the model in working memory it keeps across calls, so that a call
+/// allocates nothing (`forward` allocates per call, which costs a large
+/// batch the pages the allocation maps). One per thread: `&mut self`.
+#[derive(Debug, Default)]
+pub struct Runner {{
+    arena: Vec<f32>,
+}}
+
+impl Runner {{
+    pub fn new() -> Runner {{
+        Runner::default()
+    }}
+
+    /// `forward` into `output`, which must hold `batch * OUTPUT_SIZE` floats.
+    pub fn forward_into(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), ForwardError> {{
+        let batch = batch_of(input)?;
+        if output.len() != batch * OUTPUT_SIZE {{
+            return Err(ForwardError::OutputSize {{ len: output.len() }});
+        }}
+        // Floats, so the arena is aligned as the code expects; at least one,
+        // so the pointer is never null.
+        let floats = batch
+            .checked_mul(ARENA_BYTES_PER_IMAGE)
+            .ok_or(ForwardError::Status(-2))?
+            .div_ceil(4)
+            .max(1);
+        if self.arena.len() < floats {{
+            self.arena.resize(floats, 0.0);
+        }}
+        // SAFETY: whole images in, room for their results out, and an arena
+        // of at least `batch * ARENA_BYTES_PER_IMAGE` bytes that only this
+        // call uses (`&mut self`).
+        let status = unsafe {{
+            {sym}_forward_with_arena(input.as_ptr(), output.as_mut_ptr(), batch as i32, self.arena.as_mut_ptr().cast())
+        }};
+        if status == 0 {{
+            Ok(())
+        }} else {{
+            Err(ForwardError::Status(status))
+        }}
+    }}
+}}
+"#
     )
 }

@@ -34,6 +34,19 @@ fn main() {
     });
     match model::forward(&input) {
         Ok(output) => {
+            // The same run in a kept arena, twice: the same numbers.
+            let mut runner = model::Runner::new();
+            let mut again = vec![0f32; output.len()];
+            for _ in 0..2 {
+                if let Err(e) = runner.forward_into(&input, &mut again) {
+                    eprintln!("Runner::forward_into failed: {e:?}");
+                    std::process::exit(1)
+                }
+                if again != output {
+                    eprintln!("Runner::forward_into differs from forward");
+                    std::process::exit(1)
+                }
+            }
             eprintln!("{} image(s) of {:?} -> {:?} each", input.len() / model::INPUT_SIZE, model::INPUT_SHAPE, model::OUTPUT_SHAPE);
             for v in output {
                 println!("{v}");
