@@ -171,10 +171,8 @@ extern "C" {{
 pub enum ForwardError {{
     /// The input is not a whole number (at least one) of images.
     InputSize {{ len: usize }},
-    /// `Runner::forward_into`'s output is not `batch * OUTPUT_SIZE` floats.
-    OutputSize {{ len: usize }},
     /// The model returned this status (-2: out of memory).
-    Status(i32),
+    Status(i32),{output_size}
 }}
 
 /// The batch of `input`: a whole number (at least one) of images.
@@ -203,6 +201,12 @@ pub fn forward(input: &[f32]) -> Result<Vec<f32>, ForwardError> {{
         runner = built
             .arena_bytes_per_image
             .map_or(String::new(), |a| runner(sym, a)),
+        // Only beside `Runner`: an unused variant would be a warning.
+        output_size = if built.arena_bytes_per_image.is_some() {
+            "\n    /// `Runner::forward_into`'s output is not `batch * OUTPUT_SIZE` floats.\n    OutputSize { len: usize },"
+        } else {
+            ""
+        },
         version = env!("CARGO_PKG_VERSION"),
         in_rank = built.input_shape.len(),
         in_shape = built.input_shape,
@@ -228,9 +232,15 @@ pub const ARENA_BYTES_PER_IMAGE: usize = {arena};
 /// Runs the model in working memory it keeps across calls, so that a call
 /// allocates nothing (`forward` allocates per call, which costs a large
 /// batch the pages the allocation maps). One per thread: `&mut self`.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Runner {{
     arena: Vec<f32>,
+}}
+
+impl core::fmt::Debug for Runner {{
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {{
+        f.debug_struct("Runner").field("arena_bytes", &(4 * self.arena.len())).finish()
+    }}
 }}
 
 impl Runner {{
@@ -252,6 +262,10 @@ impl Runner {{
             .div_ceil(4)
             .max(1);
         if self.arena.len() < floats {{
+            // Out of memory is an error, as in `forward`, not an abort.
+            self.arena
+                .try_reserve_exact(floats - self.arena.len())
+                .map_err(|_| ForwardError::Status(-2))?;
             self.arena.resize(floats, 0.0);
         }}
         // SAFETY: whole images in, room for their results out, and an arena

@@ -847,6 +847,18 @@ mod tests {
         assert_eq!(exit_code(&bug), 70);
         let user = Report::new(LlvmError::UnknownGpu("sm_70".into()));
         assert_eq!(exit_code(&user), 1);
+        for caller in [
+            LlvmError::Unplanned,
+            LlvmError::Input {
+                got: vec![1],
+                want: vec![3],
+            },
+        ] {
+            assert_eq!(
+                exit_code(&Report::new(resnetc::api::Error::from(caller))),
+                1
+            );
+        }
         assert_eq!(exit_code(&miette::miette!("no weights given")), 1);
     }
 }

@@ -175,7 +175,7 @@ fn add_forward<'ctx>(
     // <sym>_forward_with_arena(input, output, batch, arena): the caller's
     // working memory, so that a server reuses it: an arena over glibc's
     // largest mmap threshold (32 MiB, resnet50 at batch 4) is mapped and
-    // faulted in afresh by every malloc (resnet50 batch 8: 8% of a call).
+    // faulted in afresh by every malloc (resnet50 batch 8: 10-13% of a call).
     let with = module.add_function(
         &format!("{sym}_forward_with_arena"),
         i32t.fn_type(&[ptr.into(), ptr.into(), i32t.into(), ptr.into()], false),
@@ -240,7 +240,7 @@ fn add_forward<'ctx>(
     Ok(())
 }
 
-/// The C header: shapes as macros and the one entry point.
+/// The C header: shapes and sizes as macros, and the entry points.
 pub fn header(graph: &Graph, pool: &ConstPool, sym: &str) -> String {
     let up = sym.to_uppercase();
     let arena = graph.plan.as_ref().map_or(0, |p| pool.arena_floats(p) * 4);
@@ -255,7 +255,7 @@ pub fn header(graph: &Graph, pool: &ConstPool, sym: &str) -> String {
         &format!(
             r#"/* Working memory a call needs, per image: `{sym}_forward` allocates
  * (and frees) it; `{sym}_forward_with_arena` takes it from the caller. */
-#define {up}_ARENA_BYTES_PER_IMAGE {arena}
+#define {up}_ARENA_BYTES_PER_IMAGE {arena}ULL /* unsigned: batch * it needs no cast */
 
 /* Threads the model uses, shared by every resnetc model in the process;
  * the default is the number of CPUs the process may run on (its affinity
@@ -272,8 +272,8 @@ void {sym}_set_num_threads(int n);
 int {sym}_forward(const float *input, float *output, int batch);
 
 /* `{sym}_forward` in the caller's working memory: `arena` holds at least
- * batch * {up}_ARENA_BYTES_PER_IMAGE bytes, 4-byte aligned (64 is best),
- * contents irrelevant, and serves one call at a time. Nothing is
+ * batch * {up}_ARENA_BYTES_PER_IMAGE bytes, 4-byte aligned (what malloc
+ * returns will do), contents irrelevant, and serves one call at a time. Nothing is
  * allocated: a caller that keeps its arena saves the pages a large
  * allocation maps and faults in on every call. Returns 0, -1 if
  * batch < 1, -2 if arena is NULL. */

@@ -77,9 +77,10 @@ pub fn build(
             let p = compile(graph, weights, opts)?;
             let obj = host_object(&p, &sym)?;
             if obj.len() + CUDA_RUNTIME_OBJECT.len() + 4096 > u32::MAX as usize {
-                return Err(LlvmError::Internal(
-                    "static libraries over 4 GiB are not supported (use the artifact)".into(),
-                ));
+                return Err(LlvmError::ArchiveTooLarge(format!(
+                    "the object is {} bytes; static libraries over 4 GiB are not supported",
+                    obj.len()
+                )));
             }
             let members = [
                 (

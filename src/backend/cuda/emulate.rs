@@ -66,6 +66,14 @@ pub fn run_in_order(
     tune_batch: Option<u64>,
     order: ThreadOrder,
 ) -> Result<Tensor, LlvmError> {
+    // Before any compiling: the caller's mistake is cheap to report.
+    let want = graph.input_shape();
+    if input.shape.len() != want.len() + 1 || input.shape[1..] != *want || input.shape[0] == 0 {
+        return Err(LlvmError::Input {
+            got: input.shape.clone(),
+            want: want.to_vec(),
+        });
+    }
     let ctx = Context::create();
     let opts = CudaOptions::for_gpu(gpu);
     let l = lower::lower(&ctx, graph, weights, Mode::Emulate, order, &opts)?;
@@ -83,15 +91,6 @@ pub fn run_in_order(
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
     let plan: &LaunchPlan = &l.plan;
     let n = input.shape.first().copied().unwrap_or(0) as u64;
-    if input.shape.len() != plan.input_shape.len() + 1
-        || input.shape[1..] != plan.input_shape
-        || n == 0
-    {
-        return Err(LlvmError::Input {
-            got: input.shape.clone(),
-            want: plan.input_shape.clone(),
-        });
-    }
     let mut consts = Aligned::new(l.consts.len());
     consts.slice()[..l.consts.len()].copy_from_slice(&l.consts);
     let arena_len = plan.arena_elements(n, tune_batch.unwrap_or(n)) as usize;

@@ -14,8 +14,9 @@ use inkwell::targets::{
 };
 use inkwell::OptimizationLevel;
 
-/// Errors from LLVM: a target it does not know, a verifier failure (a bug in
-/// resnetc), or a file it could not write.
+/// Errors of the LLVM back ends: a target LLVM does not know, memory or
+/// archive limits, a library caller's input or graph that does not fit, and
+/// `Internal`: LLVM failing on what resnetc generated (a bug in resnetc).
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum LlvmError {
     #[error("unknown CPU `{0}`")]
