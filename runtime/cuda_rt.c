@@ -18,6 +18,9 @@
  *   ptx:    NUL-terminated PTX.   consts: the constant pool.
  *   state:  a slot for this runtime's per-model state (initially NULL).
  */
+/* Links against any glibc (and musl): no __*_chk calls from _FORTIFY_SOURCE,
+ * which some distributions' gcc turns on by default. */
+#undef _FORTIFY_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdint.h>

@@ -240,6 +240,34 @@ fn static_library_links_into_a_c_program() {
     }
 }
 
+/// The C runtimes embedded in static libraries (the thread pool, the CUDA
+/// driver loader) call only plain libc names even where the compiler
+/// fortifies by default (Ubuntu's gcc: `_FORTIFY_SOURCE=2`, which turns
+/// `snprintf` into `__snprintf_chk`, a name musl lacks).
+#[test]
+fn runtimes_call_no_fortified_libc_names() {
+    let out = tempfile::tempdir().expect("tempdir");
+    for src in ["runtime/parallel.c", "runtime/cuda_rt.c"] {
+        let obj = out.path().join("rt.o");
+        let cc = Command::new("gcc")
+            .args(["-O2", "-D_FORTIFY_SOURCE=2", "-fPIC", "-c", src, "-o"])
+            .arg(&obj)
+            .current_dir(root())
+            .output()
+            .expect("gcc runs");
+        assert!(
+            cc.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cc.stderr)
+        );
+        let bad: Vec<String> = undefined_symbols(&obj)
+            .into_iter()
+            .filter(|s| s.ends_with("_chk") || s.starts_with("__isoc"))
+            .collect();
+        assert!(bad.is_empty(), "{src} calls {bad:?}");
+    }
+}
+
 /// Ops that read one value in two slots (`a + a`, a residual that is also
 /// the conv's input, `concat(x, x)`) next to same-shaped ops that do not:
 /// kernel sharing must not mix them up (found in review).
