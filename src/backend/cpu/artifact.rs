@@ -10,6 +10,7 @@ use crate::ir::Graph;
 use inkwell::context::Context;
 use inkwell::module::{Linkage, Module};
 use inkwell::targets::FileType;
+use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use inkwell::AddressSpace;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,25 +117,46 @@ fn add_forward<'ctx>(
         None,
     );
     let b = ctx.create_builder();
-    let entry = ctx.append_basic_block(f, "entry");
-    let bad = ctx.append_basic_block(f, "bad_batch");
-    let alloc = ctx.append_basic_block(f, "alloc");
-    let oom = ctx.append_basic_block(f, "oom");
-    let go = ctx.append_basic_block(f, "run");
     let err = |e: inkwell::builder::BuilderError| LlvmError::Internal(e.to_string());
-    let p = |i: u32| f.get_nth_param(i).expect("declared");
-    b.position_at_end(entry);
-    let batch = p(2).into_int_value();
-    let positive = b
-        .build_int_compare(inkwell::IntPredicate::SGT, batch, i32t.const_zero(), "")
-        .map_err(err)?;
-    b.build_conditional_branch(positive, alloc, bad)
-        .map_err(err)?;
-    b.position_at_end(bad);
-    b.build_return(Some(&i32t.const_int(-1i64 as u64, true)))
-        .map_err(err)?;
-    b.position_at_end(alloc);
-    let batch64 = b.build_int_z_extend(batch, i64t, "").map_err(err)?;
+    // `return code` unless `ok`; the builder continues where `ok` holds.
+    let unless = |f: FunctionValue<'ctx>, ok: IntValue<'ctx>, code: i64| {
+        let (refuse, go) = (ctx.append_basic_block(f, ""), ctx.append_basic_block(f, ""));
+        b.build_conditional_branch(ok, go, refuse).map_err(err)?;
+        b.position_at_end(refuse);
+        b.build_return(Some(&i32t.const_int(code as u64, true)))
+            .map_err(err)?;
+        b.position_at_end(go);
+        Ok::<(), LlvmError>(())
+    };
+    // Refuses a batch below 1 (-1); the batch as an i64.
+    let batch_of = |f: FunctionValue<'ctx>| {
+        b.position_at_end(ctx.append_basic_block(f, "entry"));
+        let batch = f.get_nth_param(2).expect("declared").into_int_value();
+        let positive = b
+            .build_int_compare(inkwell::IntPredicate::SGT, batch, i32t.const_zero(), "")
+            .map_err(err)?;
+        unless(f, positive, -1)?;
+        b.build_int_z_extend(batch, i64t, "").map_err(err)
+    };
+    // `<sym>_run(input, output, batch, weights, arena, no profile)`.
+    let call_run = |f: FunctionValue<'ctx>, batch: IntValue<'ctx>, arena: PointerValue<'ctx>| {
+        let p = |i: u32| f.get_nth_param(i).expect("declared");
+        b.build_call(
+            run,
+            &[
+                p(0).into(),
+                p(1).into(),
+                batch.into(),
+                weights.as_pointer_value().into(),
+                arena.into(),
+                ptr.const_null().into(),
+            ],
+            "",
+        )
+        .map_err(err)
+    };
+
+    let batch64 = batch_of(f)?;
     let per_image = graph
         .plan
         .as_ref()
@@ -150,25 +172,8 @@ fn add_forward<'ctx>(
         .basic()
         .ok_or_else(|| LlvmError::Internal("malloc returns a pointer".into()))?
         .into_pointer_value();
-    let null = b.build_is_null(arena, "").map_err(err)?;
-    b.build_conditional_branch(null, oom, go).map_err(err)?;
-    b.position_at_end(oom);
-    b.build_return(Some(&i32t.const_int(-2i64 as u64, true)))
-        .map_err(err)?;
-    b.position_at_end(go);
-    b.build_call(
-        run,
-        &[
-            p(0).into(),
-            p(1).into(),
-            batch64.into(),
-            weights.as_pointer_value().into(),
-            arena.into(),
-            ptr.const_null().into(),
-        ],
-        "",
-    )
-    .map_err(err)?;
+    unless(f, b.build_is_not_null(arena, "").map_err(err)?, -2)?;
+    call_run(f, batch64, arena)?;
     b.build_call(free, &[arena.into()], "").map_err(err)?;
     b.build_return(Some(&i32t.const_zero())).map_err(err)?;
 
@@ -181,44 +186,13 @@ fn add_forward<'ctx>(
         i32t.fn_type(&[ptr.into(), ptr.into(), i32t.into(), ptr.into()], false),
         None,
     );
-    let q = |i: u32| with.get_nth_param(i).expect("declared");
-    let entry = ctx.append_basic_block(with, "entry");
-    let bad = ctx.append_basic_block(with, "bad_batch");
-    let check = ctx.append_basic_block(with, "check_arena");
-    let missing = ctx.append_basic_block(with, "no_arena");
-    let go = ctx.append_basic_block(with, "run");
-    b.position_at_end(entry);
-    let batch = q(2).into_int_value();
-    let positive = b
-        .build_int_compare(inkwell::IntPredicate::SGT, batch, i32t.const_zero(), "")
-        .map_err(err)?;
-    b.build_conditional_branch(positive, check, bad)
-        .map_err(err)?;
-    b.position_at_end(bad);
-    b.build_return(Some(&i32t.const_int(-1i64 as u64, true)))
-        .map_err(err)?;
-    b.position_at_end(check);
-    let arena = q(3).into_pointer_value();
-    let null = b.build_is_null(arena, "").map_err(err)?;
-    b.build_conditional_branch(null, missing, go).map_err(err)?;
-    b.position_at_end(missing);
-    b.build_return(Some(&i32t.const_int(-2i64 as u64, true)))
-        .map_err(err)?;
-    b.position_at_end(go);
-    let batch64 = b.build_int_z_extend(batch, i64t, "").map_err(err)?;
-    b.build_call(
-        run,
-        &[
-            q(0).into(),
-            q(1).into(),
-            batch64.into(),
-            weights.as_pointer_value().into(),
-            arena.into(),
-            ptr.const_null().into(),
-        ],
-        "",
-    )
-    .map_err(err)?;
+    let batch64 = batch_of(with)?;
+    let arena = with
+        .get_nth_param(3)
+        .expect("declared")
+        .into_pointer_value();
+    unless(with, b.build_is_not_null(arena, "").map_err(err)?, -2)?;
+    call_run(with, batch64, arena)?;
     b.build_return(Some(&i32t.const_zero())).map_err(err)?;
 
     // <sym>_set_num_threads(n): the pool is shared by every model in the
