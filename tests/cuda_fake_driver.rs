@@ -84,6 +84,7 @@ fn host_kernels_and_plan(source: &Path, dir: &Path, gpu: &str) -> (PathBuf, Laun
 /// Runs `cmd` with the fake driver and `kernels` visible.
 fn on_fake(cmd: &mut Command, driver: &Path, kernels: Option<&Path>) -> Output {
     cmd.env("LD_LIBRARY_PATH", driver);
+    cmd.env("RESNETC_FAKE_CUDA_STATS", "1");
     match kernels {
         Some(k) => cmd.env("RESNETC_FAKE_CUDA_KERNELS", k),
         None => cmd.env_remove("RESNETC_FAKE_CUDA_KERNELS"),
@@ -96,6 +97,10 @@ fn resnetc() -> Command {
     c.current_dir(root());
     c
 }
+
+/// What the fake driver prints at exit for a run that copies its input in
+/// and its output out once each.
+const ONE_COPY_EACH_WAY: &str = "fake cuda: 1 host-to-device copies, 1 device-to-host copies";
 
 /// `resnetc run MODEL --target T WEIGHTS --input X -o Y`.
 fn run_model(
@@ -119,12 +124,16 @@ fn run_model(
         Some((driver, kernels)) => on_fake(&mut cmd, driver, Some(kernels)),
         None => cmd.output().expect("runs"),
     };
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "resnetc run --target {target} {} failed:\n{}",
+        "resnetc run --target {target} {} failed:\n{stderr}",
         model.display(),
-        String::from_utf8_lossy(&out.stderr)
     );
+    if fake.is_some() {
+        // The batch's images are packed: one copy in, one out, any batch.
+        assert!(stderr.contains(ONE_COPY_EACH_WAY), "{stderr}");
+    }
     read_npy(y).expect("output")
 }
 
@@ -481,11 +490,12 @@ fn c_runtime_matches_pytorch_on_the_fake_driver() {
         let mut cmd = Command::new(out.path().join(program));
         cmd.arg(&input).arg(&output).arg(x.shape[0].to_string());
         let run = on_fake(&mut cmd, out.path(), Some(&kernels));
-        assert!(
-            run.status.success(),
-            "{program} ({what}) failed:\n{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{program} ({what}) failed:\n{stderr}");
+        // Host memory: the packed batch in one copy each way.
+        if program == "demo" {
+            assert!(stderr.contains(ONE_COPY_EACH_WAY), "{what}: {stderr}");
+        }
         let data: Vec<f32> = std::fs::read(&output)
             .expect("output")
             .chunks_exact(4)
