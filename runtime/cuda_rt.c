@@ -314,8 +314,14 @@ static int run(const struct resnetc_cuda_model *m, const float *input, float *ou
          * one copy each way: every copy from pageable memory costs the
          * driver a staging round of its own. */
         int64_t in_copies = n, out_copies = n;
-        if (p[6] == p[3]) in_bytes *= (size_t)n, in_copies = 1;
-        if (p[10] == p[7]) out_bytes *= (size_t)n, out_copies = 1;
+        if (p[6] == p[3]) {
+            in_copies = 1;
+            in_bytes *= (size_t)n;
+        }
+        if (p[10] == p[7]) {
+            out_copies = 1;
+            out_bytes *= (size_t)n;
+        }
         /* The previous use of this arena may be on another stream. */
         CUresult r = cu.StreamWaitEvent(st, b->done, 0);
         for (int64_t i = 0; i < in_copies && !r; i++) {

@@ -73,7 +73,7 @@ pub fn build_cpu(
     let pool = ConstPool::build(&g, &w, &derived, opts);
     on_stage("generating code");
     let files = artifact::build(&g, &pool, opts, emit)?;
-    let arena = g.plan.as_ref().map_or(0, |p| pool.arena_floats(p) * 4);
+    let arena = pool.arena_bytes(&g);
     finish(&g, files, out_dir, Some(arena), on_stage)
 }
 

@@ -157,11 +157,7 @@ fn add_forward<'ctx>(
     };
 
     let batch64 = batch_of(f)?;
-    let per_image = graph
-        .plan
-        .as_ref()
-        .map_or(0, |pl| pool.arena_floats(pl) * 4)
-        .max(64) as u64;
+    let per_image = pool.arena_bytes(graph).max(64) as u64;
     let size = b
         .build_int_mul(batch64, i64t.const_int(per_image, false), "")
         .map_err(err)?;
@@ -217,7 +213,7 @@ fn add_forward<'ctx>(
 /// The C header: shapes and sizes as macros, and the entry points.
 pub fn header(graph: &Graph, pool: &ConstPool, sym: &str) -> String {
     let up = sym.to_uppercase();
-    let arena = graph.plan.as_ref().map_or(0, |p| pool.arena_floats(p) * 4);
+    let arena = pool.arena_bytes(graph);
     c_header(
         sym,
         &format!(
@@ -247,9 +243,9 @@ int {sym}_forward(const float *input, float *output, int batch);
 
 /* `{sym}_forward` in the caller's working memory: `arena` holds at least
  * batch * {up}_ARENA_BYTES_PER_IMAGE bytes, 4-byte aligned (what malloc
- * returns will do), contents irrelevant, and serves one call at a time. Nothing is
- * allocated: a caller that keeps its arena saves the pages a large
- * allocation maps and faults in on every call. Returns 0, -1 if
+ * returns will do), contents irrelevant, and serves one call at a time.
+ * Nothing is allocated: a caller that keeps its arena saves the pages a
+ * large allocation maps and faults in on every call. Returns 0, -1 if
  * batch < 1, -2 if arena is NULL. */
 int {sym}_forward_with_arena(const float *input, float *output, int batch, void *arena);
 "#

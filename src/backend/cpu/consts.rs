@@ -59,6 +59,12 @@ impl ConstPool {
     pub fn arena_floats(&self, plan: &MemoryPlan) -> usize {
         plan.arena_bytes / 4 + self.workspace
     }
+
+    /// Bytes of arena per image of `graph` (0 without a memory plan): what
+    /// the static library's header promises and its entry points allocate.
+    pub fn arena_bytes(&self, graph: &crate::ir::Graph) -> usize {
+        graph.plan.as_ref().map_or(0, |p| self.arena_floats(p) * 4)
+    }
 }
 
 /// Every constant an op reads, in schedule order, each 64-byte aligned:

@@ -188,15 +188,7 @@ pub fn with_jit<R>(
     let mut arena: Vec<f32> = Vec::new();
     let mut ticks = vec![0i64; labels.len()];
     let mut run = |input: &Tensor, profile: Option<&mut Profile>| -> Result<Tensor, LlvmError> {
-        if input.shape.len() != expected.len() + 1
-            || input.shape[1..] != *expected
-            || input.shape[0] == 0
-        {
-            return Err(LlvmError::Input {
-                got: input.shape.clone(),
-                want: expected.clone(),
-            });
-        }
+        llvm::check_input(&input.shape, &expected)?;
         let batch = input.shape[0];
         // A huge batch is a clear error, not an allocation abort.
         let elems = batch.checked_mul(pool.arena_floats(plan)).ok_or_else(|| {

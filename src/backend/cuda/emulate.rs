@@ -67,13 +67,7 @@ pub fn run_in_order(
     order: ThreadOrder,
 ) -> Result<Tensor, LlvmError> {
     // Before any compiling: the caller's mistake is cheap to report.
-    let want = graph.input_shape();
-    if input.shape.len() != want.len() + 1 || input.shape[1..] != *want || input.shape[0] == 0 {
-        return Err(LlvmError::Input {
-            got: input.shape.clone(),
-            want: want.to_vec(),
-        });
-    }
+    llvm::check_input(&input.shape, graph.input_shape())?;
     let ctx = Context::create();
     let opts = CudaOptions::for_gpu(gpu);
     let l = lower::lower(&ctx, graph, weights, Mode::Emulate, order, &opts)?;

@@ -249,24 +249,18 @@ impl Device {
     fn copy_in(&self, input: &Tensor, arena: sys::CUdeviceptr) -> Result<(), CudaError> {
         let (plan, n) = (&self.plan, input.shape[0] as u64);
         let per_in: usize = plan.input_shape.iter().product();
-        if plan.input_stride == per_in as u64 {
-            // Packed back to back: one copy (each copy from pageable memory
-            // is a staging round of the driver's own).
-            let dst = arena + 4 * plan.input.elements(n);
-            // SAFETY: the batch's images into their planned place.
-            return driver("copy the input", unsafe {
-                result::memcpy_htod_async(dst, &input.data[..], self.stream.cu_stream())
-            });
-        }
-        for i in 0..n as usize {
+        // Images packed back to back go in one copy: each copy from pageable
+        // memory is a staging round of the driver's own.
+        let chunk = if plan.input_stride == per_in as u64 {
+            input.data.len()
+        } else {
+            per_in
+        };
+        for (i, images) in input.data.chunks(chunk.max(1)).enumerate() {
             let dst = arena + 4 * (plan.input.elements(n) + i as u64 * plan.input_stride);
-            // SAFETY: one image into its planned place in the arena.
+            // SAFETY: one image (or the packed batch) into its planned place.
             driver("copy the input", unsafe {
-                result::memcpy_htod_async(
-                    dst,
-                    &input.data[i * per_in..(i + 1) * per_in],
-                    self.stream.cu_stream(),
-                )
+                result::memcpy_htod_async(dst, images, self.stream.cu_stream())
             })?;
         }
         Ok(())
@@ -283,11 +277,12 @@ impl Device {
         stride: u64,
     ) -> Result<Vec<f32>, CudaError> {
         let mut out = vec![0f32; n as usize * per];
-        // Packed images come back in one copy.
+        // Packed images come back in one copy, as they went in.
         let chunk = if stride == per as u64 { out.len() } else { per };
         for (i, image) in out.chunks_mut(chunk.max(1)).enumerate() {
             let src = arena + 4 * (at.elements(n) + i as u64 * stride);
-            // SAFETY: one image's elements, inside the arena of `n` images.
+            // SAFETY: one image's elements (or the packed batch's), inside
+            // the arena of `n` images.
             driver("copy the output", unsafe {
                 result::memcpy_dtoh_async(image, src, self.stream.cu_stream())
             })?;

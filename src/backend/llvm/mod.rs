@@ -62,6 +62,18 @@ pub enum LlvmError {
     Internal(String),
 }
 
+/// `Input` unless `got` is `[N, want...]` with N ≥ 1.
+pub fn check_input(got: &[usize], want: &[usize]) -> Result<(), LlvmError> {
+    if got.len() == want.len() + 1 && got[1..] == *want && got[0] > 0 {
+        Ok(())
+    } else {
+        Err(LlvmError::Input {
+            got: got.to_vec(),
+            want: want.to_vec(),
+        })
+    }
+}
+
 /// CPU names accepted besides `native`.
 pub const KNOWN_CPUS: &[&str] = &[
     "x86-64",
