@@ -73,12 +73,14 @@ static struct {
     CUresult (*LaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
                              unsigned, unsigned, CUstream, void **, void **);
     CUresult (*GetErrorName)(CUresult, const char **);
+    CUresult (*DeviceGetAttribute)(int *, int, CUdevice);
 } cu;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static __thread char last_error[256] = "no error";
 static int driver_state; /* 0 unknown, 1 loaded, -1 missing */
 static CUcontext context;
+static CUdevice device;
 
 const char *resnetc_cuda_last_error(void) { return last_error; }
 
@@ -137,6 +139,7 @@ static int load_driver(void) {
         {(void **)&cu.GraphLaunch, "cuGraphLaunch"},
         {(void **)&cu.LaunchKernel, "cuLaunchKernel"},
         {(void **)&cu.GetErrorName, "cuGetErrorName"},
+        {(void **)&cu.DeviceGetAttribute, "cuDeviceGetAttribute"},
     };
     for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
         *syms[i].slot = dlsym(h, syms[i].name);
@@ -155,6 +158,7 @@ static int load_driver(void) {
         driver_state = -1;
         return fail(-3, "no CUDA GPU is usable (cuInit/cuDeviceGet)", r);
     }
+    device = dev;
     CHECK(cu.DevicePrimaryCtxRetain(&context, dev), "cuDevicePrimaryCtxRetain");
     CHECK(cu.CtxSetCurrent(context), "cuCtxSetCurrent");
     driver_state = 1;
@@ -181,6 +185,39 @@ struct state {
     int next; /* the slot to reuse when all are taken */
 };
 
+/* PTX runs on the GPU it was built for (its `.target sm_XY`) and every
+ * later one. On an older GPU say which architecture to build for: the
+ * driver would only say that it has no binary for the GPU. */
+static int check_arch(const char *ptx) {
+    const char *t = strstr(ptx, ".target sm_");
+    if (!t) return 0;
+    int built = 0;
+    for (t += strlen(".target sm_"); *t >= '0' && *t <= '9'; t++) built = built * 10 + (*t - '0');
+    int major = 0, minor = 0;
+    CHECK(cu.DeviceGetAttribute(&major, 75 /* compute capability major */, device),
+          "cuDeviceGetAttribute");
+    CHECK(cu.DeviceGetAttribute(&minor, 76 /* minor */, device), "cuDeviceGetAttribute");
+    int have = major * 10 + minor;
+    if (have >= built) return 0;
+    /* The newest architecture resnetc builds for that runs here
+     * (src/backend/cuda/gpus.rs). */
+    static const int known[] = {90, 89, 86, 80, 75, 70};
+    int fit = 0;
+    for (size_t i = 0; i < sizeof known / sizeof known[0] && !fit; i++)
+        if (known[i] <= have) fit = known[i];
+    if (fit)
+        snprintf(last_error, sizeof last_error,
+                 "the model was built for sm_%d, but GPU 0 is sm_%d: build it with --gpu sm_%d "
+                 "(PTX runs on the GPU it was built for and every later one)",
+                 built, have, fit);
+    else
+        snprintf(last_error, sizeof last_error,
+                 "the model was built for sm_%d, but GPU 0 is sm_%d: resnetc's kernels need "
+                 "sm_70 (V100) or later",
+                 built, have);
+    return -3;
+}
+
 static int load_model(const struct resnetc_cuda_model *m, struct state **out) {
     if (*m->state) {
         *out = *m->state;
@@ -188,6 +225,8 @@ static int load_model(const struct resnetc_cuda_model *m, struct state **out) {
     }
     const int64_t *p = m->plan;
     if (p[0] != 2) return fail(-4, "the model's plan has an unknown version", 0);
+    int arch = check_arch(m->ptx);
+    if (arch) return arch;
     struct state *s = calloc(1, sizeof *s);
     if (!s) return fail(-2, "out of host memory", 0);
     int64_t kernels = p[11];
@@ -196,7 +235,7 @@ static int load_model(const struct resnetc_cuda_model *m, struct state **out) {
         free(s);
         return fail(-2, "out of host memory", 0);
     }
-    CHECK(cu.ModuleLoadData(&s->module, m->ptx), "cuModuleLoadData (the PTX may target a newer GPU)");
+    CHECK(cu.ModuleLoadData(&s->module, m->ptx), "cuModuleLoadData (the PTX may need a newer driver)");
     const char *name = m->names;
     for (int64_t k = 0; k < kernels; k++) {
         CHECK(cu.ModuleGetFunction(&s->functions[k], s->module, name), "cuModuleGetFunction");

@@ -6,8 +6,10 @@ with torchvision):
 
   1. every example and IR test case (tests/ir_cases: every operator) at
      its full input size, batch 2, random weights:
-     `run --target cuda` (sm_80 PTX, JIT-compiled by the driver, and sm_90)
-     against `run --target ref` (the interpreter), 1e-4 relative; where
+     `run --target cuda` (sm_80 PTX, JIT-compiled by the driver, and sm_90;
+     sm_75 PTX, whose GEMMs stage their loads in registers, for the IR
+     cases and a few examples) against `run --target ref` (the
+     interpreter), 1e-4 relative; where
      one differs, `run --check-layers` names the first layer that does
      (its table in DIR/layers_<model>_<gpu>.txt);
   2. the PyTorch fixtures (tests/fixtures) against PyTorch's outputs;
@@ -54,6 +56,9 @@ from npy import read_floats, write_npy
 root = pathlib.Path(__file__).resolve().parent.parent
 check = root / "tests/fixtures/check.py"
 FIXTURES = ["cifar_resnet20", "cifar_plain20", "unet_small", "densenet_bc_small"]
+# Examples also run as sm_75 PTX (no cp.async: the T4's kernels, which a
+# newer GPU JITs like any older PTX), beside every IR case.
+STAGED = {"resnet50", "densenet121", "unet_small", "cifar_resnet20"}
 
 
 def sh(cmd, timeout=300):
@@ -123,7 +128,8 @@ def examples(exe, tmp, out_dir):
         if not all(v == v and abs(v) != float("inf") for v in ref):
             return [(model.stem, "-", None, "the reference is not finite with random weights")]
         res = []
-        for gpu in ("sm_80", "sm_90"):
+        staged = model.stem in STAGED or model.parent.name == "ir_cases"
+        for gpu in ("sm_80", "sm_90") + (("sm_75",) if staged else ()):
             y = d / f"cuda_{gpu}.npy"
             rc, out = run(exe, model, "cuda", w, x, y, gpu)
             if rc:

@@ -156,7 +156,10 @@ struct WeightsArgs {
 /// How the CUDA back end generates code.
 #[derive(clap::Args)]
 struct CudaArgs {
-    /// GPU architecture for --target cuda: sm_80 (also runs on Hopper) or sm_90.
+    /// GPU architecture for --target cuda: sm_70 (V100), sm_75 (T4), sm_80
+    /// (A100; the default, whose PTX runs on every later GPU), sm_86 (A10),
+    /// sm_89 (L4) or sm_90 (H100, H200). The code runs on that GPU and
+    /// every later one; the cost model plans for the GPU named.
     #[arg(long, default_value = "sm_80")]
     gpu: String,
     /// For --target cuda: the most slices a conv's or linear layer's K is
@@ -462,7 +465,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 ));
             }
             if target == Target::Cuda {
-                require_cuda_driver()?;
+                require_cuda(&cuda)?;
             }
             let c = compile(&file)?;
             let w = load_weights(&c, &wargs)?;
@@ -584,7 +587,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             layers,
         } => {
             if target == Target::Cuda {
-                require_cuda_driver()?;
+                require_cuda(&cuda)?;
             }
             let c = compile(&file)?;
             let wargs = WeightsArgs {
@@ -756,8 +759,10 @@ fn cuda_check_layers(
     Ok((y, checks.iter().all(|l| l.ok)))
 }
 
-/// `--target cuda` needs the CUDA driver: say so before any work.
-fn require_cuda_driver() -> Result<()> {
+/// `--target cuda` needs a known `--gpu` and the CUDA driver: say so
+/// before any work.
+fn require_cuda(cuda: &CudaArgs) -> Result<()> {
+    resnetc::backend::llvm::gpu(&cuda.gpu)?;
     if resnetc::backend::cuda::runtime::driver_present() {
         Ok(())
     } else {
@@ -845,7 +850,7 @@ mod tests {
     fn internal_errors_exit_70_and_user_errors_1() {
         let bug = Report::new(resnetc::api::Error::from(LlvmError::Internal("x".into())));
         assert_eq!(exit_code(&bug), 70);
-        let user = Report::new(LlvmError::UnknownGpu("sm_70".into()));
+        let user = Report::new(LlvmError::UnknownGpu("sm_61".into()));
         assert_eq!(exit_code(&user), 1);
         for caller in [
             LlvmError::Unplanned,

@@ -268,6 +268,17 @@ fn cuda_without_a_driver_is_a_clear_error() {
     run_fails_cleanly(&["--target", "cuda"], "no CUDA driver was found");
 }
 
+/// An architecture resnetc does not target is refused before any work,
+/// with the ones it does in the hint (a GPU without a driver or not).
+#[test]
+fn an_unknown_gpu_architecture_lists_the_known_ones() {
+    run_fails_cleanly(
+        &["--target", "cuda", "--gpu", "sm_61"],
+        "unknown GPU architecture `sm_61`",
+    );
+    run_fails_cleanly(&["--target", "cuda", "--gpu", "sm_61"], "`sm_75` (T4");
+}
+
 /// `--check-layers` compares the CUDA back end's layers: with another
 /// target it is an error naming the target to use, before any work.
 #[test]

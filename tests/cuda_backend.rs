@@ -1,6 +1,6 @@
 //! The CUDA back end. Without a GPU (CI): every kernel emulated on the host
 //! against the interpreter and PyTorch, every example's PTX through
-//! NVIDIA's ptxas for sm_80 and sm_90 (no spills), PTX snapshots, and the
+//! NVIDIA's ptxas for sm_80 and sm_90 (and the other architectures on a few; no spills), PTX snapshots, and the
 //! static library linked into a C program that reports the missing driver.
 //! With a GPU and its driver: the same models run on the device.
 
@@ -24,6 +24,11 @@ fn optimized(g: &Graph) -> Graph {
 /// batch 1 and once with those for batch 64. The weights and the
 /// optimized graph, for more checks.
 fn emulated_matches_the_interpreter(name: &str, graph: &Graph, seed: u64) -> (Weights, Graph) {
+    emulated_for(name, graph, seed, "sm_80")
+}
+
+/// `emulated_matches_the_interpreter` with the kernels for `gpu`.
+fn emulated_for(name: &str, graph: &Graph, seed: u64, gpu: &str) -> (Weights, Graph) {
     let w = tame_residuals(graph, random_weights(&specs_of(graph), seed));
     let opt = optimized(graph);
     let mut shape = vec![2];
@@ -31,8 +36,8 @@ fn emulated_matches_the_interpreter(name: &str, graph: &Graph, seed: u64) -> (We
     let x = random_tensor(&shape, seed + 1);
     let reference = resnetc::interp::run(graph, &w, &x).expect("interpreter");
     for tune in [1, 64] {
-        let y = emulate::run(&opt, &w, &x, "sm_80", Some(tune)).expect("emulated cuda");
-        let what = format!("{name} (tiles for batch {tune})");
+        let y = emulate::run(&opt, &w, &x, gpu, Some(tune)).expect("emulated cuda");
+        let what = format!("{name} {gpu} (tiles for batch {tune})");
         assert_close(&what, &y, &reference, 1e-4, 1e-3);
     }
     (w, opt)
@@ -63,13 +68,7 @@ fn every_ir_case_builds_for_the_gpu_and_matches_the_interpreter_emulated() {
         ptxas.is_some() || std::env::var("CI").is_err(),
         "ptxas is missing under CI: scripts/setup.sh installs it"
     );
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(root().join("tests/ir_cases"))
-        .expect("tests/ir_cases")
-        .filter_map(|e| Some(e.ok()?.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "res"))
-        .collect();
-    cases.sort();
-    assert!(cases.len() >= 6, "{cases:?}");
+    let cases = ir_cases();
     for (i, path) in cases.iter().enumerate() {
         let name = path
             .file_stem()
@@ -87,6 +86,50 @@ fn every_ir_case_builds_for_the_gpu_and_matches_the_interpreter_emulated() {
             }
         }
     }
+}
+
+/// The kernels for a GPU without `cp.async` (sm_75, T4; sm_70 has the
+/// same), whose GEMMs stage their weight and im2col loads in registers:
+/// every IR test case and the examples holding every kind of GEMM,
+/// emulated against the interpreter with the tiles for batch 1 and 64.
+#[test]
+fn register_staged_kernels_match_the_interpreter_emulated() {
+    let keep = [
+        "resnet18",
+        "densenet_bc_small",
+        "unet_small",
+        "cifar_resnet20",
+    ];
+    let examples: Vec<_> = examples_small()
+        .into_iter()
+        .filter(|(n, _)| keep.contains(&n.as_str()))
+        .collect();
+    assert_eq!(examples.len(), keep.len(), "examples renamed?");
+    for (i, (name, c)) in examples.into_iter().enumerate() {
+        emulated_for(&name, &c.graph, 500 + i as u64, "sm_75");
+    }
+    for (i, path) in ir_cases().iter().enumerate() {
+        let c = resnetc::front::compile_file(path)
+            .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.render_plain()));
+        emulated_for(
+            &path.display().to_string(),
+            &c.graph,
+            600 + i as u64,
+            "sm_75",
+        );
+    }
+}
+
+/// tests/ir_cases/*.res, sorted.
+fn ir_cases() -> Vec<PathBuf> {
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(root().join("tests/ir_cases"))
+        .expect("tests/ir_cases")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "res"))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 6, "{cases:?}");
+    cases
 }
 
 /// A model written in the test: its graph, tamed random weights (`seed`),
@@ -214,10 +257,10 @@ fn kernels_do_not_depend_on_thread_order() {
         let mut shape = vec![2];
         shape.extend(c.graph.input_shape());
         let x = random_tensor(&shape, 3 + i as u64);
-        for tune in [1, 64] {
+        // sm_75: the GEMMs' loads staged in registers (no `cp.async`).
+        for (tune, gpu) in [(1, "sm_80"), (64, "sm_80"), (1, "sm_75"), (64, "sm_75")] {
             let run = |order| {
-                emulate::run_in_order(&opt, &w, &x, "sm_80", Some(tune), order)
-                    .expect("emulated cuda")
+                emulate::run_in_order(&opt, &w, &x, gpu, Some(tune), order).expect("emulated cuda")
             };
             let (fwd, bwd) = (run(ThreadOrder::Forward), run(ThreadOrder::Backward));
             let same = fwd
@@ -227,7 +270,7 @@ fn kernels_do_not_depend_on_thread_order() {
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(
                 same,
-                "{name} (tiles for batch {tune}): thread order changes the output"
+                "{name} {gpu} (tiles for batch {tune}): thread order changes the output"
             );
         }
     }
@@ -332,58 +375,104 @@ fn every_example_assembles_with_ptxas_without_spills() {
             let (names, ptxas) = (&names, &ptxas);
             s.spawn(move || {
                 for name in names {
-                    let c = compile_example(name);
-                    let w = random_weights(&specs_of(&c.graph), 1);
-                    let opts = CudaOptions::for_gpu(gpu);
-                    let p = cuda::compile(&optimized(&c.graph), &w, &opts).expect("ptx");
-                    let target = if gpu == "sm_90" { "sm_90" } else { "sm_80" };
-                    assert!(p.ptx.contains(&format!(".target {target}")), "{name}");
-                    let report = assemble(ptxas, &p.ptx, gpu, name);
-                    let block: std::collections::HashMap<&str, u64> = p
-                        .plan
-                        .launches
-                        .iter()
-                        .flat_map(|l| &l.variants)
-                        .map(|v| (v.kernel.as_str(), v.block))
-                        .collect();
-                    let mut kernel = String::new();
-                    let (mut checked, mut gemms) = (0, 0);
-                    for line in report.lines() {
-                        if let Some(k) = line.split("entry function '").nth(1) {
-                            kernel = k.split('\'').next().unwrap_or("").to_string();
-                        }
-                        let what = format!("{name} {gpu}: {kernel}");
-                        let threads = block.get(kernel.as_str()).copied();
-                        gemms += check_registers(&what, line, threads) as usize;
-                        if line.contains("spill stores") {
-                            checked += 1;
-                            assert!(
-                                line.contains(" 0 bytes spill stores, 0 bytes spill loads"),
-                                "{name} {gpu}: {kernel} spills: {line}"
-                            );
-                            // No local memory at all: a register tile
-                            // indexed by a run-time value would live there
-                            // without counting as a spill.
-                            assert!(
-                                line.trim_start().starts_with("0 bytes stack frame"),
-                                "{name} {gpu}: {kernel} uses local memory: {line}"
-                            );
-                        }
-                    }
-                    assert_eq!(checked, p.plan.kernels.len(), "{name} {gpu}: {report}");
-                    // Only the GEMM kernels use shared memory.
-                    let convs = p
-                        .plan
-                        .kernels
-                        .iter()
-                        .filter(|k| k.ends_with("_conv") || k.ends_with("_linear"))
-                        .count();
-                    assert_eq!(gemms, convs, "{name} {gpu}: GEMM kernels checked");
+                    let p = assembles_without_spills(ptxas, name, gpu);
                     // sm_80 PTX also assembles for Hopper (what the driver
                     // JIT does on an H100).
                     if gpu == "sm_80" && name == "resnet50" {
                         assemble(ptxas, &p.ptx, "sm_90", "resnet50 sm_80 PTX");
                     }
+                }
+            });
+        }
+    });
+}
+
+/// Example `name` compiled for `gpu` and assembled by ptxas: no kernel
+/// spills or uses local memory, and the GEMMs fit the register budget of
+/// their tiles. The program.
+fn assembles_without_spills(ptxas: &PathBuf, name: &str, gpu: &str) -> cuda::CudaProgram {
+    let c = compile_example(name);
+    let w = random_weights(&specs_of(&c.graph), 1);
+    let opts = CudaOptions::for_gpu(gpu);
+    let p = cuda::compile(&optimized(&c.graph), &w, &opts).expect("ptx");
+    assert!(p.ptx.contains(&format!(".target {gpu}")), "{name}");
+    let report = assemble(ptxas, &p.ptx, gpu, name);
+    let block: std::collections::HashMap<&str, u64> = p
+        .plan
+        .launches
+        .iter()
+        .flat_map(|l| &l.variants)
+        .map(|v| (v.kernel.as_str(), v.block))
+        .collect();
+    let mut kernel = String::new();
+    let (mut checked, mut gemms) = (0, 0);
+    for line in report.lines() {
+        if let Some(k) = line.split("entry function '").nth(1) {
+            kernel = k.split('\'').next().unwrap_or("").to_string();
+        }
+        let what = format!("{name} {gpu}: {kernel}");
+        let threads = block.get(kernel.as_str()).copied();
+        gemms += check_registers(&what, line, threads) as usize;
+        if line.contains("spill stores") {
+            checked += 1;
+            assert!(
+                line.contains(" 0 bytes spill stores, 0 bytes spill loads"),
+                "{name} {gpu}: {kernel} spills: {line}"
+            );
+            // No local memory at all: a register tile indexed by a
+            // run-time value would live there without counting as a
+            // spill.
+            assert!(
+                line.trim_start().starts_with("0 bytes stack frame"),
+                "{name} {gpu}: {kernel} uses local memory: {line}"
+            );
+        }
+    }
+    assert_eq!(checked, p.plan.kernels.len(), "{name} {gpu}: {report}");
+    // Only the GEMM kernels use shared memory.
+    let convs = p
+        .plan
+        .kernels
+        .iter()
+        .filter(|k| k.ends_with("_conv") || k.ends_with("_linear"))
+        .count();
+    assert_eq!(gemms, convs, "{name} {gpu}: GEMM kernels checked");
+    p
+}
+
+/// The other architectures: sm_75 (T4: no `cp.async`, so the GEMMs stage
+/// their loads in registers) for models holding every kind of GEMM (7x7
+/// stem, bottlenecks, DenseNet's BN-ReLU prologue, U-Net's transposed
+/// convs), sm_70 (V100, the same kernels) for resnet50, sm_86 and sm_89
+/// (A10, L4) for resnet18; each
+/// assembled by ptxas without spills, and no PTX before sm_80 holding a
+/// `cp.async`, which those GPUs do not have.
+#[test]
+fn other_architectures_assemble_without_spills() {
+    let Some(ptxas) = ptxas() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "ptxas is missing under CI: scripts/setup.sh installs it"
+        );
+        eprintln!("skipped: ptxas not found (run scripts/setup.sh)");
+        return;
+    };
+    let cases = [
+        ("sm_70", "resnet50"),
+        ("sm_75", "resnet50"),
+        ("sm_75", "densenet121"),
+        ("sm_75", "unet_small"),
+        ("sm_86", "resnet18"),
+        ("sm_89", "resnet18"),
+    ];
+    std::thread::scope(|s| {
+        for half in cases.chunks(cases.len().div_ceil(2)) {
+            let ptxas = &ptxas;
+            s.spawn(move || {
+                for &(gpu, name) in half {
+                    let p = assembles_without_spills(ptxas, name, gpu);
+                    let asynchronous = p.ptx.contains("cp.async");
+                    assert_eq!(asynchronous, gpu >= "sm_80", "{name} {gpu}");
                 }
             });
         }
@@ -495,6 +584,7 @@ fn cuda_static_library_links_into_a_c_program() {
                 "free",
                 "memset",
                 "strlen",
+                "strstr",
                 "snprintf",
                 "pthread_mutex_lock",
                 "pthread_mutex_unlock",

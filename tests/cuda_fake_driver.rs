@@ -448,6 +448,63 @@ fn fixture_and_bench_on_the_fake_driver() {
     );
 }
 
+/// On a GPU older than the one a model was built for (the fake reports
+/// sm_75, a T4), `run --target cuda` stops before the driver loads the PTX
+/// and names the `--gpu` to build with; built with it (GEMMs staging
+/// their loads in registers: sm_75 has no `cp.async`), the model runs and
+/// matches the interpreter.
+#[test]
+fn an_older_gpu_names_the_architecture_to_build_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fake_driver(dir.path());
+    let model = example("densenet_bc_small");
+    let kernels = host_kernels(&model, dir.path(), "sm_75");
+    let x = dir.path().join("x.npy");
+    write_npy(&x, &random_tensor(&[3, 3, 32, 32], 5)).expect("write input");
+    let y = dir.path().join("y.npy");
+    let run = |gpu: &str| {
+        let mut cmd = resnetc();
+        cmd.arg("run")
+            .arg(&model)
+            .args(["--target", "cuda", "--gpu", gpu, "--random-weights", "3"])
+            .arg("--input")
+            .arg(&x)
+            .arg("--output")
+            .arg(&y)
+            .env("RESNETC_FAKE_CUDA_ARCH", "75");
+        on_fake(&mut cmd, dir.path(), Some(&kernels))
+    };
+    let out = run("sm_80");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("built for sm_80") && stderr.contains("(sm_75)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--gpu sm_75"), "{stderr}");
+    assert!(!stderr.contains("panicked") && !y.exists(), "{stderr}");
+    let out = run("sm_75");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let got = read_npy(&y).expect("output");
+    let weights = ["--random-weights", "3"];
+    let expected = run_model(
+        &model,
+        "ref",
+        &weights,
+        &x,
+        &dir.path().join("ref.npy"),
+        None,
+    );
+    assert_close(
+        "densenet_bc_small sm_75 on the fake",
+        &got,
+        &expected,
+        1e-4,
+        1e-3,
+    );
+}
+
 /// A driver error is a diagnostic with the failing step and exit 1, not a
 /// panic: here the module cannot be loaded (the fake has no host kernels).
 #[test]
@@ -516,6 +573,29 @@ fn c_runtime_matches_pytorch_on_the_fake_driver() {
             1e-4,
             1e-3,
         );
+    }
+
+    // On a GPU older than the build's sm_80: -3 (the program's exit 3)
+    // and the newest architecture to build for that runs there (none
+    // before sm_70), before the PTX is loaded.
+    for (arch, advice) in [
+        ("75", "--gpu sm_75 ("),
+        ("77", "--gpu sm_75 ("),
+        ("61", "need sm_70 (V100) or later"),
+    ] {
+        let mut cmd = Command::new(out.path().join("demo"));
+        let input = out.path().join("in.f32");
+        cmd.arg(&input).arg(out.path().join("old.f32")).arg("1");
+        cmd.env("RESNETC_FAKE_CUDA_ARCH", arch);
+        let run = on_fake(&mut cmd, out.path(), Some(&kernels));
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(3), "{stderr}");
+        let said = format!("built for sm_80, but GPU 0 is sm_{arch}");
+        assert!(
+            stderr.contains(&said) && stderr.contains(advice),
+            "{arch}: {stderr}"
+        );
+        assert!(!out.path().join("old.f32").exists(), "{arch}: {stderr}");
     }
 
     let c = compile_example("cifar_resnet20");

@@ -605,8 +605,16 @@ CUresult cuDeviceGetAttribute(int *v, int attribute, CUdevice d) {
     switch (attribute) {
     case 1: *v = 1024; break;  /* max threads per block */
     case 16: *v = 132; break;  /* multiprocessors */
-    case 75: *v = 9; break;    /* compute capability */
-    case 76: *v = 0; break;
+    case 75: /* compute capability: RESNETC_FAKE_CUDA_ARCH (e.g. 75), else 9.0 */
+    case 76: {
+        const char *arch = getenv("RESNETC_FAKE_CUDA_ARCH");
+        int cc = 0;
+        for (const char *c = arch; c && *c >= '0' && *c <= '9' && cc < 1000; c++)
+            cc = cc * 10 + (*c - '0');
+        if (cc < 10) cc = 90;
+        *v = attribute == 75 ? cc / 10 : cc % 10;
+        break;
+    }
     case 115: *v = 0; break;   /* memory pools: none, so cudarc allocates synchronously */
     default: *v = 0;
     }

@@ -288,7 +288,8 @@ pub fn header(plan: &LaunchPlan, sym: &str) -> String {
  * loads the PTX and uploads the weights; the first call with each batch
  * size captures the forward pass as a CUDA graph, later ones replay it.
  * Returns 0 on success, -1 if batch < 1, -2 if device memory ran out, -3
- * if no CUDA driver or GPU was found, -4 on any other CUDA error
+ * if no CUDA driver or GPU was found or the GPU is older than the one the
+ * model was built for, -4 on any other CUDA error
  * ({sym}_last_error() says which). Thread-safe (calls are serialized). */
 int {sym}_forward(const float *input, float *output, int batch);
 

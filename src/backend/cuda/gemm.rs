@@ -17,7 +17,8 @@ use super::kernels::{epilogue_value, FusedArgs};
 use super::simt::{Kern, Memory};
 use crate::backend::llvm::emit::Emitter;
 use crate::ir::op::{ConvGeom, Fused};
-use inkwell::values::{BasicValue, FloatValue, IntValue, PointerValue};
+use inkwell::types::BasicType;
+use inkwell::values::{BasicValue, BasicValueEnum, FloatValue, IntValue, PointerValue};
 use serde::Serialize;
 
 /// Depth of one K step.
@@ -69,6 +70,11 @@ impl Tile {
             16 => 0.6,
             _ => 0.3,
         }
+    }
+
+    /// Weights each thread loads per K step (consecutive channels).
+    pub fn weight_run(&self) -> u64 {
+        BK * self.bm / self.threads()
     }
 
     /// im2col elements each thread loads per K step.
@@ -308,19 +314,35 @@ impl ConvGemm {
     }
 
     /// The tile and K split (at most `max_split` ways) for batch `n`, of
-    /// a kernel with a BN-ReLU `prologue` on its input or without.
-    pub fn choose(&self, n: u64, sms: u64, max_split: u64, prologue: bool) -> Choice {
+    /// a kernel with a BN-ReLU `prologue` on its input or without, for a
+    /// GPU with `cp.async` (`async_copies`) or without.
+    pub fn choose(
+        &self,
+        n: u64,
+        sms: u64,
+        max_split: u64,
+        prologue: bool,
+        async_copies: bool,
+    ) -> Choice {
         let steps = self.k_padded() / BK;
         let mut best = Choice {
             tile: TILES[0],
             split: 1,
         };
         // A prologue kernel holds its im2col column and the columns'
-        // channels in registers during the FMAs (`TileLoad::fetch`): with
-        // the 8×8 register tile that fits the 128-register cap at four
-        // elements a thread (the 256-thread 128×128 and the 128-thread
-        // 128×64 blocks); the 64-channel 64×128 and 64×64 blocks, eight a
-        // thread, spilled (so did the 8×4 tile's eight).
+        // channels in registers during the FMAs (`TileLoad::fetch`), and
+        // without `cp.async` every kernel holds its column and its weight
+        // run there. ptxas fits twelve such values a thread under the
+        // register caps: a prologue's four column elements and channels
+        // (128×128, 128×64), and on sm_75 eight column elements and four
+        // weights (64×128) or eight and two (the 8×4 tile). Sixteen
+        // spilled: the 64-channel blocks and the 8×4 tile with a prologue
+        // (sm_80), a 128×64 prologue kernel with its weights (sm_75).
+        let staged = prologue || !async_copies;
+        let in_flight = |t: &Tile| {
+            t.column_rows() * (1 + u64::from(prologue))
+                + if async_copies { 0 } else { t.weight_run() }
+        };
         //
         // The 32-channel 8×4 tile is for layers of at most 32 channels a
         // group, where every 8×8 tile computes half its rows or more for
@@ -328,9 +350,9 @@ impl ConvGemm {
         // percent of wave quantization, against 2.5 times the L2 traffic
         // per FMA of a 128×128 tile and fewer FFMAs per instruction, which
         // the uncalibrated model weighs too roughly to trust.
-        let tiles = TILES.iter().filter(|t| {
-            (!prologue || t.column_rows() <= 4) && (t.tm * t.tn != 32 || self.ocg <= t.bm)
-        });
+        let tiles = TILES
+            .iter()
+            .filter(|t| (!staged || in_flight(t) <= 12) && (t.tm * t.tn != 32 || self.ocg <= t.bm));
         for &tile in tiles {
             for split in SPLITS {
                 // Equal slices of at least MIN_SLICE steps.
@@ -452,7 +474,6 @@ pub fn emit(
     strides: (u64, u64, u64),
 ) {
     let (ys, xs, zs) = strides;
-    let threads = t.threads();
     let mode = k.mode;
     // Registers that let `resident` blocks share a multiprocessor. ptxas
     // left alone takes a few more than that for some layers (up to 131 for
@@ -519,7 +540,6 @@ pub fn emit(
         bn0,
         npix,
         xs,
-        threads,
         mem: k.memory(),
     };
     let acc = k.private(t.tm * t.tn);
@@ -529,7 +549,7 @@ pub fn emit(
                 .expect("store");
         }
         let first = ld.fetch(e, th, e.int32(0), a_sh, b_sh);
-        ld.put(e, th, b_sh, &first);
+        ld.put(e, th, a_sh, b_sh, &first);
     });
     k.copies_landed();
     k.barrier();
@@ -580,7 +600,7 @@ pub fn emit(
                 e.b.build_store(acc.at(e, mode, th, j as u64), v)
                     .expect("store");
             }
-            ld.put(e, th, b_next, &ahead);
+            ld.put(e, th, a_next, b_next, &ahead);
         });
         k.copies_landed();
         k.barrier();
@@ -635,11 +655,13 @@ pub fn emit(
     });
 }
 
-/// What `TileLoad::fetch` of a kernel with a prologue loaded into
-/// registers: its im2col column, and each element's (inside, channel).
+/// What `TileLoad::fetch` of a staged kernel loaded into registers: its
+/// im2col column and each element's (inside, channel), and, without
+/// `cp.async`, its weight run as vectors.
 struct Fetched<'ctx> {
     vals: Vec<FloatValue<'ctx>>,
     gates: Vec<(IntValue<'ctx>, IntValue<'ctx>)>,
+    weights: Vec<BasicValueEnum<'ctx>>,
 }
 
 /// One thread's share of a K step's loads: a run of the weight tile and
@@ -661,7 +683,6 @@ struct TileLoad<'c, 'ctx> {
     bn0: IntValue<'ctx>,
     npix: IntValue<'ctx>,
     xs: u64,
-    threads: u64,
     mem: Memory<'ctx>,
 }
 
@@ -672,7 +693,7 @@ impl<'ctx> TileLoad<'_, 'ctx> {
         e: &Emitter<'_, 'ctx>,
         th: IntValue<'ctx>,
     ) -> (u64, IntValue<'ctx>, IntValue<'ctx>) {
-        let v = BK * self.t.bm / self.threads;
+        let v = self.t.weight_run();
         let per_row = self.t.bm / v;
         let (r, col) = e.udivrem(th, e.int(per_row));
         (v, r, e.mul(col, e.int(v)))
@@ -707,7 +728,9 @@ impl<'ctx> TileLoad<'_, 'ctx> {
     /// run, and its im2col column (zeros for padding). A kernel with a
     /// BN-ReLU prologue loads the column into registers instead and
     /// returns it raw for `put`, so that only these loads are in flight
-    /// during the step's FMAs.
+    /// during the step's FMAs; on a GPU without `cp.async` the weight run
+    /// and the column both go that way (the register prefetch of the
+    /// classic double-buffered GEMM).
     fn fetch(
         &self,
         e: &mut Emitter<'_, 'ctx>,
@@ -725,15 +748,22 @@ impl<'ctx> TileLoad<'_, 'ctx> {
             e.add(e.mul(r, e.int(t.bm)), col),
         );
         let width = v.min(4);
-        for q in 0..v / width {
-            let off = e.int(q * width);
-            let (to, from) = (e.at(a_st, e.add(dst, off)), e.at(self.wp, e.add(src, off)));
-            self.mem.copy_async(e, to, from, 4 * width, None);
-        }
+        debug_assert_eq!(v % width, 0, "a weight run of whole vectors");
         let mut f = Fetched {
             vals: Vec::new(),
             gates: Vec::new(),
+            weights: Vec::new(),
         };
+        for q in 0..v / width {
+            let off = e.int(q * width);
+            let (to, from) = (e.at(a_st, e.add(dst, off)), e.at(self.wp, e.add(src, off)));
+            if self.mem.async_copies {
+                self.mem.copy_async(e, to, from, 4 * width, None);
+            } else {
+                f.weights
+                    .push(vector_access(e, &self.mem, from, width, None));
+            }
+        }
         let column = self.column(e, th);
         let (p, r0) = column;
         let pg = e.add(self.bn0, p);
@@ -807,7 +837,7 @@ impl<'ctx> TileLoad<'_, 'ctx> {
         }
         for (j, (ok, ch, idx)) in elems.into_iter().enumerate() {
             let src = e.at(ximg, e.widen(idx));
-            if self.pro.is_none() {
+            if self.pro.is_none() && self.mem.async_copies {
                 let to = e.at(b_st, self.column_slot(e, column, j as u64));
                 self.mem.copy_async(e, to, src, 4, Some(ok));
                 continue;
@@ -820,33 +850,69 @@ impl<'ctx> TileLoad<'_, 'ctx> {
         f
     }
 
-    /// Stores the column a prologue kernel's `fetch` loaded into the
-    /// stage at `b_st`, with the prologue applied (nothing otherwise).
+    /// Stores what a staged kernel's `fetch` loaded into the stages at
+    /// `a_st` / `b_st`: the weight run as it came, the column with the
+    /// prologue applied and its padding zeroed (nothing for a kernel whose
+    /// copies are asynchronous).
     fn put(
         &self,
-        e: &Emitter<'_, 'ctx>,
+        e: &mut Emitter<'_, 'ctx>,
         th: IntValue<'ctx>,
+        a_st: PointerValue<'ctx>,
         b_st: PointerValue<'ctx>,
         f: &Fetched<'ctx>,
     ) {
-        let (Some(pro), Some((s, h))) = (self.fused.prologue, self.pro) else {
-            return;
-        };
+        if !f.weights.is_empty() {
+            let (v, r, col) = self.weight_slot(e, th);
+            let width = v.min(4);
+            let dst = e.add(e.mul(r, e.int(self.t.bm)), col);
+            for (q, &w) in (0..).zip(&f.weights) {
+                let to = e.at(a_st, e.add(dst, e.int(q * width)));
+                vector_access(e, &self.mem, to, width, Some(w));
+            }
+        }
         let column = self.column(e, th);
         for (j, (&x, &(ok, ch))) in f.vals.iter().zip(&f.gates).enumerate() {
-            // BN-ReLU of the input; padding stays zero after it.
-            let ch = e.widen(ch);
-            let mut x = e.fmuladd(x, e.load(s, ch), e.load(h, ch));
-            if let Some(a) = pro.act {
-                x = e.act(x, a);
+            let mut x = x;
+            if let (Some(pro), Some((s, h))) = (self.fused.prologue, self.pro) {
+                // BN-ReLU of the input; padding stays zero after it.
+                let ch = e.widen(ch);
+                x = e.fmuladd(x, e.load(s, ch), e.load(h, ch));
+                if let Some(a) = pro.act {
+                    x = e.act(x, a);
+                }
             }
-            x =
-                e.b.build_select(ok, x, e.f32(0.0), "")
-                    .expect("select")
-                    .into_float_value();
+            x = e.pick_f32(ok, x, e.f32(0.0));
             e.store(b_st, self.column_slot(e, column, j as u64), x);
         }
     }
+}
+
+/// A load of `width` floats at `p` (`store`: None) or a store of the
+/// vector `store` there, as one access of `4 · width` bytes, which must
+/// be that aligned (the emulation records one that is not).
+fn vector_access<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    mem: &Memory<'ctx>,
+    p: PointerValue<'ctx>,
+    width: u64,
+    store: Option<BasicValueEnum<'ctx>>,
+) -> BasicValueEnum<'ctx> {
+    mem.check_aligned(e, p, 4 * width);
+    let ty = match width {
+        1 => e.f32t.as_basic_type_enum(),
+        _ => e.f32t.vec_type(width as u32).as_basic_type_enum(),
+    };
+    let (inst, v) = match store {
+        Some(v) => (e.b.build_store(p, v).expect("store"), v),
+        None => {
+            let v = e.b.build_load(ty, p, "").expect("load");
+            (v.as_instruction_value().expect("a load"), v)
+        }
+    };
+    inst.set_alignment(4 * width as u32)
+        .expect("an access takes an alignment");
+    v
 }
 
 /// (row, column) of a thread's register tile in the block tile.
@@ -1002,7 +1068,7 @@ mod tests {
             groups: 1,
         };
         let late = ConvGemm::conv(&g, (512, 7, 7), (512, 7, 7));
-        let c = late.choose(1, 132, 32, false);
+        let c = late.choose(1, 132, 32, false, true);
         assert!(c.split > 1, "{c:?}");
         // Unsplit, 4 blocks of 128×128 or 128×64 would run; split, at
         // least nine in ten multiprocessors get a block.
@@ -1015,7 +1081,7 @@ mod tests {
         // nothing to gain from splitting.
         let early = ConvGemm::conv(&g, (256, 56, 56), (256, 56, 56));
         assert_eq!(
-            early.choose(64, 132, 32, false),
+            early.choose(64, 132, 32, false, true),
             Choice {
                 tile: TILES[0],
                 split: 1
@@ -1023,8 +1089,42 @@ mod tests {
         );
         // A slice never gets fewer than MIN_SLICE steps.
         let shallow = ConvGemm::linear(64, 512);
-        assert!(shallow.choose(1, 132, 32, false).split <= 64 / BK / MIN_SLICE);
-        assert_eq!(late.choose(1, 132, 1, false).split, 1);
+        assert!(shallow.choose(1, 132, 32, false, true).split <= 64 / BK / MIN_SLICE);
+        assert_eq!(late.choose(1, 132, 1, false, true).split, 1);
+    }
+
+    /// Without `cp.async` (sm_75) a tile holds at most twelve loads a
+    /// thread in registers across the FMAs, so narrow and 64-channel layers
+    /// keep their narrow tiles (the 8×4 tile, 64-row 8×8 blocks), and a
+    /// prologue kernel never gets one holding more.
+    #[test]
+    fn without_async_copies_tiles_hold_few_loads_in_registers() {
+        let g = |oc| ConvGeom {
+            out_channels: oc,
+            kernel: [3, 3],
+            stride: [1, 1],
+            pad: [1, 1],
+            dilation: [1, 1],
+            groups: 1,
+        };
+        let growth = ConvGemm::conv(&g(32), (128, 56, 56), (32, 56, 56));
+        let t = growth.choose(64, 40, 32, false, false).tile;
+        assert_eq!((t.bm, t.tm * t.tn), (32, 32), "{t:?}");
+        let narrow = ConvGemm::conv(&g(64), (64, 56, 56), (64, 56, 56));
+        assert_eq!(narrow.choose(64, 40, 32, false, false).tile.bm, 64);
+        for c in [
+            growth,
+            narrow,
+            ConvGemm::conv(&g(512), (512, 7, 7), (512, 7, 7)),
+        ] {
+            for n in [1, 4, 16, 64] {
+                for prologue in [false, true] {
+                    let t = c.choose(n, 40, 32, prologue, false).tile;
+                    let held = t.column_rows() * (1 + u64::from(prologue)) + t.weight_run();
+                    assert!(held <= 12, "{t:?} holds {held} (prologue {prologue})");
+                }
+            }
+        }
     }
 
     /// DenseNet's growth-rate convs (32 channels) compute no padded rows,
@@ -1044,7 +1144,7 @@ mod tests {
         // (At 7×7 a 64×64 tile pads as much: 49 of its 64 columns.)
         for (hw, n) in [(56, 64), (56, 16), (28, 4), (14, 1)] {
             let c = ConvGemm::conv(&g(32, 3), (128, hw, hw), (32, hw, hw));
-            let t = c.choose(n, 132, 32, false).tile;
+            let t = c.choose(n, 132, 32, false, true).tile;
             assert_eq!(t.bm, 32, "{hw}x{hw} at batch {n}: {t:?}");
         }
         // resnet50's layer2 1×1 convs at batch 16 are where the model
@@ -1058,7 +1158,7 @@ mod tests {
             for hw in [56, 28, 14, 7] {
                 let c = ConvGemm::conv(&g(oc as usize, k), (ic, hw, hw), (oc, hw, hw));
                 for n in [1, 4, 16, 64] {
-                    let t = c.choose(n, 132, 32, false).tile;
+                    let t = c.choose(n, 132, 32, false, true).tile;
                     assert!(
                         t.tm * t.tn != 32,
                         "{ic}->{oc} {k}x{k} {hw}x{hw} at batch {n}: {t:?}"

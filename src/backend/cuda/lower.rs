@@ -11,7 +11,7 @@ use super::split_k;
 use super::CudaOptions;
 use crate::backend::cpu::consts::lay_out;
 use crate::backend::cpu::symbol;
-use crate::backend::llvm::LlvmError;
+use crate::backend::llvm::{self, LlvmError};
 use crate::ir::graph::{chw, numel};
 use crate::ir::{Graph, Op};
 use crate::weights::Weights;
@@ -48,15 +48,6 @@ fn gemm_of(graph: &Graph, n: NodeIndex) -> Option<ConvGemm> {
     }
 }
 
-/// Multiprocessors the cost model plans for: A100 (sm_80), H100 (sm_90).
-fn multiprocessors(gpu: &str) -> u64 {
-    if gpu == "sm_90" {
-        132
-    } else {
-        108
-    }
-}
-
 pub fn lower<'ctx>(
     ctx: &'ctx Context,
     graph: &Graph,
@@ -65,7 +56,7 @@ pub fn lower<'ctx>(
     order: ThreadOrder,
     opts: &CudaOptions,
 ) -> Result<Lowered<'ctx>, LlvmError> {
-    let gpu = opts.gpu.as_str();
+    let gpu = llvm::gpu(&opts.gpu)?;
     let plan = graph.plan.as_ref().ok_or(LlvmError::Unplanned)?;
     let sym = symbol(&graph.name);
     let module = ctx.create_module(&sym);
@@ -101,7 +92,7 @@ pub fn lower<'ctx>(
     };
     let stride_of =
         |s: NodeIndex| -> u64 { plan.storage.get(&s).map_or(0, |st| st.batch_stride as u64) };
-    let sms = multiprocessors(gpu);
+    let sms = gpu.sms;
     // Split-K partial sums live after the planned buffers.
     let base_per_image = plan.arena_bytes as u64 / 4;
     let scratch_arg = Arg::Arena {
@@ -125,6 +116,7 @@ pub fn lower<'ctx>(
         let name = format!("{sym}_k{}_{kind}", names.len());
         let mut k = Kern::new(ctx, &module, mode, &name, nargs as u32, threads);
         k.order = order;
+        k.async_copies = gpu.async_copies;
         body(&mut k)?;
         k.finish();
         kernels.insert(key, name.clone());
@@ -163,7 +155,10 @@ pub fn lower<'ctx>(
             );
             let choices: Vec<Choice> = TUNE_BATCHES
                 .iter()
-                .map(|&b| c.choose(b, sms, opts.max_split_k, fused.prologue.is_some()))
+                .map(|&b| {
+                    let pro = fused.prologue.is_some();
+                    c.choose(b, sms, opts.max_split_k, pro, gpu.async_copies)
+                })
                 .collect();
             let splits = choices.iter().any(|ch| ch.split > 1);
             let mut args: Vec<Arg> = slots.iter().map(|&s| arg_of(s)).collect();
@@ -317,7 +312,7 @@ pub fn lower<'ctx>(
     let plan = LaunchPlan {
         format: FORMAT.into(),
         model: graph.name.clone(),
-        gpu: gpu.into(),
+        gpu: gpu.name.into(),
         input_shape: graph.input_shape().to_vec(),
         output_shape: graph.output_shape().to_vec(),
         input: arg_of(graph.input),

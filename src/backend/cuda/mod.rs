@@ -10,6 +10,7 @@ pub mod check_layers;
 pub mod codegen;
 pub mod emulate;
 pub mod gemm;
+pub mod gpus;
 pub mod kernels;
 pub mod lower;
 pub mod plan;
@@ -26,7 +27,8 @@ use plan::LaunchPlan;
 /// Options of a CUDA build.
 #[derive(Clone, Debug)]
 pub struct CudaOptions {
-    /// `sm_80` (default: its PTX also runs on Hopper) or `sm_90`.
+    /// An architecture of `gpus::GPUS`: `sm_80` by default, whose PTX
+    /// runs on every GPU from the A100 on.
     pub gpu: String,
     /// The most slices a GEMM's K is split into where a batch has too few
     /// output tiles to fill the GPU (1: never split).

@@ -142,7 +142,7 @@ pub struct Scratch {
 pub struct LaunchPlan {
     pub format: String,
     pub model: String,
-    /// `sm_80` or `sm_90`.
+    /// The architecture built for (`gpus::GPUS`): the oldest GPU it runs on.
     pub gpu: String,
     /// Per-image shapes (the batch axis is the caller's).
     pub input_shape: Vec<usize>,

@@ -5,6 +5,7 @@
 //! run is one copy in, one graph launch and one copy out. Independent of
 //! LLVM: it needs only a `CudaProgram`.
 
+use super::gpus;
 use super::plan::{Arg, Launch, LaunchPlan};
 use super::CudaProgram;
 use crate::tensor::Tensor;
@@ -28,9 +29,40 @@ pub enum CudaError {
         err: String,
         hint: String,
     },
+    #[error("the model was built for {built}, but GPU 0 is {gpu}")]
+    #[diagnostic(
+        code(resnetc::cuda::arch),
+        help("{advice} (PTX runs on the GPU it was built for and every later one)")
+    )]
+    OlderGpu {
+        built: String,
+        gpu: String,
+        advice: String,
+    },
     #[error("input shape {got:?} does not match the model's [N, {want:?}]")]
     #[diagnostic(code(resnetc::cuda::input))]
     Input { got: Vec<usize>, want: Vec<usize> },
+}
+
+/// PTX runs on the GPU it was built for and every later one; on an older
+/// one the driver's error (no binary for the GPU) would not say which
+/// `--gpu` to build with.
+fn check_arch(ctx: &CudaContext, built: &str) -> Result<(), CudaError> {
+    let (major, minor) = driver("read the compute capability", ctx.compute_capability())?;
+    let have = (major * 10 + minor).max(0) as u32;
+    let want = gpus::find(built).map_or(0, gpus::capability);
+    if have >= want {
+        return Ok(());
+    }
+    let name = ctx.name().unwrap_or_else(|_| "a GPU".into());
+    Err(CudaError::OlderGpu {
+        built: built.to_string(),
+        gpu: format!("{name} (sm_{major}{minor})"),
+        advice: match gpus::newest_for(have) {
+            Some(g) => format!("build it with --gpu {}", g.name),
+            None => "resnetc's kernels need sm_70 (V100) or later".into(),
+        },
+    })
 }
 
 /// Whether the CUDA driver library can be loaded. cudarc panics on first
@@ -43,8 +75,12 @@ pub fn driver_present() -> bool {
 fn driver<T>(what: &str, r: Result<T, result::DriverError>) -> Result<T, CudaError> {
     r.map_err(|e| {
         let err = format!("{e:?}");
-        let hint = if err.contains("NO_BINARY_FOR_GPU") || err.contains("INVALID_PTX") || err.contains("UNSUPPORTED_PTX") {
-            "the PTX targets a newer GPU or driver than this one: build with --gpu sm_80, or update the driver"
+        let hint = if err.contains("UNSUPPORTED_PTX") {
+            "the driver does not know the PTX's ISA version (7.5 needs a CUDA 11.5 driver, sm_89's 7.8 CUDA 11.8, sm_90's 8.0 CUDA 12.0): update the driver"
+        } else if err.contains("NO_BINARY_FOR_GPU") {
+            "the PTX targets a newer GPU than this one: build with the --gpu of this GPU (`nvidia-smi --query-gpu=compute_cap --format=csv`)"
+        } else if err.contains("INVALID_PTX") {
+            "the driver's JIT rejected the PTX: a bug in resnetc, or a driver too old for it"
         } else if err.contains("OUT_OF_MEMORY") {
             "use a smaller batch"
         } else {
@@ -114,6 +150,7 @@ impl Device {
         // SAFETY: no cudarc buffers are shared between streams here.
         unsafe { ctx.disable_event_tracking() };
         let stream = driver("create a stream", ctx.new_stream())?;
+        check_arch(&ctx, &program.plan.gpu)?;
         let ptx = CString::new(program.ptx.as_bytes()).map_err(|_| CudaError::Driver {
             what: "load the PTX".into(),
             err: "the PTX holds a NUL byte".into(),

@@ -75,6 +75,9 @@ pub struct Kern<'a, 'ctx> {
     pub threads: u64,
     /// How the emulation walks the threads of a phase.
     pub order: ThreadOrder,
+    /// Whether the GPU has `cp.async` (sm_80 on); `Memory::copy_async`
+    /// copies synchronously through registers where it has not.
+    pub async_copies: bool,
     args: Vec<PointerValue<'ctx>>,
     /// The batch size.
     pub batch: IntValue<'ctx>,
@@ -93,6 +96,8 @@ pub struct Kern<'a, 'ctx> {
 #[derive(Clone, Copy)]
 pub struct Memory<'ctx> {
     pub mode: Mode,
+    /// The GPU has `cp.async`.
+    pub async_copies: bool,
     /// Emulation: async copies land at their wait, not at issue.
     late: bool,
     fault: Option<PointerValue<'ctx>>,
@@ -183,6 +188,7 @@ impl<'a, 'ctx> Kern<'a, 'ctx> {
             mode,
             threads,
             order: ThreadOrder::Forward,
+            async_copies: true,
             args,
             batch,
             block,
@@ -196,7 +202,9 @@ impl<'a, 'ctx> Kern<'a, 'ctx> {
     pub fn memory(&self) -> Memory<'ctx> {
         Memory {
             mode: self.mode,
-            late: self.order == ThreadOrder::Backward,
+            async_copies: self.async_copies,
+            // Without `cp.async` every copy lands at once.
+            late: self.order == ThreadOrder::Backward && self.async_copies,
             fault: self.fault,
         }
     }
@@ -276,6 +284,7 @@ impl<'a, 'ctx> Kern<'a, 'ctx> {
     /// The emulation landing copies late lands every thread's here.
     pub fn copies_landed(&mut self) {
         match (self.mode, self.pool) {
+            (Mode::Gpu, _) if !self.async_copies => {}
             (Mode::Gpu, _) => {
                 self.e
                     .call_intrinsic("llvm.nvvm.cp.async.wait.all", &[], &[]);
@@ -423,7 +432,9 @@ impl<'ctx> Memory<'ctx> {
     /// `dst` without passing through registers (`cp.async`, sm_80 and
     /// later), zeros where `valid` is false (`src` must still be a valid
     /// address). The copy lands by `Kern::copies_landed`; the emulation
-    /// lands it at once, or there when it lands copies late.
+    /// lands it at once, or there when it lands copies late. A GPU without
+    /// `cp.async` copies at once, through registers (the GEMM kernels
+    /// stage their loads in registers there instead: `gemm::TileLoad`).
     pub fn copy_async(
         &self,
         e: &mut Emitter<'_, 'ctx>,
@@ -433,6 +444,15 @@ impl<'ctx> Memory<'ctx> {
         valid: Option<IntValue<'ctx>>,
     ) {
         match self.mode {
+            Mode::Gpu if !self.async_copies => {
+                for l in 0..bytes / 4 {
+                    let mut v = e.load(src, e.int(l));
+                    if let Some(ok) = valid {
+                        v = e.pick_f32(ok, v, e.f32(0.0));
+                    }
+                    e.store(dst, e.int(l), v);
+                }
+            }
             Mode::Gpu => {
                 let global =
                     e.b.build_address_space_cast(src, e.ctx.ptr_type(AddressSpace::from(1u16)), "")
@@ -473,10 +493,7 @@ impl<'ctx> Memory<'ctx> {
                 for l in 0..bytes / 4 {
                     let mut v = e.load(src, e.int(l));
                     if let Some(ok) = valid {
-                        v =
-                            e.b.build_select(ok, v, e.f32(0.0), "")
-                                .expect(BUILDER)
-                                .into_float_value();
+                        v = e.pick_f32(ok, v, e.f32(0.0));
                     }
                     e.store(to, e.int(l), v);
                     if let Some(flag) = flag {

@@ -154,6 +154,18 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
             .into_int_value()
     }
 
+    pub fn pick_f32(
+        &self,
+        c: IntValue<'ctx>,
+        a: FloatValue<'ctx>,
+        b: FloatValue<'ctx>,
+    ) -> FloatValue<'ctx> {
+        self.b
+            .build_select(c, a, b, "")
+            .expect(BUILDER)
+            .into_float_value()
+    }
+
     pub fn smin(&self, a: IntValue<'ctx>, b: IntValue<'ctx>) -> IntValue<'ctx> {
         let c = self
             .b

@@ -7,6 +7,7 @@ pub mod emit;
 pub mod exp;
 pub mod vector;
 
+use crate::backend::cuda::gpus::{self, Gpu};
 use inkwell::module::Module;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{
@@ -28,7 +29,7 @@ pub enum LlvmError {
     #[error("unknown GPU architecture `{0}`")]
     #[diagnostic(
         code(resnetc::backend::cuda),
-        help("use `sm_80` (Ampere; its PTX also runs on Hopper) or `sm_90` (Hopper)")
+        help("use `sm_70` (V100), `sm_75` (T4, RTX 20), `sm_80` (A100; its PTX also runs on every later GPU), `sm_86` (A10, RTX 30), `sm_89` (L4, RTX 40) or `sm_90` (H100, H200); `nvidia-smi --query-gpu=compute_cap --format=csv` tells a GPU's")
     )]
     UnknownGpu(String),
     #[error("{0}")]
@@ -208,17 +209,14 @@ pub fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), LlvmErro
     diagnostics.check()
 }
 
-/// GPU architectures the CUDA back end targets, with the PTX version each
-/// needs (sm_80 PTX also runs on Hopper, through the driver's JIT).
-pub const GPUS: &[(&str, &str)] = &[("sm_80", "+ptx75"), ("sm_90", "+ptx80")];
+/// The GPU architecture named `name` (`crate::backend::cuda::gpus`).
+pub fn gpu(name: &str) -> Result<&'static Gpu, LlvmError> {
+    gpus::find(name).ok_or_else(|| LlvmError::UnknownGpu(name.to_string()))
+}
 
-/// The NVPTX target machine for `gpu` (`sm_80`, `sm_90`).
+/// The NVPTX target machine for `gpu` (a name in `GPUS`).
 pub fn nvptx_machine(gpu: &str) -> Result<TargetMachine, LlvmError> {
-    let features = GPUS
-        .iter()
-        .find(|(g, _)| *g == gpu)
-        .map(|(_, f)| *f)
-        .ok_or_else(|| LlvmError::UnknownGpu(gpu.to_string()))?;
+    let features = self::gpu(gpu)?.ptx;
     Target::initialize_nvptx(&InitializationConfig::default());
     let triple = TargetTriple::create("nvptx64-nvidia-cuda");
     let target = Target::from_triple(&triple).map_err(|e| LlvmError::Internal(e.to_string()))?;
