@@ -106,6 +106,8 @@ static void *worker(void *arg) {
     return 0;
 }
 
+static int detected; /* detect_threads(), once per process */
+
 /* A forked child has none of the parent's workers: start afresh. */
 static void after_fork_in_child(void) {
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
@@ -116,6 +118,9 @@ static void after_fork_in_child(void) {
     finished = fresh_cond;
     workers = 0;
     pending = 0;
+    /* The child may be pinned to other CPUs than its parent (a server's
+     * workers often are): detect the default count again. */
+    detected = 0;
 }
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
@@ -130,8 +135,6 @@ void resnetc_set_num_threads(int n) {
     __atomic_store_n(&requested, n, __ATOMIC_RELAXED);
 }
 
-static int detected; /* detect_threads(), once */
-
 int resnetc_get_num_threads(void) {
     int n = __atomic_load_n(&requested, __ATOMIC_RELAXED);
     if (n == 0) {
@@ -140,6 +143,7 @@ int resnetc_get_num_threads(void) {
          * first callers at once both compute the same value. */
         n = __atomic_load_n(&detected, __ATOMIC_RELAXED);
         if (n == 0) {
+            pthread_once(&atfork_once, register_atfork);
             n = detect_threads();
             __atomic_store_n(&detected, n, __ATOMIC_RELAXED);
         }

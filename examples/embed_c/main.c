@@ -9,12 +9,16 @@
  * generated forward function is re-entrant. Rounds alternate between
  * FORWARD (working memory allocated per call) and FORWARD_WITH_ARENA (each
  * caller's own arena, kept across its calls). MODEL_THREADS sets the threads
- * the model itself uses (default: the CPUs the process may use).
+ * the model itself uses (default: the CPUs the process may use). Last, a
+ * forked child (which has none of the parent's pool threads) runs the model
+ * again and must give the same result, within a minute.
  */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include MODEL_HEADER
 
@@ -94,6 +98,23 @@ int main(int argc, char **argv) {
         }
     }
     if (bad) return 1;
+    /* The pool's threads are not inherited: the child must start its own
+     * rather than wait for the parent's (alarm: a hang fails). */
+    fflush(NULL);
+    pid_t child = fork();
+    if (child < 0) { perror("fork"); return 1; }
+    if (child == 0) {
+        alarm(60);
+        float *y = malloc(out_n * sizeof(float));
+        int rc = y ? FORWARD(input, y, batch) : -2;
+        _exit(rc != 0 || memcmp(y, jobs[0].output, out_n * sizeof(float)) != 0);
+    }
+    int st = 0;
+    if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "forked child: %s\n",
+                WIFSIGNALED(st) ? "killed (hung?)" : "forward failed or its result differs");
+        return 1;
+    }
     FILE *f = fopen(argv[2], "wb");
     if (!f || fwrite(jobs[0].output, sizeof(float), out_n, f) != out_n) { perror(argv[2]); return 1; }
     fclose(f);
