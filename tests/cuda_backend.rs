@@ -64,10 +64,6 @@ fn every_example_matches_the_interpreter_emulated() {
 #[test]
 fn every_ir_case_builds_for_the_gpu_and_matches_the_interpreter_emulated() {
     let ptxas = ptxas();
-    assert!(
-        ptxas.is_some() || std::env::var("CI").is_err(),
-        "ptxas is missing under CI: scripts/setup.sh installs it"
-    );
     let cases = ir_cases();
     for (i, path) in cases.iter().enumerate() {
         let name = path
@@ -294,17 +290,23 @@ fn fixtures_match_pytorch_emulated() {
 }
 
 /// NVIDIA's PTX assembler, installed by scripts/setup.sh from the PyPI
-/// wheel `nvidia-cuda-nvcc-cu12` (`RESNETC_PTXAS` overrides).
+/// wheel `nvidia-cuda-nvcc-cu12` (`RESNETC_PTXAS` overrides). Missing
+/// under CI it is a failure; elsewhere the caller skips, saying so.
 fn ptxas() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("RESNETC_PTXAS") {
         return Some(PathBuf::from(p));
     }
     let lib = root().join(".tools/py/lib");
-    std::fs::read_dir(lib)
-        .ok()?
-        .flatten()
-        .map(|d| d.path().join("site-packages/nvidia/cuda_nvcc/bin/ptxas"))
-        .find(|p| p.exists())
+    let found = std::fs::read_dir(lib).ok().and_then(|dir| {
+        dir.flatten()
+            .map(|d| d.path().join("site-packages/nvidia/cuda_nvcc/bin/ptxas"))
+            .find(|p| p.exists())
+    });
+    assert!(
+        found.is_some() || std::env::var("CI").is_err(),
+        "ptxas is missing under CI: scripts/setup.sh installs it"
+    );
+    found
 }
 
 /// Assembles `ptx` for `gpu` with `ptxas -v`; returns ptxas's report.
@@ -362,10 +364,6 @@ fn check_registers(what: &str, line: &str, threads: Option<u64>) -> bool {
 #[test]
 fn every_example_assembles_with_ptxas_without_spills() {
     let Some(ptxas) = ptxas() else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "ptxas is missing under CI: scripts/setup.sh installs it"
-        );
         eprintln!("skipped: ptxas not found (run scripts/setup.sh)");
         return;
     };
@@ -450,10 +448,6 @@ fn assembles_without_spills(ptxas: &PathBuf, name: &str, gpu: &str) -> cuda::Cud
 #[test]
 fn other_architectures_assemble_without_spills() {
     let Some(ptxas) = ptxas() else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "ptxas is missing under CI: scripts/setup.sh installs it"
-        );
         eprintln!("skipped: ptxas not found (run scripts/setup.sh)");
         return;
     };
