@@ -1,6 +1,6 @@
 //! `resnetc bench`: warm-up, then timed runs until the median is stable
 //! (at least 10 runs and 2 s, at most 1000 runs), reported as median, min,
-//! spread and achieved GFLOP/s.
+//! spread, images per second and achieved GFLOP/s.
 
 use crate::backend::cpu::Profile;
 use serde::Serialize;
@@ -17,6 +17,8 @@ pub struct BenchReport {
     pub min_ms: f64,
     /// (p90 − p10) / median.
     pub spread: f64,
+    /// batch / median: throughput at this batch size.
+    pub images_per_s: f64,
     /// 2 × MACs × batch / median.
     pub gflops: f64,
     pub compile_ms: f64,
@@ -81,7 +83,7 @@ pub fn measure(mut run: impl FnMut()) -> (usize, f64, f64, f64) {
 impl BenchReport {
     pub fn text(&self) -> String {
         format!(
-            "{} ({}, batch {}, {} thread(s)): median {:.3} ms, min {:.3} ms, spread {:.1}% over {} runs, {:.1} GFLOP/s (compile {:.0} ms)\n",
+            "{} ({}, batch {}, {} thread(s)): median {:.3} ms, min {:.3} ms, spread {:.1}% over {} runs, {:.1} images/s, {:.1} GFLOP/s (compile {:.0} ms)\n",
             self.model,
             self.target,
             self.batch,
@@ -90,6 +92,7 @@ impl BenchReport {
             self.min_ms,
             self.spread * 100.0,
             self.runs,
+            self.images_per_s,
             self.gflops,
             self.compile_ms
         ) + &self.layers_text()

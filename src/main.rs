@@ -677,6 +677,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 median_ms: median,
                 min_ms: min,
                 spread,
+                images_per_s: batch as f64 * 1e3 / median,
                 gflops: 2.0 * macs as f64 * batch as f64 / (median * 1e6),
                 compile_ms,
                 layers: profile.unwrap_or_default(),

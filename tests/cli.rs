@@ -300,9 +300,23 @@ fn bench_reports_json() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    for key in ["median_ms", "min_ms", "runs", "gflops", "threads", "batch"] {
+    for key in [
+        "median_ms",
+        "min_ms",
+        "runs",
+        "images_per_s",
+        "gflops",
+        "threads",
+        "batch",
+    ] {
         assert!(v.get(key).is_some(), "missing {key} in {v}");
     }
+    let (median, images) = (v["median_ms"].as_f64(), v["images_per_s"].as_f64());
+    let throughput = 2e3 / median.expect("median");
+    assert!(
+        (images.expect("images/s") - throughput).abs() <= 1e-6 * throughput,
+        "images/s is batch / median: {v}"
+    );
     assert_eq!(v["batch"], 2);
     assert_eq!(v["threads"], 1);
     assert!(v["runs"].as_u64().expect("runs") >= 10);

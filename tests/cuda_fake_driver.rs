@@ -414,9 +414,12 @@ fn fixture_and_bench_on_the_fake_driver() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
     assert_eq!(report["runs"], 100, "{report}");
     assert_eq!(report["batch"], 2, "{report}");
+    let median = report["median_ms"].as_f64().unwrap_or(0.0);
+    assert!(median > 0.0, "{report}");
+    let images = report["images_per_s"].as_f64().unwrap_or(0.0);
     assert!(
-        report["median_ms"].as_f64().is_some_and(|m| m > 0.0),
-        "{report}"
+        (images - 2e3 / median).abs() <= 1e-6 * images,
+        "images/s is batch / median (CUDA events): {report}"
     );
     // --layers: every launch that runs at batch 2, in plan order (the
     // split-K sums among them), each timed.
