@@ -154,14 +154,15 @@ struct WeightsArgs {
 }
 
 /// How the CUDA back end generates code.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 struct CudaArgs {
     /// GPU architecture for --target cuda: sm_70 (V100), sm_75 (T4), sm_80
-    /// (A100; the default, whose PTX runs on every later GPU), sm_86 (A10),
-    /// sm_89 (L4) or sm_90 (H100, H200). The code runs on that GPU and
-    /// every later one; the cost model plans for the GPU named.
-    #[arg(long, default_value = "sm_80")]
-    gpu: String,
+    /// (A100), sm_86 (A10), sm_89 (L4) or sm_90 (H100, H200). The code runs
+    /// on that GPU and every later one; the cost model plans for the GPU
+    /// named. Default: for build, sm_80 (PTX for every GPU from the A100
+    /// on); for run and bench, GPU 0's own (the newest it runs).
+    #[arg(long)]
+    gpu: Option<String>,
     /// For --target cuda: the most slices a conv's or linear layer's K is
     /// split into where a small batch has too few output tiles to fill the
     /// GPU (1: never).
@@ -172,7 +173,7 @@ struct CudaArgs {
 impl CudaArgs {
     fn options(&self) -> resnetc::backend::cuda::CudaOptions {
         resnetc::backend::cuda::CudaOptions {
-            gpu: self.gpu.clone(),
+            gpu: self.gpu.clone().unwrap_or_else(|| "sm_80".into()),
             max_split_k: self.max_split_k,
             ..Default::default()
         }
@@ -464,9 +465,10 @@ fn dispatch(cmd: Command) -> Result<()> {
                     "add --target cuda",
                 ));
             }
-            if target == Target::Cuda {
-                require_cuda(&cuda)?;
-            }
+            let cuda = match target {
+                Target::Cuda => require_cuda(cuda)?,
+                _ => cuda,
+            };
             let c = compile(&file)?;
             let w = load_weights(&c, &wargs)?;
             let x = weights::read_npy(&input)?;
@@ -586,9 +588,10 @@ fn dispatch(cmd: Command) -> Result<()> {
             format,
             layers,
         } => {
-            if target == Target::Cuda {
-                require_cuda(&cuda)?;
-            }
+            let cuda = match target {
+                Target::Cuda => require_cuda(cuda)?,
+                _ => cuda,
+            };
             let c = compile(&file)?;
             let wargs = WeightsArgs {
                 weights: wfile,
@@ -645,7 +648,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                     let mut dev = cuda_device(&c, &w, &cuda)?;
                     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
                     dev.run(&x)?;
-                    eprintln!("device: {}", dev.name());
+                    eprintln!("device: {}, code for {}", dev.name(), dev.built_for());
                     // CUDA events around graph launches: 20 warm-up runs,
                     // then 100 timed ones.
                     let mut times = dev.time(batch as u64, 20, 100)?;
@@ -760,15 +763,21 @@ fn cuda_check_layers(
     Ok((y, checks.iter().all(|l| l.ok)))
 }
 
-/// `--target cuda` needs a known `--gpu` and the CUDA driver: say so
-/// before any work.
-fn require_cuda(cuda: &CudaArgs) -> Result<()> {
-    resnetc::backend::llvm::gpu(&cuda.gpu)?;
-    if resnetc::backend::cuda::runtime::driver_present() {
-        Ok(())
-    } else {
-        Err(resnetc::backend::cuda::runtime::CudaError::NoDriver.into())
+/// `run`/`bench --target cuda` need a known `--gpu` and the CUDA driver:
+/// say so before any work. Without `--gpu`, the code is for GPU 0's own
+/// architecture.
+fn require_cuda(mut cuda: CudaArgs) -> Result<CudaArgs> {
+    use resnetc::backend::cuda::runtime;
+    if let Some(gpu) = &cuda.gpu {
+        resnetc::backend::llvm::gpu(gpu)?;
     }
+    if !runtime::driver_present() {
+        return Err(runtime::CudaError::NoDriver.into());
+    }
+    if cuda.gpu.is_none() {
+        cuda.gpu = Some(runtime::local_gpu()?.name.into());
+    }
+    Ok(cuda)
 }
 
 /// Stage messages on stderr, shown once a build has taken over a second.

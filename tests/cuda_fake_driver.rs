@@ -172,7 +172,8 @@ fn rust_runtime_matches_the_interpreter_on_the_fake_driver() {
     for (i, model) in models.iter().enumerate() {
         let work = dir.path().join(format!("m{i}"));
         std::fs::create_dir(&work).expect("mkdir");
-        let kernels = host_kernels(model, &work, "sm_80");
+        // No --gpu: the code for GPU 0's architecture (the fake's 9.0).
+        let kernels = host_kernels(model, &work, "sm_90");
         let c = resnetc::front::compile_file(model).expect("compiles");
         for batch in [1, 5] {
             let mut shape = vec![batch];
@@ -213,7 +214,8 @@ struct LayerCheck<'a> {
 
 impl<'a> LayerCheck<'a> {
     fn new(model: &'a Path, driver: &'a Path) -> Self {
-        let (kernels, plan) = host_kernels_and_plan(model, driver, "sm_80");
+        // No --gpu: the code for GPU 0's architecture (the fake's 9.0).
+        let (kernels, plan) = host_kernels_and_plan(model, driver, "sm_90");
         let c = resnetc::front::compile_file(model).expect("compiles");
         let x = driver.join("x.npy");
         let mut shape = vec![1];
@@ -380,9 +382,10 @@ fn fixture_and_bench_on_the_fake_driver() {
     let dir = tempfile::tempdir().expect("tempdir");
     fake_driver(dir.path());
     let model = example("cifar_resnet20");
-    let kernels = host_kernels(&model, dir.path(), "sm_90");
+    // sm_80 code on the fake's 9.0 (the other tests build for 9.0).
+    let kernels = host_kernels(&model, dir.path(), "sm_80");
     let w = fixture("cifar_resnet20.safetensors");
-    let weights = ["--weights", w.to_str().expect("utf-8"), "--gpu", "sm_90"];
+    let weights = ["--weights", w.to_str().expect("utf-8"), "--gpu", "sm_80"];
     let y = run_model(
         &model,
         "cuda",
@@ -402,14 +405,14 @@ fn fixture_and_bench_on_the_fake_driver() {
 
     let mut cmd = resnetc();
     cmd.arg("bench").arg(&model).args([
-        "--target", "cuda", "--gpu", "sm_90", "--batch", "2", "--format", "json", "--layers",
+        "--target", "cuda", "--gpu", "sm_80", "--batch", "2", "--format", "json", "--layers",
     ]);
     let out = on_fake(&mut cmd, dir.path(), Some(&kernels));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed:\n{stderr}");
     assert!(
-        stderr.contains("fake CUDA driver"),
-        "the device's name: {stderr}"
+        stderr.contains("fake CUDA driver") && stderr.contains("code for sm_80"),
+        "the device's name and the code's architecture: {stderr}"
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
     assert_eq!(report["runs"], 100, "{report}");
@@ -427,7 +430,7 @@ fn fixture_and_bench_on_the_fake_driver() {
     let mut g = c.graph.clone();
     passes::optimize(&mut g, None);
     let w = random_weights(&specs_of(&c.graph), 0);
-    let plan = cuda::compile(&g, &w, &CudaOptions::for_gpu("sm_90"))
+    let plan = cuda::compile(&g, &w, &CudaOptions::for_gpu("sm_80"))
         .expect("ptx")
         .plan;
     let want: Vec<&str> = plan
@@ -455,7 +458,8 @@ fn fixture_and_bench_on_the_fake_driver() {
 /// sm_75, a T4), `run --target cuda` stops before the driver loads the PTX
 /// and names the `--gpu` to build with; built with it (GEMMs staging
 /// their loads in registers: sm_75 has no `cp.async`), the model runs and
-/// matches the interpreter.
+/// matches the interpreter, and so it does without `--gpu` (GPU 0's own
+/// architecture). A GPU older than sm_70 is refused.
 #[test]
 fn an_older_gpu_names_the_architecture_to_build_for() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -465,18 +469,20 @@ fn an_older_gpu_names_the_architecture_to_build_for() {
     let x = dir.path().join("x.npy");
     write_npy(&x, &random_tensor(&[3, 3, 32, 32], 5)).expect("write input");
     let y = dir.path().join("y.npy");
-    let run = |gpu: &str| {
+    let run_on = |gpu: Option<&str>, arch: &str| {
         let mut cmd = resnetc();
         cmd.arg("run")
             .arg(&model)
-            .args(["--target", "cuda", "--gpu", gpu, "--random-weights", "3"])
+            .args(["--target", "cuda", "--random-weights", "3"])
+            .args(gpu.map(|g| ["--gpu", g]).iter().flatten())
             .arg("--input")
             .arg(&x)
             .arg("--output")
             .arg(&y)
-            .env("RESNETC_FAKE_CUDA_ARCH", "75");
+            .env("RESNETC_FAKE_CUDA_ARCH", arch);
         on_fake(&mut cmd, dir.path(), Some(&kernels))
     };
+    let run = |gpu| run_on(Some(gpu), "75");
     let out = run("sm_80");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -506,6 +512,21 @@ fn an_older_gpu_names_the_architecture_to_build_for() {
         1e-4,
         1e-3,
     );
+    std::fs::remove_file(&y).expect("remove the output");
+    let out = run_on(None, "75");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "without --gpu: {stderr}");
+    let again = read_npy(&y).expect("output");
+    assert_eq!(again.data, got.data, "without --gpu: sm_75's code");
+    std::fs::remove_file(&y).expect("remove the output");
+    let out = run_on(None, "61");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("GPU 0 is sm_61") && stderr.contains("sm_70 (V100) or later"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked") && !y.exists(), "{stderr}");
 }
 
 /// A driver error is a diagnostic with the failing step and exit 1, not a

@@ -39,6 +39,12 @@ pub enum CudaError {
         gpu: String,
         advice: String,
     },
+    #[error("GPU 0 is {gpu}, older than any GPU resnetc builds for")]
+    #[diagnostic(
+        code(resnetc::cuda::arch),
+        help("resnetc's kernels need sm_70 (V100) or later")
+    )]
+    UnsupportedGpu { gpu: String },
     #[error("input shape {got:?} does not match the model's [N, {want:?}]")]
     #[diagnostic(code(resnetc::cuda::input))]
     Input { got: Vec<usize>, want: Vec<usize> },
@@ -62,6 +68,32 @@ fn check_arch(ctx: &CudaContext, built: &str) -> Result<(), CudaError> {
             Some(g) => format!("build it with --gpu {}", g.name),
             None => "resnetc's kernels need sm_70 (V100) or later".into(),
         },
+    })
+}
+
+/// The architecture to build for to run on GPU 0: the newest one resnetc
+/// targets that the GPU runs (`run`/`bench` without `--gpu`). Reads the
+/// compute capability without creating a context.
+pub fn local_gpu() -> Result<&'static gpus::Gpu, CudaError> {
+    if !driver_present() {
+        return Err(CudaError::NoDriver);
+    }
+    driver("initialize the CUDA driver", result::init())?;
+    let dev = driver("find GPU 0", result::device::get(0))?;
+    let attribute = |a| {
+        // SAFETY: `dev` came from cuDeviceGet.
+        driver("read the compute capability", unsafe {
+            result::device::get_attribute(dev, a)
+        })
+    };
+    use sys::CUdevice_attribute::{
+        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR,
+        CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
+    };
+    let (major, minor) = (attribute(MAJOR)?, attribute(MINOR)?);
+    let cc = (major * 10 + minor).max(0) as u32;
+    gpus::newest_for(cc).ok_or_else(|| CudaError::UnsupportedGpu {
+        gpu: format!("sm_{major}{minor}"),
     })
 }
 
@@ -195,6 +227,11 @@ impl Device {
     }
 
     /// The GPU's name and compute capability.
+    /// The architecture the loaded code was built for (`sm_80`, ...).
+    pub fn built_for(&self) -> &str {
+        &self.plan.gpu
+    }
+
     pub fn name(&self) -> String {
         let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         match self.ctx.compute_capability() {
