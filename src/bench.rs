@@ -22,6 +22,9 @@ pub struct BenchReport {
     /// 2 × MACs × batch / median.
     pub gflops: f64,
     pub compile_ms: f64,
+    /// `--target cuda`: the architecture the code was built for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
     /// With `--layers`: every parallel call, in schedule order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<LayerTime>,

@@ -683,6 +683,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 images_per_s: batch as f64 * 1e3 / median,
                 gflops: 2.0 * macs as f64 * batch as f64 / (median * 1e6),
                 compile_ms,
+                gpu: (target == Target::Cuda).then(|| cuda.options().gpu),
                 layers: profile.unwrap_or_default(),
             };
             self::report(format, &report.text(), &report);

@@ -317,6 +317,7 @@ fn bench_reports_json() {
         (images.expect("images/s") - throughput).abs() <= 1e-6 * throughput,
         "images/s is batch / median: {v}"
     );
+    assert!(v.get("gpu").is_none(), "a CPU run names no GPU: {v}");
     assert_eq!(v["batch"], 2);
     assert_eq!(v["threads"], 1);
     assert!(v["runs"].as_u64().expect("runs") >= 10);

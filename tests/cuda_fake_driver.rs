@@ -417,6 +417,7 @@ fn fixture_and_bench_on_the_fake_driver() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
     assert_eq!(report["runs"], 100, "{report}");
     assert_eq!(report["batch"], 2, "{report}");
+    assert_eq!(report["gpu"], "sm_80", "{report}");
     let median = report["median_ms"].as_f64().unwrap_or(0.0);
     assert!(median > 0.0, "{report}");
     let images = report["images_per_s"].as_f64().unwrap_or(0.0);
