@@ -160,7 +160,8 @@ struct CudaArgs {
     /// (A100), sm_86 (A10), sm_89 (L4) or sm_90 (H100, H200). The code runs
     /// on that GPU and every later one; the cost model plans for the GPU
     /// named. Default: for build, sm_80 (PTX for every GPU from the A100
-    /// on); for run and bench, GPU 0's own (the newest it runs).
+    /// on); for run and bench, GPU 0's own (the newest it runs whose PTX
+    /// its driver knows).
     #[arg(long)]
     gpu: Option<String>,
     /// For --target cuda: the most slices a conv's or linear layer's K is
@@ -494,7 +495,11 @@ fn dispatch(cmd: Command) -> Result<()> {
                     }
                     y
                 }
-                Target::Cuda => cuda_device(&c, &w, &cuda)?.run(&x)?,
+                Target::Cuda => {
+                    let mut dev = cuda_device(&c, &w, &cuda)?;
+                    eprintln!("device: {}, code for {}", dev.name(), dev.plan().gpu);
+                    dev.run(&x)?
+                }
             };
             weights::write_npy(&output, &y)?;
             Ok(())
@@ -648,7 +653,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                     let mut dev = cuda_device(&c, &w, &cuda)?;
                     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
                     dev.run(&x)?;
-                    eprintln!("device: {}, code for {}", dev.name(), dev.built_for());
+                    eprintln!("device: {}, code for {}", dev.name(), dev.plan().gpu);
                     // CUDA events around graph launches: 20 warm-up runs,
                     // then 100 timed ones.
                     let mut times = dev.time(batch as u64, 20, 100)?;

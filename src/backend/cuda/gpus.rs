@@ -9,6 +9,9 @@ pub struct Gpu {
     pub name: &'static str,
     /// The PTX ISA version the PTX declares (the driver must know it).
     pub ptx: &'static str,
+    /// The oldest driver that knows that PTX version, as
+    /// `cuDriverGetVersion` reports it (11050: CUDA 11.5).
+    pub driver: u32,
     /// `cp.async` (global → shared memory without registers): sm_80 on.
     pub async_copies: bool,
     /// Multiprocessors the cost model plans for: those of `part`.
@@ -26,6 +29,7 @@ pub const GPUS: &[Gpu] = &[
     Gpu {
         name: "sm_70",
         ptx: "+ptx75",
+        driver: 11050,
         async_copies: false,
         sms: 80,
         part: "V100",
@@ -33,6 +37,7 @@ pub const GPUS: &[Gpu] = &[
     Gpu {
         name: "sm_75",
         ptx: "+ptx75",
+        driver: 11050,
         async_copies: false,
         sms: 40,
         part: "T4",
@@ -40,6 +45,7 @@ pub const GPUS: &[Gpu] = &[
     Gpu {
         name: "sm_80",
         ptx: "+ptx75",
+        driver: 11050,
         async_copies: true,
         sms: 108,
         part: "A100",
@@ -47,6 +53,7 @@ pub const GPUS: &[Gpu] = &[
     Gpu {
         name: "sm_86",
         ptx: "+ptx75",
+        driver: 11050,
         async_copies: true,
         sms: 72,
         part: "A10",
@@ -54,6 +61,7 @@ pub const GPUS: &[Gpu] = &[
     Gpu {
         name: "sm_89",
         ptx: "+ptx78",
+        driver: 11080,
         async_copies: true,
         sms: 58,
         part: "L4",
@@ -61,6 +69,7 @@ pub const GPUS: &[Gpu] = &[
     Gpu {
         name: "sm_90",
         ptx: "+ptx80",
+        driver: 12000,
         async_copies: true,
         sms: 132,
         part: "H100",
@@ -86,6 +95,15 @@ pub fn newest_for(cc: u32) -> Option<&'static Gpu> {
     GPUS.iter().rev().find(|g| capability(g) <= cc)
 }
 
+/// `newest_for(cc)` among the architectures whose PTX version a driver of
+/// version `driver` knows (an H100 with a CUDA 11.8 driver runs sm_80's
+/// PTX 7.5, not sm_90's 8.0).
+pub fn newest_runnable(cc: u32, driver: u32) -> Option<&'static Gpu> {
+    GPUS.iter()
+        .rev()
+        .find(|g| capability(g) <= cc && g.driver <= driver)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +117,9 @@ mod tests {
         assert_eq!(newest_for(75).map(|g| g.name), Some("sm_75"));
         assert_eq!(newest_for(100).map(|g| g.name), Some("sm_90"));
         assert_eq!(newest_for(61), None);
+        assert_eq!(newest_runnable(90, 12080).map(|g| g.name), Some("sm_90"));
+        assert_eq!(newest_runnable(90, 11080).map(|g| g.name), Some("sm_89"));
+        assert_eq!(newest_runnable(89, 11070).map(|g| g.name), Some("sm_86"));
+        assert_eq!(newest_runnable(75, 11040), None);
     }
 }

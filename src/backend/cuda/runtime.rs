@@ -39,12 +39,12 @@ pub enum CudaError {
         gpu: String,
         advice: String,
     },
-    #[error("GPU 0 is {gpu}, older than any GPU resnetc builds for")]
+    #[error("GPU 0 is {gpu} with a CUDA {driver} driver: resnetc has no code for it")]
     #[diagnostic(
         code(resnetc::cuda::arch),
-        help("resnetc's kernels need sm_70 (V100) or later")
+        help("resnetc's kernels need sm_70 (V100) or later and a CUDA 11.5 driver or later")
     )]
-    UnsupportedGpu { gpu: String },
+    UnsupportedGpu { gpu: String, driver: String },
     #[error("input shape {got:?} does not match the model's [N, {want:?}]")]
     #[diagnostic(code(resnetc::cuda::input))]
     Input { got: Vec<usize>, want: Vec<usize> },
@@ -72,8 +72,9 @@ fn check_arch(ctx: &CudaContext, built: &str) -> Result<(), CudaError> {
 }
 
 /// The architecture to build for to run on GPU 0: the newest one resnetc
-/// targets that the GPU runs (`run`/`bench` without `--gpu`). Reads the
-/// compute capability without creating a context.
+/// targets that the GPU runs and whose PTX version the driver knows
+/// (`run`/`bench` without `--gpu`). Reads the compute capability without
+/// creating a context.
 pub fn local_gpu() -> Result<&'static gpus::Gpu, CudaError> {
     if !driver_present() {
         return Err(CudaError::NoDriver);
@@ -92,8 +93,13 @@ pub fn local_gpu() -> Result<&'static gpus::Gpu, CudaError> {
     };
     let (major, minor) = (attribute(MAJOR)?, attribute(MINOR)?);
     let cc = (major * 10 + minor).max(0) as u32;
-    gpus::newest_for(cc).ok_or_else(|| CudaError::UnsupportedGpu {
+    let mut version = 0;
+    // SAFETY: writes one int.
+    let got = unsafe { sys::cuDriverGetVersion(&mut version) };
+    driver("read the driver's version", got.result())?;
+    gpus::newest_runnable(cc, version.max(0) as u32).ok_or_else(|| CudaError::UnsupportedGpu {
         gpu: format!("sm_{major}{minor}"),
+        driver: format!("{}.{}", version / 1000, version % 1000 / 10),
     })
 }
 
@@ -227,11 +233,6 @@ impl Device {
     }
 
     /// The GPU's name and compute capability.
-    /// The architecture the loaded code was built for (`sm_80`, ...).
-    pub fn built_for(&self) -> &str {
-        &self.plan.gpu
-    }
-
     pub fn name(&self) -> String {
         let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         match self.ctx.compute_capability() {
