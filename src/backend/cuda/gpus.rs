@@ -90,14 +90,15 @@ pub fn capability(gpu: &Gpu) -> u32 {
 }
 
 /// The newest architecture whose PTX runs on a GPU of compute capability
-/// `cc` (PTX runs on the GPU it was built for and every later one).
+/// `cc` (PTX runs on the GPU it was built for and every later one), with
+/// any driver.
 pub fn newest_for(cc: u32) -> Option<&'static Gpu> {
-    GPUS.iter().rev().find(|g| capability(g) <= cc)
+    newest_runnable(cc, u32::MAX)
 }
 
 /// `newest_for(cc)` among the architectures whose PTX version a driver of
-/// version `driver` knows (an H100 with a CUDA 11.8 driver runs sm_80's
-/// PTX 7.5, not sm_90's 8.0).
+/// version `driver` knows (an H100 with a CUDA 11.8 driver runs sm_89's
+/// PTX 7.8, not sm_90's 8.0).
 pub fn newest_runnable(cc: u32, driver: u32) -> Option<&'static Gpu> {
     GPUS.iter()
         .rev()
@@ -121,5 +122,23 @@ mod tests {
         assert_eq!(newest_runnable(90, 11080).map(|g| g.name), Some("sm_89"));
         assert_eq!(newest_runnable(89, 11070).map(|g| g.name), Some("sm_86"));
         assert_eq!(newest_runnable(75, 11040), None);
+    }
+
+    /// The C runtime of CUDA static libraries (runtime/cuda_rt.c) has no
+    /// Rust to call: its list of architectures to advise must be this one.
+    #[test]
+    fn the_c_runtime_knows_the_same_architectures() {
+        let c = include_str!("../../../runtime/cuda_rt.c");
+        let list = c
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("static const int known[] = {"))
+            .and_then(|l| l.strip_suffix("};"))
+            .expect("cuda_rt.c's `known` list");
+        let known: Vec<u32> = list
+            .split(',')
+            .map(|n| n.trim().parse().unwrap_or(0))
+            .collect();
+        let ours: Vec<u32> = GPUS.iter().rev().map(capability).collect();
+        assert_eq!(known, ours);
     }
 }

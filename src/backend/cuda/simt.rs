@@ -203,8 +203,11 @@ impl<'a, 'ctx> Kern<'a, 'ctx> {
         Memory {
             mode: self.mode,
             async_copies: self.async_copies,
-            // Without `cp.async` every copy lands at once.
-            late: self.order == ThreadOrder::Backward && self.async_copies,
+            // Only the emulation lands copies late, and without `cp.async`
+            // every copy lands at once.
+            late: self.mode == Mode::Emulate
+                && self.order == ThreadOrder::Backward
+                && self.async_copies,
             fault: self.fault,
         }
     }
@@ -443,63 +446,53 @@ impl<'ctx> Memory<'ctx> {
         bytes: u64,
         valid: Option<IntValue<'ctx>>,
     ) {
-        match self.mode {
-            Mode::Gpu if !self.async_copies => {
-                for l in 0..bytes / 4 {
-                    let mut v = e.load(src, e.int(l));
-                    if let Some(ok) = valid {
-                        v = e.pick_f32(ok, v, e.f32(0.0));
-                    }
-                    e.store(dst, e.int(l), v);
-                }
-            }
-            Mode::Gpu => {
-                let global =
-                    e.b.build_address_space_cast(src, e.ctx.ptr_type(AddressSpace::from(1u16)), "")
-                        .expect(BUILDER);
-                // 16-byte copies (the weights) cache in L2 only; the im2col
-                // elements also in L1, where a 3x3 conv's taps meet again.
-                let (cache, size) = if bytes == 16 {
-                    ("cg", 16)
-                } else {
-                    ("ca", bytes)
-                };
-                match valid {
-                    None => e.call_intrinsic(
-                        &format!("llvm.nvvm.cp.async.{cache}.shared.global.{size}"),
+        if self.mode == Mode::Gpu && self.async_copies {
+            let global =
+                e.b.build_address_space_cast(src, e.ctx.ptr_type(AddressSpace::from(1u16)), "")
+                    .expect(BUILDER);
+            // 16-byte copies (the weights) cache in L2 only; the im2col
+            // elements also in L1, where a 3x3 conv's taps meet again.
+            let (cache, size) = if bytes == 16 {
+                ("cg", 16)
+            } else {
+                ("ca", bytes)
+            };
+            match valid {
+                None => e.call_intrinsic(
+                    &format!("llvm.nvvm.cp.async.{cache}.shared.global.{size}"),
+                    &[],
+                    &[dst.into(), global.into()],
+                ),
+                Some(ok) => {
+                    let n = e.pick(ok, e.int32(bytes), e.int32(0));
+                    e.call_intrinsic(
+                        &format!("llvm.nvvm.cp.async.{cache}.shared.global.{size}.s"),
                         &[],
-                        &[dst.into(), global.into()],
-                    ),
-                    Some(ok) => {
-                        let n = e.pick(ok, e.int32(bytes), e.int32(0));
-                        e.call_intrinsic(
-                            &format!("llvm.nvvm.cp.async.{cache}.shared.global.{size}.s"),
-                            &[],
-                            &[dst.into(), global.into(), n.into()],
-                        )
-                    }
-                };
-            }
-            Mode::Emulate => {
-                self.check_aligned(e, src, bytes);
-                self.check_aligned(e, dst, bytes);
-                let (to, flag) = match self.late {
-                    false => (dst, None),
-                    true => (
-                        e.at(dst, e.int(SHARED_FLOATS)),
-                        Some(e.at(dst, e.int(2 * SHARED_FLOATS))),
-                    ),
-                };
-                for l in 0..bytes / 4 {
-                    let mut v = e.load(src, e.int(l));
-                    if let Some(ok) = valid {
-                        v = e.pick_f32(ok, v, e.f32(0.0));
-                    }
-                    e.store(to, e.int(l), v);
-                    if let Some(flag) = flag {
-                        e.store(flag, e.int(l), e.f32(1.0));
-                    }
+                        &[dst.into(), global.into(), n.into()],
+                    )
                 }
+            };
+            return;
+        }
+        // Float by float: the emulation (into the shadow stage when it
+        // lands copies late), or a GPU without `cp.async`.
+        self.check_aligned(e, src, bytes);
+        self.check_aligned(e, dst, bytes);
+        let (to, flag) = match self.late {
+            false => (dst, None),
+            true => (
+                e.at(dst, e.int(SHARED_FLOATS)),
+                Some(e.at(dst, e.int(2 * SHARED_FLOATS))),
+            ),
+        };
+        for l in 0..bytes / 4 {
+            let mut v = e.load(src, e.int(l));
+            if let Some(ok) = valid {
+                v = e.pick_f32(ok, v, e.f32(0.0));
+            }
+            e.store(to, e.int(l), v);
+            if let Some(flag) = flag {
+                e.store(flag, e.int(l), e.f32(1.0));
             }
         }
     }
