@@ -44,15 +44,16 @@ def torch_ms(name, batch):
 
 
 def resnetc_ms(exe, name, batch, *flags):
-    # Without --gpu, bench builds for the GPU's own architecture (Hopper:
-    # sm_90, whose cost model counts its 132 multiprocessors).
+    # Without --gpu and --sms, bench builds for the GPU's own architecture
+    # (Hopper: sm_90) and plans for its own multiprocessors (an H100 SXM's
+    # 132, an H100 PCIe's 114).
     out = subprocess.run(
         [exe, "bench", f"examples/{name}.res", "--target", "cuda", "--batch", str(batch),
          "--format", "json", *flags],
         check=True, capture_output=True, text=True,
     )
     report = json.loads(out.stdout)
-    return report["median_ms"], report["gpu"]
+    return report["median_ms"], f"{report['gpu']}, {report['sms']} SMs"
 
 
 def main():

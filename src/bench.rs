@@ -25,6 +25,9 @@ pub struct BenchReport {
     /// `--target cuda`: the architecture the code was built for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu: Option<String>,
+    /// `--target cuda`: the multiprocessors the plan was made for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sms: Option<u64>,
     /// With `--layers`: every parallel call, in schedule order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<LayerTime>,

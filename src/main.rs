@@ -164,6 +164,12 @@ struct CudaArgs {
     /// its driver knows).
     #[arg(long)]
     gpu: Option<String>,
+    /// For --target cuda: the multiprocessors the cost model plans tiles
+    /// and K splits for. Default: for build, those of the --gpu's
+    /// reference part (sm_80: 108, an A100; sm_90: 132, an H100 SXM; an
+    /// H100 PCIe has 114); for run and bench, GPU 0's.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    sms: Option<u64>,
     /// For --target cuda: the most slices a conv's or linear layer's K is
     /// split into where a small batch has too few output tiles to fill the
     /// GPU (1: never).
@@ -175,6 +181,7 @@ impl CudaArgs {
     fn options(&self) -> resnetc::backend::cuda::CudaOptions {
         resnetc::backend::cuda::CudaOptions {
             gpu: self.gpu.clone().unwrap_or_else(|| "sm_80".into()),
+            sms: self.sms,
             max_split_k: self.max_split_k,
             ..Default::default()
         }
@@ -497,7 +504,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 }
                 Target::Cuda => {
                     let mut dev = cuda_device(&c, &w, &cuda)?;
-                    eprintln!("device: {}, code for {}", dev.name(), dev.plan().gpu);
+                    eprintln!("device: {}, {}", dev.name(), code_for(dev.plan()));
                     dev.run(&x)?
                 }
             };
@@ -653,7 +660,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                     let mut dev = cuda_device(&c, &w, &cuda)?;
                     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
                     dev.run(&x)?;
-                    eprintln!("device: {}, code for {}", dev.name(), dev.plan().gpu);
+                    eprintln!("device: {}, {}", dev.name(), code_for(dev.plan()));
                     // CUDA events around graph launches: 20 warm-up runs,
                     // then 100 timed ones.
                     let mut times = dev.time(batch as u64, 20, 100)?;
@@ -689,6 +696,11 @@ fn dispatch(cmd: Command) -> Result<()> {
                 gflops: 2.0 * macs as f64 * batch as f64 / (median * 1e6),
                 compile_ms,
                 gpu: (target == Target::Cuda).then(|| cuda.options().gpu),
+                sms: if target == Target::Cuda {
+                    cuda.sms
+                } else {
+                    None
+                },
                 layers: profile.unwrap_or_default(),
             };
             self::report(format, &report.text(), &report);
@@ -771,7 +783,7 @@ fn cuda_check_layers(
 
 /// `run`/`bench --target cuda` need a known `--gpu` and the CUDA driver:
 /// say so before any work. Without `--gpu`, the code is for GPU 0's own
-/// architecture.
+/// architecture; without `--sms`, planned for GPU 0's multiprocessors.
 fn require_cuda(mut cuda: CudaArgs) -> Result<CudaArgs> {
     use resnetc::backend::cuda::runtime;
     if let Some(gpu) = &cuda.gpu {
@@ -780,10 +792,20 @@ fn require_cuda(mut cuda: CudaArgs) -> Result<CudaArgs> {
     if !runtime::driver_present() {
         return Err(runtime::CudaError::NoDriver.into());
     }
+    let local = runtime::local_gpu()?;
     if cuda.gpu.is_none() {
-        cuda.gpu = Some(runtime::local_gpu()?.name.into());
+        cuda.gpu = Some(local.architecture()?.name.into());
     }
+    cuda.sms = cuda.sms.or(Some(local.sms));
     Ok(cuda)
+}
+
+/// What CUDA code runs: `code for sm_90, planned for 114 multiprocessors`.
+fn code_for(plan: &resnetc::backend::cuda::plan::LaunchPlan) -> String {
+    format!(
+        "code for {}, planned for {} multiprocessors",
+        plan.gpu, plan.sms
+    )
 }
 
 /// Stage messages on stderr, shown once a build has taken over a second.

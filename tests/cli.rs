@@ -279,6 +279,56 @@ fn an_unknown_gpu_architecture_lists_the_known_ones() {
     run_fails_cleanly(&["--target", "cuda", "--gpu", "sm_61"], "`sm_75` (T4");
 }
 
+/// `build --target cuda` writes the PTX, the launch plan and the weights
+/// (no GPU needed). The plan names the architecture and the multiprocessors
+/// its tiles were chosen for: the `--gpu`'s reference part by default
+/// (sm_80: an A100's 108), `--sms` where given; `--sms 0` is refused.
+#[test]
+fn cuda_build_records_the_gpu_it_planned_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (sms, want) in [(None, 108), (Some("114"), 114)] {
+        let out = dir.path().join(format!("out{want}"));
+        let mut args = vec![
+            "build",
+            "examples/cifar_resnet20.res",
+            "--target",
+            "cuda",
+            "--random-weights",
+            "0",
+            "--quiet",
+            "-o",
+            p(&out),
+        ];
+        args.extend(sms.iter().flat_map(|n| ["--sms", *n]));
+        let o = resnetc(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let text = std::fs::read_to_string(out.join("cifar_resnet20.plan.json")).expect("plan");
+        let plan: serde_json::Value = serde_json::from_str(&text).expect("json plan");
+        assert_eq!(plan["gpu"], "sm_80", "{text}");
+        assert_eq!(plan["sms"], want, "{text}");
+        let weights = std::fs::metadata(out.join("cifar_resnet20.weights.bin")).expect("weights");
+        assert_eq!(Some(weights.len() / 4), plan["const_elements"].as_u64());
+        let ptx = std::fs::read_to_string(out.join("cifar_resnet20.ptx")).expect("ptx");
+        assert!(ptx.contains(".target sm_80"), "the PTX's target");
+    }
+    let out = dir.path().join("zero");
+    let o = resnetc(&[
+        "build",
+        "examples/cifar_resnet20.res",
+        "--target",
+        "cuda",
+        "--random-weights",
+        "0",
+        "--sms",
+        "0",
+        "-o",
+        p(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--sms"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
+
 /// `--check-layers` compares the CUDA back end's layers: with another
 /// target it is an error naming the target to use, before any work.
 #[test]

@@ -36,7 +36,8 @@ fn emulated_for(name: &str, graph: &Graph, seed: u64, gpu: &str) -> (Weights, Gr
     let x = random_tensor(&shape, seed + 1);
     let reference = resnetc::interp::run(graph, &w, &x).expect("interpreter");
     for tune in [1, 64] {
-        let y = emulate::run(&opt, &w, &x, gpu, Some(tune)).expect("emulated cuda");
+        let y = emulate::run(&opt, &w, &x, &CudaOptions::for_gpu(gpu), Some(tune))
+            .expect("emulated cuda");
         let what = format!("{name} {gpu} (tiles for batch {tune})");
         assert_close(&what, &y, &reference, 1e-4, 1e-3);
     }
@@ -172,7 +173,8 @@ model split(x: f32[N, 64, 7, 7]) {
         let x = random_tensor(&[n, 64, 7, 7], 9);
         let reference = resnetc::interp::run(&graph, &w, &x).expect("interpreter");
         for tune in [None, Some(64)] {
-            let y = emulate::run(&opt, &w, &x, "sm_80", tune).expect("emulated cuda");
+            let y =
+                emulate::run(&opt, &w, &x, &CudaOptions::default(), tune).expect("emulated cuda");
             assert_close(
                 &format!("batch {n}, tiles for {tune:?}"),
                 &y,
@@ -219,7 +221,8 @@ model big(x: f32[N, 3, 64, 64]) {
     let x = random_tensor(&[2, 3, 64, 64], 4);
     let reference = resnetc::interp::run(&graph, &w, &x).expect("interpreter");
     let run = |order| {
-        emulate::run_in_order(&opt, &w, &x, "sm_80", Some(64), order).expect("emulated cuda")
+        emulate::run_in_order(&opt, &w, &x, &CudaOptions::default(), Some(64), order)
+            .expect("emulated cuda")
     };
     let (fwd, bwd) = (run(ThreadOrder::Forward), run(ThreadOrder::Backward));
     assert_close("128x128 tiles", &fwd, &reference, 1e-4, 1e-3);
@@ -256,7 +259,9 @@ fn kernels_do_not_depend_on_thread_order() {
         // sm_75: the GEMMs' loads staged in registers (no `cp.async`).
         for (tune, gpu) in [(1, "sm_80"), (64, "sm_80"), (1, "sm_75"), (64, "sm_75")] {
             let run = |order| {
-                emulate::run_in_order(&opt, &w, &x, gpu, Some(tune), order).expect("emulated cuda")
+                let opts = CudaOptions::for_gpu(gpu);
+                emulate::run_in_order(&opt, &w, &x, &opts, Some(tune), order)
+                    .expect("emulated cuda")
             };
             let (fwd, bwd) = (run(ThreadOrder::Forward), run(ThreadOrder::Backward));
             let same = fwd
@@ -284,7 +289,14 @@ fn fixtures_match_pytorch_emulated() {
         let w = bind_weights(&c, &fixture(&format!("{name}.safetensors")));
         let x = read_npy(&fixture(&format!("{name}.input.npy"))).expect("input");
         let e = read_npy(&fixture(&format!("{name}.output.npy"))).expect("output");
-        let y = emulate::run(&optimized(&c.graph), &w, &x, "sm_90", None).expect("emulated");
+        let y = emulate::run(
+            &optimized(&c.graph),
+            &w,
+            &x,
+            &CudaOptions::for_gpu("sm_90"),
+            None,
+        )
+        .expect("emulated");
         assert_close(&format!("{name} vs PyTorch"), &y, &e, 1e-4, 1e-3);
     }
 }

@@ -48,22 +48,34 @@ fn fake_driver(dir: &Path) {
     std::fs::copy(&lib, dir.join("libcuda.so.1")).expect("libcuda.so.1");
 }
 
+/// The multiprocessors the fake driver reports unless told otherwise
+/// (RESNETC_FAKE_CUDA_SMS), which `run` and `bench` plan for.
+const FAKE_SMS: u64 = 132;
+
+/// The options `run`/`bench --gpu GPU` build with on the fake driver.
+fn on_the_fake(gpu: &str) -> CudaOptions {
+    CudaOptions {
+        sms: Some(FAKE_SMS),
+        ..CudaOptions::for_gpu(gpu)
+    }
+}
+
 /// A model's kernels emulated for the host, as a shared object for the
 /// fake driver. Checks on the way that the emulation was lowered with the
 /// very launch plan of the PTX the runtime will load.
-fn host_kernels(source: &Path, dir: &Path, gpu: &str) -> PathBuf {
-    host_kernels_and_plan(source, dir, gpu).0
+fn host_kernels(source: &Path, dir: &Path, opts: &CudaOptions) -> PathBuf {
+    host_kernels_and_plan(source, dir, opts).0
 }
 
 /// `host_kernels`, and the launch plan of the kernels (the runtime's,
 /// launch for launch).
-fn host_kernels_and_plan(source: &Path, dir: &Path, gpu: &str) -> (PathBuf, LaunchPlan) {
+fn host_kernels_and_plan(source: &Path, dir: &Path, opts: &CudaOptions) -> (PathBuf, LaunchPlan) {
     let c = resnetc::front::compile_file(source).expect("compiles");
     let mut g = c.graph.clone();
     passes::optimize(&mut g, None);
     let w = random_weights(&specs_of(&c.graph), 0);
-    let (obj, plan) = emulate::emulation_object(&g, &w, gpu).expect("emulation object");
-    let ptx = cuda::compile(&g, &w, &CudaOptions::for_gpu(gpu)).expect("ptx");
+    let (obj, plan) = emulate::emulation_object(&g, &w, opts).expect("emulation object");
+    let ptx = cuda::compile(&g, &w, opts).expect("ptx");
     assert_eq!(
         plan, ptx.plan,
         "the emulation and the PTX have different plans"
@@ -173,7 +185,7 @@ fn rust_runtime_matches_the_interpreter_on_the_fake_driver() {
         let work = dir.path().join(format!("m{i}"));
         std::fs::create_dir(&work).expect("mkdir");
         // No --gpu: the code for GPU 0's architecture (the fake's 9.0).
-        let kernels = host_kernels(model, &work, "sm_90");
+        let kernels = host_kernels(model, &work, &on_the_fake("sm_90"));
         let c = resnetc::front::compile_file(model).expect("compiles");
         for batch in [1, 5] {
             let mut shape = vec![batch];
@@ -215,7 +227,7 @@ struct LayerCheck<'a> {
 impl<'a> LayerCheck<'a> {
     fn new(model: &'a Path, driver: &'a Path) -> Self {
         // No --gpu: the code for GPU 0's architecture (the fake's 9.0).
-        let (kernels, plan) = host_kernels_and_plan(model, driver, "sm_90");
+        let (kernels, plan) = host_kernels_and_plan(model, driver, &on_the_fake("sm_90"));
         let c = resnetc::front::compile_file(model).expect("compiles");
         let x = driver.join("x.npy");
         let mut shape = vec![1];
@@ -377,15 +389,44 @@ fn check_layers_names_a_broken_concat_copy() {
 
 /// PyTorch's weights and output through the Rust runtime, and `bench
 /// --target cuda` (events, 120 replays of one captured graph) reporting.
+/// Both plan for 114 multiprocessors (an H100 PCIe): `run` told so by
+/// `--sms`, `bench` by the driver.
 #[test]
 fn fixture_and_bench_on_the_fake_driver() {
     let dir = tempfile::tempdir().expect("tempdir");
     fake_driver(dir.path());
     let model = example("cifar_resnet20");
     // sm_80 code on the fake's 9.0 (the other tests build for 9.0).
-    let kernels = host_kernels(&model, dir.path(), "sm_80");
+    let opts = CudaOptions {
+        sms: Some(114),
+        ..CudaOptions::for_gpu("sm_80")
+    };
+    let kernels = host_kernels(&model, dir.path(), &opts);
+    let c = resnetc::front::compile_file(&model).expect("compiles");
+    let mut g = c.graph.clone();
+    passes::optimize(&mut g, None);
+    let w = random_weights(&specs_of(&c.graph), 0);
+    let plan = cuda::compile(&g, &w, &opts).expect("ptx").plan;
+    assert_eq!(plan.sms, 114);
+    // The SM count matters: the fake's own 132 would give other launches
+    // (so kernels emulated for one would not run the other's plan).
+    let plan_132 = cuda::compile(&g, &w, &on_the_fake("sm_80"))
+        .expect("ptx")
+        .plan;
+    assert_ne!(
+        plan.launches, plan_132.launches,
+        "114 and 132 SMs plan alike"
+    );
+
     let w = fixture("cifar_resnet20.safetensors");
-    let weights = ["--weights", w.to_str().expect("utf-8"), "--gpu", "sm_80"];
+    let weights = [
+        "--weights",
+        w.to_str().expect("utf-8"),
+        "--gpu",
+        "sm_80",
+        "--sms",
+        "114",
+    ];
     let y = run_model(
         &model,
         "cuda",
@@ -407,17 +448,20 @@ fn fixture_and_bench_on_the_fake_driver() {
     cmd.arg("bench").arg(&model).args([
         "--target", "cuda", "--gpu", "sm_80", "--batch", "2", "--format", "json", "--layers",
     ]);
+    cmd.env("RESNETC_FAKE_CUDA_SMS", "114");
     let out = on_fake(&mut cmd, dir.path(), Some(&kernels));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench failed:\n{stderr}");
     assert!(
-        stderr.contains("fake CUDA driver") && stderr.contains("code for sm_80"),
-        "the device's name and the code's architecture: {stderr}"
+        stderr.contains("fake CUDA driver")
+            && stderr.contains("code for sm_80, planned for 114 multiprocessors"),
+        "the device's name, the code's architecture and SM count: {stderr}"
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json report");
     assert_eq!(report["runs"], 100, "{report}");
     assert_eq!(report["batch"], 2, "{report}");
     assert_eq!(report["gpu"], "sm_80", "{report}");
+    assert_eq!(report["sms"], 114, "{report}");
     let median = report["median_ms"].as_f64().unwrap_or(0.0);
     assert!(median > 0.0, "{report}");
     let images = report["images_per_s"].as_f64().unwrap_or(0.0);
@@ -427,13 +471,6 @@ fn fixture_and_bench_on_the_fake_driver() {
     );
     // --layers: every launch that runs at batch 2, in plan order (the
     // split-K sums among them), each timed.
-    let c = resnetc::front::compile_file(&model).expect("compiles");
-    let mut g = c.graph.clone();
-    passes::optimize(&mut g, None);
-    let w = random_weights(&specs_of(&c.graph), 0);
-    let plan = cuda::compile(&g, &w, &CudaOptions::for_gpu("sm_80"))
-        .expect("ptx")
-        .plan;
     let want: Vec<&str> = plan
         .launches
         .iter()
@@ -466,7 +503,7 @@ fn an_older_gpu_names_the_architecture_to_build_for() {
     let dir = tempfile::tempdir().expect("tempdir");
     fake_driver(dir.path());
     let model = example("densenet_bc_small");
-    let kernels = host_kernels(&model, dir.path(), "sm_75");
+    let kernels = host_kernels(&model, dir.path(), &on_the_fake("sm_75"));
     let x = dir.path().join("x.npy");
     write_npy(&x, &random_tensor(&[3, 3, 32, 32], 5)).expect("write input");
     let y = dir.path().join("y.npy");
@@ -573,7 +610,8 @@ fn c_runtime_matches_pytorch_on_the_fake_driver() {
     make_example("embed_cuda", out.path(), env!("CARGO_BIN_EXE_resnetc"));
     fake_driver(out.path());
     let model = example("cifar_resnet20");
-    let kernels = host_kernels(&model, out.path(), "sm_80");
+    // `build` plans for sm_80's reference GPU (an A100's 108 SMs).
+    let kernels = host_kernels(&model, out.path(), &CudaOptions::for_gpu("sm_80"));
     let demo = |program: &str, x: &Tensor, what: &str| -> Tensor {
         let input = out.path().join("in.f32");
         let bytes: Vec<u8> = x.data.iter().flat_map(|v| v.to_le_bytes()).collect();

@@ -215,7 +215,7 @@ proptest! {
         assert_close(&format!("cpu\n{text}"), &cpu, &reference, 1e-4, 1e-3);
         // The CUDA back end: its kernels emulated, and its PTX built (every
         // network ends in softmax, whose e^x NVPTX has no libm for).
-        let cuda = emulate::run(&opt, &w, &x, "sm_80", None).expect("emulated cuda");
+        let cuda = emulate::run(&opt, &w, &x, &cuda::CudaOptions::default(), None).expect("emulated cuda");
         assert_close(&format!("cuda (emulated)\n{text}"), &cuda, &reference, 1e-4, 1e-3);
         cuda::compile(&opt, &w, &cuda::CudaOptions::default())
             .unwrap_or_else(|e| panic!("PTX: {e}\n{text}"));

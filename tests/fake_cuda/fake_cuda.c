@@ -606,7 +606,11 @@ CUresult cuDeviceGetAttribute(int *v, int attribute, CUdevice d) {
     if (d != 0) return INVALID_DEVICE;
     switch (attribute) {
     case 1: *v = 1024; break;  /* max threads per block */
-    case 16: *v = 132; break;  /* multiprocessors */
+    case 16: { /* multiprocessors: RESNETC_FAKE_CUDA_SMS, else 132 (an H100 SXM) */
+        const char *sms = getenv("RESNETC_FAKE_CUDA_SMS");
+        *v = sms && atoi(sms) > 0 ? atoi(sms) : 132;
+        break;
+    }
     case 75: /* compute capability: RESNETC_FAKE_CUDA_ARCH (e.g. 75), else 9.0 */
     case 76: {
         const char *arch = getenv("RESNETC_FAKE_CUDA_ARCH");

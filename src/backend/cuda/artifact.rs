@@ -272,8 +272,8 @@ pub fn header(plan: &LaunchPlan, sym: &str) -> String {
     c_header(
         sym,
         &format!(
-            "model `{}`, CUDA ({}).\n * Link with lib{sym}.a, libdl and libpthread (nothing else; the CUDA\n * driver, libcuda.so.1, is loaded at run time):\n *     cc app.c -L. -l{sym} -ldl -lpthread",
-            plan.model, plan.gpu
+            "model `{}`, CUDA ({}, tiles planned for {} multiprocessors).\n * Link with lib{sym}.a, libdl and libpthread (nothing else; the CUDA\n * driver, libcuda.so.1, is loaded at run time):\n *     cc app.c -L. -l{sym} -ldl -lpthread",
+            plan.model, plan.gpu, plan.sms
         ),
         &plan.input_shape,
         &plan.output_shape,

@@ -44,17 +44,25 @@ impl Aligned {
     }
 }
 
-/// Runs `graph` on `input` through the emulated CUDA kernels for `gpu`.
+/// Runs `graph` on `input` through the emulated CUDA kernels built with
+/// `opts` (the architecture and the plan's multiprocessors).
 /// `tune_batch` picks each launch's variant as if the batch were that one
 /// (to exercise every tile shape at a small batch); `None`: the real batch.
 pub fn run(
     graph: &Graph,
     weights: &Weights,
     input: &Tensor,
-    gpu: &str,
+    opts: &CudaOptions,
     tune_batch: Option<u64>,
 ) -> Result<Tensor, LlvmError> {
-    run_in_order(graph, weights, input, gpu, tune_batch, ThreadOrder::Forward)
+    run_in_order(
+        graph,
+        weights,
+        input,
+        opts,
+        tune_batch,
+        ThreadOrder::Forward,
+    )
 }
 
 /// `run`, with the threads of every phase walked in `order`.
@@ -62,15 +70,14 @@ pub fn run_in_order(
     graph: &Graph,
     weights: &Weights,
     input: &Tensor,
-    gpu: &str,
+    opts: &CudaOptions,
     tune_batch: Option<u64>,
     order: ThreadOrder,
 ) -> Result<Tensor, LlvmError> {
     // Before any compiling: the caller's mistake is cheap to report.
     llvm::check_input(&input.shape, graph.input_shape())?;
     let ctx = Context::create();
-    let opts = CudaOptions::for_gpu(gpu);
-    let l = lower::lower(&ctx, graph, weights, Mode::Emulate, order, &opts)?;
+    let l = lower::lower(&ctx, graph, weights, Mode::Emulate, order, opts)?;
     l.module
         .verify()
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
@@ -167,7 +174,7 @@ pub fn run_in_order(
 pub fn emulation_object(
     graph: &Graph,
     weights: &Weights,
-    gpu: &str,
+    opts: &CudaOptions,
 ) -> Result<(Vec<u8>, LaunchPlan), LlvmError> {
     let machine = llvm::x86_machine("native")?;
     let ctx = Context::create();
@@ -177,7 +184,7 @@ pub fn emulation_object(
         weights,
         Mode::Emulate,
         ThreadOrder::Forward,
-        &CudaOptions::for_gpu(gpu),
+        opts,
     )?;
     llvm::target(&l.module, &machine);
     llvm::optimize(&l.module, &machine)?;

@@ -92,7 +92,7 @@ pub fn lower<'ctx>(
     };
     let stride_of =
         |s: NodeIndex| -> u64 { plan.storage.get(&s).map_or(0, |st| st.batch_stride as u64) };
-    let sms = gpu.sms;
+    let sms = opts.sms.unwrap_or(gpu.sms).max(1);
     // Split-K partial sums live after the planned buffers.
     let base_per_image = plan.arena_bytes as u64 / 4;
     let scratch_arg = Arg::Arena {
@@ -313,6 +313,7 @@ pub fn lower<'ctx>(
         format: FORMAT.into(),
         model: graph.name.clone(),
         gpu: gpu.name.into(),
+        sms,
         input_shape: graph.input_shape().to_vec(),
         output_shape: graph.output_shape().to_vec(),
         input: arg_of(graph.input),

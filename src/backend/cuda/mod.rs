@@ -30,6 +30,11 @@ pub struct CudaOptions {
     /// An architecture of `gpus::GPUS`: `sm_80` by default, whose PTX
     /// runs on every GPU from the A100 on.
     pub gpu: String,
+    /// Multiprocessors the cost model plans for; `None`: those of the
+    /// architecture's reference part (`gpus::Gpu::sms`). `run` and `bench`
+    /// pass the local GPU's, so an H100 PCIe (114) is not planned as an
+    /// H100 SXM (132).
+    pub sms: Option<u64>,
     /// The most slices a GEMM's K is split into where a batch has too few
     /// output tiles to fill the GPU (1: never split).
     pub max_split_k: u64,
@@ -51,6 +56,7 @@ impl Default for CudaOptions {
     fn default() -> Self {
         CudaOptions {
             gpu: "sm_80".into(),
+            sms: None,
             max_split_k: 32,
             codegen_threads: 0,
         }

@@ -144,6 +144,8 @@ pub struct LaunchPlan {
     pub model: String,
     /// The architecture built for (`gpus::GPUS`): the oldest GPU it runs on.
     pub gpu: String,
+    /// Multiprocessors the cost model planned the tiles and K splits for.
+    pub sms: u64,
     /// Per-image shapes (the batch axis is the caller's).
     pub input_shape: Vec<usize>,
     pub output_shape: Vec<usize>,

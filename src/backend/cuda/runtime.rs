@@ -71,11 +71,32 @@ fn check_arch(ctx: &CudaContext, built: &str) -> Result<(), CudaError> {
     })
 }
 
-/// The architecture to build for to run on GPU 0: the newest one resnetc
-/// targets that the GPU runs and whose PTX version the driver knows
-/// (`run`/`bench` without `--gpu`). Reads the compute capability without
-/// creating a context.
-pub fn local_gpu() -> Result<&'static gpus::Gpu, CudaError> {
+/// GPU 0 as the driver describes it, read without creating a context:
+/// what `run`/`bench --target cuda` build for by default.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalGpu {
+    /// Compute capability: 90 for 9.0.
+    pub cc: u32,
+    /// `cuDriverGetVersion`: 12080 for CUDA 12.8.
+    pub driver: u32,
+    /// Multiprocessors (114 on an H100 PCIe, 132 on an H100 SXM).
+    pub sms: u64,
+}
+
+impl LocalGpu {
+    /// The newest architecture resnetc targets that this GPU runs and
+    /// whose PTX version its driver knows.
+    pub fn architecture(&self) -> Result<&'static gpus::Gpu, CudaError> {
+        gpus::newest_runnable(self.cc, self.driver).ok_or_else(|| CudaError::UnsupportedGpu {
+            gpu: format!("sm_{}", self.cc),
+            driver: format!("{}.{}", self.driver / 1000, self.driver % 1000 / 10),
+        })
+    }
+}
+
+/// Reads GPU 0's compute capability, multiprocessor count and driver
+/// version, without creating a context.
+pub fn local_gpu() -> Result<LocalGpu, CudaError> {
     if !driver_present() {
         return Err(CudaError::NoDriver);
     }
@@ -83,23 +104,26 @@ pub fn local_gpu() -> Result<&'static gpus::Gpu, CudaError> {
     let dev = driver("find GPU 0", result::device::get(0))?;
     let attribute = |a| {
         // SAFETY: `dev` came from cuDeviceGet.
-        driver("read the compute capability", unsafe {
+        driver("read GPU 0's attributes", unsafe {
             result::device::get_attribute(dev, a)
         })
+        .map(|v| v.max(0) as u32)
     };
     use sys::CUdevice_attribute::{
         CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR as MAJOR,
         CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR as MINOR,
+        CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT as SMS,
     };
-    let (major, minor) = (attribute(MAJOR)?, attribute(MINOR)?);
-    let cc = (major * 10 + minor).max(0) as u32;
+    let cc = attribute(MAJOR)? * 10 + attribute(MINOR)?;
+    let sms = attribute(SMS)?.max(1) as u64;
     let mut version = 0;
     // SAFETY: writes one int.
     let got = unsafe { sys::cuDriverGetVersion(&mut version) };
     driver("read the driver's version", got.result())?;
-    gpus::newest_runnable(cc, version.max(0) as u32).ok_or_else(|| CudaError::UnsupportedGpu {
-        gpu: format!("sm_{major}{minor}"),
-        driver: format!("{}.{}", version / 1000, version % 1000 / 10),
+    Ok(LocalGpu {
+        cc,
+        driver: version.max(0) as u32,
+        sms,
     })
 }
 
