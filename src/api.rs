@@ -130,12 +130,15 @@ fn finish(
         source,
     };
     std::fs::create_dir_all(out_dir).map_err(|e| io(out_dir, e))?;
-    let mut written = Vec::new();
-    for (name, bytes) in files {
-        let path = out_dir.join(name);
-        weights::write_atomic(&path, &bytes).map_err(|e| io(&path, e))?;
-        written.push(path);
-    }
+    let written: Vec<PathBuf> = files.iter().map(|(name, _)| out_dir.join(name)).collect();
+    // All or none: a library without its header, or a plan without its
+    // weights, would be worse than no output.
+    let set: Vec<(&Path, &[u8])> = written
+        .iter()
+        .zip(&files)
+        .map(|(p, (_, bytes))| (p.as_path(), bytes.as_slice()))
+        .collect();
+    crate::outputs::write_all_atomic(&set).map_err(|(p, e)| io(&p, e))?;
     Ok(Built {
         symbol: cpu::symbol(&g.name),
         files: written,

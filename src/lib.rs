@@ -11,6 +11,7 @@ pub mod export;
 pub mod front;
 pub mod interp;
 pub mod ir;
+pub mod outputs;
 pub mod passes;
 pub mod summary;
 pub mod tensor;

@@ -7,6 +7,15 @@ use resnetc::weights::{self, Weights};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// `eprintln!` that cannot panic: with stderr closed (`2>&1 | head -1`)
+/// the message is lost, not the command's work or its exit code.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "resnetc",
@@ -60,7 +69,8 @@ enum Command {
         target: Target,
         #[command(flatten)]
         cpu: CpuArgs,
-        /// Threads for --target cpu (default: the CPUs this process may use).
+        /// Threads for --target cpu, 1 to 256 (default: the CPUs this
+        /// process may use).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: Option<u16>,
         #[command(flatten)]
@@ -71,7 +81,7 @@ enum Command {
         #[arg(long)]
         check_layers: bool,
     },
-    /// Compile a model, written into the directory OUT. CPU: a static library
+    /// Compile a model into the directory given by -o. CPU: a static library
     /// and C header (default), an object file, assembly or LLVM IR. CUDA: the
     /// artifact (PTX, launch plan, weights; default), the PTX alone, LLVM IR,
     /// or a static library and C header.
@@ -101,18 +111,23 @@ enum Command {
         /// Weights (default: --random-weights 0).
         #[arg(long)]
         weights: Option<PathBuf>,
-        #[arg(long, value_name = "SEED")]
+        /// Seeded random weights instead of a file.
+        #[arg(long, value_name = "SEED", conflicts_with = "weights")]
         random_weights: Option<u64>,
         #[arg(long, value_enum, default_value_t = Target::Cpu)]
         target: Target,
         #[command(flatten)]
         cpu: CpuArgs,
+        /// Threads for --target cpu, 1 to 256 (default: the CPUs this
+        /// process may use).
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         threads: Option<u16>,
         #[command(flatten)]
         cuda: CudaArgs,
+        /// Images per run, 1 to 4096.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
         batch: u32,
+        /// text, or json (one object).
         #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
         format: SummaryFormat,
         /// Also time every parallel call (cpu) or every kernel launch (cuda,
@@ -191,9 +206,9 @@ impl CudaArgs {
 /// How the CPU back end generates code.
 #[derive(clap::Args)]
 struct CpuArgs {
-    /// CPU to generate code for: native, x86-64-v3, x86-64, ...
-    #[arg(long, default_value = "native")]
-    cpu: String,
+    /// CPU to generate code for: native (the default), x86-64-v3, x86-64, ...
+    #[arg(long)]
+    cpu: Option<String>,
     /// Conv tiling: the cost model's per-conv choice, or one for every conv.
     #[arg(long, value_enum, default_value_t = ConvKernelArg::Auto)]
     conv_kernel: ConvKernelArg,
@@ -212,7 +227,7 @@ impl CpuArgs {
     fn options(&self) -> resnetc::backend::cpu::CpuOptions {
         use resnetc::backend::cpu::ConvKernel;
         resnetc::backend::cpu::CpuOptions {
-            cpu: self.cpu.clone(),
+            cpu: self.cpu.clone().unwrap_or_else(|| "native".into()),
             conv: match self.conv_kernel {
                 ConvKernelArg::Auto => ConvKernel::Auto,
                 ConvKernelArg::Pixels => ConvKernel::Pixels,
@@ -224,7 +239,7 @@ impl CpuArgs {
 
 #[derive(clap::Args)]
 struct OptArgs {
-    /// Run no optimization pass.
+    /// Optimization level: 0 runs no pass, 1 every pass.
     #[arg(short = 'O', value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(0..=1), default_value_t = 1)]
     level: u8,
     /// Stop after this pass (see `resnetc passes`).
@@ -290,22 +305,20 @@ type Result<T> = std::result::Result<T, Failure>;
 /// LLVM refused, a stage that found what an earlier one should have
 /// removed), which are bugs.
 fn exit_code(r: &Report) -> u8 {
-    let internal = r
-        .code()
-        .is_some_and(|c| c.to_string() == "resnetc::backend::llvm");
-    if internal {
-        70
-    } else {
-        1
+    match r.code().map(|c| c.to_string()).as_deref() {
+        Some("resnetc::backend::llvm") => 70,
+        Some(USAGE) => 2,
+        _ => 1,
     }
 }
 
 fn main() -> ExitCode {
     // Honour COLUMNS (as `ls` does) so piped or logged messages wrap at a
-    // known width.
+    // known width; below 40 columns a message would be a word a line.
     if let Some(width) = std::env::var("COLUMNS")
         .ok()
         .and_then(|c| c.parse::<usize>().ok())
+        .map(|c| c.max(40))
     {
         let _ = miette::set_hook(Box::new(move |_| {
             Box::new(miette::MietteHandlerOpts::new().width(width).build())
@@ -316,12 +329,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Compile(e)) => {
             for d in e.diags {
-                eprintln!("{:?}", Report::new(d));
+                note!("{:?}", Report::new(d));
             }
             ExitCode::from(1)
         }
         Err(Failure::Other(r)) => {
-            eprintln!("{r:?}");
+            note!("{r:?}");
             ExitCode::from(exit_code(&r))
         }
     }
@@ -331,10 +344,66 @@ fn other(msg: String, help: &str) -> Failure {
     Failure::Other(miette::miette!(help = help.to_string(), "{msg}"))
 }
 
+/// A command line whose flags are each valid but do not go together
+/// (exit 2, as clap's own usage errors).
+fn usage(msg: String, help: &str) -> Failure {
+    Failure::Other(miette::miette!(
+        code = USAGE,
+        help = help.to_string(),
+        "{msg}"
+    ))
+}
+
+const USAGE: &str = "resnetc::usage";
+
+/// Flags that only one target reads are an error with another, rather
+/// than silently ignored.
+fn flags_fit_target(
+    target: Target,
+    cpu: &CpuArgs,
+    cuda: &CudaArgs,
+    threads: Option<u16>,
+) -> Result<()> {
+    let misplaced = |flag: &str, wants: &str| {
+        Err(usage(
+            format!(
+                "{flag} applies to --target {wants}, not --target {}",
+                target_name(target)
+            ),
+            &format!("leave out {flag}, or use --target {wants}"),
+        ))
+    };
+    if target != Target::Cuda {
+        if cuda.gpu.is_some() {
+            return misplaced("--gpu", "cuda");
+        }
+        if cuda.sms.is_some() {
+            return misplaced("--sms", "cuda");
+        }
+    }
+    if target != Target::Cpu {
+        if cpu.cpu.is_some() {
+            return misplaced("--cpu", "cpu");
+        }
+        if threads.is_some() {
+            return misplaced("--threads", "cpu");
+        }
+    }
+    Ok(())
+}
+
+fn target_name(t: Target) -> &'static str {
+    match t {
+        Target::Cpu => "cpu",
+        Target::Ref => "ref",
+        Target::Cuda => "cuda",
+    }
+}
+
 fn compile(file: &Path) -> Result<Compiled> {
     let c = front::compile_file(file).map_err(Failure::Compile)?;
     for w in &c.warnings {
-        eprintln!("{:?}", Report::new(w.clone()));
+        note!("{:?}", Report::new(w.clone()));
     }
     Ok(c)
 }
@@ -348,7 +417,7 @@ fn out(text: &str) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
-        eprintln!("error: cannot write to standard output: {e}");
+        note!("error: cannot write to standard output: {e}");
         std::process::exit(1);
     }
 }
@@ -368,8 +437,14 @@ fn report(format: SummaryFormat, text: &str, value: &impl serde::Serialize) {
 fn optimized(c: &Compiled, opt: &OptArgs) -> Result<resnetc::ir::Graph> {
     let mut g = c.graph.clone();
     if let Some(p) = &opt.print_after {
+        if opt.level == 0 {
+            return Err(usage(
+                format!("--print-after {p} shows the IR after a pass, and -O0 runs none"),
+                "leave out -O0",
+            ));
+        }
         if !resnetc::passes::names().contains(&p.as_str()) {
-            return Err(other(
+            return Err(usage(
                 format!("unknown pass `{p}`"),
                 &format!("passes: {}", resnetc::passes::names().join(", ")),
             ));
@@ -401,7 +476,7 @@ fn load_weights(c: &Compiled, args: &WeightsArgs) -> Result<Weights> {
             Ok(weights::bind(&specs, file, &path.display().to_string())?)
         }
         (None, Some(seed)) => Ok(weights::random_weights(&specs, seed)),
-        (None, None) => Err(other(
+        (None, None) => Err(usage(
             "no weights given".into(),
             "pass --weights W.safetensors or --random-weights SEED",
         )),
@@ -468,11 +543,12 @@ fn dispatch(cmd: Command) -> Result<()> {
             check_layers,
         } => {
             if check_layers && target != Target::Cuda {
-                return Err(other(
+                return Err(usage(
                     "--check-layers compares the layers of the CUDA back end".into(),
                     "add --target cuda",
                 ));
             }
+            flags_fit_target(target, &cpu, &cuda, threads)?;
             let cuda = match target {
                 Target::Cuda => require_cuda(cuda)?,
                 _ => cuda,
@@ -504,7 +580,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 }
                 Target::Cuda => {
                     let mut dev = cuda_device(&c, &w, &cuda)?;
-                    eprintln!("device: {}, {}", dev.name(), code_for(dev.plan()));
+                    note!("device: {}, {}", dev.name(), code_for(dev.plan()));
                     dev.run(&x)?
                 }
             };
@@ -538,7 +614,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 (Target::Cuda, Some(EmitKind::LlvmIr)) => Kind::Cuda(CudaEmit::LlvmIr),
                 (Target::Cuda, Some(EmitKind::Staticlib)) => Kind::Cuda(CudaEmit::Staticlib),
                 (Target::Ref, _) => {
-                    return Err(other(
+                    return Err(usage(
                         "the reference interpreter has nothing to build".into(),
                         "use --target cpu or --target cuda",
                     ))
@@ -549,17 +625,18 @@ fn dispatch(cmd: Command) -> Result<()> {
                             .map(|p| p.get_name().to_string())
                             .unwrap_or_default()
                     }
-                    return Err(other(
+                    return Err(usage(
                         format!("--emit {} does not apply to --target {}", name(e), name(t)),
                         "cpu: staticlib, obj, llvm-ir, asm; cuda: artifact, ptx, llvm-ir, staticlib",
                     ));
                 }
             };
+            flags_fit_target(target, &cpu, &cuda, None)?;
             let source = match (&wargs.weights, wargs.random_weights) {
                 (Some(p), _) => resnetc::api::WeightsSource::File(p.clone()),
                 (None, Some(seed)) => resnetc::api::WeightsSource::Random(seed),
                 (None, None) => {
-                    return Err(other(
+                    return Err(usage(
                         "no weights given".into(),
                         "pass --weights or --random-weights",
                     ))
@@ -582,7 +659,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             })?;
             if !quiet {
                 for f in &built.files {
-                    eprintln!("wrote {}", f.display());
+                    note!("wrote {}", f.display());
                 }
             }
             progress.done();
@@ -600,6 +677,14 @@ fn dispatch(cmd: Command) -> Result<()> {
             format,
             layers,
         } => {
+            flags_fit_target(target, &cpu, &cuda, threads)?;
+            if layers && target == Target::Ref {
+                return Err(usage(
+                    "--layers times the calls of the compiled code; the interpreter has none"
+                        .into(),
+                    "use --target cpu or --target cuda",
+                ));
+            }
             let cuda = match target {
                 Target::Cuda => require_cuda(cuda)?,
                 _ => cuda,
@@ -660,7 +745,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                     let mut dev = cuda_device(&c, &w, &cuda)?;
                     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
                     dev.run(&x)?;
-                    eprintln!("device: {}, {}", dev.name(), code_for(dev.plan()));
+                    note!("device: {}, {}", dev.name(), code_for(dev.plan()));
                     // CUDA events around graph launches: 20 warm-up runs,
                     // then 100 timed ones.
                     let mut times = dev.time(batch as u64, 20, 100)?;
@@ -825,14 +910,14 @@ impl Progress {
     fn stage(&self, what: &str) {
         let t = self.start.elapsed();
         if !self.quiet && t.as_secs_f64() > 1.0 {
-            eprintln!("[{:>5.1}s] {what}", t.as_secs_f64());
+            note!("[{:>5.1}s] {what}", t.as_secs_f64());
         }
     }
 
     fn done(&self) {
         let t = self.start.elapsed();
         if !self.quiet && t.as_secs_f64() > 1.0 {
-            eprintln!("[{:>5.1}s] done", t.as_secs_f64());
+            note!("[{:>5.1}s] done", t.as_secs_f64());
         }
     }
 }

@@ -238,6 +238,11 @@ fn bad_weights_and_inputs_fail_cleanly() {
 /// flags, expected to fail with exit 1 and a message holding `says`,
 /// writing no output.
 fn run_fails_cleanly(extra: &[&str], says: &str) {
+    run_fails_with(1, extra, says);
+}
+
+/// `run_fails_cleanly` with exit `code`.
+fn run_fails_with(code: i32, extra: &[&str], says: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("y.npy");
     let input = fixture("cifar_resnet20.input.npy");
@@ -253,7 +258,7 @@ fn run_fails_cleanly(extra: &[&str], says: &str) {
     ];
     args.extend(extra);
     let o = resnetc(&args);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(code), "{}", stderr(&o));
     assert!(stderr(&o).contains(says), "{}", stderr(&o));
     assert!(!out.exists());
 }
@@ -333,7 +338,135 @@ fn cuda_build_records_the_gpu_it_planned_for() {
 /// target it is an error naming the target to use, before any work.
 #[test]
 fn check_layers_needs_the_cuda_target() {
-    run_fails_cleanly(&["--check-layers"], "--target cuda");
+    run_fails_with(2, &["--check-layers"], "--target cuda");
+}
+
+/// A flag only another target reads is a usage error (exit 2), not
+/// silently ignored.
+#[test]
+fn flags_of_another_target_are_refused() {
+    for (extra, says) in [
+        (&["--gpu", "sm_90"][..], "--gpu applies to --target cuda"),
+        (&["--sms", "114"][..], "--sms applies to --target cuda"),
+        (
+            &["--target", "ref", "--threads", "2"][..],
+            "--threads applies to --target cpu",
+        ),
+        (
+            &["--target", "ref", "--cpu", "x86-64"][..],
+            "--cpu applies to --target cpu",
+        ),
+    ] {
+        run_fails_with(2, extra, says);
+    }
+    let o = resnetc(&[
+        "ir",
+        "examples/cifar_resnet20.res",
+        "-O0",
+        "--print-after",
+        "dce",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("-O0 runs none"), "{}", stderr(&o));
+}
+
+/// Writing outputs never destroys what the path named: a symlink is
+/// written through (its target replaced, the link kept), a device written
+/// into; a build with a directory in the way of one of its files writes
+/// none of them.
+#[cfg(unix)]
+#[test]
+fn outputs_respect_links_devices_and_whole_builds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let real = dir.path().join("real.npy");
+    std::fs::write(&real, b"").expect("write");
+    let link = dir.path().join("link.npy");
+    std::os::unix::fs::symlink("real.npy", &link).expect("symlink");
+    let input = fixture("cifar_resnet20.input.npy");
+    for out in [&link, Path::new("/dev/null")] {
+        let o = resnetc(&[
+            "run",
+            "examples/cifar_resnet20.res",
+            "--random-weights",
+            "0",
+            "--input",
+            p(&input),
+            "--output",
+            p(out),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    let link_kind = std::fs::symlink_metadata(&link).expect("link").file_type();
+    assert!(link_kind.is_symlink(), "the link is kept");
+    resnetc::weights::read_npy(&real).expect("the link's target holds the output");
+    let null = std::fs::metadata("/dev/null").expect("/dev/null");
+    assert!(!null.is_file(), "/dev/null is still a device");
+
+    let out = dir.path().join("build");
+    std::fs::create_dir_all(out.join("cifar_resnet20.weights.bin")).expect("mkdir");
+    let o = resnetc(&[
+        "build",
+        "examples/cifar_resnet20.res",
+        "--target",
+        "cuda",
+        "--random-weights",
+        "0",
+        "--quiet",
+        "-o",
+        p(&out),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .expect("build dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "only the directory in the way: {left:?}");
+}
+
+/// With stderr closed (`2>&1 | head -1`), messages are lost but not the
+/// work: the weights are written and the exit code is the command's.
+#[test]
+fn a_closed_stderr_loses_messages_not_work() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("warns.res");
+    // An unused value: a warning on stderr before the file is written.
+    std::fs::write(
+        &model,
+        "model m(x: f32[N, 3, 8, 8]) {\n    let unused = x |> u: conv(4, k: 1)\n    x |> c: conv(4, k: 1)\n}\n",
+    )
+    .expect("write model");
+    let w = dir.path().join("w.safetensors");
+    let run = |args: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_resnetc"))
+            .args(args)
+            .current_dir(root())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        drop(child.stderr.take());
+        child.wait().expect("wait").code()
+    };
+    assert_eq!(run(&["init", p(&model), "-o", p(&w)]), Some(0));
+    assert!(w.exists(), "the weights were written");
+    let bad = "tests/bad_inputs/channel_mismatch_add.res";
+    assert_eq!(run(&["check", bad]), Some(1));
+}
+
+/// A UTF-8 byte-order mark (as some Windows editors write) is skipped.
+#[test]
+fn a_byte_order_mark_is_skipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("bom.res");
+    std::fs::write(
+        &model,
+        "\u{feff}model m(x: f32[N, 3, 8, 8]) {\n    x |> relu()\n}\n",
+    )
+    .expect("write model");
+    let o = resnetc(&["check", p(&model)]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
 #[test]

@@ -28,6 +28,7 @@ const EXAMPLES: &[&str] = &[
     "resnet50",
     "resnet101",
     "resnet152",
+    "se_resnet50",
     "cifar_resnet20",
     "cifar_resnet56",
     "cifar_resnet110",
@@ -67,6 +68,9 @@ const COUNTS: &[(&str, usize, u64)] = &[
     ("resnet50", 25_557_032, 4_089_184_256),
     ("resnet101", 44_549_160, 7_801_405_440),
     ("resnet152", 60_192_808, 11_513_626_624),
+    // timm's seresnet50 (28.09M parameters); its SE convs add 2·C·C/16
+    // multiply-adds per block on 1x1 maps to resnet50's.
+    ("se_resnet50", 28_088_024, 4_091_699_200),
     ("densenet121", 7_978_856, 2_834_161_664),
     ("densenet169", 14_149_480, 3_359_843_328),
     ("densenet201", 20_013_928, 4_291_365_888),

@@ -34,6 +34,11 @@ fn unet_up_block_ir() {
     insta::assert_snapshot!(ir_of("unet_up"));
 }
 
+#[test]
+fn se_block_ir() {
+    insta::assert_snapshot!(ir_of("se_block"));
+}
+
 /// The printer numbers values by structure, not by node index: removing and
 /// re-adding unrelated nodes must not change the text.
 #[test]

@@ -173,7 +173,13 @@ fn ir_after(case: &str, pass: &str) -> String {
 
 #[test]
 fn ir_after_each_pass() {
-    for case in ["basic_block", "bottleneck", "dense_block", "unet_up"] {
+    for case in [
+        "basic_block",
+        "bottleneck",
+        "dense_block",
+        "unet_up",
+        "se_block",
+    ] {
         for pass in passes::names() {
             insta::assert_snapshot!(format!("{case}__after_{pass}"), ir_after(case, pass));
         }

@@ -51,6 +51,12 @@ enum Layer {
         bilinear: bool,
         align: bool,
     },
+    /// Squeeze-and-excitation (a per-channel product), or `x · σ(x)` (an
+    /// elementwise one).
+    Excite {
+        hidden: usize,
+        elementwise: bool,
+    },
 }
 
 fn layer() -> impl Strategy<Value = Layer> {
@@ -105,6 +111,10 @@ fn layer() -> impl Strategy<Value = Layer> {
         ]
         .prop_map(Layer::Act),
         (any::<bool>(), any::<bool>()).prop_map(|(bilinear, align)| Layer::Up { bilinear, align }),
+        (1usize..4, any::<bool>()).prop_map(|(hidden, elementwise)| Layer::Excite {
+            hidden,
+            elementwise
+        }),
     ]
 }
 
@@ -168,6 +178,11 @@ fn build(c0: usize, hw: usize, layers: &[Layer]) -> String {
                 let mode = if bilinear { "bilinear" } else { "nearest" };
                 format!("x = x |> upsample(scale: 2, mode: \"{mode}\", align_corners: {align})")
             }
+            Layer::Excite { elementwise: true, .. } => "x = x * (x |> sigmoid())".to_string(),
+            // The gate on the left: the front end puts it second.
+            Layer::Excite { hidden, .. } => format!(
+                "x = (x |> global_avgpool() |> \"e{i}\": [conv({hidden}, k: 1, bias: true), relu(), conv({c}, k: 1, bias: true), sigmoid()]) * x"
+            ),
         };
         body.push_str("    ");
         body.push_str(&line);

@@ -206,6 +206,8 @@ pub fn export(graph: &Graph, weights: &Weights) -> Result<Vec<u8>, String> {
                 b.node("Clip", &[ins[0].clone(), lo, hi], &out, vec![]);
             }
             Op::Add => b.node("Add", &ins, &out, vec![]),
+            // ONNX broadcasts like numpy: [N, C, 1, 1] against [N, C, H, W].
+            Op::Mul => b.node("Mul", &ins, &out, vec![]),
             Op::Concat { .. } => b.node("Concat", &ins, &out, vec![attr_int("axis", 1)]),
             Op::MaxPool(g) => b.node(
                 "MaxPool",

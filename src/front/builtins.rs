@@ -111,6 +111,12 @@ pub const BUILTINS: &[Builtin] = &[
         doc: "elementwise sum; `a + b` is the same",
     },
     Builtin {
+        name: "mul",
+        params: &[X, p("y", Required)],
+        variadic: false,
+        doc: "elementwise product, or x scaled per channel by a [C, 1, 1] y (squeeze-and-excitation); `a * b` is the same",
+    },
+    Builtin {
         name: "concat",
         params: &[X],
         variadic: true,

@@ -303,7 +303,8 @@ impl<'a> Expander<'a> {
         if end.saturating_sub(start) > MAX_REPEAT {
             return Err(
                 Diag::error("res::too_large", f.span, "loop runs too many times")
-                    .label(format!("{} iterations", end - start))
+                    // i128: the count of `i64::MIN..i64::MAX` overflows i64.
+                    .label(format!("{} iterations", end as i128 - start as i128))
                     .help(format!("at most {MAX_REPEAT} iterations are allowed")),
             );
         }
@@ -444,18 +445,22 @@ impl<'a> Expander<'a> {
         let l = self.expr(a, None)?;
         let r = self.expr(b, None)?;
         match (l, r) {
-            (Value::Tensor(x), Value::Tensor(y)) if op == BinOp::Add => {
+            (Value::Tensor(x), Value::Tensor(y)) if matches!(op, BinOp::Add | BinOp::Mul) => {
                 let name = self.path.join(".");
-                // Underline the `+` itself so the operand labels do not overlap it.
+                // Underline the operator itself so the operand labels do not overlap it.
                 let text = &self.sources.file(a.span.file).text;
                 let between = text
                     .get(a.span.end as usize..b.span.start as usize)
                     .unwrap_or("");
-                let plus = between.find('+').map_or(span, |i| {
+                let symbol = if op == BinOp::Add { '+' } else { '*' };
+                let at_op = between.find(symbol).map_or(span, |i| {
                     let at = a.span.end as usize + i;
                     Span::new(a.span.file, at, at + 1)
                 });
-                self.make(Op::Add, name, &[x, y], plus, &[a.span, b.span])
+                if op == BinOp::Mul {
+                    return self.mul(name, x, y, at_op, &[a.span, b.span]);
+                }
+                self.make(Op::Add, name, &[x, y], at_op, &[a.span, b.span])
             }
             (Value::Int(x), Value::Int(y)) => {
                 let v = match op {
@@ -859,6 +864,11 @@ impl<'a> Expander<'a> {
                 let spans: Vec<Span> = args.values.iter().flatten().map(|(_, s)| *s).collect();
                 return self.make(Op::Add, name, &[x, y], call.name.span, &spans);
             }
+            "mul" => {
+                let y = args.tensor(1)?;
+                let spans: Vec<Span> = args.values.iter().flatten().map(|(_, s)| *s).collect();
+                return self.mul(name, x, y, call.name.span, &spans);
+            }
             "concat" => {
                 let mut xs = vec![x];
                 for i in 1..args.values.len() {
@@ -1014,6 +1024,24 @@ impl<'a> Expander<'a> {
             d
         })?;
         self.push_node(op, name, out, xs, span)
+    }
+
+    /// `x * y`: the per-channel factor (`[C, 1, 1]`) goes second, as the
+    /// IR's `mul` takes it, whichever side it was written on.
+    fn mul(
+        &mut self,
+        name: String,
+        x: NodeIndex,
+        y: NodeIndex,
+        span: Span,
+        arg_spans: &[Span],
+    ) -> R<Value> {
+        let spatial = |n: NodeIndex| self.graph.node(n).shape.get(1..).map(<[usize]>::to_vec);
+        if spatial(x) == Some(vec![1, 1]) && spatial(y) != Some(vec![1, 1]) {
+            let swapped: Vec<Span> = arg_spans.iter().rev().copied().collect();
+            return self.make(Op::Mul, name, &[y, x], span, &swapped);
+        }
+        self.make(Op::Mul, name, &[x, y], span, arg_spans)
     }
 
     fn push_node(

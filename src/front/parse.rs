@@ -39,7 +39,8 @@ static PRATT: LazyLock<PrattParser<Rule>> = LazyLock::new(|| {
 /// Parses one file (`file` is its id in the source map).
 pub fn parse_module(text: &str, file: u32) -> Result<Module, Diag> {
     check_nesting(text, file)?;
-    let mut pairs = ResParser::parse(Rule::file, text).map_err(|e| syntax_error(e, file, 0))?;
+    let mut pairs =
+        ResParser::parse(Rule::file, text).map_err(|e| syntax_error(e, text, file, 0))?;
     let p = Parser { file, offset: 0 };
     let mut module = Module::default();
     let Some(root) = pairs.next() else {
@@ -136,7 +137,8 @@ fn rule_name(r: &Rule) -> &'static str {
     }
 }
 
-fn syntax_error(e: pest::error::Error<Rule>, file: u32, offset: usize) -> Diag {
+/// `text` is what pest parsed; its offsets are `offset` before the file's.
+fn syntax_error(e: pest::error::Error<Rule>, text: &str, file: u32, offset: usize) -> Diag {
     use pest::error::{ErrorVariant, InputLocation};
     let (start, end) = match e.location {
         InputLocation::Pos(p) => (p, p),
@@ -157,6 +159,25 @@ fn syntax_error(e: pest::error::Error<Rule>, file: u32, offset: usize) -> Diag {
     } else {
         format!("expected {}", join_or(&expected))
     };
+    // A character that looks like nothing (a no-break or zero-width space
+    // pasted from a web page) or like a letter (`ö`) is named: the
+    // expectation alone would point at what seems to be fine text.
+    // (Pest stops at the start of the word that holds it.)
+    let odd = text.get(start..).and_then(|t| {
+        t.char_indices()
+            .take_while(|&(_, c)| c.is_alphanumeric() || c == '_' || !c.is_ascii())
+            .find(|&(_, c)| !c.is_ascii())
+    });
+    if let Some((i, (c, what))) = odd.and_then(|(i, c)| Some((i, unusual(c)?))) {
+        let at = offset + start + i;
+        return Diag::error(
+            "res::syntax",
+            Span::new(file, at, at + c.len_utf8()),
+            format!("unexpected character U+{:04X}{what}", c as u32),
+        )
+        .label("here")
+        .help("outside strings and comments a .res file is ASCII: delete the character or retype the text around it");
+    }
     Diag::error(
         "res::syntax",
         Span::new(file, offset + start, offset + end.max(start)),
@@ -164,6 +185,19 @@ fn syntax_error(e: pest::error::Error<Rule>, file: u32, offset: usize) -> Diag {
     )
     .label(what)
     .help("see docs/language.md for the grammar")
+}
+
+/// A non-ASCII character, with what it is where it is invisible.
+fn unusual(c: char) -> Option<(char, &'static str)> {
+    let what = match c {
+        _ if c.is_ascii() => return None,
+        '\u{feff}' => " (a byte-order mark)",
+        '\u{200b}'..='\u{200d}' | '\u{2060}' => " (a zero-width character)",
+        '\u{00a0}' | '\u{202f}' => " (a no-break space)",
+        _ if c.is_whitespace() => " (a Unicode space)",
+        _ => "",
+    };
+    Some((c, what))
 }
 
 fn join_or(items: &[&str]) -> String {
@@ -558,7 +592,7 @@ impl Parser {
                 offset: base + open + 1,
             };
             let mut pairs = ResParser::parse(Rule::expr, src)
-                .map_err(|e| syntax_error(e, self.file, base + open + 1))?;
+                .map_err(|e| syntax_error(e, src, self.file, base + open + 1))?;
             let pair = pairs.next().expect("grammar: interpolated expr");
             let consumed = pair.as_span().end();
             let e = sub.expr(pair)?;

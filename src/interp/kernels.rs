@@ -433,6 +433,26 @@ pub fn add(a: &Tensor, b: &Tensor) -> Tensor {
     )
 }
 
+/// `a * b` with PyTorch's broadcasting, for `b` of `a`'s shape or
+/// `[N, C, 1, 1]` (one factor per image and channel).
+pub fn mul(a: &Tensor, b: &Tensor) -> Tensor {
+    let per_channel = b.shape.len() == 4 && b.shape[2..] == [1, 1] && b.shape != a.shape;
+    debug_assert!(per_channel || a.shape == b.shape, "mul: shapes differ");
+    let plane: usize = if per_channel {
+        a.shape[2..].iter().product()
+    } else {
+        1
+    };
+    Tensor::from_vec(
+        &a.shape,
+        a.data
+            .iter()
+            .enumerate()
+            .map(|(i, &u)| u * b.data[i / plane])
+            .collect(),
+    )
+}
+
 /// `torch.cat(xs, 1)` for tensors of rank >= 2 that agree on every other axis.
 pub fn concat_channels(xs: &[&Tensor]) -> Tensor {
     assert!(!xs.is_empty(), "concat of nothing");

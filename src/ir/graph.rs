@@ -171,6 +171,16 @@ impl Graph {
         }
     }
 
+    /// A `mul` whose second factor is one value per channel (`[C, 1, 1]`)
+    /// rather than one per element.
+    pub fn scales_channels(&self, n: NodeIndex) -> bool {
+        matches!(self.g[n].op, Op::Mul)
+            && self
+                .operands(n)
+                .get(1)
+                .is_some_and(|&s| self.g[s].shape != self.g[n].shape)
+    }
+
     /// Multiply-adds per image of conv, transposed conv and linear (the
     /// convention of PyTorch's FLOP counter, halved).
     pub fn macs_of(&self, n: NodeIndex) -> u64 {

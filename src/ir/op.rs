@@ -197,6 +197,9 @@ pub enum Op {
     Act(Activation),
     /// a, b
     Add,
+    /// x, s: `x * s`, where `s` has x's shape or is `[C, 1, 1]`, one
+    /// factor per channel (squeeze-and-excitation's scale).
+    Mul,
     /// x0, x1, ... along channels. `placed[i]`: operand i was written into
     /// its channel slice by its producer (concat_in_place), so it is not
     /// copied; empty means nothing placed.
@@ -243,6 +246,7 @@ impl Op {
             Op::Linear { .. } => "linear",
             Op::Act(a) => a.name(),
             Op::Add => "add",
+            Op::Mul => "mul",
             Op::Concat { .. } => "concat",
             Op::MaxPool(_) => "maxpool",
             Op::AvgPool { .. } => "avgpool",

@@ -185,6 +185,22 @@ pub fn infer(op: &Op, operands: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
             }
             x.to_vec()
         }
+        Op::Mul => {
+            let s = operands.get(1).copied().unwrap_or(&[]);
+            let per_channel = x.len() == 3 && s.len() == 3 && s[0] == x[0] && s[1..] == [1, 1];
+            if s != x && !per_channel {
+                return Err(err(format!(
+                    "shape mismatch in `*`: {} * {}",
+                    show(x),
+                    show(s)
+                ))
+                .hint(format!(
+                    "the factors must have the same shape, or one must be f32[N, {}, 1, 1]: one factor per channel, as a squeeze-and-excitation scale",
+                    x.first().copied().unwrap_or(0)
+                )));
+            }
+            x.to_vec()
+        }
         Op::Concat { .. } => {
             let first = x;
             if first.is_empty() {
@@ -373,6 +389,7 @@ pub fn signature(op: &Op, x: &[usize], out: &[usize], n: usize) -> Vec<Slot> {
             v.push(Slot::Const(vec![c]));
         }
         Op::Add => v.push(Slot::Act(Some(x.to_vec()))),
+        Op::Mul => v.push(Slot::Act(None)),
         Op::Concat { .. } => v.extend((1..n).map(|_| Slot::Act(None))),
         _ => {}
     }

@@ -14,9 +14,6 @@ mod random_init;
 mod safetensors_file;
 mod specs;
 
-use std::io::Write;
-use std::path::Path;
-
 use miette::Diagnostic;
 use thiserror::Error;
 
@@ -198,72 +195,4 @@ fn format_dtype_list(tensors: &[(String, String)]) -> String {
         .join(", ")
 }
 
-/// Writes `bytes` to a temporary file next to `path`, syncs it and renames it
-/// over `path`, so that a crash or a full disk never leaves a half-written
-/// output where a good one (or none) was.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".resnetc-tmp-");
-    // NamedTempFile defaults to 0600; outputs should get the usual
-    // 0666 & !umask like any file the user creates.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o666));
-    }
-    let mut tmp = builder.tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.flush()?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn write_atomic_creates_and_replaces() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("out.bin");
-        write_atomic(&p, b"first").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"first");
-        write_atomic(&p, b"second, longer").unwrap();
-        assert_eq!(std::fs::read(&p).unwrap(), b"second, longer");
-        // No temporary files left behind.
-        let names: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names.len(), 1, "{names:?}");
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn write_atomic_gives_normal_permissions() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("out.bin");
-        write_atomic(&p, b"x").unwrap();
-        let reference = dir.path().join("reference.bin");
-        std::fs::write(&reference, b"x").unwrap();
-        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(
-            mode(&p),
-            mode(&reference),
-            "same mode as a plainly created file"
-        );
-    }
-
-    #[test]
-    fn write_atomic_into_missing_dir_fails_cleanly() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("no/such/dir/out.bin");
-        assert!(write_atomic(&p, b"x").is_err());
-    }
-}
+pub use crate::outputs::write_atomic;

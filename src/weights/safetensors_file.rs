@@ -32,6 +32,33 @@ struct Entry {
     data_offsets: [u64; 2],
 }
 
+/// The header's entries in file order, repeated names kept: a JSON map
+/// would silently keep the last of two entries with one name.
+struct Entries(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 /// Reads a safetensors file; F16 and BF16 tensors are widened to f32.
 pub fn load_safetensors(path: &Path) -> Result<Weights, WeightsError> {
     let name = path.display().to_string();
@@ -74,17 +101,28 @@ pub fn parse_safetensors(bytes: &[u8], source_name: &str) -> Result<Weights, Wei
         });
     };
     let (header, buffer) = rest.split_at(n);
-    let entries: serde_json::Map<String, Value> =
+    let Entries(entries) =
         serde_json::from_slice(header).map_err(|e| WeightsError::InvalidHeader {
             path: path.clone(),
             detail: format!("invalid JSON: {e}"),
         })?;
+    let invalid = |detail: String| WeightsError::InvalidHeader {
+        path: path.clone(),
+        detail,
+    };
 
     let mut weights = Weights::new();
     let mut bad_dtypes = Vec::new();
+    // (begin, end, name) of every tensor read, to find two sharing bytes.
+    let mut ranges: Vec<(usize, usize, String)> = Vec::new();
     for (name, value) in entries {
         if name == METADATA_KEY || name.ends_with(SKIPPED_SUFFIX) {
             continue;
+        }
+        if weights.contains_key(&name) || bad_dtypes.iter().any(|(n, _)| *n == name) {
+            return Err(invalid(format!(
+                "tensor `{name}` is listed twice (which one is meant?)"
+            )));
         }
         let entry = Entry::deserialize(value).map_err(|e| WeightsError::InvalidHeader {
             path: path.clone(),
@@ -142,7 +180,20 @@ pub fn parse_safetensors(bytes: &[u8], source_name: &str) -> Result<Weights, Wei
         }
         let raw = buffer.get(b..e).unwrap_or_default();
         let data = decode(raw, &entry.dtype);
+        ranges.push((b, e, name.clone()));
         weights.insert(name, Tensor { shape, data });
+    }
+    // The format lays tensors out one after another; two sharing bytes is
+    // a corrupt (or hand-made) header, not two tensors.
+    ranges.retain(|(b, e, _)| b < e);
+    ranges.sort();
+    for pair in ranges.windows(2) {
+        let ((_, end, a), (begin, _, b)) = (&pair[0], &pair[1]);
+        if begin < end {
+            return Err(invalid(format!(
+                "tensors `{a}` and `{b}` overlap in the data (bytes {begin}..{end})"
+            )));
+        }
     }
     if !bad_dtypes.is_empty() {
         return Err(WeightsError::UnsupportedDtype {

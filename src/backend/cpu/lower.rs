@@ -145,6 +145,7 @@ fn units(c: &Ctx<'_, '_>, n: NodeIndex) -> u64 {
         | Op::Affine { .. }
         | Op::Upsample { .. } => out.0,
         Op::Softmax => out.1 * out.2,
+        Op::Mul if c.graph.scales_channels(n) => out.0,
         Op::Concat { .. } => 1,
         _ => (numel(&node.shape) as u64).div_ceil(CHUNK).max(1),
     }
@@ -540,6 +541,12 @@ fn lower_unit<'ctx>(
             elementwise(e, c, a, n, &ops, u_, move |e, xs| e.act(xs[0], f))
         }
         Op::Add => elementwise(e, c, a, n, &ops, u_, |e, xs| e.fadd(xs[0], xs[1])),
+        // One factor per channel: this unit's channel scaled by its factor.
+        Op::Mul if c.graph.scales_channels(n) => {
+            let s = e.load(a.image(e, c.view(ops[1]), b), u);
+            per_channel(e, c, a, n, ops[0], u_, move |e, _, _, x| e.fmul(x, s))
+        }
+        Op::Mul => elementwise(e, c, a, n, &ops, u_, |e, xs| e.fmul(xs[0], xs[1])),
         Op::Flatten | Op::Identity | Op::Dropout { .. } => {
             elementwise(e, c, a, n, &ops[..1], u_, |_, xs| xs[0])
         }

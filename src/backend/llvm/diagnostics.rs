@@ -47,8 +47,10 @@ extern "C" fn collect(info: LLVMDiagnosticInfoRef, errors: *mut c_void) {
         let message = CStr::from_ptr(text).to_string_lossy().into_owned();
         LLVMDisposeMessage(text);
         if severity == LLVMDiagnosticSeverity::LLVMDSWarning {
-            // As LLVM's own handler prints them.
-            eprintln!("warning: {message}");
+            // As LLVM's own handler prints them; a closed stderr is no
+            // reason to stop (nor to panic inside LLVM's callback).
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "warning: {message}");
             return;
         }
         (*(errors as *const RefCell<Vec<String>>))
