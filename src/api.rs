@@ -108,7 +108,7 @@ fn load(
             weights::load_safetensors(p)?,
             &p.display().to_string(),
         )?,
-        WeightsSource::Random(seed) => weights::random_weights(&specs, *seed),
+        WeightsSource::Random(seed) => weights::try_random_weights(&specs, *seed)?,
     };
     on_stage("optimizing");
     let mut g = c.graph.clone();

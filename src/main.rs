@@ -475,7 +475,7 @@ fn load_weights(c: &Compiled, args: &WeightsArgs) -> Result<Weights> {
             let file = weights::load_safetensors(path)?;
             Ok(weights::bind(&specs, file, &path.display().to_string())?)
         }
-        (None, Some(seed)) => Ok(weights::random_weights(&specs, seed)),
+        (None, Some(seed)) => Ok(weights::try_random_weights(&specs, seed)?),
         (None, None) => Err(usage(
             "no weights given".into(),
             "pass --weights W.safetensors or --random-weights SEED",
@@ -811,7 +811,7 @@ fn dispatch(cmd: Command) -> Result<()> {
         }
         Command::Init { file, seed, output } => {
             let c = compile(&file)?;
-            let w = weights::random_weights(&weights::specs_of(&c.graph), seed);
+            let w = weights::try_random_weights(&weights::specs_of(&c.graph), seed)?;
             weights::save_safetensors(&output, &w)?;
             Ok(())
         }

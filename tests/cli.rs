@@ -455,6 +455,69 @@ fn a_closed_stderr_loses_messages_not_work() {
     assert_eq!(run(&["check", bad]), Some(1));
 }
 
+/// Memory the process cannot get is an error before the work, not an
+/// allocation abort (exit 134) halfway: the interpreter's values of a batch
+/// (4 GiB here), and random weights (8 GiB), under a 2 GB address-space
+/// limit.
+#[cfg(unix)]
+#[test]
+fn memory_that_cannot_be_had_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big_values = dir.path().join("big_values.res");
+    std::fs::write(
+        &big_values,
+        "model m(x: f32[N, 1, 8, 8]) {\n    x |> upsample(scale: 256) |> c: conv(256, k: 1)\n}\n",
+    )
+    .expect("write model");
+    let big_weights = dir.path().join("big_weights.res");
+    std::fs::write(
+        &big_weights,
+        "model m(x: f32[N, 46340]) {\n    x |> fc: linear(46340, bias: false)\n}\n",
+    )
+    .expect("write model");
+    let x = dir.path().join("x.npy");
+    resnetc::weights::write_npy(&x, &resnetc::tensor::Tensor::zeros(&[1, 1, 8, 8])).expect("x");
+    let (y, w) = (dir.path().join("y.npy"), dir.path().join("w.safetensors"));
+    let exe = env!("CARGO_BIN_EXE_resnetc");
+    let limited = |args: &[&str]| {
+        Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -v 2000000 && exec \"$@\"")
+            .arg("sh")
+            .arg(exe)
+            .args(args)
+            .output()
+            .expect("sh runs")
+    };
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &[
+                "run",
+                p(&big_values),
+                "--random-weights",
+                "0",
+                "--target",
+                "ref",
+                "--input",
+                p(&x),
+                "--output",
+                p(&y),
+            ],
+            "GiB of memory in the interpreter",
+        ),
+        (
+            &["init", p(&big_weights), "-o", p(&w)],
+            "weights need 8.0 GiB",
+        ),
+    ];
+    for (args, says) in cases {
+        let o = limited(args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+    assert!(!y.exists() && !w.exists(), "no output written");
+}
+
 /// A UTF-8 byte-order mark (as some Windows editors write) is skipped.
 #[test]
 fn a_byte_order_mark_is_skipped() {

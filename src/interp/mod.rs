@@ -26,6 +26,12 @@ pub enum InterpError {
         help("load weights with --weights or use --random-weights")
     )]
     Unbound(String),
+    #[error("batch {batch} needs {gib:.1} GiB of memory in the interpreter, which could not be allocated")]
+    #[diagnostic(
+        code(resnetc::run::memory),
+        help("use a smaller batch; --target cpu needs far less (one planned arena)")
+    )]
+    Memory { batch: usize, gib: f64 },
 }
 
 /// Checks the weights and the input, and computes the derived constants.
@@ -87,6 +93,7 @@ pub fn run_observed(
             *remaining.entry(o).or_default() += 1;
         }
     }
+    ensure_memory(graph, &order, &remaining, input.shape[0])?;
     let mut values: HashMap<NodeIndex, Tensor> = HashMap::new();
     for &n in &order {
         let node = graph.node(n);
@@ -123,6 +130,44 @@ pub fn run_observed(
         values.insert(n, y);
     }
     unreachable!("a verified graph ends in an output")
+}
+
+/// Refuses a run whose live values (at their peak, with a largest value's
+/// worth for the kernels' temporaries) cannot be allocated, rather than
+/// letting an allocation abort the process halfway through.
+fn ensure_memory(
+    graph: &Graph,
+    order: &[NodeIndex],
+    uses: &HashMap<NodeIndex, usize>,
+    batch: usize,
+) -> Result<(), InterpError> {
+    let bytes =
+        |n: NodeIndex| crate::ir::graph::numel(&graph.node(n).shape) as u128 * batch as u128 * 4;
+    let mut left = uses.clone();
+    let (mut live, mut peak, mut largest) = (0u128, 0u128, 0u128);
+    for &n in order {
+        if graph.node(n).op.is_const() {
+            continue;
+        }
+        live += bytes(n);
+        largest = largest.max(bytes(n));
+        peak = peak.max(live);
+        for o in graph.operands(n) {
+            if let Some(r) = left.get_mut(&o) {
+                *r -= 1;
+                if *r == 0 && !graph.node(o).op.is_const() {
+                    live -= bytes(o);
+                }
+            }
+        }
+    }
+    let need = peak + largest;
+    let gib = need as f64 / (1u64 << 30) as f64;
+    let mut probe: Vec<u8> = Vec::new();
+    usize::try_from(need)
+        .ok()
+        .and_then(|n| probe.try_reserve_exact(n).ok())
+        .ok_or(InterpError::Memory { batch, gib })
 }
 
 /// Runs an optimized graph the way a back end does: every activation lives

@@ -21,7 +21,7 @@ pub use crate::tensor::Tensor;
 pub use bind::bind;
 pub use materialize::materialize;
 pub use npy::{check_input_shape, npy_bytes, parse_npy, read_npy, write_npy, NpyError};
-pub use random_init::random_weights;
+pub use random_init::{random_weights, try_random_weights};
 pub use safetensors_file::{
     load_safetensors, parse_safetensors, save_safetensors, serialize_safetensors,
 };
@@ -61,6 +61,13 @@ pub enum Role {
 /// Errors from reading, writing and binding weight files.
 #[derive(Debug, Error, Diagnostic)]
 pub enum WeightsError {
+    #[error("the model's weights need {gib:.1} GiB, which could not be allocated")]
+    #[diagnostic(
+        code(resnetc::weights::memory),
+        help("a smaller model, or a machine with more memory")
+    )]
+    Memory { gib: f64 },
+
     #[error("cannot {action} `{path}`: {source}")]
     #[diagnostic(
         code(resnetc::weights::io),

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{StandardNormal, Uniform};
 
-use super::{Role, Tensor, WeightSpec, Weights};
+use super::{Role, Tensor, WeightSpec, Weights, WeightsError};
 
 /// How one tensor's values are drawn.
 enum Init {
@@ -46,6 +46,24 @@ impl Init {
             },
         }
     }
+}
+
+/// `random_weights`, or an error where their memory cannot be allocated
+/// (a valid model may still declare more weights than the machine holds).
+pub fn try_random_weights(specs: &[WeightSpec], seed: u64) -> Result<Weights, WeightsError> {
+    let bytes: u128 = specs
+        .iter()
+        .map(|s| s.shape.iter().map(|&d| d as u128).product::<u128>() * 4)
+        .sum();
+    let mut probe: Vec<u8> = Vec::new();
+    usize::try_from(bytes)
+        .ok()
+        .and_then(|n| probe.try_reserve_exact(n).ok())
+        .ok_or(WeightsError::Memory {
+            gib: bytes as f64 / (1u64 << 30) as f64,
+        })?;
+    drop(probe);
+    Ok(random_weights(specs, seed))
 }
 
 /// Draws every tensor of `specs` in order from one ChaCha8 stream seeded by
