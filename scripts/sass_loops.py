@@ -16,7 +16,7 @@ columns past its pixels. (Tiles are read off the plan for ungrouped
 layers, as in every example.)
 
     python3 scripts/sass_loops.py [--resnetc target/release/resnetc]
-        [--model examples/resnet50.res] [--gpu sm_90] [--batch 1 --batch 64]
+        [--model examples/resnet50.res] [--gpu sm_90] [--sms N] [--batch 1 --batch 64]
         [--kernels]
 
 ptxas comes with scripts/setup.sh (.tools/py); nvdisasm is in the PyPI
@@ -100,6 +100,8 @@ def main():
     ap.add_argument("--resnetc", default=str(root / "target/release/resnetc"))
     ap.add_argument("--model", default=str(root / "examples/resnet50.res"))
     ap.add_argument("--gpu", default="sm_90")
+    ap.add_argument("--sms", type=int, help="plan for this many multiprocessors (default: the"
+                    " --gpu's reference part; bench plans for the local GPU's own)")
     ap.add_argument("--batch", type=int, action="append")
     ap.add_argument("--kernels", action="store_true", help="one line per GEMM kernel")
     a = ap.parse_args()
@@ -110,7 +112,7 @@ def main():
         d = pathlib.Path(d)
         subprocess.run(
             [a.resnetc, "build", a.model, "--target", "cuda", "--gpu", a.gpu,
-             "--random-weights", "1", "-o", d / "art"],
+             *(["--sms", str(a.sms)] if a.sms else []), "--random-weights", "1", "-o", d / "art"],
             check=True, capture_output=True)
         subprocess.run([ptxas, f"-arch={a.gpu}", "-o", d / "k.cubin", d / "art" / f"{stem}.ptx"],
                        check=True)

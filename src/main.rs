@@ -187,9 +187,9 @@ struct CudaArgs {
     sms: Option<u64>,
     /// For --target cuda: the most slices a conv's or linear layer's K is
     /// split into where a small batch has too few output tiles to fill the
-    /// GPU (1: never).
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=32))]
-    max_split_k: u64,
+    /// GPU (1: never; default 32).
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=32))]
+    max_split_k: Option<u64>,
 }
 
 impl CudaArgs {
@@ -197,7 +197,7 @@ impl CudaArgs {
         resnetc::backend::cuda::CudaOptions {
             gpu: self.gpu.clone().unwrap_or_else(|| "sm_80".into()),
             sms: self.sms,
-            max_split_k: self.max_split_k,
+            max_split_k: self.max_split_k.unwrap_or(32),
             ..Default::default()
         }
     }
@@ -209,9 +209,10 @@ struct CpuArgs {
     /// CPU to generate code for: native (the default), x86-64-v3, x86-64, ...
     #[arg(long)]
     cpu: Option<String>,
-    /// Conv tiling: the cost model's per-conv choice, or one for every conv.
-    #[arg(long, value_enum, default_value_t = ConvKernelArg::Auto)]
-    conv_kernel: ConvKernelArg,
+    /// Conv tiling: the cost model's per-conv choice (auto, the default),
+    /// or one for every conv.
+    #[arg(long, value_enum)]
+    conv_kernel: Option<ConvKernelArg>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -229,9 +230,9 @@ impl CpuArgs {
         resnetc::backend::cpu::CpuOptions {
             cpu: self.cpu.clone().unwrap_or_else(|| "native".into()),
             conv: match self.conv_kernel {
-                ConvKernelArg::Auto => ConvKernel::Auto,
-                ConvKernelArg::Pixels => ConvKernel::Pixels,
-                ConvKernelArg::Channels => ConvKernel::Channels,
+                None | Some(ConvKernelArg::Auto) => ConvKernel::Auto,
+                Some(ConvKernelArg::Pixels) => ConvKernel::Pixels,
+                Some(ConvKernelArg::Channels) => ConvKernel::Channels,
             },
         }
     }
@@ -380,10 +381,16 @@ fn flags_fit_target(
         if cuda.sms.is_some() {
             return misplaced("--sms", "cuda");
         }
+        if cuda.max_split_k.is_some() {
+            return misplaced("--max-split-k", "cuda");
+        }
     }
     if target != Target::Cpu {
         if cpu.cpu.is_some() {
             return misplaced("--cpu", "cpu");
+        }
+        if cpu.conv_kernel.is_some() {
+            return misplaced("--conv-kernel", "cpu");
         }
         if threads.is_some() {
             return misplaced("--threads", "cpu");
@@ -709,6 +716,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let macs: u64 = c.graph.schedule().iter().map(|&n| c.graph.macs_of(n)).sum();
             let t0 = std::time::Instant::now();
             let mut profile = None;
+            let mut planned_sms = None;
             let (runs, median, min, spread, threads_used, compile_ms) = match target {
                 Target::Cpu => {
                     if let Some(t) = threads {
@@ -743,6 +751,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 }
                 Target::Cuda => {
                     let mut dev = cuda_device(&c, &w, &cuda)?;
+                    planned_sms = Some(dev.plan().sms);
                     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
                     dev.run(&x)?;
                     note!("device: {}, {}", dev.name(), code_for(dev.plan()));
@@ -781,11 +790,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 gflops: 2.0 * macs as f64 * batch as f64 / (median * 1e6),
                 compile_ms,
                 gpu: (target == Target::Cuda).then(|| cuda.options().gpu),
-                sms: if target == Target::Cuda {
-                    cuda.sms
-                } else {
-                    None
-                },
+                sms: planned_sms,
                 layers: profile.unwrap_or_default(),
             };
             self::report(format, &report.text(), &report);

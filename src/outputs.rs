@@ -17,6 +17,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Writes every `(path, bytes)`: all the regular files' temporaries first,
 /// then the renames, then any devices. On an error, the path it concerns.
+/// A failure before the renames (a full disk, a directory in the way)
+/// leaves no file of the set; a rename failing partway (which the checks
+/// before make unlikely) leaves the files renamed before it.
 pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<(), (PathBuf, io::Error)> {
     let mut targets = Vec::new();
     for (path, bytes) in files {
@@ -39,9 +42,17 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<(), (PathBuf, io::Er
         f.flush()
     };
     for (target, bytes) in &targets {
-        if let Target::Stream(p) = target {
-            stream(p, bytes).map_err(|e| (p.clone(), e))?;
-        }
+        let written = match target {
+            Target::Stream(p) => stream(p, bytes).map_err(|e| (p.clone(), e)),
+            Target::Stdout(p) => {
+                let mut out = io::stdout().lock();
+                out.write_all(bytes)
+                    .and_then(|()| out.flush())
+                    .map_err(|e| (p.clone(), e))
+            }
+            Target::File(_) => Ok(()),
+        };
+        written?;
     }
     Ok(())
 }
@@ -52,11 +63,20 @@ enum Target {
     File(PathBuf),
     /// A device, FIFO or socket: written into.
     Stream(PathBuf),
+    /// The process's standard output (`/dev/stdout`, `/dev/fd/1`), written
+    /// as the process holds it: a pipe, or a file opened for appending,
+    /// where reopening the path would start over at its beginning.
+    Stdout(PathBuf),
 }
 
 /// The file `path` names, symlinks followed; a directory (or a missing
 /// parent directory) is an error here, before anything is written.
 fn target(path: &Path) -> io::Result<Target> {
+    match descriptor(path) {
+        Some(1) => return Ok(Target::Stdout(path.to_path_buf())),
+        Some(_) => return Ok(Target::Stream(path.to_path_buf())),
+        None => {}
+    }
     let p = follow_links(path)?;
     match std::fs::metadata(&p) {
         Ok(m) if m.is_dir() => Err(io::Error::new(
@@ -78,6 +98,30 @@ fn target(path: &Path) -> io::Result<Target> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// The file descriptor `path` names, through its links: `/dev/stdout`,
+/// `/dev/fd/N` or `/proc/self/fd/N`. Such a link's own text (`pipe:[123]`)
+/// is no path to follow.
+fn descriptor(path: &Path) -> Option<u32> {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        let fd = match p.to_str()? {
+            "/dev/stdin" => Some(0),
+            "/dev/stdout" => Some(1),
+            "/dev/stderr" => Some(2),
+            s => s
+                .strip_prefix("/dev/fd/")
+                .or_else(|| s.strip_prefix("/proc/self/fd/"))
+                .and_then(|n| n.parse().ok()),
+        };
+        if fd.is_some() {
+            return fd;
+        }
+        let link = std::fs::read_link(&p).ok()?;
+        p = parent(&p).join(link);
+    }
+    None
 }
 
 /// `path` with its symlinks followed (also a dangling one: the file it
@@ -209,6 +253,21 @@ mod tests {
         write_atomic(Path::new("/dev/null"), b"discarded").unwrap();
         let m = std::fs::metadata("/dev/null").unwrap();
         assert!(!m.is_file(), "/dev/null is still a device");
+    }
+
+    #[test]
+    fn descriptors_are_recognised_through_links() {
+        assert_eq!(descriptor(Path::new("/dev/stdout")), Some(1));
+        assert_eq!(descriptor(Path::new("/dev/fd/1")), Some(1));
+        assert_eq!(descriptor(Path::new("/proc/self/fd/3")), Some(3));
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(descriptor(&dir.path().join("out.npy")), None);
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("to_stdout");
+            std::os::unix::fs::symlink("/dev/stdout", &link).unwrap();
+            assert_eq!(descriptor(&link), Some(1));
+        }
     }
 
     /// A set whose last file cannot be written leaves none of them: the

@@ -284,6 +284,31 @@ fn an_unknown_gpu_architecture_lists_the_known_ones() {
     run_fails_cleanly(&["--target", "cuda", "--gpu", "sm_61"], "`sm_75` (T4");
 }
 
+/// `text` written as `dir/name`.
+fn model_file(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write model");
+    path
+}
+
+/// `resnetc build` of CIFAR ResNet-20 for CUDA into `out`, with `extra`
+/// flags.
+fn build_cuda(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "build",
+        "examples/cifar_resnet20.res",
+        "--target",
+        "cuda",
+        "--random-weights",
+        "0",
+        "--quiet",
+        "-o",
+        p(out),
+    ];
+    args.extend(extra);
+    resnetc(&args)
+}
+
 /// `build --target cuda` writes the PTX, the launch plan and the weights
 /// (no GPU needed). The plan names the architecture and the multiprocessors
 /// its tiles were chosen for: the `--gpu`'s reference part by default
@@ -293,19 +318,8 @@ fn cuda_build_records_the_gpu_it_planned_for() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (sms, want) in [(None, 108), (Some("114"), 114)] {
         let out = dir.path().join(format!("out{want}"));
-        let mut args = vec![
-            "build",
-            "examples/cifar_resnet20.res",
-            "--target",
-            "cuda",
-            "--random-weights",
-            "0",
-            "--quiet",
-            "-o",
-            p(&out),
-        ];
-        args.extend(sms.iter().flat_map(|n| ["--sms", *n]));
-        let o = resnetc(&args);
+        let extra: Vec<&str> = sms.iter().flat_map(|n| ["--sms", *n]).collect();
+        let o = build_cuda(&out, &extra);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let text = std::fs::read_to_string(out.join("cifar_resnet20.plan.json")).expect("plan");
         let plan: serde_json::Value = serde_json::from_str(&text).expect("json plan");
@@ -317,18 +331,7 @@ fn cuda_build_records_the_gpu_it_planned_for() {
         assert!(ptx.contains(".target sm_80"), "the PTX's target");
     }
     let out = dir.path().join("zero");
-    let o = resnetc(&[
-        "build",
-        "examples/cifar_resnet20.res",
-        "--target",
-        "cuda",
-        "--random-weights",
-        "0",
-        "--sms",
-        "0",
-        "-o",
-        p(&out),
-    ]);
+    let o = build_cuda(&out, &["--sms", "0"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--sms"), "{}", stderr(&o));
     assert!(!out.exists());
@@ -356,8 +359,35 @@ fn flags_of_another_target_are_refused() {
             &["--target", "ref", "--cpu", "x86-64"][..],
             "--cpu applies to --target cpu",
         ),
+        (
+            &["--max-split-k", "4"][..],
+            "--max-split-k applies to --target cuda",
+        ),
+        (
+            &["--target", "ref", "--conv-kernel", "pixels"][..],
+            "--conv-kernel applies to --target cpu",
+        ),
     ] {
         run_fails_with(2, extra, says);
+    }
+    let model = "examples/cifar_resnet20.res";
+    for (args, says) in [
+        (
+            &["bench", model, "--target", "ref", "--layers"][..],
+            "the interpreter has none",
+        ),
+        (
+            &["build", model, "--target", "ref", "--random-weights", "0"][..],
+            "nothing to build",
+        ),
+        (
+            &["ir", model, "--print-after", "nosuch"][..],
+            "unknown pass",
+        ),
+    ] {
+        let o = resnetc(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
     }
     let o = resnetc(&[
         "ir",
@@ -401,20 +431,19 @@ fn outputs_respect_links_devices_and_whole_builds() {
     resnetc::weights::read_npy(&real).expect("the link's target holds the output");
     let null = std::fs::metadata("/dev/null").expect("/dev/null");
     assert!(!null.is_file(), "/dev/null is still a device");
+    // /dev/stdout is the process's own stdout: a pipe here, whose link
+    // text (`pipe:[N]`) is no path.
+    let o = resnetc(&["init", "examples/cifar_resnet20.res", "-o", "/dev/stdout"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let piped = resnetc::weights::parse_safetensors(&o.stdout, "stdout").expect("safetensors");
+    assert!(
+        piped.contains_key("conv1.weight"),
+        "the weights came through the pipe"
+    );
 
     let out = dir.path().join("build");
     std::fs::create_dir_all(out.join("cifar_resnet20.weights.bin")).expect("mkdir");
-    let o = resnetc(&[
-        "build",
-        "examples/cifar_resnet20.res",
-        "--target",
-        "cuda",
-        "--random-weights",
-        "0",
-        "--quiet",
-        "-o",
-        p(&out),
-    ]);
+    let o = build_cuda(&out, &[]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
     let left: Vec<_> = std::fs::read_dir(&out)
@@ -430,13 +459,8 @@ fn outputs_respect_links_devices_and_whole_builds() {
 fn a_closed_stderr_loses_messages_not_work() {
     use std::process::Stdio;
     let dir = tempfile::tempdir().expect("tempdir");
-    let model = dir.path().join("warns.res");
     // An unused value: a warning on stderr before the file is written.
-    std::fs::write(
-        &model,
-        "model m(x: f32[N, 3, 8, 8]) {\n    let unused = x |> u: conv(4, k: 1)\n    x |> c: conv(4, k: 1)\n}\n",
-    )
-    .expect("write model");
+    let model = model_file(dir.path(), "warns.res", "model m(x: f32[N, 3, 8, 8]) {\n    let unused = x |> u: conv(4, k: 1)\n    x |> c: conv(4, k: 1)\n}\n");
     let w = dir.path().join("w.safetensors");
     let run = |args: &[&str]| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_resnetc"))
@@ -463,18 +487,16 @@ fn a_closed_stderr_loses_messages_not_work() {
 #[test]
 fn memory_that_cannot_be_had_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let big_values = dir.path().join("big_values.res");
-    std::fs::write(
-        &big_values,
+    let big_values = model_file(
+        dir.path(),
+        "big_values.res",
         "model m(x: f32[N, 1, 8, 8]) {\n    x |> upsample(scale: 256) |> c: conv(256, k: 1)\n}\n",
-    )
-    .expect("write model");
-    let big_weights = dir.path().join("big_weights.res");
-    std::fs::write(
-        &big_weights,
+    );
+    let big_weights = model_file(
+        dir.path(),
+        "big_weights.res",
         "model m(x: f32[N, 46340]) {\n    x |> fc: linear(46340, bias: false)\n}\n",
-    )
-    .expect("write model");
+    );
     let x = dir.path().join("x.npy");
     resnetc::weights::write_npy(&x, &resnetc::tensor::Tensor::zeros(&[1, 1, 8, 8])).expect("x");
     let (y, w) = (dir.path().join("y.npy"), dir.path().join("w.safetensors"));
@@ -522,12 +544,11 @@ fn memory_that_cannot_be_had_is_an_error() {
 #[test]
 fn a_byte_order_mark_is_skipped() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let model = dir.path().join("bom.res");
-    std::fs::write(
-        &model,
+    let model = model_file(
+        dir.path(),
+        "bom.res",
         "\u{feff}model m(x: f32[N, 3, 8, 8]) {\n    x |> relu()\n}\n",
-    )
-    .expect("write model");
+    );
     let o = resnetc(&["check", p(&model)]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }

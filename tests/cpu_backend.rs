@@ -313,6 +313,24 @@ model transposed(x: f32[N, 6, 7, 9]) {
     source_matches_the_interpreter(text, &[2, 6, 7, 9], 5, &[ConvKernel::Auto]);
 }
 
+/// Products (`mul`) per channel and elementwise whose operands and results
+/// are concat slices (tests/ir_cases/mul_slices.res), and SE-ResNet
+/// blocks whose gated branch takes the residual add and ReLU
+/// (tests/ir_cases/se_block.res), against the interpreter.
+#[test]
+fn products_match_the_interpreter() {
+    for (case, shape) in [("mul_slices", [3, 4, 6, 6]), ("se_block", [2, 32, 16, 16])] {
+        let path = root().join(format!("tests/ir_cases/{case}.res"));
+        let c =
+            resnetc::front::compile_file(&path).unwrap_or_else(|e| panic!("{}", e.render_plain()));
+        let w = random_weights(&specs_of(&c.graph), 4);
+        let x = random_tensor(&shape, 4);
+        let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+        let y = run_jit(&optimized(&c.graph), &w, &x, &CpuOptions::default()).expect("cpu");
+        assert_close(case, &y, &reference, 1e-4, 1e-3);
+    }
+}
+
 /// The model `text` with seeded random weights on a random input of
 /// `shape`, compiled with each of `convs`, against the interpreter.
 fn source_matches_the_interpreter(text: &str, shape: &[usize], seed: u64, convs: &[ConvKernel]) {

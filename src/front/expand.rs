@@ -295,16 +295,17 @@ impl<'a> Expander<'a> {
     fn for_loop(&mut self, f: &ForLoop) -> R<()> {
         let start = self.int(&f.start)?;
         let end = self.int(&f.end)?;
+        // i128: the count of `i64::MIN..=i64::MAX` overflows i64.
+        let count = end as i128 + i128::from(f.inclusive) - start as i128;
         let end = if f.inclusive {
             end.saturating_add(1)
         } else {
             end
         };
-        if end.saturating_sub(start) > MAX_REPEAT {
+        if count > MAX_REPEAT as i128 {
             return Err(
                 Diag::error("res::too_large", f.span, "loop runs too many times")
-                    // i128: the count of `i64::MIN..i64::MAX` overflows i64.
-                    .label(format!("{} iterations", end as i128 - start as i128))
+                    .label(format!("{count} iterations"))
                     .help(format!("at most {MAX_REPEAT} iterations are allowed")),
             );
         }
@@ -1036,12 +1037,17 @@ impl<'a> Expander<'a> {
         span: Span,
         arg_spans: &[Span],
     ) -> R<Value> {
-        let spatial = |n: NodeIndex| self.graph.node(n).shape.get(1..).map(<[usize]>::to_vec);
-        if spatial(x) == Some(vec![1, 1]) && spatial(y) != Some(vec![1, 1]) {
+        let shape = |n: NodeIndex| self.graph.node(n).shape.clone();
+        let gate_first =
+            shape(x).get(1..) == Some(&[1, 1][..]) && shape(y).get(1..) != Some(&[1, 1][..]);
+        let op = Op::Mul { epilogue: vec![] };
+        // Swapped only where that is valid: a mismatch is reported in the
+        // order it was written.
+        if gate_first && shape::infer(&op, &[&shape(y), &shape(x)]).is_ok() {
             let swapped: Vec<Span> = arg_spans.iter().rev().copied().collect();
-            return self.make(Op::Mul, name, &[y, x], span, &swapped);
+            return self.make(op, name, &[y, x], span, &swapped);
         }
-        self.make(Op::Mul, name, &[x, y], span, arg_spans)
+        self.make(Op::Mul { epilogue: vec![] }, name, &[x, y], span, arg_spans)
     }
 
     fn push_node(

@@ -311,7 +311,13 @@ fn eval(op: &Op, a: &[&Tensor]) -> Tensor {
             Activation::Sigmoid => k::sigmoid(get(0)),
         },
         Op::Add => k::add(get(0), get(1)),
-        Op::Mul => k::mul(get(0), get(1)),
+        Op::Mul { epilogue: steps } => {
+            let fused = Fused {
+                prologue: None,
+                epilogue: steps.clone(),
+            };
+            epilogue(&fused, k::mul(get(0), get(1)), &get, 2)
+        }
         Op::Concat { .. } => {
             let xs: Vec<&Tensor> = a.to_vec();
             k::concat_channels(&xs)

@@ -22,7 +22,7 @@ pub fn to_dot(graph: &Graph) -> String {
         }
         let color = match node.op {
             Op::Conv { .. } | Op::ConvTranspose { .. } | Op::Linear { .. } => "#cfe2ff",
-            Op::Add | Op::Mul | Op::Concat { .. } => "#ffe0b3",
+            Op::Add | Op::Mul { .. } | Op::Concat { .. } => "#ffe0b3",
             Op::Input | Op::Output => "#d4edda",
             _ => "#f4f4f4",
         };

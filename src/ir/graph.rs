@@ -174,7 +174,7 @@ impl Graph {
     /// A `mul` whose second factor is one value per channel (`[C, 1, 1]`)
     /// rather than one per element.
     pub fn scales_channels(&self, n: NodeIndex) -> bool {
-        matches!(self.g[n].op, Op::Mul)
+        matches!(self.g[n].op, Op::Mul { .. })
             && self
                 .operands(n)
                 .get(1)

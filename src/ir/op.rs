@@ -197,9 +197,14 @@ pub enum Op {
     Act(Activation),
     /// a, b
     Add,
-    /// x, s: `x * s`, where `s` has x's shape or is `[C, 1, 1]`, one
-    /// factor per channel (squeeze-and-excitation's scale).
-    Mul,
+    /// x, s, [residual]: `x * s`, where `s` has x's shape or is `[C, 1, 1]`,
+    /// one factor per channel (squeeze-and-excitation's scale), then
+    /// `epilogue`: a residual add and activations only, which
+    /// `fuse_epilogue` moves in so that SE-ResNet's `relu(x · gate +
+    /// shortcut)` is one pass over x.
+    Mul {
+        epilogue: Vec<EpilogueStep>,
+    },
     /// x0, x1, ... along channels. `placed[i]`: operand i was written into
     /// its channel slice by its producer (concat_in_place), so it is not
     /// copied; empty means nothing placed.
@@ -246,7 +251,7 @@ impl Op {
             Op::Linear { .. } => "linear",
             Op::Act(a) => a.name(),
             Op::Add => "add",
-            Op::Mul => "mul",
+            Op::Mul { .. } => "mul",
             Op::Concat { .. } => "concat",
             Op::MaxPool(_) => "maxpool",
             Op::AvgPool { .. } => "avgpool",
@@ -355,6 +360,15 @@ impl Op {
                 vec![format!("groups={groups}")]
             }
             Op::Affine { act: Some(a) } => vec![format!("act={}", a.name())],
+            Op::Mul { epilogue } => {
+                let mut v = Vec::new();
+                Fused {
+                    prologue: None,
+                    epilogue: epilogue.clone(),
+                }
+                .attrs(&mut v);
+                v
+            }
             Op::Concat { placed } if placed.iter().any(|&p| p) => {
                 let all = placed.iter().all(|&p| p);
                 vec![if all {

@@ -185,19 +185,27 @@ pub fn infer(op: &Op, operands: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
             }
             x.to_vec()
         }
-        Op::Mul => {
+        Op::Mul { .. } => {
             let s = operands.get(1).copied().unwrap_or(&[]);
             let per_channel = x.len() == 3 && s.len() == 3 && s[0] == x[0] && s[1..] == [1, 1];
             if s != x && !per_channel {
-                return Err(err(format!(
-                    "shape mismatch in `*`: {} * {}",
-                    show(x),
-                    show(s)
-                ))
-                .hint(format!(
-                    "the factors must have the same shape, or one must be f32[N, {}, 1, 1]: one factor per channel, as a squeeze-and-excitation scale",
-                    x.first().copied().unwrap_or(0)
-                )));
+                // Per channel only applies to a factor with channels and a
+                // map: the one whose map is larger than 1x1 (the other is
+                // the gate that was meant).
+                let map = [x, s]
+                    .into_iter()
+                    .find(|t| t.len() == 3 && t[1..] != [1, 1])
+                    .or_else(|| [x, s].into_iter().find(|t| t.len() == 3));
+                let hint = match map {
+                    Some(m) => format!(
+                        "the factors must have the same shape, or one must be f32[N, {}, 1, 1]: one factor per channel, as a squeeze-and-excitation scale",
+                        m[0]
+                    ),
+                    None => "the factors must have the same shape".to_string(),
+                };
+                return Err(
+                    err(format!("shape mismatch in `*`: {} * {}", show(x), show(s))).hint(hint),
+                );
             }
             x.to_vec()
         }
@@ -389,7 +397,12 @@ pub fn signature(op: &Op, x: &[usize], out: &[usize], n: usize) -> Vec<Slot> {
             v.push(Slot::Const(vec![c]));
         }
         Op::Add => v.push(Slot::Act(Some(x.to_vec()))),
-        Op::Mul => v.push(Slot::Act(None)),
+        Op::Mul { epilogue } => {
+            v.push(Slot::Act(None));
+            if epilogue.contains(&EpilogueStep::Add) {
+                v.push(Slot::Act(Some(out.to_vec())));
+            }
+        }
         Op::Concat { .. } => v.extend((1..n).map(|_| Slot::Act(None))),
         _ => {}
     }

@@ -1,7 +1,8 @@
 //! Moves what follows a conv or linear into its epilogue while the result is
 //! still in registers: the residual add (the other operand read once) and
 //! the activation, in order, so every ResNet block's `relu(y + shortcut)`
-//! ends inside the conv that makes `y`. Also merges an activation into a
+//! ends inside the conv that makes `y`. A `mul` takes them the same way
+//! where no conv can (SE-ResNet's `relu(y · gate + x)`). Also merges an activation into a
 //! standalone `affine`, and moves an `affine` (DenseNet's BN-ReLU before a
 //! conv) into the prologue of the convs that read it.
 
@@ -24,19 +25,33 @@ pub fn run(graph: &mut Graph) {
                     } else if let Op::Affine { act: None } = graph.node(p).op {
                         graph.node_mut(p).op = Op::Affine { act: Some(a) };
                         absorb(graph, u, p);
+                    } else if let Op::Mul { epilogue } = &mut graph.node_mut(p).op {
+                        epilogue.push(EpilogueStep::Act(a));
+                        absorb(graph, u, p);
                     }
                 }
             }
             Op::Add => {
                 let ops = graph.operands(u);
-                for (p, z) in [(ops[0], ops[1]), (ops[1], ops[0])] {
-                    if p != z && sole_user(graph, p) && graph.node(p).op.fused().is_some() {
-                        push_step(graph, p, EpilogueStep::Add);
-                        let slot = graph.operands(p).len() as u32;
-                        graph.g.add_edge(z, p, slot);
-                        absorb(graph, u, p);
-                        break;
+                let pairs = [(ops[0], ops[1]), (ops[1], ops[0])];
+                // Into a conv or linear; else into a `mul` (SE-ResNet's
+                // identity blocks: the gated branch plus the input).
+                let conv = pairs.into_iter().find(|&(p, z)| {
+                    p != z && sole_user(graph, p) && graph.node(p).op.fused().is_some()
+                });
+                let mul = pairs.into_iter().find(|&(p, z)| {
+                    p != z
+                        && sole_user(graph, p)
+                        && matches!(&graph.node(p).op, Op::Mul { epilogue } if !epilogue.contains(&EpilogueStep::Add))
+                });
+                if let Some((p, z)) = conv.or(mul) {
+                    match &mut graph.node_mut(p).op {
+                        Op::Mul { epilogue } => epilogue.push(EpilogueStep::Add),
+                        _ => push_step(graph, p, EpilogueStep::Add),
                     }
+                    let slot = graph.operands(p).len() as u32;
+                    graph.g.add_edge(z, p, slot);
+                    absorb(graph, u, p);
                 }
             }
             _ => {}

@@ -187,17 +187,29 @@ pub fn emit(k: &mut Kern<'_, '_>, op: &Op, a: &OpArgs) -> Result<(), LlvmError> 
             elementwise(k, a, per, 1, move |e, xs| e.act(xs[0], f));
         }
         Op::Add => elementwise(k, a, per, 2, |e, xs| e.fadd(xs[0], xs[1])),
-        // One factor per channel (`[C, 1, 1]`): squeeze-and-excitation.
-        Op::Mul if a.shapes[2] != out => {
+        // Per channel (`[C, 1, 1]`: squeeze-and-excitation) or elementwise,
+        // then the fused residual add and activation.
+        Op::Mul { epilogue } => {
+            let fused = Fused {
+                prologue: None,
+                epilogue: epilogue.clone(),
+            };
             let (y, x, s) = (k.arg(0), k.arg(1), k.arg(2));
+            let z = epilogue.contains(&EpilogueStep::Add).then(|| k.arg(3));
+            let per_channel = a.shapes[2] != out;
             per_output(k, per, |e, img, r| {
-                let c = udiv(e, r, out.1 * out.2);
+                let at = if per_channel {
+                    udiv(e, r, out.1 * out.2)
+                } else {
+                    r
+                };
                 let v = e.load(a.image(e, x, 1, img), r);
-                let v = e.fmul(v, e.load(a.image(e, s, 2, img), c));
+                let v = e.fmul(v, e.load(a.image(e, s, 2, img), at));
+                let zp = z.map(|z| e.at(a.image(e, z, 3, img), r));
+                let v = epilogue_value(e, &fused, v, None, at, zp);
                 e.store(a.image(e, y, 0, img), r, v);
             });
         }
-        Op::Mul => elementwise(k, a, per, 2, |e, xs| e.fmul(xs[0], xs[1])),
         Op::Flatten | Op::Identity | Op::Dropout { .. } | Op::Concat { .. } => {
             // A copy: a non-view flatten, or one operand of a concat into
             // its channel slice (argument 0 points at the slice).
