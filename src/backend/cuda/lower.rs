@@ -293,17 +293,30 @@ pub fn lower<'ctx>(
             }
             continue;
         }
-        let per = match node.op {
-            Op::GlobalAvgPool => a.shapes[0].0,
-            Op::Softmax => a.shapes[1].1 * a.shapes[1].2,
-            _ => numel(&node.shape) as u64,
+        // A block per (image, channel) for global pooling; else a thread
+        // per output element (per pixel for softmax).
+        let (per, threads) = match node.op {
+            Op::GlobalAvgPool => (
+                a.shapes[0].0,
+                kernels::pool_threads(a.shapes[1].1 * a.shapes[1].2),
+            ),
+            Op::Softmax => (a.shapes[1].1 * a.shapes[1].2, THREADS),
+            _ => (numel(&node.shape) as u64, THREADS),
         };
-        let name = kernel(key, node.op.kind(), slots.len(), THREADS, &mut |k| {
+        let name = kernel(key, node.op.kind(), slots.len(), threads, &mut |k| {
             kernels::emit(k, &node.op, &a)
         })?;
+        let variant = match node.op {
+            Op::GlobalAvgPool => Variant {
+                x_tile: 1,
+                block: threads,
+                ..simple(name, per)
+            },
+            _ => simple(name, per),
+        };
         launches.push(Launch {
             label,
-            variants: vec![simple(name, per)],
+            variants: vec![variant],
             args: slots.iter().map(|&s| arg_of(s)).collect(),
             writes,
         });
