@@ -369,7 +369,7 @@ fn flags_fit_target(
         Err(usage(
             format!(
                 "{flag} applies to --target {wants}, not --target {}",
-                target_name(target)
+                flag_value(target)
             ),
             &format!("leave out {flag}, or use --target {wants}"),
         ))
@@ -399,12 +399,11 @@ fn flags_fit_target(
     Ok(())
 }
 
-fn target_name(t: Target) -> &'static str {
-    match t {
-        Target::Cpu => "cpu",
-        Target::Ref => "ref",
-        Target::Cuda => "cuda",
-    }
+/// A flag's value as it is typed (`cuda`, `llvm-ir`).
+fn flag_value(v: impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
 }
 
 fn compile(file: &Path) -> Result<Compiled> {
@@ -627,13 +626,12 @@ fn dispatch(cmd: Command) -> Result<()> {
                     ))
                 }
                 (t, Some(e)) => {
-                    fn name(v: impl ValueEnum) -> String {
-                        v.to_possible_value()
-                            .map(|p| p.get_name().to_string())
-                            .unwrap_or_default()
-                    }
                     return Err(usage(
-                        format!("--emit {} does not apply to --target {}", name(e), name(t)),
+                        format!(
+                            "--emit {} does not apply to --target {}",
+                            flag_value(e),
+                            flag_value(t)
+                        ),
                         "cpu: staticlib, obj, llvm-ir, asm; cuda: artifact, ptx, llvm-ir, staticlib",
                     ));
                 }

@@ -72,12 +72,11 @@ enum Target {
 /// The file `path` names, symlinks followed; a directory (or a missing
 /// parent directory) is an error here, before anything is written.
 fn target(path: &Path) -> io::Result<Target> {
-    match descriptor(path) {
-        Some(1) => return Ok(Target::Stdout(path.to_path_buf())),
-        Some(_) => return Ok(Target::Stream(path.to_path_buf())),
-        None => {}
-    }
-    let p = follow_links(path)?;
+    let p = match resolve(path)? {
+        Resolved::Descriptor(1) => return Ok(Target::Stdout(path.to_path_buf())),
+        Resolved::Descriptor(_) => return Ok(Target::Stream(path.to_path_buf())),
+        Resolved::Path(p) => p,
+    };
     match std::fs::metadata(&p) {
         Ok(m) if m.is_dir() => Err(io::Error::new(
             io::ErrorKind::IsADirectory,
@@ -100,45 +99,47 @@ fn target(path: &Path) -> io::Result<Target> {
     }
 }
 
-/// The file descriptor `path` names, through its links: `/dev/stdout`,
-/// `/dev/fd/N` or `/proc/self/fd/N`. Such a link's own text (`pipe:[123]`)
-/// is no path to follow.
-fn descriptor(path: &Path) -> Option<u32> {
-    let mut p = path.to_path_buf();
-    for _ in 0..40 {
-        let fd = match p.to_str()? {
-            "/dev/stdin" => Some(0),
-            "/dev/stdout" => Some(1),
-            "/dev/stderr" => Some(2),
-            s => s
-                .strip_prefix("/dev/fd/")
-                .or_else(|| s.strip_prefix("/proc/self/fd/"))
-                .and_then(|n| n.parse().ok()),
-        };
-        if fd.is_some() {
-            return fd;
-        }
-        let link = std::fs::read_link(&p).ok()?;
-        p = parent(&p).join(link);
-    }
-    None
+/// What a path names once its symlinks are followed.
+#[derive(Debug, PartialEq)]
+enum Resolved {
+    /// A file descriptor: `/dev/stdout`, `/dev/fd/N`, `/proc/self/fd/N`
+    /// (whose link text, `pipe:[123]`, is no path to follow).
+    Descriptor(u32),
+    /// Any other path, perhaps not there yet (a dangling link's target is
+    /// created).
+    Path(PathBuf),
 }
 
-/// `path` with its symlinks followed (also a dangling one: the file it
-/// points at is created).
-fn follow_links(path: &Path) -> io::Result<PathBuf> {
+/// Follows `path`'s symlinks, stopping at a descriptor.
+fn resolve(path: &Path) -> io::Result<Resolved> {
     let mut p = path.to_path_buf();
     // The kernel's own limit on a chain of links (ELOOP).
     for _ in 0..40 {
+        if let Some(fd) = descriptor(&p) {
+            return Ok(Resolved::Descriptor(fd));
+        }
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_symlink() => {
                 // Relative link targets are relative to the link's directory.
                 p = parent(&p).join(std::fs::read_link(&p)?);
             }
-            _ => return Ok(p),
+            _ => return Ok(Resolved::Path(p)),
         }
     }
     Err(io::Error::other("too many levels of symbolic links"))
+}
+
+/// The descriptor `p` itself names, if it is one of the descriptor paths.
+fn descriptor(p: &Path) -> Option<u32> {
+    match p.to_str()? {
+        "/dev/stdin" => Some(0),
+        "/dev/stdout" => Some(1),
+        "/dev/stderr" => Some(2),
+        s => s
+            .strip_prefix("/dev/fd/")
+            .or_else(|| s.strip_prefix("/proc/self/fd/"))
+            .and_then(|n| n.parse().ok()),
+    }
 }
 
 fn parent(p: &Path) -> &Path {
@@ -257,16 +258,20 @@ mod tests {
 
     #[test]
     fn descriptors_are_recognised_through_links() {
-        assert_eq!(descriptor(Path::new("/dev/stdout")), Some(1));
-        assert_eq!(descriptor(Path::new("/dev/fd/1")), Some(1));
-        assert_eq!(descriptor(Path::new("/proc/self/fd/3")), Some(3));
+        let fd = |p: &Path| match resolve(p).unwrap() {
+            Resolved::Descriptor(fd) => Some(fd),
+            Resolved::Path(_) => None,
+        };
+        assert_eq!(fd(Path::new("/dev/stdout")), Some(1));
+        assert_eq!(fd(Path::new("/dev/fd/1")), Some(1));
+        assert_eq!(fd(Path::new("/proc/self/fd/3")), Some(3));
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(descriptor(&dir.path().join("out.npy")), None);
+        assert_eq!(fd(&dir.path().join("out.npy")), None);
         #[cfg(unix)]
         {
             let link = dir.path().join("to_stdout");
             std::os::unix::fs::symlink("/dev/stdout", &link).unwrap();
-            assert_eq!(descriptor(&link), Some(1));
+            assert_eq!(fd(&link), Some(1));
         }
     }
 

@@ -1,6 +1,13 @@
 //! A plain dense f32 tensor in row-major (C) order: the currency between the
 //! loaders, the interpreter and the back ends' test harnesses.
 
+/// Whether `bytes` of memory can be allocated now (reserved and freed at
+/// once): work that would need more is refused before it starts rather
+/// than aborted by a failing allocation halfway.
+pub fn can_allocate(bytes: u128) -> bool {
+    usize::try_from(bytes).is_ok_and(|n| Vec::<u8>::new().try_reserve_exact(n).is_ok())
+}
+
 /// Dense row-major f32 tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {

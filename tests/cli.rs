@@ -241,10 +241,9 @@ fn run_fails_cleanly(extra: &[&str], says: &str) {
     run_fails_with(1, extra, says);
 }
 
-/// `run_fails_cleanly` with exit `code`.
-fn run_fails_with(code: i32, extra: &[&str], says: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("y.npy");
+/// `resnetc run` of CIFAR ResNet-20 (random weights 0) on the fixture's
+/// input into `out`, with `extra` flags.
+fn run_cifar(out: &Path, extra: &[&str]) -> Output {
     let input = fixture("cifar_resnet20.input.npy");
     let mut args = vec![
         "run",
@@ -254,10 +253,17 @@ fn run_fails_with(code: i32, extra: &[&str], says: &str) {
         "--input",
         p(&input),
         "--output",
-        p(&out),
+        p(out),
     ];
     args.extend(extra);
-    let o = resnetc(&args);
+    resnetc(&args)
+}
+
+/// `run_fails_cleanly` with exit `code`.
+fn run_fails_with(code: i32, extra: &[&str], says: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("y.npy");
+    let o = run_cifar(&out, extra);
     assert_eq!(o.status.code(), Some(code), "{}", stderr(&o));
     assert!(stderr(&o).contains(says), "{}", stderr(&o));
     assert!(!out.exists());
@@ -412,18 +418,8 @@ fn outputs_respect_links_devices_and_whole_builds() {
     std::fs::write(&real, b"").expect("write");
     let link = dir.path().join("link.npy");
     std::os::unix::fs::symlink("real.npy", &link).expect("symlink");
-    let input = fixture("cifar_resnet20.input.npy");
     for out in [&link, Path::new("/dev/null")] {
-        let o = resnetc(&[
-            "run",
-            "examples/cifar_resnet20.res",
-            "--random-weights",
-            "0",
-            "--input",
-            p(&input),
-            "--output",
-            p(out),
-        ]);
+        let o = run_cifar(out, &[]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     }
     let link_kind = std::fs::symlink_metadata(&link).expect("link").file_type();

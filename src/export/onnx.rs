@@ -207,8 +207,8 @@ pub fn export(graph: &Graph, weights: &Weights) -> Result<Vec<u8>, String> {
             }
             Op::Add => b.node("Add", &ins, &out, vec![]),
             // ONNX broadcasts like numpy: [N, C, 1, 1] against [N, C, H, W].
-            Op::Mul { epilogue } => {
-                if !epilogue.is_empty() {
+            Op::Mul { fused } => {
+                if !fused.epilogue.is_empty() {
                     return Err("export works on the graph as written, not an optimized one".into());
                 }
                 b.node("Mul", &ins, &out, vec![])

@@ -1040,14 +1040,16 @@ impl<'a> Expander<'a> {
         let shape = |n: NodeIndex| self.graph.node(n).shape.clone();
         let gate_first =
             shape(x).get(1..) == Some(&[1, 1][..]) && shape(y).get(1..) != Some(&[1, 1][..]);
-        let op = Op::Mul { epilogue: vec![] };
+        let op = Op::Mul {
+            fused: Fused::default(),
+        };
         // Swapped only where that is valid: a mismatch is reported in the
         // order it was written.
         if gate_first && shape::infer(&op, &[&shape(y), &shape(x)]).is_ok() {
             let swapped: Vec<Span> = arg_spans.iter().rev().copied().collect();
             return self.make(op, name, &[y, x], span, &swapped);
         }
-        self.make(Op::Mul { epilogue: vec![] }, name, &[x, y], span, arg_spans)
+        self.make(op, name, &[x, y], span, arg_spans)
     }
 
     fn push_node(

@@ -162,12 +162,12 @@ fn ensure_memory(
         }
     }
     let need = peak + largest;
-    let gib = need as f64 / (1u64 << 30) as f64;
-    let mut probe: Vec<u8> = Vec::new();
-    usize::try_from(need)
-        .ok()
-        .and_then(|n| probe.try_reserve_exact(n).ok())
-        .ok_or(InterpError::Memory { batch, gib })
+    if crate::tensor::can_allocate(need) {
+        Ok(())
+    } else {
+        let gib = need as f64 / (1u64 << 30) as f64;
+        Err(InterpError::Memory { batch, gib })
+    }
 }
 
 /// Runs an optimized graph the way a back end does: every activation lives
@@ -311,13 +311,7 @@ fn eval(op: &Op, a: &[&Tensor]) -> Tensor {
             Activation::Sigmoid => k::sigmoid(get(0)),
         },
         Op::Add => k::add(get(0), get(1)),
-        Op::Mul { epilogue: steps } => {
-            let fused = Fused {
-                prologue: None,
-                epilogue: steps.clone(),
-            };
-            epilogue(&fused, k::mul(get(0), get(1)), &get, 2)
-        }
+        Op::Mul { fused } => epilogue(fused, k::mul(get(0), get(1)), &get, 2),
         Op::Concat { .. } => {
             let xs: Vec<&Tensor> = a.to_vec();
             k::concat_channels(&xs)

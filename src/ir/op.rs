@@ -198,12 +198,13 @@ pub enum Op {
     /// a, b
     Add,
     /// x, s, [residual]: `x * s`, where `s` has x's shape or is `[C, 1, 1]`,
-    /// one factor per channel (squeeze-and-excitation's scale), then
-    /// `epilogue`: a residual add and activations only, which
-    /// `fuse_epilogue` moves in so that SE-ResNet's `relu(x · gate +
-    /// shortcut)` is one pass over x.
+    /// one factor per channel (squeeze-and-excitation's scale), then the
+    /// epilogue: a residual add and activations only (never a prologue or
+    /// bias), which `fuse_epilogue` moves in so that SE-ResNet's
+    /// `relu(x · gate + shortcut)` is one pass over x. Not a `fused()` op:
+    /// the passes that fold into convs' weights or prologues must not see it.
     Mul {
-        epilogue: Vec<EpilogueStep>,
+        fused: Fused,
     },
     /// x0, x1, ... along channels. `placed[i]`: operand i was written into
     /// its channel slice by its producer (concat_in_place), so it is not
@@ -286,6 +287,15 @@ impl Op {
         }
     }
 
+    /// The epilogue steps an op runs on its result: a conv's, transposed
+    /// conv's or linear's, and a `mul`'s.
+    pub fn epilogue_mut(&mut self) -> Option<&mut Vec<EpilogueStep>> {
+        match self {
+            Op::Mul { fused } => Some(&mut fused.epilogue),
+            op => op.fused_mut().map(|f| &mut f.epilogue),
+        }
+    }
+
     pub fn fused_mut(&mut self) -> Option<&mut Fused> {
         match self {
             Op::Conv { fused, .. } | Op::ConvTranspose { fused, .. } | Op::Linear { fused, .. } => {
@@ -360,13 +370,9 @@ impl Op {
                 vec![format!("groups={groups}")]
             }
             Op::Affine { act: Some(a) } => vec![format!("act={}", a.name())],
-            Op::Mul { epilogue } => {
+            Op::Mul { fused } => {
                 let mut v = Vec::new();
-                Fused {
-                    prologue: None,
-                    epilogue: epilogue.clone(),
-                }
-                .attrs(&mut v);
+                fused.attrs(&mut v);
                 v
             }
             Op::Concat { placed } if placed.iter().any(|&p| p) => {

@@ -397,9 +397,9 @@ pub fn signature(op: &Op, x: &[usize], out: &[usize], n: usize) -> Vec<Slot> {
             v.push(Slot::Const(vec![c]));
         }
         Op::Add => v.push(Slot::Act(Some(x.to_vec()))),
-        Op::Mul { epilogue } => {
+        Op::Mul { fused } => {
             v.push(Slot::Act(None));
-            if epilogue.contains(&EpilogueStep::Add) {
+            if fused.epilogue.contains(&EpilogueStep::Add) {
                 v.push(Slot::Act(Some(out.to_vec())));
             }
         }

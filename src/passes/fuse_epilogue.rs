@@ -19,14 +19,11 @@ pub fn run(graph: &mut Graph) {
             Op::Act(a) => {
                 let p = graph.operands(u)[0];
                 if sole_user(graph, p) {
-                    if graph.node(p).op.fused().is_some() {
-                        push_step(graph, p, EpilogueStep::Act(a));
+                    if let Some(steps) = graph.node_mut(p).op.epilogue_mut() {
+                        steps.push(EpilogueStep::Act(a));
                         absorb(graph, u, p);
                     } else if let Op::Affine { act: None } = graph.node(p).op {
                         graph.node_mut(p).op = Op::Affine { act: Some(a) };
-                        absorb(graph, u, p);
-                    } else if let Op::Mul { epilogue } = &mut graph.node_mut(p).op {
-                        epilogue.push(EpilogueStep::Act(a));
                         absorb(graph, u, p);
                     }
                 }
@@ -42,13 +39,10 @@ pub fn run(graph: &mut Graph) {
                 let mul = pairs.into_iter().find(|&(p, z)| {
                     p != z
                         && sole_user(graph, p)
-                        && matches!(&graph.node(p).op, Op::Mul { epilogue } if !epilogue.contains(&EpilogueStep::Add))
+                        && matches!(&graph.node(p).op, Op::Mul { fused } if !fused.epilogue.contains(&EpilogueStep::Add))
                 });
                 if let Some((p, z)) = conv.or(mul) {
-                    match &mut graph.node_mut(p).op {
-                        Op::Mul { epilogue } => epilogue.push(EpilogueStep::Add),
-                        _ => push_step(graph, p, EpilogueStep::Add),
-                    }
+                    push_step(graph, p, EpilogueStep::Add);
                     let slot = graph.operands(p).len() as u32;
                     graph.g.add_edge(z, p, slot);
                     absorb(graph, u, p);
@@ -67,10 +61,10 @@ pub fn run(graph: &mut Graph) {
     }
 }
 
-/// Appends a step to the epilogue of `p`, a conv or linear.
+/// Appends a step to the epilogue of `p`, a conv, linear or mul.
 fn push_step(graph: &mut Graph, p: NodeIndex, step: EpilogueStep) {
-    if let Some(f) = graph.node_mut(p).op.fused_mut() {
-        f.epilogue.push(step);
+    if let Some(steps) = graph.node_mut(p).op.epilogue_mut() {
+        steps.push(step);
     }
 }
 

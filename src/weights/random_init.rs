@@ -55,14 +55,10 @@ pub fn try_random_weights(specs: &[WeightSpec], seed: u64) -> Result<Weights, We
         .iter()
         .map(|s| s.shape.iter().map(|&d| d as u128).product::<u128>() * 4)
         .sum();
-    let mut probe: Vec<u8> = Vec::new();
-    usize::try_from(bytes)
-        .ok()
-        .and_then(|n| probe.try_reserve_exact(n).ok())
-        .ok_or(WeightsError::Memory {
-            gib: bytes as f64 / (1u64 << 30) as f64,
-        })?;
-    drop(probe);
+    if !crate::tensor::can_allocate(bytes) {
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        return Err(WeightsError::Memory { gib });
+    }
     Ok(random_weights(specs, seed))
 }
 

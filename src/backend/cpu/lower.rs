@@ -529,10 +529,10 @@ fn lower_unit<'ctx>(
         Op::Affine { act } => {
             let (sc, sh) = (c.konst(ops[1]), c.konst(ops[2]));
             let act = *act;
-            per_channel(e, c, a, n, ops[0], u_, move |e, a, ch, x| {
+            per_channel(e, c, a, n, &ops[..1], u_, move |e, a, ch, xs| {
                 let s = e.load(a.konst(e, sc), ch);
                 let t = e.load(a.konst(e, sh), ch);
-                let v = e.fmuladd(x, s, t);
+                let v = e.fmuladd(xs[0], s, t);
                 act.map_or(v, |f| e.act(v, f))
             })
         }
@@ -543,20 +543,19 @@ fn lower_unit<'ctx>(
         Op::Add => elementwise(e, c, a, n, &ops, u_, |e, xs| e.fadd(xs[0], xs[1])),
         // One factor per channel (a unit is a channel) or one per element,
         // then the fused residual add and activation.
-        Op::Mul { epilogue } => {
-            let steps = epilogue.clone();
-            let finish = move |e: &Emitter<'_, 'ctx>, v, residual: Option<FloatValue<'ctx>>| {
-                steps.iter().fold(v, |v, s| match s {
-                    EpilogueStep::Add => e.fadd(v, residual.expect("residual operand")),
-                    EpilogueStep::Act(f) => e.act(v, *f),
-                    EpilogueStep::Bias => v,
-                })
-            };
+        Op::Mul { fused } => {
             if c.graph.scales_channels(n) {
-                scale_channel(e, c, a, n, &ops, u_, finish)
+                // x and the residual by channel, the channel's factor once.
+                let s = e.load(a.image(e, c.view(ops[1]), b), u);
+                let planes = [&ops[..1], &ops[2..]].concat();
+                per_channel(e, c, a, n, &planes, u_, |e, a, ch, xs| {
+                    let v = e.fmul(xs[0], s);
+                    epilogue_value(e, a, fused, v, None, ch, xs.get(1).copied())
+                })
             } else {
                 elementwise(e, c, a, n, &ops, u_, |e, xs| {
-                    finish(e, e.fmul(xs[0], xs[1]), xs.get(2).copied())
+                    let v = e.fmul(xs[0], xs[1]);
+                    epilogue_value(e, a, fused, v, None, u, xs.get(2).copied())
                 })
             }
         }
@@ -643,22 +642,28 @@ fn epilogue<'ctx>(
     len: u64,
 ) {
     e.for_const(0, len, |e, i| {
-        let mut v = e.load(plane, i);
-        for step in &fused.epilogue {
-            v = match step {
-                EpilogueStep::Bias => e.fadd(
-                    v,
-                    e.load(a.konst(e, inputs.bias.expect("bias operand")), oc),
-                ),
-                EpilogueStep::Add => {
-                    let z = inputs.residual.expect("add operand");
-                    e.fadd(v, e.load(z, e.mad(oc, len, i)))
-                }
-                EpilogueStep::Act(f) => e.act(v, *f),
-            };
-        }
+        let residual = inputs.residual.map(|z| e.load(z, e.mad(oc, len, i)));
+        let v = epilogue_value(e, a, fused, e.load(plane, i), inputs.bias, oc, residual);
         e.store(plane, i, v);
     });
+}
+
+/// One value `v` of channel `oc` through the epilogue: the bias constant
+/// at `bias`, the residual's value where it adds one.
+fn epilogue_value<'ctx>(
+    e: &Emitter<'_, 'ctx>,
+    a: &Args<'ctx>,
+    fused: &Fused,
+    v: FloatValue<'ctx>,
+    bias: Option<IntValue<'ctx>>,
+    oc: IntValue<'ctx>,
+    residual: Option<FloatValue<'ctx>>,
+) -> FloatValue<'ctx> {
+    fused.epilogue.iter().fold(v, |v, step| match step {
+        EpilogueStep::Bias => e.fadd(v, e.load(a.konst(e, bias.expect("bias operand")), oc)),
+        EpilogueStep::Add => e.fadd(v, residual.expect("add operand")),
+        EpilogueStep::Act(f) => e.act(v, *f),
+    })
 }
 
 /// Operands after the weight: the prologue's scale and shift, the bias, and
@@ -1061,53 +1066,27 @@ fn global_avgpool<'ctx>(
     Ok(())
 }
 
-/// `y[c, i] = finish(x[c, i] · s[c], r[c, i])` for channel `cc`: `ops` are
-/// x, the per-channel factors s and, if the epilogue adds one, the
-/// residual r.
-#[allow(clippy::too_many_arguments)]
-fn scale_channel<'ctx>(
-    e: &mut Emitter<'_, 'ctx>,
-    c: &Ctx<'_, 'ctx>,
-    a: &Args<'ctx>,
-    n: NodeIndex,
-    ops: &[NodeIndex],
-    (b, cc): Unit<'ctx>,
-    finish: impl Fn(&Emitter<'_, 'ctx>, FloatValue<'ctx>, Option<FloatValue<'ctx>>) -> FloatValue<'ctx>,
-) -> Result<(), LlvmError> {
-    let (_, h, w) = chw(c.shape(n));
-    let s = e.load(a.image(e, c.view(ops[1]), b), cc);
-    let plane = |e: &Emitter<'_, 'ctx>, m: NodeIndex| {
-        e.at(a.image(e, c.view(m), b), e.mul(cc, e.int(h * w)))
-    };
-    let (xp, yp) = (plane(e, ops[0]), plane(e, n));
-    let rp = ops.get(2).map(|&r| plane(e, r));
-    e.for_const(0, h * w, |e, i| {
-        let v = e.fmul(e.load(xp, i), s);
-        let v = finish(e, v, rp.map(|r| e.load(r, i)));
-        e.store(yp, i, v);
-    });
-    Ok(())
-}
-
-/// `y[c, i] = f(x[c, i])` for channel `cc`, with the channel available.
+/// `y[c, i] = f(x0[c, i], x1[c, i], ...)` for channel `cc` of the planes
+/// `xs` (each of y's shape), with the channel available.
 #[allow(clippy::too_many_arguments)]
 fn per_channel<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
     a: &Args<'ctx>,
     n: NodeIndex,
-    x: NodeIndex,
+    xs: &[NodeIndex],
     (b, cc): Unit<'ctx>,
-    f: impl Fn(&Emitter<'_, 'ctx>, &Args<'ctx>, IntValue<'ctx>, FloatValue<'ctx>) -> FloatValue<'ctx>,
+    f: impl Fn(&Emitter<'_, 'ctx>, &Args<'ctx>, IntValue<'ctx>, &[FloatValue<'ctx>]) -> FloatValue<'ctx>,
 ) -> Result<(), LlvmError> {
-    let (_, h, w) = chw(c.shape(x));
-    let (xb, yb) = (a.image(e, c.view(x), b), a.image(e, c.view(n), b));
-    let (xp, yp) = (
-        e.at(xb, e.mul(cc, e.int(h * w))),
-        e.at(yb, e.mul(cc, e.int(h * w))),
-    );
+    let (_, h, w) = chw(c.shape(n));
+    let plane = |e: &Emitter<'_, 'ctx>, m: NodeIndex| {
+        e.at(a.image(e, c.view(m), b), e.mul(cc, e.int(h * w)))
+    };
+    let xps: Vec<PointerValue<'ctx>> = xs.iter().map(|&x| plane(e, x)).collect();
+    let yp = plane(e, n);
     e.for_const(0, h * w, |e, i| {
-        let v = f(e, a, cc, e.load(xp, i));
+        let vals: Vec<FloatValue<'ctx>> = xps.iter().map(|&p| e.load(p, i)).collect();
+        let v = f(e, a, cc, &vals);
         e.store(yp, i, v);
     });
     Ok(())

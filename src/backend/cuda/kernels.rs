@@ -240,13 +240,12 @@ pub fn emit(k: &mut Kern<'_, '_>, op: &Op, a: &OpArgs) -> Result<(), LlvmError> 
         Op::Add => elementwise(k, a, per, 2, |e, xs| e.fadd(xs[0], xs[1])),
         // Per channel (`[C, 1, 1]`: squeeze-and-excitation) or elementwise,
         // then the fused residual add and activation.
-        Op::Mul { epilogue } => {
-            let fused = Fused {
-                prologue: None,
-                epilogue: epilogue.clone(),
-            };
+        Op::Mul { fused } => {
             let (y, x, s) = (k.arg(0), k.arg(1), k.arg(2));
-            let z = epilogue.contains(&EpilogueStep::Add).then(|| k.arg(3));
+            let z = fused
+                .epilogue
+                .contains(&EpilogueStep::Add)
+                .then(|| k.arg(3));
             let per_channel = a.shapes[2] != out;
             per_output(k, per, |e, img, r| {
                 let at = if per_channel {
@@ -257,7 +256,7 @@ pub fn emit(k: &mut Kern<'_, '_>, op: &Op, a: &OpArgs) -> Result<(), LlvmError> 
                 let v = e.load(a.image(e, x, 1, img), r);
                 let v = e.fmul(v, e.load(a.image(e, s, 2, img), at));
                 let zp = z.map(|z| e.at(a.image(e, z, 3, img), r));
-                let v = epilogue_value(e, &fused, v, None, at, zp);
+                let v = epilogue_value(e, fused, v, None, at, zp);
                 e.store(a.image(e, y, 0, img), r, v);
             });
         }
