@@ -17,6 +17,14 @@
  *   names:  the kernels' names, NUL-separated, in kernel order.
  *   ptx:    NUL-terminated PTX.   consts: the constant pool.
  *   state:  a slot for this runtime's per-model state (initially NULL).
+ *   cubin, cubin_size: the PTX assembled by ptxas for the PTX's own
+ *           architecture (NULL, 0 where ptxas was not found at build
+ *           time). Loaded instead of the PTX on a GPU of exactly that
+ *           architecture, so the driver has nothing to JIT; the PTX
+ *           serves every other GPU, and this one if the cubin fails.
+ *
+ * Every entry point makes GPU 0's primary context current for its work and
+ * then restores the context that was current before (the caller's).
  */
 /* Links against any glibc (and musl): no __*_chk calls from _FORTIFY_SOURCE,
  * which some distributions' gcc turns on by default. */
@@ -34,6 +42,8 @@ struct resnetc_cuda_model {
     const char *ptx;
     const float *consts;
     void **state;
+    const unsigned char *cubin;
+    int64_t cubin_size;
 };
 
 typedef int CUresult;
@@ -42,13 +52,18 @@ typedef void *CUcontext, *CUmodule, *CUfunction, *CUstream, *CUgraph, *CUgraphEx
 typedef unsigned long long CUdeviceptr;
 
 #define CUDA_ERROR_OUT_OF_MEMORY 2
+/* cuModuleLoadDataEx's options: the JIT's error log and its size. */
+#define CU_JIT_ERROR_LOG_BUFFER 5
+#define CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES 6
 
 static struct {
     CUresult (*Init)(unsigned);
     CUresult (*DeviceGet)(CUdevice *, int);
     CUresult (*DevicePrimaryCtxRetain)(CUcontext *, CUdevice);
     CUresult (*CtxSetCurrent)(CUcontext);
-    CUresult (*ModuleLoadData)(CUmodule *, const void *);
+    CUresult (*CtxGetCurrent)(CUcontext *);
+    CUresult (*ModuleLoadDataEx)(CUmodule *, const void *, unsigned, int *, void **);
+    CUresult (*ModuleUnload)(CUmodule);
     CUresult (*ModuleGetFunction)(CUfunction *, CUmodule, const char *);
     CUresult (*MemAlloc)(CUdeviceptr *, size_t);
     CUresult (*MemFree)(CUdeviceptr);
@@ -63,6 +78,7 @@ static struct {
     CUresult (*EventDestroy)(CUevent);
     CUresult (*StreamWaitEvent)(CUstream, CUevent, unsigned);
     CUresult (*StreamCreate)(CUstream *, unsigned);
+    CUresult (*StreamDestroy)(CUstream);
     CUresult (*StreamSynchronize)(CUstream);
     CUresult (*StreamBeginCapture)(CUstream, int);
     CUresult (*StreamEndCapture)(CUstream, CUgraph *);
@@ -77,7 +93,8 @@ static struct {
 } cu;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static __thread char last_error[256] = "no error";
+/* Room for the JIT's log of a PTX the driver cannot compile. */
+static __thread char last_error[4096] = "no error";
 static int driver_state; /* 0 unknown, 1 loaded, -1 missing */
 static CUcontext context;
 static CUdevice device;
@@ -100,9 +117,9 @@ static int fail(int code, const char *what, CUresult r) {
         if (r_) return fail(-4, what, r_);                  \
     } while (0)
 
-/* Loads the driver and makes GPU 0's primary context current. */
+/* Loads the driver and retains GPU 0's primary context (`context`). */
 static int load_driver(void) {
-    if (driver_state == 1) return cu.CtxSetCurrent(context) ? fail(-4, "cuCtxSetCurrent", 1) : 0;
+    if (driver_state == 1) return 0;
     if (driver_state == -1) return fail(-3, "no CUDA driver was found (libcuda.so.1)", 0);
     void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!h) h = dlopen("libcuda.so", RTLD_NOW | RTLD_LOCAL);
@@ -115,7 +132,9 @@ static int load_driver(void) {
         {(void **)&cu.DeviceGet, "cuDeviceGet"},
         {(void **)&cu.DevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain"},
         {(void **)&cu.CtxSetCurrent, "cuCtxSetCurrent"},
-        {(void **)&cu.ModuleLoadData, "cuModuleLoadData"},
+        {(void **)&cu.CtxGetCurrent, "cuCtxGetCurrent"},
+        {(void **)&cu.ModuleLoadDataEx, "cuModuleLoadDataEx"},
+        {(void **)&cu.ModuleUnload, "cuModuleUnload"},
         {(void **)&cu.ModuleGetFunction, "cuModuleGetFunction"},
         {(void **)&cu.MemAlloc, "cuMemAlloc_v2"},
         {(void **)&cu.MemFree, "cuMemFree_v2"},
@@ -130,6 +149,7 @@ static int load_driver(void) {
         {(void **)&cu.EventDestroy, "cuEventDestroy_v2"},
         {(void **)&cu.StreamWaitEvent, "cuStreamWaitEvent"},
         {(void **)&cu.StreamCreate, "cuStreamCreate"},
+        {(void **)&cu.StreamDestroy, "cuStreamDestroy_v2"},
         {(void **)&cu.StreamSynchronize, "cuStreamSynchronize"},
         {(void **)&cu.StreamBeginCapture, "cuStreamBeginCapture_v2"},
         {(void **)&cu.StreamEndCapture, "cuStreamEndCapture"},
@@ -160,7 +180,6 @@ static int load_driver(void) {
     }
     device = dev;
     CHECK(cu.DevicePrimaryCtxRetain(&context, dev), "cuDevicePrimaryCtxRetain");
-    CHECK(cu.CtxSetCurrent(context), "cuCtxSetCurrent");
     driver_state = 1;
     return 0;
 }
@@ -188,7 +207,8 @@ struct state {
 /* PTX runs on the GPU it was built for (its `.target sm_XY`) and every
  * later one. On an older GPU say which architecture to build for: the
  * driver would only say that it has no binary for the GPU. */
-static int check_arch(const char *ptx) {
+static int check_arch(const char *ptx, int *exact) {
+    *exact = 0;
     const char *t = strstr(ptx, ".target sm_");
     if (!t) return 0;
     int built = 0;
@@ -198,6 +218,7 @@ static int check_arch(const char *ptx) {
           "cuDeviceGetAttribute");
     CHECK(cu.DeviceGetAttribute(&minor, 76 /* minor */, device), "cuDeviceGetAttribute");
     int have = major * 10 + minor;
+    *exact = have == built;
     if (have >= built) return 0;
     /* The newest architecture resnetc builds for that runs here
      * (src/backend/cuda/gpus.rs). */
@@ -218,6 +239,34 @@ static int check_arch(const char *ptx) {
     return -3;
 }
 
+/* Loads a module image (NUL-terminated PTX, or a cubin) with the JIT's
+ * error log; on failure last_error holds the driver's code and the log. */
+static CUresult load_module(CUmodule *module, const void *image, const char *what) {
+    static __thread char log[3072];
+    log[0] = 0;
+    int options[] = {CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES};
+    void *values[] = {log, (void *)(uintptr_t)sizeof log};
+    CUresult r = cu.ModuleLoadDataEx(module, image, 2, options, values);
+    if (r) {
+        fail(-4, what, r);
+        log[sizeof log - 1] = 0;
+        if (log[0]) {
+            size_t n = strlen(last_error);
+            snprintf(last_error + n, sizeof last_error - n, "; the JIT's log:\n%s", log);
+        }
+    }
+    return r;
+}
+
+/* Frees what load_model made of `s`, in reverse. */
+static void free_state(struct state *s) {
+    if (s->stream) cu.StreamDestroy(s->stream);
+    if (s->consts) cu.MemFree(s->consts);
+    if (s->module) cu.ModuleUnload(s->module);
+    free(s->functions);
+    free(s);
+}
+
 static int load_model(const struct resnetc_cuda_model *m, struct state **out) {
     if (*m->state) {
         *out = *m->state;
@@ -225,7 +274,8 @@ static int load_model(const struct resnetc_cuda_model *m, struct state **out) {
     }
     const int64_t *p = m->plan;
     if (p[0] != 2) return fail(-4, "the model's plan has an unknown version", 0);
-    int arch = check_arch(m->ptx);
+    int exact = 0;
+    int arch = check_arch(m->ptx, &exact);
     if (arch) return arch;
     struct state *s = calloc(1, sizeof *s);
     if (!s) return fail(-2, "out of host memory", 0);
@@ -235,19 +285,38 @@ static int load_model(const struct resnetc_cuda_model *m, struct state **out) {
         free(s);
         return fail(-2, "out of host memory", 0);
     }
-    CHECK(cu.ModuleLoadData(&s->module, m->ptx), "cuModuleLoadData (the PTX may need a newer driver)");
+    /* SASS only on its own architecture; the PTX elsewhere, and here if
+     * the cubin fails to load (the PTX's error is the one reported). */
+    CUresult r = 1;
+    if (m->cubin && m->cubin_size > 0 && exact) r = load_module(&s->module, m->cubin, "cuModuleLoadDataEx (SASS)");
+    if (r) {
+        s->module = NULL;
+        r = load_module(&s->module, m->ptx, "cuModuleLoadDataEx (the PTX may need a newer driver)");
+    }
+    int e = !r ? 0 : r == CUDA_ERROR_OUT_OF_MEMORY ? -2 : -4;
+    if (r) s->module = NULL;
     const char *name = m->names;
-    for (int64_t k = 0; k < kernels; k++) {
-        CHECK(cu.ModuleGetFunction(&s->functions[k], s->module, name), "cuModuleGetFunction");
+    for (int64_t k = 0; k < kernels && !e; k++) {
+        if ((r = cu.ModuleGetFunction(&s->functions[k], s->module, name))) e = fail(-4, "cuModuleGetFunction", r);
         name += strlen(name) + 1;
     }
     size_t bytes = (size_t)p[2] * 4;
-    CHECK(cu.MemAlloc(&s->consts, bytes ? bytes : 4), "cuMemAlloc (weights)");
-    if (bytes) CHECK(cu.MemcpyHtoD(s->consts, m->consts, bytes), "cuMemcpyHtoD (weights)");
+    if (!e && (r = cu.MemAlloc(&s->consts, bytes ? bytes : 4))) {
+        s->consts = 0;
+        e = fail(-4, "cuMemAlloc (weights)", r);
+    }
+    if (!e && bytes && (r = cu.MemcpyHtoD(s->consts, m->consts, bytes))) e = fail(-4, "cuMemcpyHtoD (weights)", r);
     /* A copy from pageable memory may return before its DMA is done, and
      * the model's non-blocking stream is not ordered after it. */
-    CHECK(cu.CtxSynchronize(), "cuCtxSynchronize (weights)");
-    CHECK(cu.StreamCreate(&s->stream, 1 /* non-blocking */), "cuStreamCreate");
+    if (!e && (r = cu.CtxSynchronize())) e = fail(-4, "cuCtxSynchronize (weights)", r);
+    if (!e && (r = cu.StreamCreate(&s->stream, 1 /* non-blocking */))) {
+        s->stream = NULL;
+        e = fail(-4, "cuStreamCreate", r);
+    }
+    if (e) {
+        free_state(s);
+        return e;
+    }
     *m->state = s;
     *out = s;
     return 0;
@@ -309,26 +378,57 @@ static int batch_of(const struct resnetc_cuda_model *m, struct state *s, int n, 
     for (int64_t i = 0; i < p[13]; i++)
         if (p[14 + 2 * i] <= n) scratch = p[15 + 2 * i];
     size_t bytes = (size_t)(p[1] + scratch) * 4 * (size_t)n;
-    CHECK(cu.MemAlloc(&b->arena, bytes ? bytes : 4), "cuMemAlloc (working memory)");
-    CHECK(cu.EventCreate(&b->done, 2 /* no timing */), "cuEventCreate");
     CUgraph g = NULL;
-    CHECK(cu.StreamBeginCapture(s->stream, 1 /* thread-local */), "cuStreamBeginCapture");
-    int e = enqueue(m, s, n, b->arena);
-    CUresult r = cu.StreamEndCapture(s->stream, &g);
-    if (e) return e;
-    if (r) return fail(-4, "cuStreamEndCapture", r);
-    r = cu.GraphInstantiate(&b->exec, g, 0);
-    cu.GraphDestroy(g);
-    if (r) return fail(-4, "cuGraphInstantiate", r);
+    int e = 0;
+    CUresult r = cu.MemAlloc(&b->arena, bytes ? bytes : 4);
+    if (r) {
+        b->arena = 0;
+        e = fail(-4, "cuMemAlloc (working memory)", r);
+    }
+    if (!e && (r = cu.EventCreate(&b->done, 2 /* no timing */))) {
+        b->done = NULL;
+        e = fail(-4, "cuEventCreate", r);
+    }
+    if (!e && (r = cu.StreamBeginCapture(s->stream, 1 /* thread-local */))) e = fail(-4, "cuStreamBeginCapture", r);
+    if (!e) {
+        /* The capture is ended whatever enqueue did: the stream stays usable. */
+        e = enqueue(m, s, n, b->arena);
+        r = cu.StreamEndCapture(s->stream, &g);
+        if (!e && r) e = fail(-4, "cuStreamEndCapture", r);
+        if (r) g = NULL;
+    }
+    if (!e && (r = cu.GraphInstantiate(&b->exec, g, 0))) {
+        b->exec = NULL;
+        e = fail(-4, "cuGraphInstantiate", r);
+    }
+    if (g) cu.GraphDestroy(g);
+    if (e) {
+        /* Nothing of a batch that failed is kept: the slot stays free. */
+        if (b->exec) cu.GraphExecDestroy(b->exec);
+        if (b->done) cu.EventDestroy(b->done);
+        if (b->arena) cu.MemFree(b->arena);
+        memset(b, 0, sizeof *b);
+        return e;
+    }
     b->n = n;
     *out = b;
     return 0;
 }
 
-static int prepare(const struct resnetc_cuda_model *m, int batch, struct state **s, struct batch **b) {
+/* With the driver loaded and GPU 0's primary context current (the
+ * caller's, saved in *caller, to be restored), the model and batch. */
+static int prepare(const struct resnetc_cuda_model *m, int batch, struct state **s, struct batch **b,
+                   CUcontext *caller, int *switched) {
     if (batch < 1) return fail(-1, "batch < 1", 0);
     int e = load_driver();
-    if (!e) e = load_model(m, s);
+    if (e) return e;
+    CUresult r = cu.CtxGetCurrent(caller);
+    if (r) return fail(-4, "cuCtxGetCurrent", r);
+    if (*caller != context) {
+        if ((r = cu.CtxSetCurrent(context))) return fail(-4, "cuCtxSetCurrent", r);
+        *switched = 1;
+    }
+    e = load_model(m, s);
     if (!e) e = batch_of(m, *s, batch, b);
     return e;
 }
@@ -341,7 +441,9 @@ static int run(const struct resnetc_cuda_model *m, const float *input, float *ou
     pthread_mutex_lock(&lock);
     struct state *s = NULL;
     struct batch *b = NULL;
-    int e = prepare(m, batch, &s, &b);
+    CUcontext caller = NULL;
+    int switched = 0;
+    int e = prepare(m, batch, &s, &b, &caller, &switched);
     if (!e) {
         const int64_t *p = m->plan;
         int64_t n = batch;
@@ -380,6 +482,11 @@ static int run(const struct resnetc_cuda_model *m, const float *input, float *ou
         if (r && !e) e = fail(-4, "copying the output", r);
         if (!e && (r = cu.EventRecord(b->done, st))) e = fail(-4, "cuEventRecord", r);
         if (!on_device && (r = cu.StreamSynchronize(st)) && !e) e = fail(-4, "cuStreamSynchronize", r);
+    }
+    /* The caller's context back, as it was (NULL included). */
+    if (switched) {
+        CUresult r = cu.CtxSetCurrent(caller);
+        if (r && !e) e = fail(-4, "cuCtxSetCurrent (restoring the caller's context)", r);
     }
     pthread_mutex_unlock(&lock);
     return e;

@@ -586,7 +586,12 @@ fn dispatch(cmd: Command) -> Result<()> {
                 }
                 Target::Cuda => {
                     let mut dev = cuda_device(&c, &w, &cuda)?;
-                    note!("device: {}, {}", dev.name(), code_for(dev.plan()));
+                    note!(
+                        "device: {}, {} ({})",
+                        dev.name(),
+                        code_for(dev.plan()),
+                        dev.loaded()
+                    );
                     dev.run(&x)?
                 }
             };
@@ -752,7 +757,12 @@ fn dispatch(cmd: Command) -> Result<()> {
                     planned_sms = Some(dev.plan().sms);
                     let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
                     dev.run(&x)?;
-                    note!("device: {}, {}", dev.name(), code_for(dev.plan()));
+                    note!(
+                        "device: {}, {} ({})",
+                        dev.name(),
+                        code_for(dev.plan()),
+                        dev.loaded()
+                    );
                     // CUDA events around graph launches: 20 warm-up runs,
                     // then 100 timed ones.
                     let mut times = dev.time(batch as u64, 20, 100)?;
@@ -830,8 +840,22 @@ fn cuda_device(
     let mut g = c.graph.clone();
     resnetc::passes::optimize(&mut g, None);
     let opts = cuda.options();
-    let p = resnetc::backend::cuda::compile(&g, w, &opts)?;
+    let mut p = resnetc::backend::cuda::compile(&g, w, &opts)?;
+    with_sass(&mut p);
     Ok(resnetc::backend::cuda::runtime::Device::load(&p)?)
+}
+
+/// SASS for the program's architecture where ptxas is installed and GPU 0
+/// is of that architecture (the only GPU SASS runs on), so that the
+/// driver does not JIT the PTX; says on stderr what ptxas did.
+fn with_sass(p: &mut resnetc::backend::cuda::CudaProgram) {
+    use resnetc::backend::cuda::{gpus, runtime, sass};
+    let here = runtime::local_gpu().ok().map(|l| l.cc);
+    if here.is_some() && here == gpus::find(&p.plan.gpu).map(gpus::capability) {
+        if let Some(line) = sass::add(p) {
+            note!("{line}");
+        }
+    }
 }
 
 /// `run --check-layers`: the GPU's value of every layer against the
@@ -847,7 +871,8 @@ fn cuda_check_layers(
     const RTOL: f64 = 1e-4;
     let mut g = c.graph.clone();
     resnetc::passes::optimize(&mut g, None);
-    let program = resnetc::backend::cuda::compile(&g, w, &cuda.options())?;
+    let mut program = resnetc::backend::cuda::compile(&g, w, &cuda.options())?;
+    with_sass(&mut program);
     // Only the values some launch writes: the rest would hold every
     // activation of the batch at once.
     let written: std::collections::HashSet<usize> = program

@@ -93,8 +93,12 @@ fn host_kernels_and_plan(source: &Path, dir: &Path, opts: &CudaOptions) -> (Path
     (so, ptx.plan)
 }
 
-/// Runs `cmd` with the fake driver and `kernels` visible.
+/// Runs `cmd` with the fake driver and `kernels` visible; without SASS
+/// (an empty RESNETC_PTXAS) unless the command names a ptxas itself.
 fn on_fake(cmd: &mut Command, driver: &Path, kernels: Option<&Path>) -> Output {
+    if !cmd.get_envs().any(|(k, _)| k == "RESNETC_PTXAS") {
+        cmd.env("RESNETC_PTXAS", "");
+    }
     cmd.env("LD_LIBRARY_PATH", driver);
     cmd.env("RESNETC_FAKE_CUDA_STATS", "1");
     match kernels {
@@ -598,7 +602,23 @@ fn driver_errors_are_diagnostics() {
     assert!(stderr.contains("load the PTX"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!dir.path().join("y.npy").exists());
+
+    // A PTX the JIT rejects: the JIT's own log is in the diagnostic (the
+    // fake writes it only into cuModuleLoadDataEx's error log buffer).
+    cmd.env("RESNETC_FAKE_CUDA_JIT_ERROR", JIT_SAYS);
+    let out = on_fake(&mut cmd, dir.path(), None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("load the PTX") && stderr.contains("218"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(JIT_SAYS), "the JIT's log: {stderr}");
+    assert!(!dir.path().join("y.npy").exists());
 }
+
+/// What the fake's JIT says when told to reject the PTX.
+const JIT_SAYS: &str = "fake-jit-rejects-this-fma";
 
 /// The C programs linked to the CUDA static library, on the fake driver,
 /// through host memory (`demo`) and through their own device memory and
@@ -622,10 +642,25 @@ fn c_runtime_matches_pytorch_on_the_fake_driver() {
         let run = on_fake(&mut cmd, out.path(), Some(&kernels));
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert!(run.status.success(), "{program} ({what}) failed:\n{stderr}");
-        // Host memory: the packed batch in one copy each way.
+        // Host memory: the packed batch in one copy each way; and the
+        // caller's context restored: none for demo, which made none, its
+        // own for demo_device.
         if program == "demo" {
             assert!(stderr.contains(ONE_COPY_EACH_WAY), "{what}: {stderr}");
+            assert!(
+                stderr.contains("no context current at exit"),
+                "{what}: {stderr}"
+            );
+        } else {
+            assert!(
+                stderr.contains("a context current at exit"),
+                "{what}: {stderr}"
+            );
         }
+        assert!(
+            stderr.contains("0 cubin and 1 PTX modules loaded"),
+            "{what}: {stderr}"
+        );
         let data: Vec<f32> = std::fs::read(&output)
             .expect("output")
             .chunks_exact(4)
@@ -671,6 +706,41 @@ fn c_runtime_matches_pytorch_on_the_fake_driver() {
         assert!(!out.path().join("old.f32").exists(), "{arch}: {stderr}");
     }
 
+    // A PTX the JIT rejects: the driver's code and the JIT's log in
+    // last_error (the program's stderr), exit 1 (-4).
+    let mut cmd = Command::new(out.path().join("demo"));
+    cmd.arg(out.path().join("in.f32"))
+        .arg(out.path().join("jit.f32"))
+        .arg("1");
+    cmd.env("RESNETC_FAKE_CUDA_JIT_ERROR", JIT_SAYS);
+    let run = on_fake(&mut cmd, out.path(), Some(&kernels));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("forward failed (-4)") && stderr.contains(", 218)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(JIT_SAYS), "the JIT's log: {stderr}");
+
+    // A capture that fails: -4 with the driver's code, and nothing of the
+    // batch kept (the arena and its event freed; the weights stay loaded).
+    let mut cmd = Command::new(out.path().join("demo"));
+    cmd.arg(out.path().join("in.f32"))
+        .arg(out.path().join("cap.f32"))
+        .arg("1");
+    cmd.env("RESNETC_FAKE_CUDA_BREAK_CAPTURE", "1");
+    let run = on_fake(&mut cmd, out.path(), Some(&kernels));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cuStreamEndCapture failed") && stderr.contains(", 901)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("1 allocations and 0 events live at exit"),
+        "{stderr}"
+    );
+
     let c = compile_example("cifar_resnet20");
     let w = bind_weights(&c, &fixture("cifar_resnet20.safetensors"));
     // Batch 3 takes the variants tuned for batch 1 (K split in most
@@ -684,4 +754,121 @@ fn c_runtime_matches_pytorch_on_the_fake_driver() {
             assert_close(&what, &y, &expected, 1e-4, 1e-3);
         }
     }
+}
+
+/// NVIDIA's ptxas as tests/cuda_backend.rs finds it (`RESNETC_PTXAS`, else
+/// the PyPI wheel scripts/setup.sh installs); missing under CI, a failure.
+fn ptxas() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("RESNETC_PTXAS").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let found = std::fs::read_dir(root().join(".tools/py/lib"))
+        .ok()
+        .and_then(|dir| {
+            dir.flatten()
+                .map(|d| d.path().join("site-packages/nvidia/cuda_nvcc/bin/ptxas"))
+                .find(|p| p.exists())
+        });
+    assert!(
+        found.is_some() || std::env::var("CI").is_err(),
+        "ptxas is missing under CI: scripts/setup.sh installs it"
+    );
+    found
+}
+
+/// With ptxas at build time, both runtimes load SASS (a cubin, which the
+/// fake accepts only on a GPU of its exact architecture) instead of the
+/// PTX on an sm_80 GPU, and still match PyTorch; on a later GPU (sm_86)
+/// the static library falls back to the PTX.
+#[test]
+fn sass_is_loaded_on_its_own_architecture() {
+    let Some(ptxas) = ptxas() else {
+        eprintln!("skipped: ptxas not found (run scripts/setup.sh)");
+        return;
+    };
+    let out = tempfile::tempdir().expect("tempdir");
+    let make = Command::new("make")
+        .args(["-s", "-C", "examples/embed_cuda"])
+        .arg(format!("OUT={}", out.path().display()))
+        .arg(format!("RESNETC={}", env!("CARGO_BIN_EXE_resnetc")))
+        .arg("CC=gcc")
+        .env("RESNETC_PTXAS", &ptxas)
+        .current_dir(root())
+        .output()
+        .expect("make runs");
+    assert!(
+        make.status.success(),
+        "{}",
+        String::from_utf8_lossy(&make.stderr)
+    );
+    let header = std::fs::read_to_string(out.path().join("cifar_resnet20.h")).expect("header");
+    assert!(header.contains("PTX and SASS for sm_80"), "{header}");
+    fake_driver(out.path());
+    let model = example("cifar_resnet20");
+    // `build`'s plan: sm_80's reference GPU (108 SMs).
+    let kernels = host_kernels(&model, out.path(), &CudaOptions::for_gpu("sm_80"));
+    let x = read_npy(&fixture("cifar_resnet20.input.npy")).expect("input");
+    let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("expected");
+    let input = out.path().join("in.f32");
+    let bytes: Vec<u8> = x.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&input, bytes).expect("write input");
+    let output = out.path().join("out.f32");
+    for (arch, loaded) in [("80", "1 cubin and 0 PTX"), ("86", "0 cubin and 1 PTX")] {
+        let _ = std::fs::remove_file(&output);
+        let mut cmd = Command::new(out.path().join("demo"));
+        cmd.arg(&input).arg(&output).arg(x.shape[0].to_string());
+        cmd.env("RESNETC_FAKE_CUDA_ARCH", arch);
+        let run = on_fake(&mut cmd, out.path(), Some(&kernels));
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "sm_{arch}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{loaded} modules loaded")),
+            "sm_{arch}: {stderr}"
+        );
+        let data: Vec<f32> = std::fs::read(&output)
+            .expect("output")
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let y = Tensor::from_vec(&[x.shape[0], 10], data);
+        assert_close(&format!("demo on sm_{arch}"), &y, &expected, 1e-4, 1e-3);
+    }
+
+    // The Rust runtime: `run` on an sm_80 GPU assembles SASS for it.
+    let w = fixture("cifar_resnet20.safetensors");
+    let mut cmd = resnetc();
+    cmd.arg("run")
+        .arg(&model)
+        .args([
+            "--target",
+            "cuda",
+            "--gpu",
+            "sm_80",
+            "--sms",
+            "108",
+            "--weights",
+        ])
+        .arg(&w)
+        .arg("--input")
+        .arg(fixture("cifar_resnet20.input.npy"))
+        .arg("--output")
+        .arg(out.path().join("y.npy"))
+        .env("RESNETC_PTXAS", &ptxas)
+        .env("RESNETC_FAKE_CUDA_ARCH", "80");
+    let run = on_fake(&mut cmd, out.path(), Some(&kernels));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 cubin and 0 PTX modules loaded"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(SASS for sm_80)"), "{stderr}");
+    let y = read_npy(&out.path().join("y.npy")).expect("output");
+    assert_close(
+        "run with SASS on the fake driver",
+        &y,
+        &expected,
+        1e-4,
+        1e-3,
+    );
 }

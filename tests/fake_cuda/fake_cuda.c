@@ -44,6 +44,8 @@ enum {
     INVALID_DEVICE = 101,
     INVALID_IMAGE = 200,
     INVALID_CONTEXT = 201,
+    NO_BINARY_FOR_GPU = 209,
+    INVALID_PTX = 218,
     INVALID_HANDLE = 400,
     ILLEGAL_STATE = 401,
     NOT_FOUND = 500,
@@ -56,6 +58,8 @@ enum {
 };
 
 static int inited, current, primary_refs;
+static long cubins_loaded, ptx_loaded;
+static long live_allocs, live_events; /* what a runtime has not freed */
 /* Copies between host and device, printed at exit under
  * RESNETC_FAKE_CUDA_STATS (what tests count the runtimes' copies by). */
 static long htod_copies, dtoh_copies;
@@ -125,6 +129,76 @@ struct module {
 };
 #define MODULE_MAGIC 0x6d6f64
 
+/* GPU 0's compute capability: RESNETC_FAKE_CUDA_ARCH (e.g. 75), else 90. */
+static int fake_cc(void) {
+    const char *arch = getenv("RESNETC_FAKE_CUDA_ARCH");
+    int cc = 0;
+    for (const char *c = arch; c && *c >= '0' && *c <= '9' && cc < 1000; c++) cc = cc * 10 + (*c - '0');
+    return cc < 10 ? 90 : cc;
+}
+
+static struct function *new_function(struct module *m, const char *name, size_t len) {
+    struct function *f = calloc(1, sizeof *f);
+    if (!f || len >= sizeof f->name) {
+        free(f);
+        return NULL;
+    }
+    memcpy(f->name, name, len);
+    f->next = m->functions;
+    m->functions = f;
+    return f;
+}
+
+/* A cubin: ELF64, machine EM_CUDA (190), the SM in e_flags' low byte. Its
+ * kernels are the global functions of .symtab; a kernel's parameters are
+ * the EIATTR_KPARAM_INFO (0x17) records of `.nv.info.NAME`, and their
+ * total size (EIATTR_PARAM_CBANK, 0x0a) must be 8 bytes each. */
+#define RD(type, at) (*(const type *)(const void *)(b + (at)))
+static CUresult parse_cubin(struct module *m, const unsigned char *b) {
+    if (b[4] != 2 || RD(uint16_t, 18) != 190) return bad(INVALID_IMAGE, "an ELF image that is not a CUDA cubin");
+    int sm = (int)(RD(uint32_t, 48) & 0xff);
+    if (sm != fake_cc()) {
+        fprintf(stderr, "fake cuda: a cubin for sm_%d on an sm_%d GPU\n", sm, fake_cc());
+        return bad(NO_BINARY_FOR_GPU, __func__);
+    }
+    uint64_t shoff = RD(uint64_t, 40);
+    unsigned shentsize = RD(uint16_t, 58), shnum = RD(uint16_t, 60), shstrndx = RD(uint16_t, 62);
+#define SH(i, field, type) RD(type, shoff + (uint64_t)(i) * shentsize + (field))
+    const char *shstr = (const char *)b + SH(shstrndx, 24, uint64_t);
+    for (unsigned i = 0; i < shnum; i++) {
+        if (SH(i, 4, uint32_t) != 2) continue; /* SHT_SYMTAB */
+        const char *str = (const char *)b + SH(SH(i, 40, uint32_t), 24, uint64_t);
+        uint64_t off = SH(i, 24, uint64_t), size = SH(i, 32, uint64_t);
+        for (uint64_t at = off; at + 24 <= off + size; at += 24) {
+            unsigned char info = b[at + 4];
+            if ((info & 0xf) != 2 || (info >> 4) != 1) continue; /* STT_FUNC, STB_GLOBAL */
+            const char *name = str + RD(uint32_t, at);
+            if (!new_function(m, name, strlen(name))) return bad(INVALID_IMAGE, "a kernel name");
+        }
+    }
+    for (unsigned i = 0; i < shnum; i++) {
+        const char *sec = shstr + SH(i, 0, uint32_t);
+        if (strncmp(sec, ".nv.info.", 9)) continue;
+        struct function *f = m->functions;
+        while (f && strcmp(f->name, sec + 9)) f = f->next;
+        if (!f) return bad(INVALID_IMAGE, ".nv.info of no kernel");
+        uint64_t at = SH(i, 24, uint64_t), end = at + SH(i, 32, uint64_t);
+        int cbank = -1;
+        while (at + 2 <= end) {
+            unsigned format = b[at], attr = b[at + 1];
+            size_t len = format == 4 ? 4 + RD(uint16_t, at + 2) : format == 3 ? 4 : format == 2 ? 3 : 2;
+            if (attr == 0x17) f->params++;
+            if (attr == 0x0a && format == 4) cbank = RD(uint16_t, at + 10);
+            at += len;
+        }
+        if (cbank != 8 * f->params) return bad(NOT_SUPPORTED, "a kernel parameter that is not 64-bit");
+    }
+    cubins_loaded++;
+    return OK;
+}
+#undef SH
+#undef RD
+
 /* Reads the `.entry NAME(` headers of the PTX: their parameter counts
  * (every parameter must be 8 bytes: pointers and the batch). */
 static CUresult parse_ptx(struct module *m, const char *ptx) {
@@ -132,9 +206,8 @@ static CUresult parse_ptx(struct module *m, const char *ptx) {
     for (const char *p = strstr(ptx, ".entry "); p; p = strstr(p + 1, ".entry ")) {
         const char *name = p + 7, *open = strchr(name, '(');
         if (!open || open - name >= 256) return bad(INVALID_IMAGE, "malformed .entry");
-        struct function *f = calloc(1, sizeof *f);
+        struct function *f = new_function(m, name, (size_t)(open - name));
         if (!f) return OUT_OF_MEMORY;
-        memcpy(f->name, name, (size_t)(open - name));
         const char *close = strchr(open, ')');
         if (!close) return bad(INVALID_IMAGE, "unterminated parameter list");
         for (const char *q = strstr(open, ".param"); q && q < close; q = strstr(q + 1, ".param")) {
@@ -142,15 +215,43 @@ static CUresult parse_ptx(struct module *m, const char *ptx) {
                 return bad(NOT_SUPPORTED, "a kernel parameter that is not 64-bit");
             f->params++;
         }
-        f->next = m->functions;
-        m->functions = f;
     }
+    ptx_loaded++;
     return OK;
 }
 
-CUresult cuModuleLoadData(struct module **out, const void *image) {
+/* The error log buffer and its size as cuModuleLoadDataEx's options give
+ * them (CU_JIT_ERROR_LOG_BUFFER 5, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES 6;
+ * the size is in, and out as the bytes written), NULL if none. */
+static char *error_log(unsigned n, const int *options, void **values, void ***size) {
+    char *buf = NULL;
+    *size = NULL;
+    for (unsigned i = 0; i < n; i++) {
+        if (options[i] == 5) buf = values[i];
+        if (options[i] == 6) *size = &values[i];
+    }
+    return *size && (uintptr_t)**size ? buf : NULL;
+}
+
+static CUresult load(struct module **out, const void *image, unsigned n, const int *options, void **values) {
     NEED_CTX();
-    if (!out || !image) return INVALID_VALUE;
+    if (!out || !image || (n && (!options || !values))) return INVALID_VALUE;
+    void **size;
+    char *log = error_log(n, options, values, &size);
+    if (log) log[0] = 0;
+    const unsigned char *b = image;
+    int cubin = !memcmp(b, "\177ELF", 4);
+    const char *jit_error = getenv("RESNETC_FAKE_CUDA_JIT_ERROR");
+    if (!cubin && jit_error) {
+        if (log) {
+            int w = snprintf(log, (uintptr_t)*size, "ptxas application ptx input, line 1; error   : %s\n"
+                             "ptxas fatal   : Ptx assembly aborted due to errors", jit_error);
+            uintptr_t cap = (uintptr_t)*size;
+            *size = (void *)(uintptr_t)(w < 0 ? 0 : (uintptr_t)w + 1 > cap ? cap : (uintptr_t)w + 1);
+        }
+        return bad(INVALID_PTX, __func__);
+    }
+    if (size) *size = (void *)(uintptr_t)0; /* nothing logged */
     const char *path = getenv("RESNETC_FAKE_CUDA_KERNELS");
     if (!path) {
         fprintf(stderr, "fake cuda: RESNETC_FAKE_CUDA_KERNELS names no host kernels\n");
@@ -159,7 +260,7 @@ CUresult cuModuleLoadData(struct module **out, const void *image) {
     struct module *m = calloc(1, sizeof *m);
     if (!m) return OUT_OF_MEMORY;
     m->magic = MODULE_MAGIC;
-    CUresult r = parse_ptx(m, image);
+    CUresult r = cubin ? parse_cubin(m, b) : parse_ptx(m, image);
     if (r) return r;
     m->host = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!m->host) {
@@ -168,6 +269,12 @@ CUresult cuModuleLoadData(struct module **out, const void *image) {
     }
     *out = m;
     return OK;
+}
+
+CUresult cuModuleLoadData(struct module **out, const void *image) { return load(out, image, 0, NULL, NULL); }
+
+CUresult cuModuleLoadDataEx(struct module **out, const void *image, unsigned n, int *options, void **values) {
+    return load(out, image, n, options, values);
 }
 
 CUresult cuModuleGetFunction(struct function **out, struct module *m, const char *name) {
@@ -352,7 +459,9 @@ CUresult cuStreamEndCapture(struct stream *s, struct graph **out) {
     s->capturing = 0;
     capturing--;
     *out = NULL;
-    if (capture_broken) return bad(CAPTURE_INVALIDATED, __func__);
+    /* RESNETC_FAKE_CUDA_BREAK_CAPTURE: every capture fails, as one that
+       something invalidated does (what runtimes must clean up after). */
+    if (capture_broken || getenv("RESNETC_FAKE_CUDA_BREAK_CAPTURE")) return bad(CAPTURE_INVALIDATED, __func__);
     if (!s->len) return OK; /* an empty capture gives no graph */
     struct graph *g = calloc(1, sizeof *g);
     if (!g) return OUT_OF_MEMORY;
@@ -431,6 +540,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr *out, size_t bytes) {
     a->bytes = bytes;
     a->next = allocs;
     allocs = a;
+    live_allocs++;
     *out = (CUdeviceptr)(uintptr_t)a->base;
     return OK;
 }
@@ -444,6 +554,7 @@ CUresult cuMemFree_v2(CUdeviceptr p) {
             *a = dead->next;
             munmap(dead->map, dead->mapped);
             free(dead);
+            live_allocs--;
             return OK;
         }
     return bad(INVALID_VALUE, "freeing what was not allocated");
@@ -522,6 +633,7 @@ CUresult cuEventCreate(struct event **out, unsigned flags) {
     struct event *e = calloc(1, sizeof *e);
     if (!e || !out) return INVALID_VALUE;
     e->magic = EVENT_MAGIC;
+    live_events++;
     *out = e;
     return OK;
 }
@@ -558,6 +670,7 @@ CUresult cuEventDestroy_v2(struct event *e) {
     NEED_CTX();
     if (!valid_event(e)) return bad(INVALID_HANDLE, __func__);
     e->magic = 0;
+    live_events--;
     return OK;
 }
 
@@ -565,6 +678,11 @@ CUresult cuEventDestroy_v2(struct event *e) {
 
 static void print_stats(void) {
     fprintf(stderr, "fake cuda: %ld host-to-device copies, %ld device-to-host copies\n", htod_copies, dtoh_copies);
+    /* What was loaded (SASS or PTX), and whether a context is left current
+       at exit: the C runtime restores the caller's, none for demo. */
+    fprintf(stderr, "fake cuda: %ld cubin and %ld PTX modules loaded; %s context current at exit\n",
+            cubins_loaded, ptx_loaded, current ? "a" : "no");
+    fprintf(stderr, "fake cuda: %ld allocations and %ld events live at exit\n", live_allocs, live_events);
 }
 
 CUresult cuInit(unsigned flags) {
@@ -612,15 +730,7 @@ CUresult cuDeviceGetAttribute(int *v, int attribute, CUdevice d) {
         break;
     }
     case 75: /* compute capability: RESNETC_FAKE_CUDA_ARCH (e.g. 75), else 9.0 */
-    case 76: {
-        const char *arch = getenv("RESNETC_FAKE_CUDA_ARCH");
-        int cc = 0;
-        for (const char *c = arch; c && *c >= '0' && *c <= '9' && cc < 1000; c++)
-            cc = cc * 10 + (*c - '0');
-        if (cc < 10) cc = 90;
-        *v = attribute == 75 ? cc / 10 : cc % 10;
-        break;
-    }
+    case 76: *v = attribute == 75 ? fake_cc() / 10 : fake_cc() % 10; break;
     case 115: *v = 0; break;   /* memory pools: none, so cudarc allocates synchronously */
     default: *v = 0;
     }

@@ -74,7 +74,10 @@ pub fn build(
             ]
         }
         CudaEmit::Staticlib => {
-            let p = compile(graph, weights, opts)?;
+            let mut p = compile(graph, weights, opts)?;
+            // SASS where ptxas is installed: no JIT on the first call on a
+            // GPU of the build's architecture (the PTX serves the others).
+            super::sass::add(&mut p);
             let obj = host_object(&p, &sym)?;
             if obj.len() + CUDA_RUNTIME_OBJECT.len() + 4096 > u32::MAX as usize {
                 return Err(LlvmError::ArchiveTooLarge(format!(
@@ -104,7 +107,10 @@ pub fn build(
             ];
             vec![
                 (format!("lib{sym}.a"), archive(&members)),
-                (format!("{sym}.h"), header(&p.plan, &sym).into_bytes()),
+                (
+                    format!("{sym}.h"),
+                    header(&p.plan, &sym, p.sass.is_some()).into_bytes(),
+                ),
             ]
         }
     })
@@ -203,7 +209,30 @@ fn host_object(p: &CudaProgram, sym: &str) -> Result<Vec<u8>, LlvmError> {
     let state = m.add_global(ptr, None, &format!("{sym}_state"));
     state.set_initializer(&ptr.const_null());
     state.set_linkage(Linkage::Private);
-    let desc_ty = ctx.struct_type(&[ptr.into(); 5], false);
+    // The cubin (NULL and 0 without one), 8-byte aligned for the ELF
+    // reader of the driver.
+    let (g_cubin, cubin_len): (inkwell::values::BasicValueEnum, u64) = match &p.sass {
+        Some(c) => (
+            private_bytes(&ctx, &m, &format!("{sym}_cubin"), c, 8)
+                .as_pointer_value()
+                .into(),
+            c.len() as u64,
+        ),
+        None => (ptr.const_null().into(), 0),
+    };
+    let i64t = ctx.i64_type();
+    let desc_ty = ctx.struct_type(
+        &[
+            ptr.into(),
+            ptr.into(),
+            ptr.into(),
+            ptr.into(),
+            ptr.into(),
+            ptr.into(),
+            i64t.into(),
+        ],
+        false,
+    );
     let desc = m.add_global(desc_ty, None, &format!("{sym}_model"));
     desc.set_initializer(&desc_ty.const_named_struct(&[
         g_plan.as_pointer_value().into(),
@@ -211,6 +240,8 @@ fn host_object(p: &CudaProgram, sym: &str) -> Result<Vec<u8>, LlvmError> {
         g_ptx.as_pointer_value().into(),
         g_consts.as_pointer_value().into(),
         state.as_pointer_value().into(),
+        g_cubin,
+        i64t.const_int(cubin_len, false).into(),
     ]));
     desc.set_constant(true);
     desc.set_linkage(Linkage::Private);
@@ -265,14 +296,22 @@ fn host_object(p: &CudaProgram, sym: &str) -> Result<Vec<u8>, LlvmError> {
 }
 
 /// The C header of a CUDA static library.
-pub fn header(plan: &LaunchPlan, sym: &str) -> String {
+pub fn header(plan: &LaunchPlan, sym: &str, sass: bool) -> String {
     let up = sym.to_uppercase();
+    let code = if sass {
+        format!(
+            "PTX and SASS for {}: the SASS runs on a {0} GPU without a JIT, the PTX on later GPUs",
+            plan.gpu
+        )
+    } else {
+        format!("PTX for {}, JIT-compiled by the driver on the first call: no ptxas was found to make SASS", plan.gpu)
+    };
     let scratch = plan.scratch.iter().map(|s| s.per_image).max().unwrap_or(0);
     let arena = (plan.arena_per_image + scratch) * 4;
     c_header(
         sym,
         &format!(
-            "model `{}`, CUDA ({}, tiles planned for {} multiprocessors).\n * Link with lib{sym}.a, libdl and libpthread (nothing else; the CUDA\n * driver, libcuda.so.1, is loaded at run time):\n *     cc app.c -L. -l{sym} -ldl -lpthread",
+            "model `{}`, CUDA ({}, tiles planned for {} multiprocessors).\n * Kernels: {code}.\n * Link with lib{sym}.a, libdl and libpthread (nothing else; the CUDA\n * driver, libcuda.so.1, is loaded at run time):\n *     cc app.c -L. -l{sym} -ldl -lpthread",
             plan.model, plan.gpu, plan.sms
         ),
         &plan.input_shape,

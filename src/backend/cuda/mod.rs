@@ -15,6 +15,7 @@ pub mod kernels;
 pub mod lower;
 pub mod plan;
 pub mod runtime;
+pub mod sass;
 pub mod simt;
 pub mod split_k;
 
@@ -69,6 +70,9 @@ pub struct CudaProgram {
     pub ptx: String,
     pub plan: LaunchPlan,
     pub consts: Vec<f32>,
+    /// The PTX assembled for `plan.gpu` exactly (a cubin), where ptxas was
+    /// found (`sass::add`); the runtimes prefer it on such a GPU.
+    pub sass: Option<Vec<u8>>,
 }
 
 /// Lowers an optimized, planned graph to PTX for `opts.gpu`.
@@ -91,5 +95,6 @@ pub fn compile(
         ptx,
         plan: l.plan,
         consts: l.consts,
+        sass: None,
     })
 }

@@ -156,6 +156,44 @@ fn driver<T>(what: &str, r: Result<T, result::DriverError>) -> Result<T, CudaErr
     })
 }
 
+/// Loads a module image (NUL-terminated PTX, or a cubin) with
+/// cuModuleLoadDataEx and the JIT's error log, so that a PTX the driver
+/// cannot compile fails with what its JIT said, not an error code alone.
+fn load_module(image: *const c_void, what: &str) -> Result<sys::CUmodule, CudaError> {
+    use sys::CUjit_option::{CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES};
+    let mut log = vec![0u8; 1 << 16];
+    let mut options = [CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES];
+    // The size travels as the pointer's value (in: capacity; out: used).
+    let mut values = [log.as_mut_ptr() as *mut c_void, log.len() as *mut c_void];
+    let mut module = std::ptr::null_mut();
+    // SAFETY: `image` is a NUL-terminated PTX or a whole cubin; the log
+    // buffer outlives the call and its size is what was allocated.
+    let got = unsafe {
+        sys::cuModuleLoadDataEx(
+            &mut module,
+            image,
+            options.len() as u32,
+            options.as_mut_ptr(),
+            values.as_mut_ptr(),
+        )
+    };
+    driver(what, got.result()).map_err(|e| {
+        let used = (values[1] as usize).min(log.len());
+        let end = log[..used].iter().position(|&b| b == 0).unwrap_or(used);
+        let said = String::from_utf8_lossy(&log[..end]);
+        match (e, said.trim()) {
+            (e, "") => e,
+            (CudaError::Driver { what, err, hint }, said) => CudaError::Driver {
+                what,
+                err: format!("{err}; the JIT's log:\n{said}"),
+                hint,
+            },
+            (e, _) => e,
+        }
+    })?;
+    Ok(module)
+}
+
 /// Reads values back from the device: `(at, per, stride)` → every
 /// image's `per` elements at `at`, images `stride` apart.
 pub type Reader<'a> = dyn Fn(Arg, usize, u64) -> Result<Vec<f32>, CudaError> + 'a;
@@ -198,6 +236,8 @@ pub struct Device {
     consts: DeviceBuffer,
     plan: LaunchPlan,
     batches: HashMap<u64, Batch>,
+    /// What the module was loaded from: SASS, or PTX and why.
+    loaded: String,
 }
 
 impl Device {
@@ -219,10 +259,34 @@ impl Device {
             hint: "this is a bug in resnetc".into(),
         })?;
         driver("bind context", ctx.bind_to_thread())?;
-        // SAFETY: a NUL-terminated PTX image.
-        let module = driver("load the PTX", unsafe {
-            result::module::load_data(ptx.as_ptr() as *const c_void)
-        })?;
+        // SASS runs only on its own architecture; anywhere else, or if it
+        // fails to load, the PTX (JIT-compiled by the driver).
+        let (major, minor) = driver("read the compute capability", ctx.compute_capability())?;
+        let exact = gpus::find(&program.plan.gpu)
+            .is_some_and(|g| gpus::capability(g) as i32 == major * 10 + minor);
+        let mut loaded = format!("PTX for {}, JIT-compiled by the driver", program.plan.gpu);
+        let sass = match &program.sass {
+            Some(cubin) if exact => match load_module(cubin.as_ptr() as *const c_void, "load SASS")
+            {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    loaded += &format!(" (the SASS did not load: {e})");
+                    None
+                }
+            },
+            Some(_) => {
+                loaded += &format!(" (SASS is for {} only)", program.plan.gpu);
+                None
+            }
+            None => None,
+        };
+        let module = match sass {
+            Some(m) => {
+                loaded = format!("SASS for {}", program.plan.gpu);
+                m
+            }
+            None => load_module(ptx.as_ptr() as *const c_void, "load the PTX")?,
+        };
         let mut functions = HashMap::new();
         for name in &program.plan.kernels {
             let c = CString::new(name.as_str()).unwrap_or_default();
@@ -248,12 +312,20 @@ impl Device {
             consts,
             plan: program.plan.clone(),
             batches: HashMap::new(),
+            loaded,
         })
     }
 
     /// The launch plan this device runs.
     pub fn plan(&self) -> &LaunchPlan {
         &self.plan
+    }
+
+    /// What the kernels were loaded from: `SASS for sm_90`, or `PTX for
+    /// sm_80, JIT-compiled by the driver` (and why not SASS, if it was
+    /// there).
+    pub fn loaded(&self) -> &str {
+        &self.loaded
     }
 
     /// The GPU's name and compute capability.
