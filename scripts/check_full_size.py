@@ -4,7 +4,11 @@
 The test suite runs the large models at 32x32 to stay fast; this is the
 full-size check behind it (a few minutes on 2 cores).
 
-    cargo build --release && python3 scripts/check_full_size.py [BATCH]
+    cargo build --release && python3 scripts/check_full_size.py [BATCH] [--conv-algo A] [MODEL...]
+
+`--conv-algo` passes through to the CPU run (auto, direct, winograd,
+winograd2): `winograd` forces F(4x4, 3x3) on every eligible conv, the worst
+case of its error. Models narrow the set (file stems).
 """
 import json
 import pathlib
@@ -18,12 +22,21 @@ from npy import read_floats, write_npy
 root = pathlib.Path(__file__).resolve().parent.parent
 exe = str(root / "target/release/resnetc")
 check = str(root / "tests/fixtures/check.py")
-batch = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+args = sys.argv[1:]
+algo = []
+if "--conv-algo" in args:
+    i = args.index("--conv-algo")
+    algo = ["--conv-algo", args[i + 1]]
+    del args[i:i + 2]
+batch = int(args.pop(0)) if args and args[0].isdigit() else 1
+only = set(args)
 
 
 failed = 0
 with tempfile.TemporaryDirectory() as tmp:
     for model in sorted((root / "examples").glob("*.res")):
+        if only and model.stem not in only:
+            continue
         info = json.loads(subprocess.run([exe, "summary", str(model), "--format", "json"],
                                          check=True, capture_output=True, text=True).stdout)
         shape = [batch] + info["input"]
@@ -37,7 +50,8 @@ with tempfile.TemporaryDirectory() as tmp:
         for target in ("ref", "cpu"):
             outs[target] = f"{tmp}/{target}.npy"
             subprocess.run([exe, "run", str(model), "--random-weights", "1", "--input", x,
-                            "--output", outs[target], "--target", target], check=True)
+                            "--output", outs[target], "--target", target]
+                           + (algo if target == "cpu" else []), check=True)
         ref = read_floats(outs["ref"])
         if not all(v == v and abs(v) != float("inf") for v in ref):
             # Random Kaiming weights make the 1202-layer net overflow in the

@@ -213,6 +213,21 @@ struct CpuArgs {
     /// or one for every conv.
     #[arg(long, value_enum)]
     conv_kernel: Option<ConvKernelArg>,
+    /// Conv algorithm for 3×3 stride-1 convs: the cost model's per-conv
+    /// choice (auto, the default), or one for every eligible conv.
+    #[arg(long, value_enum)]
+    conv_algo: Option<ConvAlgoArg>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ConvAlgoArg {
+    Auto,
+    /// Direct convolution (register-tiled GEMM over shifted windows).
+    Direct,
+    /// Winograd F(4×4, 3×3).
+    Winograd,
+    /// Winograd F(2×2, 3×3).
+    Winograd2,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -226,13 +241,19 @@ enum ConvKernelArg {
 
 impl CpuArgs {
     fn options(&self) -> resnetc::backend::cpu::CpuOptions {
-        use resnetc::backend::cpu::ConvKernel;
+        use resnetc::backend::cpu::{ConvAlgo, ConvKernel};
         resnetc::backend::cpu::CpuOptions {
             cpu: self.cpu.clone().unwrap_or_else(|| "native".into()),
             conv: match self.conv_kernel {
                 None | Some(ConvKernelArg::Auto) => ConvKernel::Auto,
                 Some(ConvKernelArg::Pixels) => ConvKernel::Pixels,
                 Some(ConvKernelArg::Channels) => ConvKernel::Channels,
+            },
+            algo: match self.conv_algo {
+                None | Some(ConvAlgoArg::Auto) => ConvAlgo::Auto,
+                Some(ConvAlgoArg::Direct) => ConvAlgo::Direct,
+                Some(ConvAlgoArg::Winograd) => ConvAlgo::Winograd,
+                Some(ConvAlgoArg::Winograd2) => ConvAlgo::Winograd2,
             },
         }
     }
@@ -392,6 +413,9 @@ fn flags_fit_target(
         if cpu.conv_kernel.is_some() {
             return misplaced("--conv-kernel", "cpu");
         }
+        if cpu.conv_algo.is_some() {
+            return misplaced("--conv-algo", "cpu");
+        }
         if threads.is_some() {
             return misplaced("--threads", "cpu");
         }
@@ -437,6 +461,28 @@ fn report(format: SummaryFormat, text: &str, value: &impl serde::Serialize) {
             serde_json::to_string_pretty(value).expect("reports serialize")
         )),
     }
+}
+
+/// What `ir` shows of the CPU back end's choices: each conv's algorithm
+/// on this machine's CPU, and for Winograd the filter transform made at
+/// bind time, like the BN folding above it.
+fn cpu_conv_plan(g: &resnetc::ir::Graph) -> String {
+    let algos = resnetc::backend::cpu::conv_algorithms(g, &Default::default());
+    if algos.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("cpu convs (--cpu native, --conv-algo auto):\n");
+    let wino = algos.iter().any(|(_, a)| a != "direct");
+    for (name, algo) in algos {
+        text.push_str(&format!("  {name}: {algo}\n"));
+    }
+    if wino {
+        text.push_str(
+            "  (a winograd conv reads its filter transformed, U = G·w·Gᵀ: [α², ic, oc] \
+             made in f64 when the weights are bound)\n",
+        );
+    }
+    text
 }
 
 /// The graph after the passes that `opt` asks for.
@@ -506,7 +552,16 @@ fn dispatch(cmd: Command) -> Result<()> {
         Command::Summary { file, format, opt } => {
             let c = compile(&file)?;
             let g = optimized(&c, &opt)?;
-            let s = resnetc::summary::summarize(&g, &c.graph);
+            let mut s = resnetc::summary::summarize(&g, &c.graph);
+            if opt.level > 0 && opt.print_after.is_none() {
+                let algos: std::collections::HashMap<String, String> =
+                    resnetc::backend::cpu::conv_algorithms(&g, &Default::default())
+                        .into_iter()
+                        .collect();
+                for l in &mut s.layers {
+                    l.algo = algos.get(&l.name).cloned();
+                }
+            }
             report(format, &s.table(), &s);
             Ok(())
         }
@@ -528,7 +583,11 @@ fn dispatch(cmd: Command) -> Result<()> {
         Command::Ir { file, opt } => {
             let c = compile(&file)?;
             let g = optimized(&c, &opt)?;
-            out(&resnetc::ir::print::print(&g));
+            let mut text = resnetc::ir::print::print(&g);
+            if opt.level > 0 && opt.print_after.is_none() {
+                text.push_str(&cpu_conv_plan(&g));
+            }
+            out(&text);
             Ok(())
         }
         Command::Passes => {

@@ -19,6 +19,21 @@ pub struct LayerInfo {
     pub shape: Vec<usize>,
     pub params: usize,
     pub macs: u64,
+    /// The CPU back end's algorithm for a conv (`direct`, `winograd F(4x4,
+    /// 3x3)`), where the caller asked for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algo: Option<String>,
+}
+
+impl LayerInfo {
+    /// The op column of the text table: the op, and a conv's algorithm
+    /// where it is not the direct one.
+    fn op_text(&self) -> String {
+        match &self.algo {
+            Some(a) if a != "direct" => format!("{} ({a})", self.op),
+            _ => self.op.clone(),
+        }
+    }
 }
 
 #[derive(Serialize, Debug)]
@@ -62,6 +77,7 @@ pub fn summarize(graph: &Graph, written: &Graph) -> Summary {
                 shape: node.shape.clone(),
                 params: graph.params_of(n),
                 macs: graph.macs_of(n),
+                algo: None,
             }
         })
         .collect();
@@ -137,7 +153,7 @@ impl Summary {
         let op_w = self
             .layers
             .iter()
-            .map(|l| l.op.len())
+            .map(|l| l.op_text().len())
             .max()
             .unwrap_or(0)
             .max(2);
@@ -171,7 +187,11 @@ impl Summary {
             };
             out.push_str(&format!(
                 "{:<name_w$}  {:<op_w$}  {:<shape_w$}  {:>12}  {:>15}\n",
-                l.name, l.op, s, p, m
+                l.name,
+                l.op_text(),
+                s,
+                p,
+                m
             ));
         }
         out.push_str(&format!(

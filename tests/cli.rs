@@ -73,7 +73,16 @@ fn summary_json_reports_pytorch_totals() {
     assert_eq!(v["weights"].as_array().expect("weights").len(), 267); // 320 keys less 53 num_batches_tracked
     assert_eq!(v["weights"][0]["name"], "conv1.weight");
     assert_eq!(v["weights"][0]["shape"], serde_json::json!([64, 3, 7, 7]));
-    assert!(v["layers"].as_array().expect("layers").len() > 50);
+    let layers = v["layers"].as_array().expect("layers");
+    assert!(layers.len() > 50);
+    // Every conv names its CPU algorithm, and only convs do.
+    for l in layers {
+        let algo = l["algo"].as_str();
+        assert_eq!(l["op"] == "conv", algo.is_some(), "{l}");
+        if let Some(a) = algo {
+            assert!(a == "direct" || a.starts_with("winograd F("), "{a}");
+        }
+    }
     let text = resnetc(&["summary", "examples/resnet50.res"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("25,557,032 parameters"));
 }
@@ -94,8 +103,15 @@ fn graph_and_ir_print() {
         assert!(stderr(&svg).contains("Graphviz"), "{}", stderr(&svg));
     }
     let ir = resnetc(&["ir", "examples/cifar_resnet20.res"]);
-    assert!(String::from_utf8_lossy(&ir.stdout)
-        .contains("model cifar_resnet20(x: f32[N, 3, 32, 32]) -> f32[N, 10]"));
+    let text = String::from_utf8_lossy(&ir.stdout);
+    assert!(text.contains("model cifar_resnet20(x: f32[N, 3, 32, 32]) -> f32[N, 10]"));
+    // The CPU back end's algorithm per conv follows the IR.
+    let plan = text.split("cpu convs").nth(1).expect("the CPU conv plan");
+    assert!(
+        plan.matches(": direct").count() + plan.matches(": winograd").count() >= 21,
+        "{plan}"
+    );
+    assert!(plan.contains("  layer1.0.conv1: "), "{plan}");
 }
 
 #[test]
@@ -372,6 +388,10 @@ fn flags_of_another_target_are_refused() {
         (
             &["--target", "ref", "--conv-kernel", "pixels"][..],
             "--conv-kernel applies to --target cpu",
+        ),
+        (
+            &["--target", "ref", "--conv-algo", "winograd"][..],
+            "--conv-algo applies to --target cpu",
         ),
     ] {
         run_fails_with(2, extra, says);

@@ -4,7 +4,7 @@
 
 mod common;
 use common::*;
-use resnetc::backend::cpu::{run_jit, ConvKernel, CpuOptions};
+use resnetc::backend::cpu::{run_jit, ConvAlgo, ConvKernel, CpuOptions};
 use resnetc::ir::Graph;
 use resnetc::passes;
 use resnetc::weights::{random_weights, read_npy, specs_of};
@@ -17,9 +17,12 @@ fn optimized(g: &Graph) -> Graph {
     o
 }
 
-/// Every example, CPU vs interpreter, batch 1 and 3 with the tilings the
-/// cost model picks, and batch 2 with each conv tiling forced on every
-/// conv (so both conv kernels meet every conv shape of the examples).
+/// Every example, CPU vs interpreter, batch 1 and 3 with the tilings and
+/// algorithms the cost model picks, batch 2 with each conv tiling forced on
+/// every conv (so both direct kernels meet every conv shape of the
+/// examples) and Winograd F(2×2) on every eligible one, and batch 3 with
+/// F(4×4) on every eligible one (its error is the largest: this is the
+/// test that fails if it drifts past the 1e-4 bound).
 /// Batch 3 is compiled for AVX2 (8-lane vectors, 16 registers), the others
 /// for the host (16 lanes and 32 registers where it has AVX-512), so both
 /// vector widths meet every example.
@@ -28,10 +31,25 @@ fn optimized(g: &Graph) -> Graph {
 /// covers 224x224.
 #[test]
 fn every_example_matches_the_interpreter() {
-    let runs: [(usize, &str, &[ConvKernel]); 3] = [
-        (1, "native", &[ConvKernel::Auto]),
-        (3, "x86-64-v3", &[ConvKernel::Auto]),
-        (2, "native", &[ConvKernel::Pixels, ConvKernel::Channels]),
+    use ConvAlgo::{Auto as A, Direct, Winograd, Winograd2};
+    use ConvKernel::{Channels, Pixels};
+    type Convs = &'static [(ConvKernel, ConvAlgo)];
+    let runs: [(usize, &str, Convs); 3] = [
+        (1, "native", &[(ConvKernel::Auto, A)]),
+        (
+            3,
+            "x86-64-v3",
+            &[(ConvKernel::Auto, A), (ConvKernel::Auto, Winograd)],
+        ),
+        (
+            2,
+            "native",
+            &[
+                (Pixels, Direct),
+                (Channels, Direct),
+                (ConvKernel::Auto, Winograd2),
+            ],
+        ),
     ];
     for (i, (name, c)) in examples_small().into_iter().enumerate() {
         let w = tame_residuals(
@@ -44,15 +62,53 @@ fn every_example_matches_the_interpreter() {
             shape.extend(c.graph.input_shape());
             let x = random_tensor(&shape, 31 * i as u64 + batch as u64);
             let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
-            for &conv in convs {
+            for &(conv, algo) in convs {
                 let opts = CpuOptions {
+                    algo,
                     conv,
                     cpu: cpu.into(),
                 };
                 let y = run_jit(&opt, &w, &x, &opts).expect("cpu");
-                let what = format!("{name} batch {batch} {cpu} {conv:?}");
+                let what = format!("{name} batch {batch} {cpu} {conv:?} {algo:?}");
                 assert_close(&what, &y, &reference, 1e-4, 1e-3);
             }
+        }
+    }
+}
+
+/// Winograd at its edges, F(4×4) and F(2×2), 16 and 8 lanes, against the
+/// interpreter: sizes that are no multiple of the tile (13×11, 6×5, 3×3
+/// and 2×2 outputs), padding 0, 1 and 2, output channels that leave a
+/// partial register panel (20, 3), three input channels, a BN-ReLU prologue
+/// (staged with the padding), a bias, a residual add and ReLU in the
+/// epilogue, and outputs written into a concat in place; batch 3.
+#[test]
+fn winograd_edges_match_the_interpreter() {
+    let text = r#"
+model wino(x: f32[N, 3, 13, 11]) {
+    let a = x |> c1: conv(20, k: 3, pad: 1, bias: true) |> relu()
+    let b = relu((a |> c2: conv(20, k: 3, pad: 1)) + a)
+    let c = b |> bn: batchnorm() |> relu() |> c3: conv(24, k: 3, pad: 2)
+    let d = concat(c |> c4: conv(8, k: 3), c |> c5: conv(3, k: 3, bias: true))
+    let e = d |> maxpool(k: 2, stride: 2) |> c6: conv(32, k: 3, pad: 1)
+    e |> c7: conv(16, k: 3) |> c8: conv(16, k: 3, pad: 1)
+}
+"#;
+    let c = resnetc::front::compile_source("wino.res", text, None)
+        .unwrap_or_else(|e| panic!("{}", e.render_plain()));
+    let w = random_weights(&specs_of(&c.graph), 17);
+    let x = random_tensor(&[3, 3, 13, 11], 17);
+    let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+    let opt = optimized(&c.graph);
+    for cpu in ["native", "x86-64-v3"] {
+        for algo in [ConvAlgo::Winograd, ConvAlgo::Winograd2] {
+            let opts = CpuOptions {
+                algo,
+                cpu: cpu.into(),
+                ..CpuOptions::default()
+            };
+            let y = run_jit(&opt, &w, &x, &opts).expect("cpu");
+            assert_close(&format!("wino {cpu} {algo:?}"), &y, &reference, 1e-4, 1e-3);
         }
     }
 }
@@ -79,8 +135,21 @@ fn resnet18_full_size() {
     let w = random_weights(&specs_of(&c.graph), 5);
     let x = random_tensor(&[1, 3, 224, 224], 5);
     let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
-    let y = run_jit(&optimized(&c.graph), &w, &x, &CpuOptions::default()).expect("cpu");
-    assert_close("resnet18 224x224", &y, &reference, 1e-4, 1e-3);
+    let opt = optimized(&c.graph);
+    for algo in [ConvAlgo::Auto, ConvAlgo::Winograd] {
+        let opts = CpuOptions {
+            algo,
+            ..CpuOptions::default()
+        };
+        let y = run_jit(&opt, &w, &x, &opts).expect("cpu");
+        assert_close(
+            &format!("resnet18 224x224 {algo:?}"),
+            &y,
+            &reference,
+            1e-4,
+            1e-3,
+        );
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! or handed to the JIT-compiled code.
 
 use super::conv_gemm::{self, GemmConv};
+use super::conv_winograd::WinoConv;
 use super::CpuOptions;
 use crate::backend::llvm::VectorIsa;
 use crate::ir::plan::MemoryPlan;
@@ -21,6 +22,9 @@ pub struct ConstPool {
     /// The convs run as register-tiled GEMM, whose weights the pool holds
     /// prepacked in the kernel's order, and their tiling.
     pub gemm: HashMap<NodeIndex, GemmConv>,
+    /// The convs run as Winograd F(m×m, 3×3), whose weights the pool holds
+    /// transformed and packed, and their plans.
+    pub wino: HashMap<NodeIndex, WinoConv>,
     /// Floats per image the kernels need past the memory plan.
     pub workspace: usize,
     /// The vector unit the kernels are tiled for.
@@ -37,18 +41,32 @@ impl ConstPool {
         opts: &CpuOptions,
     ) -> ConstPool {
         let isa = VectorIsa::of(&opts.cpu);
-        let gemm = conv_gemm::plans(graph, isa, opts.conv);
+        let wino: HashMap<NodeIndex, WinoConv> = graph
+            .schedule()
+            .into_iter()
+            .filter_map(|n| WinoConv::plan(graph, n, isa, opts.algo).map(|p| (n, p)))
+            .collect();
+        let mut gemm = conv_gemm::plans(graph, isa, opts.conv);
+        gemm.retain(|n, _| !wino.contains_key(n));
         // Weight node -> the conv whose kernel reads it packed.
-        let packed_for: HashMap<NodeIndex, NodeIndex> =
-            gemm.keys().map(|&c| (graph.operands(c)[1], c)).collect();
+        let packed_for: HashMap<NodeIndex, NodeIndex> = gemm
+            .keys()
+            .chain(wino.keys())
+            .map(|&c| (graph.operands(c)[1], c))
+            .collect();
         let (offsets, data) = lay_out(graph, weights, derived, |n, t| {
-            packed_for.get(&n).map(|c| gemm[c].pack(t))
+            packed_for.get(&n).map(|c| match wino.get(c) {
+                Some(p) => p.pack(t),
+                None => gemm[c].pack(t),
+            })
         });
-        let workspace = conv_gemm::workspace(&gemm) as usize;
+        let wino_space = wino.values().map(|p| p.workspace()).max().unwrap_or(0);
+        let workspace = conv_gemm::workspace(&gemm).max(wino_space) as usize;
         ConstPool {
             offsets,
             data,
             gemm,
+            wino,
             workspace,
             isa,
         }

@@ -35,7 +35,7 @@ use crate::backend::llvm::VectorIsa;
 use crate::ir::graph::chw;
 use crate::ir::op::{ConvGeom, EpilogueStep, Fused, Op};
 use crate::ir::Graph;
-use inkwell::values::{IntValue, PointerValue, VectorValue};
+use inkwell::values::{FloatValue, IntValue, PointerValue, VectorValue};
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
 
@@ -481,37 +481,83 @@ pub(super) fn stage<'ctx>(
     let src = e.at(a.image(e, c.view(ops[0]), b), e.mul(ch, e.int(h * w)));
     let dst = e.at(a.image(e, c.workspace(e), b), e.mul(ch, e.int(p.plane)));
     let ss = pro.map(|(s, t)| (e.load(a.konst(e, s), ch), e.load(a.konst(e, t), ch)));
-    let signed = |v: i64| v as u64;
     for (f, &(py, px)) in st.phases.iter().enumerate() {
         let base = e.at(dst, e.int(f as u64 * hq * wq));
-        let shift_y = e.int(signed(py as i64 - ph as i64));
-        let shift_x = e.int(signed(px as i64 - pw as i64));
-        let (i0, i1) = valid_range(e, hq, sh, shift_y, h);
-        let (j0, j1) = valid_range(e, wq, sw, shift_x, w);
-        let zero_row = |e: &mut Emitter<'_, 'ctx>, row: PointerValue<'ctx>, lo, hi| {
-            e.for_range(lo, hi, |e, j| e.store(row, j, e.f32(0.0)));
-        };
-        let (z, full) = (e.int(0), e.int(wq));
-        e.for_range(z, i0, |e, i| {
-            zero_row(e, e.at(base, e.mul(i, e.int(wq))), z, full)
-        });
-        e.for_range(i0, i1, |e, i| {
-            let row = e.at(base, e.mul(i, e.int(wq)));
-            let iy = e.add(e.mul(i, e.int(sh)), shift_y);
-            let xrow = e.at(src, e.mul(iy, e.int(w)));
-            zero_row(e, row, z, j0);
+        let signed = |v: i64| e.int(v as u64);
+        let shift = (signed(py as i64 - ph as i64), signed(px as i64 - pw as i64));
+        pad_plane(e, fused, (src, base, ss), (h, w), (hq, wq), (sh, sw), shift);
+    }
+    Ok(())
+}
+
+/// Writes one staged plane `dst` (`hq × wq`): `dst[i][j]` is the input
+/// `src[i·sh + shift_y][j·sw + shift_x]` (an `h × w` plane) with the
+/// prologue applied (`ss`: its per-channel scale and shift), or zero where
+/// that lies outside the input.
+#[allow(clippy::type_complexity)]
+pub(super) fn pad_plane<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    fused: &Fused,
+    (src, dst, ss): (
+        PointerValue<'ctx>,
+        PointerValue<'ctx>,
+        Option<(FloatValue<'ctx>, FloatValue<'ctx>)>,
+    ),
+    (h, w): (u64, u64),
+    (hq, wq): (u64, u64),
+    (sh, sw): (u64, u64),
+    (shift_y, shift_x): (IntValue<'ctx>, IntValue<'ctx>),
+) {
+    let (i0, i1) = valid_range(e, hq, sh, shift_y, h);
+    let (j0, j1) = valid_range(e, wq, sw, shift_x, w);
+    let zero_row = |e: &mut Emitter<'_, 'ctx>, row: PointerValue<'ctx>, lo, hi| {
+        e.for_range(lo, hi, |e, j| e.store(row, j, e.f32(0.0)));
+    };
+    let (z, full) = (e.int(0), e.int(wq));
+    e.for_range(z, i0, |e, i| {
+        zero_row(e, e.at(dst, e.mul(i, e.int(wq))), z, full)
+    });
+    e.for_range(i0, i1, |e, i| {
+        let row = e.at(dst, e.mul(i, e.int(wq)));
+        let iy = e.add(e.mul(i, e.int(sh)), shift_y);
+        let xrow = e.at(src, e.mul(iy, e.int(w)));
+        zero_row(e, row, z, j0);
+        if sw == 1 {
+            // Contiguous: whole vectors, then one masked.
+            let ix0 = e.add(j0, shift_x);
+            let (src, dst) = (e.at(xrow, ix0), e.at(row, j0));
+            let n = e.sub(j1, j0);
+            let lanes = e.int(e.lanes);
+            let vss = ss.map(|(s, t)| (e.vsplat(s), e.vsplat(t)));
+            let pro = |e: &Emitter<'_, 'ctx>, v| match (fused.prologue, vss) {
+                (Some(p), Some((s, t))) => {
+                    let v = e.vfma(v, s, t);
+                    p.act.map_or(v, |f| e.vact(v, f))
+                }
+                _ => v,
+            };
+            let full = e.sdiv(n, lanes);
+            e.for_range(z, full, |e, k| {
+                let at = e.mul(k, lanes);
+                let v = pro(e, e.vload(src, at));
+                e.vstore(dst, at, v);
+            });
+            let at = e.mul(full, lanes);
+            let mask = e.vin_range(e.vindices(at, 0), z, n);
+            let v = pro(e, e.vload_masked(src, at, mask));
+            e.vstore_masked(dst, at, v, mask);
+        } else {
             e.for_range(j0, j1, |e, j| {
                 let ix = e.add(e.mul(j, e.int(sw)), shift_x);
                 let v = prologue_value(e, fused, e.load(xrow, ix), ss);
                 e.store(row, j, v);
             });
-            zero_row(e, row, j1, full);
-        });
-        e.for_range(i1, e.int(hq), |e, i| {
-            zero_row(e, e.at(base, e.mul(i, e.int(wq))), z, full)
-        });
-    }
-    Ok(())
+        }
+        zero_row(e, row, j1, full);
+    });
+    e.for_range(i1, e.int(hq), |e, i| {
+        zero_row(e, e.at(dst, e.mul(i, e.int(wq))), z, full)
+    });
 }
 
 /// The fused prologue and epilogue of a conv or transposed conv.
@@ -854,44 +900,58 @@ fn gemm_channels<'ctx>(
 
 /// Where a tile's epilogue writes and reads: the output and residual (the
 /// same index in both) and the bias array.
-struct Out<'ctx> {
-    y: PointerValue<'ctx>,
-    z: Option<PointerValue<'ctx>>,
-    bias: Option<PointerValue<'ctx>>,
+pub(super) struct Out<'ctx> {
+    pub y: PointerValue<'ctx>,
+    pub z: Option<PointerValue<'ctx>>,
+    pub bias: Option<PointerValue<'ctx>>,
 }
 
 /// Applies the epilogue to vector `x` of output channel `oc` and stores it
 /// at `y[idx..]` (masked when `mask` is given).
-fn epilogue_store<'ctx>(
+pub(super) fn epilogue_store<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     fused: &Fused,
     out: &Out<'ctx>,
-    mut x: VectorValue<'ctx>,
+    x: VectorValue<'ctx>,
     oc: IntValue<'ctx>,
     idx: IntValue<'ctx>,
     mask: Option<VectorValue<'ctx>>,
 ) {
-    for step in &fused.epilogue {
-        x = match step {
-            EpilogueStep::Bias => {
-                let bias = out.bias.expect("bias operand");
-                e.vadd(x, e.vsplat(e.load(bias, oc)))
-            }
-            EpilogueStep::Add => {
-                let z = out.z.expect("add operand");
-                let zv = match mask {
-                    Some(m) => e.vload_masked(z, idx, m),
-                    None => e.vload(z, idx),
-                };
-                e.vadd(x, zv)
-            }
-            EpilogueStep::Act(f) => e.vact(x, *f),
-        };
-    }
+    let x = epilogue_value(e, fused, out.bias, x, oc, |e| {
+        let z = out.z.expect("add operand");
+        match mask {
+            Some(m) => e.vload_masked(z, idx, m),
+            None => e.vload(z, idx),
+        }
+    });
     match mask {
         Some(m) => e.vstore_masked(out.y, idx, x, m),
         None => e.vstore(out.y, idx, x),
     }
+}
+
+/// The epilogue of vector `x` of output channel `oc`: bias, the residual
+/// (`residual` loads it where the epilogue adds it) and activation, in
+/// order.
+pub(super) fn epilogue_value<'ctx>(
+    e: &Emitter<'_, 'ctx>,
+    fused: &Fused,
+    bias: Option<PointerValue<'ctx>>,
+    mut x: VectorValue<'ctx>,
+    oc: IntValue<'ctx>,
+    residual: impl Fn(&Emitter<'_, 'ctx>) -> VectorValue<'ctx>,
+) -> VectorValue<'ctx> {
+    for step in &fused.epilogue {
+        x = match step {
+            EpilogueStep::Bias => {
+                let bias = bias.expect("bias operand");
+                e.vadd(x, e.vsplat(e.load(bias, oc)))
+            }
+            EpilogueStep::Add => e.vadd(x, residual(e)),
+            EpilogueStep::Act(f) => e.vact(x, *f),
+        };
+    }
+    x
 }
 
 /// A finished register tile and where its epilogue reads and writes.

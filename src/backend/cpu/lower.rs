@@ -15,6 +15,7 @@
 
 use super::consts::ConstPool;
 use super::conv_gemm::{self, ConvShape};
+use super::conv_winograd;
 use crate::backend::llvm::emit::Emitter;
 use crate::backend::llvm::LlvmError;
 use crate::ir::graph::{chw, numel};
@@ -127,6 +128,10 @@ enum Part {
     Whole,
     Stage,
     Gemm,
+    /// A Winograd conv's input transform, then its GEMMs and output
+    /// transform.
+    WinoInput,
+    WinoGemm,
 }
 
 /// Elements per work unit of elementwise ops.
@@ -216,8 +221,12 @@ pub fn lower<'ctx>(
         }
         // A conv on the GEMM path runs as two calls (staging, then tiles);
         // every other op as one.
-        let parts = match pool.gemm.get(&n) {
-            Some(p) => {
+        let parts = match (pool.gemm.get(&n), pool.wino.get(&n)) {
+            (_, Some(w)) => vec![
+                (Part::WinoInput, w.input_units()),
+                (Part::WinoGemm, w.gemm_units()),
+            ],
+            (Some(p), None) => {
                 let mut v = Vec::new();
                 if p.staging.is_some() {
                     v.push((Part::Stage, p.groups * p.icg));
@@ -225,7 +234,7 @@ pub fn lower<'ctx>(
                 v.push((Part::Gemm, p.units()));
                 v
             }
-            None => vec![(Part::Whole, units(&c, n))],
+            (None, None) => vec![(Part::Whole, units(&c, n))],
         };
         for (pi, &(part, per_image)) in parts.iter().enumerate() {
             let key = format!("{key}|{part:?}");
@@ -276,7 +285,22 @@ pub fn lower<'ctx>(
                         let b = e.sdiv(t, per);
                         let u = e.srem(t, per);
                         if result.is_ok() {
+                            let wino = pool.wino.get(&n);
                             result = match (part, pool.gemm.get(&n)) {
+                                (Part::WinoInput, _) => match wino {
+                                    Some(w) => {
+                                        conv_winograd::stage(e, &c, &a, n, w, (b, u));
+                                        Ok(())
+                                    }
+                                    None => Err(LlvmError::Internal("no Winograd plan".into())),
+                                },
+                                (Part::WinoGemm, _) => match wino {
+                                    Some(w) => {
+                                        conv_winograd::gemm(e, &c, &a, n, w, (b, u));
+                                        Ok(())
+                                    }
+                                    None => Err(LlvmError::Internal("no Winograd plan".into())),
+                                },
                                 (Part::Stage, Some(p)) => conv_gemm::stage(e, &c, &a, n, p, (b, u)),
                                 // Tiles order their units themselves.
                                 (Part::Gemm, Some(p)) => {
@@ -331,6 +355,8 @@ pub fn lower<'ctx>(
                 Part::Whole => "",
                 Part::Stage => " (staging)",
                 Part::Gemm => " (gemm)",
+                Part::WinoInput => " (winograd input)",
+                Part::WinoGemm => " (winograd gemm)",
             };
             labels.push(format!("{} {}{suffix}", node.name, node.op.kind()));
         }

@@ -6,6 +6,7 @@ pub mod artifact;
 pub mod consts;
 pub mod conv_gemm;
 pub mod conv_transpose_plan;
+pub mod conv_winograd;
 #[cfg(test)]
 mod default_threads_tests;
 pub mod lower;
@@ -16,6 +17,7 @@ use crate::tensor::Tensor;
 use crate::weights::Weights;
 use consts::ConstPool;
 pub use conv_gemm::ConvKernel;
+pub use conv_winograd::ConvAlgo;
 use inkwell::context::Context;
 use inkwell::OptimizationLevel;
 
@@ -26,6 +28,9 @@ pub struct CpuOptions {
     pub cpu: String,
     /// The conv tilings allowed (default: the cost model picks per conv).
     pub conv: ConvKernel,
+    /// Direct or Winograd convolution (default: the cost model picks per
+    /// conv).
+    pub algo: ConvAlgo,
 }
 
 impl Default for CpuOptions {
@@ -33,6 +38,7 @@ impl Default for CpuOptions {
         CpuOptions {
             cpu: "native".into(),
             conv: ConvKernel::Auto,
+            algo: ConvAlgo::Auto,
         }
     }
 }
@@ -71,6 +77,25 @@ pub fn symbol(model: &str) -> String {
         s.insert(0, '_');
     }
     s
+}
+
+/// Every conv of `graph` (optimized) and the algorithm the back end runs it
+/// with for `opts`: `direct`, or `winograd F(mxm, 3x3)` with the shape of
+/// its transformed filter (`[α², ic, oc]`, made at bind time).
+pub fn conv_algorithms(graph: &Graph, opts: &CpuOptions) -> Vec<(String, String)> {
+    let isa = llvm::VectorIsa::of(&opts.cpu);
+    graph
+        .schedule()
+        .into_iter()
+        .filter(|&n| matches!(graph.node(n).op, crate::ir::Op::Conv { .. }))
+        .map(|n| {
+            let algo = match conv_winograd::WinoConv::plan(graph, n, isa, opts.algo) {
+                Some(p) => p.describe(),
+                None => "direct".to_string(),
+            };
+            (graph.node(n).name.clone(), algo)
+        })
+        .collect()
 }
 
 /// Lowers and optimizes `graph` into a module for `opts.cpu`; also returns

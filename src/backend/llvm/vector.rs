@@ -257,4 +257,125 @@ impl<'ctx> Emitter<'_, 'ctx> {
     pub fn vset(&self, slot: PointerValue<'ctx>, v: VectorValue<'ctx>) {
         self.b.build_store(slot, v).expect(BUILDER);
     }
+
+    pub fn vsub(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> VectorValue<'ctx> {
+        self.b.build_float_sub(a, b, "").expect(BUILDER)
+    }
+
+    pub fn vmul(&self, a: VectorValue<'ctx>, b: VectorValue<'ctx>) -> VectorValue<'ctx> {
+        self.b.build_float_mul(a, b, "").expect(BUILDER)
+    }
+
+    /// `stride` vectors: lane `i` of vector `k` is `base[idx + i·stride +
+    /// k]`, from one load of `stride·lanes` floats split by shuffles (the
+    /// pattern x86's interleaved-access lowering turns into permutes).
+    pub fn vload_interleaved(
+        &self,
+        base: PointerValue<'ctx>,
+        idx: IntValue<'ctx>,
+        stride: u64,
+    ) -> Vec<VectorValue<'ctx>> {
+        let wide_ty = self.f32t.vec_type((stride * self.lanes) as u32);
+        let p = self.at(base, idx);
+        let wide = self.b.build_load(wide_ty, p, "").expect(BUILDER);
+        wide.as_instruction_value()
+            .and_then(|i| i.set_alignment(4).ok())
+            .expect("a load takes an alignment");
+        let wide = wide.into_vector_value();
+        let i32t = self.ctx.i32_type();
+        (0..stride)
+            .map(|k| {
+                let idx: Vec<_> = (0..self.lanes)
+                    .map(|i| i32t.const_int(i * stride + k, false))
+                    .collect();
+                let mask = VectorType::const_vector(&idx);
+                self.b
+                    .build_shuffle_vector(wide, wide_ty.get_undef(), mask, "")
+                    .expect(BUILDER)
+            })
+            .collect()
+    }
+
+    /// Element `idx` of an array of vectors (a stack scratch).
+    pub fn vat(&self, array: PointerValue<'ctx>, idx: IntValue<'ctx>) -> PointerValue<'ctx> {
+        // SAFETY (LLVM semantics): callers index within the array.
+        unsafe {
+            self.b
+                .build_in_bounds_gep(self.vty(), array, &[idx], "")
+                .expect(BUILDER)
+        }
+    }
+
+    /// The first `rows·width` lanes of `v` as `rows` rows of `width`
+    /// floats, row `i` stored at `base[idx + i·pitch..]`.
+    pub fn vstore_rows(
+        &self,
+        base: PointerValue<'ctx>,
+        idx: IntValue<'ctx>,
+        (rows, width, pitch): (u64, u64, u64),
+        v: VectorValue<'ctx>,
+    ) {
+        let i32t = self.ctx.i32_type();
+        for r in 0..rows {
+            let pick: Vec<_> = (0..width)
+                .map(|c| i32t.const_int(r * width + c, false))
+                .collect();
+            let part = self
+                .b
+                .build_shuffle_vector(v, v, VectorType::const_vector(&pick), "")
+                .expect(BUILDER);
+            let p = self.at(base, self.add(idx, self.int(r * pitch)));
+            let s = self.b.build_store(p, part).expect(BUILDER);
+            s.set_alignment(4).expect("a store takes an alignment");
+        }
+    }
+
+    /// The inverse of `vstore_rows`: `rows` rows of `width` floats from
+    /// `base[idx + i·pitch..]` in the first lanes, zeros after.
+    pub fn vload_rows(
+        &self,
+        base: PointerValue<'ctx>,
+        idx: IntValue<'ctx>,
+        (rows, width, pitch): (u64, u64, u64),
+    ) -> VectorValue<'ctx> {
+        let i32t = self.ctx.i32_type();
+        let part_ty = self.f32t.vec_type(width as u32);
+        let parts: Vec<VectorValue<'ctx>> = (0..rows)
+            .map(|r| {
+                let p = self.at(base, self.add(idx, self.int(r * pitch)));
+                let v = self.b.build_load(part_ty, p, "").expect(BUILDER);
+                v.as_instruction_value()
+                    .and_then(|i| i.set_alignment(4).ok())
+                    .expect("a load takes an alignment");
+                v.into_vector_value()
+            })
+            .collect();
+        // Widen each row to `lanes` (its floats first), then merge rows.
+        let widen: Vec<_> = (0..self.lanes)
+            .map(|c| i32t.const_int(c.min(width), false))
+            .collect();
+        let zero = part_ty.const_zero();
+        let mut acc = self.vzero();
+        for (r, part) in parts.into_iter().enumerate() {
+            let wide = self
+                .b
+                .build_shuffle_vector(part, zero, VectorType::const_vector(&widen), "")
+                .expect(BUILDER);
+            let lo = r as u64 * width;
+            let merge: Vec<_> = (0..self.lanes)
+                .map(|c| {
+                    if c >= lo && c < lo + width {
+                        i32t.const_int(self.lanes + c - lo, false)
+                    } else {
+                        i32t.const_int(c, false)
+                    }
+                })
+                .collect();
+            acc = self
+                .b
+                .build_shuffle_vector(acc, wide, VectorType::const_vector(&merge), "")
+                .expect(BUILDER);
+        }
+        acc
+    }
 }

@@ -1,0 +1,758 @@
+//! Winograd convolution F(m×m, 3×3) for 3×3 stride-1 convs.
+//!
+//! An `m × m` output tile is `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A` for the
+//! `α × α` input patch `d` around it (`α = m + 2`): `α²` products per
+//! (input channel, output channel, tile) instead of `9·m²`, 4× fewer
+//! multiplications for F(4×4) and 2.25× for F(2×2). The work splits into
+//! three parts:
+//!
+//! - the filter transform `U = G g Gᵀ`, done in f64 when the constants are
+//!   laid out (bind time, like BN folding), packed `[ξ][oc panel][ic][mr]`
+//!   for the GEMM's channel vectors;
+//! - the input transform (one unit per input channel): the channel is
+//!   staged zero-padded with the prologue applied (as the direct kernels
+//!   stage it), then `Bᵀ d B` is computed for `lanes` tiles of a tile row at
+//!   once (each patch row read as `m` interleaved vectors) and stored as
+//!   `V[ξ][ic][tile]`;
+//! - `α²` GEMMs `M_ξ = U_ξ V_ξ` with the direct kernels' channel tile
+//!   (`lanes·v` output channels as vectors × `r` tiles as broadcasts), each
+//!   tile's `α²` results kept in a stack scratch, then the output transform
+//!   `Aᵀ M A` in registers, a transpose to pixel vectors and the fused
+//!   epilogue (bias, residual add, activation) on the masked stores of each
+//!   tile row: the GEMM results never go to memory as a tensor.
+
+use super::conv_gemm::{epilogue_store, epilogue_value, pad_plane, ConvShape, Out};
+use super::lower::{fused_operands, Args, Ctx, Unit};
+use crate::backend::llvm::emit::Emitter;
+use crate::backend::llvm::VectorIsa;
+use crate::ir::op::{Fused, Op};
+use crate::ir::Graph;
+use inkwell::values::{PointerValue, VectorValue};
+use petgraph::stable_graph::NodeIndex;
+
+/// Which convolution algorithm the CPU back end uses for the convs that can
+/// run either way: the cost model's choice, or one forced for every conv.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvAlgo {
+    #[default]
+    Auto,
+    Direct,
+    /// F(4×4, 3×3) wherever eligible.
+    Winograd,
+    /// F(2×2, 3×3) wherever eligible (for comparisons and accuracy).
+    Winograd2,
+}
+
+/// The transform matrices of F(m×m, 3×3): `Bᵀ` (α × α), `G` (α × 3) and
+/// `Aᵀ` (m × α), for the interpolation points 0, ±1, ±2 (F(4×4)) or 0, ±1
+/// (F(2×2)) and ∞.
+pub struct Transform {
+    pub bt: Vec<Vec<f64>>,
+    pub g: Vec<[f64; 3]>,
+    pub at: Vec<Vec<f64>>,
+}
+
+impl Transform {
+    pub fn of(m: u64) -> Transform {
+        match m {
+            2 => Transform {
+                bt: vec![
+                    vec![1.0, 0.0, -1.0, 0.0],
+                    vec![0.0, 1.0, 1.0, 0.0],
+                    vec![0.0, -1.0, 1.0, 0.0],
+                    vec![0.0, 1.0, 0.0, -1.0],
+                ],
+                g: vec![
+                    [1.0, 0.0, 0.0],
+                    [0.5, 0.5, 0.5],
+                    [0.5, -0.5, 0.5],
+                    [0.0, 0.0, 1.0],
+                ],
+                at: vec![vec![1.0, 1.0, 1.0, 0.0], vec![0.0, 1.0, -1.0, -1.0]],
+            },
+            _ => Transform {
+                bt: vec![
+                    vec![4.0, 0.0, -5.0, 0.0, 1.0, 0.0],
+                    vec![0.0, -4.0, -4.0, 1.0, 1.0, 0.0],
+                    vec![0.0, 4.0, -4.0, -1.0, 1.0, 0.0],
+                    vec![0.0, -2.0, -1.0, 2.0, 1.0, 0.0],
+                    vec![0.0, 2.0, -1.0, -2.0, 1.0, 0.0],
+                    vec![0.0, 4.0, 0.0, -5.0, 0.0, 1.0],
+                ],
+                g: vec![
+                    [1.0 / 4.0, 0.0, 0.0],
+                    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+                    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+                    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+                    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+                    [0.0, 0.0, 1.0],
+                ],
+                at: vec![
+                    vec![1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
+                    vec![0.0, 1.0, -1.0, 2.0, -2.0, 0.0],
+                    vec![0.0, 1.0, 1.0, 4.0, 4.0, 0.0],
+                    vec![0.0, 1.0, -1.0, 8.0, -8.0, 1.0],
+                ],
+            },
+        }
+    }
+
+    /// `G g Gᵀ` of one 3×3 filter (row-major), `α × α` row-major, in f64.
+    pub fn filter(&self, g: &[f32]) -> Vec<f64> {
+        let a = self.g.len();
+        // t = G g: α × 3
+        let t: Vec<[f64; 3]> = self
+            .g
+            .iter()
+            .map(|row| {
+                let mut o = [0.0; 3];
+                for (c, oc) in o.iter_mut().enumerate() {
+                    *oc = (0..3).map(|k| row[k] * g[k * 3 + c] as f64).sum();
+                }
+                o
+            })
+            .collect();
+        let mut u = vec![0.0; a * a];
+        for i in 0..a {
+            for j in 0..a {
+                u[i * a + j] = (0..3).map(|k| t[i][k] * self.g[j][k]).sum();
+            }
+        }
+        u
+    }
+}
+
+/// The plan of one Winograd conv (groups 1, 3×3, stride 1, dilation 1).
+///
+/// The tile grid (`th × tw` tiles) is cut into blocks of `kr` tile rows ×
+/// `c` tile columns (`c ≤ lanes`: a block row is one vector of the input
+/// transform), `r = kr·c` tiles each. A GEMM unit is one block and a group
+/// of output-channel panels: it transforms its block's input for every
+/// input channel into its own slice of the workspace, then runs the GEMMs
+/// of its panels on it while it is hot in cache, and the output transform.
+#[derive(Clone, Debug)]
+pub struct WinoConv {
+    /// Output tile side: 4 (F(4×4)) or 2 (F(2×2)).
+    pub m: u64,
+    pub lanes: u64,
+    pub ic: u64,
+    pub oc: u64,
+    /// Channel vectors per register tile.
+    pub v: u64,
+    /// Tile rows and columns per block.
+    pub kr: u64,
+    pub c: u64,
+    /// Register tiles over the output channels: `ceil(oc / (v·lanes))`.
+    pub panels: u64,
+    /// Panel groups: units per block (more than one where the blocks alone
+    /// leave threads idle; each group transforms the block's input again).
+    pub groups: u64,
+    pub h: u64,
+    pub w: u64,
+    pub oh: u64,
+    pub ow: u64,
+    pub pad: (u64, u64),
+    /// The tile grid.
+    pub th: u64,
+    pub tw: u64,
+}
+
+/// Whether the conv at `n` can run as Winograd: 3×3, stride 1, dilation 1,
+/// one group, over an image, its weight its own.
+fn eligible(graph: &Graph, n: NodeIndex) -> Option<ConvShape> {
+    let Op::Conv { .. } = &graph.node(n).op else {
+        return None;
+    };
+    let s = ConvShape::of(graph, n)?;
+    let ok = s.g == 1 && s.k == (3, 3) && s.s == (1, 1) && s.d == (1, 1);
+    ok.then_some(s)
+}
+
+/// Work units per image the GEMM part is split into at least (when the
+/// panels allow), so that two threads, or eight, have work.
+const MIN_UNITS: u64 = 8;
+
+impl WinoConv {
+    /// The Winograd plan of the conv at `n`, or `None` where it runs
+    /// direct: not eligible, or the cost model (`Auto`) prefers direct.
+    pub fn plan(graph: &Graph, n: NodeIndex, isa: VectorIsa, algo: ConvAlgo) -> Option<WinoConv> {
+        let s = eligible(graph, n)?;
+        match algo {
+            ConvAlgo::Direct => None,
+            ConvAlgo::Winograd => Some(WinoConv::new(&s, isa, 4)),
+            ConvAlgo::Winograd2 => Some(WinoConv::new(&s, isa, 2)),
+            ConvAlgo::Auto => {
+                let direct = direct_cost(&s, isa);
+                [4, 2]
+                    .into_iter()
+                    .map(|m| WinoConv::new(&s, isa, m))
+                    .map(|p| (p.cost(), p))
+                    .filter(|(c, _)| *c * 100 < direct * WINOGRAD_MARGIN_PERCENT)
+                    .min_by_key(|(c, _)| *c)
+                    .map(|(_, p)| p)
+            }
+        }
+    }
+
+    fn new(s: &ConvShape, isa: VectorIsa, m: u64) -> WinoConv {
+        let lanes = isa.lanes;
+        let (th, tw) = (s.oh.div_ceil(m), s.ow.div_ceil(m));
+        // The channel tile: `r·v` accumulators, `v` weight vectors and a
+        // broadcast in the registers; blocks of whole tile rows where a row
+        // fits a vector, else of `lanes / 2^i` columns; the cheapest
+        // counting padded channels and tiles.
+        let candidates = (1..=4u64).flat_map(|v| {
+            let rmax = (isa.regs as u64 - 1) / v - 1;
+            let shapes: Vec<(u64, u64)> = if tw <= lanes {
+                let k = (rmax / tw).clamp(1, th);
+                // Balanced: as many blocks as k rows need, rows shared out.
+                let k = th.div_ceil(th.div_ceil(k));
+                vec![(k, tw)]
+            } else {
+                [lanes, lanes / 2, lanes / 4]
+                    .into_iter()
+                    .filter(|&c| c >= 2 && c <= rmax)
+                    .map(|c| (1, c))
+                    .collect()
+            };
+            shapes
+                .into_iter()
+                .filter(move |&(k, c)| k * c <= rmax)
+                .map(move |(k, c)| (v, k, c))
+        });
+        let (v, kr, c) = candidates
+            .min_by_key(|&(v, k, c)| {
+                let blocks = th.div_ceil(k) * tw.div_ceil(c);
+                let steps = s.ocg.div_ceil(v * lanes) * blocks;
+                (steps * step_cost(v, k * c), u64::MAX - k * c * v)
+            })
+            .unwrap_or((1, 1, 1));
+        let panels = s.ocg.div_ceil(v * lanes);
+        let blocks = th.div_ceil(kr) * tw.div_ceil(c);
+        WinoConv {
+            m,
+            lanes,
+            ic: s.icg,
+            oc: s.ocg,
+            v,
+            kr,
+            c,
+            panels,
+            groups: MIN_UNITS.div_ceil(blocks).min(panels),
+            h: s.h,
+            w: s.w,
+            oh: s.oh,
+            ow: s.ow,
+            pad: s.p,
+            th,
+            tw,
+        }
+    }
+
+    pub fn alpha(&self) -> u64 {
+        self.m + 2
+    }
+
+    /// How the CLI names the algorithm: `winograd F(4x4, 3x3)`.
+    pub fn describe(&self) -> String {
+        format!("winograd F({0}x{0}, 3x3)", self.m)
+    }
+
+    fn points(&self) -> u64 {
+        self.alpha() * self.alpha()
+    }
+
+    fn mr(&self) -> u64 {
+        self.v * self.lanes
+    }
+
+    /// Tiles per block.
+    pub fn r(&self) -> u64 {
+        self.kr * self.c
+    }
+
+    fn tiles(&self) -> u64 {
+        self.th * self.tw
+    }
+
+    fn col_blocks(&self) -> u64 {
+        self.tw.div_ceil(self.c)
+    }
+
+    fn blocks(&self) -> u64 {
+        self.th.div_ceil(self.kr) * self.col_blocks()
+    }
+
+    /// Panels per group.
+    fn group_panels(&self) -> u64 {
+        self.panels.div_ceil(self.groups)
+    }
+
+    /// Units per image of the staging: one per input channel.
+    pub fn input_units(&self) -> u64 {
+        self.ic
+    }
+
+    /// Units per image of the transforms and GEMMs: (block, panel group).
+    pub fn gemm_units(&self) -> u64 {
+        self.blocks() * self.groups
+    }
+
+    /// The staged (padded) plane: every patch inside it.
+    fn hp(&self) -> u64 {
+        self.th * self.m + 2
+    }
+
+    fn wp(&self) -> u64 {
+        self.tw * self.m + 2
+    }
+
+    fn planes(&self) -> u64 {
+        self.ic * self.hp() * self.wp()
+    }
+
+    /// Floats of one unit's transformed input `V[ξ][ic][r]`: its
+    /// broadcasts are one contiguous run per point.
+    fn v_floats(&self) -> u64 {
+        self.points() * self.ic * self.r()
+    }
+
+    /// Floats of workspace per image: the staged planes with room for the
+    /// vector over-read of the last tile row, then each unit's transformed
+    /// input.
+    pub fn workspace(&self) -> u64 {
+        self.v_base() + self.gemm_units() * self.v_floats()
+    }
+
+    fn v_base(&self) -> u64 {
+        let slack = (self.m + 1) * self.lanes + self.m;
+        (self.planes() + slack).div_ceil(16) * 16
+    }
+
+    /// The filter `[oc, ic, 3, 3]` transformed (in f64, rounded once) and
+    /// packed `[ξ][panel][ic][mr]`, zero rows past `oc`.
+    pub fn pack(&self, w: &[f32]) -> Vec<f32> {
+        let tr = Transform::of(self.m);
+        let (pts, mr) = (self.points() as usize, self.mr() as usize);
+        let (ic, oc) = (self.ic as usize, self.oc as usize);
+        let panels = self.panels as usize;
+        let mut out = vec![0.0f32; pts * panels * ic * mr];
+        for o in 0..oc {
+            for i in 0..ic {
+                let at = (o * ic + i) * 9;
+                let u = tr.filter(&w[at..at + 9]);
+                let (panel, lane) = (o / mr, o % mr);
+                for (xi, &val) in u.iter().enumerate() {
+                    out[((xi * panels + panel) * ic + i) * mr + lane] = val as f32;
+                }
+            }
+        }
+        out
+    }
+
+    /// Estimated cost in vector FMA slots: the GEMMs (padded channels and
+    /// tiles, register-tile overhead), the transforms, and reading the
+    /// transformed weights once per block where they outgrow L2.
+    fn cost(&self) -> u64 {
+        let l = self.lanes;
+        let blocks = self.blocks();
+        let gemm = self.points() * self.ic * self.panels * blocks * step_cost(self.v, self.r());
+        let input = self.groups * self.ic * blocks * self.kr * self.points() * 8;
+        let transposes = self.m * self.m * l.trailing_zeros() as u64;
+        let output = self.panels
+            * self.v
+            * self.tiles()
+            * (2 * self.points() + 4 * transposes + 8 * self.m * l);
+        let weight_bytes = 4 * self.points() * self.ic * self.panels * self.mr();
+        let reads = if weight_bytes > L2_BYTES { blocks } else { 1 };
+        gemm + input + output + weight_bytes * reads / BYTES_PER_SLOT
+    }
+}
+
+/// Bytes of weights from memory that take as long as one vector FMA slot
+/// (about 8 GB/s at two 3 GHz FMAs a cycle: what one vCPU of the project's
+/// VMs streams).
+const BYTES_PER_SLOT: u64 = 2;
+
+/// The cost of one K step of a `v × r` channel tile in FMA slots: its
+/// `r·v` FMAs or its `r + v` loads (a broadcast per tile, a load per
+/// weight vector), which issue at about the FMAs' rate but stall on any
+/// miss, whichever bounds; plus the loop.
+fn step_cost(v: u64, r: u64) -> u64 {
+    (r * v).max((r + v) * 5 / 4) + 2
+}
+
+/// Bytes of L2 a core can count on for the transformed weights of a conv.
+const L2_BYTES: u64 = 1 << 20;
+
+/// Winograd is chosen where its estimate is below this share (percent) of
+/// the direct kernel's: the transforms' loads and shuffles cost more than
+/// the count of slots says.
+const WINOGRAD_MARGIN_PERCENT: u64 = 80;
+
+/// The direct kernel's cost on the same scale: 9 taps of FMAs per output
+/// (channel vector, pixel), with the register tile's overhead, and its
+/// weights read once per row chunk where they outgrow L2.
+fn direct_cost(s: &ConvShape, isa: VectorIsa) -> u64 {
+    let fmas = 9 * s.icg * s.ocg.div_ceil(isa.lanes) * s.oh * s.ow;
+    let weight_bytes = 4 * 9 * s.icg * s.ocg;
+    fmas + fmas / 8 + weight_bytes / BYTES_PER_SLOT
+}
+
+// ---- emission ---------------------------------------------------------
+
+/// The fused prologue and epilogue of a conv.
+fn conv_fused(op: &Op) -> Option<&Fused> {
+    match op {
+        Op::Conv { fused, .. } => Some(fused),
+        _ => None,
+    }
+}
+
+/// `Σ_k row[k]·x[k]` with the matrix's zeros skipped and ±1 as adds.
+fn combine<'ctx>(e: &Emitter<'_, 'ctx>, row: &[f64], x: &[VectorValue<'ctx>]) -> VectorValue<'ctx> {
+    let mut acc: Option<VectorValue<'ctx>> = None;
+    for (&c, &v) in row.iter().zip(x) {
+        if c == 0.0 {
+            continue;
+        }
+        acc = Some(match (acc, c) {
+            (None, 1.0) => v,
+            (None, _) => e.vmul(v, e.vsplat(e.f32(c))),
+            (Some(a), 1.0) => e.vadd(a, v),
+            (Some(a), -1.0) => e.vsub(a, v),
+            (Some(a), _) => e.vfma(v, e.vsplat(e.f32(c)), a),
+        });
+    }
+    acc.unwrap_or_else(|| e.vzero())
+}
+
+/// `M · X` for a matrix `M` (rows × k) and `k` vectors.
+fn apply<'ctx>(
+    e: &Emitter<'_, 'ctx>,
+    m: &[Vec<f64>],
+    x: &[VectorValue<'ctx>],
+) -> Vec<VectorValue<'ctx>> {
+    m.iter().map(|row| combine(e, row, x)).collect()
+}
+
+/// `M · X · Mᵀ` of an `k × k` block of vectors (row-major).
+fn apply2<'ctx>(
+    e: &Emitter<'_, 'ctx>,
+    m: &[Vec<f64>],
+    x: &[VectorValue<'ctx>],
+    k: usize,
+) -> Vec<VectorValue<'ctx>> {
+    // Columns first: each row of x times Mᵀ.
+    let rows: Vec<Vec<VectorValue<'ctx>>> = x.chunks(k).map(|row| apply(e, m, row)).collect();
+    let n = m.len();
+    let mut out = vec![e.vzero(); n * n];
+    for j in 0..n {
+        let col: Vec<VectorValue<'ctx>> = rows.iter().map(|r| r[j]).collect();
+        for (i, v) in apply(e, m, &col).into_iter().enumerate() {
+            out[i * n + j] = v;
+        }
+    }
+    out
+}
+
+/// Stages input channel `ic` of image `b`: zero-padded, prologue applied,
+/// every transform patch inside the plane.
+pub(super) fn stage<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    c: &Ctx<'_, 'ctx>,
+    a: &Args<'ctx>,
+    n: NodeIndex,
+    p: &WinoConv,
+    (b, ic): Unit<'ctx>,
+) {
+    let fused = conv_fused(&c.graph.node(n).op).expect("a Winograd conv");
+    let ops = c.graph.operands(n);
+    let (pro, _, _) = fused_operands(c, &ops, fused);
+    let (hp, wp) = (p.hp(), p.wp());
+    let ws = a.image(e, c.workspace(e), b);
+    let src = e.at(a.image(e, c.view(ops[0]), b), e.mul(ic, e.int(p.h * p.w)));
+    let plane = e.at(ws, e.mul(ic, e.int(hp * wp)));
+    let ss = pro.map(|(s, t)| (e.load(a.konst(e, s), ic), e.load(a.konst(e, t), ic)));
+    let neg = |v: u64| e.int(0u64.wrapping_sub(v));
+    let shift = (neg(p.pad.0), neg(p.pad.1));
+    pad_plane(
+        e,
+        fused,
+        (src, plane, ss),
+        (p.h, p.w),
+        (hp, wp),
+        (1, 1),
+        shift,
+    );
+}
+
+/// The input transform of one block (tile rows `row0..row0 + kr`, tile
+/// columns `col0..col0 + c`) for every input channel: `Bᵀ d B` for a
+/// block row's tiles at once (each patch row read as `m` interleaved
+/// vectors), stored as `V[ξ][ic][r]` at `vb`.
+fn input_transform<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    p: &WinoConv,
+    planes: PointerValue<'ctx>,
+    vb: PointerValue<'ctx>,
+    (row0, col0): (
+        inkwell::values::IntValue<'ctx>,
+        inkwell::values::IntValue<'ctx>,
+    ),
+) {
+    let tr = Transform::of(p.m);
+    let (m, alpha, r) = (p.m, p.alpha() as usize, p.r());
+    let wp = p.wp();
+    let cols = e.smin(e.int(p.c), e.sub(e.int(p.tw), col0));
+    let mask = e.vin_range(e.vindices(e.int(0), 0), e.int(0), cols);
+    let rows = e.smin(e.int(p.kr), e.sub(e.int(p.th), row0));
+    e.for_const(0, p.ic, |e, ic| {
+        let plane = e.at(planes, e.mul(ic, e.int(p.hp() * wp)));
+        e.for_range(e.int(0), rows, |e, i| {
+            let ty = e.add(row0, i);
+            let mut d = Vec::with_capacity(alpha * alpha);
+            for k in 0..alpha as u64 {
+                let y = e.add(e.mul(ty, e.int(m)), e.int(k));
+                let row = e.add(e.mul(y, e.int(wp)), e.mul(col0, e.int(m)));
+                let lo = e.vload_interleaved(plane, row, m);
+                let hi = e.vload_interleaved(plane, e.add(row, e.int(m)), m);
+                d.extend(lo.iter().copied());
+                d.extend(hi[..alpha - m as usize].iter().copied());
+            }
+            let z = apply2(e, &tr.bt, &d, alpha);
+            let at0 = e.add(e.mul(ic, e.int(r)), e.mul(i, e.int(p.c)));
+            for (xi, v) in z.into_iter().enumerate() {
+                let at = e.add(at0, e.int(xi as u64 * p.ic * r));
+                e.vstore_masked(vb, at, v, mask);
+            }
+        });
+    });
+}
+
+/// GEMM unit `u` of image `b`: for each of the α² points, the register
+/// tile over every input channel, kept in a stack scratch; then per tile
+/// the output transform, a transpose to pixel vectors and the epilogue on
+/// masked stores of each tile row.
+pub(super) fn gemm<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    c: &Ctx<'_, 'ctx>,
+    a: &Args<'ctx>,
+    n: NodeIndex,
+    p: &WinoConv,
+    (b, u): Unit<'ctx>,
+) {
+    let fused = conv_fused(&c.graph.node(n).op).expect("a Winograd conv");
+    let ops = c.graph.operands(n);
+    let (_, bias, residual) = fused_operands(c, &ops, fused);
+    let (v, r) = (p.v, p.r());
+    let pts = p.points();
+    let groups = e.int(p.groups);
+    let (block, group) = (e.sdiv(u, groups), e.srem(u, groups));
+    let cb = e.int(p.col_blocks());
+    let row0 = e.mul(e.sdiv(block, cb), e.int(p.kr));
+    let col0 = e.mul(e.srem(block, cb), e.int(p.c));
+    let ws = a.image(e, c.workspace(e), b);
+    let vb = e.at(ws, e.add(e.int(p.v_base()), e.mul(u, e.int(p.v_floats()))));
+    input_transform(e, p, ws, vb, (row0, col0));
+    let wt = a.konst(e, c.konst(ops[1]));
+    let scratch_ty = e.vty().array_type((pts * r * v) as u32);
+    let scratch = e.entry_alloca(scratch_ty.into());
+    let slots: Vec<PointerValue<'ctx>> = (0..r * v).map(|_| e.vslot()).collect();
+    let gp = p.group_panels();
+    let p0 = e.mul(group, e.int(gp));
+    let p1 = e.smin(e.add(p0, e.int(gp)), e.int(p.panels));
+    e.for_range(p0, p1, |e, panel| {
+        panel_tiles(e, p, fused, (wt, vb, scratch, &slots), panel);
+        output_transform(
+            e,
+            c,
+            a,
+            n,
+            p,
+            fused,
+            (scratch, b, panel, row0, col0),
+            (bias, residual),
+        );
+    });
+}
+
+/// The GEMMs of one panel over the unit's block: per point, the register
+/// tile over every input channel, stored to the scratch.
+#[allow(clippy::type_complexity)]
+fn panel_tiles<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    p: &WinoConv,
+    _fused: &Fused,
+    (wt, vb, scratch, slots): (
+        PointerValue<'ctx>,
+        PointerValue<'ctx>,
+        PointerValue<'ctx>,
+        &[PointerValue<'ctx>],
+    ),
+    panel: inkwell::values::IntValue<'ctx>,
+) {
+    let (l, v, r, mr) = (p.lanes, p.v, p.r(), p.mr());
+    let pts = p.points();
+    e.for_const(0, pts, |e, xi| {
+        for s in slots {
+            e.vset(*s, e.vzero());
+        }
+        let up = e.at(
+            wt,
+            e.mul(e.add(e.mul(xi, e.int(p.panels)), panel), e.int(p.ic * mr)),
+        );
+        let vp = e.at(vb, e.mul(xi, e.int(p.ic * r)));
+        e.for_const(0, p.ic, |e, ic| {
+            let wk = e.at(up, e.mul(ic, e.int(mr)));
+            let xk = e.at(vp, e.mul(ic, e.int(r)));
+            let wv: Vec<VectorValue<'ctx>> = (0..v).map(|k| e.vload(wk, e.int(k * l))).collect();
+            let mut acc: Vec<VectorValue<'ctx>> = slots.iter().map(|s| e.vget(*s)).collect();
+            for j in 0..r {
+                let xb = e.vsplat(e.load(xk, e.int(j)));
+                for k in 0..v {
+                    let i = (j * v + k) as usize;
+                    acc[i] = e.vfma(wv[k as usize], xb, acc[i]);
+                }
+            }
+            for (s, x) in slots.iter().zip(&acc) {
+                e.vset(*s, *x);
+            }
+        });
+        let base = e.mul(xi, e.int(r * v));
+        for (i, s) in slots.iter().enumerate() {
+            let at = e.add(base, e.int(i as u64));
+            e.vset(e.vat(scratch, at), e.vget(*s));
+        }
+    });
+}
+
+/// The output transform of one panel over the unit's block, tile by tile
+/// (a loop: one copy of its code): `Aᵀ M A` per channel vector, a
+/// transpose to pixel vectors, and the epilogue on the stores of each
+/// tile row (whole rows inside the output, masked at its edge).
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn output_transform<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    c: &Ctx<'_, 'ctx>,
+    a: &Args<'ctx>,
+    n: NodeIndex,
+    p: &WinoConv,
+    fused: &Fused,
+    (scratch, b, panel, row0, col0): (
+        PointerValue<'ctx>,
+        inkwell::values::IntValue<'ctx>,
+        inkwell::values::IntValue<'ctx>,
+        inkwell::values::IntValue<'ctx>,
+        inkwell::values::IntValue<'ctx>,
+    ),
+    (bias, residual): (Option<inkwell::values::IntValue<'ctx>>, Option<NodeIndex>),
+) {
+    let (l, v, r, mr) = (p.lanes, p.v, p.r(), p.mr());
+    let pts = p.points();
+    let yb = a.image(e, c.view(n), b);
+    let zb = residual.map(|z| a.image(e, c.view(z), b));
+    let bias = bias.map(|k| a.konst(e, k));
+    let tr = Transform::of(p.m);
+    let m = p.m;
+    e.for_const(0, r, |e, j| {
+        let ty = e.add(row0, e.sdiv(j, e.int(p.c)));
+        let tx = e.add(col0, e.srem(j, e.int(p.c)));
+        let inside =
+            e.b.build_and(e.ult(ty, e.int(p.th)), e.ult(tx, e.int(p.tw)), "")
+                .expect("and");
+        e.if_else(
+            inside,
+            |e| {
+                let (oy0, ox0) = (e.mul(ty, e.int(m)), e.mul(tx, e.int(m)));
+                let cols = e.smin(e.int(m), e.sub(e.int(p.ow), ox0));
+                let interior =
+                    e.b.build_and(
+                        e.ult(e.add(oy0, e.int(m)), e.int(p.oh + 1)),
+                        e.ult(e.add(ox0, e.int(m)), e.int(p.ow + 1)),
+                        "",
+                    )
+                    .expect("and");
+                e.for_const(0, v, |e, k| {
+                    let mvals: Vec<VectorValue<'ctx>> = (0..pts)
+                        .map(|xi| {
+                            let at = e.add(e.int(xi * r * v), e.add(e.mul(j, e.int(v)), k));
+                            e.vget(e.vat(scratch, at))
+                        })
+                        .collect();
+                    let y = apply2(e, &tr.at, &mvals, p.alpha() as usize);
+                    let local0 = e.mul(e.add(e.mul(panel, e.int(v)), k), e.int(l));
+                    // Pixel vectors: groups of `lanes` pixels of the tile (row
+                    // major), transposed so that each output channel's pixels are
+                    // one vector.
+                    for gi in 0..(m * m).div_ceil(l) {
+                        let rows: Vec<VectorValue<'ctx>> = (0..l)
+                            .map(|q| {
+                                y.get((gi * l + q) as usize)
+                                    .copied()
+                                    .unwrap_or_else(|| e.vzero())
+                            })
+                            .collect();
+                        let cols_v = e.vtranspose(&rows);
+                        let first_row = gi * l / m;
+                        let last_row = ((gi + 1) * l).min(m * m).div_ceil(m);
+                        for (lane, col) in cols_v.into_iter().enumerate() {
+                            let store = |e: &mut Emitter<'_, 'ctx>| {
+                                let oc = e.add(local0, e.int(lane as u64));
+                                let plane = e.mul(oc, e.int(p.oh * p.ow));
+                                // A tile inside the output: whole rows, unmasked.
+                                let fast = |e: &mut Emitter<'_, 'ctx>| {
+                                    let oy = e.add(oy0, e.int(first_row));
+                                    let at = e.add(e.add(plane, e.mul(oy, e.int(p.ow))), ox0);
+                                    let rows = (last_row - first_row, m, p.ow);
+                                    let x = epilogue_value(e, fused, bias, col, oc, |e| {
+                                        e.vload_rows(zb.expect("add operand"), at, rows)
+                                    });
+                                    e.vstore_rows(yb, at, rows, x);
+                                };
+                                // At the output's edge: row by row, masked.
+                                let edge = |e: &mut Emitter<'_, 'ctx>| {
+                                    for ty in first_row..last_row {
+                                        // Row `ty` of the tile: lanes `lo..lo + m`.
+                                        let lo = ty * m - gi * l;
+                                        let oy = e.add(oy0, e.int(ty));
+                                        let row_in = e.ult(oy, e.int(p.oh));
+                                        e.if_else(
+                                            row_in,
+                                            |e| {
+                                                let lanes = e.vindices(e.int(0), 0);
+                                                let end = e.add(e.int(lo), cols);
+                                                let mask = e.vin_range(lanes, e.int(lo), end);
+                                                let at = e.add(plane, e.mul(oy, e.int(p.ow)));
+                                                let at = e.sub(e.add(at, ox0), e.int(lo));
+                                                let out = Out { y: yb, z: zb, bias };
+                                                epilogue_store(
+                                                    e,
+                                                    fused,
+                                                    &out,
+                                                    col,
+                                                    oc,
+                                                    at,
+                                                    Some(mask),
+                                                );
+                                            },
+                                            |_| {},
+                                        );
+                                    }
+                                };
+                                e.if_else(interior, fast, edge);
+                            };
+                            if p.oc.is_multiple_of(mr) {
+                                store(e);
+                            } else {
+                                let oc_in = e.ult(e.add(local0, e.int(lane as u64)), e.int(p.oc));
+                                e.if_else(oc_in, store, |_| {});
+                            }
+                        }
+                    }
+                });
+            },
+            |_| {},
+        );
+    });
+}
