@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """resnetc vs onnxruntime vs tract on the same model, weights and input.
 
-    bash scripts/setup.sh && cargo build --release && .tools/py/bin/python bench/side_by_side.py [MODEL ...]
+    bash scripts/setup.sh && cargo build --release && .tools/py/bin/python bench/side_by_side.py [--direct] [--no-tract] [MODEL[:BATCH] ...]
 
 For each model and thread count T in (1, 2): `resnetc bench` (median of
 timed runs after warm-up) and onnxruntime (intra_op_num_threads = T, all
@@ -12,7 +12,10 @@ The machine's speed drifts by 10-20% over minutes (a shared VM), so each
 (model, T) is timed in ROUNDS alternating rounds, resnetc then
 onnxruntime, and each column gives the median of its rounds' medians.
 tract (bench/tract, built here on first use) runs single-threaded, so its
-column is filled at T = 1. A benchmark, not a test: nothing is asserted.
+column is filled at T = 1 (`--no-tract` leaves it out). `--direct` adds a
+column of resnetc with `--conv-algo direct` (no Winograd), timed in the
+same alternating rounds: the algorithm's gain on the same machine and
+minutes. A benchmark, not a test: nothing is asserted.
 """
 import json
 import pathlib
@@ -29,8 +32,9 @@ root = pathlib.Path(__file__).resolve().parent.parent
 exe = str(root / "target/release/resnetc")
 # (example, batch)
 ROUNDS = 3
-DEFAULT = [("resnet18", 1), ("resnet50", 1), ("densenet121", 1), ("resnet50", 8),
-           ("cifar_resnet20", 1), ("cifar_resnet56", 1), ("unet_small", 1), ("densenet_bc_small", 1)]
+DEFAULT = [("resnet18", 1), ("resnet34", 1), ("resnet50", 1), ("densenet121", 1), ("resnet50", 8),
+           ("unet", 1), ("cifar_resnet20", 1), ("cifar_resnet56", 1), ("unet_small", 1),
+           ("densenet_bc_small", 1)]
 
 
 def ort_median(model, x, threads):
@@ -60,10 +64,24 @@ def tract_median(onnx, shape):
     return float(out.strip())
 
 
+def resnetc_median(model, threads, batch, extra=()):
+    r = json.loads(subprocess.run(
+        [exe, "bench", str(model), "--random-weights", "0", "--threads", str(threads),
+         "--batch", str(batch), "--format", "json", *extra],
+        check=True, capture_output=True, text=True).stdout)
+    return r["median_ms"]
+
+
 def main():
-    cases = [(a, int(b)) for a, b in (c.split(":") for c in sys.argv[1:])] if sys.argv[1:] else DEFAULT
-    print("| model | batch | threads | resnetc ms | onnxruntime ms | tract ms | resnetc / onnxruntime |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    args = sys.argv[1:]
+    direct, tract = "--direct" in args, "--no-tract" not in args
+    names = [a for a in args if not a.startswith("--")]
+    cases = [(n.split(":")[0], int(n.split(":")[1]) if ":" in n else 1) for n in names] or DEFAULT
+    cols = ["resnetc ms"] + (["resnetc direct ms"] if direct else []) + ["onnxruntime ms"] \
+        + (["tract ms"] if tract else []) + ["resnetc / onnxruntime"] \
+        + (["direct / onnxruntime"] if direct else [])
+    print("| model | batch | threads | " + " | ".join(cols) + " |")
+    print("|---|---:|---:|" + "---:|" * len(cols))
     with tempfile.TemporaryDirectory() as tmp:
         for name, batch in cases:
             model = root / "examples" / f"{name}.res"
@@ -73,18 +91,21 @@ def main():
                                              check=True, capture_output=True, text=True).stdout)
             x = np.random.default_rng(0).standard_normal([batch] + info["input"]).astype(np.float32)
             for threads in (1, 2):
-                ours, theirs = [], []
+                ours, plain, theirs = [], [], []
                 for _ in range(ROUNDS):
-                    r = json.loads(subprocess.run(
-                        [exe, "bench", str(model), "--random-weights", "0", "--threads",
-                         str(threads), "--batch", str(batch), "--format", "json"],
-                        check=True, capture_output=True, text=True).stdout)
-                    ours.append(r["median_ms"])
+                    ours.append(resnetc_median(model, threads, batch))
+                    if direct:
+                        plain.append(resnetc_median(model, threads, batch, ["--conv-algo", "direct"]))
                     theirs.append(ort_median(onnx, x, threads))
                 r, o = statistics.median(ours), statistics.median(theirs)
-                t = f"{tract_median(onnx, list(x.shape)):.2f}" if threads == 1 else "–"
-                print(f"| {name} | {batch} | {threads} | {r:.2f} | {o:.2f} | {t} | "
-                      f"{r / o:.2f} |", flush=True)
+                row = [f"{r:.2f}"] + ([f"{statistics.median(plain):.2f}"] if direct else []) \
+                    + [f"{o:.2f}"]
+                if tract:
+                    row.append(f"{tract_median(onnx, list(x.shape)):.2f}" if threads == 1 else "–")
+                row.append(f"{r / o:.2f}")
+                if direct:
+                    row.append(f"{statistics.median(plain) / o:.2f}")
+                print(f"| {name} | {batch} | {threads} | " + " | ".join(row) + " |", flush=True)
 
 
 if __name__ == "__main__":

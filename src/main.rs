@@ -135,6 +135,12 @@ enum Command {
         /// first.
         #[arg(long)]
         layers: bool,
+        /// Time every conv kernel candidate (direct pixel and channel
+        /// tiles, Winograd F(4x4) and F(2x2)) on this model and machine,
+        /// write the fastest per conv shape to FILE (merged with what FILE
+        /// holds), then bench with it. Later builds read it with --tuning.
+        #[arg(long, value_name = "FILE")]
+        tune: Option<PathBuf>,
     },
     /// Write the model with its weights in another format (ONNX opset 17,
     /// dynamic batch) to run it in other runtimes.
@@ -217,6 +223,10 @@ struct CpuArgs {
     /// choice (auto, the default), or one for every eligible conv.
     #[arg(long, value_enum)]
     conv_algo: Option<ConvAlgoArg>,
+    /// A tuning record (`bench --tune FILE`): each conv shape it measured
+    /// runs the kernel that was fastest there, ahead of the cost model.
+    #[arg(long, value_name = "FILE")]
+    tuning: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -240,9 +250,15 @@ enum ConvKernelArg {
 }
 
 impl CpuArgs {
-    fn options(&self) -> resnetc::backend::cpu::CpuOptions {
+    fn options(&self) -> Result<resnetc::backend::cpu::CpuOptions> {
         use resnetc::backend::cpu::{ConvAlgo, ConvKernel};
-        resnetc::backend::cpu::CpuOptions {
+        let tuning = match &self.tuning {
+            Some(p) => Some(std::sync::Arc::new(
+                resnetc::backend::cpu::tuning::Tuning::load(p)?,
+            )),
+            None => None,
+        };
+        Ok(resnetc::backend::cpu::CpuOptions {
             cpu: self.cpu.clone().unwrap_or_else(|| "native".into()),
             conv: match self.conv_kernel {
                 None | Some(ConvKernelArg::Auto) => ConvKernel::Auto,
@@ -255,7 +271,8 @@ impl CpuArgs {
                 Some(ConvAlgoArg::Winograd) => ConvAlgo::Winograd,
                 Some(ConvAlgoArg::Winograd2) => ConvAlgo::Winograd2,
             },
-        }
+            tuning,
+        })
     }
 }
 
@@ -416,6 +433,9 @@ fn flags_fit_target(
         if cpu.conv_algo.is_some() {
             return misplaced("--conv-algo", "cpu");
         }
+        if cpu.tuning.is_some() {
+            return misplaced("--tuning", "cpu");
+        }
         if threads.is_some() {
             return misplaced("--threads", "cpu");
         }
@@ -461,6 +481,62 @@ fn report(format: SummaryFormat, text: &str, value: &impl serde::Serialize) {
             serde_json::to_string_pretty(value).expect("reports serialize")
         )),
     }
+}
+
+/// `bench --tune`: times every conv candidate, merges the fastest per shape
+/// into the record at `path` (kept when it is one, replaced when absent),
+/// writes it, and says what differs from the cost model.
+fn tune_cpu(
+    g: &resnetc::ir::Graph,
+    w: &resnetc::weights::Weights,
+    x: &resnetc::tensor::Tensor,
+    opts: &resnetc::backend::cpu::CpuOptions,
+    path: &Path,
+) -> Result<resnetc::backend::cpu::tuning::Tuning> {
+    use resnetc::backend::cpu::tuning::Tuning;
+    let base = if path.exists() {
+        Tuning::load(path)?
+    } else {
+        Tuning::default()
+    };
+    let t = resnetc::backend::cpu::tuning::tune(g, w, x, opts, base)?;
+    let isa = resnetc::backend::llvm::VectorIsa::of(&opts.cpu);
+    let mut differs = 0;
+    let mut shapes = std::collections::BTreeSet::new();
+    for n in g.schedule() {
+        if let Some(k) = resnetc::backend::cpu::tuning::conv_key(g, n, isa) {
+            shapes.insert(k);
+        }
+    }
+    for k in &shapes {
+        if let Some(e) = t.entries.get(k) {
+            if e.choice != e.cost_model {
+                differs += 1;
+                let ms = |c: resnetc::backend::cpu::tuning::ConvChoice| {
+                    e.ms.get(&format!("{c:?}").to_lowercase())
+                        .copied()
+                        .unwrap_or(f64::NAN)
+                };
+                note!(
+                    "tuned {k}: {:?} {:.3} ms, the cost model's {:?} {:.3} ms",
+                    e.choice,
+                    ms(e.choice),
+                    e.cost_model,
+                    ms(e.cost_model)
+                );
+            }
+        }
+    }
+    note!(
+        "tuning: {} conv shapes measured, {differs} differ from the cost model; written to {}",
+        shapes.len(),
+        path.display()
+    );
+    let text = serde_json::to_string_pretty(&t).expect("records serialize");
+    weights::write_atomic(path, text.as_bytes())
+        .into_diagnostic()
+        .map_err(|e| Failure::Other(e.wrap_err(format!("cannot write `{}`", path.display()))))?;
+    Ok(t)
 }
 
 /// What `ir` shows of the CPU back end's choices: each conv's algorithm
@@ -627,7 +703,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 Target::Cpu => {
                     let mut g = c.graph.clone();
                     resnetc::passes::optimize(&mut g, None);
-                    let opts = cpu.options();
+                    let opts = cpu.options()?;
                     if let Some(t) = threads {
                         resnetc::backend::cpu::set_num_threads(t as usize);
                     }
@@ -714,7 +790,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             let mut stage = |s: &str| progress.stage(s);
             let built = match kind {
                 Kind::Cpu(kind) => {
-                    let opts = cpu.options();
+                    let opts = cpu.options()?;
                     resnetc::api::build_cpu(&file, &source, &output, &opts, kind, &mut stage)
                 }
                 Kind::Cuda(kind) => {
@@ -745,8 +821,18 @@ fn dispatch(cmd: Command) -> Result<()> {
             batch,
             format,
             layers,
+            tune,
         } => {
             flags_fit_target(target, &cpu, &cuda, threads)?;
+            if tune.is_some() && target != Target::Cpu {
+                return Err(usage(
+                    format!(
+                        "--tune applies to --target cpu, not --target {}",
+                        flag_value(target)
+                    ),
+                    "leave out --tune, or use --target cpu",
+                ));
+            }
             if layers && target == Target::Ref {
                 return Err(usage(
                     "--layers times the calls of the compiled code; the interpreter has none"
@@ -786,7 +872,11 @@ fn dispatch(cmd: Command) -> Result<()> {
                     }
                     let mut g = c.graph.clone();
                     resnetc::passes::optimize(&mut g, None);
-                    let opts = cpu.options();
+                    let mut opts = cpu.options()?;
+                    if let Some(path) = &tune {
+                        opts.tuning = Some(std::sync::Arc::new(tune_cpu(&g, &w, &x, &opts, path)?));
+                    }
+                    let t0 = std::time::Instant::now();
                     let (r, m, mn, sp, cm) =
                         resnetc::backend::cpu::with_jit(&g, &w, &opts, |run| {
                             let compile_ms = t0.elapsed().as_secs_f64() * 1e3;

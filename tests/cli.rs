@@ -393,6 +393,10 @@ fn flags_of_another_target_are_refused() {
             &["--target", "ref", "--conv-algo", "winograd"][..],
             "--conv-algo applies to --target cpu",
         ),
+        (
+            &["--target", "ref", "--tuning", "t.json"][..],
+            "--tuning applies to --target cpu",
+        ),
     ] {
         run_fails_with(2, extra, says);
     }
@@ -691,4 +695,79 @@ fn closed_stdout_is_not_a_panic() {
     let status = child.wait().expect("exits");
     assert_ne!(status.code(), Some(101), "panicked on a closed pipe");
     assert!(status.success(), "{status:?}");
+}
+
+/// `bench --tune` writes a record whose every choice is its fastest
+/// measured candidate; `run --tuning` reads it and still matches PyTorch;
+/// a file that is not a record is a clear error (exit 1) and nothing is
+/// written.
+#[test]
+fn bench_tune_writes_a_record_that_run_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let record = dir.path().join("tuning.json");
+    let o = resnetc(&[
+        "bench",
+        "examples/cifar_resnet20.res",
+        "--threads",
+        "1",
+        "--tune",
+        p(&record),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("conv shapes measured"),
+        "{}",
+        stderr(&o)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).expect("record")).expect("json");
+    let entries = v["entries"].as_object().expect("entries");
+    assert!(entries.len() >= 5, "{v}");
+    for (key, e) in entries {
+        let ms = e["ms"].as_object().expect("ms");
+        let best = ms
+            .iter()
+            .min_by(|a, b| {
+                a.1.as_f64()
+                    .unwrap_or(f64::MAX)
+                    .total_cmp(&b.1.as_f64().unwrap_or(f64::MAX))
+            })
+            .map(|(k, _)| k.clone());
+        assert_eq!(e["choice"].as_str(), best.as_deref(), "{key}: {e}");
+    }
+    let out = dir.path().join("y.npy");
+    let w = fixture("cifar_resnet20.safetensors");
+    let x = fixture("cifar_resnet20.input.npy");
+    let o = resnetc(&[
+        "run",
+        "examples/cifar_resnet20.res",
+        "--weights",
+        p(&w),
+        "--input",
+        p(&x),
+        "--output",
+        p(&out),
+        "--tuning",
+        p(&record),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let y = resnetc::weights::read_npy(&out).expect("output");
+    let e = resnetc::weights::read_npy(&fixture("cifar_resnet20.output.npy")).expect("expected");
+    let scale = e.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = y
+        .data
+        .iter()
+        .zip(&e.data)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err <= 1e-4 * scale, "max abs error {err} of {scale}");
+    std::fs::write(&record, "{ not json").expect("write");
+    std::fs::remove_file(&out).expect("rm");
+    let o = run_cifar(&out, &["--tuning", p(&record)]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is not a tuning record"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
 }

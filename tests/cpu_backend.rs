@@ -67,6 +67,7 @@ fn every_example_matches_the_interpreter() {
                     algo,
                     conv,
                     cpu: cpu.into(),
+                    tuning: None,
                 };
                 let y = run_jit(&opt, &w, &x, &opts).expect("cpu");
                 let what = format!("{name} batch {batch} {cpu} {conv:?} {algo:?}");
@@ -439,4 +440,83 @@ model mixed(x: f32[N, 16, 32, 32]) {
 "#;
     let convs = [ConvKernel::Pixels, ConvKernel::Channels];
     source_matches_the_interpreter(text, &[3, 16, 32, 32], 11, &convs);
+}
+
+/// The tuner's choice per conv shape is the fastest candidate that applies
+/// to every conv of the shape (times made up here, so the answer is known);
+/// a record's choice steers the plan, and a choice that does not apply to
+/// a conv (Winograd on a 1×1) leaves it to the cost model; the result
+/// matches the interpreter either way.
+#[test]
+fn tuning_records_pick_the_fastest_applicable_kernel() {
+    use resnetc::backend::cpu::tuning::{choose, conv_key, ConvChoice, Tuning};
+    use std::collections::BTreeMap;
+    let text = r#"
+model tuned(x: f32[N, 16, 12, 12]) {
+    let a = x |> c1: conv(16, k: 3, pad: 1) |> relu()
+    let b = a |> c2: conv(16, k: 3, pad: 1)
+    relu(b + x) |> c3: conv(32, k: 1)
+}
+"#;
+    let c = resnetc::front::compile_source("tuned.res", text, None)
+        .unwrap_or_else(|e| panic!("{}", e.render_plain()));
+    let g = optimized(&c.graph);
+    let isa = resnetc::backend::llvm::VectorIsa::of("native");
+    let node = |name: &str| {
+        g.schedule()
+            .into_iter()
+            .find(|&n| g.node(n).name == name)
+            .expect("conv")
+    };
+    let (c1, c3) = (node("c1"), node("c3"));
+    // c1 and c2 share a shape: their times add up per candidate.
+    assert_eq!(conv_key(&g, c1, isa), conv_key(&g, node("c2"), isa));
+    let ms = |p: f64, ch: f64, w4: f64, w2: f64| {
+        BTreeMap::from([
+            (ConvChoice::Pixels, p),
+            (ConvChoice::Channels, ch),
+            (ConvChoice::Winograd4, w4),
+            (ConvChoice::Winograd2, w2),
+        ])
+    };
+    let per = [
+        ("c1", ms(3.0, 2.0, 1.5, 9.0)),
+        ("c2", ms(3.0, 2.0, 1.0, 0.1)),
+        ("c3", ms(2.0, 1.0, 0.1, 0.1)),
+    ];
+    let mut times: BTreeMap<ConvChoice, BTreeMap<String, f64>> = BTreeMap::new();
+    for (name, t) in &per {
+        for (&choice, &v) in t {
+            times.entry(choice).or_default().insert(name.to_string(), v);
+        }
+    }
+    let model = BTreeMap::new();
+    let entries = choose(&g, isa, &times, &model);
+    let key1 = conv_key(&g, c1, isa).expect("key");
+    let key3 = conv_key(&g, c3, isa).expect("key");
+    // 3×3: Winograd F(4×4) sums to 2.5 ms, below F(2×2)'s 9.1.
+    assert_eq!(entries[&key1].choice, ConvChoice::Winograd4);
+    assert_eq!(entries[&key1].ms["winograd2"], 9.1);
+    // 1×1: Winograd does not apply, whatever its (made-up) time.
+    assert_eq!(entries[&key3].choice, ConvChoice::Channels);
+    assert!(!entries[&key3].ms.contains_key("winograd4"));
+    // A record steers the plan; Winograd on the 1×1 is ignored there.
+    let mut record = Tuning {
+        entries,
+        ..Tuning::default()
+    };
+    for e in record.entries.values_mut() {
+        e.choice = ConvChoice::Winograd2;
+    }
+    assert_eq!(record.choice(&g, c1, isa), Some(ConvChoice::Winograd2));
+    assert_eq!(record.choice(&g, c3, isa), None);
+    let w = random_weights(&specs_of(&c.graph), 3);
+    let x = random_tensor(&[2, 16, 12, 12], 3);
+    let reference = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+    let opts = CpuOptions {
+        tuning: Some(std::sync::Arc::new(record)),
+        ..CpuOptions::default()
+    };
+    let y = run_jit(&g, &w, &x, &opts).expect("cpu");
+    assert_close("tuned", &y, &reference, 1e-4, 1e-3);
 }

@@ -41,12 +41,18 @@ impl ConstPool {
         opts: &CpuOptions,
     ) -> ConstPool {
         let isa = VectorIsa::of(&opts.cpu);
+        // Per conv: the measured choice of a tuning record, else the
+        // options' (the cost model's unless forced).
+        let choice = |n| {
+            let tuned = opts.tuning.as_ref().and_then(|t| t.choice(graph, n, isa));
+            tuned.map_or((opts.conv, opts.algo), |c| c.forced())
+        };
         let wino: HashMap<NodeIndex, WinoConv> = graph
             .schedule()
             .into_iter()
-            .filter_map(|n| WinoConv::plan(graph, n, isa, opts.algo).map(|p| (n, p)))
+            .filter_map(|n| WinoConv::plan(graph, n, isa, choice(n).1).map(|p| (n, p)))
             .collect();
-        let mut gemm = conv_gemm::plans(graph, isa, opts.conv);
+        let mut gemm = conv_gemm::plans(graph, isa, |n| choice(n).0);
         gemm.retain(|n, _| !wino.contains_key(n));
         // Weight node -> the conv whose kernel reads it packed.
         let packed_for: HashMap<NodeIndex, NodeIndex> = gemm

@@ -10,6 +10,7 @@ pub mod conv_winograd;
 #[cfg(test)]
 mod default_threads_tests;
 pub mod lower;
+pub mod tuning;
 
 use crate::backend::llvm::{self, LlvmError};
 use crate::ir::Graph;
@@ -31,6 +32,9 @@ pub struct CpuOptions {
     /// Direct or Winograd convolution (default: the cost model picks per
     /// conv).
     pub algo: ConvAlgo,
+    /// Measured choices per conv shape (`bench --tune`), ahead of the cost
+    /// model where a shape has one.
+    pub tuning: Option<std::sync::Arc<tuning::Tuning>>,
 }
 
 impl Default for CpuOptions {
@@ -39,6 +43,7 @@ impl Default for CpuOptions {
             cpu: "native".into(),
             conv: ConvKernel::Auto,
             algo: ConvAlgo::Auto,
+            tuning: None,
         }
     }
 }
@@ -96,6 +101,29 @@ pub fn conv_algorithms(graph: &Graph, opts: &CpuOptions) -> Vec<(String, String)
             (graph.node(n).name.clone(), algo)
         })
         .collect()
+}
+
+/// The cost model's choice for every conv of `graph` (by name), for `isa`.
+pub fn cost_model_choices(
+    graph: &Graph,
+    cpu: &str,
+) -> std::collections::BTreeMap<String, tuning::ConvChoice> {
+    use tuning::ConvChoice;
+    let isa = llvm::VectorIsa::of(cpu);
+    let mut out = std::collections::BTreeMap::new();
+    for n in graph.schedule() {
+        let c = match conv_winograd::WinoConv::plan(graph, n, isa, ConvAlgo::Auto) {
+            Some(p) if p.m == 4 => ConvChoice::Winograd4,
+            Some(_) => ConvChoice::Winograd2,
+            None => match conv_gemm::GemmConv::plan(graph, n, isa, ConvKernel::Auto) {
+                Some(p) if p.tiling == conv_gemm::Tiling::Pixels => ConvChoice::Pixels,
+                Some(_) => ConvChoice::Channels,
+                None => continue,
+            },
+        };
+        out.insert(graph.node(n).name.clone(), c);
+    }
+    out
 }
 
 /// Lowers and optimizes `graph` into a module for `opts.cpu`; also returns

@@ -112,6 +112,9 @@ pub struct VectorIsa {
     pub regs: u32,
     /// f32 lanes per vector.
     pub lanes: u64,
+    /// An Intel core (by LLVM's name for the CPU): the conv cost model's
+    /// constants differ per microarchitecture (docs/performance.md).
+    pub intel: bool,
 }
 
 impl VectorIsa {
@@ -122,10 +125,15 @@ impl VectorIsa {
     pub const AVX512: VectorIsa = VectorIsa {
         regs: 32,
         lanes: 16,
+        intel: false,
     };
     /// AVX2 (and older x86-64, which LLVM legalizes into halves): 16
     /// registers of 8 lanes.
-    pub const AVX2: VectorIsa = VectorIsa { regs: 16, lanes: 8 };
+    pub const AVX2: VectorIsa = VectorIsa {
+        regs: 16,
+        lanes: 8,
+        intel: false,
+    };
 
     /// The vector unit of `cpu` (`native`: the host's features).
     pub fn of(cpu: &str) -> VectorIsa {
@@ -137,12 +145,54 @@ impl VectorIsa {
         } else {
             AVX512_CPUS.contains(&cpu)
         };
-        if avx512 {
+        let name = if cpu == "native" {
+            host_cpu_name()
+        } else {
+            cpu.to_string()
+        };
+        let isa = if avx512 {
             VectorIsa::AVX512
         } else {
             VectorIsa::AVX2
+        };
+        VectorIsa {
+            intel: is_intel(&name),
+            ..isa
         }
     }
+}
+
+/// Whether LLVM's CPU name `name` is an Intel core (the generic
+/// `x86-64-v*` levels are not).
+fn is_intel(name: &str) -> bool {
+    const INTEL: [&str; 20] = [
+        "haswell",
+        "broadwell",
+        "skylake",
+        "skylake-avx512",
+        "cascadelake",
+        "cooperlake",
+        "cannonlake",
+        "icelake-client",
+        "icelake-server",
+        "tigerlake",
+        "rocketlake",
+        "alderlake",
+        "raptorlake",
+        "meteorlake",
+        "sapphirerapids",
+        "emeraldrapids",
+        "graniterapids",
+        "graniterapids-d",
+        "arrowlake",
+        "lunarlake",
+    ];
+    INTEL.contains(&name)
+}
+
+/// The host CPU's name as LLVM knows it (`sapphirerapids`, `znver5`, ...).
+pub fn host_cpu_name() -> String {
+    TargetMachine::get_host_cpu_name().to_string()
 }
 
 /// The x86-64 target machine for `cpu` (`native` is the host).
