@@ -379,6 +379,9 @@ pub const PIXEL_BLOCK: u64 = 8;
 /// equal padding the channel tile ran 10-25% faster.
 const CHANNELS_COST_PERCENT: u64 = 85;
 
+/// Panels of at least this many weight bytes prefetch the next panel's.
+const PREFETCH_PANEL_BYTES: u64 = 128 << 10;
+
 /// The channel tile's estimate on Intel cores for 1×1 convs, relative to
 /// the one above (`choose_tiling`).
 const INTEL_1X1_CHANNELS_PERCENT: u64 = 130;
@@ -813,6 +816,14 @@ fn gemm_channels<'ctx>(
     let ohw = p.oh * p.ow;
     for ph in &p.row_phases {
         let rows = ph.rows.div_ceil(p.row_chunks);
+        // Where a panel's weights come from memory (they outgrow L2 with
+        // the layer's, read once per inference), the first row of a unit
+        // waits on them and the others find them in cache: each row
+        // prefetches a share of the next panel's (the next unit's, which
+        // this thread runs next), so the memory stream overlaps compute.
+        let panel_bytes = 4 * p.icg * t * mr;
+        let prefetch = (rows > 1 && panel_bytes >= PREFETCH_PANEL_BYTES)
+            .then(|| ((t * mr).div_ceil(16), rows));
         let i0 = e.mul(chunk, e.int(rows));
         let i1 = e.smin(e.add(i0, e.int(rows)), e.int(ph.rows));
         e.for_range(i0, i1, |e, i| {
@@ -829,6 +840,16 @@ fn gemm_channels<'ctx>(
                 e.for_const(0, p.icg, |e, ic| {
                     let xc = e.at(xq, e.mul(ic, e.int(p.plane)));
                     let wk = e.at(wp, e.mul(ic, e.int(t * mr)));
+                    if let Some((lines, every)) = prefetch {
+                        // This row's share of the next panel's weights for
+                        // this input channel: lines `q, q + rows, ...`.
+                        let next = e.at(wk, e.int(p.icg * t * mr));
+                        let q = e.sub(i, i0);
+                        for k in 0..lines.div_ceil(every) {
+                            let line = e.add(q, e.int(k * every));
+                            e.prefetch_l2(e.at_unchecked(next, e.mul(line, e.int(16))));
+                        }
+                    }
                     let mut acc: Vec<VectorValue<'ctx>> =
                         slots.iter().map(|s| e.vget(*s)).collect();
                     // Per group of taps (a row of the kernel): its weight
