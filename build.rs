@@ -1,7 +1,8 @@
 //! Compiles the runtimes of generated code: the thread pool of CPU models
-//! (runtime/parallel.c), linked into resnetc for JIT runs and embedded so
-//! `resnetc build` can put it in every static library, and the C runtime
-//! of CUDA static libraries (runtime/cuda_rt.c), only embedded.
+//! (runtime/parallel.c), linked into resnetc for JIT runs and embedded as
+//! assembly so `resnetc build` can put it inside every model's object,
+//! and the C runtime of CUDA static libraries (runtime/cuda_rt.c), only
+//! embedded, the same way.
 
 fn main() {
     println!("cargo:rerun-if-changed=runtime/parallel.c");
@@ -14,14 +15,24 @@ fn main() {
         .pic(true)
         .opt_level(2)
         .warnings(true);
-    let objects = build.compile_intermediates();
-    std::fs::copy(&objects[0], out.join("parallel.o")).expect("copy the runtime object");
     build.compile("resnetc_rt");
-    let cuda = cc::Build::new()
-        .file("runtime/cuda_rt.c")
-        .pic(true)
-        .opt_level(2)
-        .warnings(true)
-        .compile_intermediates();
-    std::fs::copy(&cuda[0], out.join("cuda_rt.o")).expect("copy the CUDA runtime object");
+    assembly(&build, "runtime/parallel.c", &out.join("parallel.s"));
+    let mut cuda = cc::Build::new();
+    cuda.pic(true).opt_level(2).warnings(true);
+    assembly(&cuda, "runtime/cuda_rt.c", &out.join("cuda_rt.s"));
+}
+
+/// `src` compiled to assembly, which `resnetc build` puts inside each
+/// model's object as module-level assembly (so the object links alone and
+/// exports only what its header declares). Hidden visibility: its data is
+/// reached PC-relative, not through the GOT; no debug info.
+fn assembly(build: &cc::Build, src: &str, out: &std::path::Path) {
+    let status = build
+        .get_compiler()
+        .to_command()
+        .args(["-S", "-g0", "-fvisibility=hidden", src, "-o"])
+        .arg(out)
+        .status()
+        .expect("run the C compiler");
+    assert!(status.success(), "compiling {src} to assembly failed");
 }

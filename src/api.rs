@@ -4,7 +4,7 @@
 
 use crate::backend::cpu::artifact::{self, Emit};
 use crate::backend::cpu::consts::ConstPool;
-use crate::backend::cpu::{self, CpuOptions};
+use crate::backend::cpu::CpuOptions;
 use crate::backend::cuda::artifact::CudaEmit;
 use crate::backend::cuda::{self, CudaOptions};
 use crate::backend::llvm::LlvmError;
@@ -140,7 +140,7 @@ fn finish(
         .collect();
     crate::outputs::write_all_atomic(&set).map_err(|(p, e)| io(&p, e))?;
     Ok(Built {
-        symbol: cpu::symbol(&g.name),
+        symbol: crate::backend::shared::symbol(&g.name),
         files: written,
         input_shape: g.input_shape().to_vec(),
         output_shape: g.output_shape().to_vec(),

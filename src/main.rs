@@ -692,6 +692,12 @@ fn dispatch(cmd: Command) -> Result<()> {
             flags_fit_target(target, &cpu, &cuda, threads)?;
             let cuda = match target {
                 Target::Cuda => require_cuda(cuda)?,
+                // The library checks too; here before the model and weights
+                // are loaded.
+                Target::Cpu => {
+                    resnetc::backend::llvm::features::check_host_runs(&cpu.options()?.cpu)?;
+                    cuda
+                }
                 _ => cuda,
             };
             let c = compile(&file)?;
@@ -842,6 +848,12 @@ fn dispatch(cmd: Command) -> Result<()> {
             }
             let cuda = match target {
                 Target::Cuda => require_cuda(cuda)?,
+                // The library checks too; here before the model and weights
+                // are loaded.
+                Target::Cpu => {
+                    resnetc::backend::llvm::features::check_host_runs(&cpu.options()?.cpu)?;
+                    cuda
+                }
                 _ => cuda,
             };
             let c = compile(&file)?;
@@ -1049,7 +1061,7 @@ fn cuda_check_layers(
 fn require_cuda(mut cuda: CudaArgs) -> Result<CudaArgs> {
     use resnetc::backend::cuda::runtime;
     if let Some(gpu) = &cuda.gpu {
-        resnetc::backend::llvm::gpu(gpu)?;
+        resnetc::backend::cuda::gpu(gpu)?;
     }
     if !runtime::driver_present() {
         return Err(runtime::CudaError::NoDriver.into());

@@ -770,4 +770,53 @@ fn bench_tune_writes_a_record_that_run_reads() {
         stderr(&o)
     );
     assert!(!out.exists());
+
+/// A JIT run for a CPU this machine is not is refused, exit 1, naming the
+/// instructions it lacks, instead of dying of SIGILL. Checked where a CPU
+/// without AVX-512 can be had: under `qemu-x86_64 -cpu Haswell` (which CI
+/// does not install), or on such a machine itself.
+#[test]
+fn run_for_a_cpu_this_machine_is_not_is_refused() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let native_avx512 = cpuinfo
+        .lines()
+        .any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == "avx512f"));
+    let qemu = Command::new("qemu-x86_64").arg("--version").output();
+    let mut checked = false;
+    if !native_avx512 {
+        run_fails_cleanly(&["--cpu", "x86-64-v4"], "AVX-512F");
+        checked = true;
+    }
+    if qemu.is_ok_and(|o| o.status.success()) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path().join("y.npy");
+        let input = fixture("cifar_resnet20.input.npy");
+        let o = Command::new("qemu-x86_64")
+            .args(["-cpu", "Haswell", env!("CARGO_BIN_EXE_resnetc")])
+            .args([
+                "run",
+                "examples/cifar_resnet20.res",
+                "--random-weights",
+                "0",
+            ])
+            .args([
+                "--input",
+                p(&input),
+                "--output",
+                p(&out),
+                "--cpu",
+                "x86-64-v4",
+            ])
+            .current_dir(root())
+            .output()
+            .expect("qemu runs");
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(e.contains("AVX-512F") && e.contains("x86-64-v3"), "{e}");
+        assert!(!out.exists());
+        checked = true;
+    }
+    if !checked {
+        eprintln!("note: skipped: this CPU has AVX-512 and qemu-x86_64 is not installed");
+    }
 }

@@ -231,7 +231,49 @@ fn raw_floats(path: &Path) -> Vec<u8> {
 #[test]
 fn static_library_links_into_a_c_program() {
     let out = tempfile::tempdir().expect("tempdir");
-    make_example("embed_c", out.path(), env!("CARGO_BIN_EXE_resnetc"));
+    let resnetc = env!("CARGO_BIN_EXE_resnetc");
+    let lib = out.path().join("libcifar_resnet20.a");
+    // The Makefile rebuilds when WEIGHTS or the weights file changes, and
+    // only then: a seed, then a file of other weights (a new WEIGHTS), then
+    // PyTorch's weights copied over that file, which the numbers below
+    // are compared with.
+    make_example_with(
+        "embed_c",
+        out.path(),
+        resnetc,
+        &["WEIGHTS=--random-weights 5"],
+    );
+    let seeded = std::fs::read(&lib).expect("library");
+    let w = out.path().join("w.safetensors");
+    let init = Command::new(resnetc)
+        .args(["init", "examples/cifar_resnet20.res", "--seed", "3", "-o"])
+        .arg(&w)
+        .current_dir(root())
+        .output()
+        .expect("init");
+    assert!(init.status.success());
+    let from_file = format!("WEIGHTS=--weights {}", w.display());
+    make_example_with("embed_c", out.path(), resnetc, &[&from_file]);
+    assert_ne!(
+        std::fs::read(&lib).expect("library"),
+        seeded,
+        "WEIGHTS changed"
+    );
+    std::fs::copy(fixture("cifar_resnet20.safetensors"), &w).expect("copy weights");
+    make_example_with("embed_c", out.path(), resnetc, &[&from_file]);
+    // The library exports what its header declares, nothing else (the
+    // thread pool inside, its symbols local).
+    let declared = header_functions(&out.path().join("cifar_resnet20.h"));
+    assert_eq!(declared.len(), 3, "{declared:?}");
+    assert_eq!(exported_symbols(&lib), declared);
+    let built = std::fs::metadata(&lib)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    make_example_with("embed_c", out.path(), resnetc, &[&from_file]);
+    let again = std::fs::metadata(&lib)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    assert_eq!(built, again, "nothing changed, yet the library was rebuilt");
     // The library needs nothing but libc, libm and pthreads: every symbol
     // it uses and does not define itself is one of theirs.
     for sym in undefined_symbols(&out.path().join("libcifar_resnet20.a")) {
@@ -519,4 +561,113 @@ model tuned(x: f32[N, 16, 12, 12]) {
     };
     let y = run_jit(&g, &w, &x, &opts).expect("cpu");
     assert_close("tuned", &y, &reference, 1e-4, 1e-3);
+
+/// The library refuses to JIT code for a CPU whose instructions this
+/// machine lacks (it would die of SIGILL), and runs it where it has them:
+/// the kernel's `/proc/cpuinfo` flags are the oracle.
+#[test]
+fn jit_runs_only_code_this_machine_can_execute() {
+    use resnetc::backend::llvm::LlvmError;
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("/proc/cpuinfo");
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags"))
+        .expect("flags")
+        .split_whitespace()
+        .collect();
+    let c = compile_example("cifar_resnet20");
+    let w = bind_weights(&c, &fixture("cifar_resnet20.safetensors"));
+    let x = read_npy(&fixture("cifar_resnet20.input.npy")).expect("input");
+    let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("expected");
+    let opt = optimized(&c.graph);
+    // (CPU, the cpuinfo flags its code needs, how the error names one)
+    for (cpu, needs, named) in [
+        (
+            "x86-64-v4",
+            &["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"][..],
+            "AVX-512F",
+        ),
+        ("x86-64-v3", &["avx2", "fma", "bmi2", "f16c"][..], "AVX2"),
+    ] {
+        let opts = CpuOptions {
+            cpu: cpu.into(),
+            ..CpuOptions::default()
+        };
+        let r = run_jit(&opt, &w, &x, &opts);
+        if needs.iter().all(|f| flags.contains(f)) {
+            assert_close(cpu, &r.expect(cpu), &expected, 1e-4, 1e-3);
+        } else {
+            let err = r.expect_err("refused");
+            assert!(matches!(err, LlvmError::HostLacks { .. }), "{err:?}");
+            assert!(err.to_string().contains(named), "{err}");
+        }
+    }
+}
+
+/// `build --emit obj`: an object that links alone (the thread pool inside)
+/// and exports exactly what the header written beside it declares; a C
+/// program linked with it and libm, libpthread gives PyTorch's numbers.
+#[test]
+fn object_links_alone_with_its_header() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let o = Command::new(env!("CARGO_BIN_EXE_resnetc"))
+        .args(["build", "examples/cifar_resnet20.res", "--weights"])
+        .arg(fixture("cifar_resnet20.safetensors"))
+        .args(["--emit", "obj", "--quiet", "-o"])
+        .arg(out.path())
+        .current_dir(root())
+        .output()
+        .expect("resnetc runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let obj = out.path().join("cifar_resnet20.o");
+    let header = out.path().join("cifar_resnet20.h");
+    let declared = header_functions(&header);
+    assert_eq!(declared.len(), 3, "{declared:?}");
+    assert_eq!(exported_symbols(&obj), declared);
+    let (m, up) = ("cifar_resnet20", "CIFAR_RESNET20");
+    let demo = out.path().join("demo");
+    let cc = Command::new("gcc")
+        .args(["-O2", "-Wall", "-I"])
+        .arg(out.path())
+        .arg(format!("-DMODEL_HEADER=\"{m}.h\""))
+        .arg(format!("-DFORWARD={m}_forward"))
+        .arg(format!("-DSET_THREADS={m}_set_num_threads"))
+        .arg(format!("-DFORWARD_WITH_ARENA={m}_forward_with_arena"))
+        .arg(format!("-DARENA_BYTES={up}_ARENA_BYTES_PER_IMAGE"))
+        .arg(format!("-DINPUT_SIZE={up}_INPUT_SIZE"))
+        .arg(format!("-DOUTPUT_SIZE={up}_OUTPUT_SIZE"))
+        .arg("examples/embed_c/main.c")
+        .arg(&obj)
+        .args(["-lm", "-lpthread", "-o"])
+        .arg(&demo)
+        .current_dir(root())
+        .output()
+        .expect("gcc runs");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let input = out.path().join("in.f32");
+    std::fs::write(&input, raw_floats(&fixture("cifar_resnet20.input.npy"))).expect("input");
+    let output = out.path().join("out.f32");
+    let run = Command::new(&demo)
+        .arg(&input)
+        .arg(&output)
+        .args(["2", "1", "2"])
+        .output()
+        .expect("demo runs");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("expected");
+    let data: Vec<f32> = std::fs::read(&output)
+        .expect("output")
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let y = resnetc::tensor::Tensor::from_vec(&expected.shape, data);
+    assert_close("C program on the object", &y, &expected, 1e-4, 1e-3);
 }

@@ -586,6 +586,14 @@ fn ptx_built_on_several_threads_is_the_single_threaded_ptx() {
 fn cuda_static_library_links_into_a_c_program() {
     let out = tempfile::tempdir().expect("tempdir");
     make_example("embed_cuda", out.path(), env!("CARGO_BIN_EXE_resnetc"));
+    // It exports what its header declares, nothing else (the C runtime
+    // inside, its symbols local).
+    let declared = header_functions(&out.path().join("cifar_resnet20.h"));
+    assert_eq!(declared.len(), 3, "{declared:?}");
+    assert_eq!(
+        exported_symbols(&out.path().join("libcifar_resnet20.a")),
+        declared
+    );
     for sym in undefined_symbols(&out.path().join("libcifar_resnet20.a")) {
         assert!(
             [

@@ -183,11 +183,17 @@ pub fn undefined_symbols(archive: &Path) -> Vec<String> {
 /// Runs `make -C examples/<dir>` (a library built by `resnetc`, a C program
 /// linked to it) into `out`.
 pub fn make_example(dir: &str, out: &Path, resnetc: &str) {
+    make_example_with(dir, out, resnetc, &[]);
+}
+
+/// `make_example` with more make arguments (`WEIGHTS=...`).
+pub fn make_example_with(dir: &str, out: &Path, resnetc: &str, args: &[&str]) {
     let make = std::process::Command::new("make")
         .args(["-s", "-C", &format!("examples/{dir}")])
         .arg(format!("OUT={}", out.display()))
         .arg(format!("RESNETC={resnetc}"))
         .arg("CC=gcc")
+        .args(args)
         .current_dir(root())
         .output()
         .expect("make runs");
@@ -196,4 +202,39 @@ pub fn make_example(dir: &str, out: &Path, resnetc: &str) {
         "make failed:\n{}",
         String::from_utf8_lossy(&make.stderr)
     );
+}
+
+/// The functions a C header declares: its `type name(...);` lines.
+pub fn header_functions(header: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(header).expect("header");
+    let mut names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('*') && !l.starts_with("/*") && !l.starts_with('#'))
+        .filter(|l| l.ends_with(");"))
+        .filter_map(|l| l.split('(').next()?.split_whitespace().last())
+        .map(|n| n.trim_start_matches('*').to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The global symbols an object or archive defines (`nm -g
+/// --defined-only`), sorted.
+pub fn exported_symbols(path: &Path) -> Vec<String> {
+    let nm = std::process::Command::new("nm")
+        .args(["-g", "--defined-only"])
+        .arg(path)
+        .output()
+        .expect("nm runs");
+    assert!(nm.status.success(), "nm {}", path.display());
+    let mut names: Vec<String> = String::from_utf8_lossy(&nm.stdout)
+        .lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [_, _, name] => Some(name.to_string()),
+            _ => None,
+        })
+        .collect();
+    names.sort();
+    names
 }

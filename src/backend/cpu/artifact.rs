@@ -1,17 +1,25 @@
 //! What `resnetc build --target cpu` writes: a static library (one PIC object
-//! with the weights embedded, plus the archive index linkers need), a C
-//! header, or the object, assembly or LLVM IR alone.
+//! with the weights and the thread pool inside, plus the archive index
+//! linkers need) or that object alone, each with a C header; or the
+//! assembly or LLVM IR.
 
 use super::consts::ConstPool;
-use super::{compile, symbol, CpuOptions};
+use super::{compile, CpuOptions};
 use crate::backend::llvm::LlvmError;
-use crate::ir::graph::numel;
+use crate::backend::shared::{archive, c_header, localized_runtime, symbol};
 use crate::ir::Graph;
 use inkwell::context::Context;
 use inkwell::module::{Linkage, Module};
 use inkwell::targets::FileType;
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use inkwell::AddressSpace;
+
+/// The thread pool of generated code (runtime/parallel.c) as assembly.
+const RUNTIME_ASM: &str = include_str!(concat!(env!("OUT_DIR"), "/parallel.s"));
+
+/// The functions a library or object exports (after the model's symbol),
+/// exactly those its header declares.
+pub const EXPORTED: [&str; 3] = ["_forward", "_forward_with_arena", "_set_num_threads"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Emit {
@@ -32,6 +40,15 @@ pub fn build(
     let sym = symbol(&graph.name);
     let (module, machine, _) = compile(&ctx, graph, pool, opts)?;
     add_forward(&ctx, &module, graph, pool, &sym)?;
+    // The object exports the header's functions and nothing else: `_run`
+    // is theirs alone, and the thread pool (runtime/parallel.c) sits inside
+    // with its symbols local, so the object links alone and two models in
+    // one program cannot clash (each has its own pool).
+    module
+        .get_function(&format!("{sym}_run"))
+        .ok_or_else(|| LlvmError::Internal("no run function".into()))?
+        .set_linkage(Linkage::Internal);
+    module.set_inline_assembly(&localized_runtime(RUNTIME_ASM));
     module
         .verify()
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
@@ -42,38 +59,33 @@ pub fn build(
             module.print_to_string().to_bytes().to_vec(),
         )],
         Emit::Asm => vec![(format!("{sym}.s"), object(FileType::Assembly)?)],
-        Emit::Obj => vec![(format!("{sym}.o"), object(FileType::Object)?)],
+        Emit::Obj => vec![
+            (format!("{sym}.o"), object(FileType::Object)?),
+            (
+                format!("{sym}.h"),
+                header(graph, pool, &sym, emit).into_bytes(),
+            ),
+        ],
         Emit::Staticlib => {
             let obj = object(FileType::Object)?;
             // The archive index holds 32-bit offsets.
-            if obj.len() + super::RUNTIME_OBJECT.len() + 4096 > u32::MAX as usize {
+            if obj.len() + 4096 > u32::MAX as usize {
                 return Err(LlvmError::ArchiveTooLarge(format!(
                     "the object is {} bytes; static libraries over 4 GiB are not supported",
                     obj.len()
                 )));
             }
-            let model_symbols = vec![
-                format!("{sym}_forward"),
-                format!("{sym}_forward_with_arena"),
-                format!("{sym}_set_num_threads"),
-                format!("{sym}_run"),
-            ];
-            let runtime_symbols = vec![
-                "resnetc_parallel_for".to_string(),
-                "resnetc_set_num_threads".to_string(),
-                "resnetc_get_num_threads".to_string(),
-                "resnetc_cgroup_cpu_limit".to_string(),
-                "resnetc_now_ns".to_string(),
-            ];
-            // Member names over 15 bytes need a long-name table; the
-            // members' names do not matter to linkers.
-            let members = [
-                ("model.o", obj.as_slice(), model_symbols),
-                ("parallel.o", super::RUNTIME_OBJECT, runtime_symbols),
-            ];
+            // One member: the model with its thread pool inside.
+            let exported = EXPORTED.iter().map(|f| format!("{sym}{f}")).collect();
             vec![
-                (format!("lib{sym}.a"), archive(&members)),
-                (format!("{sym}.h"), header(graph, pool, &sym).into_bytes()),
+                (
+                    format!("lib{sym}.a"),
+                    archive(&[("model.o", obj.as_slice(), exported)]),
+                ),
+                (
+                    format!("{sym}.h"),
+                    header(graph, pool, &sym, emit).into_bytes(),
+                ),
             ]
         }
     })
@@ -191,8 +203,7 @@ fn add_forward<'ctx>(
     call_run(with, batch64, arena)?;
     b.build_return(Some(&i32t.const_zero())).map_err(err)?;
 
-    // <sym>_set_num_threads(n): the pool is shared by every model in the
-    // process.
+    // <sym>_set_num_threads(n): the size of the pool inside the object.
     let set_rt = module.add_function(
         "resnetc_set_num_threads",
         ctx.void_type().fn_type(&[i32t.into()], false),
@@ -211,13 +222,17 @@ fn add_forward<'ctx>(
 }
 
 /// The C header: shapes and sizes as macros, and the entry points.
-pub fn header(graph: &Graph, pool: &ConstPool, sym: &str) -> String {
+pub fn header(graph: &Graph, pool: &ConstPool, sym: &str, emit: Emit) -> String {
     let up = sym.to_uppercase();
     let arena = pool.arena_bytes(graph);
+    let (what, cc) = match emit {
+        Emit::Obj => (format!("{sym}.o"), format!("{sym}.o")),
+        _ => (format!("lib{sym}.a"), format!("-L. -l{sym}")),
+    };
     c_header(
         sym,
         &format!(
-            "model `{}`.\n * Link with lib{sym}.a, libm and libpthread (nothing else):\n *     cc app.c -L. -l{sym} -lm -lpthread",
+            "model `{}`.\n * Link with {what}, libm and libpthread (nothing else):\n *     cc app.c {cc} -lm -lpthread",
             graph.name
         ),
         graph.input_shape(),
@@ -227,7 +242,7 @@ pub fn header(graph: &Graph, pool: &ConstPool, sym: &str) -> String {
  * (and frees) it; `{sym}_forward_with_arena` takes it from the caller. */
 #define {up}_ARENA_BYTES_PER_IMAGE {arena}ULL /* unsigned: batch * it needs no cast */
 
-/* Threads the model uses, shared by every resnetc model in the process;
+/* Threads the model uses (each model's library has a pool of its own);
  * the default is the number of CPUs the process may run on (its affinity
  * mask: taskset, a container's cpuset), capped by a cgroup CPU limit
  * (docker --cpus, a Kubernetes limit). Workers are created once, on
@@ -251,95 +266,4 @@ int {sym}_forward_with_arena(const float *input, float *output, int batch, void 
 "#
         ),
     )
-}
-
-/// A model's C header (CPU or CUDA): `about` after "generated by resnetc
-/// for", the include guard, the input and output shape macros, then
-/// `decls` (the target's macros and functions).
-pub fn c_header(sym: &str, about: &str, inp: &[usize], out: &[usize], decls: &str) -> String {
-    let up = sym.to_uppercase();
-    let dims = |s: &[usize]| {
-        s.iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        r#"/* {sym}.h: generated by resnetc {version} for {about}
- */
-#ifndef {up}_H
-#define {up}_H
-
-#ifdef __cplusplus
-extern "C" {{
-#endif
-
-/* Input: float32, NCHW, C order, `batch` images of this shape each. */
-#define {up}_INPUT_RANK {in_rank}
-#define {up}_INPUT_DIMS {{ {in_dims} }}
-#define {up}_INPUT_SIZE {in_size} /* floats per image */
-
-/* Output: float32, `batch` results of this shape each. */
-#define {up}_OUTPUT_RANK {out_rank}
-#define {up}_OUTPUT_DIMS {{ {out_dims} }}
-#define {up}_OUTPUT_SIZE {out_size} /* floats per image */
-
-{decls}
-#ifdef __cplusplus
-}}
-#endif
-
-#endif /* {up}_H */
-"#,
-        version = env!("CARGO_PKG_VERSION"),
-        in_rank = inp.len() + 1,
-        in_dims = dims(inp),
-        in_size = numel(inp),
-        out_rank = out.len() + 1,
-        out_dims = dims(out),
-        out_size = numel(out),
-    )
-}
-
-/// A System V / GNU `ar` archive of objects, with the symbol index (`/`
-/// member) that linkers require: each member with the symbols it defines.
-pub fn archive(members: &[(&str, &[u8], Vec<String>)]) -> Vec<u8> {
-    fn header(name: &str, size: usize) -> Vec<u8> {
-        format!("{name:<16}{:<12}{:<6}{:<6}{:<8}{size:<10}`\n", 0, 0, 0, 644).into_bytes()
-    }
-    let padded = |n: usize| n + n % 2;
-    let count: usize = members.iter().map(|m| m.2.len()).sum();
-    let names: Vec<u8> = members
-        .iter()
-        .flat_map(|m| m.2.iter())
-        .flat_map(|s| s.bytes().chain(std::iter::once(0)))
-        .collect();
-    let index_len = 4 + 4 * count + names.len();
-    // Offsets of each member's header.
-    let mut offsets = Vec::new();
-    let mut at = 8 + 60 + padded(index_len);
-    for m in members {
-        offsets.push(at);
-        at += 60 + padded(m.1.len());
-    }
-    let mut out = b"!<arch>\n".to_vec();
-    out.extend(header("/", index_len));
-    out.extend((count as u32).to_be_bytes());
-    for (m, off) in members.iter().zip(&offsets) {
-        for _ in &m.2 {
-            out.extend((*off as u32).to_be_bytes());
-        }
-    }
-    out.extend(&names);
-    if index_len % 2 == 1 {
-        out.push(b'\n');
-    }
-    for (name, data, _) in members {
-        out.extend(header(&format!("{name}/"), data.len()));
-        out.extend(*data);
-        if data.len() % 2 == 1 {
-            out.push(b'\n');
-        }
-    }
-    out
 }

@@ -6,14 +6,12 @@ use super::conv_gemm::{self, GemmConv};
 use super::conv_winograd::WinoConv;
 use super::CpuOptions;
 use crate::backend::llvm::VectorIsa;
+use crate::backend::shared::lay_out;
 use crate::ir::plan::MemoryPlan;
-use crate::ir::{Graph, Op};
+use crate::ir::Graph;
 use crate::weights::Weights;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
-
-/// Elements per alignment unit (64 bytes).
-const ALIGN: usize = 16;
 
 pub struct ConstPool {
     /// Element offset of each constant node read by an op.
@@ -89,39 +87,4 @@ impl ConstPool {
     pub fn arena_bytes(&self, graph: &crate::ir::Graph) -> usize {
         graph.plan.as_ref().map_or(0, |p| self.arena_floats(p) * 4)
     }
-}
-
-/// Every constant an op reads, in schedule order, each 64-byte aligned:
-/// the element offsets by node and the data. `pack(node, values)` may
-/// replace a constant's values by a kernel's packed copy.
-pub fn lay_out(
-    graph: &Graph,
-    weights: &Weights,
-    derived: &Weights,
-    pack: impl Fn(NodeIndex, &[f32]) -> Option<Vec<f32>>,
-) -> (HashMap<NodeIndex, usize>, Vec<f32>) {
-    let mut offsets = HashMap::new();
-    let mut data = Vec::new();
-    for n in graph.schedule() {
-        let node = graph.node(n);
-        let t = match &node.op {
-            Op::Weight { name } => &weights[name],
-            Op::Const(_) => &derived[&node.name],
-            _ => continue,
-        };
-        let used_by_op = graph
-            .users(n)
-            .iter()
-            .any(|&(u, _)| !graph.node(u).op.is_const());
-        if !used_by_op {
-            continue;
-        }
-        offsets.insert(n, data.len());
-        match pack(n, &t.data) {
-            Some(p) => data.extend(p),
-            None => data.extend_from_slice(&t.data),
-        }
-        data.resize(data.len().div_ceil(ALIGN) * ALIGN, 0.0);
-    }
-    (offsets, data)
 }

@@ -1,5 +1,6 @@
 //! The x86-64 back end: lowering (`lower`), the constant pool (`consts`),
-//! running through LLVM's JIT, and artifacts (object, static library, C
+//! running through LLVM's JIT (after checking that this machine has the
+//! chosen CPU's instructions), and artifacts (object, static library, C
 //! header).
 
 pub mod artifact;
@@ -13,6 +14,7 @@ pub mod lower;
 pub mod tuning;
 
 use crate::backend::llvm::{self, LlvmError};
+use crate::backend::shared::symbol;
 use crate::ir::Graph;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
@@ -56,9 +58,6 @@ extern "C" {
     fn resnetc_now_ns() -> i64;
 }
 
-/// The pool's object code, embedded in every static library.
-pub const RUNTIME_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/parallel.o"));
-
 /// Threads JIT-run code uses (the pool is per process; default: the CPUs
 /// the process may use, within its cgroup's CPU limit).
 pub fn set_num_threads(n: usize) {
@@ -69,19 +68,6 @@ pub fn set_num_threads(n: usize) {
 pub fn num_threads() -> usize {
     // SAFETY: a plain load.
     unsafe { resnetc_get_num_threads() as usize }
-}
-
-/// The C symbol prefix of a model: its name with anything but [A-Za-z0-9_]
-/// replaced, never starting with a digit.
-pub fn symbol(model: &str) -> String {
-    let mut s: String = model
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    if s.is_empty() || s.starts_with(|c: char| c.is_ascii_digit()) {
-        s.insert(0, '_');
-    }
-    s
 }
 
 /// Every conv of `graph` (optimized) and the algorithm the back end runs it
@@ -214,6 +200,9 @@ pub fn with_jit<R>(
     opts: &CpuOptions,
     body: impl FnOnce(&mut JitRun) -> R,
 ) -> Result<R, LlvmError> {
+    // Before any work: code for a CPU this machine is not would die of
+    // SIGILL, with no message.
+    llvm::features::check_host_runs(&opts.cpu)?;
     let plan = graph.plan.as_ref().ok_or(LlvmError::Unplanned)?;
     let derived = crate::weights::materialize(graph, weights);
     let pool = ConstPool::build(graph, weights, &derived, opts);

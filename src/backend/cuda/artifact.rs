@@ -6,9 +6,8 @@
 
 use super::plan::{Arg, LaunchPlan};
 use super::{compile, CudaOptions, CudaProgram};
-use crate::backend::cpu::artifact::{archive, c_header};
-use crate::backend::cpu::symbol;
 use crate::backend::llvm::{self, LlvmError};
+use crate::backend::shared::{archive, c_header, localized_runtime, symbol};
 use crate::ir::Graph;
 use crate::weights::Weights;
 use inkwell::context::Context;
@@ -17,9 +16,9 @@ use inkwell::targets::FileType;
 use inkwell::types::BasicType;
 use inkwell::AddressSpace;
 
-/// The C runtime's object (runtime/cuda_rt.c), embedded in every CUDA
+/// The C runtime (runtime/cuda_rt.c) as assembly, inside every CUDA
 /// static library.
-pub const CUDA_RUNTIME_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cuda_rt.o"));
+pub const CUDA_RUNTIME_ASM: &str = include_str!(concat!(env!("OUT_DIR"), "/cuda_rt.s"));
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CudaEmit {
@@ -79,32 +78,21 @@ pub fn build(
             // GPU of the build's architecture (the PTX serves the others).
             super::sass::add(&mut p);
             let obj = host_object(&p, &sym)?;
-            if obj.len() + CUDA_RUNTIME_OBJECT.len() + 4096 > u32::MAX as usize {
+            if obj.len() + 4096 > u32::MAX as usize {
                 return Err(LlvmError::ArchiveTooLarge(format!(
                     "the object is {} bytes; static libraries over 4 GiB are not supported",
                     obj.len()
                 )));
             }
-            let members = [
-                (
-                    "model.o",
-                    obj.as_slice(),
-                    vec![
-                        format!("{sym}_forward"),
-                        format!("{sym}_forward_device"),
-                        format!("{sym}_last_error"),
-                    ],
-                ),
-                (
-                    "cuda_rt.o",
-                    CUDA_RUNTIME_OBJECT,
-                    vec![
-                        "resnetc_cuda_forward".to_string(),
-                        "resnetc_cuda_forward_device".to_string(),
-                        "resnetc_cuda_last_error".to_string(),
-                    ],
-                ),
-            ];
+            // One member: the model with the C runtime inside.
+            let members = [(
+                "model.o",
+                obj.as_slice(),
+                ["forward", "forward_device", "last_error"]
+                    .iter()
+                    .map(|f| format!("{sym}_{f}"))
+                    .collect(),
+            )];
             vec![
                 (format!("lib{sym}.a"), archive(&members)),
                 (
@@ -289,6 +277,9 @@ fn host_object(p: &CudaProgram, sym: &str) -> Result<Vec<u8>, LlvmError> {
             .ok_or_else(|| LlvmError::Internal("the runtime returns a value".into()))?;
         b.build_return(Some(&v)).map_err(err)?;
     }
+    // The C runtime inside, its symbols local: the object exports the
+    // header's three functions and nothing else.
+    m.set_inline_assembly(&localized_runtime(CUDA_RUNTIME_ASM));
     m.verify().map_err(|e| LlvmError::Internal(e.to_string()))?;
     let machine = llvm::x86_machine("x86-64")?;
     llvm::target(&m, &machine);

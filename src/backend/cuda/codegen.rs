@@ -107,7 +107,7 @@ fn emit_run(bitcode: &[u8], keep: &[String], gpu: &str) -> Result<String, LlvmEr
             f.set_linkage(Linkage::Internal);
         }
     }
-    let machine = llvm::nvptx_machine(gpu)?;
+    let machine = super::nvptx_machine(gpu)?;
     module
         .run_passes("globaldce", &machine, PassBuilderOptions::create())
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
@@ -229,7 +229,7 @@ pub fn ptx(module: &Module, gpu: &str, threads: usize) -> Result<String, LlvmErr
     let sizes: Vec<usize> = all.iter().map(|(_, s)| *s).collect();
     let parts = runs(&sizes, want.max(1));
     if parts.len() <= 1 || !independent(module) {
-        return emit(module, &llvm::nvptx_machine(gpu)?);
+        return emit(module, &super::nvptx_machine(gpu)?);
     }
     let bitcode = module.write_bitcode_to_memory().as_slice().to_vec();
     let texts: Vec<Result<String, LlvmError>> = std::thread::scope(|s| {

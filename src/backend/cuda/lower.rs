@@ -9,9 +9,8 @@ use super::plan::{Arg, Launch, LaunchPlan, Scratch, Variant, Written, FORMAT};
 use super::simt::{Kern, Mode, ThreadOrder};
 use super::split_k;
 use super::CudaOptions;
-use crate::backend::cpu::consts::lay_out;
-use crate::backend::cpu::symbol;
-use crate::backend::llvm::{self, LlvmError};
+use crate::backend::llvm::LlvmError;
+use crate::backend::shared::{lay_out, symbol};
 use crate::ir::graph::{chw, numel};
 use crate::ir::{Graph, Op};
 use crate::weights::Weights;
@@ -56,7 +55,7 @@ pub fn lower<'ctx>(
     order: ThreadOrder,
     opts: &CudaOptions,
 ) -> Result<Lowered<'ctx>, LlvmError> {
-    let gpu = llvm::gpu(&opts.gpu)?;
+    let gpu = super::gpu(&opts.gpu)?;
     let plan = graph.plan.as_ref().ok_or(LlvmError::Unplanned)?;
     let sym = symbol(&graph.name);
     let module = ctx.create_module(&sym);

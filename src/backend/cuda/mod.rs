@@ -98,3 +98,14 @@ pub fn compile(
         sass: None,
     })
 }
+
+/// The GPU architecture named `name` (`gpus::GPUS`).
+pub fn gpu(name: &str) -> Result<&'static gpus::Gpu, LlvmError> {
+    gpus::find(name).ok_or_else(|| LlvmError::UnknownGpu(name.to_string()))
+}
+
+/// The NVPTX target machine for the architecture `name`, with its PTX
+/// version.
+pub fn nvptx_machine(name: &str) -> Result<inkwell::targets::TargetMachine, LlvmError> {
+    crate::backend::llvm::nvptx_machine(name, gpu(name)?.ptx)
+}

@@ -132,7 +132,7 @@ mod tests {
         let y = b.build_call(exp, &[x.into()], "").expect("call");
         let y = y.try_as_basic_value().basic().expect("value");
         b.build_return(Some(&y)).expect("ret");
-        let machine = llvm::nvptx_machine("sm_80").expect("nvptx");
+        let machine = llvm::nvptx_machine("sm_80", "+ptx75").expect("nvptx");
         llvm::target(&module, &machine);
         match llvm::write(&module, &machine, FileType::Assembly) {
             Err(LlvmError::Internal(m)) => assert!(m.contains("fexp"), "{m}"),

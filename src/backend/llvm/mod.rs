@@ -5,9 +5,9 @@
 pub mod diagnostics;
 pub mod emit;
 pub mod exp;
+pub mod features;
 pub mod vector;
 
-use crate::backend::cuda::gpus::{self, Gpu};
 use inkwell::module::Module;
 use inkwell::passes::PassBuilderOptions;
 use inkwell::targets::{
@@ -26,6 +26,15 @@ pub enum LlvmError {
         help("use `native`, `x86-64-v3` (AVX2/FMA), `x86-64-v2`, `x86-64`, or an LLVM CPU name such as `skylake-avx512`")
     )]
     UnknownCpu(String),
+    /// A JIT run for a CPU whose instructions this machine lacks (it would
+    /// die of SIGILL).
+    #[error("this machine's CPU lacks {missing}, which code for `--cpu {cpu}` uses")]
+    #[diagnostic(code(resnetc::backend::cpu_features), help("{hint}"))]
+    HostLacks {
+        cpu: String,
+        missing: String,
+        hint: String,
+    },
     #[error("unknown GPU architecture `{0}`")]
     #[diagnostic(
         code(resnetc::backend::cuda),
@@ -259,14 +268,10 @@ pub fn optimize(module: &Module, machine: &TargetMachine) -> Result<(), LlvmErro
     diagnostics.check()
 }
 
-/// The GPU architecture named `name` (`crate::backend::cuda::gpus`).
-pub fn gpu(name: &str) -> Result<&'static Gpu, LlvmError> {
-    gpus::find(name).ok_or_else(|| LlvmError::UnknownGpu(name.to_string()))
-}
-
-/// The NVPTX target machine for `gpu` (a name in `GPUS`).
-pub fn nvptx_machine(gpu: &str) -> Result<TargetMachine, LlvmError> {
-    let features = self::gpu(gpu)?.ptx;
+/// The NVPTX target machine for the architecture `gpu` (`sm_80`) with
+/// `features` (its PTX version, `+ptx75`; the CUDA back end's GPU table
+/// knows both).
+pub fn nvptx_machine(gpu: &str, features: &str) -> Result<TargetMachine, LlvmError> {
     Target::initialize_nvptx(&InitializationConfig::default());
     let triple = TargetTriple::create("nvptx64-nvidia-cuda");
     let target = Target::from_triple(&triple).map_err(|e| LlvmError::Internal(e.to_string()))?;

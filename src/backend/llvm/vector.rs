@@ -78,7 +78,11 @@ impl<'ctx> Emitter<'_, 'ctx> {
 
     /// Address of element `idx` of `base` with no in-bounds promise: the
     /// first lane of a masked access may lie before the buffer.
-    pub fn at_unchecked(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> PointerValue<'ctx> {
+    pub fn at_unchecked(
+        &self,
+        base: PointerValue<'ctx>,
+        idx: IntValue<'ctx>,
+    ) -> PointerValue<'ctx> {
         // SAFETY (LLVM semantics): a plain GEP is defined for any index.
         unsafe {
             self.b
