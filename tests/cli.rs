@@ -807,6 +807,8 @@ fn run_for_a_cpu_this_machine_is_not_is_refused() {
                 "--cpu",
                 "x86-64-v4",
             ])
+            // One line: "AVX-512F" is not wrapped at its hyphen.
+            .env("COLUMNS", "400")
             .current_dir(root())
             .output()
             .expect("qemu runs");
