@@ -770,6 +770,7 @@ fn bench_tune_writes_a_record_that_run_reads() {
         stderr(&o)
     );
     assert!(!out.exists());
+}
 
 /// A JIT run for a CPU this machine is not is refused, exit 1, naming the
 /// instructions it lacks, instead of dying of SIGILL. Checked where a CPU

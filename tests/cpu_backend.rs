@@ -561,6 +561,7 @@ model tuned(x: f32[N, 16, 12, 12]) {
     };
     let y = run_jit(&g, &w, &x, &opts).expect("cpu");
     assert_close("tuned", &y, &reference, 1e-4, 1e-3);
+}
 
 /// The library refuses to JIT code for a CPU whose instructions this
 /// machine lacks (it would die of SIGILL), and runs it where it has them:
