@@ -237,7 +237,8 @@ impl GemmConv {
         } else {
             (h * w, w, taps_rc.map(|(y, x)| y * w + x).collect(), None)
         };
-        let (tiling, mr) = choose_tiling(ocg, oh, ow, wq, kw, isa, kernel);
+        let strided = (sh, sw) != (1, 1);
+        let (tiling, mr) = choose_tiling(ocg, (oh, ow, wq), (kw, strided), isa, kernel);
         let panels = (oh * wq).div_ceil(2 * isa.lanes);
         // A channel tile's one row phase: every row, every tap, pixel `j`
         // reading `tap + j`.
@@ -393,22 +394,21 @@ const INTEL_1X1_CHANNELS_PERCENT: u64 = 130;
 /// of overhead per tile step (loads, loop).
 pub fn choose_tiling(
     ocg: u64,
-    oh: u64,
-    ow: u64,
-    wq: u64,
-    kw: u64,
+    (oh, ow, wq): (u64, u64, u64),
+    (kw, strided): (u64, bool),
     isa: VectorIsa,
     kernel: ConvKernel,
 ) -> (Tiling, u64) {
     let mr = choose_mr(ocg, isa.regs);
     let pixels = (oh * wq).div_ceil(2 * isa.lanes) * ocg.div_ceil(mr) * (2 * mr + 3) * 100;
     let mut channels = choose_channels(ocg, oh, ow, kw, isa, 1);
-    if isa.intel && kw == 1 {
+    if isa.intel && (kw == 1 || (strided && kw <= 3 && oh * ow >= 28 * 28)) {
         // On the Intel cores measured (Emerald Rapids, Sapphire Rapids)
-        // the pixel tile ran 1×1 convs over 28×28 and 56×56 maps up to a
-        // third faster than this estimate says, and 3×3 ones slower: the
-        // channel tile's estimate is raised for 1×1 convs there (fitted on
-        // resnet50's measured tiles, `bench --tune`).
+        // the pixel tile ran 1×1 convs over 28×28 and 56×56 maps, and the
+        // strided 3×3 ones onto 28×28, up to a third faster than this
+        // estimate says, and 3×3 stride-1 ones slower: the channel tile's
+        // estimate is raised for those there (fitted on resnet18's and
+        // resnet50's measured tiles, `bench --tune`: 19 of 21 shapes).
         channels = channels.map(|(c, t, v, r)| (c * INTEL_1X1_CHANNELS_PERCENT / 100, t, v, r));
     }
     match (kernel, channels) {
