@@ -581,7 +581,7 @@ pub(super) fn pad_plane<'ctx>(
 }
 
 /// The fused prologue and epilogue of a conv or transposed conv.
-fn conv_fused(op: &Op) -> Option<&Fused> {
+pub(super) fn conv_fused(op: &Op) -> Option<&Fused> {
     match op {
         Op::Conv { fused, .. } | Op::ConvTranspose { fused, .. } => Some(fused),
         _ => None,

@@ -21,7 +21,7 @@
 //!   epilogue (bias, residual add, activation) on the masked stores of each
 //!   tile row: the GEMM results never go to memory as a tensor.
 
-use super::conv_gemm::{epilogue_store, epilogue_value, pad_plane, ConvShape, Out};
+use super::conv_gemm::{conv_fused, epilogue_store, epilogue_value, pad_plane, ConvShape, Out};
 use super::lower::{fused_operands, Args, Ctx, Unit};
 use crate::backend::llvm::emit::Emitter;
 use crate::backend::llvm::VectorIsa;
@@ -400,14 +400,6 @@ fn direct_cost(s: &ConvShape, isa: VectorIsa) -> u64 {
 }
 
 // ---- emission ---------------------------------------------------------
-
-/// The fused prologue and epilogue of a conv.
-fn conv_fused(op: &Op) -> Option<&Fused> {
-    match op {
-        Op::Conv { fused, .. } => Some(fused),
-        _ => None,
-    }
-}
 
 /// `Σ_k row[k]·x[k]` with the matrix's zeros skipped and ±1 as adds.
 fn combine<'ctx>(e: &Emitter<'_, 'ctx>, row: &[f64], x: &[VectorValue<'ctx>]) -> VectorValue<'ctx> {
