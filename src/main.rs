@@ -512,11 +512,7 @@ fn tune_cpu(
         if let Some(e) = t.entries.get(k) {
             if e.choice != e.cost_model {
                 differs += 1;
-                let ms = |c: resnetc::backend::cpu::tuning::ConvChoice| {
-                    e.ms.get(&format!("{c:?}").to_lowercase())
-                        .copied()
-                        .unwrap_or(f64::NAN)
-                };
+                let ms = |c| e.ms.get(&c).copied().unwrap_or(f64::NAN);
                 note!(
                     "tuned {k}: {:?} {:.3} ms, the cost model's {:?} {:.3} ms",
                     e.choice,
@@ -695,7 +691,9 @@ fn dispatch(cmd: Command) -> Result<()> {
                 // The library checks too; here before the model and weights
                 // are loaded.
                 Target::Cpu => {
-                    resnetc::backend::llvm::features::check_host_runs(&cpu.options()?.cpu)?;
+                    resnetc::backend::llvm::features::check_host_runs(
+                        cpu.cpu.as_deref().unwrap_or("native"),
+                    )?;
                     cuda
                 }
                 _ => cuda,
@@ -851,7 +849,9 @@ fn dispatch(cmd: Command) -> Result<()> {
                 // The library checks too; here before the model and weights
                 // are loaded.
                 Target::Cpu => {
-                    resnetc::backend::llvm::features::check_host_runs(&cpu.options()?.cpu)?;
+                    resnetc::backend::llvm::features::check_host_runs(
+                        cpu.cpu.as_deref().unwrap_or("native"),
+                    )?;
                     cuda
                 }
                 _ => cuda,

@@ -336,12 +336,7 @@ fn static_library_links_into_a_c_program() {
             "demo failed: {}",
             String::from_utf8_lossy(&run.stderr)
         );
-        let bytes = std::fs::read(&output).expect("output");
-        let data: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let y = resnetc::tensor::Tensor::from_vec(&expected.shape, data);
+        let y = read_raw_floats(&output, &expected.shape);
         assert_close(
             &format!("C program, {threads} thread(s)"),
             &y,
@@ -538,10 +533,10 @@ model tuned(x: f32[N, 16, 12, 12]) {
     let key3 = conv_key(&g, c3, isa).expect("key");
     // 3×3: Winograd F(4×4) sums to 2.5 ms, below F(2×2)'s 9.1.
     assert_eq!(entries[&key1].choice, ConvChoice::Winograd4);
-    assert_eq!(entries[&key1].ms["winograd2"], 9.1);
+    assert_eq!(entries[&key1].ms[&ConvChoice::Winograd2], 9.1);
     // 1×1: Winograd does not apply, whatever its (made-up) time.
     assert_eq!(entries[&key3].choice, ConvChoice::Channels);
-    assert!(!entries[&key3].ms.contains_key("winograd4"));
+    assert!(!entries[&key3].ms.contains_key(&ConvChoice::Winograd4));
     // A record steers the plan; Winograd on the 1×1 is ignored there.
     let mut record = Tuning {
         entries,
@@ -664,11 +659,6 @@ fn object_links_alone_with_its_header() {
         String::from_utf8_lossy(&run.stderr)
     );
     let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("expected");
-    let data: Vec<f32> = std::fs::read(&output)
-        .expect("output")
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let y = resnetc::tensor::Tensor::from_vec(&expected.shape, data);
+    let y = read_raw_floats(&output, &expected.shape);
     assert_close("C program on the object", &y, &expected, 1e-4, 1e-3);
 }

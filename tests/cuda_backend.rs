@@ -637,12 +637,7 @@ fn cuda_static_library_links_into_a_c_program() {
             continue;
         }
         assert!(run.status.success(), "{program} failed: {stderr}");
-        let data: Vec<f32> = std::fs::read(&output)
-            .expect("output")
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let y = resnetc::tensor::Tensor::from_vec(&expected.shape, data);
+        let y = read_raw_floats(&output, &expected.shape);
         assert_close(&format!("{program} on the GPU"), &y, &expected, 1e-4, 1e-3);
     }
 }

@@ -661,14 +661,7 @@ fn c_runtime_matches_pytorch_on_the_fake_driver() {
             stderr.contains("0 cubin and 1 PTX modules loaded"),
             "{what}: {stderr}"
         );
-        let data: Vec<f32> = std::fs::read(&output)
-            .expect("output")
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let mut shape = vec![x.shape[0]];
-        shape.extend(&[10]);
-        Tensor::from_vec(&shape, data)
+        read_raw_floats(&output, &[x.shape[0], 10])
     };
     let x = read_npy(&fixture("cifar_resnet20.input.npy")).expect("input");
     let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("expected");
@@ -825,12 +818,7 @@ fn sass_is_loaded_on_its_own_architecture() {
             stderr.contains(&format!("{loaded} modules loaded")),
             "sm_{arch}: {stderr}"
         );
-        let data: Vec<f32> = std::fs::read(&output)
-            .expect("output")
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let y = Tensor::from_vec(&[x.shape[0], 10], data);
+        let y = read_raw_floats(&output, &[x.shape[0], 10]);
         assert_close(&format!("demo on sm_{arch}"), &y, &expected, 1e-4, 1e-3);
     }
 

@@ -238,3 +238,13 @@ pub fn exported_symbols(path: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// The raw little-endian f32 file a C demo writes, as a tensor of `shape`.
+pub fn read_raw_floats(path: &Path, shape: &[usize]) -> Tensor {
+    let data: Vec<f32> = std::fs::read(path)
+        .expect("output")
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Tensor::from_vec(shape, data)
+}

@@ -2,13 +2,14 @@
 //! laid out once in one f32 array (64-byte aligned), embedded in a library
 //! or handed to the JIT-compiled code.
 
-use super::conv_gemm::{self, GemmConv};
+use super::conv_gemm::{self, GemmConv, Tiling};
 use super::conv_winograd::WinoConv;
+use super::tuning::ConvChoice;
 use super::CpuOptions;
 use crate::backend::llvm::VectorIsa;
 use crate::backend::shared::lay_out;
 use crate::ir::plan::MemoryPlan;
-use crate::ir::Graph;
+use crate::ir::{Graph, Op};
 use crate::weights::Weights;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
@@ -39,19 +40,7 @@ impl ConstPool {
         opts: &CpuOptions,
     ) -> ConstPool {
         let isa = VectorIsa::of(&opts.cpu);
-        // Per conv: the measured choice of a tuning record, else the
-        // options' (the cost model's unless forced).
-        let choice = |n| {
-            let tuned = opts.tuning.as_ref().and_then(|t| t.choice(graph, n, isa));
-            tuned.map_or((opts.conv, opts.algo), |c| c.forced())
-        };
-        let wino: HashMap<NodeIndex, WinoConv> = graph
-            .schedule()
-            .into_iter()
-            .filter_map(|n| WinoConv::plan(graph, n, isa, choice(n).1).map(|p| (n, p)))
-            .collect();
-        let mut gemm = conv_gemm::plans(graph, isa, |n| choice(n).0);
-        gemm.retain(|n, _| !wino.contains_key(n));
+        let (gemm, wino) = plan_convs(graph, isa, opts);
         // Weight node -> the conv whose kernel reads it packed.
         let packed_for: HashMap<NodeIndex, NodeIndex> = gemm
             .keys()
@@ -87,4 +76,48 @@ impl ConstPool {
     pub fn arena_bytes(&self, graph: &crate::ir::Graph) -> usize {
         graph.plan.as_ref().map_or(0, |p| self.arena_floats(p) * 4)
     }
+}
+
+/// The plans of every conv: Winograd where the options take it (a tuning
+/// record's measured choice first, else `opts.algo`), the direct kernels'
+/// tiling (the record's, else `opts.conv`) for the others.
+pub fn plan_convs(
+    graph: &Graph,
+    isa: VectorIsa,
+    opts: &CpuOptions,
+) -> (HashMap<NodeIndex, GemmConv>, HashMap<NodeIndex, WinoConv>) {
+    let choice = |n| {
+        let tuned = opts.tuning.as_ref().and_then(|t| t.choice(graph, n, isa));
+        tuned.map_or((opts.conv, opts.algo), |c| c.forced())
+    };
+    let wino: HashMap<NodeIndex, WinoConv> = graph
+        .schedule()
+        .into_iter()
+        .filter_map(|n| WinoConv::plan(graph, n, isa, choice(n).1).map(|p| (n, p)))
+        .collect();
+    let mut gemm = conv_gemm::plans(graph, isa, |n| choice(n).0);
+    gemm.retain(|n, _| !wino.contains_key(n));
+    (gemm, wino)
+}
+
+/// How each conv of `graph` (optimized) runs with `opts`, in schedule
+/// order: what `summary`, `ir` and the tuner report, from the plans the
+/// constant pool is built with.
+pub fn conv_choices(graph: &Graph, opts: &CpuOptions) -> Vec<(NodeIndex, ConvChoice)> {
+    let (gemm, wino) = plan_convs(graph, VectorIsa::of(&opts.cpu), opts);
+    graph
+        .schedule()
+        .into_iter()
+        .filter(|&n| matches!(graph.node(n).op, Op::Conv { .. }))
+        .filter_map(|n| {
+            let c = match (wino.get(&n), gemm.get(&n)) {
+                (Some(w), _) if w.m == 4 => ConvChoice::Winograd4,
+                (Some(_), _) => ConvChoice::Winograd2,
+                (None, Some(g)) if g.tiling == Tiling::Pixels => ConvChoice::Pixels,
+                (None, Some(_)) => ConvChoice::Channels,
+                (None, None) => return None,
+            };
+            Some((n, c))
+        })
+        .collect()
 }

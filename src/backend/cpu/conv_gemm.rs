@@ -367,7 +367,7 @@ pub fn choose_mr(m: u64, regs: u32) -> u64 {
 
 /// Work units per image a `Channels` conv is split into at least (when it
 /// has the rows), so that two threads, or eight, have work.
-const MIN_UNITS: u64 = 8;
+pub(super) const MIN_UNITS: u64 = 8;
 
 /// Pixel tiles per work unit of a `Pixels` conv at most.
 pub const PIXEL_BLOCK: u64 = 8;

@@ -21,13 +21,15 @@
 //!   epilogue (bias, residual add, activation) on the masked stores of each
 //!   tile row: the GEMM results never go to memory as a tensor.
 
-use super::conv_gemm::{conv_fused, epilogue_store, epilogue_value, pad_plane, ConvShape, Out};
+use super::conv_gemm::{
+    conv_fused, epilogue_store, epilogue_value, pad_plane, ConvShape, Out, MIN_UNITS,
+};
 use super::lower::{fused_operands, Args, Ctx, Unit};
 use crate::backend::llvm::emit::Emitter;
 use crate::backend::llvm::VectorIsa;
 use crate::ir::op::{Fused, Op};
 use crate::ir::Graph;
-use inkwell::values::{PointerValue, VectorValue};
+use inkwell::values::{IntValue, PointerValue, VectorValue};
 use petgraph::stable_graph::NodeIndex;
 
 /// Which convolution algorithm the CPU back end uses for the convs that can
@@ -145,7 +147,8 @@ pub struct WinoConv {
     /// Register tiles over the output channels: `ceil(oc / (v·lanes))`.
     pub panels: u64,
     /// Panel groups: units per block (more than one where the blocks alone
-    /// leave threads idle; each group transforms the block's input again).
+    /// leave fewer than the direct kernels' `MIN_UNITS`; each group
+    /// transforms the block's input again).
     pub groups: u64,
     pub h: u64,
     pub w: u64,
@@ -167,10 +170,6 @@ fn eligible(graph: &Graph, n: NodeIndex) -> Option<ConvShape> {
     let ok = s.g == 1 && s.k == (3, 3) && s.s == (1, 1) && s.d == (1, 1);
     ok.then_some(s)
 }
-
-/// Work units per image the GEMM part is split into at least (when the
-/// panels allow), so that two threads, or eight, have work.
-const MIN_UNITS: u64 = 8;
 
 impl WinoConv {
     /// The Winograd plan of the conv at `n`, or `None` where it runs
@@ -251,11 +250,6 @@ impl WinoConv {
 
     pub fn alpha(&self) -> u64 {
         self.m + 2
-    }
-
-    /// How the CLI names the algorithm: `winograd F(4x4, 3x3)`.
-    pub fn describe(&self) -> String {
-        format!("winograd F({0}x{0}, 3x3)", self.m)
     }
 
     fn points(&self) -> u64 {
@@ -488,10 +482,7 @@ fn input_transform<'ctx>(
     p: &WinoConv,
     planes: PointerValue<'ctx>,
     vb: PointerValue<'ctx>,
-    (row0, col0): (
-        inkwell::values::IntValue<'ctx>,
-        inkwell::values::IntValue<'ctx>,
-    ),
+    (row0, col0): (IntValue<'ctx>, IntValue<'ctx>),
 ) {
     let tr = Transform::of(p.m);
     let (m, alpha, r) = (p.m, p.alpha() as usize, p.r());
@@ -555,7 +546,7 @@ pub(super) fn gemm<'ctx>(
     let p0 = e.mul(group, e.int(gp));
     let p1 = e.smin(e.add(p0, e.int(gp)), e.int(p.panels));
     e.for_range(p0, p1, |e, panel| {
-        panel_tiles(e, p, fused, (wt, vb, scratch, &slots), panel);
+        panel_tiles(e, p, (wt, vb, scratch, &slots), panel);
         output_transform(
             e,
             c,
@@ -575,14 +566,13 @@ pub(super) fn gemm<'ctx>(
 fn panel_tiles<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     p: &WinoConv,
-    _fused: &Fused,
     (wt, vb, scratch, slots): (
         PointerValue<'ctx>,
         PointerValue<'ctx>,
         PointerValue<'ctx>,
         &[PointerValue<'ctx>],
     ),
-    panel: inkwell::values::IntValue<'ctx>,
+    panel: IntValue<'ctx>,
 ) {
     let (l, v, r, mr) = (p.lanes, p.v, p.r(), p.mr());
     let pts = p.points();
@@ -633,12 +623,12 @@ fn output_transform<'ctx>(
     fused: &Fused,
     (scratch, b, panel, row0, col0): (
         PointerValue<'ctx>,
-        inkwell::values::IntValue<'ctx>,
-        inkwell::values::IntValue<'ctx>,
-        inkwell::values::IntValue<'ctx>,
-        inkwell::values::IntValue<'ctx>,
+        IntValue<'ctx>,
+        IntValue<'ctx>,
+        IntValue<'ctx>,
+        IntValue<'ctx>,
     ),
-    (bias, residual): (Option<inkwell::values::IntValue<'ctx>>, Option<NodeIndex>),
+    (bias, residual): (Option<IntValue<'ctx>>, Option<NodeIndex>),
 ) {
     let (l, v, r, mr) = (p.lanes, p.v, p.r(), p.mr());
     let pts = p.points();

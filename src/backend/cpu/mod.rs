@@ -70,46 +70,14 @@ pub fn num_threads() -> usize {
     unsafe { resnetc_get_num_threads() as usize }
 }
 
-/// Every conv of `graph` (optimized) and the algorithm the back end runs it
-/// with for `opts`: `direct`, or `winograd F(mxm, 3x3)` with the shape of
-/// its transformed filter (`[α², ic, oc]`, made at bind time).
+/// Every conv of `graph` (optimized) by name and how it runs for `opts`:
+/// `direct`, or `winograd F(mxm, 3x3)` (its transformed filter made at bind
+/// time).
 pub fn conv_algorithms(graph: &Graph, opts: &CpuOptions) -> Vec<(String, String)> {
-    let isa = llvm::VectorIsa::of(&opts.cpu);
-    graph
-        .schedule()
+    consts::conv_choices(graph, opts)
         .into_iter()
-        .filter(|&n| matches!(graph.node(n).op, crate::ir::Op::Conv { .. }))
-        .map(|n| {
-            let algo = match conv_winograd::WinoConv::plan(graph, n, isa, opts.algo) {
-                Some(p) => p.describe(),
-                None => "direct".to_string(),
-            };
-            (graph.node(n).name.clone(), algo)
-        })
+        .map(|(n, c)| (graph.node(n).name.clone(), c.algorithm().to_string()))
         .collect()
-}
-
-/// The cost model's choice for every conv of `graph` (by name), for `isa`.
-pub fn cost_model_choices(
-    graph: &Graph,
-    cpu: &str,
-) -> std::collections::BTreeMap<String, tuning::ConvChoice> {
-    use tuning::ConvChoice;
-    let isa = llvm::VectorIsa::of(cpu);
-    let mut out = std::collections::BTreeMap::new();
-    for n in graph.schedule() {
-        let c = match conv_winograd::WinoConv::plan(graph, n, isa, ConvAlgo::Auto) {
-            Some(p) if p.m == 4 => ConvChoice::Winograd4,
-            Some(_) => ConvChoice::Winograd2,
-            None => match conv_gemm::GemmConv::plan(graph, n, isa, ConvKernel::Auto) {
-                Some(p) if p.tiling == conv_gemm::Tiling::Pixels => ConvChoice::Pixels,
-                Some(_) => ConvChoice::Channels,
-                None => continue,
-            },
-        };
-        out.insert(graph.node(n).name.clone(), c);
-    }
-    out
 }
 
 /// Lowers and optimizes `graph` into a module for `opts.cpu`; also returns

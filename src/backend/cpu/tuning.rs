@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// How one conv runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConvChoice {
     /// Direct, pixel tile.
@@ -50,6 +50,15 @@ impl ConvChoice {
         }
     }
 
+    /// The algorithm, as `summary` and `ir` name it.
+    pub fn algorithm(self) -> &'static str {
+        match self {
+            ConvChoice::Pixels | ConvChoice::Channels => "direct",
+            ConvChoice::Winograd4 => "winograd F(4x4, 3x3)",
+            ConvChoice::Winograd2 => "winograd F(2x2, 3x3)",
+        }
+    }
+
     /// Whether the conv at `n` can run this way.
     pub fn applies(self, graph: &Graph, n: NodeIndex, isa: VectorIsa) -> bool {
         match self {
@@ -67,7 +76,7 @@ impl ConvChoice {
 pub struct Entry {
     pub choice: ConvChoice,
     pub cost_model: ConvChoice,
-    pub ms: BTreeMap<String, f64>,
+    pub ms: BTreeMap<ConvChoice, f64>,
 }
 
 /// A tuning record: the CPU it was measured on and an entry per conv shape
@@ -153,7 +162,7 @@ pub fn conv_key(graph: &Graph, n: NodeIndex, isa: VectorIsa) -> Option<String> {
 
 /// Picks, per conv shape of `graph`, the fastest candidate from per-node
 /// times (`times[candidate][node name]`, ms), given the cost model's
-/// choice per node. Shapes where some conv could not run a candidate do
+/// choice per node (by name). Shapes where some conv could not run a candidate do
 /// not consider it.
 pub fn choose(
     graph: &Graph,
@@ -186,10 +195,6 @@ pub fn choose(
             .get(&graph.node(nodes[0]).name)
             .copied()
             .unwrap_or(choice);
-        let ms = ms
-            .into_iter()
-            .map(|(c, t)| (format!("{c:?}").to_lowercase(), t))
-            .collect();
         out.insert(
             key,
             Entry {
@@ -201,20 +206,6 @@ pub fn choose(
     }
     out
 }
-
-// ConvChoice is a BTreeMap key in `choose`.
-impl PartialOrd for ConvChoice {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for ConvChoice {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (*self as u8).cmp(&(*other as u8))
-    }
-}
-
 /// Times every candidate on the whole model (the per-call profile of
 /// `bench --layers`, 20 runs' medians) with the input `x`, and returns the
 /// record of the fastest per conv shape, merged over `base` (a record from
@@ -251,7 +242,16 @@ pub fn tune(
         }
         times.insert(c, per_node);
     }
-    let model = super::cost_model_choices(graph, &opts.cpu);
+    let auto = super::CpuOptions {
+        conv: ConvKernel::Auto,
+        algo: ConvAlgo::Auto,
+        tuning: None,
+        ..opts.clone()
+    };
+    let model = super::consts::conv_choices(graph, &auto)
+        .into_iter()
+        .map(|(n, c)| (graph.node(n).name.clone(), c))
+        .collect();
     let mut t = base;
     t.cpu = crate::backend::llvm::host_cpu_name();
     t.threads = super::num_threads();
