@@ -13,6 +13,7 @@ pub mod interp;
 pub mod ir;
 pub mod outputs;
 pub mod passes;
+pub mod precision;
 pub mod summary;
 pub mod tensor;
 pub mod weights;

@@ -75,9 +75,10 @@ enum Command {
         threads: Option<u16>,
         #[command(flatten)]
         cuda: CudaArgs,
-        /// For --target cuda: run launch by launch and compare every layer's
-        /// output with the interpreter's (1e-4 relative); prints a table
-        /// naming the first layer that differs and exits 1 if any does.
+        /// Compare every layer's output with the interpreter's (1e-4
+        /// relative) on the layer's own inputs as the back end computed them
+        /// (--target cuda: launch by launch); prints a table naming the
+        /// first layer that differs and exits 1 if any does.
         #[arg(long)]
         check_layers: bool,
     },
@@ -227,6 +228,26 @@ struct CpuArgs {
     /// runs the kernel that was fastest there, ahead of the cost model.
     #[arg(long, value_name = "FILE")]
     tuning: Option<PathBuf>,
+    /// Arithmetic: fp32 (the default), or bf16 convs and linear layers
+    /// (inputs and weights rounded to bfloat16, fp32 sums and epilogues).
+    /// With --target ref, the interpreter rounds at the same points.
+    #[arg(long, value_enum)]
+    precision: Option<PrecisionArg>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PrecisionArg {
+    Fp32,
+    Bf16,
+}
+
+impl CpuArgs {
+    fn precision(&self) -> resnetc::precision::Precision {
+        match self.precision {
+            None | Some(PrecisionArg::Fp32) => resnetc::precision::Precision::F32,
+            Some(PrecisionArg::Bf16) => resnetc::precision::Precision::Bf16,
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -272,6 +293,7 @@ impl CpuArgs {
                 Some(ConvAlgoArg::Winograd2) => ConvAlgo::Winograd2,
             },
             tuning,
+            precision: self.precision(),
         })
     }
 }
@@ -439,6 +461,9 @@ fn flags_fit_target(
         if threads.is_some() {
             return misplaced("--threads", "cpu");
         }
+    }
+    if target == Target::Cuda && cpu.precision.is_some() {
+        return misplaced("--precision", "cpu");
     }
     Ok(())
 }
@@ -679,10 +704,10 @@ fn dispatch(cmd: Command) -> Result<()> {
             cuda,
             check_layers,
         } => {
-            if check_layers && target != Target::Cuda {
+            if check_layers && target == Target::Ref {
                 return Err(usage(
-                    "--check-layers compares the layers of the CUDA back end".into(),
-                    "add --target cuda",
+                    "--check-layers compares the layers of a compiled back end".into(),
+                    "add --target cpu or --target cuda",
                 ));
             }
             flags_fit_target(target, &cpu, &cuda, threads)?;
@@ -703,6 +728,13 @@ fn dispatch(cmd: Command) -> Result<()> {
             let x = weights::read_npy(&input)?;
             weights::check_input_shape(&x, c.graph.input_shape(), &input.display().to_string())?;
             let y = match target {
+                Target::Ref if cpu.precision() != resnetc::precision::Precision::F32 => {
+                    // The rounding points are those of the optimized graph
+                    // (folded weights, fused prologues).
+                    let mut g = c.graph.clone();
+                    resnetc::passes::optimize(&mut g, None);
+                    resnetc::interp::run_in(&g, &w, &x, cpu.precision())?
+                }
                 Target::Ref => resnetc::interp::run(&c.graph, &w, &x)?,
                 Target::Cpu => {
                     let mut g = c.graph.clone();
@@ -711,7 +743,11 @@ fn dispatch(cmd: Command) -> Result<()> {
                     if let Some(t) = threads {
                         resnetc::backend::cpu::set_num_threads(t as usize);
                     }
-                    resnetc::backend::cpu::run_jit(&g, &w, &x, &opts)?
+                    if check_layers {
+                        cpu_check_layers(&g, &w, &x, &opts)?
+                    } else {
+                        resnetc::backend::cpu::run_jit(&g, &w, &x, &opts)?
+                    }
                 }
                 Target::Cuda if check_layers => {
                     let (y, ok) = cuda_check_layers(&c, &w, &x, &cuda)?;
@@ -1022,6 +1058,37 @@ fn with_sass(p: &mut resnetc::backend::cuda::CudaProgram) {
 /// `run --check-layers`: the GPU's value of every layer against the
 /// interpreter's on the same optimized graph; prints the table and
 /// returns the output and whether every layer matched.
+/// `run --target cpu --check-layers`: every layer of the compiled code
+/// against the interpreter (in the same precision) on the compiled code's
+/// own inputs to it; prints the table, fails if any layer is off by more
+/// than 1e-4 relative.
+fn cpu_check_layers(
+    g: &resnetc::ir::Graph,
+    w: &Weights,
+    x: &resnetc::tensor::Tensor,
+    opts: &resnetc::backend::cpu::CpuOptions,
+) -> Result<resnetc::tensor::Tensor> {
+    const RTOL: f64 = 1e-4;
+    let (y, values) = resnetc::backend::cpu::run_jit_layers(g, w, x, opts)?;
+    let diffs = resnetc::interp::layer_check::layer_check(g, w, &values, opts.precision)?;
+    let mut table = format!("{:>5}  {:<48} {:>11}\n", "#", "layer", "rel error");
+    for (i, d) in diffs.iter().enumerate() {
+        let verdict = if d.error <= RTOL { "ok" } else { "DIFFERS" };
+        table += &format!("{i:>5}  {:<48} {:>11.3e}  {verdict}\n", d.label, d.error);
+    }
+    out(&table);
+    if let Some(d) = diffs.iter().find(|d| d.error > RTOL) {
+        return Err(other(
+            format!(
+                "layer `{}` of the CPU back end differs from the interpreter (table above)",
+                d.label
+            ),
+            "the first one that differs is where to look; the output was not written",
+        ));
+    }
+    Ok(y)
+}
+
 fn cuda_check_layers(
     c: &Compiled,
     w: &Weights,
@@ -1043,7 +1110,7 @@ fn cuda_check_layers(
         .filter_map(|l| l.writes.as_ref().map(|w| w.node))
         .collect();
     let mut refs = std::collections::HashMap::new();
-    resnetc::interp::run_observed(&g, w, x, |n, t| {
+    resnetc::interp::run_observed(&g, w, x, resnetc::precision::Precision::F32, |n, t| {
         if written.contains(&n.index()) {
             refs.insert(n.index(), t.clone());
         }

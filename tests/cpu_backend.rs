@@ -68,6 +68,7 @@ fn every_example_matches_the_interpreter() {
                     conv,
                     cpu: cpu.into(),
                     tuning: None,
+                    ..Default::default()
                 };
                 let y = run_jit(&opt, &w, &x, &opts).expect("cpu");
                 let what = format!("{name} batch {batch} {cpu} {conv:?} {algo:?}");

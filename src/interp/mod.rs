@@ -2,9 +2,11 @@
 //! IR with PyTorch's semantics. Every pass and back end is judged against it.
 
 pub mod kernels;
+pub mod layer_check;
 
 use crate::ir::op::{Activation, EpilogueStep, Fused, Op, UpsampleMode};
 use crate::ir::Graph;
+use crate::precision::Precision;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use kernels as k;
@@ -36,13 +38,6 @@ pub enum InterpError {
 
 /// Checks the weights and the input, and computes the derived constants.
 fn prepare(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Weights, InterpError> {
-    for w in graph.weights() {
-        if let Op::Weight { name } = &graph.node(w).op {
-            if !weights.contains_key(name) {
-                return Err(InterpError::Unbound(name.clone()));
-            }
-        }
-    }
     let expected = graph.input_shape();
     if input.shape.len() != expected.len() + 1
         || input.shape[1..] != *expected
@@ -56,6 +51,18 @@ fn prepare(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Weights, 
                 .collect::<Vec<_>>()
                 .join(", "),
         });
+    }
+    prepare_consts(graph, weights)
+}
+
+/// Checks that every weight is bound, and computes the derived constants.
+fn prepare_consts(graph: &Graph, weights: &Weights) -> Result<Weights, InterpError> {
+    for w in graph.weights() {
+        if let Op::Weight { name } = &graph.node(w).op {
+            if !weights.contains_key(name) {
+                return Err(InterpError::Unbound(name.clone()));
+            }
+        }
     }
     Ok(crate::weights::materialize(graph, weights))
 }
@@ -73,7 +80,21 @@ fn constant<'a>(graph: &Graph, c: (&'a Weights, &'a Weights), o: NodeIndex) -> O
 /// Runs `graph` on a batch. `weights` must hold every weight node (as
 /// `weights::bind` guarantees); derived constants are computed from them.
 pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, InterpError> {
-    run_observed(graph, weights, input, |_, _| {})
+    run_observed(graph, weights, input, Precision::F32, |_, _| {})
+}
+
+/// `run` in `precision`: in bf16, every conv, transposed conv and linear
+/// layer reads its
+/// input (after its prologue) and its weight rounded to bfloat16 and
+/// accumulates in f64, the rounding points of the compiled bf16 code. Run
+/// it on the optimized graph, whose folded weights the back end rounds.
+pub fn run_in(
+    graph: &Graph,
+    weights: &Weights,
+    input: &Tensor,
+    precision: Precision,
+) -> Result<Tensor, InterpError> {
+    run_observed(graph, weights, input, precision, |_, _| {})
 }
 
 /// `run`, showing `seen` the value of every activation node as it is
@@ -82,6 +103,7 @@ pub fn run_observed(
     graph: &Graph,
     weights: &Weights,
     input: &Tensor,
+    precision: Precision,
     mut seen: impl FnMut(NodeIndex, &Tensor),
 ) -> Result<Tensor, InterpError> {
     let consts = prepare(graph, weights, input)?;
@@ -109,7 +131,7 @@ pub fn run_observed(
                     .iter()
                     .map(|&o| constant(graph, (weights, &consts), o).unwrap_or_else(|| &values[&o]))
                     .collect();
-                eval(op, &args)
+                eval(op, &args, precision)
             }
         };
         debug_assert_eq!(
@@ -247,7 +269,7 @@ pub fn run_planned(
                         })
                     })
                     .collect();
-                let y = eval(op, &args);
+                let y = eval(op, &args, Precision::F32);
                 write(&mut arena, n, 0, &y);
             }
         }
@@ -256,17 +278,29 @@ pub fn run_planned(
 }
 
 /// One op on its operands (constants included, in operand order).
-fn eval(op: &Op, a: &[&Tensor]) -> Tensor {
+fn eval(op: &Op, a: &[&Tensor], precision: Precision) -> Tensor {
     let get = |i: usize| a[i];
+    // The operands a layer reads rounded in bf16: its input (after the
+    // prologue) and its weight.
+    let rounded = |fused: &Fused| {
+        let x = prologue(fused, &get, 2);
+        match precision {
+            Precision::F32 => (x, None),
+            Precision::Bf16 => {
+                let x = round_all(x.as_ref().unwrap_or(get(0)), precision);
+                (Some(x), Some(round_all(get(1), precision)))
+            }
+        }
+    };
     match op {
         Op::Input | Op::Output | Op::Weight { .. } | Op::Const(_) => {
             unreachable!("not computed by eval")
         }
         Op::Conv { geom, fused } => {
-            let x = prologue(fused, &get, 2);
+            let (x, w) = rounded(fused);
             let y = k::conv2d(
                 x.as_ref().unwrap_or(get(0)),
-                get(1),
+                w.as_ref().unwrap_or(get(1)),
                 None,
                 &k::Conv2d {
                     stride: geom.stride,
@@ -282,10 +316,10 @@ fn eval(op: &Op, a: &[&Tensor]) -> Tensor {
             output_padding,
             fused,
         } => {
-            let x = prologue(fused, &get, 2);
+            let (x, w) = rounded(fused);
             let y = k::conv_transpose2d(
                 x.as_ref().unwrap_or(get(0)),
-                get(1),
+                w.as_ref().unwrap_or(get(1)),
                 None,
                 &k::ConvTranspose2d {
                     stride: geom.stride,
@@ -298,8 +332,12 @@ fn eval(op: &Op, a: &[&Tensor]) -> Tensor {
             epilogue(fused, y, &get, 2)
         }
         Op::Linear { fused, .. } => {
-            let x = prologue(fused, &get, 2);
-            let y = k::linear(x.as_ref().unwrap_or(get(0)), get(1), None);
+            let (x, w) = rounded(fused);
+            let y = k::linear(
+                x.as_ref().unwrap_or(get(0)),
+                w.as_ref().unwrap_or(get(1)),
+                None,
+            );
             epilogue(fused, y, &get, 2)
         }
         Op::BatchNorm { eps } => k::batchnorm(get(0), get(1), get(2), get(3), get(4), *eps),
@@ -336,6 +374,13 @@ fn eval(op: &Op, a: &[&Tensor]) -> Tensor {
             stride,
         } => k::channel_pad(get(0), *out_channels, *stride),
     }
+}
+
+/// `t` with every element as `precision` rounds it.
+fn round_all(t: &Tensor, precision: Precision) -> Tensor {
+    let mut r = t.clone();
+    r.data.iter_mut().for_each(|v| *v = precision.round(*v));
+    r
 }
 
 /// `act(x * scale + shift)` per channel (axis 1).

@@ -20,9 +20,16 @@ pub const ALIGN: usize = 64;
 pub fn run(graph: &mut Graph) {
     // Two candidate orders: operands visited first-to-last and last-to-first
     // (which branch of a block runs first). Keep the lower peak.
-    let a = plan_for(graph, schedule(graph, false));
-    let b = plan_for(graph, schedule(graph, true));
+    let a = plan_for(graph, schedule(graph, false), false);
+    let b = plan_for(graph, schedule(graph, true), false);
     graph.plan = Some(if b.arena_bytes < a.arena_bytes { b } else { a });
+}
+
+/// A plan that reuses no memory: every value keeps its buffer to the end of
+/// the run, so that a back end's every layer can be read back and checked
+/// (`interp::layer_check`). Aliases (concat slices, flattens) still share.
+pub fn run_keeping_all(graph: &mut Graph) {
+    graph.plan = Some(plan_for(graph, schedule(graph, false), true));
 }
 
 /// Activation ops in execution order; `reverse` visits operands last-first.
@@ -82,7 +89,7 @@ fn placement(graph: &Graph) -> HashMap<NodeIndex, (NodeIndex, usize)> {
     resolved
 }
 
-fn plan_for(graph: &Graph, order: Vec<NodeIndex>) -> MemoryPlan {
+fn plan_for(graph: &Graph, order: Vec<NodeIndex>, keep_all: bool) -> MemoryPlan {
     let pos: HashMap<NodeIndex, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
     let alias = placement(graph);
     let root_of = |n: NodeIndex| alias.get(&n).map_or((n, 0), |&r| r);
@@ -100,7 +107,7 @@ fn plan_for(graph: &Graph, order: Vec<NodeIndex>) -> MemoryPlan {
                 last = last.max(p);
             }
         }
-        if n == graph.output || graph.operands(graph.output).contains(&n) {
+        if keep_all || n == graph.output || graph.operands(graph.output).contains(&n) {
             last = order.len();
         }
         let e = interval.entry(r).or_insert((pos[&n], last));

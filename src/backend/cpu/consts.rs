@@ -3,6 +3,7 @@
 //! or handed to the JIT-compiled code.
 
 use super::conv_gemm::{self, GemmConv, Tiling};
+use super::conv_winograd::ConvAlgo;
 use super::conv_winograd::WinoConv;
 use super::tuning::ConvChoice;
 use super::CpuOptions;
@@ -10,6 +11,7 @@ use crate::backend::llvm::VectorIsa;
 use crate::backend::shared::lay_out;
 use crate::ir::plan::MemoryPlan;
 use crate::ir::{Graph, Op};
+use crate::precision::Precision;
 use crate::weights::Weights;
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
@@ -28,6 +30,9 @@ pub struct ConstPool {
     pub workspace: usize,
     /// The vector unit the kernels are tiled for.
     pub isa: VectorIsa,
+    /// fp32, or bf16 convs and linear layers: their weights are stored
+    /// rounded and their kernels round their inputs.
+    pub precision: Precision,
 }
 
 impl ConstPool {
@@ -47,11 +52,34 @@ impl ConstPool {
             .chain(wino.keys())
             .map(|&c| (graph.operands(c)[1], c))
             .collect();
+        let precision = opts.precision;
+        // Weight node -> whether a layer reads it rounded (bf16: the
+        // weight of a conv or linear layer).
+        let rounded = |n: NodeIndex| {
+            precision == Precision::Bf16
+                && graph.users(n).iter().any(|&(u, slot)| {
+                    slot == 1
+                        && matches!(
+                            graph.node(u).op,
+                            Op::Conv { .. } | Op::ConvTranspose { .. } | Op::Linear { .. }
+                        )
+                })
+        };
         let (offsets, data) = lay_out(graph, weights, derived, |n, t| {
-            packed_for.get(&n).map(|c| match wino.get(c) {
-                Some(p) => p.pack(t),
-                None => gemm[c].pack(t),
-            })
+            let owned;
+            let t = if rounded(n) {
+                owned = t.iter().map(|&v| precision.round(v)).collect::<Vec<_>>();
+                &owned[..]
+            } else {
+                t
+            };
+            match packed_for.get(&n) {
+                Some(c) => Some(match wino.get(c) {
+                    Some(p) => p.pack(t),
+                    None => gemm[c].pack(t),
+                }),
+                None => rounded(n).then(|| t.to_vec()),
+            }
         });
         let wino_space = wino.values().map(|p| p.workspace()).max().unwrap_or(0);
         let workspace = conv_gemm::workspace(&gemm).max(wino_space) as usize;
@@ -62,6 +90,7 @@ impl ConstPool {
             wino,
             workspace,
             isa,
+            precision,
         }
     }
 
@@ -88,14 +117,20 @@ pub fn plan_convs(
 ) -> (HashMap<NodeIndex, GemmConv>, HashMap<NodeIndex, WinoConv>) {
     let choice = |n| {
         let tuned = opts.tuning.as_ref().and_then(|t| t.choice(graph, n, isa));
-        tuned.map_or((opts.conv, opts.algo), |c| c.forced())
+        let (conv, algo) = tuned.map_or((opts.conv, opts.algo), |c| c.forced());
+        // bf16 rounds the input and the weights themselves, which the
+        // Winograd transforms would not keep.
+        match opts.precision {
+            Precision::F32 => (conv, algo),
+            Precision::Bf16 => (conv, ConvAlgo::Direct),
+        }
     };
     let wino: HashMap<NodeIndex, WinoConv> = graph
         .schedule()
         .into_iter()
         .filter_map(|n| WinoConv::plan(graph, n, isa, choice(n).1).map(|p| (n, p)))
         .collect();
-    let mut gemm = conv_gemm::plans(graph, isa, |n| choice(n).0);
+    let mut gemm = conv_gemm::plans(graph, isa, opts.precision, |n| choice(n).0);
     gemm.retain(|n, _| !wino.contains_key(n));
     (gemm, wino)
 }

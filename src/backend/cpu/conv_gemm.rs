@@ -35,6 +35,7 @@ use crate::backend::llvm::VectorIsa;
 use crate::ir::graph::chw;
 use crate::ir::op::{ConvGeom, EpilogueStep, Fused, Op};
 use crate::ir::Graph;
+use crate::precision::Precision;
 use inkwell::values::{FloatValue, IntValue, PointerValue, VectorValue};
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
@@ -50,6 +51,8 @@ pub struct Staging {
     pub w: u64,
     pub stride: (u64, u64),
     pub pad: (u64, u64),
+    /// Staging rounds the input to bf16 (`Precision::Bf16`).
+    pub bf16: bool,
 }
 
 /// Which way a conv's register tile is vectorized.
@@ -188,6 +191,7 @@ impl GemmConv {
         graph: &Graph,
         n: NodeIndex,
         isa: VectorIsa,
+        precision: Precision,
         kernel: ConvKernel,
     ) -> Option<GemmConv> {
         let Op::Conv { fused, .. } = &graph.node(n).op else {
@@ -206,7 +210,9 @@ impl GemmConv {
             p: (ph, pw),
             d: (dh, dw),
         } = ConvShape::of(graph, n)?;
-        let staged = (ph, pw) != (0, 0) || (sh, sw) != (1, 1) || fused.prologue.is_some();
+        // In bf16 every conv stages its input: staging rounds it.
+        let bf16 = precision == Precision::Bf16;
+        let staged = (ph, pw) != (0, 0) || (sh, sw) != (1, 1) || fused.prologue.is_some() || bf16;
         let taps_rc = (0..kh).flat_map(|ky| (0..kw).map(move |kx| (ky * dh, kx * dw)));
         let (plane, wq, taps, staging) = if staged {
             let (hp, wp) = (h + 2 * ph, w + 2 * pw);
@@ -231,6 +237,7 @@ impl GemmConv {
                 w,
                 stride: (sh, sw),
                 pad: (ph, pw),
+                bf16,
             };
             let plane = st.phases.len() as u64 * hq * wq;
             (plane, wq, taps, Some(st))
@@ -456,14 +463,15 @@ pub fn choose_channels(
 pub fn plans(
     graph: &Graph,
     isa: VectorIsa,
+    precision: Precision,
     kernel_of: impl Fn(NodeIndex) -> ConvKernel,
 ) -> HashMap<NodeIndex, GemmConv> {
     graph
         .schedule()
         .into_iter()
         .filter_map(|n| {
-            GemmConv::plan(graph, n, isa, kernel_of(n))
-                .or_else(|| super::conv_transpose_plan::plan(graph, n, isa))
+            GemmConv::plan(graph, n, isa, precision, kernel_of(n))
+                .or_else(|| super::conv_transpose_plan::plan(graph, n, isa, precision))
                 .map(|p| (n, p))
         })
         .collect()
@@ -505,7 +513,16 @@ pub(super) fn stage<'ctx>(
         let base = e.at(dst, e.int(f as u64 * hq * wq));
         let signed = |v: i64| e.int(v as u64);
         let shift = (signed(py as i64 - ph as i64), signed(px as i64 - pw as i64));
-        pad_plane(e, fused, (src, base, ss), (h, w), (hq, wq), (sh, sw), shift);
+        pad_plane(
+            e,
+            fused,
+            (src, base, ss),
+            (h, w),
+            (hq, wq),
+            (sh, sw),
+            shift,
+            st.bf16,
+        );
     }
     Ok(())
 }
@@ -513,8 +530,8 @@ pub(super) fn stage<'ctx>(
 /// Writes one staged plane `dst` (`hq × wq`): `dst[i][j]` is the input
 /// `src[i·sh + shift_y][j·sw + shift_x]` (an `h × w` plane) with the
 /// prologue applied (`ss`: its per-channel scale and shift), or zero where
-/// that lies outside the input.
-#[allow(clippy::type_complexity)]
+/// that lies outside the input; rounded to bf16 where `bf16`.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub(super) fn pad_plane<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     fused: &Fused,
@@ -527,6 +544,7 @@ pub(super) fn pad_plane<'ctx>(
     (hq, wq): (u64, u64),
     (sh, sw): (u64, u64),
     (shift_y, shift_x): (IntValue<'ctx>, IntValue<'ctx>),
+    bf16: bool,
 ) {
     let (i0, i1) = valid_range(e, hq, sh, shift_y, h);
     let (j0, j1) = valid_range(e, wq, sw, shift_x, w);
@@ -549,12 +567,19 @@ pub(super) fn pad_plane<'ctx>(
             let n = e.sub(j1, j0);
             let lanes = e.int(e.lanes);
             let vss = ss.map(|(s, t)| (e.vsplat(s), e.vsplat(t)));
-            let pro = |e: &Emitter<'_, 'ctx>, v| match (fused.prologue, vss) {
-                (Some(p), Some((s, t))) => {
-                    let v = e.vfma(v, s, t);
-                    p.act.map_or(v, |f| e.vact(v, f))
+            let pro = |e: &Emitter<'_, 'ctx>, v| {
+                let v = match (fused.prologue, vss) {
+                    (Some(p), Some((s, t))) => {
+                        let v = e.vfma(v, s, t);
+                        p.act.map_or(v, |f| e.vact(v, f))
+                    }
+                    _ => v,
+                };
+                if bf16 {
+                    e.vround_bf16(v)
+                } else {
+                    v
                 }
-                _ => v,
             };
             let full = e.sdiv(n, lanes);
             e.for_range(z, full, |e, k| {
@@ -570,6 +595,7 @@ pub(super) fn pad_plane<'ctx>(
             e.for_range(j0, j1, |e, j| {
                 let ix = e.add(e.mul(j, e.int(sw)), shift_x);
                 let v = prologue_value(e, fused, e.load(xrow, ix), ss);
+                let v = if bf16 { e.round_bf16(v) } else { v };
                 e.store(row, j, v);
             });
         }

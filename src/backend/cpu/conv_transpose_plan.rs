@@ -15,11 +15,12 @@ use super::conv_gemm::{
 };
 use crate::backend::llvm::VectorIsa;
 use crate::ir::{Graph, Op};
+use crate::precision::Precision;
 use petgraph::stable_graph::NodeIndex;
 
 /// The `Channels` tiling of the transposed conv at `n`, or `None` when it is
 /// not one over an image whose weight it alone reads.
-pub fn plan(graph: &Graph, n: NodeIndex, isa: VectorIsa) -> Option<GemmConv> {
+pub fn plan(graph: &Graph, n: NodeIndex, isa: VectorIsa, precision: Precision) -> Option<GemmConv> {
     if !matches!(graph.node(n).op, Op::ConvTranspose { .. }) {
         return None;
     }
@@ -112,6 +113,7 @@ pub fn plan(graph: &Graph, n: NodeIndex, isa: VectorIsa) -> Option<GemmConv> {
             w,
             stride: (1, 1),
             pad: (pad, pad),
+            bf16: precision == Precision::Bf16,
         }),
     };
     p.split_rows();

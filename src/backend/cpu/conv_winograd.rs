@@ -470,6 +470,7 @@ pub(super) fn stage<'ctx>(
         (hp, wp),
         (1, 1),
         shift,
+        false,
     );
 }
 

@@ -794,6 +794,8 @@ fn conv_transpose<'ctx>(
     fused: &Fused,
     (b, oc): Unit<'ctx>,
 ) -> Result<(), LlvmError> {
+    // bf16: the input rounded as the weights are (`ConstPool`).
+    let bf16 = c.pool.precision == crate::precision::Precision::Bf16;
     let ConvSetup {
         d:
             ConvShape {
@@ -838,6 +840,7 @@ fn conv_transpose<'ctx>(
                     e.for_range(j0, j1, |e, q| {
                         let ocol = e.add(e.mul(q, e.int(sw)), shift_x);
                         let xv = prologue_value(e, fused, e.load(xrow, q), st);
+                        let xv = if bf16 { e.round_bf16(xv) } else { xv };
                         let acc = e.fmuladd(xv, wv, e.load(yrow, ocol));
                         e.store(yrow, ocol, acc);
                     });
@@ -863,6 +866,8 @@ fn linear<'ctx>(
 ) -> Result<(), LlvmError> {
     let inn = numel(c.shape(ops[0])) as u64;
     let wt = c.konst(ops[1]);
+    // bf16: the input rounded as the weights are (`ConstPool`).
+    let bf16 = c.pool.precision == crate::precision::Precision::Bf16;
     let (pro, bias, residual) = fused_operands(c, ops, fused);
     let (xb, yb) = (a.image(e, c.view(ops[0]), b), a.image(e, c.view(n), b));
     let zb = residual.map(|r| a.image(e, c.view(r), b));
@@ -889,6 +894,9 @@ fn linear<'ctx>(
                         xv = e.vact(xv, f);
                     }
                 }
+                if bf16 {
+                    xv = e.vround_bf16(xv);
+                }
                 let r = e.vfma(xv, e.vload(wrow, idx), e.vget(v));
                 e.vset(v, r);
             }
@@ -909,6 +917,7 @@ fn linear<'ctx>(
     e.for_const(bulk, inn, |e, i| {
         let st = pro.map(|(s, t)| (e.load(a.konst(e, s), i), e.load(a.konst(e, t), i)));
         let xv = prologue_value(e, fused, e.load(xb, i), st);
+        let xv = if bf16 { e.round_bf16(xv) } else { xv };
         let v = e.fmuladd(xv, e.load(wrow, i), e.get(acc));
         e.set(acc, v);
     });

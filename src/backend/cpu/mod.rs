@@ -16,6 +16,7 @@ pub mod tuning;
 use crate::backend::llvm::{self, LlvmError};
 use crate::backend::shared::symbol;
 use crate::ir::Graph;
+use crate::precision::Precision;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use consts::ConstPool;
@@ -23,6 +24,8 @@ pub use conv_gemm::ConvKernel;
 pub use conv_winograd::ConvAlgo;
 use inkwell::context::Context;
 use inkwell::OptimizationLevel;
+use petgraph::stable_graph::NodeIndex;
+use std::collections::HashMap;
 
 /// Options of a CPU build.
 #[derive(Clone, Debug)]
@@ -37,6 +40,8 @@ pub struct CpuOptions {
     /// Measured choices per conv shape (`bench --tune`), ahead of the cost
     /// model where a shape has one.
     pub tuning: Option<std::sync::Arc<tuning::Tuning>>,
+    /// fp32, or bf16 convs and linear layers (`crate::precision`).
+    pub precision: Precision,
 }
 
 impl Default for CpuOptions {
@@ -46,6 +51,7 @@ impl Default for CpuOptions {
             conv: ConvKernel::Auto,
             algo: ConvAlgo::Auto,
             tuning: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -160,6 +166,61 @@ pub fn run_jit(
     with_jit(graph, weights, opts, |run| run(input, None))?
 }
 
+/// Runs `graph` (optimized) on `input` with a memory plan that reuses
+/// nothing, and returns the output and the value of every activation as
+/// the compiled code left it: what `interp::layer_check` judges.
+pub fn run_jit_layers(
+    graph: &Graph,
+    weights: &Weights,
+    input: &Tensor,
+    opts: &CpuOptions,
+) -> Result<(Tensor, HashMap<NodeIndex, Tensor>), LlvmError> {
+    let mut g = graph.clone();
+    crate::passes::plan_memory::run_keeping_all(&mut g);
+    let mut values = HashMap::new();
+    let y = jit(&g, weights, opts, |run| {
+        run(
+            input,
+            None,
+            Some(&mut |arena: &[f32], per_image: usize| {
+                values = read_values(&g, arena, per_image, input.shape[0]);
+            }),
+        )
+    })??;
+    Ok((y, values))
+}
+
+/// Every activation's value in `arena` (`batch` images of `per_image`
+/// floats), by the memory plan of `g`.
+fn read_values(
+    g: &Graph,
+    arena: &[f32],
+    per_image: usize,
+    batch: usize,
+) -> HashMap<NodeIndex, Tensor> {
+    let Some(plan) = &g.plan else {
+        return HashMap::new();
+    };
+    let mut values = HashMap::new();
+    for (&n, s) in &plan.storage {
+        let shape = &g.node(n).shape;
+        let per = crate::ir::graph::numel(shape);
+        let base = plan.buffers[s.buffer].offset / 4 + s.elem_offset;
+        let mut data = Vec::with_capacity(batch * per);
+        for b in 0..batch {
+            data.extend_from_slice(&arena[base + b * per_image..][..per]);
+        }
+        let mut full = vec![batch];
+        full.extend(shape);
+        values.insert(n, Tensor::from_vec(&full, data));
+    }
+    values
+}
+
+/// What a run shows of its arena afterwards: the floats, and how many
+/// belong to each image.
+type ArenaView<'a> = &'a mut dyn FnMut(&[f32], usize);
+
 /// Compiles `graph` once and hands `body` a function that runs it on an
 /// input (any batch size), as often as it likes: what benchmarks need.
 pub fn with_jit<R>(
@@ -167,6 +228,24 @@ pub fn with_jit<R>(
     weights: &Weights,
     opts: &CpuOptions,
     body: impl FnOnce(&mut JitRun) -> R,
+) -> Result<R, LlvmError> {
+    jit(graph, weights, opts, |run| {
+        body(&mut |x: &Tensor, p: Option<&mut Profile>| run(x, p, None))
+    })
+}
+
+#[allow(clippy::type_complexity)]
+fn jit<R>(
+    graph: &Graph,
+    weights: &Weights,
+    opts: &CpuOptions,
+    body: impl FnOnce(
+        &mut dyn FnMut(
+            &Tensor,
+            Option<&mut Profile>,
+            Option<ArenaView>,
+        ) -> Result<Tensor, LlvmError>,
+    ) -> R,
 ) -> Result<R, LlvmError> {
     // Before any work: code for a CPU this machine is not would die of
     // SIGILL, with no message.
@@ -197,7 +276,10 @@ pub fn with_jit<R>(
     let expected = graph.input_shape().to_vec();
     let mut arena: Vec<f32> = Vec::new();
     let mut ticks = vec![0i64; labels.len()];
-    let mut run = |input: &Tensor, profile: Option<&mut Profile>| -> Result<Tensor, LlvmError> {
+    let mut run = |input: &Tensor,
+                   profile: Option<&mut Profile>,
+                   view: Option<ArenaView>|
+     -> Result<Tensor, LlvmError> {
         llvm::check_input(&input.shape, &expected)?;
         let batch = input.shape[0];
         // A huge batch is a clear error, not an allocation abort.
@@ -241,6 +323,9 @@ pub fn with_jit<R>(
         if let Some(p) = profile {
             p.labels.clone_from(&labels);
             p.ns.clone_from(&ticks);
+        }
+        if let Some(v) = view {
+            v(&arena, pool.arena_floats(plan));
         }
         Ok(output)
     };

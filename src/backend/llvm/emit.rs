@@ -220,6 +220,22 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
         self.f32t.const_float(v)
     }
 
+    /// `a` rounded to the nearest bfloat16, as an f32 (`vround_bf16`).
+    pub fn round_bf16(&self, a: FloatValue<'ctx>) -> FloatValue<'ctx> {
+        let i32t = self.ctx.i32_type();
+        let bits = self
+            .b
+            .build_bit_cast(a, i32t, "")
+            .expect(BUILDER)
+            .into_int_value();
+        let k = |v: u64| i32t.const_int(v, false);
+        let r = self.round_bits_bf16(bits, k(16), k(1), k(0x7fff), k(0xffff_0000));
+        self.b
+            .build_bit_cast(r, self.f32t, "")
+            .expect(BUILDER)
+            .into_float_value()
+    }
+
     pub fn fadd(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> FloatValue<'ctx> {
         self.b.build_float_add(a, b, "").expect(BUILDER)
     }

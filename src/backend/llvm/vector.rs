@@ -32,6 +32,50 @@ impl<'ctx> Emitter<'_, 'ctx> {
         s.set_alignment(4).expect("a store takes an alignment");
     }
 
+    /// Each lane rounded to the nearest bfloat16 (ties to even), as an f32:
+    /// `(bits + 0x7fff + bit16) & 0xffff0000`, what `precision::bf16_bits`
+    /// computes (for finite values).
+    pub fn vround_bf16(&self, v: VectorValue<'ctx>) -> VectorValue<'ctx> {
+        let it = self.ctx.i32_type().vec_type(self.lanes as u32);
+        let splat = |k: u64| {
+            let c = self.ctx.i32_type().const_int(k, false);
+            VectorType::const_vector(&vec![c; self.lanes as usize])
+        };
+        let b = self
+            .b
+            .build_bit_cast(v, it, "")
+            .expect(BUILDER)
+            .into_vector_value();
+        let r = self.round_bits_bf16(b, splat(16), splat(1), splat(0x7fff), splat(0xffff_0000));
+        self.b
+            .build_bit_cast(r, self.vty(), "")
+            .expect(BUILDER)
+            .into_vector_value()
+    }
+
+    /// The rounding of `vround_bf16` on the bits, for vectors or scalars.
+    pub fn round_bits_bf16<T: inkwell::values::IntMathValue<'ctx> + Copy>(
+        &self,
+        bits: T,
+        sixteen: T,
+        one: T,
+        half: T,
+        high: T,
+    ) -> T {
+        let b = &self.b;
+        let odd = b.build_and(
+            b.build_right_shift(bits, sixteen, false, "")
+                .expect(BUILDER),
+            one,
+            "",
+        );
+        let bias = b
+            .build_int_add(half, odd.expect(BUILDER), "")
+            .expect(BUILDER);
+        let sum = b.build_int_add(bits, bias, "").expect(BUILDER);
+        b.build_and(sum, high, "").expect(BUILDER)
+    }
+
     /// `base[idx + lane]` where `mask` is set, `0.0` elsewhere; masked-off
     /// lanes are not read.
     pub fn vload_masked(
