@@ -207,3 +207,25 @@ int64_t resnetc_now_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+
+/* Linux (5.16 on) hands a process the AMX tile state only on request:
+   asked once, before the first tile instruction; 1 where tiles may be used.
+   Elsewhere (no AMX, an older kernel, not Linux) 0. */
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+int resnetc_amx_permit(void) {
+    static int state; /* 0: not asked, 1: granted, 2: refused */
+    int s = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
+    if (s == 0) {
+#if defined(__linux__) && defined(__x86_64__)
+        /* ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA */
+        s = syscall(SYS_arch_prctl, 0x1023, 18) == 0 ? 1 : 2;
+#else
+        s = 2;
+#endif
+        __atomic_store_n(&state, s, __ATOMIC_RELEASE);
+    }
+    return s == 1;
+}

@@ -5,6 +5,7 @@
 use super::conv_gemm::{self, GemmConv, Tiling};
 use super::conv_winograd::ConvAlgo;
 use super::conv_winograd::WinoConv;
+use super::conv_bf16::BfConv;
 use super::tuning::ConvChoice;
 use super::CpuOptions;
 use crate::backend::llvm::VectorIsa;
@@ -26,6 +27,9 @@ pub struct ConstPool {
     /// The convs run as Winograd F(m×m, 3×3), whose weights the pool holds
     /// transformed and packed, and their plans.
     pub wino: HashMap<NodeIndex, WinoConv>,
+    /// The bf16 convs run on AMX tiles, whose weights the pool holds as
+    /// packed tiles, and their plans.
+    pub bf: HashMap<NodeIndex, BfConv>,
     /// Floats per image the kernels need past the memory plan.
     pub workspace: usize,
     /// The vector unit the kernels are tiled for.
@@ -46,10 +50,21 @@ impl ConstPool {
     ) -> ConstPool {
         let isa = VectorIsa::of(&opts.cpu);
         let (gemm, wino) = plan_convs(graph, isa, opts);
+        let bf: HashMap<NodeIndex, BfConv> = match opts.precision {
+            Precision::Bf16 => graph
+                .schedule()
+                .into_iter()
+                .filter_map(|n| BfConv::plan(graph, n, isa).map(|p| (n, p)))
+                .collect(),
+            Precision::F32 => HashMap::new(),
+        };
+        let gemm: HashMap<NodeIndex, GemmConv> =
+            gemm.into_iter().filter(|(n, _)| !bf.contains_key(n)).collect();
         // Weight node -> the conv whose kernel reads it packed.
         let packed_for: HashMap<NodeIndex, NodeIndex> = gemm
             .keys()
             .chain(wino.keys())
+            .chain(bf.keys())
             .map(|&c| (graph.operands(c)[1], c))
             .collect();
         let precision = opts.precision;
@@ -74,20 +89,23 @@ impl ConstPool {
                 t
             };
             match packed_for.get(&n) {
-                Some(c) => Some(match wino.get(c) {
-                    Some(p) => p.pack(t),
-                    None => gemm[c].pack(t),
+                Some(c) => Some(match (wino.get(c), bf.get(c)) {
+                    (Some(p), _) => p.pack(t),
+                    (_, Some(p)) => p.pack(t),
+                    _ => gemm[c].pack(t),
                 }),
                 None => rounded(n).then(|| t.to_vec()),
             }
         });
         let wino_space = wino.values().map(|p| p.workspace()).max().unwrap_or(0);
-        let workspace = conv_gemm::workspace(&gemm).max(wino_space) as usize;
+        let bf_space = bf.values().map(|p| p.workspace()).max().unwrap_or(0);
+        let workspace = conv_gemm::workspace(&gemm).max(wino_space).max(bf_space) as usize;
         ConstPool {
             offsets,
             data,
             gemm,
             wino,
+            bf,
             workspace,
             isa,
             precision,

@@ -15,6 +15,7 @@
 
 use super::consts::ConstPool;
 use super::conv_gemm::{self, ConvShape};
+use super::conv_bf16;
 use super::conv_winograd;
 use crate::backend::llvm::emit::Emitter;
 use crate::backend::llvm::LlvmError;
@@ -132,6 +133,9 @@ enum Part {
     /// transform.
     WinoInput,
     WinoGemm,
+    /// A bf16 AMX conv's staging (pair rows), then its tile GEMMs.
+    BfStage,
+    BfGemm,
 }
 
 /// Elements per work unit of elementwise ops.
@@ -222,6 +226,10 @@ pub fn lower<'ctx>(
         // A conv on the GEMM path runs as two calls (staging, then tiles);
         // every other op as one.
         let parts = match (pool.gemm.get(&n), pool.wino.get(&n)) {
+            _ if pool.bf.contains_key(&n) => {
+                let p = &pool.bf[&n];
+                vec![(Part::BfStage, p.stage_units()), (Part::BfGemm, p.gemm_units())]
+            }
             (_, Some(w)) => vec![
                 (Part::WinoInput, w.input_units()),
                 (Part::WinoGemm, w.gemm_units()),
@@ -280,6 +288,11 @@ pub fn lower<'ctx>(
                     let last = 3 + values.len() as u32;
                     let (begin, end) = (e.param_int(last), e.param_int(last + 1));
                     let mut result = Ok(());
+                    // AMX: this thread's tile configuration, once per call.
+                    let tiles = matches!(part, Part::BfGemm);
+                    if tiles {
+                        e.tile_config();
+                    }
                     e.for_range(begin, end, |e, t| {
                         let per = e.int(per_image);
                         let b = e.sdiv(t, per);
@@ -301,6 +314,14 @@ pub fn lower<'ctx>(
                                     }
                                     None => Err(LlvmError::Internal("no Winograd plan".into())),
                                 },
+                                (Part::BfStage, _) => {
+                                    conv_bf16::stage(e, &c, &a, n, &pool.bf[&n], (b, u));
+                                    Ok(())
+                                }
+                                (Part::BfGemm, _) => {
+                                    conv_bf16::gemm(e, &c, &a, n, &pool.bf[&n], (b, u));
+                                    Ok(())
+                                }
                                 (Part::Stage, Some(p)) => conv_gemm::stage(e, &c, &a, n, p, (b, u)),
                                 // Tiles order their units themselves.
                                 (Part::Gemm, Some(p)) => {
@@ -311,6 +332,9 @@ pub fn lower<'ctx>(
                         }
                     });
                     result?;
+                    if tiles {
+                        e.tile_release();
+                    }
                     e.ret_void();
                     kernels.insert(key, f);
                     f
@@ -357,6 +381,8 @@ pub fn lower<'ctx>(
                 Part::Gemm => " (gemm)",
                 Part::WinoInput => " (winograd input)",
                 Part::WinoGemm => " (winograd gemm)",
+                Part::BfStage => " (bf16 staging)",
+                Part::BfGemm => " (amx gemm)",
             };
             labels.push(format!("{} {}{suffix}", node.name, node.op.kind()));
         }
@@ -392,6 +418,16 @@ pub fn lower<'ctx>(
         consts,
         batch,
     };
+    if !pool.bf.is_empty() {
+        // The OS's permission for AMX tile state, before any tile
+        // instruction (the JIT asks beforehand and refuses cleanly).
+        let permit = module.add_function(
+            "resnetc_amx_permit",
+            ctx.i32_type().fn_type(&[], false),
+            Some(Linkage::External),
+        );
+        e.b.build_call(permit, &[], "").expect("call");
+    }
     let cx = e.b.build_alloca(ctx_ty, "ctx").expect("alloca");
     for (i, v) in [arena.into(), consts.into(), batch.into(), e.int(0).into()]
         .into_iter()

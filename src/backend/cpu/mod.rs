@@ -5,6 +5,7 @@
 
 pub mod artifact;
 pub mod consts;
+pub mod conv_bf16;
 pub mod conv_gemm;
 pub mod conv_transpose_plan;
 pub mod conv_winograd;
@@ -62,6 +63,13 @@ extern "C" {
     fn resnetc_set_num_threads(n: i32);
     fn resnetc_get_num_threads() -> i32;
     fn resnetc_now_ns() -> i64;
+    fn resnetc_amx_permit() -> i32;
+}
+
+/// Whether this process may use AMX tiles (Linux grants them on request).
+pub fn amx_permitted() -> bool {
+    // SAFETY: a system call with constant arguments, its result cached.
+    unsafe { resnetc_amx_permit() == 1 }
 }
 
 /// Threads JIT-run code uses (the pool is per process; default: the CPUs
@@ -253,6 +261,11 @@ fn jit<R>(
     let plan = graph.plan.as_ref().ok_or(LlvmError::Unplanned)?;
     let derived = crate::weights::materialize(graph, weights);
     let pool = ConstPool::build(graph, weights, &derived, opts);
+    if !pool.bf.is_empty() && !amx_permitted() {
+        return Err(LlvmError::AmxRefused(
+            "the operating system refused this process AMX tile state (Linux 5.16 or later grants it)".into(),
+        ));
+    }
     let ctx = Context::create();
     let sym = symbol(&graph.name);
     let (module, _machine, labels) = compile(&ctx, graph, &pool, opts)?;
@@ -268,6 +281,9 @@ fn jit<R>(
     }
     if let Some(f) = module.get_function("resnetc_now_ns") {
         engine.add_global_mapping(&f, resnetc_now_ns as *const () as usize);
+    }
+    if let Some(f) = module.get_function("resnetc_amx_permit") {
+        engine.add_global_mapping(&f, resnetc_amx_permit as *const () as usize);
     }
     // SAFETY: the symbol was generated with exactly this signature.
     let f = unsafe { engine.get_function::<RunFn>(&format!("{sym}_run")) }

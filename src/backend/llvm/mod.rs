@@ -5,6 +5,7 @@
 pub mod diagnostics;
 pub mod emit;
 pub mod exp;
+pub mod amx;
 pub mod features;
 pub mod vector;
 
@@ -35,6 +36,13 @@ pub enum LlvmError {
         missing: String,
         hint: String,
     },
+    /// bf16 AMX code where the OS grants no tile state.
+    #[error("{0}")]
+    #[diagnostic(
+        code(resnetc::backend::amx),
+        help("use a --cpu without AMX (e.g. `--cpu icelake-server`, or `x86-64-v4`): bf16 then runs on the vector units")
+    )]
+    AmxRefused(String),
     #[error("unknown GPU architecture `{0}`")]
     #[diagnostic(
         code(resnetc::backend::cuda),
@@ -114,6 +122,9 @@ const AVX512_CPUS: &[&str] = &[
     "znver5",
 ];
 
+/// CPU names whose cores have AMX-BF16 (LLVM enables it for them).
+const AMX_CPUS: &[&str] = &["sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d"];
+
 /// The vector unit the CPU kernels are tiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VectorIsa {
@@ -124,6 +135,9 @@ pub struct VectorIsa {
     /// An Intel core (by LLVM's name for the CPU): the conv cost model's
     /// constants differ per microarchitecture (docs/performance.md).
     pub intel: bool,
+    /// AMX tiles with bf16 products (`tdpbf16ps`): Sapphire Rapids and
+    /// later Xeons.
+    pub amx_bf16: bool,
 }
 
 impl VectorIsa {
@@ -135,6 +149,7 @@ impl VectorIsa {
         regs: 32,
         lanes: 16,
         intel: false,
+        amx_bf16: false,
     };
     /// AVX2 (and older x86-64, which LLVM legalizes into halves): 16
     /// registers of 8 lanes.
@@ -142,17 +157,17 @@ impl VectorIsa {
         regs: 16,
         lanes: 8,
         intel: false,
+        amx_bf16: false,
     };
 
     /// The vector unit of `cpu` (`native`: the host's features).
     pub fn of(cpu: &str) -> VectorIsa {
-        let avx512 = if cpu == "native" {
-            TargetMachine::get_host_cpu_features()
-                .to_string()
-                .split(',')
-                .any(|f| f == "+avx512f")
+        let host = TargetMachine::get_host_cpu_features().to_string();
+        let host_has = |f: &str| host.split(',').any(|h| h == f);
+        let (avx512, amx_bf16) = if cpu == "native" {
+            (host_has("+avx512f"), host_has("+amx-bf16") && host_has("+amx-tile"))
         } else {
-            AVX512_CPUS.contains(&cpu)
+            (AVX512_CPUS.contains(&cpu), AMX_CPUS.contains(&cpu))
         };
         let name = if cpu == "native" {
             host_cpu_name()
@@ -166,6 +181,7 @@ impl VectorIsa {
         };
         VectorIsa {
             intel: is_intel(&name),
+            amx_bf16,
             ..isa
         }
     }

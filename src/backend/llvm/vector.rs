@@ -220,7 +220,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
     }
 
     /// `x` in every lane of an i64 vector.
-    fn isplat(&self, x: IntValue<'ctx>) -> VectorValue<'ctx> {
+    pub fn isplat(&self, x: IntValue<'ctx>) -> VectorValue<'ctx> {
         let t = self.i64t.vec_type(self.lanes as u32);
         let undef = t.get_undef();
         let one = self
