@@ -663,3 +663,86 @@ fn object_links_alone_with_its_header() {
     let y = read_raw_floats(&output, &expected.shape);
     assert_close("C program on the object", &y, &expected, 1e-4, 1e-3);
 }
+
+/// `--precision bf16` on every example, layer by layer: each compiled
+/// layer against the interpreter's bf16 mode (inputs and weights rounded
+/// at the same points, f64 sums) on the compiled code's own inputs to it,
+/// within 1e-4. End to end the two may part by more: a sum that lands
+/// next to a bf16 rounding boundary rounds one way in fp32 and the other
+/// in f64, and every later layer carries that step. Native runs the AMX
+/// tile kernels where the host has AMX-BF16; x86-64-v3 the emulated path
+/// (the fp32 kernels on rounded operands), on the examples that hold every
+/// layer kind (the deeper variants repeat them).
+#[test]
+fn every_example_in_bf16_matches_the_interpreter_layer_by_layer() {
+    use resnetc::backend::cpu::run_jit_layers;
+    use resnetc::interp::layer_check::layer_check;
+    use resnetc::precision::Precision;
+    let amx = resnetc::backend::llvm::VectorIsa::of("native").amx_bf16
+        && resnetc::backend::cpu::amx_permitted();
+    if !amx {
+        eprintln!("this host has no AMX-BF16: native runs the emulated bf16 path too");
+    }
+    for (i, (name, c)) in examples_small().into_iter().enumerate() {
+        if name == "cifar_resnet1202" {
+            continue; // cifar_resnet110 has the same layers, fewer times
+        }
+        let w = tame_residuals(
+            &c.graph,
+            random_weights(&specs_of(&c.graph), 300 + i as u64),
+        );
+        let opt = optimized(&c.graph);
+        let mut shape = vec![2];
+        shape.extend(c.graph.input_shape());
+        let x = random_tensor(&shape, 41 * i as u64);
+        let emulated = [
+            "cifar_plain20",
+            "cifar_resnet20",
+            "densenet_bc_small",
+            "densenet121",
+            "resnet18",
+            "resnet50",
+            "se_resnet50",
+            "unet_small",
+        ]
+        .contains(&name.as_str());
+        let cpus: &[&str] = if emulated {
+            &["native", "x86-64-v3"]
+        } else {
+            &["native"]
+        };
+        for &cpu in cpus {
+            let opts = CpuOptions {
+                cpu: cpu.into(),
+                precision: Precision::Bf16,
+                ..Default::default()
+            };
+            let (y, values) = run_jit_layers(&opt, &w, &x, &opts).expect("cpu");
+            let diffs = layer_check(&opt, &w, &values, Precision::Bf16).expect("check");
+            let convs = opt
+                .schedule()
+                .into_iter()
+                .filter(|&n| matches!(opt.node(n).op, resnetc::ir::Op::Conv { .. }))
+                .count();
+            assert!(
+                diffs.len() > convs,
+                "{name} {cpu}: only {} layers checked",
+                diffs.len()
+            );
+            for d in &diffs {
+                assert!(
+                    d.error <= 1e-4,
+                    "{name} {cpu}: layer {} is off by {:.3e} from the bf16 interpreter",
+                    d.label,
+                    d.error
+                );
+            }
+            // The output is the last layer's value as the code left it.
+            let fp32 = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+            assert!(
+                rel_error(&y, &fp32) < 0.1,
+                "{name} {cpu}: bf16 output far from fp32"
+            );
+        }
+    }
+}

@@ -282,11 +282,25 @@ fn eval(op: &Op, a: &[&Tensor], precision: Precision) -> Tensor {
     let get = |i: usize| a[i];
     // The operands a layer reads rounded in bf16: its input (after the
     // prologue) and its weight.
-    let rounded = |fused: &Fused| {
-        let x = prologue(fused, &get, 2);
-        match precision {
-            Precision::F32 => (x, None),
-            Precision::Bf16 => {
+    let rounded = |fused: &Fused| match precision {
+        Precision::F32 => (prologue(fused, &get, 2), None),
+        Precision::Bf16 => {
+            // The prologue as the compiled code computes it, one fused
+            // multiply-add: a value next to a rounding boundary must land
+            // on the same side.
+            let x = fused.prologue.map(|p| {
+                let (s, t) = (get(2), get(3));
+                let c = s.data.len();
+                let inner = get(0).len() / get(0).shape[0] / c;
+                let mut y = get(0).clone();
+                for (i, v) in y.data.iter_mut().enumerate() {
+                    let ch = (i / inner) % c;
+                    let u = v.mul_add(s.data[ch], t.data[ch]);
+                    *v = p.act.map_or(u, |a| a.apply(u));
+                }
+                y
+            });
+            {
                 let x = round_all(x.as_ref().unwrap_or(get(0)), precision);
                 (Some(x), Some(round_all(get(1), precision)))
             }

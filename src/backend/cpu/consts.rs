@@ -2,10 +2,10 @@
 //! laid out once in one f32 array (64-byte aligned), embedded in a library
 //! or handed to the JIT-compiled code.
 
+use super::conv_bf16::BfConv;
 use super::conv_gemm::{self, GemmConv, Tiling};
 use super::conv_winograd::ConvAlgo;
 use super::conv_winograd::WinoConv;
-use super::conv_bf16::BfConv;
 use super::tuning::ConvChoice;
 use super::CpuOptions;
 use crate::backend::llvm::VectorIsa;
@@ -58,8 +58,10 @@ impl ConstPool {
                 .collect(),
             Precision::F32 => HashMap::new(),
         };
-        let gemm: HashMap<NodeIndex, GemmConv> =
-            gemm.into_iter().filter(|(n, _)| !bf.contains_key(n)).collect();
+        let gemm: HashMap<NodeIndex, GemmConv> = gemm
+            .into_iter()
+            .filter(|(n, _)| !bf.contains_key(n))
+            .collect();
         // Weight node -> the conv whose kernel reads it packed.
         let packed_for: HashMap<NodeIndex, NodeIndex> = gemm
             .keys()

@@ -14,8 +14,8 @@
 //! LLVM vectorizes the innermost loop.
 
 use super::consts::ConstPool;
-use super::conv_gemm::{self, ConvShape};
 use super::conv_bf16;
+use super::conv_gemm::{self, ConvShape};
 use super::conv_winograd;
 use crate::backend::llvm::emit::Emitter;
 use crate::backend::llvm::LlvmError;
@@ -228,7 +228,10 @@ pub fn lower<'ctx>(
         let parts = match (pool.gemm.get(&n), pool.wino.get(&n)) {
             _ if pool.bf.contains_key(&n) => {
                 let p = &pool.bf[&n];
-                vec![(Part::BfStage, p.stage_units()), (Part::BfGemm, p.gemm_units())]
+                vec![
+                    (Part::BfStage, p.stage_units()),
+                    (Part::BfGemm, p.gemm_units()),
+                ]
             }
             (_, Some(w)) => vec![
                 (Part::WinoInput, w.input_units()),

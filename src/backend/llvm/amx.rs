@@ -42,11 +42,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
             g.set_alignment(64);
             g
         });
-        self.call_intrinsic(
-            "llvm.x86.ldtilecfg",
-            &[],
-            &[cfg.as_pointer_value().into()],
-        );
+        self.call_intrinsic("llvm.x86.ldtilecfg", &[], &[cfg.as_pointer_value().into()]);
     }
 
     /// Gives the tile state back (after a kernel call's last tile use), so

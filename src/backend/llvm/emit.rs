@@ -273,6 +273,15 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
     /// A hint to bring the line at `p` into L2 (`prefetcht1`): never
     /// faults, whatever the address.
     pub fn prefetch_l2(&self, p: PointerValue<'ctx>) {
+        self.prefetch(p, 2);
+    }
+
+    /// The same into L1 (`prefetcht0`).
+    pub fn prefetch_l1(&self, p: PointerValue<'ctx>) {
+        self.prefetch(p, 3);
+    }
+
+    fn prefetch(&self, p: PointerValue<'ctx>, locality: u64) {
         let i32t = self.ctx.i32_type();
         self.call_intrinsic(
             "llvm.prefetch",
@@ -280,7 +289,7 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
             &[
                 p.into(),
                 i32t.const_zero().into(),
-                i32t.const_int(2, false).into(),
+                i32t.const_int(locality, false).into(),
                 i32t.const_int(1, false).into(),
             ],
         );

@@ -2,10 +2,10 @@
 //! pipeline, and `Emitter`, a thin layer over inkwell's builder for loops,
 //! addressing and float math.
 
+pub mod amx;
 pub mod diagnostics;
 pub mod emit;
 pub mod exp;
-pub mod amx;
 pub mod features;
 pub mod vector;
 
@@ -123,7 +123,12 @@ const AVX512_CPUS: &[&str] = &[
 ];
 
 /// CPU names whose cores have AMX-BF16 (LLVM enables it for them).
-const AMX_CPUS: &[&str] = &["sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d"];
+const AMX_CPUS: &[&str] = &[
+    "sapphirerapids",
+    "emeraldrapids",
+    "graniterapids",
+    "graniterapids-d",
+];
 
 /// The vector unit the CPU kernels are tiled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,7 +170,10 @@ impl VectorIsa {
         let host = TargetMachine::get_host_cpu_features().to_string();
         let host_has = |f: &str| host.split(',').any(|h| h == f);
         let (avx512, amx_bf16) = if cpu == "native" {
-            (host_has("+avx512f"), host_has("+amx-bf16") && host_has("+amx-tile"))
+            (
+                host_has("+avx512f"),
+                host_has("+amx-bf16") && host_has("+amx-tile"),
+            )
         } else {
             (AVX512_CPUS.contains(&cpu), AMX_CPUS.contains(&cpu))
         };
