@@ -746,3 +746,60 @@ fn every_example_in_bf16_matches_the_interpreter_layer_by_layer() {
         }
     }
 }
+
+/// A bf16 static library (`--precision bf16`) called from C gives what the
+/// JIT gives for the same build (the same kernels: AMX natively where the
+/// host has it, the emulated path for x86-64-v3), its header says bf16, and
+/// PyTorch's fp32 top-1 stays.
+#[test]
+fn bf16_static_library_matches_the_jit() {
+    use resnetc::precision::Precision;
+    let resnetc = env!("CARGO_BIN_EXE_resnetc");
+    let c = compile_example("cifar_resnet20");
+    let w = bind_weights(&c, &fixture("cifar_resnet20.safetensors"));
+    let x = read_npy(&fixture("cifar_resnet20.input.npy")).expect("input");
+    let torch = read_npy(&fixture("cifar_resnet20.output.npy")).expect("output");
+    let opt = optimized(&c.graph);
+    for cpu in ["native", "x86-64-v3"] {
+        let out = tempfile::tempdir().expect("tempdir");
+        let weights = format!(
+            "WEIGHTS=--weights {}",
+            fixture("cifar_resnet20.safetensors").display()
+        );
+        let flags = format!("FLAGS=--precision bf16 --cpu {cpu}");
+        make_example_with("embed_c", out.path(), resnetc, &[&weights, &flags]);
+        let header = std::fs::read_to_string(out.path().join("cifar_resnet20.h")).expect("h");
+        assert!(header.contains("#define CIFAR_RESNET20_PRECISION \"bf16\""));
+        let input = out.path().join("in.f32");
+        std::fs::write(&input, raw_floats(&fixture("cifar_resnet20.input.npy"))).expect("write");
+        let output = out.path().join("out.f32");
+        let run = Command::new(out.path().join("demo"))
+            .arg(&input)
+            .arg(&output)
+            .args(["2", "1", "2"])
+            .output()
+            .expect("demo runs");
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let y = read_raw_floats(&output, &torch.shape);
+        let opts = CpuOptions {
+            cpu: cpu.into(),
+            precision: Precision::Bf16,
+            ..Default::default()
+        };
+        let jit = run_jit(&opt, &w, &x, &opts).expect("jit");
+        assert_close(&format!("bf16 library, {cpu}"), &y, &jit, 1e-5, 1e-4);
+        let classes = torch.shape[1];
+        for (a, b) in y.data.chunks(classes).zip(torch.data.chunks(classes)) {
+            let top = |v: &[f32]| {
+                (0..v.len())
+                    .max_by(|&i, &j| v[i].total_cmp(&v[j]))
+                    .unwrap_or(0)
+            };
+            assert_eq!(top(a), top(b), "bf16 changed a top-1 class ({cpu})");
+        }
+    }
+}

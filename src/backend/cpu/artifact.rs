@@ -225,6 +225,17 @@ fn add_forward<'ctx>(
 pub fn header(graph: &Graph, pool: &ConstPool, sym: &str, emit: Emit) -> String {
     let up = sym.to_uppercase();
     let arena = pool.arena_bytes(graph);
+    let precision = match pool.precision {
+        crate::precision::Precision::F32 => "fp32: every layer computes in fp32".to_string(),
+        crate::precision::Precision::Bf16 => format!(
+            "bf16: convs, transposed convs and linear layers read their inputs and weights \n * rounded to bfloat16 and sum in fp32 ({}); everything else, the input \n * and the output are fp32",
+            if pool.bf.is_empty() {
+                "fp32 vector units"
+            } else {
+                "AMX tiles: Linux 5.16 or later"
+            }
+        ),
+    };
     let (what, cc) = match emit {
         Emit::Obj => (format!("{sym}.o"), format!("{sym}.o")),
         _ => (format!("lib{sym}.a"), format!("-L. -l{sym}")),
@@ -238,7 +249,10 @@ pub fn header(graph: &Graph, pool: &ConstPool, sym: &str, emit: Emit) -> String 
         graph.input_shape(),
         graph.output_shape(),
         &format!(
-            r#"/* Working memory a call needs, per image: `{sym}_forward` allocates
+            r#"/* The arithmetic: {precision}. */
+#define {up}_PRECISION "{name}"
+
+/* Working memory a call needs, per image: `{sym}_forward` allocates
  * (and frees) it; `{sym}_forward_with_arena` takes it from the caller. */
 #define {up}_ARENA_BYTES_PER_IMAGE {arena}ULL /* unsigned: batch * it needs no cast */
 
@@ -263,7 +277,8 @@ int {sym}_forward(const float *input, float *output, int batch);
  * large allocation maps and faults in on every call. Returns 0, -1 if
  * batch < 1, -2 if arena is NULL. */
 int {sym}_forward_with_arena(const float *input, float *output, int batch, void *arena);
-"#
+"#,
+            name = pool.precision.name(),
         ),
     )
 }

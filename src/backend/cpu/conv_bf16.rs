@@ -1,30 +1,35 @@
 //! bf16 convolution on AMX tiles (`--precision bf16` where the CPU has
-//! AMX-BF16): an implicit GEMM, `out[oc][q] = Σ_k A[oc][k] · B[k][q]`
-//! over output pixels `q = oy·OW + ox`, with `tdpbf16ps` on 16 × 32 bf16
-//! tiles into 16 × 16 fp32 accumulators.
+//! AMX-BF16): an implicit GEMM, `out[q][oc] = Σ_k X[q][k] · W[k][oc]` over
+//! output pixels `q = oy·OW + ox`, with `tdpbf16ps` on 16 × 32 bf16 tiles
+//! into 16 × 16 fp32 accumulators.
 //!
-//! *Staging* writes `B` once per conv and image, in the tiles' pair layout
-//! (VNNI): element `[k/2][q]` is one 32-bit word holding the bf16 of rows
-//! `k` and `k + 1`, so a B tile is 16 consecutive words of 16 pair rows.
-//! The reduction index `k` runs over (tap, input channel): the `kw` column
-//! taps are always folded into it, staged as shifted copies of the input
-//! (each with its zero padding and its column stride applied), and so are
-//! the row taps of a row-strided conv. A stride-1 conv keeps its row taps
-//! as separate GEMMs over the same staged matrix, each reading it
-//! `ky·dh·OW` pixels further on: the staged rows run `(kh - 1)·dh` past the
-//! output's. Staging applies the prologue (DenseNet's BN-ReLU) and rounds
-//! to bf16 (ties to even, as `precision::bf16_bits`).
+//! *Staging* writes `X` once per conv and image as whole A tiles: per
+//! chunk of 32 reduction values, one 64-byte record per pixel (its 32 bf16,
+//! in pairs), so the 16 pixels of a tile are 1 KiB in one piece, at any
+//! pixel offset (measured: 1.7× the speed of a pair-row layout, whose tile
+//! rows lie a whole staged row apart). The reduction index `k` runs over
+//! (tap, input channel): the `kw` column taps are always folded into it,
+//! staged as shifted copies of the input (each with its zero padding and
+//! column stride applied), and so are the row taps of a row-strided conv.
+//! A stride-1 conv keeps its row taps as separate GEMMs over the same
+//! staged matrix, each reading it `ky·dh·OW` pixels further on: the staged
+//! rows run `(kh - 1)·dh` past the output's. Staging applies the prologue
+//! (DenseNet's BN-ReLU) and rounds to bf16 (ties to even, as
+//! `precision::bf16_bits`); 16 pair vectors over 16 pixels are transposed
+//! in registers into 16 pixel records.
 //!
-//! The weights are packed at bind time as whole A tiles: per group, panel
-//! of 16 output channels, row tap and chunk of 32 reduction values, 16
-//! rows of 32 bf16 (zero past the real channels and reduction).
+//! The weights are packed at bind time as whole B tiles (VNNI): per group,
+//! panel of 16 output channels, row tap and chunk of 32 reduction values,
+//! 16 rows of pairs × 16 channels (zero past the real channels and
+//! reduction).
 //!
-//! A GEMM unit is 32 output channels × 32 pixels: four accumulator tiles,
-//! two A and two B tiles per chunk of 32. The accumulators go through a
-//! stack scratch to the fused epilogue (bias, residual, activation), which
-//! runs in fp32 and stores fp32: activations stay fp32 in the arena, so
-//! every other op is unchanged and rounding happens only where a conv
-//! reads (docs/bf16.md).
+//! A GEMM unit is 32 pixels × 32 output channels: four accumulator tiles,
+//! two A and two B tiles per chunk. The accumulators go through a stack
+//! scratch, are transposed in registers to channel-major vectors and take
+//! the fused epilogue (bias, residual, activation) in fp32 before the fp32
+//! store: activations stay fp32 in the arena, so every other op is
+//! unchanged and rounding happens only where a conv reads
+//! (docs/performance.md, bf16).
 
 use super::conv_gemm::{conv_fused, epilogue_store, ConvShape, Out};
 use super::lower::{fused_operands, Args, Ctx, Unit};
@@ -145,15 +150,16 @@ impl BfConv {
         self.oh * self.ow
     }
 
-    /// Words per staged pair row: the rows, then zeros for the last unit's
-    /// pixels past the end.
+    /// Pixel records per staged chunk: the rows, then zeros for the last
+    /// unit's pixels past the end.
     fn pitch(&self) -> u64 {
         (self.rows() * self.cols() + UNIT).div_ceil(16) * 16
     }
 
-    /// f32 slots of one image's staged input.
+    /// f32 slots of one image's staged input: per group and chunk, a
+    /// 16-word record per pixel.
     fn stage_slots(&self) -> u64 {
-        self.g * self.kpad() / 2 * self.pitch()
+        self.g * self.kpad() / KC * self.pitch() * 16
     }
 
     fn panels(&self) -> u64 {
@@ -169,7 +175,7 @@ impl BfConv {
     }
 
     pub fn stage_units(&self) -> u64 {
-        self.g * self.kpad() / 2
+        self.g * self.kpad() / KC
     }
 
     pub fn gemm_units(&self) -> u64 {
@@ -181,17 +187,17 @@ impl BfConv {
         self.stage_slots()
     }
 
-    /// The weight `[g·ocg][icg][kh][kw]` (already rounded) as A tiles:
-    /// `[g][panel][row tap][chunk]`, 16 rows × 32 bf16 each, two bf16 per
-    /// f32 slot (the even reduction index in the low half).
+    /// The weight `[g·ocg][icg][kh][kw]` (already rounded) as B tiles:
+    /// `[g][panel][row tap][chunk]`, 16 rows (reduction pairs) × 16
+    /// channels × 2 bf16 each, two bf16 per f32 slot (the even reduction
+    /// index in the low half).
     pub fn pack(&self, wt: &[f32]) -> Vec<f32> {
         let (kh, kw) = self.k;
-        let (ft, kp) = (self.folded_taps(), self.kpad());
-        let chunks = kp / KC;
+        let chunks = self.kpad() / KC;
         let mut out = vec![0u16; (self.weight_bytes() / 2) as usize];
         for gi in 0..self.g {
             for oc in 0..self.ocg {
-                let (panel, row) = (oc / 16, oc % 16);
+                let (panel, col) = (oc / 16, oc % 16);
                 for rt in 0..self.row_taps() {
                     for k in 0..self.kred() {
                         let (t, ic) = (k / self.icg, k % self.icg);
@@ -200,11 +206,11 @@ impl BfConv {
                         } else {
                             (rt, t)
                         };
-                        debug_assert!(t < ft);
                         let src = (((gi * self.ocg + oc) * self.icg + ic) * kh + ky) * kw + kx;
                         let tile =
                             ((gi * self.panels() + panel) * self.row_taps() + rt) * chunks + k / KC;
-                        let at = tile * TILE_SLOTS * 2 + row * KC + k % KC;
+                        let (pair, half) = ((k % KC) / 2, k % 2);
+                        let at = tile * TILE_SLOTS * 2 + (pair * 16 + col) * 2 + half;
                         out[at as usize] = bf16_bits(wt[src as usize]);
                     }
                 }
@@ -218,7 +224,8 @@ impl BfConv {
 
 // ---- emission ---------------------------------------------------------
 
-/// Stages pair row `u` (of `stage_units()`) of image `b`.
+/// Stages chunk `u` (of `stage_units()`: a group's 32 reduction values)
+/// of image `b`: every pixel's record.
 pub(super) fn stage<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
@@ -230,80 +237,109 @@ pub(super) fn stage<'ctx>(
     let fused = conv_fused(&c.graph.node(n).op).expect("a bf16 conv");
     let ops = c.graph.operands(n);
     let (pro, _, _) = fused_operands(c, &ops, fused);
-    let pairs = p.kpad() / 2;
-    let (gi, kp2) = (e.sdiv(u, e.int(pairs)), e.srem(u, e.int(pairs)));
+    let chunks = p.kpad() / KC;
+    let (gi, kc) = (e.sdiv(u, e.int(chunks)), e.srem(u, e.int(chunks)));
     let ws = a.image(e, c.workspace(e), b);
-    let dst = e.at(ws, e.mul(u, e.int(p.pitch())));
+    let dst = e.at(ws, e.mul(u, e.int(p.pitch() * 16)));
     let x = a.image(e, c.view(ops[0]), b);
-    let (kw, icg) = (p.k.1, p.icg);
-    // Both halves of the pair: reduction index, its input channel plane,
-    // the prologue's scale and shift, and the tap's offsets.
-    let halves: Vec<Half<'ctx>> = (0..2)
-        .map(|h| {
-            let k = e.add(e.mul(kp2, e.int(2)), e.int(h));
-            let live = e.ult(k, e.int(p.kred()));
-            let k = e.pick(live, k, e.int(0));
-            let (t, ic) = (e.sdiv(k, e.int(icg)), e.srem(k, e.int(icg)));
-            let (ty, tx) = if p.fold_rows {
-                (e.sdiv(t, e.int(kw)), e.srem(t, e.int(kw)))
-            } else {
-                (e.int(0), t)
-            };
-            let ch = e.add(e.mul(gi, e.int(icg)), ic);
-            let plane = e.at(x, e.mul(ch, e.int(p.h * p.w)));
-            let ss = pro.map(|(s, t)| (e.load(a.konst(e, s), ch), e.load(a.konst(e, t), ch)));
-            let col = e.sub(e.mul(tx, e.int(p.d.1)), e.int(p.p.1));
-            let row = e.sub(e.mul(ty, e.int(p.d.0)), e.int(p.p.0));
-            Half {
-                live,
-                plane,
-                ss,
-                col,
-                row,
-            }
-        })
-        .collect();
     let (rows, cols) = (p.rows(), p.cols());
-    let blocks = cols.div_ceil(16);
-    let (z, lanes) = (e.int(0), e.int(16));
+    let lanes = e.int(16);
+    // The 16 pair vectors of a 16-pixel block, before their transpose.
+    let pairs = e.entry_alloca(e.f32t.array_type(256).into());
     e.for_const(0, rows, |e, r| {
-        e.for_const(0, blocks, |e, ob| {
+        e.for_const(0, cols.div_ceil(16), |e, ob| {
             let ox0 = e.mul(ob, lanes);
-            let words: Vec<VectorValue<'ctx>> = halves
-                .iter()
-                .map(|hf| {
-                    let v = load_half(e, p, fused, hf, r, ox0);
-                    let it = e.ctx.i32_type().vec_type(16);
-                    let bits =
-                        e.b.build_bit_cast(v, it, "")
-                            .expect("cast")
-                            .into_vector_value();
-                    let k = |v: u64| {
-                        let c = e.ctx.i32_type().const_int(v, false);
-                        inkwell::types::VectorType::const_vector(&[c; 16])
-                    };
-                    e.round_bits_bf16(bits, k(16), k(1), k(0x7fff), k(0xffff_0000))
-                })
-                .collect();
-            let sixteen = {
-                let c = e.ctx.i32_type().const_int(16, false);
-                inkwell::types::VectorType::const_vector(&[c; 16])
-            };
-            let lo =
-                e.b.build_right_shift(words[0], sixteen, false, "")
-                    .expect("shift");
-            let pair = e.b.build_or(lo, words[1], "").expect("or");
-            let pair =
-                e.b.build_bit_cast(pair, e.vty(), "")
-                    .expect("cast")
-                    .into_vector_value();
-            let at = e.add(e.mul(r, e.int(cols)), ox0);
-            let mask = e.vin_range(e.vindices(ox0, 0), z, e.int(cols));
-            e.vstore_masked(dst, at, pair, mask);
+            // A loop, not 16 copies: the body is large, and each conv has
+            // its own.
+            e.for_const(0, KC / 2, |e, pp| {
+                let k = e.add(e.mul(kc, e.int(KC)), e.mul(pp, e.int(2)));
+                let lo = half_of(e, a, p, (x, gi, pro), k);
+                let lo = load_half(e, p, fused, &lo, r, ox0);
+                let hi = half_of(e, a, p, (x, gi, pro), e.add(k, e.int(1)));
+                let hi = load_half(e, p, fused, &hi, r, ox0);
+                e.vstore(pairs, e.mul(pp, lanes), pack_pairs(e, lo, hi));
+            });
+            let vs: Vec<VectorValue<'ctx>> =
+                (0..16).map(|i| e.vload(pairs, e.int(16 * i))).collect();
+            // Pair vectors over pixels -> one record (16 pairs) per pixel.
+            // Records of columns past the row land on the next row's first
+            // pixels, which that row then writes (or on the zeroed tail).
+            let q = e.add(e.mul(r, e.int(cols)), ox0);
+            for (l, rec) in e.vtranspose(&vs).into_iter().enumerate() {
+                let at = e.mul(e.add(q, e.int(l as u64)), lanes);
+                e.vstore(dst, at, rec);
+            }
         });
     });
-    // Zero words past the rows: the last units' pixels read them.
-    e.for_const(rows * cols, p.pitch(), |e, i| e.store(dst, i, e.f32(0.0)));
+    // Zero records past the rows: the last units' pixels read them.
+    e.for_const(rows * cols * 16, p.pitch() * 16, |e, i| {
+        e.store(dst, i, e.f32(0.0))
+    });
+}
+
+/// The bf16 of `lo` and `hi` lane by lane, as one 32-bit word per lane
+/// (`lo` in the low half), in a float vector.
+fn pack_pairs<'ctx>(
+    e: &Emitter<'_, 'ctx>,
+    lo: VectorValue<'ctx>,
+    hi: VectorValue<'ctx>,
+) -> VectorValue<'ctx> {
+    let it = e.ctx.i32_type().vec_type(16);
+    let k = |v: u64| {
+        let c = e.ctx.i32_type().const_int(v, false);
+        inkwell::types::VectorType::const_vector(&[c; 16])
+    };
+    let round = |v: VectorValue<'ctx>| {
+        let bits =
+            e.b.build_bit_cast(v, it, "")
+                .expect("cast")
+                .into_vector_value();
+        e.round_bits_bf16(bits, k(16), k(1), k(0x7fff), k(0xffff_0000))
+    };
+    let low =
+        e.b.build_right_shift(round(lo), k(16), false, "")
+            .expect("shift");
+    let word = e.b.build_or(low, round(hi), "").expect("or");
+    e.b.build_bit_cast(word, e.vty(), "")
+        .expect("cast")
+        .into_vector_value()
+}
+
+/// What reduction index `k` of group `gi` reads: its input channel plane,
+/// the prologue's scale and shift, and its tap's offsets.
+#[allow(clippy::type_complexity)]
+fn half_of<'ctx>(
+    e: &Emitter<'_, 'ctx>,
+    a: &Args<'ctx>,
+    p: &BfConv,
+    (x, gi, pro): (
+        PointerValue<'ctx>,
+        IntValue<'ctx>,
+        Option<(IntValue<'ctx>, IntValue<'ctx>)>,
+    ),
+    k: IntValue<'ctx>,
+) -> Half<'ctx> {
+    let (kw, icg) = (p.k.1, p.icg);
+    let live = e.ult(k, e.int(p.kred()));
+    let k = e.pick(live, k, e.int(0));
+    let (t, ic) = (e.sdiv(k, e.int(icg)), e.srem(k, e.int(icg)));
+    let (ty, tx) = if p.fold_rows {
+        (e.sdiv(t, e.int(kw)), e.srem(t, e.int(kw)))
+    } else {
+        (e.int(0), t)
+    };
+    let ch = e.add(e.mul(gi, e.int(icg)), ic);
+    let plane = e.at(x, e.mul(ch, e.int(p.h * p.w)));
+    let ss = pro.map(|(s, t)| (e.load(a.konst(e, s), ch), e.load(a.konst(e, t), ch)));
+    let col = e.sub(e.mul(tx, e.int(p.d.1)), e.int(p.p.1));
+    let row = e.sub(e.mul(ty, e.int(p.d.0)), e.int(p.p.0));
+    Half {
+        live,
+        plane,
+        ss,
+        col,
+        row,
+    }
 }
 
 /// One half of a staged pair: what its reduction index reads.
@@ -456,8 +492,8 @@ fn pick_strided<'ctx>(
     v
 }
 
-/// GEMM unit `u` (of `gemm_units()`) of image `b`: 32 output channels × 32
-/// pixels, then the epilogue. The caller loads the tile configuration.
+/// GEMM unit `u` (of `gemm_units()`) of image `b`: 32 pixels × 32 output
+/// channels, then the epilogue. The caller loads the tile configuration.
 pub(super) fn gemm<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
@@ -482,36 +518,31 @@ pub(super) fn gemm<'ctx>(
     let panel_slots = p.row_taps() * chunks * TILE_SLOTS;
     let wt = a.konst(e, c.konst(ops[1]));
     let panel0 = e.add(e.mul(gi, e.int(p.panels())), e.mul(ocb, e.int(2)));
-    let a0 = e.at(wt, e.mul(panel0, e.int(panel_slots)));
-    let a1 = e.at(a0, e.int(panel_slots));
+    let w0 = e.at(wt, e.mul(panel0, e.int(panel_slots)));
+    let w1 = e.at(w0, e.int(panel_slots));
     let q0 = e.mul(pb, e.int(UNIT));
     let ws = a.image(e, c.workspace(e), b);
-    let pairs = p.kpad() / 2;
-    let b0 = e.at(ws, e.add(e.mul(gi, e.int(pairs * p.pitch())), q0));
+    let rec = 16;
+    let x0 = e.at(
+        ws,
+        e.mul(e.add(e.mul(gi, e.int(chunks * p.pitch())), q0), e.int(rec)),
+    );
     for t in 0..4 {
         e.tile_zero(t);
     }
-    let (a_stride, b_stride) = (e.int(64), e.int(4 * p.pitch()));
-    let row_step = p.d.0 * p.cols();
+    let stride = e.int(64);
+    let row_step = p.d.0 * p.cols() * rec;
     e.for_const(0, p.row_taps(), |e, rt| {
-        let bt = e.at(b0, e.mul(rt, e.int(row_step)));
-        let at = e.mul(rt, e.int(chunks * TILE_SLOTS));
+        let xt = e.at(x0, e.mul(rt, e.int(row_step)));
+        let wr = e.mul(rt, e.int(chunks * TILE_SLOTS));
         e.for_const(0, chunks, |e, kc| {
-            let ak = e.add(at, e.mul(kc, e.int(TILE_SLOTS)));
-            e.tile_load(4, e.at(a0, ak), a_stride);
-            e.tile_load(5, e.at(a1, ak), a_stride);
-            let bk = e.at(bt, e.mul(kc, e.int(16 * p.pitch())));
-            // The next chunk's 16 B rows are 16 staged rows apart, a pattern
-            // no hardware prefetcher follows: fetch them into L1 now
-            // (measured: a fifth off the loop).
-            let next = e.at_unchecked(bk, e.int(16 * p.pitch()));
-            for r in 0..16 {
-                let row = e.at_unchecked(next, e.int(r * p.pitch()));
-                e.prefetch_l1(row);
-                e.prefetch_l1(e.at_unchecked(row, e.int(16)));
-            }
-            e.tile_load(6, bk, b_stride);
-            e.tile_load(7, e.at(bk, e.int(16)), b_stride);
+            let xk = e.at(xt, e.mul(kc, e.int(p.pitch() * rec)));
+            e.tile_load(4, xk, stride);
+            e.tile_load(5, e.at(xk, e.int(16 * rec)), stride);
+            let wk = e.add(wr, e.mul(kc, e.int(TILE_SLOTS)));
+            e.tile_load(6, e.at(w0, wk), stride);
+            e.tile_load(7, e.at(w1, wk), stride);
+            // Tile 2m + n: pixels 16m.., channels 16n...
             e.tile_dp_bf16(0, 4, 6);
             e.tile_dp_bf16(1, 4, 7);
             e.tile_dp_bf16(2, 5, 6);
@@ -523,42 +554,41 @@ pub(super) fn gemm<'ctx>(
         i.set_alignment(64).expect("an alloca takes an alignment");
     }
     for t in 0..4u8 {
-        e.tile_store(t, e.at(scratch, e.int(u64::from(t) * 256)), a_stride);
+        e.tile_store(t, e.at(scratch, e.int(u64::from(t) * 256)), stride);
     }
-    // Epilogue: accumulator (m, n) row r is channel oc0 + 16m + r, pixels
-    // q0 + 16n + lane.
+    // Epilogue: each accumulator's 16 pixel rows transposed into 16
+    // channel vectors over its pixels.
     let q = p.pixels();
     let yb = a.image(e, c.view(n), b);
     let zb = residual.map(|r| a.image(e, c.view(r), b));
     let oc_local0 = e.mul(ocb, e.int(UNIT));
     let (z, qn) = (e.int(0), e.int(q));
-    let masks: Vec<VectorValue<'ctx>> = (0..2)
-        .map(|nn| e.vin_range(e.vindices(q0, 16 * nn), z, qn))
-        .collect();
-    e.for_const(0, UNIT, |e, r| {
-        let local = e.add(oc_local0, r);
-        let live = e.ult(local, e.int(p.ocg));
-        let body = |e: &mut Emitter<'_, 'ctx>| {
-            let oc = e.add(e.mul(gi, e.int(p.ocg)), local);
-            let out = Out {
-                y: e.at(yb, e.mul(oc, e.int(q))),
-                z: zb.map(|z| e.at(z, e.mul(oc, e.int(q)))),
-                bias: bias.map(|bb| a.konst(e, bb)),
-            };
-            // Tile m = r / 16, row r % 16.
-            let (m, rr) = (e.sdiv(r, e.int(16)), e.srem(r, e.int(16)));
-            for (nn, &mask) in masks.iter().enumerate() {
-                let tile = e.add(e.mul(m, e.int(2)), e.int(nn as u64));
-                let at = e.add(e.mul(tile, e.int(256)), e.mul(rr, e.int(16)));
-                let v = e.vload(scratch, at);
-                let idx = e.add(q0, e.int(16 * nn as u64));
-                epilogue_store(e, fused, &out, v, oc, idx, Some(mask));
+    for m in 0..2u64 {
+        let idx = e.add(q0, e.int(16 * m));
+        let mask = e.vin_range(e.vindices(idx, 0), z, qn);
+        for nn in 0..2u64 {
+            let tile = (2 * m + nn) * 256;
+            let rows: Vec<VectorValue<'ctx>> = (0..16)
+                .map(|r| e.vload(scratch, e.int(tile + 16 * r)))
+                .collect();
+            for (j, v) in e.vtranspose(&rows).into_iter().enumerate() {
+                let local = e.add(oc_local0, e.int(16 * nn + j as u64));
+                let store = |e: &mut Emitter<'_, 'ctx>| {
+                    let oc = e.add(e.mul(gi, e.int(p.ocg)), local);
+                    let out = Out {
+                        y: e.at(yb, e.mul(oc, e.int(q))),
+                        z: zb.map(|z| e.at(z, e.mul(oc, e.int(q)))),
+                        bias: bias.map(|bb| a.konst(e, bb)),
+                    };
+                    epilogue_store(e, fused, &out, v, oc, idx, Some(mask));
+                };
+                if p.ocg.is_multiple_of(UNIT) {
+                    store(e);
+                } else {
+                    let live = e.ult(local, e.int(p.ocg));
+                    e.if_else(live, store, |_| {});
+                }
             }
-        };
-        if p.ocg.is_multiple_of(UNIT) {
-            body(e);
-        } else {
-            e.if_else(live, body, |_| {});
         }
-    });
+    }
 }
