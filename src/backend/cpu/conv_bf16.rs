@@ -101,6 +101,18 @@ impl BfConv {
         Some(p)
     }
 
+    /// Whether the tiles' rows are pixels (input as A, weights as B, the
+    /// accumulators transposed in the epilogue): where row taps read the
+    /// staged input at pixel offsets, which whole 1 KiB records allow.
+    /// With one row tap (1×1 and strided convs) the rows are channels
+    /// (weights as A, the input staged as whole B tiles of 16 pixels), and
+    /// the epilogue stores accumulator rows as they are: for the 1×1
+    /// convs, whose reduction is short, the transposes cost more than the
+    /// tile products (measured: resnet50's 64→256 1×1 at 56×56, 1.1 ms).
+    fn pixel_rows(&self) -> bool {
+        self.row_taps() > 1
+    }
+
     /// Taps folded into the reduction, and the GEMMs over row taps.
     fn folded_taps(&self) -> u64 {
         if self.fold_rows {
@@ -209,8 +221,13 @@ impl BfConv {
                         let src = (((gi * self.ocg + oc) * self.icg + ic) * kh + ky) * kw + kx;
                         let tile =
                             ((gi * self.panels() + panel) * self.row_taps() + rt) * chunks + k / KC;
-                        let (pair, half) = ((k % KC) / 2, k % 2);
-                        let at = tile * TILE_SLOTS * 2 + (pair * 16 + col) * 2 + half;
+                        let at = if self.pixel_rows() {
+                            let (pair, half) = ((k % KC) / 2, k % 2);
+                            tile * TILE_SLOTS * 2 + (pair * 16 + col) * 2 + half
+                        } else {
+                            // An A tile: 16 channel rows of 32 values.
+                            tile * TILE_SLOTS * 2 + col * KC + k % KC
+                        };
                         out[at as usize] = bf16_bits(wt[src as usize]);
                     }
                 }
@@ -244,6 +261,11 @@ pub(super) fn stage<'ctx>(
     let x = a.image(e, c.view(ops[0]), b);
     let (rows, cols) = (p.rows(), p.cols());
     let lanes = e.int(16);
+    if !p.pixel_rows() {
+        stage_b_tiles(e, p, fused, (x, gi, pro), kc, a, dst);
+        return;
+    }
+    // The 16 pair vectors of a 16-pixel block, before their transpose.
     // The 16 pair vectors of a 16-pixel block, before their transpose.
     let pairs = e.entry_alloca(e.f32t.array_type(256).into());
     e.for_const(0, rows, |e, r| {
@@ -274,6 +296,60 @@ pub(super) fn stage<'ctx>(
     // Zero records past the rows: the last units' pixels read them.
     e.for_const(rows * cols * 16, p.pitch() * 16, |e, i| {
         e.store(dst, i, e.f32(0.0))
+    });
+}
+
+/// Staging as B tiles (`!pixel_rows()`): per 16 pixels, 16 rows of pairs
+/// × 16 words, 1 KiB in one piece. A 16-pixel run of a row that does not
+/// start a tile is split over two.
+#[allow(clippy::type_complexity)]
+fn stage_b_tiles<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    p: &BfConv,
+    fused: &crate::ir::op::Fused,
+    src: (
+        PointerValue<'ctx>,
+        IntValue<'ctx>,
+        Option<(IntValue<'ctx>, IntValue<'ctx>)>,
+    ),
+    kc: IntValue<'ctx>,
+    a: &Args<'ctx>,
+    dst: PointerValue<'ctx>,
+) {
+    let (rows, cols) = (p.rows(), p.cols());
+    // Zeros first where the last tiles run past the pixels; the rows then
+    // overwrite their part.
+    e.for_const(rows * cols / 16 * 256, p.pitch() * 16, |e, i| {
+        e.store(dst, i, e.f32(0.0))
+    });
+    let (z, lanes) = (e.int(0), e.int(16));
+    e.for_const(0, rows, |e, r| {
+        e.for_const(0, cols.div_ceil(16), |e, ob| {
+            let ox0 = e.mul(ob, lanes);
+            // Lane l is pixel q + l: tile q / 16 from offset o, then the
+            // next tile from 0. Lanes past the row land on the next row's
+            // first pixels, which that row then writes.
+            let q = e.add(e.mul(r, e.int(cols)), ox0);
+            let (t, o) = (e.sdiv(q, lanes), e.srem(q, lanes));
+            let idx = e.vindices(z, 0);
+            let first = e.vin_range(idx, z, e.sub(lanes, o));
+            let second = e.vin_range(idx, e.sub(lanes, o), lanes);
+            let base = e.mul(t, e.int(256));
+            e.for_const(0, KC / 2, |e, pp| {
+                let k = e.add(e.mul(kc, e.int(KC)), e.mul(pp, e.int(2)));
+                let lo = half_of(e, a, p, src, k);
+                let lo = load_half(e, p, fused, &lo, r, ox0);
+                let hi = half_of(e, a, p, src, e.add(k, e.int(1)));
+                let hi = load_half(e, p, fused, &hi, r, ox0);
+                let v = pack_pairs(e, lo, hi);
+                let row = e.add(base, e.mul(pp, lanes));
+                e.vstore_masked(dst, e.add(row, o), v, first);
+                // The second part: tile t + 1's row pp, lanes 16 - o..16 at
+                // its offsets 0..o.
+                let next = e.sub(e.add(row, e.int(256)), e.sub(lanes, o));
+                e.vstore_masked(dst, next, v, second);
+            });
+        });
     });
 }
 
@@ -537,9 +613,21 @@ pub(super) fn gemm<'ctx>(
         let wr = e.mul(rt, e.int(chunks * TILE_SLOTS));
         e.for_const(0, chunks, |e, kc| {
             let xk = e.at(xt, e.mul(kc, e.int(p.pitch() * rec)));
+            let wk = e.add(wr, e.mul(kc, e.int(TILE_SLOTS)));
+            if !p.pixel_rows() {
+                // Weights as A (channel rows), the input as B.
+                e.tile_load(4, e.at(w0, wk), stride);
+                e.tile_load(5, e.at(w1, wk), stride);
+                e.tile_load(6, xk, stride);
+                e.tile_load(7, e.at(xk, e.int(16 * rec)), stride);
+                e.tile_dp_bf16(0, 4, 6);
+                e.tile_dp_bf16(1, 4, 7);
+                e.tile_dp_bf16(2, 5, 6);
+                e.tile_dp_bf16(3, 5, 7);
+                return;
+            }
             e.tile_load(4, xk, stride);
             e.tile_load(5, e.at(xk, e.int(16 * rec)), stride);
-            let wk = e.add(wr, e.mul(kc, e.int(TILE_SLOTS)));
             // Weight-heavy layers stream their tiles from L3: ask for them
             // four chunks ahead (measured: a tenth off resnet18's 7x7 stage).
             if p.panel_outer {
@@ -580,8 +668,16 @@ pub(super) fn gemm<'ctx>(
             let rows: Vec<VectorValue<'ctx>> = (0..16)
                 .map(|r| e.vload(scratch, e.int(tile + 16 * r)))
                 .collect();
-            for (j, v) in e.vtranspose(&rows).into_iter().enumerate() {
-                let local = e.add(oc_local0, e.int(16 * nn + j as u64));
+            // Pixel rows: tile 2m + n is pixels 16m.., channels 16n..;
+            // channel rows: channels 16m.., pixels 16n.. .
+            let (cols, oc_half, idx, mask) = if p.pixel_rows() {
+                (e.vtranspose(&rows), nn, idx, mask)
+            } else {
+                let idx = e.add(q0, e.int(16 * nn));
+                (rows, m, idx, e.vin_range(e.vindices(idx, 0), z, qn))
+            };
+            for (j, v) in cols.into_iter().enumerate() {
+                let local = e.add(oc_local0, e.int(16 * oc_half + j as u64));
                 let store = |e: &mut Emitter<'_, 'ctx>| {
                     let oc = e.add(e.mul(gi, e.int(p.ocg)), local);
                     let out = Out {
