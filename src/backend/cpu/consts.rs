@@ -96,7 +96,11 @@ impl ConstPool {
                     (_, Some(p)) => p.pack(t),
                     _ => gemm[c].pack(t),
                 }),
-                None => rounded(n).then(|| t.to_vec()),
+                None if rounded(n) => Some(match linear_rows(graph, n) {
+                    Some(inn) => pack_bf16_rows(t, inn),
+                    None => t.to_vec(),
+                }),
+                None => None,
             }
         });
         let wino_space = wino.values().map(|p| p.workspace()).max().unwrap_or(0);
@@ -125,6 +129,29 @@ impl ConstPool {
     pub fn arena_bytes(&self, graph: &crate::ir::Graph) -> usize {
         graph.plan.as_ref().map_or(0, |p| self.arena_floats(p) * 4)
     }
+}
+
+/// The input length of the linear layer whose weight `n` is.
+fn linear_rows(graph: &Graph, n: NodeIndex) -> Option<usize> {
+    graph.users(n).iter().find_map(|&(u, slot)| {
+        let linear = slot == 1 && matches!(graph.node(u).op, Op::Linear { .. });
+        linear.then(|| graph.node(n).shape.last().copied().unwrap_or(1))
+    })
+}
+
+/// Rows of `inn` (rounded) values as bf16, each row padded to an even
+/// length, two per f32 slot (the first in the low half).
+fn pack_bf16_rows(t: &[f32], inn: usize) -> Vec<f32> {
+    let pitch = inn.div_ceil(2) * 2;
+    let mut bits = vec![0u16; t.len() / inn.max(1) * pitch];
+    for (r, row) in t.chunks(inn.max(1)).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            bits[r * pitch + i] = crate::precision::bf16_bits(v);
+        }
+    }
+    bits.chunks(2)
+        .map(|p| f32::from_bits(u32::from(p[0]) | (u32::from(p[1]) << 16)))
+        .collect()
 }
 
 /// The plans of every conv: Winograd where the options take it (a tuning

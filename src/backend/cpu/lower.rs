@@ -912,7 +912,30 @@ fn linear<'ctx>(
     let zb = residual.map(|r| a.image(e, c.view(r), b));
     let acc = e.slot();
     e.set(acc, e.f32(0.0));
-    let wrow = e.at(a.konst(e, wt), e.mul(o, e.int(inn)));
+    // bf16: the weight rows are bf16, `inn` rounded up to even apart
+    // (`ConstPool`: half the bytes, which a batch-1 classifier streams).
+    let wrow = if bf16 {
+        let base = a.konst(e, wt);
+        let p = unsafe {
+            e.b.build_in_bounds_gep(
+                e.ctx.i16_type(),
+                base,
+                &[e.mul(o, e.int(inn.div_ceil(2) * 2))],
+                "",
+            )
+        }
+        .expect("gep");
+        p
+    } else {
+        e.at(a.konst(e, wt), e.mul(o, e.int(inn)))
+    };
+    let wload = |e: &Emitter<'_, 'ctx>, i| {
+        if bf16 {
+            e.vload_bf16(wrow, i)
+        } else {
+            e.vload(wrow, i)
+        }
+    };
     // Four vector accumulators over the bulk (an in-order scalar sum is
     // latency-bound and LLVM may not reorder it), then the scalar tail.
     let lanes = e.lanes;
@@ -936,7 +959,7 @@ fn linear<'ctx>(
                 if bf16 {
                     xv = e.vround_bf16(xv);
                 }
-                let r = e.vfma(xv, e.vload(wrow, idx), e.vget(v));
+                let r = e.vfma(xv, wload(e, idx), e.vget(v));
                 e.vset(v, r);
             }
         });
@@ -957,7 +980,12 @@ fn linear<'ctx>(
         let st = pro.map(|(s, t)| (e.load(a.konst(e, s), i), e.load(a.konst(e, t), i)));
         let xv = prologue_value(e, fused, e.load(xb, i), st);
         let xv = if bf16 { e.round_bf16(xv) } else { xv };
-        let v = e.fmuladd(xv, e.load(wrow, i), e.get(acc));
+        let wv = if bf16 {
+            e.load_bf16(wrow, i)
+        } else {
+            e.load(wrow, i)
+        };
+        let v = e.fmuladd(xv, wv, e.get(acc));
         e.set(acc, v);
     });
     e.store(yb, o, e.get(acc));

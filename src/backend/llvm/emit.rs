@@ -220,6 +220,26 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
         self.f32t.const_float(v)
     }
 
+    /// The bf16 value `base[idx]` (`base` counted in bf16 elements) as f32.
+    pub fn load_bf16(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> FloatValue<'ctx> {
+        let (i16t, i32t) = (self.ctx.i16_type(), self.ctx.i32_type());
+        let p = unsafe { self.b.build_in_bounds_gep(i16t, base, &[idx], "") }.expect(BUILDER);
+        let v = self
+            .b
+            .build_load(i16t, p, "")
+            .expect(BUILDER)
+            .into_int_value();
+        let wide = self.b.build_int_z_extend(v, i32t, "").expect(BUILDER);
+        let bits = self
+            .b
+            .build_left_shift(wide, i32t.const_int(16, false), "")
+            .expect(BUILDER);
+        self.b
+            .build_bit_cast(bits, self.f32t, "")
+            .expect(BUILDER)
+            .into_float_value()
+    }
+
     /// `a` rounded to the nearest bfloat16, as an f32 (`vround_bf16`).
     pub fn round_bf16(&self, a: FloatValue<'ctx>) -> FloatValue<'ctx> {
         let i32t = self.ctx.i32_type();

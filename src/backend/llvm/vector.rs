@@ -53,6 +53,32 @@ impl<'ctx> Emitter<'_, 'ctx> {
             .into_vector_value()
     }
 
+    /// `lanes` bf16 values from `base[idx..]` (`base` counted in bf16
+    /// elements) widened to f32 (exact: the low 16 bits zero).
+    pub fn vload_bf16(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> VectorValue<'ctx> {
+        let (i16t, i32t) = (self.ctx.i16_type(), self.ctx.i32_type());
+        let p = unsafe { self.b.build_in_bounds_gep(i16t, base, &[idx], "") }.expect(BUILDER);
+        let v = self
+            .b
+            .build_load(i16t.vec_type(self.lanes as u32), p, "")
+            .expect(BUILDER);
+        v.as_instruction_value()
+            .and_then(|i| i.set_alignment(2).ok())
+            .expect("a load takes an alignment");
+        let it = i32t.vec_type(self.lanes as u32);
+        let wide = self
+            .b
+            .build_int_z_extend(v.into_vector_value(), it, "")
+            .expect(BUILDER);
+        let sixteen =
+            VectorType::const_vector(&vec![i32t.const_int(16, false); self.lanes as usize]);
+        let bits = self.b.build_left_shift(wide, sixteen, "").expect(BUILDER);
+        self.b
+            .build_bit_cast(bits, self.vty(), "")
+            .expect(BUILDER)
+            .into_vector_value()
+    }
+
     /// The rounding of `vround_bf16` on the bits, for vectors or scalars.
     pub fn round_bits_bf16<T: inkwell::values::IntMathValue<'ctx> + Copy>(
         &self,
