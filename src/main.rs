@@ -873,6 +873,12 @@ fn dispatch(cmd: Command) -> Result<()> {
                     "leave out --tune, or use --target cpu",
                 ));
             }
+            if tune.is_some() && cpu.precision() != resnetc::precision::Precision::F32 {
+                return Err(usage(
+                    "--tune measures the fp32 conv kernels".into(),
+                    "leave out --precision bf16 (bf16 convs have one kernel per CPU)",
+                ));
+            }
             if layers && target == Target::Ref {
                 return Err(usage(
                     "--layers times the calls of the compiled code; the interpreter has none"

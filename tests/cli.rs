@@ -414,6 +414,30 @@ fn flags_of_another_target_are_refused() {
             &["ir", model, "--print-after", "nosuch"][..],
             "unknown pass",
         ),
+        (
+            &["bench", model, "--precision", "bf16", "--tune", "t.json"][..],
+            "--tune measures the fp32 conv kernels",
+        ),
+        (
+            &["bench", model, "--target", "cuda", "--precision", "bf16"][..],
+            "--precision applies to --target cpu",
+        ),
+        (
+            &[
+                "run",
+                model,
+                "--random-weights",
+                "0",
+                "--input",
+                "x.npy",
+                "--output",
+                "y.npy",
+                "--target",
+                "ref",
+                "--check-layers",
+            ][..],
+            "--check-layers compares the layers of a compiled back end",
+        ),
     ] {
         let o = resnetc(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
