@@ -51,17 +51,7 @@ const TILE_SLOTS: u64 = 16 * KC / 2;
 /// The plan of one bf16 AMX conv.
 #[derive(Clone, Debug)]
 pub struct BfConv {
-    pub g: u64,
-    pub icg: u64,
-    pub ocg: u64,
-    pub h: u64,
-    pub w: u64,
-    pub oh: u64,
-    pub ow: u64,
-    pub k: (u64, u64),
-    pub s: (u64, u64),
-    pub p: (u64, u64),
-    pub d: (u64, u64),
+    pub shape: ConvShape,
     /// Row taps folded into the reduction (a row-strided conv, or one
     /// row): then the staged rows are the output's.
     pub fold_rows: bool,
@@ -81,19 +71,10 @@ impl BfConv {
         }
         let s = ConvShape::of(graph, n)?;
         let flat = s.k == (1, 1) && s.s == (1, 1) && s.p == (0, 0);
+        let fold_rows = s.s.0 > 1 || s.k.0 == 1;
         let mut p = BfConv {
-            g: s.g,
-            icg: s.icg,
-            ocg: s.ocg,
-            h: s.h,
-            w: s.w,
-            oh: s.oh,
-            ow: s.ow,
-            k: s.k,
-            s: s.s,
-            p: s.p,
-            d: s.d,
-            fold_rows: s.s.0 > 1 || s.k.0 == 1,
+            shape: s,
+            fold_rows,
             flat,
             panel_outer: false,
         };
@@ -116,9 +97,9 @@ impl BfConv {
     /// Taps folded into the reduction, and the GEMMs over row taps.
     fn folded_taps(&self) -> u64 {
         if self.fold_rows {
-            self.k.0 * self.k.1
+            self.shape.k.0 * self.shape.k.1
         } else {
-            self.k.1
+            self.shape.k.1
         }
     }
 
@@ -126,13 +107,13 @@ impl BfConv {
         if self.fold_rows {
             1
         } else {
-            self.k.0
+            self.shape.k.0
         }
     }
 
     /// The reduction length per row tap, and rounded to whole tiles.
     fn kred(&self) -> u64 {
-        self.folded_taps() * self.icg
+        self.folded_taps() * self.shape.icg
     }
 
     fn kpad(&self) -> u64 {
@@ -144,22 +125,22 @@ impl BfConv {
         if self.flat {
             1
         } else if self.fold_rows {
-            self.oh
+            self.shape.oh
         } else {
-            self.oh + (self.k.0 - 1) * self.d.0
+            self.shape.oh + (self.shape.k.0 - 1) * self.shape.d.0
         }
     }
 
     fn cols(&self) -> u64 {
         if self.flat {
-            self.h * self.w
+            self.shape.h * self.shape.w
         } else {
-            self.ow
+            self.shape.ow
         }
     }
 
     fn pixels(&self) -> u64 {
-        self.oh * self.ow
+        self.shape.oh * self.shape.ow
     }
 
     /// Pixel records per staged chunk: the rows, then zeros for the last
@@ -171,15 +152,15 @@ impl BfConv {
     /// f32 slots of one image's staged input: per group and chunk, a
     /// 16-word record per pixel.
     fn stage_slots(&self) -> u64 {
-        self.g * self.kpad() / KC * self.pitch() * 16
+        self.shape.g * self.kpad() / KC * self.pitch() * 16
     }
 
     fn panels(&self) -> u64 {
-        self.ocg.div_ceil(UNIT) * 2
+        self.shape.ocg.div_ceil(UNIT) * 2
     }
 
     fn weight_bytes(&self) -> u64 {
-        self.g * self.panels() * self.row_taps() * self.kpad() * 16 * 2
+        self.shape.g * self.panels() * self.row_taps() * self.kpad() * 16 * 2
     }
 
     fn pixel_blocks(&self) -> u64 {
@@ -187,11 +168,11 @@ impl BfConv {
     }
 
     pub fn stage_units(&self) -> u64 {
-        self.g * self.kpad() / KC
+        self.shape.g * self.kpad() / KC
     }
 
     pub fn gemm_units(&self) -> u64 {
-        self.g * self.ocg.div_ceil(UNIT) * self.pixel_blocks()
+        self.shape.g * self.shape.ocg.div_ceil(UNIT) * self.pixel_blocks()
     }
 
     /// Floats per image of workspace: the staged input.
@@ -204,21 +185,23 @@ impl BfConv {
     /// channels × 2 bf16 each, two bf16 per f32 slot (the even reduction
     /// index in the low half).
     pub fn pack(&self, wt: &[f32]) -> Vec<f32> {
-        let (kh, kw) = self.k;
+        let (kh, kw) = self.shape.k;
         let chunks = self.kpad() / KC;
         let mut out = vec![0u16; (self.weight_bytes() / 2) as usize];
-        for gi in 0..self.g {
-            for oc in 0..self.ocg {
+        for gi in 0..self.shape.g {
+            for oc in 0..self.shape.ocg {
                 let (panel, col) = (oc / 16, oc % 16);
                 for rt in 0..self.row_taps() {
                     for k in 0..self.kred() {
-                        let (t, ic) = (k / self.icg, k % self.icg);
+                        let (t, ic) = (k / self.shape.icg, k % self.shape.icg);
                         let (ky, kx) = if self.fold_rows {
                             (t / kw, t % kw)
                         } else {
                             (rt, t)
                         };
-                        let src = (((gi * self.ocg + oc) * self.icg + ic) * kh + ky) * kw + kx;
+                        let src = (((gi * self.shape.ocg + oc) * self.shape.icg + ic) * kh + ky)
+                            * kw
+                            + kx;
                         let tile =
                             ((gi * self.panels() + panel) * self.row_taps() + rt) * chunks + k / KC;
                         let at = if self.pixel_rows() {
@@ -395,7 +378,7 @@ fn half_of<'ctx>(
     ),
     k: IntValue<'ctx>,
 ) -> Half<'ctx> {
-    let (kw, icg) = (p.k.1, p.icg);
+    let (kw, icg) = (p.shape.k.1, p.shape.icg);
     let live = e.ult(k, e.int(p.kred()));
     let k = e.pick(live, k, e.int(0));
     let (t, ic) = (e.sdiv(k, e.int(icg)), e.srem(k, e.int(icg)));
@@ -405,10 +388,10 @@ fn half_of<'ctx>(
         (e.int(0), t)
     };
     let ch = e.add(e.mul(gi, e.int(icg)), ic);
-    let plane = e.at(x, e.mul(ch, e.int(p.h * p.w)));
+    let plane = e.at(x, e.mul(ch, e.int(p.shape.h * p.shape.w)));
     let ss = pro.map(|(s, t)| (e.load(a.konst(e, s), ch), e.load(a.konst(e, t), ch)));
-    let col = e.sub(e.mul(tx, e.int(p.d.1)), e.int(p.p.1));
-    let row = e.sub(e.mul(ty, e.int(p.d.0)), e.int(p.p.0));
+    let col = e.sub(e.mul(tx, e.int(p.shape.d.1)), e.int(p.shape.p.1));
+    let row = e.sub(e.mul(ty, e.int(p.shape.d.0)), e.int(p.shape.p.0));
     Half {
         live,
         plane,
@@ -445,20 +428,20 @@ fn load_half<'ctx>(
 ) -> VectorValue<'ctx> {
     let z = e.int(0);
     let (v, mask) = if p.flat {
-        let mask = e.vin_range(e.vindices(ox0, 0), z, e.int(p.h * p.w));
+        let mask = e.vin_range(e.vindices(ox0, 0), z, e.int(p.shape.h * p.shape.w));
         let mask = and_scalar(e, mask, hf.live);
         (e.vload_masked(hf.plane, ox0, mask), mask)
     } else {
-        let (sh, sw) = p.s;
+        let (sh, sw) = p.shape.s;
         let iy = if p.fold_rows {
             e.add(e.mul(r, e.int(sh)), hf.row)
         } else {
-            e.sub(r, e.int(p.p.0))
+            e.sub(r, e.int(p.shape.p.0))
         };
         let row_ok = e.b.build_and(
             e.b.build_int_compare(IntPredicate::SGE, iy, z, "")
                 .expect("cmp"),
-            e.b.build_int_compare(IntPredicate::SLT, iy, e.int(p.h), "")
+            e.b.build_int_compare(IntPredicate::SLT, iy, e.int(p.shape.h), "")
                 .expect("cmp"),
             "",
         );
@@ -466,11 +449,11 @@ fn load_half<'ctx>(
             e.b.build_and(row_ok.expect("and"), hf.live, "")
                 .expect("and");
         let iy = e.pick(row_ok, iy, z);
-        let src = e.at_unchecked(hf.plane, e.mul(iy, e.int(p.w)));
+        let src = e.at_unchecked(hf.plane, e.mul(iy, e.int(p.shape.w)));
         // Input column of lane l: (ox0 + l)·sw + col.
         let ix0 = e.add(e.mul(ox0, e.int(sw)), hf.col);
         if sw == 1 {
-            let mask = e.vin_range(e.vindices(ix0, 0), z, e.int(p.w));
+            let mask = e.vin_range(e.vindices(ix0, 0), z, e.int(p.shape.w));
             let mask = and_scalar(e, mask, row_ok);
             (e.vload_masked(src, ix0, mask), mask)
         } else {
@@ -478,7 +461,7 @@ fn load_half<'ctx>(
             let parts: Vec<VectorValue<'ctx>> = (0..sw)
                 .map(|j| {
                     let at = e.add(ix0, e.int(16 * j));
-                    let m = e.vin_range(e.vindices(at, 0), z, e.int(p.w));
+                    let m = e.vin_range(e.vindices(at, 0), z, e.int(p.shape.w));
                     let m = and_scalar(e, m, row_ok);
                     e.vload_masked(src, at, m)
                 })
@@ -486,7 +469,7 @@ fn load_half<'ctx>(
             let v = pick_strided(e, &parts, sw);
             // Lane l is valid where its column is.
             let idx = strided_indices(e, ix0, sw);
-            let mask = e.vin_range(idx, z, e.int(p.w));
+            let mask = e.vin_range(idx, z, e.int(p.shape.w));
             (v, and_scalar(e, mask, row_ok))
         }
     };
@@ -581,7 +564,7 @@ pub(super) fn gemm<'ctx>(
     let fused = conv_fused(&c.graph.node(n).op).expect("a bf16 conv");
     let ops = c.graph.operands(n);
     let (_, bias, residual) = fused_operands(c, &ops, fused);
-    let (ocbs, pbs) = (e.int(p.ocg.div_ceil(UNIT)), e.int(p.pixel_blocks()));
+    let (ocbs, pbs) = (e.int(p.shape.ocg.div_ceil(UNIT)), e.int(p.pixel_blocks()));
     let per_group = e.mul(ocbs, pbs);
     let gi = e.sdiv(u, per_group);
     let rest = e.srem(u, per_group);
@@ -607,7 +590,7 @@ pub(super) fn gemm<'ctx>(
         e.tile_zero(t);
     }
     let stride = e.int(64);
-    let row_step = p.d.0 * p.cols() * rec;
+    let row_step = p.shape.d.0 * p.cols() * rec;
     e.for_const(0, p.row_taps(), |e, rt| {
         let xt = e.at(x0, e.mul(rt, e.int(row_step)));
         let wr = e.mul(rt, e.int(chunks * TILE_SLOTS));
@@ -679,7 +662,7 @@ pub(super) fn gemm<'ctx>(
             for (j, v) in cols.into_iter().enumerate() {
                 let local = e.add(oc_local0, e.int(16 * oc_half + j as u64));
                 let store = |e: &mut Emitter<'_, 'ctx>| {
-                    let oc = e.add(e.mul(gi, e.int(p.ocg)), local);
+                    let oc = e.add(e.mul(gi, e.int(p.shape.ocg)), local);
                     let out = Out {
                         y: e.at(yb, e.mul(oc, e.int(q))),
                         z: zb.map(|z| e.at(z, e.mul(oc, e.int(q)))),
@@ -687,10 +670,10 @@ pub(super) fn gemm<'ctx>(
                     };
                     epilogue_store(e, fused, &out, v, oc, idx, Some(mask));
                 };
-                if p.ocg.is_multiple_of(UNIT) {
+                if p.shape.ocg.is_multiple_of(UNIT) {
                     store(e);
                 } else {
-                    let live = e.ult(local, e.int(p.ocg));
+                    let live = e.ult(local, e.int(p.shape.ocg));
                     e.if_else(live, store, |_| {});
                 }
             }

@@ -134,6 +134,7 @@ pub struct GemmConv {
 }
 
 /// The sizes of a conv or transposed conv over an image, per group.
+#[derive(Clone, Debug)]
 pub struct ConvShape {
     pub g: u64,
     pub icg: u64,
