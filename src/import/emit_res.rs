@@ -1,0 +1,338 @@
+//! `.res` text of one scope (a block body or the model body): items in
+//! order, chained with `|>` where a value flows straight into the next
+//! item, bound with `let` where it is read again later.
+//!
+//! Integer arguments come out as [`Tok::Arg`] so that two scopes that
+//! differ only in such numbers (channels, strides) have the same shape and
+//! can share one block with those numbers as parameters.
+
+use super::lift::{LNode, LOp};
+
+/// A piece of `.res` text.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Tok {
+    Text(String),
+    /// An integer argument: `prefix` (`", stride: "`) then the value; left
+    /// out entirely when it is a literal equal to `default`.
+    Arg {
+        prefix: &'static str,
+        name: &'static str,
+        value: i64,
+        default: Option<i64>,
+    },
+    /// A call of candidate `c`'s block with these tensor arguments after
+    /// the piped one (its name and integer arguments are filled in when
+    /// the text is rendered).
+    Call(usize, Vec<String>),
+}
+
+/// One item of a scope.
+#[derive(Clone, Debug)]
+pub enum Item {
+    /// A lifted operator.
+    Node(usize),
+    /// A block call: the candidate's index.
+    Call(usize),
+}
+
+/// What the emitter needs to know about each item.
+pub struct ItemInfo {
+    pub inputs: Vec<usize>,
+    pub output: usize,
+    /// The label relative to the scope, where it has one.
+    pub label: Option<Vec<String>>,
+}
+
+fn t(s: impl Into<String>) -> Tok {
+    Tok::Text(s.into())
+}
+
+fn arg(prefix: &'static str, name: &'static str, value: usize, default: Option<i64>) -> Tok {
+    Tok::Arg {
+        prefix,
+        name,
+        value: value as i64,
+        default,
+    }
+}
+
+/// `label: ` as .res writes it: an identifier, or a string for dotted or
+/// numeric paths.
+pub fn label_text(label: &[String]) -> String {
+    let joined = label.join(".");
+    let ident = label.len() == 1
+        && joined
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_');
+    if ident {
+        format!("{joined}: ")
+    } else {
+        format!("\"{joined}\": ")
+    }
+}
+
+/// A float as a .res number literal (digits on both sides of the point).
+pub fn number(v: f32) -> String {
+    let s = format!("{v:?}");
+    if s.contains('.') || s.contains('e') {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}
+
+/// The call of operator `n` without its piped input: `conv(64, k: 3, pad: 1)`.
+fn op_call(n: &LNode, extra: &[String], out: &mut Vec<Tok>) {
+    let d = Some;
+    match &n.op {
+        LOp::Conv {
+            out: o,
+            k,
+            stride,
+            pad,
+            dilation,
+            groups,
+            bias,
+        } => {
+            out.push(t("conv("));
+            out.push(arg("", "c", *o, None));
+            out.push(arg(", k: ", "k", *k, None));
+            out.push(arg(", stride: ", "stride", *stride, d(1)));
+            out.push(arg(", pad: ", "pad", *pad, d(0)));
+            out.push(arg(", dilation: ", "dilation", *dilation, d(1)));
+            out.push(arg(", groups: ", "groups", *groups, d(1)));
+            out.push(t(if *bias { ", bias: true)" } else { ")" }));
+        }
+        LOp::ConvTranspose {
+            out: o,
+            k,
+            stride,
+            pad,
+            output_padding,
+            dilation,
+            groups,
+            bias,
+        } => {
+            out.push(t("conv_transpose("));
+            out.push(arg("", "c", *o, None));
+            out.push(arg(", k: ", "k", *k, None));
+            out.push(arg(", stride: ", "stride", *stride, d(1)));
+            out.push(arg(", pad: ", "pad", *pad, d(0)));
+            out.push(arg(
+                ", output_padding: ",
+                "output_padding",
+                *output_padding,
+                d(0),
+            ));
+            out.push(arg(", dilation: ", "dilation", *dilation, d(1)));
+            out.push(arg(", groups: ", "groups", *groups, d(1)));
+            out.push(t(if *bias { ", bias: true)" } else { ")" }));
+        }
+        LOp::BatchNorm { eps } => out.push(t(if *eps == 1e-5 {
+            "batchnorm()".to_string()
+        } else {
+            format!("batchnorm(eps: {})", number(*eps))
+        })),
+        LOp::Linear { out: o, bias } => {
+            out.push(t("linear("));
+            out.push(arg("", "features", *o, None));
+            out.push(t(if *bias { ")" } else { ", bias: false)" }));
+        }
+        LOp::Relu => out.push(t("relu()")),
+        LOp::Relu6 => out.push(t("relu6()")),
+        LOp::LeakyRelu(s) => out.push(t(format!("leaky_relu(slope: {})", number(*s)))),
+        LOp::Sigmoid => out.push(t("sigmoid()")),
+        LOp::Softmax => out.push(t("softmax()")),
+        LOp::Flatten => out.push(t("flatten()")),
+        LOp::GlobalAvgPool => out.push(t("global_avgpool()")),
+        LOp::Add => out.push(t(format!("add({})", extra.join(", ")))),
+        LOp::Mul => out.push(t(format!("mul({})", extra.join(", ")))),
+        LOp::Concat => out.push(t(format!("concat({})", extra.join(", ")))),
+        LOp::MaxPool {
+            k,
+            stride,
+            pad,
+            dilation,
+            ceil,
+        } => {
+            out.push(t("maxpool("));
+            out.push(arg("k: ", "k", *k, None));
+            out.push(arg(", stride: ", "stride", *stride, None));
+            out.push(arg(", pad: ", "pad", *pad, d(0)));
+            out.push(arg(", dilation: ", "dilation", *dilation, d(1)));
+            out.push(t(if *ceil { ", ceil: true)" } else { ")" }));
+        }
+        LOp::AvgPool {
+            k,
+            stride,
+            pad,
+            ceil,
+            count_include_pad,
+        } => {
+            out.push(t("avgpool("));
+            out.push(arg("k: ", "k", *k, None));
+            out.push(arg(", stride: ", "stride", *stride, None));
+            out.push(arg(", pad: ", "pad", *pad, d(0)));
+            let mut tail = String::new();
+            if *ceil {
+                tail.push_str(", ceil: true");
+            }
+            if !*count_include_pad {
+                tail.push_str(", count_include_pad: false");
+            }
+            tail.push(')');
+            out.push(t(tail));
+        }
+        LOp::Upsample {
+            scale,
+            bilinear,
+            align_corners,
+        } => {
+            out.push(t("upsample("));
+            out.push(arg("scale: ", "scale", *scale, None));
+            let mut tail = String::new();
+            if *bilinear {
+                tail.push_str(", mode: \"bilinear\"");
+                if *align_corners {
+                    tail.push_str(", align_corners: true");
+                }
+            }
+            tail.push(')');
+            out.push(t(tail));
+        }
+        LOp::Input => {}
+    }
+}
+
+/// Emits a scope. `inputs` are the values the scope receives with their
+/// names; `info(item)` describes each item; `nodes` are the lifted nodes.
+/// The result is the body's statements, one per line, indented by `indent`.
+pub fn emit_scope(
+    items: &[Item],
+    info: &dyn Fn(&Item) -> ItemInfo,
+    inputs: &[(usize, String)],
+    output: usize,
+    nodes: &[LNode],
+    indent: &str,
+) -> Vec<Tok> {
+    let infos: Vec<ItemInfo> = items.iter().map(info).collect();
+    // Uses of each value inside the scope (the scope's output counts one).
+    let uses = |v: usize| -> usize {
+        infos
+            .iter()
+            .map(|i| i.inputs.iter().filter(|&&x| x == v).count())
+            .sum::<usize>()
+            + usize::from(v == output)
+    };
+    let mut names: Vec<(usize, String)> = inputs.to_vec();
+    let mut taken: Vec<String> = inputs.iter().map(|(_, n)| n.clone()).collect();
+    let mut out = Vec::new();
+    let name_of = |names: &[(usize, String)], v: usize| -> String {
+        names
+            .iter()
+            .rev()
+            .find(|(x, _)| *x == v)
+            .map(|(_, n)| n.clone())
+            .unwrap_or_else(|| format!("missing{v}"))
+    };
+    let mut open = false; // a chain is being written
+    let mut prev_out = usize::MAX;
+    let mut counter = 0;
+    for (k, (item, inf)) in items.iter().zip(&infos).enumerate() {
+        let first = inf.inputs.first().copied();
+        let continues = open
+            && first == Some(prev_out)
+            && uses(prev_out) == 1
+            && inf.inputs.iter().filter(|&&x| x == prev_out).count() == 1;
+        if open && !continues {
+            // Bind the chain just written.
+            let v = prev_out;
+            counter += 1;
+            let base = infos[k - 1]
+                .label
+                .as_ref()
+                .and_then(|l| l.last())
+                .filter(|s| {
+                    s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+                        && !super::blocks::reserved(s)
+                })
+                .cloned()
+                .unwrap_or_else(|| "y".to_string());
+            let mut name = base.clone();
+            let mut i = 1;
+            while taken.contains(&name) {
+                i += 1;
+                name = format!("{base}{i}");
+            }
+            let _ = counter;
+            taken.push(name.clone());
+            names.push((v, name.clone()));
+            // Patch the statement start: it was written as `indent` + expr.
+            out.push(t("\n"));
+            let pos = out
+                .iter()
+                .rposition(|t| matches!(t, Tok::Text(s) if s == "\u{0}stmt"))
+                .expect("statement marker");
+            out[pos] = t(format!("{indent}let {name} = "));
+        }
+        let extra: Vec<String> = inf
+            .inputs
+            .iter()
+            .skip(1)
+            .map(|&v| name_of(&names, v))
+            .collect();
+        let label = inf
+            .label
+            .as_ref()
+            .filter(|l| !l.is_empty())
+            .map(|l| label_text(l));
+        if !continues {
+            out.push(t("\u{0}stmt"));
+            let x = first.map(|v| name_of(&names, v)).unwrap_or_default();
+            match item {
+                Item::Node(n) if matches!(nodes[*n].op, LOp::Add | LOp::Mul) => {
+                    let sym = if nodes[*n].op == LOp::Add {
+                        " + "
+                    } else {
+                        " * "
+                    };
+                    out.push(t(format!("{x}{sym}{}", extra.join(sym))));
+                }
+                Item::Node(n) if nodes[*n].op == LOp::Concat => {
+                    let mut all = vec![x];
+                    all.extend(extra.iter().cloned());
+                    out.push(t(format!("concat({})", all.join(", "))));
+                }
+                Item::Node(n) => {
+                    out.push(t(format!("{x} |> {}", label.clone().unwrap_or_default())));
+                    op_call(&nodes[*n], &extra, &mut out);
+                }
+                Item::Call(c) => {
+                    out.push(t(format!("{x} |> {}", label.clone().unwrap_or_default())));
+                    out.push(Tok::Call(*c, extra.clone()));
+                }
+            }
+        } else {
+            out.push(t(format!(
+                "\n{indent}    |> {}",
+                label.clone().unwrap_or_default()
+            )));
+            match item {
+                Item::Node(n) => op_call(&nodes[*n], &extra, &mut out),
+                Item::Call(c) => out.push(Tok::Call(*c, extra.clone())),
+            }
+        }
+        open = true;
+        prev_out = inf.output;
+    }
+    // The last chain is the scope's value.
+    if let Some(pos) = out
+        .iter()
+        .rposition(|t| matches!(t, Tok::Text(s) if s == "\u{0}stmt"))
+    {
+        out[pos] = t(indent.to_string());
+    }
+    out.push(t("\n"));
+    out
+}
