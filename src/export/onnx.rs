@@ -89,6 +89,8 @@ struct Builder {
     nodes: Vec<Msg>,
     inits: Vec<Msg>,
     count: usize,
+    /// The layer path of the IR node being written (`layer1.0.conv1`).
+    scope: String,
 }
 
 impl Builder {
@@ -97,8 +99,17 @@ impl Builder {
         for i in inputs {
             m.str(1, i);
         }
+        // Named as PyTorch's exporter names nodes, by module path
+        // (`/layer1/0/conv1/Conv_7`), so that `resnetc import` finds the
+        // model's structure again.
+        let scope: String = self
+            .scope
+            .split('.')
+            .filter(|s| !s.is_empty())
+            .map(|s| format!("{s}/"))
+            .collect();
         m.str(2, output)
-            .str(3, &format!("{op}_{}", self.count))
+            .str(3, &format!("/{scope}{op}_{}", self.count))
             .str(4, op);
         for a in attrs {
             m.msg(5, &a);
@@ -132,6 +143,7 @@ pub fn export(graph: &Graph, weights: &Weights) -> Result<Vec<u8>, String> {
         nodes: Vec::new(),
         inits: Vec::new(),
         count: 0,
+        scope: String::new(),
     };
     let mut names: HashMap<NodeIndex, String> = HashMap::new();
     for n in graph.weights() {
@@ -144,6 +156,7 @@ pub fn export(graph: &Graph, weights: &Weights) -> Result<Vec<u8>, String> {
     let order = graph.schedule();
     for (k, &n) in order.iter().enumerate() {
         let node: &Node = graph.node(n);
+        b.scope = node.name.clone();
         let out = format!("v{k}");
         let ins: Vec<String> = graph
             .operands(n)

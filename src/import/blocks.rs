@@ -228,6 +228,9 @@ pub fn emit(
                     s.push('#');
                 }
                 Tok::Call(ch, args) => s.push_str(&format!("@{}({})", key_of[*ch], args.join(","))),
+                Tok::SeqOpen => s.push('['),
+                Tok::SeqNext => s.push(','),
+                Tok::SeqClose => s.push(']'),
             }
         }
         let id = keys.len();
@@ -237,7 +240,18 @@ pub fn emit(
     for &k in &key_of[..root] {
         *count.entry(k).or_default() += 1;
     }
-    let shared = |c: usize| c != root && count[&key_of[c]] >= 2;
+    // A container of blocks only (`layer1` of a ResNet: `nn.Sequential`
+    // of bottlenecks) reads better as a sequence in its caller.
+    let container = |c: usize| {
+        direct_items(c).iter().all(|it| match it {
+            Item::Call(ch) => {
+                let l = rel(&cands[*ch].path, &cands[c].path);
+                l.len() == 1 && l[0].bytes().all(|b| b.is_ascii_digit())
+            }
+            Item::Node(_) => false,
+        })
+    };
+    let shared = |c: usize| c != root && count[&key_of[c]] >= 2 && !container(c);
     // Phase 2: items with the candidates used once inlined.
     fn expand(
         c: usize,
@@ -309,10 +323,9 @@ pub fn emit(
                         let j = instance_index(c, tid);
                         out.push(Tok::Text(format!("{}({}", r.name, args.join(", "))));
                         for (k, (pname, vals)) in r.params.iter().enumerate() {
-                            let _ = pname;
                             out.push(Tok::Arg {
                                 prefix: if k == 0 && args.is_empty() { "" } else { ", " },
-                                name: "arg",
+                                name: pname.clone(),
                                 value: vals[j],
                                 default: None,
                             });
@@ -342,11 +355,11 @@ pub fn emit(
                 )
             })
             .collect::<Result<_, _>>()?;
-        let holes: Vec<(usize, &'static str)> = bodies[0]
+        let holes: Vec<(usize, String)> = bodies[0]
             .iter()
             .enumerate()
             .filter_map(|(i, t)| match t {
-                Tok::Arg { name, .. } => Some((i, *name)),
+                Tok::Arg { name, .. } => Some((i, name.clone())),
                 _ => None,
             })
             .collect();
@@ -355,6 +368,9 @@ pub fn emit(
                 && b.iter().zip(&bodies[0]).all(|(x, y)| match (x, y) {
                     (Tok::Text(p), Tok::Text(q)) => p == q,
                     (Tok::Arg { prefix: p, .. }, Tok::Arg { prefix: q, .. }) => p == q,
+                    (Tok::SeqOpen, Tok::SeqOpen)
+                    | (Tok::SeqNext, Tok::SeqNext)
+                    | (Tok::SeqClose, Tok::SeqClose) => true,
                     _ => false,
                 });
             if !same {
@@ -367,7 +383,8 @@ pub fn emit(
         };
         let mut params: Vec<(String, Vec<i64>)> = Vec::new();
         let mut hole_param = Vec::new();
-        for &(i, hname) in &holes {
+        for (i, hname) in &holes {
+            let (i, hname) = (*i, hname.as_str());
             let vals: Vec<i64> = bodies.iter().map(|b| value(b, i)).collect();
             if vals.iter().all(|&v| v == vals[0]) {
                 hole_param.push(None);
@@ -422,30 +439,65 @@ pub fn emit(
     }
     let render = |toks: &[Tok], subst: &dyn Fn(usize) -> Option<String>| -> String {
         let mut s = String::new();
+        // Inside a sequence: the items written so far, then the current one.
+        let mut seq: Option<Vec<String>> = None;
         let mut h = 0;
         for t in toks {
-            match t {
-                Tok::Text(x) => s.push_str(x),
+            let piece = match t {
+                Tok::Text(x) => x.clone(),
                 Tok::Arg {
                     prefix,
                     value,
                     default,
                     ..
                 } => {
-                    match subst(h) {
-                        Some(p) => {
-                            s.push_str(prefix);
-                            s.push_str(&p);
-                        }
-                        None if Some(*value) == *default => {}
-                        None => {
-                            s.push_str(prefix);
-                            s.push_str(&value.to_string());
-                        }
-                    }
+                    let p = match subst(h) {
+                        Some(p) => format!("{prefix}{p}"),
+                        None if Some(*value) == *default => String::new(),
+                        None => format!("{prefix}{value}"),
+                    };
                     h += 1;
+                    p
                 }
-                Tok::Call(..) => s.push_str("<unresolved>"),
+                Tok::Call(..) => "<unresolved>".into(),
+                Tok::SeqOpen => {
+                    seq = Some(vec![String::new()]);
+                    continue;
+                }
+                Tok::SeqNext => {
+                    if let Some(v) = &mut seq {
+                        v.push(String::new());
+                    }
+                    continue;
+                }
+                Tok::SeqClose => {
+                    let items = seq.take().unwrap_or_default();
+                    let mut parts: Vec<String> = Vec::new();
+                    let mut i = 0;
+                    while i < items.len() {
+                        let mut j = i + 1;
+                        while j < items.len() && items[j] == items[i] {
+                            j += 1;
+                        }
+                        parts.push(if j - i > 1 {
+                            format!("{} * {}", j - i, items[i])
+                        } else {
+                            items[i].clone()
+                        });
+                        i = j;
+                    }
+                    s.push_str(&parts.join(", "));
+                    s.push(']');
+                    continue;
+                }
+            };
+            match &mut seq {
+                Some(v) => {
+                    if let Some(last) = v.last_mut() {
+                        last.push_str(&piece);
+                    }
+                }
+                None => s.push_str(&piece),
             }
         }
         s

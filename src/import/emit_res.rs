@@ -16,7 +16,7 @@ pub enum Tok {
     /// out entirely when it is a literal equal to `default`.
     Arg {
         prefix: &'static str,
-        name: &'static str,
+        name: String,
         value: i64,
         default: Option<i64>,
     },
@@ -24,6 +24,11 @@ pub enum Tok {
     /// the piped one (its name and integer arguments are filled in when
     /// the text is rendered).
     Call(usize, Vec<String>),
+    /// The items of a sequence `[a, b, 2 * c]`: identical neighbours are
+    /// merged into a repeat count when the text is rendered.
+    SeqOpen,
+    SeqNext,
+    SeqClose,
 }
 
 /// One item of a scope.
@@ -50,7 +55,7 @@ fn t(s: impl Into<String>) -> Tok {
 fn arg(prefix: &'static str, name: &'static str, value: usize, default: Option<i64>) -> Tok {
     Tok::Arg {
         prefix,
-        name,
+        name: name.to_string(),
         value: value as i64,
         default,
     }
@@ -201,6 +206,12 @@ fn op_call(n: &LNode, extra: &[String], out: &mut Vec<Tok>) {
             tail.push(')');
             out.push(t(tail));
         }
+        LOp::ChannelPad { out: o, stride } => {
+            out.push(t("channel_pad("));
+            out.push(arg("", "c", *o, None));
+            out.push(arg(", stride: ", "stride", *stride, d(1)));
+            out.push(t(")"));
+        }
         LOp::Input => {}
     }
 }
@@ -236,27 +247,64 @@ pub fn emit_scope(
             .map(|(_, n)| n.clone())
             .unwrap_or_else(|| format!("missing{v}"))
     };
-    let mut open = false; // a chain is being written
-    let mut prev_out = usize::MAX;
-    let mut counter = 0;
+    // Which items continue the chain of the item before them.
+    let continues: Vec<bool> = (0..items.len())
+        .map(|k| {
+            k > 0 && {
+                let prev = infos[k - 1].output;
+                let inf = &infos[k];
+                inf.inputs.first() == Some(&prev)
+                    && uses(prev) == 1
+                    && inf.inputs.iter().filter(|&&x| x == prev).count() == 1
+            }
+        })
+        .collect();
+    // Runs written as one sequence: consecutive chained items labelled
+    // `L.0`, `L.1`, ... (an `nn.Sequential`), at least two.
+    let seq_index = |k: usize| -> Option<(Vec<String>, usize)> {
+        let l = infos[k].label.as_ref()?;
+        let (last, prefix) = l.split_last()?;
+        if prefix.is_empty() || last.len() > 6 || !last.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if let Item::Node(n) = items[k] {
+            if matches!(nodes[n].op, LOp::Add | LOp::Mul | LOp::Concat) {
+                return None;
+            }
+        }
+        Some((prefix.to_vec(), last.parse().ok()?))
+    };
+    let mut run_len = vec![0usize; items.len()];
+    let mut k = 0;
+    while k < items.len() {
+        if let Some((prefix, 0)) = seq_index(k) {
+            let mut j = k + 1;
+            while j < items.len() && continues[j] && seq_index(j) == Some((prefix.clone(), j - k)) {
+                j += 1;
+            }
+            if j - k >= 2 {
+                run_len[k] = j - k;
+                k = j;
+                continue;
+            }
+        }
+        k += 1;
+    }
+    let mut in_run = 0usize; // items of the current run still to write
     for (k, (item, inf)) in items.iter().zip(&infos).enumerate() {
         let first = inf.inputs.first().copied();
-        let continues = open
-            && first == Some(prev_out)
-            && uses(prev_out) == 1
-            && inf.inputs.iter().filter(|&&x| x == prev_out).count() == 1;
-        if open && !continues {
+        if k > 0 && !continues[k] {
             // Bind the chain just written.
-            let v = prev_out;
-            counter += 1;
+            let v = infos[k - 1].output;
             let base = infos[k - 1]
                 .label
                 .as_ref()
-                .and_then(|l| l.last())
-                .filter(|s| {
-                    s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
-                        && !super::blocks::reserved(s)
+                .and_then(|l| {
+                    l.iter()
+                        .rev()
+                        .find(|s| s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic()))
                 })
+                .filter(|s| !super::blocks::reserved(s))
                 .cloned()
                 .unwrap_or_else(|| "y".to_string());
             let mut name = base.clone();
@@ -265,16 +313,16 @@ pub fn emit_scope(
                 i += 1;
                 name = format!("{base}{i}");
             }
-            let _ = counter;
             taken.push(name.clone());
             names.push((v, name.clone()));
-            // Patch the statement start: it was written as `indent` + expr.
+            // Patch the statement start: it was written as a marker.
             out.push(t("\n"));
-            let pos = out
+            if let Some(pos) = out
                 .iter()
                 .rposition(|t| matches!(t, Tok::Text(s) if s == "\u{0}stmt"))
-                .expect("statement marker");
-            out[pos] = t(format!("{indent}let {name} = "));
+            {
+                out[pos] = t(format!("{indent}let {name} = "));
+            }
         }
         let extra: Vec<String> = inf
             .inputs
@@ -282,12 +330,21 @@ pub fn emit_scope(
             .skip(1)
             .map(|&v| name_of(&names, v))
             .collect();
-        let label = inf
+        let mut label = inf
             .label
             .as_ref()
             .filter(|l| !l.is_empty())
-            .map(|l| label_text(l));
-        if !continues {
+            .map(|l| label_text(l))
+            .unwrap_or_default();
+        if run_len[k] > 0 {
+            let (prefix, _) = seq_index(k).unwrap_or_default();
+            label = format!("{}[", label_text(&prefix));
+            in_run = run_len[k];
+        } else if in_run > 0 {
+            label = String::new();
+        }
+        let starting_run = run_len[k] > 0;
+        if !continues[k] {
             out.push(t("\u{0}stmt"));
             let x = first.map(|v| name_of(&names, v)).unwrap_or_default();
             match item {
@@ -304,27 +361,28 @@ pub fn emit_scope(
                     all.extend(extra.iter().cloned());
                     out.push(t(format!("concat({})", all.join(", "))));
                 }
-                Item::Node(n) => {
-                    out.push(t(format!("{x} |> {}", label.clone().unwrap_or_default())));
-                    op_call(&nodes[*n], &extra, &mut out);
-                }
-                Item::Call(c) => {
-                    out.push(t(format!("{x} |> {}", label.clone().unwrap_or_default())));
-                    out.push(Tok::Call(*c, extra.clone()));
-                }
+                _ => out.push(t(format!("{x} |> {label}"))),
             }
+        } else if in_run > 0 && !starting_run {
+            out.push(Tok::SeqNext);
         } else {
-            out.push(t(format!(
-                "\n{indent}    |> {}",
-                label.clone().unwrap_or_default()
-            )));
-            match item {
-                Item::Node(n) => op_call(&nodes[*n], &extra, &mut out),
-                Item::Call(c) => out.push(Tok::Call(*c, extra.clone())),
+            out.push(t(format!("\n{indent}    |> {label}")));
+        }
+        if starting_run {
+            out.push(Tok::SeqOpen);
+        }
+        match item {
+            Item::Node(n)
+                if !continues[k] && matches!(nodes[*n].op, LOp::Add | LOp::Mul | LOp::Concat) => {}
+            Item::Node(n) => op_call(&nodes[*n], &extra, &mut out),
+            Item::Call(c) => out.push(Tok::Call(*c, extra.clone())),
+        }
+        if in_run > 0 {
+            in_run -= 1;
+            if in_run == 0 {
+                out.push(Tok::SeqClose);
             }
         }
-        open = true;
-        prev_out = inf.output;
     }
     // The last chain is the scope's value.
     if let Some(pos) = out

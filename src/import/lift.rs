@@ -73,6 +73,11 @@ pub enum LOp {
         align_corners: bool,
     },
     Softmax,
+    /// Option-A shortcut: every `stride`-th pixel, zero channels on both sides.
+    ChannelPad {
+        out: usize,
+        stride: usize,
+    },
 }
 
 impl LOp {
@@ -127,6 +132,8 @@ enum Val {
     Act(usize),
     /// An activation zero-padded by a `Pad` node: `[top, left, bottom, right]`.
     Padded(usize, [usize; 4]),
+    /// An activation sliced to every `s`-th row and column (`x[:, :, ::s, ::s]`).
+    Strided(usize, usize),
     Float(ConstTensor, Option<String>),
     /// Integer tensor (rank 0 or 1 for shape arithmetic), possibly holding the batch.
     Ints(Vec<Dim>, Vec<usize>),
@@ -250,6 +257,9 @@ impl Lifter<'_> {
             Val::Act(a) => Ok(a),
             Val::Padded(..) => Err(format!(
                 "`{name}` is zero-padded by a Pad node that does not feed a Conv or an AveragePool; .res has no separate padding operator"
+            )),
+            Val::Strided(..) => Err(format!(
+                "`{name}` is a strided slice that is not zero-padded along the channels (channel_pad); .res has no slicing operator"
             )),
             Val::Float(..) | Val::Ints(..) => Err(format!(
                 "input `{name}` is a constant where .res needs an activation"
@@ -493,6 +503,28 @@ impl Lifter<'_> {
                 let id = self.push(n, LOp::Concat, acts, shape, vec![]);
                 self.set(n, Val::Act(id));
             }
+            "Slice" if matches!(self.val(input(0))?, Val::Act(_)) => {
+                let a = self.act(input(0))?;
+                let (_, h, w) = self.image(a)?;
+                let starts = self.known_ints(input(1))?;
+                let ends = self.known_ints(input(2))?;
+                let axes = if n.inputs.len() > 3 && !input(3).is_empty() { self.known_ints(input(3))? } else { vec![0, 1, 2, 3] };
+                let steps = if n.inputs.len() > 4 && !input(4).is_empty() { self.known_ints(input(4))? } else { vec![1; axes.len()] };
+                let axes: Vec<i64> = axes.iter().map(|&x| if x < 0 { x + 4 } else { x }).collect();
+                let whole = |e: i64, size: usize| e >= size as i64;
+                let ok = axes == [2, 3]
+                    && starts == [0, 0]
+                    && ends.len() == 2
+                    && whole(ends[0], h)
+                    && whole(ends[1], w)
+                    && steps.len() == 2
+                    && steps[0] == steps[1]
+                    && steps[0] >= 1;
+                if !ok {
+                    return Err("a Slice of an activation other than x[:, :, ::s, ::s] in front of a channel Pad; .res has no slicing operator".into());
+                }
+                self.set(n, Val::Strided(a, steps[0] as usize));
+            }
             "Slice" => {
                 let (d, dims) = self.ints(input(0))?;
                 if dims.len() != 1 {
@@ -616,7 +648,10 @@ impl Lifter<'_> {
             "Gemm" | "MatMul" => self.linear(n)?,
             "Resize" | "Upsample" => self.resize(n)?,
             "Pad" => {
-                let a = self.act(input(0))?;
+                let (a, stride) = match self.val(input(0))? {
+                    Val::Strided(a, st) => (a, st),
+                    _ => (self.act_or_padded(input(0))?.0, 1),
+                };
                 let mode = attr_s(n, "mode", "constant")?;
                 if mode != "constant" {
                     return Err(format!("{mode} padding; .res pads with zeros only"));
@@ -640,8 +675,21 @@ impl Lifter<'_> {
                 if n.inputs.len() > 3 && !input(3).is_empty() {
                     return Err("Pad with axes is not supported".into());
                 }
-                self.image(a)?;
+                let (c, h, w) = self.image(a)?;
                 // [n0, c0, t, l, n1, c1, b, r]
+                if pads.len() == 8 && pads.iter().all(|&v| v >= 0) && pads[0] == 0 && pads[4] == 0 && pads[2..4] == [0, 0] && pads[6..8] == [0, 0] && (pads[1] > 0 || pads[5] > 0 || stride > 1) && !matches!(self.val(input(0))?, Val::Padded(..)) {
+                    let (before, after) = (pads[1] as usize, pads[5] as usize);
+                    let out = c + before + after;
+                    if before != (out - c) / 2 {
+                        return Err(format!("pads {before} channels before and {after} after; .res's channel_pad puts the smaller half first"));
+                    }
+                    let id = self.push(n, LOp::ChannelPad { out, stride }, vec![a], vec![out, h.div_ceil(stride), w.div_ceil(stride)], vec![]);
+                    self.set(n, Val::Act(id));
+                    return Ok(());
+                }
+                if stride > 1 {
+                    return Err("a strided Slice followed by spatial padding; .res has no slicing operator".into());
+                }
                 if pads.len() != 8 || pads[0] != 0 || pads[1] != 0 || pads[4] != 0 || pads[5] != 0 {
                     return Err(format!("pads {pads:?} pad other axes than height and width"));
                 }
@@ -1014,10 +1062,12 @@ impl Lifter<'_> {
         let a = self.act(&n.inputs[0])?;
         let f = match *self.shape(a) {
             [f] => f,
-            ref s => return Err(format!(
+            ref s => {
+                return Err(format!(
                 "a matrix product on [N, {}]; .res's linear takes a vector [N, F] (flatten first)",
                 join(s)
-            )),
+            ))
+            }
         };
         let (b, bname) = self.floats(n.inputs.get(1).map(String::as_str).unwrap_or(""))?;
         if b.dims.len() != 2 {
