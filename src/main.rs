@@ -987,8 +987,7 @@ fn dispatch(cmd: Command) -> Result<()> {
         } => {
             let c = compile(&file)?;
             let w = load_weights(&c, &wargs)?;
-            let bytes = resnetc::export::onnx::export(&c.graph, &w)
-                .map_err(|e| other(format!("cannot export: {e}"), "report this as a bug"))?;
+            let bytes = resnetc::export::onnx::export(&c.graph, &w)?;
             weights::write_atomic(&output, &bytes).map_err(|e| {
                 other(
                     format!("cannot write `{}`: {e}", output.display()),

@@ -137,8 +137,52 @@ fn pair(v: [usize; 2]) -> Vec<i64> {
     vec![v[0] as i64, v[1] as i64]
 }
 
+/// Why a model cannot be exported.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ExportError {
+    #[error("the ONNX file would be {gib:.2} GiB, past protobuf's 2 GiB limit on one message")]
+    #[diagnostic(
+        code(resnetc::export::too_large),
+        help("ONNX keeps the weights of such models in external data files, which resnetc's export does not write; export a smaller model (or run this one with resnetc itself)")
+    )]
+    TooLarge { gib: f64 },
+    #[error("cannot export: {0}")]
+    #[diagnostic(code(resnetc::export::internal), help("report this as a bug"))]
+    Internal(String),
+}
+
+/// The largest message protobuf (and so every ONNX reader) accepts.
+pub const MAX_ONNX_BYTES: u64 = (1 << 31) - 1;
+
+/// Refuses a graph whose weights alone would pass [`MAX_ONNX_BYTES`],
+/// before any of them is copied.
+fn check_size(graph: &Graph) -> Result<(), ExportError> {
+    let bytes: u64 = crate::weights::specs_of(graph)
+        .iter()
+        .map(|s| s.shape.iter().map(|&d| d as u64).product::<u64>() * 4)
+        .sum();
+    if bytes > MAX_ONNX_BYTES {
+        return Err(ExportError::TooLarge {
+            gib: bytes as f64 / (1u64 << 30) as f64,
+        });
+    }
+    Ok(())
+}
+
 /// The ONNX model bytes of `graph` (as written, not optimized) with `weights`.
-pub fn export(graph: &Graph, weights: &Weights) -> Result<Vec<u8>, String> {
+pub fn export(graph: &Graph, weights: &Weights) -> Result<Vec<u8>, ExportError> {
+    check_size(graph)?;
+    let bytes = export_unchecked(graph, weights).map_err(ExportError::Internal)?;
+    // Node and attribute overhead on top of the weights.
+    if bytes.len() as u64 > MAX_ONNX_BYTES {
+        return Err(ExportError::TooLarge {
+            gib: bytes.len() as f64 / (1u64 << 30) as f64,
+        });
+    }
+    Ok(bytes)
+}
+
+fn export_unchecked(graph: &Graph, weights: &Weights) -> Result<Vec<u8>, String> {
     let mut b = Builder {
         nodes: Vec::new(),
         inits: Vec::new(),

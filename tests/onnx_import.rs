@@ -1,0 +1,386 @@
+//! `resnetc import`: ONNX files PyTorch wrote (tests/fixtures/*.onnx, BN
+//! folded into the convs by the exporter) must import to models that give
+//! PyTorch's outputs; every example exported by `resnetc export` must come
+//! back as the same network with the same weights; broken or unsupported
+//! files must fail with a message, never a panic.
+
+mod common;
+use common::*;
+use prost::Message;
+use resnetc::import::onnx_proto as pb;
+use resnetc::import::{import, ImportError, LiftOptions};
+use resnetc::weights::{random_weights, read_npy, specs_of};
+use std::collections::BTreeMap;
+use std::process::Command;
+
+const PYTORCH_CASES: [&str; 4] = [
+    "cifar_resnet20",
+    "cifar_plain20",
+    "densenet_bc_small",
+    "unet_small",
+];
+
+fn import_fixture(name: &str) -> resnetc::import::Imported {
+    let path = fixture(&format!("{name}.onnx"));
+    let bytes = std::fs::read(&path).expect("fixture");
+    import(
+        &bytes,
+        &path.display().to_string(),
+        name,
+        &LiftOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn compile(name: &str, text: &str) -> resnetc::front::Compiled {
+    resnetc::front::compile_source(name, text, None)
+        .unwrap_or_else(|e| panic!("{name}: {}\n{text}", e.render_plain()))
+}
+
+fn optimized(g: &resnetc::ir::Graph) -> resnetc::ir::Graph {
+    let mut o = g.clone();
+    resnetc::passes::optimize(&mut o, None);
+    o
+}
+
+/// How many nodes of each kind a graph has.
+fn op_counts(g: &resnetc::ir::Graph) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for n in g.schedule() {
+        *m.entry(g.node(n).op.kind().to_string()).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn pytorch_exports_import_and_match_pytorch() {
+    for name in PYTORCH_CASES {
+        let imp = import_fixture(name);
+        assert!(imp.structured, "{name}: fell back to a flat model");
+        let c = compile(name, &imp.res);
+        // The weights the import wrote bind strictly to the model it wrote.
+        let w = resnetc::weights::bind(&specs_of(&c.graph), imp.weights.clone(), name)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let x = read_npy(&fixture(&format!("{name}.input.npy"))).expect("input");
+        let expected = read_npy(&fixture(&format!("{name}.output.npy"))).expect("output");
+        let y = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+        assert_close(&format!("{name} (ref)"), &y, &expected, 1e-4, 1e-3);
+        let opts = resnetc::backend::cpu::CpuOptions {
+            cpu: "x86-64-v3".into(),
+            ..Default::default()
+        };
+        let y = resnetc::backend::cpu::run_jit(&optimized(&c.graph), &w, &x, &opts).expect("cpu");
+        assert_close(&format!("{name} (cpu)"), &y, &expected, 1e-4, 1e-3);
+    }
+}
+
+#[test]
+fn state_dict_names_are_kept() {
+    // Tensors the exporter did not fold keep their state_dict keys, and the
+    // folded ones are named by their module path, as the .res declares them.
+    let imp = import_fixture("densenet_bc_small");
+    let torch = resnetc::weights::load_safetensors(&fixture("densenet_bc_small.safetensors"))
+        .expect("fixture");
+    for (k, t) in &imp.weights {
+        if let Some(orig) = torch.get(k) {
+            if k.contains("norm1") || k.contains("conv2") || k.starts_with("classifier") {
+                assert_eq!(orig, t, "{k}: the values of the initializer");
+            }
+        } else {
+            assert!(
+                k.ends_with(".bias"),
+                "{k}: neither a state_dict key nor a folded bias"
+            );
+        }
+    }
+    assert!(imp
+        .weights
+        .contains_key("features.denseblock1.denselayer1.conv1.weight"));
+    assert!(imp
+        .weights
+        .contains_key("features.denseblock1.denselayer1.conv1.bias"));
+}
+
+#[test]
+fn repeated_modules_become_blocks() {
+    let imp = import_fixture("cifar_resnet20");
+    let text = &imp.res;
+    // The three stages as sequences of one residual block, not 19 convs.
+    assert!(text.contains("layer1: [3 * "), "{text}");
+    assert!(text.contains("layer2: ["), "{text}");
+    assert_eq!(text.matches("block ").count(), 2, "{text}");
+    assert!(text.lines().count() < 45, "{text}");
+    let d = import_fixture("densenet_bc_small").res;
+    assert!(d.contains("block denselayer(x)"), "{d}");
+    assert!(d.contains("\"features.denseblock3\": denseblock()"), "{d}");
+    let u = import_fixture("unet_small").res;
+    assert!(u.contains("up1: up(down3, 128)"), "{u}");
+}
+
+/// export → import gives back every example: the same weights (names and
+/// values), the same optimized graph (op counts), the same outputs, and
+/// exporting the import again writes the same ONNX operators.
+#[test]
+fn export_then_import_round_trips_every_example() {
+    let mut checked = 0;
+    for (i, (name, c)) in examples_small().into_iter().enumerate() {
+        let w = tame_residuals(&c.graph, random_weights(&specs_of(&c.graph), 40 + i as u64));
+        let bytes = resnetc::export::onnx::export(&c.graph, &w).expect("exports");
+        let imp = import(
+            &bytes,
+            &format!("{name}.onnx"),
+            &name,
+            &LiftOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(imp.structured, "{name}: fell back to a flat model");
+        assert_eq!(imp.weights, w, "{name}: weights");
+        let back = compile(&name, &imp.res);
+        assert_eq!(
+            op_counts(&optimized(&back.graph)),
+            op_counts(&optimized(&c.graph)),
+            "{name}: op counts after the passes"
+        );
+        let mut shape = vec![2];
+        shape.extend(c.graph.input_shape());
+        let x = random_tensor(&shape, i as u64);
+        let want = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+        let got = resnetc::interp::run(&back.graph, &imp.weights, &x).expect("interpreter");
+        assert_close(&format!("{name} imported"), &got, &want, 1e-6, 1e-5);
+        let again = resnetc::export::onnx::export(&back.graph, &imp.weights).expect("exports");
+        assert_eq!(onnx_ops(&again), onnx_ops(&bytes), "{name}: ONNX operators");
+        checked += 1;
+    }
+    assert!(checked >= 18, "only {checked} examples");
+}
+
+fn onnx_ops(bytes: &[u8]) -> BTreeMap<String, usize> {
+    let m = pb::ModelProto::decode(bytes).expect("decodes");
+    let mut c = BTreeMap::new();
+    for n in m.graph.expect("graph").node {
+        *c.entry(n.op_type.unwrap_or_default()).or_default() += 1;
+    }
+    c
+}
+
+fn fixture_model(name: &str) -> pb::ModelProto {
+    pb::ModelProto::decode(&*std::fs::read(fixture(&format!("{name}.onnx"))).expect("read"))
+        .expect("decodes")
+}
+
+fn try_import(
+    m: &pb::ModelProto,
+    opts: &LiftOptions,
+) -> Result<resnetc::import::Imported, ImportError> {
+    import(&m.encode_to_vec(), "edited.onnx", "edited", opts)
+}
+
+#[test]
+fn unsupported_nodes_are_all_listed_by_name() {
+    let mut m = fixture_model("cifar_resnet20");
+    let g = m.graph.as_mut().expect("graph");
+    g.node[1].op_type = Some("Tanh".into());
+    g.node[5].op_type = Some("GridSample".into());
+    let (a, b) = (
+        g.node[1].name.clone().unwrap(),
+        g.node[5].name.clone().unwrap(),
+    );
+    match try_import(&m, &LiftOptions::default()) {
+        Err(ImportError::Unsupported { items, .. }) => {
+            let nodes: Vec<&str> = items.iter().map(|u| u.node.as_str()).collect();
+            assert_eq!(nodes, [a.as_str(), b.as_str()], "{items:?}");
+            assert!(items[0].reason.contains("activation"), "{items:?}");
+        }
+        other => panic!("expected an unsupported-op error, got {other:?}"),
+    }
+}
+
+#[test]
+fn asymmetric_padding_is_refused_with_the_reason() {
+    let mut m = fixture_model("cifar_resnet20");
+    let g = m.graph.as_mut().expect("graph");
+    let pads = g.node[0]
+        .attribute
+        .iter_mut()
+        .find(|a| a.name.as_deref() == Some("pads"))
+        .expect("pads");
+    pads.ints = vec![1, 1, 2, 2];
+    let e = try_import(&m, &LiftOptions::default()).expect_err("asymmetric");
+    assert!(e.to_string().contains("not the same on every side"), "{e}");
+}
+
+#[test]
+fn open_image_sizes_need_an_input_shape() {
+    use pb::tensor_shape_proto::dimension::Value;
+    let mut m = fixture_model("cifar_resnet20");
+    let g = m.graph.as_mut().expect("graph");
+    let Some(pb::type_proto::Value::TensorType(t)) =
+        g.input[0].r#type.as_mut().unwrap().value.as_mut()
+    else {
+        panic!("tensor input")
+    };
+    for d in &mut t.shape.as_mut().unwrap().dim[2..] {
+        d.value = Some(Value::DimParam("size".into()));
+    }
+    let e = try_import(&m, &LiftOptions::default()).expect_err("open sizes");
+    assert!(e.to_string().contains("leaves axis 2"), "{e}");
+    let opts = LiftOptions {
+        input_shape: Some(vec![1, 3, 32, 32]),
+    };
+    let imp = try_import(&m, &opts).expect("with --input-shape");
+    assert!(imp.res.contains("x: f32[N, 3, 32, 32]"));
+    let bad = LiftOptions {
+        input_shape: Some(vec![1, 4, 32, 32]),
+    };
+    assert!(
+        try_import(&m, &bad).is_err(),
+        "3 channels declared, 4 given"
+    );
+}
+
+#[test]
+fn tensor_data_must_match_its_shape() {
+    let mut m = fixture_model("cifar_resnet20");
+    let g = m.graph.as_mut().expect("graph");
+    let t = &mut g.initializer[0];
+    // Claim far more elements than there are bytes: refused before allocating.
+    t.dims = vec![1 << 20, 1 << 20, 1 << 10];
+    let e = try_import(&m, &LiftOptions::default()).expect_err("short data");
+    assert!(matches!(e, ImportError::Decode { .. }), "{e:?}");
+    assert!(e.to_string().contains("bytes of data"), "{e}");
+    t_negative(&mut m);
+}
+
+fn t_negative(m: &mut pb::ModelProto) {
+    m.graph.as_mut().unwrap().initializer[0].dims = vec![-1, 10];
+    let e = try_import(m, &LiftOptions::default()).expect_err("negative dim");
+    assert!(e.to_string().contains("invalid shape"), "{e}");
+}
+
+#[test]
+fn truncated_and_corrupt_files_fail_cleanly() {
+    let bytes = std::fs::read(fixture("densenet_bc_small.onnx")).expect("read");
+    let opts = LiftOptions::default();
+    let cuts = (0..bytes.len())
+        .step_by(1531)
+        .chain(bytes.len() - 64..bytes.len());
+    for cut in cuts {
+        assert!(
+            import(&bytes[..cut], "cut.onnx", "cut", &opts).is_err(),
+            "cut at {cut} imported"
+        );
+    }
+    // Flipped bytes: an error or (where only data changed) a model, never a panic.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..200 {
+        let mut b = bytes.clone();
+        for _ in 0..4 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let i = (state % b.len() as u64) as usize;
+            b[i] ^= (state >> 32) as u8 | 1;
+        }
+        let _ = import(&b, "flipped.onnx", "flipped", &opts);
+    }
+}
+
+fn resnetc(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_resnetc"))
+        .args(args)
+        .output()
+        .expect("resnetc runs")
+}
+
+#[test]
+fn cli_imports_runs_and_writes_nothing_on_failure() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (res, w, y) = (
+        dir.path().join("r20.res"),
+        dir.path().join("r20.safetensors"),
+        dir.path().join("y.npy"),
+    );
+    let onnx = fixture("cifar_resnet20.onnx");
+    let s = |p: &std::path::Path| p.display().to_string();
+    let o = resnetc(&["import", &s(&onnx), "-o", &s(&res)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(w.exists(), "the weights go beside the model by default");
+    let input = fixture("cifar_resnet20.input.npy");
+    let o = resnetc(&[
+        "run",
+        &s(&res),
+        "--weights",
+        &s(&w),
+        "--input",
+        &s(&input),
+        "--output",
+        &s(&y),
+        "--target",
+        "ref",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("output");
+    assert_close(
+        "cli import + run",
+        &read_npy(&y).expect("y"),
+        &expected,
+        1e-4,
+        1e-3,
+    );
+
+    // An unsupported node: exit 1, the node named, no file written.
+    let mut m = fixture_model("cifar_resnet20");
+    m.graph.as_mut().unwrap().node[3].op_type = Some("Erf".into());
+    let bad = dir.path().join("bad.onnx");
+    std::fs::write(&bad, m.encode_to_vec()).expect("write");
+    let (out2, w2) = (
+        dir.path().join("bad.res"),
+        dir.path().join("bad.w.safetensors"),
+    );
+    let o = resnetc(&[
+        "import",
+        &s(&bad),
+        "-o",
+        &s(&out2),
+        "--weights-out",
+        &s(&w2),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Erf") && err.contains("/layer1/layer1.0/relu/Relu"),
+        "{err}"
+    );
+    assert!(!out2.exists() && !w2.exists(), "nothing written on failure");
+
+    // A truncated file: a decode error, exit 1.
+    let bytes = std::fs::read(&onnx).expect("read");
+    std::fs::write(&bad, &bytes[..bytes.len() / 2]).expect("write");
+    let o = resnetc(&["import", &s(&bad), "-o", &s(&out2)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a valid ONNX model"));
+    assert!(!out2.exists());
+
+    // `check` and `summary` on an ONNX file point to `import`.
+    for cmd in ["check", "summary"] {
+        let o = resnetc(&[cmd, &s(&onnx)]);
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("is an ONNX model") && err.contains("resnetc import"),
+            "{cmd}: {err}"
+        );
+    }
+}
+
+#[test]
+fn export_refuses_models_past_two_gib() {
+    // 8192 x 8192 x 3 x 3 x 4 bytes = 2.25 GiB of weights: refused from the
+    // shapes alone, before any weight is read.
+    let c = compile(
+        "big",
+        "model big(x: f32[N, 8192, 4, 4]) { x |> c: conv(8192, k: 3, pad: 1) }",
+    );
+    let e = resnetc::export::onnx::export(&c.graph, &Default::default()).expect_err("too large");
+    assert!(e.to_string().contains("2 GiB"), "{e}");
+}
