@@ -24,8 +24,13 @@ struct Candidate {
     output: usize,
 }
 
-/// External inputs (in order of first use) and outputs of a node set.
-fn boundary(l: &Lifted, live: &[bool], members: &BTreeSet<usize>) -> (Vec<usize>, Vec<usize>) {
+/// External inputs (in order of first use) and outputs of a node set;
+/// `consumers[i]` are the live nodes that read node `i`.
+fn boundary(
+    l: &Lifted,
+    consumers: &[Vec<usize>],
+    members: &BTreeSet<usize>,
+) -> (Vec<usize>, Vec<usize>) {
     let mut inputs = Vec::new();
     for &m in members {
         for &i in &l.nodes[m].inputs {
@@ -34,17 +39,11 @@ fn boundary(l: &Lifted, live: &[bool], members: &BTreeSet<usize>) -> (Vec<usize>
             }
         }
     }
-    let mut outputs = Vec::new();
-    for &m in members {
-        let used_outside = m == l.output
-            || l.nodes
-                .iter()
-                .enumerate()
-                .any(|(j, n)| live[j] && !members.contains(&j) && n.inputs.contains(&m));
-        if used_outside {
-            outputs.push(m);
-        }
-    }
+    let outputs = members
+        .iter()
+        .copied()
+        .filter(|&m| m == l.output || consumers[m].iter().any(|c| !members.contains(c)))
+        .collect();
     (inputs, outputs)
 }
 
@@ -71,6 +70,12 @@ pub fn emit(
             }
         }
     }
+    let mut consumers: Vec<Vec<usize>> = vec![vec![]; n];
+    for i in (0..n).filter(|&i| live[i]) {
+        for &j in &l.nodes[i].inputs {
+            consumers[j].push(i);
+        }
+    }
     let mut module = paths.module.clone();
     let mut cands: Vec<Candidate> = Vec::new();
     if structured {
@@ -94,7 +99,7 @@ pub fn emit(
             if mem.len() < 2 {
                 continue;
             }
-            let (mut inputs, mut outputs) = boundary(l, &live, &mem);
+            let (mut inputs, mut outputs) = boundary(l, &consumers, &mem);
             if inputs.len() > 1 && outputs.len() == 1 {
                 // DenseNet: the layer's inputs meet in one concat at its top;
                 // leave the concat to the caller.
@@ -112,7 +117,7 @@ pub fn emit(
                     parent.pop();
                     module[c] = parent;
                     mem = members(&module);
-                    (inputs, outputs) = boundary(l, &live, &mem);
+                    (inputs, outputs) = boundary(l, &consumers, &mem);
                 }
             }
             if outputs.len() == 1 && (1..=4).contains(&inputs.len()) && mem.len() >= 2 {

@@ -108,6 +108,8 @@ pub struct LNode {
     pub shape: Vec<usize>,
     /// The ONNX node's name (for messages and module paths).
     pub onnx_name: String,
+    /// The module the exporter says the node belongs to (dynamo's metadata).
+    pub scope: Option<String>,
     /// The ONNX initializer names the weights came from, where they had one.
     pub weight_names: Vec<Option<String>>,
     pub weights: Vec<Tensor>,
@@ -335,6 +337,7 @@ impl Lifter<'_> {
             inputs,
             shape,
             onnx_name: n.name.clone(),
+            scope: n.scope.clone(),
             weight_names,
             weights,
         });
@@ -1441,6 +1444,7 @@ pub fn lift(m: &OnnxModel, path: &str, opts: &LiftOptions) -> Result<Lifted, Imp
             inputs: vec![],
             shape,
             onnx_name: m.input_name.clone(),
+            scope: None,
             weight_names: vec![],
             weights: vec![],
         }],

@@ -47,6 +47,19 @@ pub fn module_path(node_name: &str) -> Vec<String> {
     }
 }
 
+/// A node's module path: dynamo's recorded scope, else its node name's;
+/// `None` where the file says nothing.
+fn node_module(n: &super::lift::LNode) -> Option<Vec<String>> {
+    if let Some(s) = &n.scope {
+        if s.is_empty() {
+            return Some(vec![]);
+        }
+        return valid_path(s).then(|| s.split('.').map(str::to_string).collect());
+    }
+    let m = module_path(&n.onnx_name);
+    (!m.is_empty() || n.onnx_name.starts_with('/')).then_some(m)
+}
+
 /// The path of every lifted node: for a layer with weights, where its
 /// weights are named; for the rest, the module its ONNX node belongs to.
 /// `param[i]` is `Some(path)` for layers with weights (unique, valid).
@@ -100,7 +113,7 @@ pub fn assign(l: &Lifted) -> Paths {
     }
     for i in 0..n {
         if l.nodes[i].op.has_params() && param[i].is_none() {
-            let p = module_path(&l.nodes[i].onnx_name).join(".");
+            let p = node_module(&l.nodes[i]).unwrap_or_default().join(".");
             if valid_path(&p) && !used.contains(&p) {
                 used.insert(p.clone());
                 param[i] = Some(p);
@@ -128,8 +141,7 @@ pub fn assign(l: &Lifted) -> Paths {
         module[i] = if let Some(p) = &param[i] {
             p.split('.').map(str::to_string).collect()
         } else {
-            let m = module_path(&l.nodes[i].onnx_name);
-            if !m.is_empty() || l.nodes[i].onnx_name.starts_with('/') {
+            if let Some(m) = node_module(&l.nodes[i]) {
                 m
             } else {
                 match l.nodes[i].inputs.first() {

@@ -53,6 +53,20 @@ pub struct Node {
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
     pub attrs: HashMap<String, Attr>,
+    /// The module path the dynamo exporter records in `metadata_props`
+    /// (`pkg.torch.onnx.name_scopes`), where it does.
+    pub scope: Option<String>,
+}
+
+/// The innermost module of `pkg.torch.onnx.name_scopes`, a Python list of
+/// cumulative module paths ending in the node's own name:
+/// `['', 'layer1', 'layer1.0', 'layer1.0.conv1', 'conv2d']` → `layer1.0.conv1`.
+fn name_scope(value: &str) -> Option<String> {
+    let items: Vec<&str> = value.split('\'').skip(1).step_by(2).collect();
+    if items.len() < 2 {
+        return None;
+    }
+    Some(items[items.len() - 2].to_string())
 }
 
 /// One axis of the declared input.
@@ -393,6 +407,11 @@ pub fn read(bytes: &[u8], path: &str) -> Result<OnnxModel, ImportError> {
             inputs: n.input.clone(),
             outputs: n.output.clone(),
             attrs,
+            scope: n
+                .metadata_props
+                .iter()
+                .find(|p| p.key.as_deref() == Some("pkg.torch.onnx.name_scopes"))
+                .and_then(|p| name_scope(p.value.as_deref()?)),
         });
     }
     Ok(OnnxModel {
