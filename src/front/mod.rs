@@ -120,7 +120,7 @@ fn onnx_diag(path: &Path) -> Option<Diag> {
         std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() <= 1 << 30)
             && std::fs::read(path).is_ok_and(|b| crate::import::looks_like_onnx(&b))
     };
-    if !(named_onnx && path.is_file()) && !looks_onnx() {
+    if !((named_onnx && path.is_file()) || looks_onnx()) {
         return None;
     }
     let msg = format!("`{}` is an ONNX model, not a .res file", path.display());

@@ -215,6 +215,7 @@ pub fn emit(
     // Phase 1: a key per candidate, children as calls.
     let mut key_of: Vec<usize> = vec![usize::MAX; cands.len()];
     let mut keys: HashMap<String, usize> = HashMap::new();
+    #[allow(clippy::needless_range_loop)]
     for c in 0..root {
         let toks = emit_scope(
             &direct_items(c),
@@ -280,9 +281,9 @@ pub fn emit(
     // Templates: the shared keys, their instances in file order.
     let mut templates: Vec<Vec<usize>> = Vec::new();
     let mut template_of: HashMap<usize, usize> = HashMap::new();
-    for c in 0..root {
+    for (c, &key) in key_of.iter().enumerate().take(root) {
         if shared(c) {
-            let t = *template_of.entry(key_of[c]).or_insert_with(|| {
+            let t = *template_of.entry(key).or_insert_with(|| {
                 templates.push(vec![]);
                 templates.len() - 1
             });

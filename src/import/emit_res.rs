@@ -253,7 +253,10 @@ pub fn emit_scope(
             k > 0 && {
                 let prev = infos[k - 1].output;
                 let inf = &infos[k];
-                inf.inputs.first() == Some(&prev)
+                // `a * b` as its own statement: either side may be the
+                // per-channel factor there, not in `mul(...)`.
+                !matches!(items[k], Item::Node(n) if nodes[n].op == LOp::Mul)
+                    && inf.inputs.first() == Some(&prev)
                     && uses(prev) == 1
                     && inf.inputs.iter().filter(|&&x| x == prev).count() == 1
             }

@@ -616,7 +616,7 @@ impl Lifter<'_> {
                         };
                         match (lo, hi) {
                             (Some(l), Some(h)) if l == 0.0 && h == 6.0 => LOp::Relu6,
-                            (Some(l), None) if l == 0.0 => LOp::Relu,
+                            (Some(0.0), None) => LOp::Relu,
                             (Some(l), Some(h)) if l == 0.0 && h >= f32::MAX => LOp::Relu,
                             _ => return Err(format!("Clip to [{lo:?}, {hi:?}]: .res has relu (0, inf) and relu6 (0, 6)")),
                         }
@@ -1243,12 +1243,12 @@ impl Lifter<'_> {
                     .filter(|&&d| d != 1)
                     .count()
                     <= 1;
-            let free = match producer.op {
+            let free = matches!(
+                producer.op,
                 LOp::Linear { bias: false, .. }
-                | LOp::Conv { bias: false, .. }
-                | LOp::ConvTranspose { bias: false, .. } => true,
-                _ => false,
-            };
+                    | LOp::Conv { bias: false, .. }
+                    | LOp::ConvTranspose { bias: false, .. }
+            );
             let only_use = self.nodes[a].onnx_name.clone();
             let single = self.single_use(a);
             if op == "Add" && fits && free && single {
@@ -1277,9 +1277,7 @@ impl Lifter<'_> {
         let per_channel = |s: &[usize], o: &[usize]| {
             s.len() == 3 && o.len() == 3 && s[0] == o[0] && s[1] == 1 && s[2] == 1
         };
-        let shape = if sa == sb {
-            sa.clone()
-        } else if op == "Mul" && per_channel(&sb, &sa) {
+        let shape = if sa == sb || (op == "Mul" && per_channel(&sb, &sa)) {
             sa.clone()
         } else if op == "Mul" && per_channel(&sa, &sb) {
             sb.clone()

@@ -102,36 +102,36 @@ pub fn assign(l: &Lifted) -> Paths {
         }
         Some(p.to_string())
     };
-    for i in 0..n {
+    for (i, slot) in param.iter_mut().enumerate() {
         if l.nodes[i].op.has_params() {
             if let Some(p) = from_init(i) {
                 if used.insert(p.clone()) {
-                    param[i] = Some(p);
+                    *slot = Some(p);
                 }
             }
         }
     }
-    for i in 0..n {
-        if l.nodes[i].op.has_params() && param[i].is_none() {
-            let p = node_module(&l.nodes[i]).unwrap_or_default().join(".");
+    for (node, slot) in l.nodes.iter().zip(param.iter_mut()) {
+        if node.op.has_params() && slot.is_none() {
+            let p = node_module(node).unwrap_or_default().join(".");
             if valid_path(&p) && !used.contains(&p) {
                 used.insert(p.clone());
-                param[i] = Some(p);
+                *slot = Some(p);
             }
         }
     }
     let mut counter = 0;
-    for i in 0..n {
-        if l.nodes[i].op.has_params() && param[i].is_none() {
+    for (node, slot) in l.nodes.iter().zip(param.iter_mut()) {
+        if node.op.has_params() && slot.is_none() {
             let p = loop {
                 counter += 1;
-                let p = format!("{}{counter}", kind(&l.nodes[i].op));
+                let p = format!("{}{counter}", kind(&node.op));
                 if !used.contains(&p) {
                     break p;
                 }
             };
             used.insert(p.clone());
-            param[i] = Some(p);
+            *slot = Some(p);
         }
     }
     // Module paths: a layer's own path; an operator's node path, or where

@@ -25,6 +25,10 @@ pub enum ConstData {
 }
 
 impl ConstTensor {
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn len(&self) -> usize {
         match &self.data {
             ConstData::F32(v) => v.len(),
