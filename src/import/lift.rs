@@ -705,7 +705,9 @@ impl Lifter<'_> {
                     Val::Padded(b, prev) => (b, [prev[0] + q[0], prev[1] + q[1], prev[2] + q[2], prev[3] + q[3]]),
                     _ => (a, q),
                 };
-                self.set(n, Val::Padded(a, q));
+                // U-Nets pad the upsampled map to the skip's size: nothing
+                // at all when the sizes already agree.
+                self.set(n, if q == [0; 4] { Val::Act(a) } else { Val::Padded(a, q) });
             }
             other => {
                 return Err(match other {
