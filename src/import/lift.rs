@@ -155,6 +155,11 @@ struct Lifter<'a> {
     fixed_batch: Option<i64>,
 }
 
+/// Input `k` of `n`, or `""` (a missing optional input) past the end.
+fn inp(n: &Node, k: usize) -> &str {
+    n.inputs.get(k).map(String::as_str).unwrap_or("")
+}
+
 fn attr_i(n: &Node, name: &str, default: i64) -> R<i64> {
     match n.attrs.get(name) {
         None => Ok(default),
@@ -462,7 +467,7 @@ impl Lifter<'_> {
                     }
                     Val::Float(t, _) => {
                         let len = t.len();
-                        let dims = if n.op_type == "Unsqueeze" { vec![len] } else { vec![] };
+                        let dims = if n.op_type == "Squeeze" && len == 1 { vec![] } else { vec![len] };
                         self.set(n, Val::Float(ConstTensor { dims, data: t.data }, None));
                     }
                     Val::Poison => self.set(n, Val::Poison),
@@ -585,7 +590,13 @@ impl Lifter<'_> {
                 let op = match n.op_type.as_str() {
                     "Relu" => LOp::Relu,
                     "Sigmoid" => LOp::Sigmoid,
-                    "LeakyRelu" => LOp::LeakyRelu(attr_f(n, "alpha", 0.01)?),
+                    "LeakyRelu" => {
+                        let alpha = attr_f(n, "alpha", 0.01)?;
+                        if !alpha.is_finite() {
+                            return Err(format!("alpha {alpha} is not a number"));
+                        }
+                        LOp::LeakyRelu(alpha)
+                    }
                     "Softmax" => {
                         let rank = self.shape(a).len() as i64 + 1;
                         let default = if self.m.opset >= 13 { -1 } else { 1 };
@@ -726,23 +737,28 @@ impl Lifter<'_> {
     }
 
     fn reshape(&mut self, n: &Node) -> R<()> {
-        let name = &n.inputs[0];
+        let name = inp(n, 0);
         match self.val(name)? {
             Val::Float(t, _) if n.op_type == "Reshape" => {
-                let target = self.known_ints(&n.inputs[1])?;
+                let target = self.known_ints(inp(n, 1))?;
                 let total = t.len() as i64;
-                let known: i64 = target.iter().filter(|&&d| d > 0).product();
+                let known = target
+                    .iter()
+                    .filter(|&&d| d > 0)
+                    .try_fold(1i64, |a, &d| a.checked_mul(d))
+                    .unwrap_or(i64::MAX);
                 let dims: Vec<usize> = target
                     .iter()
                     .map(|&d| {
                         if d == -1 && known > 0 {
                             (total / known) as usize
                         } else {
-                            d.max(0) as usize
+                            d.clamp(0, 1 << 31) as usize
                         }
                     })
                     .collect();
-                if dims.iter().product::<usize>() as i64 != total {
+                let product = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+                if product != Some(total as usize) {
                     return Err(format!(
                         "cannot reshape a constant of {total} values to {target:?}"
                     ));
@@ -769,7 +785,7 @@ impl Lifter<'_> {
             }
             true
         } else {
-            let (target, _) = self.ints(&n.inputs[1])?;
+            let (target, _) = self.ints(inp(n, 1))?;
             let allowzero = attr_i(n, "allowzero", 0)? != 0;
             let batch_like = |d: &Dim| match d {
                 Dim::Batch => true,
@@ -873,7 +889,7 @@ impl Lifter<'_> {
     }
 
     fn conv(&mut self, n: &Node) -> R<()> {
-        let (a, extra) = self.act_or_padded(&n.inputs[0])?;
+        let (a, extra) = self.act_or_padded(inp(n, 0))?;
         let (c, h, w) = self.image(a)?;
         let (wt, wname) = self.floats(n.inputs.get(1).map(String::as_str).unwrap_or(""))?;
         if wt.dims.len() != 4 {
@@ -905,7 +921,7 @@ impl Lifter<'_> {
         let mut weights = vec![(as_tensor(&wt, &wt.dims), wname)];
         let bias = n.inputs.len() > 2 && !n.inputs[2].is_empty();
         if bias {
-            let (b, bname) = self.floats(&n.inputs[2])?;
+            let (b, bname) = self.floats(inp(n, 2))?;
             if b.len() != out {
                 return Err(format!(
                     "bias has {} values for {out} output channels",
@@ -929,7 +945,7 @@ impl Lifter<'_> {
     }
 
     fn conv_transpose(&mut self, n: &Node) -> R<()> {
-        let a = self.act(&n.inputs[0])?;
+        let a = self.act(inp(n, 0))?;
         let (c, h, w) = self.image(a)?;
         let (wt, wname) = self.floats(n.inputs.get(1).map(String::as_str).unwrap_or(""))?;
         if wt.dims.len() != 4 || wt.dims[0] != c {
@@ -979,7 +995,7 @@ impl Lifter<'_> {
         let mut weights = vec![(as_tensor(&wt, &wt.dims), wname)];
         let bias = n.inputs.len() > 2 && !n.inputs[2].is_empty();
         if bias {
-            let (b, bname) = self.floats(&n.inputs[2])?;
+            let (b, bname) = self.floats(inp(n, 2))?;
             if b.len() != out {
                 return Err(format!(
                     "bias has {} values for {out} output channels",
@@ -1006,9 +1022,9 @@ impl Lifter<'_> {
     fn pool(&mut self, n: &Node) -> R<()> {
         let avg = n.op_type == "AveragePool";
         let (a, extra) = if avg {
-            self.act_or_padded(&n.inputs[0])?
+            self.act_or_padded(inp(n, 0))?
         } else {
-            (self.act(&n.inputs[0])?, [0; 4])
+            (self.act(inp(n, 0))?, [0; 4])
         };
         let (c, h, w) = self.image(a)?;
         let ks = attr_is(n, "kernel_shape")?.ok_or("no kernel_shape")?;
@@ -1064,7 +1080,7 @@ impl Lifter<'_> {
     }
 
     fn linear(&mut self, n: &Node) -> R<()> {
-        let a = self.act(&n.inputs[0])?;
+        let a = self.act(inp(n, 0))?;
         let f = match *self.shape(a) {
             [f] => f,
             ref s => {
@@ -1108,7 +1124,7 @@ impl Lifter<'_> {
         let mut weights = vec![(as_tensor(&wt, &wt.dims), wname)];
         let bias = gemm && n.inputs.len() > 2 && !n.inputs[2].is_empty();
         if bias {
-            let (mut c, mut cname) = self.floats(&n.inputs[2])?;
+            let (mut c, mut cname) = self.floats(inp(n, 2))?;
             if c.len() != out || c.dims.iter().filter(|&&d| d != 1).count() > 1 {
                 return Err(format!(
                     "bias of shape {:?} is not one value per output feature",
@@ -1129,7 +1145,7 @@ impl Lifter<'_> {
     }
 
     fn resize(&mut self, n: &Node) -> R<()> {
-        let a = self.act(&n.inputs[0])?;
+        let a = self.act(inp(n, 0))?;
         let (c, h, w) = self.image(a)?;
         let input = |k: usize| n.inputs.get(k).map(String::as_str).unwrap_or("");
         let (scales_in, sizes_in) = if n.op_type == "Upsample" || self.m.opset < 11 {
@@ -1164,6 +1180,11 @@ impl Lifter<'_> {
                 "scale {sh}x{sw}; .res's upsample takes one integer scale for both axes"
             ));
         }
+        if sh > (1 << 12) as f32 || h * sh as usize > 1 << 24 || w * sh as usize > 1 << 24 {
+            return Err(format!(
+                "scale {sh} makes the image larger than .res allows (16777216 per axis)"
+            ));
+        }
         let scale = sh as usize;
         let mode = attr_s(n, "mode", "nearest")?;
         let ctm = attr_s(n, "coordinate_transformation_mode", "half_pixel")?;
@@ -1193,7 +1214,7 @@ impl Lifter<'_> {
 
     fn binary(&mut self, n: &Node) -> R<()> {
         let (x, y) = (
-            self.val(&n.inputs[0])?,
+            self.val(inp(n, 0))?,
             self.val(n.inputs.get(1).map(String::as_str).unwrap_or(""))?,
         );
         match (&x, &y) {
@@ -1208,7 +1229,10 @@ impl Lifter<'_> {
                     .ok_or_else(|| "integer overflow or division by zero".to_string())
                 };
                 let len = a.len().max(b.len());
-                if !(a.len() == b.len() || a.len() == 1 || b.len() == 1) {
+                if a.is_empty()
+                    || b.is_empty()
+                    || !(a.len() == b.len() || a.len() == 1 || b.len() == 1)
+                {
                     return Err("mismatched shape vectors".into());
                 }
                 let mut out = Vec::with_capacity(len);
@@ -1271,7 +1295,7 @@ impl Lifter<'_> {
                 "{op} of an activation and a constant; .res adds and multiplies activations only (a constant add right after a bias-free MatMul or Conv becomes its bias)"
             ));
         }
-        let (a, b) = (self.act(&n.inputs[0])?, self.act(&n.inputs[1])?);
+        let (a, b) = (self.act(inp(n, 0))?, self.act(inp(n, 1))?);
         if op != "Add" && op != "Mul" {
             return Err(format!("{op} of two activations; .res has add and mul"));
         }

@@ -136,6 +136,9 @@ pub fn tensor_of(t: &pb::TensorProto, path: &str) -> Result<ConstTensor, ImportE
             "resnetc imports models whose weights are inside the .onnx file; re-save it with onnx.save_model(model, path, save_as_external_data=False)",
         ));
     }
+    if t.dims.iter().any(|&d| !(0..=1 << 31).contains(&d)) {
+        return Err(bad(format!("invalid shape {:?}", t.dims)));
+    }
     let n = element_count(&t.dims).ok_or_else(|| bad(format!("invalid shape {:?}", t.dims)))?;
     let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     let raw = t.raw_data.as_deref();
