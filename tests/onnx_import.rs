@@ -529,3 +529,153 @@ fn structured_mutations_never_panic() {
     }
     assert!(ok > 0 && err > 0, "{ok} imported, {err} refused");
 }
+
+fn node(op: &str, name: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: Some(op.into()),
+        name: Some(name.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    }
+}
+
+fn int64s(name: &str, dims: &[i64], v: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(pb::tensor_proto::DataType::Int64 as i32),
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// What `x.view(x.size(0), -1)` and a linear layer as MatMul + Add look
+/// like in an export: Shape → Gather → Unsqueeze → Concat → Reshape, and
+/// MatMul by the transposed weight then Add of the bias. Folded at import,
+/// the model still gives PyTorch's output, the layer named by its module.
+#[test]
+fn shape_arithmetic_and_matmul_add_fold() {
+    let mut m = fixture_model("cifar_resnet20");
+    let g = m.graph.as_mut().unwrap();
+    let flat = g
+        .node
+        .iter()
+        .position(|n| n.op_type.as_deref() == Some("Flatten"))
+        .unwrap();
+    let (x, y) = (
+        g.node[flat].input[0].clone(),
+        g.node[flat].output[0].clone(),
+    );
+    let chain = vec![
+        node("Shape", "/Shape", &[&x], "s"),
+        node("Gather", "/Gather", &["s", "zero"], "b"),
+        node("Unsqueeze", "/Unsqueeze", &["b", "axes0"], "b1"),
+        node("Concat", "/Concat", &["b1", "minus1"], "target"),
+        node("Reshape", "/Reshape", &[&x, "target"], &y),
+    ];
+    let mut chain = chain;
+    chain[3].attribute.push(pb::AttributeProto {
+        name: Some("axis".into()),
+        r#type: Some(pb::attribute_proto::AttributeType::Int as i32),
+        i: Some(0),
+        ..Default::default()
+    });
+    g.node.splice(flat..=flat, chain);
+    g.initializer.push(int64s("zero", &[], &[0]));
+    g.initializer.push(int64s("axes0", &[1], &[0]));
+    g.initializer.push(int64s("minus1", &[1], &[-1]));
+    let gemm = g
+        .node
+        .iter()
+        .position(|n| n.op_type.as_deref() == Some("Gemm"))
+        .unwrap();
+    let out = g.node[gemm].output[0].clone();
+    let w = g
+        .initializer
+        .iter()
+        .position(|t| t.name.as_deref() == Some("fc.weight"))
+        .unwrap();
+    let (rows, cols) = (
+        g.initializer[w].dims[0] as usize,
+        g.initializer[w].dims[1] as usize,
+    );
+    let raw = g.initializer[w].raw_data.clone().unwrap();
+    let mut t = vec![0u8; raw.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[(c * rows + r) * 4..][..4].copy_from_slice(&raw[(r * cols + c) * 4..][..4]);
+        }
+    }
+    g.initializer.push(pb::TensorProto {
+        name: Some("onnx::MatMul_99".into()),
+        dims: vec![cols as i64, rows as i64],
+        data_type: Some(pb::tensor_proto::DataType::Float as i32),
+        raw_data: Some(t),
+        ..Default::default()
+    });
+    g.node.splice(
+        gemm..=gemm,
+        [
+            node("MatMul", "/fc/MatMul", &[&y, "onnx::MatMul_99"], "mm"),
+            node("Add", "/fc/Add", &["mm", "fc.bias"], &out),
+        ],
+    );
+    let imp = try_import(&m, &LiftOptions::default()).expect("imports");
+    assert!(
+        imp.res.contains("flatten()") && imp.res.contains("fc: linear(10)"),
+        "{}",
+        imp.res
+    );
+    let c = compile("folded", &imp.res);
+    let x = read_npy(&fixture("cifar_resnet20.input.npy")).expect("input");
+    let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("output");
+    let y = resnetc::interp::run(&c.graph, &imp.weights, &x).expect("interpreter");
+    assert_close("shape arithmetic + MatMul/Add", &y, &expected, 1e-4, 1e-3);
+}
+
+/// `F.pad` in front of a conv becomes the conv's own padding.
+#[test]
+fn zero_pad_folds_into_the_next_conv() {
+    let mut m = fixture_model("cifar_resnet20");
+    let g = m.graph.as_mut().unwrap();
+    let conv = &mut g.node[0];
+    assert_eq!(conv.op_type.as_deref(), Some("Conv"));
+    let x = conv.input[0].clone();
+    conv.input[0] = "padded".into();
+    for a in &mut conv.attribute {
+        if a.name.as_deref() == Some("pads") {
+            a.ints = vec![0, 0, 0, 0];
+        }
+    }
+    g.node
+        .insert(0, node("Pad", "/pad/Pad", &[&x, "pads"], "padded"));
+    g.initializer
+        .push(int64s("pads", &[8], &[0, 0, 1, 1, 0, 0, 1, 1]));
+    let imp = try_import(&m, &LiftOptions::default()).expect("imports");
+    assert!(
+        imp.res
+            .contains("conv1: conv(16, k: 3, pad: 1, bias: true)"),
+        "{}",
+        imp.res
+    );
+    let c = compile("padded", &imp.res);
+    let x = read_npy(&fixture("cifar_resnet20.input.npy")).expect("input");
+    let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("output");
+    let y = resnetc::interp::run(&c.graph, &imp.weights, &x).expect("interpreter");
+    assert_close("Pad + Conv", &y, &expected, 1e-4, 1e-3);
+    // One-sided padding cannot be said in .res: refused, the node named.
+    let g = m.graph.as_mut().unwrap();
+    let p = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.name.as_deref() == Some("pads"))
+        .unwrap();
+    p.int64_data = vec![0, 0, 0, 0, 0, 0, 1, 1];
+    let e = try_import(&m, &LiftOptions::default()).expect_err("one-sided");
+    assert!(
+        e.to_string().contains("/conv1/Conv")
+            && e.to_string().contains("not the same on every side"),
+        "{e}"
+    );
+}
