@@ -394,17 +394,13 @@ impl Lifter<'_> {
             "Cast" => {
                 let v = self.val(input(0))?;
                 let to = attr_i(n, "to", 1)?;
+                // Integer and float constants convert; activations stay.
                 let v = match v {
-                    Val::Float(t, _) if to == 7 || to == 6 => {
+                    Val::Float(..) if to == 7 || to == 6 => {
                         let (d, dims) = self.ints(input(0))?;
-                        let _ = t;
                         Val::Ints(d, dims)
                     }
-                    Val::Ints(d, dims) if to == 1 => {
-                        let _ = (d, dims);
-                        let (t, _) = self.floats(input(0))?;
-                        Val::Float(t, None)
-                    }
+                    Val::Ints(..) if to == 1 => Val::Float(self.floats(input(0))?.0, None),
                     other => other,
                 };
                 self.set(n, v);
@@ -552,12 +548,11 @@ impl Lifter<'_> {
                 self.set(n, Val::Ints(out, vec![l]));
             }
             "Transpose" => {
-                let (t, name) = self.floats(input(0))?;
+                let (t, _) = self.floats(input(0))?;
                 let perm = attr_is(n, "perm")?.unwrap_or_else(|| vec![1, 0]);
                 if t.dims.len() != 2 || perm != [1, 0] {
                     return Err("only 2-d constant transposes are folded; .res has no transpose operator".into());
                 }
-                let _ = name;
                 self.set(n, Val::Float(transpose(&t), None));
             }
             "Reshape" | "Flatten" => self.reshape(n)?,
@@ -1261,21 +1256,21 @@ impl Lifter<'_> {
             let a = *a;
             let producer = &self.nodes[a];
             let c = producer.shape[0];
+            // Broadcast as numpy does: one value per channel means `[C]` on
+            // a vector `[N, C]`, `[C, 1, 1]` (or `[1, C, 1, 1]`) on an image.
+            let rank = producer.shape.len();
+            let d = &t.dims;
             let fits = t.len() == c
-                && t.dims
-                    .iter()
-                    .rev()
-                    .skip(if producer.shape.len() == 3 { 2 } else { 0 })
-                    .filter(|&&d| d != 1)
-                    .count()
-                    <= 1;
+                && d.len() >= rank
+                && d.len() <= rank + 1
+                && d[d.len() - rank] == c
+                && d[d.len() - rank + 1..].iter().all(|&x| x == 1);
             let free = matches!(
                 producer.op,
                 LOp::Linear { bias: false, .. }
                     | LOp::Conv { bias: false, .. }
                     | LOp::ConvTranspose { bias: false, .. }
             );
-            let only_use = self.nodes[a].onnx_name.clone();
             let single = self.single_use(a);
             if op == "Add" && fits && free && single {
                 let p = &mut self.nodes[a];
@@ -1287,7 +1282,6 @@ impl Lifter<'_> {
                 }
                 p.weights.push(as_tensor(t, &[c]));
                 p.weight_names.push(tname.clone());
-                let _ = only_use;
                 self.set(n, Val::Act(a));
                 return Ok(());
             }
