@@ -12,9 +12,15 @@ use std::collections::{BTreeSet, HashMap};
 /// Keywords and operator names: never a block or variable name.
 pub fn reserved(s: &str) -> bool {
     const KEYWORDS: &[&str] = &[
-        "block", "model", "let", "for", "in", "if", "else", "use", "true", "false", "x",
+        "block", "model", "let", "for", "in", "if", "else", "use", "true", "false",
     ];
-    KEYWORDS.contains(&s) || crate::front::builtins::BUILTINS.iter().any(|b| b.name == s)
+    // `x`, `x1`, ...: a block's tensor parameters.
+    let input_like = s
+        .strip_prefix('x')
+        .is_some_and(|r| r.bytes().all(|b| b.is_ascii_digit()));
+    input_like
+        || KEYWORDS.contains(&s)
+        || crate::front::builtins::BUILTINS.iter().any(|b| b.name == s)
 }
 
 struct Candidate {

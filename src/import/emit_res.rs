@@ -61,6 +61,23 @@ fn arg(prefix: &'static str, name: &'static str, value: usize, default: Option<i
     }
 }
 
+/// Names a block's integer parameters may take (`c`, `stride2`, ...): never
+/// a `let`, which would shadow one.
+fn parameter_like(s: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "c",
+        "k",
+        "stride",
+        "pad",
+        "dilation",
+        "groups",
+        "output_padding",
+        "features",
+        "scale",
+    ];
+    NAMES.contains(&s.trim_end_matches(|ch: char| ch.is_ascii_digit()))
+}
+
 /// `label: ` as .res writes it: an identifier, or a string for dotted or
 /// numeric paths.
 pub fn label_text(label: &[String]) -> String {
@@ -307,7 +324,7 @@ pub fn emit_scope(
                         .rev()
                         .find(|s| s.bytes().next().is_some_and(|b| b.is_ascii_alphabetic()))
                 })
-                .filter(|s| !super::blocks::reserved(s))
+                .filter(|s| !super::blocks::reserved(s) && !parameter_like(s))
                 .cloned()
                 .unwrap_or_else(|| "y".to_string());
             let mut name = base.clone();
