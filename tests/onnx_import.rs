@@ -112,6 +112,11 @@ fn repeated_modules_become_blocks() {
     assert!(text.lines().count() < 45, "{text}");
     let d = import_fixture("densenet_bc_small").res;
     assert!(d.contains("block denselayer(x)"), "{d}");
+    // Each dense block is a loop over that layer.
+    assert!(
+        d.contains("for i in 1..=4 {\n        features = concat(features, \"denselayer{i}\": denselayer(features))"),
+        "{d}"
+    );
     assert!(d.contains("\"features.denseblock3\": denseblock()"), "{d}");
     let u = import_fixture("unet_small").res;
     assert!(u.contains("up1: up(down3, 128)"), "{u}");
@@ -134,6 +139,13 @@ fn export_then_import_round_trips_every_example() {
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(imp.structured, "{name}: fell back to a flat model");
+        if name.starts_with("densenet") {
+            assert!(
+                imp.res.contains("for i in 1..="),
+                "{name}: no dense loop\n{}",
+                imp.res
+            );
+        }
         assert_eq!(imp.weights, w, "{name}: weights");
         let back = compile(&name, &imp.res);
         assert_eq!(

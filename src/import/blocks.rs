@@ -57,13 +57,15 @@ fn starts_with(p: &[String], prefix: &[String]) -> bool {
     p.len() >= prefix.len() && p[..prefix.len()] == *prefix
 }
 
-/// The model's `.res` text. `structured: false` writes one flat model body.
+/// The model's `.res` text. `structured: false` writes one flat model body;
+/// `loops` writes DenseNet's dense blocks as `for` loops.
 pub fn emit(
     l: &Lifted,
     paths: &Paths,
     model_name: &str,
     header: &str,
     structured: bool,
+    loops: bool,
 ) -> Result<String, String> {
     let n = l.nodes.len();
     // Only what the output depends on.
@@ -230,6 +232,7 @@ pub fn emit(
             cands[c].output,
             &l.nodes,
             "    ",
+            loops,
         );
         let mut s = format!("{}|", cands[c].inputs.len());
         for t in &toks {
@@ -362,6 +365,7 @@ pub fn emit(
                         cands[c].output,
                         &l.nodes,
                         "    ",
+                        loops,
                     ),
                     &resolved,
                 )
@@ -557,6 +561,7 @@ pub fn emit(
             l.output,
             &l.nodes,
             "    ",
+            loops,
         ),
         &resolved,
     )?;

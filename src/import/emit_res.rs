@@ -243,6 +243,7 @@ pub fn emit_scope(
     output: usize,
     nodes: &[LNode],
     indent: &str,
+    loops: bool,
 ) -> Vec<Tok> {
     let infos: Vec<ItemInfo> = items.iter().map(info).collect();
     // Uses of each value inside the scope (the scope's output counts one).
@@ -279,6 +280,36 @@ pub fn emit_scope(
             }
         })
         .collect();
+    // DenseNet's dense blocks: `call_i(f)` then `f = concat(f, o_i)` (or the
+    // flat `concat(x, o_1, ..., o_i)` PyTorch writes), layers labelled
+    // `P.stem1`, `P.stem2`, ...: one `for` loop over a block call.
+    let mut dense: Vec<Option<Dense>> = (0..items.len()).map(|_| None).collect();
+    if loops {
+        let mut k = 0;
+        while k + 3 < items.len() {
+            match dense_run(items, &infos, nodes, k, &uses) {
+                Some(d) => {
+                    let len = 2 * d.count;
+                    dense[k] = Some(d);
+                    k += len;
+                }
+                None => k += 1,
+            }
+        }
+    }
+    let mut continues = continues;
+    let mut skip = vec![false; items.len()];
+    for (k, d) in dense.iter().enumerate() {
+        if let Some(d) = d {
+            continues[k] = false;
+            for j in k + 1..k + 2 * d.count {
+                skip[j] = true;
+            }
+            if let Some(c) = continues.get_mut(k + 2 * d.count) {
+                *c = false;
+            }
+        }
+    }
     // Runs written as one sequence: consecutive chained items labelled
     // `L.0`, `L.1`, ... (an `nn.Sequential`), at least two.
     let seq_index = |k: usize| -> Option<(Vec<String>, usize)> {
@@ -311,9 +342,13 @@ pub fn emit_scope(
         k += 1;
     }
     let mut in_run = 0usize; // items of the current run still to write
+    let mut after_loop = false;
     for (k, (item, inf)) in items.iter().zip(&infos).enumerate() {
+        if skip[k] {
+            continue;
+        }
         let first = inf.inputs.first().copied();
-        if k > 0 && !continues[k] {
+        if k > 0 && !continues[k] && !after_loop {
             // Bind the chain just written.
             let v = infos[k - 1].output;
             let base = infos[k - 1]
@@ -343,6 +378,32 @@ pub fn emit_scope(
             {
                 out[pos] = t(format!("{indent}let {name} = "));
             }
+        }
+        after_loop = false;
+        if let Some(d) = &dense[k] {
+            let x = first.map(|v| name_of(&names, v)).unwrap_or_default();
+            let mut f = "features".to_string();
+            let mut i = 1;
+            while taken.contains(&f) {
+                i += 1;
+                f = format!("features{i}");
+            }
+            taken.push(f.clone());
+            let prefix: String = d.prefix.iter().map(|s| format!("{s}.")).collect();
+            let label = format!("\"{prefix}{}{{i}}\": ", d.stem);
+            out.push(t(format!(
+                "{indent}let {f} = {x}\n{indent}for i in {}..={} {{\n{indent}    {f} = concat({f}, {label}",
+                d.first,
+                d.first + d.count - 1
+            )));
+            out.push(Tok::Call(d.call, vec![f.clone()]));
+            out.push(t(format!(")\n{indent}}}\n")));
+            names.push((d.result, f.clone()));
+            if d.result == output {
+                out.push(t(format!("{indent}{f}")));
+            }
+            after_loop = true;
+            continue;
         }
         let extra: Vec<String> = inf
             .inputs
@@ -413,4 +474,102 @@ pub fn emit_scope(
     }
     out.push(t("\n"));
     out
+}
+
+/// A dense block written as a loop.
+struct Dense {
+    /// The first layer's call (all layers call the same block).
+    call: usize,
+    count: usize,
+    prefix: Vec<String>,
+    stem: String,
+    first: usize,
+    result: usize,
+}
+
+/// A dense run starting at item `k`: call, concat, call, concat, ...
+fn dense_run(
+    items: &[Item],
+    infos: &[ItemInfo],
+    nodes: &[LNode],
+    k: usize,
+    uses: &dyn Fn(usize) -> usize,
+) -> Option<Dense> {
+    let layer = |j: usize| -> Option<(usize, Vec<String>, String, usize)> {
+        let Item::Call(c) = items.get(j)? else {
+            return None;
+        };
+        let l = infos[j].label.as_ref()?;
+        let (last, prefix) = l.split_last()?;
+        let digits = last
+            .bytes()
+            .rev()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let stem = &last[..last.len() - digits];
+        if digits == 0
+            || digits > 6
+            || stem.is_empty()
+            || !stem.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
+        {
+            return None;
+        }
+        Some((
+            *c,
+            prefix.to_vec(),
+            stem.to_string(),
+            last[stem.len()..].parse().ok()?,
+        ))
+    };
+    let (call, prefix, stem, first) = layer(k)?;
+    let x0 = *infos[k].inputs.first()?;
+    let (mut f, mut flat) = (x0, vec![x0]);
+    let mut inside: Vec<usize> = Vec::new(); // values the run makes
+    let mut count = 0;
+    loop {
+        let j = k + 2 * count;
+        let Some((_, p, st, num)) = layer(j) else {
+            break;
+        };
+        if p != prefix || st != stem || num != first + count || infos[j].inputs != [f] {
+            break;
+        }
+        let Some(Item::Node(cat)) = items.get(j + 1) else {
+            break;
+        };
+        let o = infos[j].output;
+        let ins = &infos[j + 1].inputs;
+        let mut grown = flat.clone();
+        grown.push(o);
+        if nodes[*cat].op != LOp::Concat || (*ins != [f, o] && *ins != grown) {
+            break;
+        }
+        inside.push(o);
+        inside.push(*cat);
+        f = *cat;
+        flat = grown;
+        count += 1;
+    }
+    if count < 2 {
+        return None;
+    }
+    // Nothing outside the run reads what it makes, but its result.
+    let run_items = &infos[k..k + 2 * count];
+    for &v in &inside {
+        let within: usize = run_items
+            .iter()
+            .map(|i| i.inputs.iter().filter(|&&x| x == v).count())
+            .sum();
+        if v != f && uses(v) != within {
+            return None;
+        }
+    }
+    Some(Dense {
+        call,
+        count,
+        prefix,
+        stem,
+        first,
+        result: f,
+    })
 }

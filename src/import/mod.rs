@@ -85,8 +85,10 @@ pub fn import(
         m.opset
     );
     let mut last_err = String::new();
-    for structured in [true, false] {
-        let text = match blocks::emit(&l, &paths, name, &header, structured) {
+    // Each form is checked; the plainer ones are there in case a fancier
+    // one does not compile.
+    for (structured, loops) in [(true, true), (true, false), (false, false)] {
+        let text = match blocks::emit(&l, &paths, name, &header, structured, loops) {
             Ok(t) => t,
             Err(e) => {
                 last_err = e;
@@ -103,7 +105,12 @@ pub fn import(
                     nodes: m.nodes.len(),
                 })
             }
-            Err(e) => last_err = e,
+            Err(e) => {
+                if std::env::var_os("RESNETC_IMPORT_DEBUG").is_some() {
+                    eprintln!("{e}\n{text}");
+                }
+                last_err = e
+            }
         }
     }
     Err(ImportError::Internal {
