@@ -302,9 +302,7 @@ pub fn emit_scope(
     for (k, d) in dense.iter().enumerate() {
         if let Some(d) = d {
             continues[k] = false;
-            for j in k + 1..k + 2 * d.count {
-                skip[j] = true;
-            }
+            skip[k + 1..k + 2 * d.count].fill(true);
             if let Some(c) = continues.get_mut(k + 2 * d.count) {
                 *c = false;
             }
