@@ -691,3 +691,79 @@ fn zero_pad_folds_into_the_next_conv() {
         "{e}"
     );
 }
+
+/// PyTorch's `F.pad` at opset 11+ when the exporter does not fold it: the
+/// pad list extended with zeros, reshaped to pairs, reversed, transposed
+/// and flattened into ONNX's order. Folded at import to the conv's padding.
+#[test]
+fn pytorch_pad_arithmetic_folds() {
+    let mut m = fixture_model("cifar_resnet20");
+    let g = m.graph.as_mut().unwrap();
+    let conv = &mut g.node[0];
+    let x = conv.input[0].clone();
+    conv.input[0] = "padded".into();
+    for a in &mut conv.attribute {
+        if a.name.as_deref() == Some("pads") {
+            a.ints = vec![0, 0, 0, 0];
+        }
+    }
+    let mut zeros = node(
+        "ConstantOfShape",
+        "/pad/ConstantOfShape",
+        &["four"],
+        "zeros",
+    );
+    zeros.attribute.push(pb::AttributeProto {
+        name: Some("value".into()),
+        r#type: Some(pb::attribute_proto::AttributeType::Tensor as i32),
+        t: Some(int64s("", &[1], &[0])),
+        ..Default::default()
+    });
+    let mut cat = node("Concat", "/pad/Concat", &["torch_pads", "zeros"], "all");
+    cat.attribute.push(pb::AttributeProto {
+        name: Some("axis".into()),
+        r#type: Some(pb::attribute_proto::AttributeType::Int as i32),
+        i: Some(0),
+        ..Default::default()
+    });
+    let chain = vec![
+        zeros,
+        cat,
+        node("Reshape", "/pad/Reshape", &["all", "pairs"], "p2"),
+        node(
+            "Slice",
+            "/pad/Slice",
+            &["p2", "start", "end", "axis0", "back"],
+            "rev",
+        ),
+        node("Transpose", "/pad/Transpose", &["rev"], "tr"),
+        node("Reshape", "/pad/Reshape_1", &["tr", "flat"], "onnx_pads"),
+        node("Pad", "/pad/Pad", &[&x, "onnx_pads"], "padded"),
+    ];
+    g.node.splice(0..0, chain);
+    // F.pad(x, (left, right, top, bottom)) = (1, 1, 1, 1).
+    for t in [
+        int64s("four", &[1], &[4]),
+        int64s("torch_pads", &[4], &[1, 1, 1, 1]),
+        int64s("pairs", &[2], &[-1, 2]),
+        int64s("start", &[1], &[-1]),
+        int64s("end", &[1], &[-i64::MAX]),
+        int64s("axis0", &[1], &[0]),
+        int64s("back", &[1], &[-1]),
+        int64s("flat", &[1], &[-1]),
+    ] {
+        g.initializer.push(t);
+    }
+    let imp = try_import(&m, &LiftOptions::default()).expect("imports");
+    assert!(
+        imp.res
+            .contains("conv1: conv(16, k: 3, pad: 1, bias: true)"),
+        "{}",
+        imp.res
+    );
+    let c = compile("torch_pad", &imp.res);
+    let x = read_npy(&fixture("cifar_resnet20.input.npy")).expect("input");
+    let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("output");
+    let y = resnetc::interp::run(&c.graph, &imp.weights, &x).expect("interpreter");
+    assert_close("F.pad arithmetic + Conv", &y, &expected, 1e-4, 1e-3);
+}

@@ -530,30 +530,85 @@ impl Lifter<'_> {
                 self.set(n, Val::Strided(a, steps[0] as usize));
             }
             "Slice" => {
+                // Shape arithmetic, e.g. PyTorch's F.pad reversing its pad list.
                 let (d, dims) = self.ints(input(0))?;
-                if dims.len() != 1 {
-                    return Err("Slice is folded only on 1-d shape vectors; .res has no slicing operator".into());
+                if dims.is_empty() || dims.len() > 2 {
+                    return Err("Slice is folded only on 1-d and 2-d shape tensors; .res has no slicing operator".into());
                 }
                 let starts = self.known_ints(input(1))?;
                 let ends = self.known_ints(input(2))?;
-                let steps = if n.inputs.len() > 4 && !input(4).is_empty() { self.known_ints(input(4))? } else { vec![1] };
-                if starts.len() != 1 || ends.len() != 1 || steps != [1] {
-                    return Err("only a 1-d unit-step Slice of a shape vector is folded".into());
+                let axes = if !input(3).is_empty() { self.known_ints(input(3))? } else { (0..starts.len() as i64).collect() };
+                let steps = if !input(4).is_empty() { self.known_ints(input(4))? } else { vec![1; starts.len()] };
+                if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+                    return Err("Slice's starts, ends, axes and steps differ in length".into());
                 }
-                let len = d.len() as i64;
-                let norm = |v: i64| (if v < 0 { v + len } else { v }).clamp(0, len) as usize;
-                let (s, e) = (norm(starts[0]), norm(ends[0]));
-                let out = d.get(s..e.max(s)).unwrap_or(&[]).to_vec();
-                let l = out.len();
-                self.set(n, Val::Ints(out, vec![l]));
+                let rank = dims.len() as i64;
+                // The indices kept along each axis (ONNX's clamping rules).
+                let mut keep: Vec<Vec<usize>> = dims.iter().map(|&n| (0..n).collect()).collect();
+                for (((&st, &en), &ax), &step) in starts.iter().zip(&ends).zip(&axes).zip(&steps) {
+                    let ax = if ax < 0 { ax + rank } else { ax };
+                    if !(0..rank).contains(&ax) || step == 0 {
+                        return Err(format!("Slice axis {ax} or step {step} is invalid"));
+                    }
+                    let n = dims[ax as usize] as i64;
+                    let norm = |v: i64| if v < 0 { v.saturating_add(n) } else { v };
+                    let (mut i, e) = if step > 0 {
+                        (norm(st).clamp(0, n), norm(en).clamp(0, n))
+                    } else {
+                        (norm(st).clamp(-1, n - 1), norm(en).clamp(-1, n - 1))
+                    };
+                    let mut v = Vec::new();
+                    while (step > 0 && i < e) || (step < 0 && i > e) {
+                        v.push(i as usize);
+                        match i.checked_add(step) {
+                            Some(next) => i = next,
+                            None => break,
+                        }
+                    }
+                    keep[ax as usize] = v;
+                }
+                let (out, out_dims) = if dims.len() == 1 {
+                    (keep[0].iter().map(|&i| d[i]).collect::<Vec<_>>(), vec![keep[0].len()])
+                } else {
+                    let cols = dims[1];
+                    let v = keep[0].iter().flat_map(|&r| keep[1].iter().map(move |&c| r * cols + c)).map(|i| d[i]).collect();
+                    (v, vec![keep[0].len(), keep[1].len()])
+                };
+                self.set(n, Val::Ints(out, out_dims));
             }
             "Transpose" => {
-                let (t, _) = self.floats(input(0))?;
                 let perm = attr_is(n, "perm")?.unwrap_or_else(|| vec![1, 0]);
-                if t.dims.len() != 2 || perm != [1, 0] {
+                if perm != [1, 0] {
                     return Err("only 2-d constant transposes are folded; .res has no transpose operator".into());
                 }
-                self.set(n, Val::Float(transpose(&t), None));
+                match self.val(input(0))? {
+                    Val::Ints(d, dims) if dims.len() == 2 => {
+                        let (r, c) = (dims[0], dims[1]);
+                        let v = (0..r * c).map(|i| d[(i % r) * c + i / r]).collect();
+                        self.set(n, Val::Ints(v, vec![c, r]));
+                    }
+                    _ => {
+                        let (t, _) = self.floats(input(0))?;
+                        if t.dims.len() != 2 {
+                            return Err("only 2-d constant transposes are folded; .res has no transpose operator".into());
+                        }
+                        self.set(n, Val::Float(transpose(&t), None));
+                    }
+                }
+            }
+            "ConstantOfShape" => {
+                let shape = self.known_ints(input(0))?;
+                let dims: Vec<usize> = shape.iter().map(|&d| to_usize(d, "size")).collect::<R<_>>()?;
+                let count = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&c| c <= 1 << 16);
+                let count = count.ok_or("ConstantOfShape is folded only for small shape tensors")?;
+                let v = match n.attrs.get("value") {
+                    Some(Attr::Tensor(t)) => t.clone(),
+                    _ => ConstTensor { dims: vec![1], data: ConstData::F32(vec![0.0]) },
+                };
+                self.set(n, match v.data {
+                    ConstData::I64(x) => Val::Ints(vec![Dim::Known(x.first().copied().unwrap_or(0)); count], dims),
+                    ConstData::F32(x) => Val::Float(ConstTensor { dims, data: ConstData::F32(vec![x.first().copied().unwrap_or(0.0); count]) }, None),
+                });
             }
             "Reshape" | "Flatten" => self.reshape(n)?,
             "Conv" => self.conv(n)?,
@@ -761,9 +816,30 @@ impl Lifter<'_> {
                 self.set(n, Val::Float(ConstTensor { dims, data: t.data }, None));
                 return Ok(());
             }
-            Val::Ints(d, _) if n.op_type == "Reshape" => {
-                let l = d.len();
-                self.set(n, Val::Ints(d, vec![l]));
+            Val::Ints(d, dims) if n.op_type == "Reshape" => {
+                let target = self.known_ints(inp(n, 1))?;
+                let total = d.len();
+                let mut out: Vec<usize> = Vec::new();
+                for (i, &t) in target.iter().enumerate() {
+                    out.push(match t {
+                        0 => *dims
+                            .get(i)
+                            .ok_or("Reshape copies an axis the input lacks")?,
+                        -1 => 0,
+                        t => to_usize(t, "size")?,
+                    });
+                }
+                let known: usize = out.iter().filter(|&&x| x > 0).product();
+                if let Some(slot) = target.iter().position(|&t| t == -1) {
+                    if known == 0 || total % known != 0 {
+                        return Err(format!("cannot reshape {total} values to {target:?}"));
+                    }
+                    out[slot] = total / known;
+                }
+                if out.iter().try_fold(1usize, |a, &x| a.checked_mul(x)) != Some(total) {
+                    return Err(format!("cannot reshape {total} values to {target:?}"));
+                }
+                self.set(n, Val::Ints(d, out));
                 return Ok(());
             }
             _ => {}
