@@ -475,6 +475,7 @@ fn structured_mutations_never_panic() {
         "Dropout",
         "Softmax",
         "Constant",
+        "ConstantOfShape",
     ];
     let wild = [0i64, 1, 2, 3, -1, -7, 1 << 20, 1 << 40, i64::MAX, i64::MIN];
     let mut state = 0x2545_f491_4f6c_dd1du64;
