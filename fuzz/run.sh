@@ -13,5 +13,7 @@ cargo +nightly fuzz build
 run front_end & a=$!
 run safetensors & b=$!
 wait $a || status=1; wait $b || status=1
-run npy || status=1
+run npy & c=$!
+run onnx & d=$!
+wait $c || status=1; wait $d || status=1
 exit ${status:-0}

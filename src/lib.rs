@@ -9,6 +9,7 @@ pub mod backend;
 pub mod bench;
 pub mod export;
 pub mod front;
+pub mod import;
 pub mod interp;
 pub mod ir;
 pub mod outputs;

@@ -154,6 +154,20 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Import an ONNX model (opsets 11-21, as torch.onnx.export writes
+    /// them) as a readable .res and its weights as safetensors.
+    Import {
+        file: PathBuf,
+        /// The .res to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The weights to write (default: the output with .safetensors).
+        #[arg(long, value_name = "FILE")]
+        weights_out: Option<PathBuf>,
+        /// The input size where the model leaves it open: NxCxHxW.
+        #[arg(long, value_name = "SHAPE")]
+        input_shape: Option<String>,
+    },
     /// Write seeded random weights (Kaiming init, non-trivial BN) as safetensors.
     Init {
         file: PathBuf,
@@ -1015,14 +1029,46 @@ fn dispatch(cmd: Command) -> Result<()> {
         } => {
             let c = compile(&file)?;
             let w = load_weights(&c, &wargs)?;
-            let bytes = resnetc::export::onnx::export(&c.graph, &w)
-                .map_err(|e| other(format!("cannot export: {e}"), "report this as a bug"))?;
+            let bytes = resnetc::export::onnx::export(&c.graph, &w)?;
             weights::write_atomic(&output, &bytes).map_err(|e| {
                 other(
                     format!("cannot write `{}`: {e}", output.display()),
                     "check the -o path",
                 )
             })?;
+            Ok(())
+        }
+        Command::Import {
+            file,
+            output,
+            weights_out,
+            input_shape,
+        } => {
+            let input_shape = match input_shape {
+                Some(s) => Some(resnetc::import::parse_shape(&s).map_err(|e| {
+                    usage(
+                        e,
+                        "give the input as N x C x H x W, e.g. --input-shape 1x3x224x224",
+                    )
+                })?),
+                None => None,
+            };
+            let opts = resnetc::import::LiftOptions { input_shape };
+            let (imp, wpath) =
+                resnetc::import::import_file(&file, &output, weights_out.as_deref(), &opts)?;
+            note!(
+                "imported {} ONNX nodes (opset {}) as {}{} and {} weight tensors as {}",
+                imp.nodes,
+                imp.opset,
+                output.display(),
+                if imp.structured {
+                    ""
+                } else {
+                    " (flat: no repeated blocks)"
+                },
+                imp.weights.len(),
+                wpath.display()
+            );
             Ok(())
         }
         Command::Init { file, seed, output } => {

@@ -89,6 +89,8 @@ struct Builder {
     nodes: Vec<Msg>,
     inits: Vec<Msg>,
     count: usize,
+    /// The layer path of the IR node being written (`layer1.0.conv1`).
+    scope: String,
 }
 
 impl Builder {
@@ -97,8 +99,17 @@ impl Builder {
         for i in inputs {
             m.str(1, i);
         }
+        // Named as PyTorch's exporter names nodes, by module path
+        // (`/layer1/0/conv1/Conv_7`), so that `resnetc import` finds the
+        // model's structure again.
+        let scope: String = self
+            .scope
+            .split('.')
+            .filter(|s| !s.is_empty())
+            .map(|s| format!("{s}/"))
+            .collect();
         m.str(2, output)
-            .str(3, &format!("{op}_{}", self.count))
+            .str(3, &format!("/{scope}{op}_{}", self.count))
             .str(4, op);
         for a in attrs {
             m.msg(5, &a);
@@ -126,12 +137,57 @@ fn pair(v: [usize; 2]) -> Vec<i64> {
     vec![v[0] as i64, v[1] as i64]
 }
 
+/// Why a model cannot be exported.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum ExportError {
+    #[error("the ONNX file would be {gib:.2} GiB, past protobuf's 2 GiB limit on one message")]
+    #[diagnostic(
+        code(resnetc::export::too_large),
+        help("ONNX keeps the weights of such models in external data files, which resnetc's export does not write; export a smaller model (or run this one with resnetc itself)")
+    )]
+    TooLarge { gib: f64 },
+    #[error("cannot export: {0}")]
+    #[diagnostic(code(resnetc::export::internal), help("report this as a bug"))]
+    Internal(String),
+}
+
+/// The largest message protobuf (and so every ONNX reader) accepts.
+pub const MAX_ONNX_BYTES: u64 = (1 << 31) - 1;
+
+/// Refuses a graph whose weights alone would pass [`MAX_ONNX_BYTES`],
+/// before any of them is copied.
+fn check_size(graph: &Graph) -> Result<(), ExportError> {
+    let bytes: u64 = crate::weights::specs_of(graph)
+        .iter()
+        .map(|s| s.shape.iter().map(|&d| d as u64).product::<u64>() * 4)
+        .sum();
+    if bytes > MAX_ONNX_BYTES {
+        return Err(ExportError::TooLarge {
+            gib: bytes as f64 / (1u64 << 30) as f64,
+        });
+    }
+    Ok(())
+}
+
 /// The ONNX model bytes of `graph` (as written, not optimized) with `weights`.
-pub fn export(graph: &Graph, weights: &Weights) -> Result<Vec<u8>, String> {
+pub fn export(graph: &Graph, weights: &Weights) -> Result<Vec<u8>, ExportError> {
+    check_size(graph)?;
+    let bytes = export_unchecked(graph, weights).map_err(ExportError::Internal)?;
+    // Node and attribute overhead on top of the weights.
+    if bytes.len() as u64 > MAX_ONNX_BYTES {
+        return Err(ExportError::TooLarge {
+            gib: bytes.len() as f64 / (1u64 << 30) as f64,
+        });
+    }
+    Ok(bytes)
+}
+
+fn export_unchecked(graph: &Graph, weights: &Weights) -> Result<Vec<u8>, String> {
     let mut b = Builder {
         nodes: Vec::new(),
         inits: Vec::new(),
         count: 0,
+        scope: String::new(),
     };
     let mut names: HashMap<NodeIndex, String> = HashMap::new();
     for n in graph.weights() {
@@ -144,6 +200,7 @@ pub fn export(graph: &Graph, weights: &Weights) -> Result<Vec<u8>, String> {
     let order = graph.schedule();
     for (k, &n) in order.iter().enumerate() {
         let node: &Node = graph.node(n);
+        b.scope = node.name.clone();
         let out = format!("v{k}");
         let ins: Vec<String> = graph
             .operands(n)

@@ -70,7 +70,10 @@ impl std::error::Error for CompileError {}
 /// Compiles the `.res` file at `path` (its `use`s resolved next to it).
 pub fn compile_file(path: &Path) -> Result<Compiled, CompileError> {
     let text = read_source(path).map_err(|msg| CompileError {
-        diags: vec![io_diag(msg)],
+        diags: vec![match onnx_diag(path) {
+            Some(d) => d,
+            None => io_diag(msg),
+        }],
     })?;
     compile_source(&path.display().to_string(), &text, path.parent())
 }
@@ -105,6 +108,33 @@ fn io_diag(msg: String) -> Diag {
     Diag::error("res::io", Span::new(0, 0, msg.len()), msg)
         .label("could not read")
         .attach(&sources)
+}
+
+/// An ONNX model given where a `.res` file belongs: say so, and how to
+/// import it, rather than "not UTF-8 text".
+fn onnx_diag(path: &Path) -> Option<Diag> {
+    let named_onnx = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+    let looks_onnx = || {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() <= 1 << 30)
+            && std::fs::read(path).is_ok_and(|b| crate::import::looks_like_onnx(&b))
+    };
+    if !((named_onnx && path.is_file()) || looks_onnx()) {
+        return None;
+    }
+    let msg = format!("`{}` is an ONNX model, not a .res file", path.display());
+    let mut sources = SourceMap::default();
+    sources.add("<command line>", msg.clone());
+    Some(
+        Diag::error("res::io", Span::new(0, 0, msg.len()), msg)
+            .label("an ONNX model")
+            .help(format!(
+                "import it first: resnetc import {} -o model.res, then use model.res",
+                path.display()
+            ))
+            .attach(&sources),
+    )
 }
 
 fn read_source(path: &Path) -> Result<String, String> {
