@@ -25,12 +25,38 @@ macro_rules! note {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A directory searched for `use`d files not found next to the file
+    /// that uses them (repeatable; then the directories of RESNETC_PATH).
+    #[arg(short = 'L', value_name = "DIR", global = true)]
+    lib_dir: Vec<PathBuf>,
+}
+
+/// An input size: height and width.
+#[derive(Clone, Debug)]
+struct Size(Vec<usize>);
+
+fn parse_size(text: &str) -> std::result::Result<Size, String> {
+    front::signature::parse_size(text).map(Size)
+}
+
+/// `--input-size` for the commands that compile one size.
+#[derive(clap::Args, Clone, Default)]
+struct SizeArgs {
+    /// Compile at this input height and width (HxW, or S for SxS), for a
+    /// model whose signature names them, as `f32[N, 3, H = 224, W = 224]`
+    /// does (default: the signature's sizes).
+    #[arg(long, value_name = "HxW", value_parser = parse_size)]
+    input_size: Option<Size>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Parse and check a model; exit 0 when it is well formed.
-    Check { file: PathBuf },
+    Check {
+        file: PathBuf,
+        #[command(flatten)]
+        size: SizeArgs,
+    },
     /// Per-layer shapes, parameters and multiply-adds.
     Summary {
         file: PathBuf,
@@ -38,6 +64,8 @@ enum Command {
         format: SummaryFormat,
         #[command(flatten)]
         opt: OptArgs,
+        #[command(flatten)]
+        size: SizeArgs,
     },
     /// Graphviz view of the network.
     Graph {
@@ -47,12 +75,16 @@ enum Command {
         /// Output file (default: standard output).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        size: SizeArgs,
     },
     /// Print the IR text form (optimized unless -O0).
     Ir {
         file: PathBuf,
         #[command(flatten)]
         opt: OptArgs,
+        #[command(flatten)]
+        size: SizeArgs,
     },
     /// List the optimization passes in pipeline order.
     Passes,
@@ -61,9 +93,13 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         weights: WeightsArgs,
-        #[arg(long)]
+        /// The input batch as a float32 .npy of the model's input shape
+        /// (N, C, H, W for an image model); a model with named sizes
+        /// (`H = 224`) is compiled at the input's height and width.
+        #[arg(long, value_name = "X.npy")]
         input: PathBuf,
-        #[arg(long)]
+        /// Where to write the output as a float32 .npy (whole or not at all).
+        #[arg(long, value_name = "Y.npy")]
         output: PathBuf,
         #[arg(long, value_enum, default_value_t = Target::Cpu)]
         target: Target,
@@ -104,6 +140,12 @@ enum Command {
         /// No progress messages.
         #[arg(long)]
         quiet: bool,
+        /// Compile at this input height and width (HxW, or S for SxS), for
+        /// a model whose signature names them (`f32[N, 3, H = 224, W =
+        /// 224]`). Repeated: a CPU static library holding every size, with
+        /// `<model>_forward_hw` taking the height and width.
+        #[arg(long, value_name = "HxW", value_parser = parse_size)]
+        input_size: Vec<Size>,
     },
     /// Time a model: warm-up, then runs until the median is stable.
     Bench {
@@ -124,6 +166,8 @@ enum Command {
         threads: Option<u16>,
         #[command(flatten)]
         cuda: CudaArgs,
+        #[command(flatten)]
+        size: SizeArgs,
         /// Images per run, 1 to 4096.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
         batch: u32,
@@ -152,6 +196,8 @@ enum Command {
         format: ExportFormat,
         #[arg(short, long)]
         output: PathBuf,
+        #[command(flatten)]
+        size: SizeArgs,
     },
     /// Write seeded random weights (Kaiming init, non-trivial BN) as safetensors.
     Init {
@@ -160,6 +206,8 @@ enum Command {
         seed: u64,
         #[arg(short, long)]
         output: PathBuf,
+        #[command(flatten)]
+        size: SizeArgs,
     },
 }
 
@@ -364,7 +412,13 @@ fn main() -> ExitCode {
         }));
     }
     let cli = Cli::parse();
-    match dispatch(cli.command) {
+    let search = front::Options {
+        search_path: cli.lib_dir,
+        ..Default::default()
+    }
+    .with_env_path()
+    .search_path;
+    match dispatch(cli.command, &search) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Compile(e)) => {
             for d in e.diags {
@@ -450,8 +504,19 @@ fn flag_value(v: impl ValueEnum) -> String {
         .unwrap_or_default()
 }
 
-fn compile(file: &Path) -> Result<Compiled> {
-    let c = front::compile_file(file).map_err(Failure::Compile)?;
+/// Compiles `file` at `size` (default: its signature's sizes), `use`
+/// looking in `search` after the file's own directory.
+fn compile(file: &Path, search: &[PathBuf], size: Option<&Size>) -> Result<Compiled> {
+    let opts = front::Options {
+        input_size: size.map(|s| s.0.clone()),
+        search_path: search.to_vec(),
+        ..Default::default()
+    };
+    compile_with(file, &opts)
+}
+
+fn compile_with(file: &Path, opts: &front::Options) -> Result<Compiled> {
+    let c = front::compile_file_with(file, opts).map_err(Failure::Compile)?;
     for w in &c.warnings {
         note!("{:?}", Report::new(w.clone()));
     }
@@ -607,22 +672,27 @@ fn load_weights(c: &Compiled, args: &WeightsArgs) -> Result<Weights> {
     }
 }
 
-fn dispatch(cmd: Command) -> Result<()> {
+fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
     match cmd {
-        Command::Check { file } => {
-            let c = compile(&file)?;
+        Command::Check { file, size } => {
+            let c = compile(&file, search, size.input_size.as_ref())?;
             let g = &c.graph;
             out(&format!(
                 "ok: model {} {} -> {}, {} weight tensors\n",
                 g.name,
-                resnetc::ir::shape::show(g.input_shape()),
+                c.signature.show(g.input_shape()),
                 resnetc::ir::shape::show(g.output_shape()),
                 g.weights().len()
             ));
             Ok(())
         }
-        Command::Summary { file, format, opt } => {
-            let c = compile(&file)?;
+        Command::Summary {
+            file,
+            format,
+            opt,
+            size,
+        } => {
+            let c = compile(&file, search, size.input_size.as_ref())?;
             let g = optimized(&c, &opt)?;
             let mut s = resnetc::summary::summarize(&g, &c.graph);
             if opt.level > 0 && opt.print_after.is_none() {
@@ -641,8 +711,9 @@ fn dispatch(cmd: Command) -> Result<()> {
             file,
             format,
             output,
+            size,
         } => {
-            let c = compile(&file)?;
+            let c = compile(&file, search, size.input_size.as_ref())?;
             let dot = resnetc::ir::dot::to_dot(&c.graph);
             match format {
                 GraphFormat::Dot => write_output(output.as_deref(), &dot),
@@ -652,8 +723,8 @@ fn dispatch(cmd: Command) -> Result<()> {
                 }
             }
         }
-        Command::Ir { file, opt } => {
-            let c = compile(&file)?;
+        Command::Ir { file, opt, size } => {
+            let c = compile(&file, search, size.input_size.as_ref())?;
             let g = optimized(&c, &opt)?;
             let mut text = resnetc::ir::print::print(&g);
             if opt.level > 0 && opt.print_after.is_none() {
@@ -698,9 +769,15 @@ fn dispatch(cmd: Command) -> Result<()> {
                 }
                 _ => cuda,
             };
-            let c = compile(&file)?;
-            let w = load_weights(&c, &wargs)?;
+            // The input first: its height and width are the model's size.
             let x = weights::read_npy(&input)?;
+            let opts = front::Options {
+                input_size: (x.shape.len() >= 3).then(|| x.shape[2..].to_vec()),
+                size_from_input: true,
+                search_path: search.to_vec(),
+            };
+            let c = compile_with(&file, &opts)?;
+            let w = load_weights(&c, &wargs)?;
             weights::check_input_shape(&x, c.graph.input_shape(), &input.display().to_string())?;
             let y = match target {
                 Target::Ref => resnetc::interp::run(&c.graph, &w, &x)?,
@@ -746,6 +823,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             cuda,
             output,
             quiet,
+            input_size,
         } => {
             let progress = Progress::new(quiet);
             use resnetc::backend::cpu::artifact::Emit;
@@ -792,14 +870,21 @@ fn dispatch(cmd: Command) -> Result<()> {
                 }
             };
             let mut stage = |s: &str| progress.stage(s);
+            let model = resnetc::api::ModelSpec {
+                path: file,
+                search_path: search.to_vec(),
+                sizes: input_size.into_iter().map(|s| s.0).collect(),
+            };
             let built = match kind {
                 Kind::Cpu(kind) => {
                     let opts = cpu.options()?;
-                    resnetc::api::build_cpu(&file, &source, &output, &opts, kind, &mut stage)
+                    resnetc::api::build_cpu_model(&model, &source, &output, &opts, kind, &mut stage)
                 }
                 Kind::Cuda(kind) => {
                     let opts = cuda.options();
-                    resnetc::api::build_cuda(&file, &source, &output, &opts, kind, &mut stage)
+                    resnetc::api::build_cuda_model(
+                        &model, &source, &output, &opts, kind, &mut stage,
+                    )
                 }
             }
             .map_err(|e| match e {
@@ -822,6 +907,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             cpu,
             threads,
             cuda,
+            size,
             batch,
             format,
             layers,
@@ -856,7 +942,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 }
                 _ => cuda,
             };
-            let c = compile(&file)?;
+            let c = compile(&file, search, size.input_size.as_ref())?;
             let wargs = WeightsArgs {
                 weights: wfile,
                 random_weights: Some(random_weights.unwrap_or(0)),
@@ -970,8 +1056,9 @@ fn dispatch(cmd: Command) -> Result<()> {
             weights: wargs,
             format: ExportFormat::Onnx,
             output,
+            size,
         } => {
-            let c = compile(&file)?;
+            let c = compile(&file, search, size.input_size.as_ref())?;
             let w = load_weights(&c, &wargs)?;
             let bytes = resnetc::export::onnx::export(&c.graph, &w)
                 .map_err(|e| other(format!("cannot export: {e}"), "report this as a bug"))?;
@@ -983,8 +1070,13 @@ fn dispatch(cmd: Command) -> Result<()> {
             })?;
             Ok(())
         }
-        Command::Init { file, seed, output } => {
-            let c = compile(&file)?;
+        Command::Init {
+            file,
+            seed,
+            output,
+            size,
+        } => {
+            let c = compile(&file, search, size.input_size.as_ref())?;
             let w = weights::try_random_weights(&weights::specs_of(&c.graph), seed)?;
             weights::save_safetensors(&output, &w)?;
             Ok(())

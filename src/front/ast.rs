@@ -51,8 +51,9 @@ pub struct ModelInput {
 
 #[derive(Clone, Debug)]
 pub enum Dim {
-    /// A symbolic size such as `N`: only allowed for the batch axis.
-    Symbol(Ident),
+    /// A symbolic size such as `N` (the batch) or `H = 224` (a spatial
+    /// size bound when the model is compiled, with an optional default).
+    Symbol(Ident, Option<(i64, Span)>),
     Fixed(i64, Span),
 }
 

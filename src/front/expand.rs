@@ -4,6 +4,7 @@
 use super::ast::*;
 use super::builtins::{self, Builtin};
 use super::diagnostic::{closest, Diag};
+use super::signature::Bound;
 use super::source::{SourceMap, Span};
 use crate::ir::graph::Graph;
 use crate::ir::op::*;
@@ -67,75 +68,18 @@ impl<'a> Expander<'a> {
     /// Expands `model` into a graph.
     pub fn run(
         model: &ModelDef,
+        input: &Bound,
         blocks: &'a HashMap<String, &'a BlockDef>,
         sources: &'a SourceMap,
     ) -> Result<(Graph, Vec<Diag>), Diag> {
-        let [input] = model.inputs.as_slice() else {
-            let span = model.inputs.get(1).map_or(model.name.span, |i| i.span);
-            return Err(Diag::error(
-                "res::model_inputs",
-                span,
-                "a model takes exactly one input tensor",
-            )
-            .label(format!("found {} inputs", model.inputs.len()))
-            .help("write the model as `model name(x: f32[N, C, H, W]) { ... }`"));
-        };
-        let mut dims = input.dims.iter();
-        match dims.next() {
-            Some(Dim::Symbol(_)) => {}
-            Some(Dim::Fixed(_, span)) => {
-                return Err(Diag::error(
-                    "res::model_inputs",
-                    *span,
-                    "the batch axis must be symbolic",
-                )
-                .label("expected a name such as `N`")
-                .help("one build serves every batch size: write `f32[N, 3, 224, 224]`"))
-            }
-            None => unreachable!("grammar: at least one dim"),
-        }
-        let mut shape = Vec::new();
-        for d in dims {
-            match d {
-                Dim::Fixed(v, span) => {
-                    if *v <= 0 || *v > (1 << 24) {
-                        return Err(Diag::error(
-                            "res::bad_size",
-                            *span,
-                            "input sizes must be positive",
-                        )
-                        .label(format!("found {v}"))
-                        .help("sizes are from 1 to 16777216"));
-                    }
-                    shape.push(*v as usize);
-                }
-                Dim::Symbol(id) => {
-                    return Err(Diag::error(
-                        "res::model_inputs",
-                        id.span,
-                        "only the batch axis may be symbolic",
-                    )
-                    .label("expected a number")
-                    .help(
-                        "channels and spatial sizes are static: write e.g. `f32[N, 3, 224, 224]`",
-                    ))
-                }
-            }
-        }
-        if shape.is_empty() {
-            return Err(Diag::error(
-                "res::model_inputs",
-                input.span,
-                "the input needs at least one axis besides the batch",
-            )
-            .label("e.g. f32[N, 3, 224, 224]"));
-        }
-        shape::infer(&Op::Identity, &[&shape])
-            .map_err(|e| Diag::error("res::bad_size", input.span, e.message).label("this input"))?;
         let mut ex = Expander {
             blocks,
             sources,
-            graph: Graph::new(&model.name.name, &input.name.name, shape),
+            graph: Graph::new(
+                &model.name.name,
+                &input.input_name.name,
+                input.shape.clone(),
+            ),
             scopes: vec![Vec::new()],
             calls: Vec::new(),
             path: Vec::new(),
@@ -143,7 +87,11 @@ impl<'a> Expander<'a> {
             warnings: Vec::new(),
         };
         let x = ex.graph.input;
-        ex.bind(&input.name, Value::Tensor(x), false);
+        ex.bind(&input.input_name, Value::Tensor(x), false);
+        // The input's size names (`H`, `W`) are integers in the model body.
+        for (name, v) in &input.values {
+            ex.bind(name, Value::Int(*v), false);
+        }
         let result = ex.body(&model.body)?;
         ex.pop_scope();
         let Value::Tensor(y) = result else {
