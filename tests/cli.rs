@@ -210,9 +210,11 @@ fn bad_weights_and_inputs_fail_cleanly() {
             "truncated.safetensors",
         ),
         (
+            // Another height and width is another size of the model; four
+            // channels are not.
             "input of another shape",
             p(&fixture("cifar_resnet20.safetensors")).into(),
-            p(&fixture("unet_small.input.npy")).into(),
+            p(&root().join("tests/bad_inputs/loaders/wrong_shape.npy")).into(),
             "has shape",
         ),
         (

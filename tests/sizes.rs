@@ -133,7 +133,10 @@ fn run_takes_the_size_from_its_input() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
-    assert!(e.contains("res::input_size") && e.contains("48 and 64"), "{e}");
+    assert!(
+        e.contains("res::input_size") && e.contains("48 and 64"),
+        "{e}"
+    );
     assert!(!yp.exists());
     // A model whose size is fixed still says the input does not fit it.
     let o = resnetc(&[
@@ -152,31 +155,38 @@ fn run_takes_the_size_from_its_input() {
 
 #[test]
 fn input_size_flag_binds_the_signature() {
-    let o = resnetc(&[
-        "summary",
-        "examples/resnet50.res",
-        "--input-size",
-        "160x200",
-        "--format",
-        "json",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let summary = |size: &str| {
+        let o = resnetc(&[
+            "summary",
+            "examples/resnet50.res",
+            "--input-size",
+            size,
+            "--format",
+            "json",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("json")
+    };
+    // At twice the height and width every conv map halves evenly, so the
+    // convs' multiply-adds are four times PyTorch's count at 224x224 (the
+    // fc's 2,048,000 stay); the parameters do not change.
+    let v = summary("448x448");
     assert_eq!(v["params"], 25_557_032u64);
-    // The convs' multiply-adds scale with the pixels (the fc's do not).
-    let at_default = 4_089_184_256f64 - 2_048_000.0;
-    let macs = v["macs"].as_u64().expect("macs") as f64 - 2_048_000.0;
-    let ratio = macs / at_default;
-    assert!(
-        (ratio - 160.0 * 200.0 / (224.0 * 224.0)).abs() < 0.02,
-        "{ratio}"
-    );
+    let fc = 2_048_000u64;
+    assert_eq!(v["macs"], 4 * (4_089_184_256u64 - fc) + fc);
+    let v = summary("160x200");
+    assert_eq!(v["input"], serde_json::json!([3, 160, 200]));
     let o = resnetc(&["check", "examples/resnet18.res", "--input-size", "96"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("f32[N, 3, H=96, W=96]"), "{out}");
     // The U-Net's four levels: the error names the sizes that work.
-    let o = resnetc(&["check", "examples/unet_small.res", "--input-size", "100x160"]);
+    let o = resnetc(&[
+        "check",
+        "examples/unet_small.res",
+        "--input-size",
+        "100x160",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(
@@ -226,7 +236,10 @@ fn size_names_are_integers_in_the_model_body() {
     let text = "model m(x: f32[N, 3, S = 8, S]) {\n    x |> conv1: conv(S * 2, k: 1)\n}\n";
     let c = compile_source_with("m.res", text, None, &Options::default()).expect("compiles");
     assert_eq!(c.graph.output_shape(), [16, 8, 8]);
-    assert_eq!(c.signature.show(c.graph.input_shape()), "f32[N, 3, S=8, S=8]");
+    assert_eq!(
+        c.signature.show(c.graph.input_shape()),
+        "f32[N, 3, S=8, S=8]"
+    );
     let opts = Options {
         input_size: Some(vec![4, 4]),
         ..Default::default()
@@ -284,7 +297,11 @@ fn a_static_library_holds_two_sizes_of_resnet18() {
         .current_dir(root())
         .output()
         .expect("gcc runs");
-    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
     let mut args: Vec<String> = vec!["3".into()];
     let mut expected = Vec::new();
     for (i, size) in [[64, 64], [80, 96]].into_iter().enumerate() {

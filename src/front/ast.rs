@@ -187,6 +187,9 @@ pub struct Stage {
 pub enum StageKind {
     Call(Call),
     Sequence(Vec<SeqItem>),
+    /// An `if` (an `ExprKind::If`) whose taken branch ends in the stage
+    /// the piped value goes through.
+    If(Box<Expr>),
 }
 
 #[derive(Clone, Debug)]

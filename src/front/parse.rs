@@ -494,6 +494,11 @@ impl Parser {
                 kind: StageKind::Sequence(self.sequence(p)?),
                 span,
             }),
+            Rule::if_expr => Ok(Stage {
+                label: None,
+                kind: StageKind::If(Box::new(self.if_expr(p)?)),
+                span,
+            }),
             _ => {
                 let mut label = None;
                 let mut kind = None;
