@@ -1,7 +1,7 @@
 //! The `resnetc` command line.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use miette::{IntoDiagnostic, Report};
+use miette::Report;
 use resnetc::front::{self, CompileError, Compiled};
 use resnetc::weights::{self, Weights};
 use std::path::{Path, PathBuf};
@@ -101,6 +101,8 @@ enum Command {
         /// Where to write the output as a float32 .npy (whole or not at all).
         #[arg(long, value_name = "Y.npy")]
         output: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
         #[arg(long, value_enum, default_value_t = Target::Cpu)]
         target: Target,
         #[command(flatten)]
@@ -131,10 +133,14 @@ enum Command {
         #[arg(long, value_enum)]
         emit: Option<EmitKind>,
         #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
         cpu: CpuArgs,
         #[command(flatten)]
         cuda: CudaArgs,
-        /// Output directory (created if missing).
+        /// Output directory (created if missing); for an --emit that writes
+        /// one file (asm, llvm-ir, ptx), a path with an extension that is
+        /// not a directory names that file (`-o m.ptx`).
         #[arg(short, long, default_value = ".")]
         output: PathBuf,
         /// No progress messages.
@@ -194,6 +200,8 @@ enum Command {
         weights: WeightsArgs,
         #[arg(long, value_enum, default_value_t = ExportFormat::Onnx)]
         format: ExportFormat,
+        #[command(flatten)]
+        load: LoadArgs,
         #[arg(short, long)]
         output: PathBuf,
         #[command(flatten)]
@@ -220,6 +228,58 @@ struct WeightsArgs {
     /// Use seeded random weights instead of a file.
     #[arg(long, value_name = "SEED")]
     random_weights: Option<u64>,
+}
+
+/// A non-strict weights load (off by default: every tensor must match).
+#[derive(clap::Args, Clone, Copy, Default)]
+struct LoadArgs {
+    /// Tensors the model declares and --weights lacks (a backbone's
+    /// checkpoint for a model with a new head) get seeded random values;
+    /// each is named on stderr.
+    #[arg(long)]
+    allow_missing: bool,
+    /// Tensors in --weights the model does not declare are ignored; each
+    /// is named on stderr.
+    #[arg(long)]
+    ignore_unused: bool,
+}
+
+impl LoadArgs {
+    fn options(self) -> weights::BindOptions {
+        weights::BindOptions {
+            allow_missing: self.allow_missing,
+            ignore_unused: self.ignore_unused,
+        }
+    }
+}
+
+/// Says on stderr what a non-strict load filled in or left out.
+fn report_skipped(file: &Path, s: &weights::Skipped) {
+    let list = |names: &[String]| {
+        let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
+        let more = names.len().saturating_sub(shown.len());
+        if more > 0 {
+            format!("{} and {more} more", shown.join(", "))
+        } else {
+            shown.join(", ")
+        }
+    };
+    if !s.filled.is_empty() {
+        note!(
+            "note: {} tensors missing from {} got seeded random values (--allow-missing): {}",
+            s.filled.len(),
+            file.display(),
+            list(&s.filled)
+        );
+    }
+    if !s.ignored.is_empty() {
+        note!(
+            "note: {} tensors in {} that the model does not declare were ignored (--ignore-unused): {}",
+            s.ignored.len(),
+            file.display(),
+            list(&s.ignored)
+        );
+    }
 }
 
 /// How the CUDA back end generates code.
@@ -433,8 +493,49 @@ fn main() -> ExitCode {
     }
 }
 
-fn other(msg: String, help: &str) -> Failure {
-    Failure::Other(miette::miette!(help = help.to_string(), "{msg}"))
+/// A user error (exit 1) with its code: every message resnetc prints
+/// names one.
+fn other(code: &str, msg: String, help: &str) -> Failure {
+    Failure::Other(miette::miette!(
+        code = code.to_string(),
+        help = help.to_string(),
+        "{msg}"
+    ))
+}
+
+/// A write's failure, with its code.
+fn cannot_write(path: &Path, e: std::io::Error) -> Failure {
+    other(
+        OUTPUT,
+        format!("cannot write `{}`: {e}", path.display()),
+        "check the output path",
+    )
+}
+
+const OUTPUT: &str = "resnetc::output";
+
+/// An output file's directory must exist: said before any work is done
+/// (compiling, binding, running), not after.
+fn output_dir_exists(path: &Path, flag: &str) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => return Ok(()),
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(other(
+        OUTPUT,
+        format!(
+            "cannot write `{}`: the directory `{}` does not exist",
+            path.display(),
+            dir.display()
+        ),
+        &format!(
+            "create it first (mkdir -p {}), or give {flag} another path",
+            dir.display()
+        ),
+    ))
 }
 
 /// A command line whose flags are each valid but do not go together
@@ -594,9 +695,7 @@ fn tune_cpu(
         path.display()
     );
     let text = serde_json::to_string_pretty(&t).expect("records serialize");
-    weights::write_atomic(path, text.as_bytes())
-        .into_diagnostic()
-        .map_err(|e| Failure::Other(e.wrap_err(format!("cannot write `{}`", path.display()))))?;
+    weights::write_atomic(path, text.as_bytes()).map_err(|e| cannot_write(path, e))?;
     Ok(t)
 }
 
@@ -651,18 +750,23 @@ fn write_output(path: Option<&Path>, text: &str) -> Result<()> {
             out(text);
             Ok(())
         }
-        Some(p) => weights::write_atomic(p, text.as_bytes())
-            .into_diagnostic()
-            .map_err(|e| Failure::Other(e.wrap_err(format!("cannot write `{}`", p.display())))),
+        Some(p) => weights::write_atomic(p, text.as_bytes()).map_err(|e| cannot_write(p, e)),
     }
 }
 
 fn load_weights(c: &Compiled, args: &WeightsArgs) -> Result<Weights> {
+    load_weights_with(c, args, LoadArgs::default())
+}
+
+fn load_weights_with(c: &Compiled, args: &WeightsArgs, load: LoadArgs) -> Result<Weights> {
     let specs = weights::specs_of(&c.graph);
     match (&args.weights, args.random_weights) {
         (Some(path), _) => {
             let file = weights::load_safetensors(path)?;
-            Ok(weights::bind(&specs, file, &path.display().to_string())?)
+            let (w, skipped) =
+                weights::bind_with(&specs, file, &path.display().to_string(), &load.options())?;
+            report_skipped(path, &skipped);
+            Ok(w)
         }
         (None, Some(seed)) => Ok(weights::try_random_weights(&specs, seed)?),
         (None, None) => Err(usage(
@@ -713,6 +817,9 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
             output,
             size,
         } => {
+            if let Some(o) = &output {
+                output_dir_exists(o, "-o")?;
+            }
             let c = compile(&file, search, size.input_size.as_ref())?;
             let dot = resnetc::ir::dot::to_dot(&c.graph);
             match format {
@@ -749,6 +856,7 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
             threads,
             cuda,
             check_layers,
+            load,
         } => {
             if check_layers && target != Target::Cuda {
                 return Err(usage(
@@ -757,6 +865,7 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
                 ));
             }
             flags_fit_target(target, &cpu, &cuda, threads)?;
+            output_dir_exists(&output, "--output")?;
             let cuda = match target {
                 Target::Cuda => require_cuda(cuda)?,
                 // The library checks too; here before the model and weights
@@ -777,7 +886,7 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
                 search_path: search.to_vec(),
             };
             let c = compile_with(&file, &opts)?;
-            let w = load_weights(&c, &wargs)?;
+            let w = load_weights_with(&c, &wargs, load)?;
             weights::check_input_shape(&x, c.graph.input_shape(), &input.display().to_string())?;
             let y = match target {
                 Target::Ref => resnetc::interp::run(&c.graph, &w, &x)?,
@@ -794,6 +903,7 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
                     let (y, ok) = cuda_check_layers(&c, &w, &x, &cuda)?;
                     if !ok {
                         return Err(other(
+                            "resnetc::cuda::check_layers",
                             "layers of the CUDA back end differ from the interpreter (table above)".into(),
                             "the first one that differs is where to look; the output was not written",
                         ));
@@ -824,6 +934,7 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
             output,
             quiet,
             input_size,
+            load,
         } => {
             let progress = Progress::new(quiet);
             use resnetc::backend::cpu::artifact::Emit;
@@ -874,6 +985,7 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
                 path: file,
                 search_path: search.to_vec(),
                 sizes: input_size.into_iter().map(|s| s.0).collect(),
+                load: load.options(),
             };
             let built = match kind {
                 Kind::Cpu(kind) => {
@@ -891,6 +1003,9 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
                 resnetc::api::Error::Compile(c) => Failure::Compile(c),
                 other => Failure::Other(Report::new(other)),
             })?;
+            if let Some(p) = &wargs.weights {
+                report_skipped(p, &built.skipped);
+            }
             if !quiet {
                 for f in &built.files {
                     note!("wrote {}", f.display());
@@ -922,6 +1037,9 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
                     ),
                     "leave out --tune, or use --target cpu",
                 ));
+            }
+            if let Some(t) = &tune {
+                output_dir_exists(t, "--tune")?;
             }
             if layers && target == Target::Ref {
                 return Err(usage(
@@ -1057,17 +1175,19 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
             format: ExportFormat::Onnx,
             output,
             size,
+            load,
         } => {
+            output_dir_exists(&output, "-o")?;
             let c = compile(&file, search, size.input_size.as_ref())?;
-            let w = load_weights(&c, &wargs)?;
-            let bytes = resnetc::export::onnx::export(&c.graph, &w)
-                .map_err(|e| other(format!("cannot export: {e}"), "report this as a bug"))?;
-            weights::write_atomic(&output, &bytes).map_err(|e| {
+            let w = load_weights_with(&c, &wargs, load)?;
+            let bytes = resnetc::export::onnx::export(&c.graph, &w).map_err(|e| {
                 other(
-                    format!("cannot write `{}`: {e}", output.display()),
-                    "check the -o path",
+                    "resnetc::export",
+                    format!("cannot export: {e}"),
+                    "report this as a bug",
                 )
             })?;
+            weights::write_atomic(&output, &bytes).map_err(|e| cannot_write(&output, e))?;
             Ok(())
         }
         Command::Init {
@@ -1076,6 +1196,7 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
             output,
             size,
         } => {
+            output_dir_exists(&output, "-o")?;
             let c = compile(&file, search, size.input_size.as_ref())?;
             let w = weights::try_random_weights(&weights::specs_of(&c.graph), seed)?;
             weights::save_safetensors(&output, &w)?;
@@ -1203,6 +1324,8 @@ impl Progress {
     }
 }
 
+const GRAPHVIZ: &str = "resnetc::graphviz";
+
 fn render_svg(dot: &str) -> Result<String> {
     use std::io::Write;
     use std::process::{Command as Proc, Stdio};
@@ -1214,6 +1337,7 @@ fn render_svg(dot: &str) -> Result<String> {
         .spawn()
         .map_err(|_| {
             other(
+                GRAPHVIZ,
                 "Graphviz's `dot` was not found, so no SVG can be drawn".into(),
                 "install Graphviz (`apt-get install graphviz`), or use --format dot and render it elsewhere",
             )
@@ -1221,6 +1345,7 @@ fn render_svg(dot: &str) -> Result<String> {
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(dot.as_bytes()).map_err(|e| {
             other(
+                GRAPHVIZ,
                 format!("cannot talk to `dot`: {e}"),
                 "check your Graphviz installation",
             )
@@ -1228,12 +1353,14 @@ fn render_svg(dot: &str) -> Result<String> {
     }
     let out = child.wait_with_output().map_err(|e| {
         other(
+            GRAPHVIZ,
             format!("`dot` failed: {e}"),
             "check your Graphviz installation",
         )
     })?;
     if !out.status.success() {
         return Err(other(
+            GRAPHVIZ,
             format!(
                 "`dot` failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
