@@ -32,12 +32,12 @@ fn same_network(a: &str, b: &str, input: &[usize]) {
 fn a_block_parameter_takes_a_block() {
     let with = r#"
         use "lib/resnet.res"
-        block layer(x, unit, planes, n, stride = 1) {
+        block stage_of(x, unit, planes, n, stride = 1) {
             x |> [unit(planes, stride: stride), (n - 1) * unit(planes)]
         }
         model m(x: f32[N, 3, 32, 32]) {
-            x |> stem() |> layer1: layer(basic, 64, 2)
-              |> layer2: layer(bottleneck(se_reduction: 4), 32, 2, stride: 2)
+            x |> stem() |> layer1: stage_of(basic, 64, 2)
+              |> layer2: stage_of(bottleneck(se_reduction: 4), 32, 2, stride: 2)
               |> head(10)
         }
     "#;
@@ -122,4 +122,33 @@ fn blocks_and_tensors_in_each_others_place_are_type_errors() {
     assert!(e.contains("`f` is a tensor, not a block"), "{e}");
     let e = err("model m(x: f32[N, 3, 8, 8]) { relu() }");
     assert!(e.contains("must end in a tensor"), "{e}");
+}
+
+/// ResNeXt-50 32x4d and Wide ResNet-50-2 from `std/resnet`'s bottleneck
+/// given as a value: torchvision's published parameter counts.
+#[test]
+fn resnext_and_wide_resnet_from_the_standard_library() {
+    let model = |unit: &str| {
+        format!(
+            r#"
+        use "std/resnet"
+        model m(x: f32[N, 3, H = 224, W = 224]) {{
+            x |> stem()
+              |> layer1: layer({unit}, 64, 3) |> layer2: layer({unit}, 128, 4, stride: 2)
+              |> layer3: layer({unit}, 256, 6, stride: 2) |> layer4: layer({unit}, 512, 3, stride: 2)
+              |> head(1000)
+        }}
+    "#
+        )
+    };
+    for (unit, params) in [
+        ("bottleneck(groups: 32, base_width: 4)", 25_028_904), // resnext50_32x4d
+        ("bottleneck(base_width: 128)", 68_883_240),           // wide_resnet50_2
+        ("bottleneck", 25_557_032),                            // resnet50
+    ] {
+        let c = compile(&model(unit));
+        let g = &c.graph;
+        let n: usize = g.schedule().iter().map(|&n| g.params_of(n)).sum();
+        assert_eq!(n, params, "{unit}");
+    }
 }

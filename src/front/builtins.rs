@@ -201,3 +201,27 @@ pub const BUILTINS: &[Builtin] = &[
 pub fn find(name: &str) -> Option<&'static Builtin> {
     BUILTINS.iter().find(|b| b.name == name)
 }
+
+/// PyTorch's argument names that name an operator's parameter here
+/// (`nn.Conv2d(kernel_size=3, padding=1)`, `nn.MaxPool2d(ceil_mode=True)`):
+/// accepted for it, where the operator has that parameter.
+pub const PYTORCH_ALIASES: &[(&str, &str)] = &[
+    ("kernel_size", "k"),
+    ("padding", "pad"),
+    ("ceil_mode", "ceil"),
+    ("out_channels", "out"),
+    ("out_features", "out"),
+    ("scale_factor", "scale"),
+    ("negative_slope", "slope"),
+];
+
+/// PyTorch's arguments that resnetc reads off the input instead.
+pub const INFERRED: &[&str] = &["in_channels", "in_features", "num_features"];
+
+/// The parameter that `name` means, PyTorch's spelling included.
+pub fn canonical(name: &str) -> &str {
+    PYTORCH_ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map_or(name, |(_, c)| c)
+}

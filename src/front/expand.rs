@@ -790,7 +790,15 @@ impl<'a> Expander<'a> {
             .iter()
             .map(|p| (p.name.name.as_str(), p.default.as_ref()))
             .collect();
-        let given = self.bind_args(&params, false, pre, call, input, &format!("block `{name}`"))?;
+        let given = self.bind_args(
+            &params,
+            false,
+            false,
+            pre,
+            call,
+            input,
+            &format!("block `{name}`"),
+        )?;
         self.path.extend(label); // `call` pops it
         let saved = std::mem::replace(&mut self.scopes, vec![Vec::new()]);
         self.calls.push((name.clone(), call.span));
@@ -851,6 +859,7 @@ impl<'a> Expander<'a> {
     fn bind_args(
         &mut self,
         params: &[(&str, Option<&Expr>)],
+        builtin_names: bool,
         variadic: bool,
         pre: &[BoundArg],
         call: &Call,
@@ -914,7 +923,25 @@ impl<'a> Expander<'a> {
             .chain(named.into_iter().map(|(n, a)| (n, Some(a), None)))
             .collect();
         for (n, arg, value) in named {
-            let Some(i) = params.iter().position(|p| p.0 == n.name) else {
+            // An operator also takes PyTorch's name for a parameter.
+            let want = if builtin_names {
+                builtins::canonical(&n.name)
+            } else {
+                n.name.as_str()
+            };
+            let Some(i) = params.iter().position(|p| p.0 == want) else {
+                if builtin_names && builtins::INFERRED.contains(&n.name.as_str()) {
+                    return Err(Diag::error(
+                        "res::arguments",
+                        n.span,
+                        format!("{what} has no parameter `{}`", n.name),
+                    )
+                    .label("read off the input")
+                    .help(format!(
+                        "`{}` is the input tensor's own size here: leave it out",
+                        n.name
+                    )));
+                }
                 let mut d = Diag::error(
                     "res::arguments",
                     n.span,
@@ -963,6 +990,7 @@ impl<'a> Expander<'a> {
         let params: Vec<(&str, Option<&Expr>)> = b.params.iter().map(|p| (p.name, None)).collect();
         let given = self.bind_args(
             &params,
+            true,
             b.variadic,
             pre,
             call,

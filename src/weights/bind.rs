@@ -448,4 +448,104 @@ mod tests {
         assert!(e.contains("600 missing, 600 unexpected"), "{e}");
         assert!(start.elapsed().as_secs() < 10);
     }
+
+    #[test]
+    fn a_wrong_file_is_summarized_with_its_hints_and_likely_cause() {
+        // Another network's 40 tensors: none matches.
+        let specs: Vec<_> = (0..30)
+            .map(|i| spec(&format!("features.block{i}.conv.weight"), &[1]))
+            .collect();
+        let mut f: Weights = (0..40)
+            .map(|i| (format!("layer{i}.conv1.weight"), Tensor::zeros(&[1])))
+            .collect();
+        // One near miss, which keeps its did-you-mean.
+        f.insert("features.block0.conv.weigth".into(), Tensor::zeros(&[1]));
+        let e = bind(&specs, f, "w").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("30 missing, 41 unexpected"), "{text}");
+        assert!(text.contains("... and 25 more missing"), "{text}");
+        assert!(text.contains("... and 36 more unexpected"), "{text}");
+        assert_eq!(text.lines().filter(|l| l.starts_with("  - ")).count(), 10);
+        assert!(
+            text.contains("features.block0.conv.weight is missing (did you mean `features.block0.conv.weigth`?)"),
+            "{text}"
+        );
+        let WeightsError::Mismatch(m) = e else {
+            panic!("a mismatch")
+        };
+        assert!(
+            m.hint.contains("none of the file's 41 tensors"),
+            "{}",
+            m.hint
+        );
+        // Every problem is still in the error's fields.
+        assert_eq!((m.missing.len(), m.unexpected.len()), (30, 41));
+    }
+
+    #[test]
+    fn a_bias_the_model_lacks_says_which_argument_adds_it() {
+        let specs = [spec("conv1.weight", &[4, 3, 3, 3])];
+        let e = bind(
+            &specs,
+            file(&[("conv1.weight", &[4, 3, 3, 3]), ("conv1.bias", &[4])]),
+            "w",
+        )
+        .unwrap_err();
+        let WeightsError::Mismatch(m) = e else {
+            panic!("a mismatch")
+        };
+        assert!(
+            m.hint.contains("`conv1`") && m.hint.contains("bias: true"),
+            "{}",
+            m.hint
+        );
+    }
+
+    #[test]
+    fn torchvisions_old_densenet_keys_are_renamed() {
+        let specs = [
+            spec("features.denseblock1.denselayer1.norm1.weight", &[2]),
+            spec("features.denseblock1.denselayer1.conv2.weight", &[2]),
+            spec("features.norm5.weight", &[2]),
+        ];
+        let w = bind(
+            &specs,
+            file(&[
+                ("features.denseblock1.denselayer1.norm.1.weight", &[2]),
+                ("features.denseblock1.denselayer1.conv.2.weight", &[2]),
+                ("features.norm5.weight", &[2]),
+            ]),
+            "densenet121-a639ec97.safetensors",
+        )
+        .expect("renamed as torchvision renames");
+        assert!(w.contains_key("features.denseblock1.denselayer1.norm1.weight"));
+        assert_eq!(new_densenet_key("features.norm.1.weight"), None);
+        assert_eq!(new_densenet_key("denselayer2.relu.3.weight"), None);
+    }
+
+    #[test]
+    fn non_strict_loads_fill_or_ignore_and_say_which() {
+        let specs = [spec("backbone.weight", &[2]), spec("head.weight", &[3])];
+        let f = || file(&[("backbone.weight", &[2]), ("fc.weight", &[1000])]);
+        assert!(bind(&specs, f(), "w").is_err());
+        // Either alone still fails: the other problem remains.
+        let missing_only = BindOptions {
+            allow_missing: true,
+            ..Default::default()
+        };
+        assert!(bind_with(&specs, f(), "w", &missing_only).is_err());
+        let both = BindOptions {
+            allow_missing: true,
+            ignore_unused: true,
+        };
+        let (w, skipped) = bind_with(&specs, f(), "w", &both).expect("non-strict");
+        assert_eq!(skipped.filled, vec!["head.weight".to_string()]);
+        assert_eq!(skipped.ignored, vec!["fc.weight".to_string()]);
+        assert_eq!(w["head.weight"].shape, vec![3]);
+        assert!(w["head.weight"].data.iter().any(|&v| v != 0.0));
+        assert!(!w.contains_key("fc.weight"));
+        // A mis-shaped tensor is never skipped.
+        let bad = file(&[("backbone.weight", &[5])]);
+        assert!(bind_with(&specs, bad, "w", &both).is_err());
+    }
 }
