@@ -1006,14 +1006,18 @@ fn wrong_weights_are_summarized_and_non_strict_loads_say_what_they_skip() {
         "use \"std/cifar\"\nmodel m(x: f32[N, 3, H = 32, W = 32]) {\n    x |> conv1: conv(16, k: 3, pad: 1) |> bn1: batchnorm() |> relu()\n      |> layer1: cifar_stage(16, 3, 1, true) |> layer2: cifar_stage(32, 3, 2, true)\n      |> layer3: cifar_stage(64, 3, 2, true) |> global_avgpool() |> flatten() |> classifier: linear(100)\n}\n",
     )
     .expect("write");
+    let (weights, input) = (
+        fixture("cifar_resnet20.safetensors"),
+        fixture("cifar_resnet20.input.npy"),
+    );
     let run = |extra: &[&str]| {
         let mut args = vec![
             "run",
             p(&model),
             "--weights",
-            p(&fixture("cifar_resnet20.safetensors")),
+            p(&weights),
             "--input",
-            p(&fixture("cifar_resnet20.input.npy")),
+            p(&input),
             "--output",
             p(&out),
             "--target",
