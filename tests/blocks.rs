@@ -152,3 +152,20 @@ fn resnext_and_wide_resnet_from_the_standard_library() {
         assert_eq!(n, params, "{unit}");
     }
 }
+
+/// `std/cifar` takes the shortcut's kind as a block: option A
+/// (`pad_channels`) declares no downsample weights and computes what the
+/// option-A shortcut written out by hand computes.
+#[test]
+fn cifar_resnet_takes_the_shortcut_kind() {
+    let a = compile(
+        "use \"lib/cifar.res\"\nmodel m(x: f32[N, 3, 32, 32]) { x |> cifar_resnet(20, downsample: pad_channels) }",
+    );
+    let names: Vec<String> = specs_of(&a.graph).into_iter().map(|s| s.name).collect();
+    assert!(!names.iter().any(|n| n.contains("downsample")), "{names:?}");
+    same_network(
+        "use \"lib/cifar.res\"\nmodel m(x: f32[N, 3, 32, 32]) { x |> layer2: cifar_stage(32, 1, 2, true, pad_channels) }",
+        "model m(x: f32[N, 3, 32, 32]) {\n  let y = x |> layer2: [[conv1: conv(32, k: 3, stride: 2, pad: 1), bn1: batchnorm(), relu(), conv2: conv(32, k: 3, pad: 1), bn2: batchnorm()]]\n  relu(y + channel_pad(x, 32, stride: 2))\n}",
+        &[1, 3, 32, 32],
+    );
+}
