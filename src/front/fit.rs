@@ -11,6 +11,9 @@ const MAX_STEPS: usize = 256;
 /// Time the whole search may take.
 const BUDGET: Duration = Duration::from_secs(5);
 
+/// Expands the model at a size (the trailing axes), or says why not.
+pub type Expand<'a, T> = dyn Fn(Option<&[usize]>) -> Result<T, Diag> + 'a;
+
 /// The diagnostics for `err`, which compiling at `request` (or the
 /// defaults) raised: with an explanation first where the model's sizes are
 /// symbolic and the error is one of shapes, that is, the size does not
@@ -19,7 +22,7 @@ pub fn advise<T>(
     model: &ModelDef,
     opts: &super::Options,
     err: Diag,
-    expand: &dyn Fn(Option<&[usize]>) -> Result<T, Diag>,
+    expand: &Expand<'_, T>,
 ) -> Vec<Diag> {
     if !matches!(err.code, "res::shape" | "res::shape_mismatch") {
         return vec![err];

@@ -204,9 +204,9 @@ pub fn bind(model: &ModelDef, request: Option<&[usize]>, strict: bool) -> Result
                         )
                         .label(format!("{v} here"))
                         .also(*first_span, format!("{first} here"))
-                        .help(format!(
-                            "one name is one size: the input must be square, or the axes need two names"
-                        )))
+                        .help(
+                            "one name is one size: the input must be square, or the axes need two names",
+                        ))
                     }
                     Some(_) => {}
                     None => {
