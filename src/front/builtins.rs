@@ -167,9 +167,12 @@ pub const BUILTINS: &[Builtin] = &[
             p("scale", Int(2)),
             p("mode", Str("nearest")),
             p("align_corners", Bool(false)),
+            // The output's size instead of `scale`: an integer (square) or
+            // a tensor (its height and width); 0 is unset.
+            p("size", Int(0)),
         ],
         variadic: false,
-        doc: "integer-factor upsampling, mode \"nearest\" or \"bilinear\" (nn.Upsample)",
+        doc: "whole-factor upsampling, mode \"nearest\" or \"bilinear\" (nn.Upsample)",
     },
     Builtin {
         name: "softmax",

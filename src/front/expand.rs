@@ -1099,7 +1099,7 @@ impl<'a> Expander<'a> {
             "global_avgpool" => Op::GlobalAvgPool,
             "flatten" => Op::Flatten,
             "upsample" => {
-                let scale = args.size("scale")?;
+                let scale = self.upsample_scale(&args, x)?;
                 let mode = match args.string("mode")?.as_str() {
                     "nearest" => UpsampleMode::Nearest,
                     "bilinear" => UpsampleMode::Bilinear {
@@ -1111,10 +1111,7 @@ impl<'a> Expander<'a> {
                             .help("mode is \"nearest\" or \"bilinear\""))
                     }
                 };
-                Op::Upsample {
-                    scale: [scale; 2],
-                    mode,
-                }
+                Op::Upsample { scale, mode }
             }
             "softmax" => Op::Softmax,
             "identity" => Op::Identity,
@@ -1132,6 +1129,67 @@ impl<'a> Expander<'a> {
             other => unreachable!("builtin table and expander disagree on `{other}`"),
         };
         self.layer(op, name, x, call)
+    }
+
+    /// `upsample`'s factor per axis: `scale` (an integer, or a number that
+    /// is a whole one, as PyTorch's `scale_factor=2.0`), or the factors
+    /// that make `size` (an integer for both axes, or a tensor whose height
+    /// and width to match); each must be a whole factor.
+    fn upsample_scale(&self, args: &Args, x: NodeIndex) -> R<[usize; 2]> {
+        let shape = &self.graph.node(x).shape;
+        let (h, w) = match shape.as_slice() {
+            [_, h, w] => (*h, *w),
+            _ => return Ok([args.size("scale")?; 2]),
+        };
+        let whole = |v: f64, name: &str| {
+            if v >= 1.0 && v <= (1 << 24) as f64 && v.fract() == 0.0 {
+                Ok(v as usize)
+            } else {
+                Err(args
+                    .bad(name, &format!("`{name}` is {v}, not a whole factor of at least 1"))
+                    .help("upsample scales each axis by a whole factor (2, 2.0); a size must be a multiple of the input's"))
+            }
+        };
+        let Some((size, _)) = args.get("size") else {
+            return match args.value("scale")? {
+                Value::Int(_) => Ok([args.size("scale")?; 2]),
+                Value::Float(f) => Ok([whole(f, "scale")?; 2]),
+                v => Err(args.type_err("scale", "a number", &v)),
+            };
+        };
+        if args.get("scale").is_some() {
+            return Err(args
+                .bad("size", "give `size` or `scale`, not both")
+                .help("PyTorch's nn.Upsample takes one of size and scale_factor too"));
+        }
+        let (th, tw) = match size {
+            Value::Int(s) if *s > 0 => (*s as usize, *s as usize),
+            Value::Tensor(t) => match self.graph.node(*t).shape.as_slice() {
+                [_, th, tw] => (*th, *tw),
+                other => {
+                    return Err(args
+                        .bad(
+                            "size",
+                            &format!("a tensor {} has no height and width", show(other)),
+                        )
+                        .help("`size` takes an integer or an image tensor whose size to match"))
+                }
+            },
+            v => return Err(args.type_err("size", "an integer or a tensor", v)),
+        };
+        let factor = |out: usize, inp: usize| {
+            if out % inp == 0 {
+                Ok(out / inp)
+            } else {
+                Err(args
+                    .bad(
+                        "size",
+                        &format!("size {th}x{tw} is not a whole multiple of the input's {h}x{w}"),
+                    )
+                    .help("upsample scales each axis by a whole factor"))
+            }
+        };
+        Ok([factor(th, h)?, factor(tw, w)?])
     }
 
     /// Makes an op with parameters (declaring its weights) or without.
