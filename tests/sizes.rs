@@ -231,6 +231,49 @@ fn input_size_flag_binds_the_signature() {
     assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
 }
 
+/// The CUDA target compiles at the size asked for too (no GPU here: the
+/// launch plan's shapes and the PTX are checked, not run).
+#[test]
+fn cuda_builds_take_the_input_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o = resnetc(&[
+        "build",
+        "examples/cifar_resnet20.res",
+        "--random-weights",
+        "0",
+        "--target",
+        "cuda",
+        "--input-size",
+        "48x64",
+        "--quiet",
+        "-o",
+        p(dir.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let plan: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("cifar_resnet20.plan.json")).expect("plan"),
+    )
+    .expect("json");
+    assert_eq!(plan["input_shape"], serde_json::json!([3, 48, 64]));
+    assert_eq!(plan["input_stride"], 3 * 48 * 64);
+    let o = resnetc(&[
+        "build",
+        "examples/cifar_resnet20.res",
+        "--random-weights",
+        "0",
+        "--target",
+        "cuda",
+        "--input-size",
+        "48x64",
+        "--input-size",
+        "32x32",
+        "-o",
+        p(dir.path()),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("one size at a time"), "{}", stderr(&o));
+}
+
 #[test]
 fn size_names_are_integers_in_the_model_body() {
     let text = "model m(x: f32[N, 3, S = 8, S]) {\n    x |> conv1: conv(S * 2, k: 1)\n}\n";

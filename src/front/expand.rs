@@ -1178,7 +1178,7 @@ impl<'a> Expander<'a> {
             v => return Err(args.type_err("size", "an integer or a tensor", v)),
         };
         let factor = |out: usize, inp: usize| {
-            if out % inp == 0 {
+            if out.is_multiple_of(inp) {
                 Ok(out / inp)
             } else {
                 Err(args
