@@ -21,6 +21,37 @@ pub enum WeightsSource {
     Random(u64),
 }
 
+/// What to compile: the model file, where its `use`s look after its own
+/// directory, and the input sizes to compile it at.
+#[derive(Clone, Debug, Default)]
+pub struct ModelSpec {
+    pub path: PathBuf,
+    pub search_path: Vec<PathBuf>,
+    /// Heights and widths: none for the model's own (its signature's
+    /// defaults), one, or several for a CPU static library holding each.
+    pub sizes: Vec<Vec<usize>>,
+    /// How strictly a weights file binds (default: exactly).
+    pub load: weights::BindOptions,
+}
+
+impl ModelSpec {
+    /// `path` at its own sizes.
+    pub fn new(path: impl Into<PathBuf>) -> ModelSpec {
+        ModelSpec {
+            path: path.into(),
+            ..Default::default()
+        }
+    }
+
+    fn options(&self, size: Option<&Vec<usize>>) -> front::Options {
+        front::Options {
+            input_size: size.cloned(),
+            size_from_input: false,
+            search_path: self.search_path.clone(),
+        }
+    }
+}
+
 /// Anything that can stop a build.
 #[derive(Debug, thiserror::Error, miette::Diagnostic)]
 pub enum Error {
@@ -35,6 +66,12 @@ pub enum Error {
     #[error(transparent)]
     #[diagnostic(transparent)]
     Llvm(#[from] LlvmError),
+    #[error("{0}")]
+    #[diagnostic(
+        code(resnetc::input_size),
+        help("several input sizes make a CPU static library (--emit staticlib); build other outputs one size at a time")
+    )]
+    Sizes(String),
     #[error("cannot write `{path}`: {source}")]
     #[diagnostic(code(resnetc::io), help("check that the output directory is writable"))]
     Io {
@@ -55,6 +92,8 @@ pub struct Built {
     /// Working memory per image of a CPU library's
     /// `<symbol>_forward_with_arena`; `None` for CUDA builds.
     pub arena_bytes_per_image: Option<usize>,
+    /// What a non-strict load (`ModelSpec::load`) filled in or ignored.
+    pub skipped: weights::Skipped,
 }
 
 /// Compiles `model` with `weights` for `opts.cpu` and writes the artifact
@@ -68,13 +107,42 @@ pub fn build_cpu(
     emit: Emit,
     on_stage: &mut dyn FnMut(&str),
 ) -> Result<Built, Error> {
-    let (g, w) = load(model, weights, on_stage)?;
+    build_cpu_model(
+        &ModelSpec::new(model),
+        weights,
+        out_dir,
+        opts,
+        emit,
+        on_stage,
+    )
+}
+
+/// `build_cpu` for a model spec: with several sizes, a static library
+/// holding each (`<symbol>_forward_hw` takes the height and width).
+pub fn build_cpu_model(
+    model: &ModelSpec,
+    weights: &WeightsSource,
+    out_dir: &Path,
+    opts: &CpuOptions,
+    emit: Emit,
+    on_stage: &mut dyn FnMut(&str),
+) -> Result<Built, Error> {
+    if model.sizes.len() > 1 {
+        if emit != Emit::Staticlib {
+            return Err(Error::Sizes(format!(
+                "{} input sizes given for --emit {emit:?}",
+                model.sizes.len()
+            )));
+        }
+        return build_cpu_sizes(model, weights, out_dir, opts, on_stage);
+    }
+    let (g, w, skipped) = load(model, model.sizes.first(), weights, on_stage)?;
     let derived = weights::materialize(&g, &w);
     let pool = ConstPool::build(&g, &w, &derived, opts);
     on_stage("generating code");
     let files = artifact::build(&g, &pool, opts, emit)?;
     let arena = pool.arena_bytes(&g);
-    finish(&g, files, out_dir, Some(arena), on_stage)
+    finish(&g, files, out_dir, Some(arena), skipped, on_stage)
 }
 
 /// Compiles `model` with `weights` for `opts.gpu` and writes the CUDA
@@ -87,41 +155,130 @@ pub fn build_cuda(
     emit: CudaEmit,
     on_stage: &mut dyn FnMut(&str),
 ) -> Result<Built, Error> {
-    let (g, w) = load(model, weights, on_stage)?;
-    on_stage("generating PTX");
-    let files = cuda::artifact::build(&g, &w, opts, emit)?;
-    finish(&g, files, out_dir, None, on_stage)
+    build_cuda_model(
+        &ModelSpec::new(model),
+        weights,
+        out_dir,
+        opts,
+        emit,
+        on_stage,
+    )
 }
 
-/// The optimized graph of `model` and its bound weights.
+/// `build_cuda` for a model spec of at most one size.
+pub fn build_cuda_model(
+    model: &ModelSpec,
+    weights: &WeightsSource,
+    out_dir: &Path,
+    opts: &CudaOptions,
+    emit: CudaEmit,
+    on_stage: &mut dyn FnMut(&str),
+) -> Result<Built, Error> {
+    if model.sizes.len() > 1 {
+        return Err(Error::Sizes(format!(
+            "{} input sizes given for --target cuda, which builds one size at a time",
+            model.sizes.len()
+        )));
+    }
+    let (g, w, skipped) = load(model, model.sizes.first(), weights, on_stage)?;
+    on_stage("generating PTX");
+    let files = cuda::artifact::build(&g, &w, opts, emit)?;
+    finish(&g, files, out_dir, None, skipped, on_stage)
+}
+
+/// One static library holding `model` at each of its sizes.
+fn build_cpu_sizes(
+    model: &ModelSpec,
+    weights: &WeightsSource,
+    out_dir: &Path,
+    opts: &CpuOptions,
+    on_stage: &mut dyn FnMut(&str),
+) -> Result<Built, Error> {
+    use crate::backend::cpu::sizes::{self, SizedObject};
+    let mut parts: Vec<SizedObject> = Vec::new();
+    let mut skipped = weights::Skipped::default();
+    let mut first = None;
+    for size in &model.sizes {
+        let (mut g, w, s) = load(model, Some(size), weights, on_stage)?;
+        skipped = s;
+        let [h, wd] = size[..] else {
+            return Err(Error::Sizes(format!("{size:?} is not a height and width")));
+        };
+        if parts.iter().any(|p| p.size == [h, wd]) {
+            return Err(Error::Sizes(format!("the size {h}x{wd} is given twice")));
+        }
+        let (name, base) = (g.name.clone(), crate::backend::shared::symbol(&g.name));
+        let sym = sizes::sized_symbol(&base, [h, wd]);
+        g.name = sym.clone();
+        let derived = weights::materialize(&g, &w);
+        let pool = ConstPool::build(&g, &w, &derived, opts);
+        on_stage(&format!("generating code for {h}x{wd}"));
+        let files = artifact::build(&g, &pool, opts, Emit::Obj)?;
+        let object = files
+            .into_iter()
+            .find(|(name, _)| name.ends_with(".o"))
+            .map(|(_, bytes)| bytes)
+            .ok_or_else(|| LlvmError::Internal("no object".into()))?;
+        let arena = pool.arena_bytes(&g);
+        parts.push(SizedObject {
+            size: [h, wd],
+            header: artifact::header(&g, &pool, &sym, Emit::Staticlib),
+            sym,
+            object,
+            arena_bytes_per_image: arena,
+            output_size: g.output_shape().iter().product(),
+        });
+        if first.is_none() {
+            first = Some((base, name, g));
+        }
+    }
+    let (base, name, g) = first.ok_or_else(|| Error::Sizes("no input size given".into()))?;
+    let files = sizes::staticlib(&base, &name, &parts, opts)?;
+    let mut built = finish(&g, files, out_dir, None, skipped, on_stage)?;
+    built.symbol = base;
+    Ok(built)
+}
+
+/// The optimized graph of `model` at `size` and its bound weights.
 fn load(
-    model: &Path,
+    model: &ModelSpec,
+    size: Option<&Vec<usize>>,
     weights: &WeightsSource,
     on_stage: &mut dyn FnMut(&str),
-) -> Result<(crate::ir::Graph, weights::Weights), Error> {
-    let c = front::compile_file(model).map_err(Error::Compile)?;
+) -> Result<(crate::ir::Graph, weights::Weights, weights::Skipped), Error> {
+    let mut skipped_here = weights::Skipped::default();
+    let skipped = &mut skipped_here;
+    let c = front::compile_file_with(&model.path, &model.options(size)).map_err(Error::Compile)?;
     on_stage("binding weights");
     let specs = weights::specs_of(&c.graph);
     let w = match weights {
-        WeightsSource::File(p) => weights::bind(
-            &specs,
-            weights::load_safetensors(p)?,
-            &p.display().to_string(),
-        )?,
+        WeightsSource::File(p) => {
+            let (w, s) = weights::bind_with(
+                &specs,
+                weights::load_safetensors(p)?,
+                &p.display().to_string(),
+                &model.load,
+            )?;
+            *skipped = s;
+            w
+        }
         WeightsSource::Random(seed) => weights::try_random_weights(&specs, *seed)?,
     };
     on_stage("optimizing");
     let mut g = c.graph.clone();
     crate::passes::optimize(&mut g, None);
-    Ok((g, w))
+    Ok((g, w, skipped_here))
 }
 
-/// Writes a build's files atomically into `out_dir` (created if missing).
+/// Writes a build's files atomically into `out_dir` (created if missing),
+/// or a build of one file to `out_dir` itself where that is a path with an
+/// extension and not a directory.
 fn finish(
     g: &crate::ir::Graph,
     files: Vec<(String, Vec<u8>)>,
     out_dir: &Path,
     arena_bytes_per_image: Option<usize>,
+    skipped: weights::Skipped,
     on_stage: &mut dyn FnMut(&str),
 ) -> Result<Built, Error> {
     on_stage("writing");
@@ -129,8 +286,21 @@ fn finish(
         path: path.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(out_dir).map_err(|e| io(out_dir, e))?;
-    let written: Vec<PathBuf> = files.iter().map(|(name, _)| out_dir.join(name)).collect();
+    // One file, and a path with an extension that is no directory: that
+    // file (`-o m.ptx`); otherwise a directory to write into.
+    let single = files.len() == 1 && out_dir.extension().is_some() && !out_dir.is_dir();
+    let dir = match (single, out_dir.parent()) {
+        (true, Some(parent)) => parent,
+        _ => out_dir,
+    };
+    if !dir.as_os_str().is_empty() {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    }
+    let written: Vec<PathBuf> = if single {
+        vec![out_dir.to_path_buf()]
+    } else {
+        files.iter().map(|(name, _)| out_dir.join(name)).collect()
+    };
     // All or none: a library without its header, or a plan without its
     // weights, would be worse than no output.
     let set: Vec<(&Path, &[u8])> = written
@@ -145,6 +315,7 @@ fn finish(
         input_shape: g.input_shape().to_vec(),
         output_shape: g.output_shape().to_vec(),
         arena_bytes_per_image,
+        skipped,
     })
 }
 

@@ -1,7 +1,7 @@
 //! The `resnetc` command line.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use miette::{IntoDiagnostic, Report};
+use miette::Report;
 use resnetc::front::{self, CompileError, Compiled};
 use resnetc::weights::{self, Weights};
 use std::path::{Path, PathBuf};
@@ -25,12 +25,38 @@ macro_rules! note {
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A directory searched for `use`d files not found next to the file
+    /// that uses them (repeatable; then the directories of RESNETC_PATH).
+    #[arg(short = 'L', value_name = "DIR", global = true)]
+    lib_dir: Vec<PathBuf>,
+}
+
+/// An input size: height and width.
+#[derive(Clone, Debug)]
+struct Size(Vec<usize>);
+
+fn parse_size(text: &str) -> std::result::Result<Size, String> {
+    front::signature::parse_size(text).map(Size)
+}
+
+/// `--input-size` for the commands that compile one size.
+#[derive(clap::Args, Clone, Default)]
+struct SizeArgs {
+    /// Compile at this input height and width (HxW, or S for SxS), for a
+    /// model whose signature names them, as `f32[N, 3, H = 224, W = 224]`
+    /// does (default: the signature's sizes).
+    #[arg(long, value_name = "HxW", value_parser = parse_size)]
+    input_size: Option<Size>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Parse and check a model; exit 0 when it is well formed.
-    Check { file: PathBuf },
+    Check {
+        file: PathBuf,
+        #[command(flatten)]
+        size: SizeArgs,
+    },
     /// Per-layer shapes, parameters and multiply-adds.
     Summary {
         file: PathBuf,
@@ -38,6 +64,8 @@ enum Command {
         format: SummaryFormat,
         #[command(flatten)]
         opt: OptArgs,
+        #[command(flatten)]
+        size: SizeArgs,
     },
     /// Graphviz view of the network.
     Graph {
@@ -47,12 +75,16 @@ enum Command {
         /// Output file (default: standard output).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        size: SizeArgs,
     },
     /// Print the IR text form (optimized unless -O0).
     Ir {
         file: PathBuf,
         #[command(flatten)]
         opt: OptArgs,
+        #[command(flatten)]
+        size: SizeArgs,
     },
     /// List the optimization passes in pipeline order.
     Passes,
@@ -61,10 +93,16 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         weights: WeightsArgs,
-        #[arg(long)]
+        /// The input batch as a float32 .npy of the model's input shape
+        /// (N, C, H, W for an image model); a model with named sizes
+        /// (`H = 224`) is compiled at the input's height and width.
+        #[arg(long, value_name = "X.npy")]
         input: PathBuf,
-        #[arg(long)]
+        /// Where to write the output as a float32 .npy (whole or not at all).
+        #[arg(long, value_name = "Y.npy")]
         output: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
         #[arg(long, value_enum, default_value_t = Target::Cpu)]
         target: Target,
         #[command(flatten)]
@@ -96,15 +134,25 @@ enum Command {
         #[arg(long, value_enum)]
         emit: Option<EmitKind>,
         #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
         cpu: CpuArgs,
         #[command(flatten)]
         cuda: CudaArgs,
-        /// Output directory (created if missing).
+        /// Output directory (created if missing); for an --emit that writes
+        /// one file (asm, llvm-ir, ptx), a path with an extension that is
+        /// not a directory names that file (`-o m.ptx`).
         #[arg(short, long, default_value = ".")]
         output: PathBuf,
         /// No progress messages.
         #[arg(long)]
         quiet: bool,
+        /// Compile at this input height and width (HxW, or S for SxS), for
+        /// a model whose signature names them (`f32[N, 3, H = 224, W =
+        /// 224]`). Repeated: a CPU static library holding every size, with
+        /// `<model>_forward_hw` taking the height and width.
+        #[arg(long, value_name = "HxW", value_parser = parse_size)]
+        input_size: Vec<Size>,
     },
     /// Time a model: warm-up, then runs until the median is stable.
     Bench {
@@ -125,6 +173,8 @@ enum Command {
         threads: Option<u16>,
         #[command(flatten)]
         cuda: CudaArgs,
+        #[command(flatten)]
+        size: SizeArgs,
         /// Images per run, 1 to 4096.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
         batch: u32,
@@ -151,8 +201,12 @@ enum Command {
         weights: WeightsArgs,
         #[arg(long, value_enum, default_value_t = ExportFormat::Onnx)]
         format: ExportFormat,
+        #[command(flatten)]
+        load: LoadArgs,
         #[arg(short, long)]
         output: PathBuf,
+        #[command(flatten)]
+        size: SizeArgs,
     },
     /// Import an ONNX model (opsets 11-21, as torch.onnx.export writes
     /// them) as a readable .res and its weights as safetensors.
@@ -175,6 +229,8 @@ enum Command {
         seed: u64,
         #[arg(short, long)]
         output: PathBuf,
+        #[command(flatten)]
+        size: SizeArgs,
     },
 }
 
@@ -187,6 +243,58 @@ struct WeightsArgs {
     /// Use seeded random weights instead of a file.
     #[arg(long, value_name = "SEED")]
     random_weights: Option<u64>,
+}
+
+/// A non-strict weights load (off by default: every tensor must match).
+#[derive(clap::Args, Clone, Copy, Default)]
+struct LoadArgs {
+    /// Tensors the model declares and --weights lacks (a backbone's
+    /// checkpoint for a model with a new head) get seeded random values;
+    /// each is named on stderr.
+    #[arg(long)]
+    allow_missing: bool,
+    /// Tensors in --weights the model does not declare are ignored; each
+    /// is named on stderr.
+    #[arg(long)]
+    ignore_unused: bool,
+}
+
+impl LoadArgs {
+    fn options(self) -> weights::BindOptions {
+        weights::BindOptions {
+            allow_missing: self.allow_missing,
+            ignore_unused: self.ignore_unused,
+        }
+    }
+}
+
+/// Says on stderr what a non-strict load filled in or left out.
+fn report_skipped(file: &Path, s: &weights::Skipped) {
+    let list = |names: &[String]| {
+        let shown: Vec<&str> = names.iter().take(8).map(String::as_str).collect();
+        let more = names.len().saturating_sub(shown.len());
+        if more > 0 {
+            format!("{} and {more} more", shown.join(", "))
+        } else {
+            shown.join(", ")
+        }
+    };
+    if !s.filled.is_empty() {
+        note!(
+            "note: {} tensors missing from {} got seeded random values (--allow-missing): {}",
+            s.filled.len(),
+            file.display(),
+            list(&s.filled)
+        );
+    }
+    if !s.ignored.is_empty() {
+        note!(
+            "note: {} tensors in {} that the model does not declare were ignored (--ignore-unused): {}",
+            s.ignored.len(),
+            file.display(),
+            list(&s.ignored)
+        );
+    }
 }
 
 /// How the CUDA back end generates code.
@@ -400,7 +508,13 @@ fn main() -> ExitCode {
         }));
     }
     let cli = Cli::parse();
-    match dispatch(cli.command) {
+    let search = front::Options {
+        search_path: cli.lib_dir,
+        ..Default::default()
+    }
+    .with_env_path()
+    .search_path;
+    match dispatch(cli.command, &search) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Compile(e)) => {
             for d in e.diags {
@@ -415,8 +529,49 @@ fn main() -> ExitCode {
     }
 }
 
-fn other(msg: String, help: &str) -> Failure {
-    Failure::Other(miette::miette!(help = help.to_string(), "{msg}"))
+/// A user error (exit 1) with its code: every message resnetc prints
+/// names one.
+fn other(code: &str, msg: String, help: &str) -> Failure {
+    Failure::Other(miette::miette!(
+        code = code.to_string(),
+        help = help.to_string(),
+        "{msg}"
+    ))
+}
+
+/// A write's failure, with its code.
+fn cannot_write(path: &Path, e: std::io::Error) -> Failure {
+    other(
+        OUTPUT,
+        format!("cannot write `{}`: {e}", path.display()),
+        "check the output path",
+    )
+}
+
+const OUTPUT: &str = "resnetc::output";
+
+/// An output file's directory must exist: said before any work is done
+/// (compiling, binding, running), not after.
+fn output_dir_exists(path: &Path, flag: &str) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => return Ok(()),
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    Err(other(
+        OUTPUT,
+        format!(
+            "cannot write `{}`: the directory `{}` does not exist",
+            path.display(),
+            dir.display()
+        ),
+        &format!(
+            "create it first (mkdir -p {}), or give {flag} another path",
+            dir.display()
+        ),
+    ))
 }
 
 /// A command line whose flags are each valid but do not go together
@@ -489,8 +644,19 @@ fn flag_value(v: impl ValueEnum) -> String {
         .unwrap_or_default()
 }
 
-fn compile(file: &Path) -> Result<Compiled> {
-    let c = front::compile_file(file).map_err(Failure::Compile)?;
+/// Compiles `file` at `size` (default: its signature's sizes), `use`
+/// looking in `search` after the file's own directory.
+fn compile(file: &Path, search: &[PathBuf], size: Option<&Size>) -> Result<Compiled> {
+    let opts = front::Options {
+        input_size: size.map(|s| s.0.clone()),
+        search_path: search.to_vec(),
+        ..Default::default()
+    };
+    compile_with(file, &opts)
+}
+
+fn compile_with(file: &Path, opts: &front::Options) -> Result<Compiled> {
+    let c = front::compile_file_with(file, opts).map_err(Failure::Compile)?;
     for w in &c.warnings {
         note!("{:?}", Report::new(w.clone()));
     }
@@ -568,9 +734,7 @@ fn tune_cpu(
         path.display()
     );
     let text = serde_json::to_string_pretty(&t).expect("records serialize");
-    weights::write_atomic(path, text.as_bytes())
-        .into_diagnostic()
-        .map_err(|e| Failure::Other(e.wrap_err(format!("cannot write `{}`", path.display()))))?;
+    weights::write_atomic(path, text.as_bytes()).map_err(|e| cannot_write(path, e))?;
     Ok(t)
 }
 
@@ -625,18 +789,23 @@ fn write_output(path: Option<&Path>, text: &str) -> Result<()> {
             out(text);
             Ok(())
         }
-        Some(p) => weights::write_atomic(p, text.as_bytes())
-            .into_diagnostic()
-            .map_err(|e| Failure::Other(e.wrap_err(format!("cannot write `{}`", p.display())))),
+        Some(p) => weights::write_atomic(p, text.as_bytes()).map_err(|e| cannot_write(p, e)),
     }
 }
 
 fn load_weights(c: &Compiled, args: &WeightsArgs) -> Result<Weights> {
+    load_weights_with(c, args, LoadArgs::default())
+}
+
+fn load_weights_with(c: &Compiled, args: &WeightsArgs, load: LoadArgs) -> Result<Weights> {
     let specs = weights::specs_of(&c.graph);
     match (&args.weights, args.random_weights) {
         (Some(path), _) => {
             let file = weights::load_safetensors(path)?;
-            Ok(weights::bind(&specs, file, &path.display().to_string())?)
+            let (w, skipped) =
+                weights::bind_with(&specs, file, &path.display().to_string(), &load.options())?;
+            report_skipped(path, &skipped);
+            Ok(w)
         }
         (None, Some(seed)) => Ok(weights::try_random_weights(&specs, seed)?),
         (None, None) => Err(usage(
@@ -646,22 +815,27 @@ fn load_weights(c: &Compiled, args: &WeightsArgs) -> Result<Weights> {
     }
 }
 
-fn dispatch(cmd: Command) -> Result<()> {
+fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
     match cmd {
-        Command::Check { file } => {
-            let c = compile(&file)?;
+        Command::Check { file, size } => {
+            let c = compile(&file, search, size.input_size.as_ref())?;
             let g = &c.graph;
             out(&format!(
                 "ok: model {} {} -> {}, {} weight tensors\n",
                 g.name,
-                resnetc::ir::shape::show(g.input_shape()),
+                c.signature.show(g.input_shape()),
                 resnetc::ir::shape::show(g.output_shape()),
                 g.weights().len()
             ));
             Ok(())
         }
-        Command::Summary { file, format, opt } => {
-            let c = compile(&file)?;
+        Command::Summary {
+            file,
+            format,
+            opt,
+            size,
+        } => {
+            let c = compile(&file, search, size.input_size.as_ref())?;
             let g = optimized(&c, &opt)?;
             let mut s = resnetc::summary::summarize(&g, &c.graph);
             if opt.level > 0 && opt.print_after.is_none() {
@@ -680,8 +854,12 @@ fn dispatch(cmd: Command) -> Result<()> {
             file,
             format,
             output,
+            size,
         } => {
-            let c = compile(&file)?;
+            if let Some(o) = &output {
+                output_dir_exists(o, "-o")?;
+            }
+            let c = compile(&file, search, size.input_size.as_ref())?;
             let dot = resnetc::ir::dot::to_dot(&c.graph);
             match format {
                 GraphFormat::Dot => write_output(output.as_deref(), &dot),
@@ -691,8 +869,8 @@ fn dispatch(cmd: Command) -> Result<()> {
                 }
             }
         }
-        Command::Ir { file, opt } => {
-            let c = compile(&file)?;
+        Command::Ir { file, opt, size } => {
+            let c = compile(&file, search, size.input_size.as_ref())?;
             let g = optimized(&c, &opt)?;
             let mut text = resnetc::ir::print::print(&g);
             if opt.level > 0 && opt.print_after.is_none() {
@@ -717,6 +895,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             threads,
             cuda,
             check_layers,
+            load,
         } => {
             if check_layers && target == Target::Ref {
                 return Err(usage(
@@ -725,6 +904,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 ));
             }
             flags_fit_target(target, &cpu, &cuda, threads)?;
+            output_dir_exists(&output, "--output")?;
             let cuda = match target {
                 Target::Cuda => require_cuda(cuda)?,
                 // The library checks too; here before the model and weights
@@ -737,9 +917,15 @@ fn dispatch(cmd: Command) -> Result<()> {
                 }
                 _ => cuda,
             };
-            let c = compile(&file)?;
-            let w = load_weights(&c, &wargs)?;
+            // The input first: its height and width are the model's size.
             let x = weights::read_npy(&input)?;
+            let opts = front::Options {
+                input_size: (x.shape.len() >= 3).then(|| x.shape[2..].to_vec()),
+                size_from_input: true,
+                search_path: search.to_vec(),
+            };
+            let c = compile_with(&file, &opts)?;
+            let w = load_weights_with(&c, &wargs, load)?;
             weights::check_input_shape(&x, c.graph.input_shape(), &input.display().to_string())?;
             let y = match target {
                 Target::Ref if cpu.precision() != resnetc::precision::Precision::F32 => {
@@ -767,6 +953,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                     let (y, ok) = cuda_check_layers(&c, &w, &x, &cuda)?;
                     if !ok {
                         return Err(other(
+                            "resnetc::cuda::check_layers",
                             "layers of the CUDA back end differ from the interpreter (table above)".into(),
                             "the first one that differs is where to look; the output was not written",
                         ));
@@ -796,6 +983,8 @@ fn dispatch(cmd: Command) -> Result<()> {
             cuda,
             output,
             quiet,
+            input_size,
+            load,
         } => {
             let progress = Progress::new(quiet);
             use resnetc::backend::cpu::artifact::Emit;
@@ -842,20 +1031,31 @@ fn dispatch(cmd: Command) -> Result<()> {
                 }
             };
             let mut stage = |s: &str| progress.stage(s);
+            let model = resnetc::api::ModelSpec {
+                path: file,
+                search_path: search.to_vec(),
+                sizes: input_size.into_iter().map(|s| s.0).collect(),
+                load: load.options(),
+            };
             let built = match kind {
                 Kind::Cpu(kind) => {
                     let opts = cpu.options()?;
-                    resnetc::api::build_cpu(&file, &source, &output, &opts, kind, &mut stage)
+                    resnetc::api::build_cpu_model(&model, &source, &output, &opts, kind, &mut stage)
                 }
                 Kind::Cuda(kind) => {
                     let opts = cuda.options();
-                    resnetc::api::build_cuda(&file, &source, &output, &opts, kind, &mut stage)
+                    resnetc::api::build_cuda_model(
+                        &model, &source, &output, &opts, kind, &mut stage,
+                    )
                 }
             }
             .map_err(|e| match e {
                 resnetc::api::Error::Compile(c) => Failure::Compile(c),
                 other => Failure::Other(Report::new(other)),
             })?;
+            if let Some(p) = &wargs.weights {
+                report_skipped(p, &built.skipped);
+            }
             if !quiet {
                 for f in &built.files {
                     note!("wrote {}", f.display());
@@ -872,6 +1072,7 @@ fn dispatch(cmd: Command) -> Result<()> {
             cpu,
             threads,
             cuda,
+            size,
             batch,
             format,
             layers,
@@ -893,6 +1094,9 @@ fn dispatch(cmd: Command) -> Result<()> {
                     "leave out --precision bf16 (bf16 convs have one kernel per CPU)",
                 ));
             }
+            if let Some(t) = &tune {
+                output_dir_exists(t, "--tune")?;
+            }
             if layers && target == Target::Ref {
                 return Err(usage(
                     "--layers times the calls of the compiled code; the interpreter has none"
@@ -912,7 +1116,7 @@ fn dispatch(cmd: Command) -> Result<()> {
                 }
                 _ => cuda,
             };
-            let c = compile(&file)?;
+            let c = compile(&file, search, size.input_size.as_ref())?;
             let wargs = WeightsArgs {
                 weights: wfile,
                 random_weights: Some(random_weights.unwrap_or(0)),
@@ -1026,16 +1230,14 @@ fn dispatch(cmd: Command) -> Result<()> {
             weights: wargs,
             format: ExportFormat::Onnx,
             output,
+            size,
+            load,
         } => {
-            let c = compile(&file)?;
-            let w = load_weights(&c, &wargs)?;
+            output_dir_exists(&output, "-o")?;
+            let c = compile(&file, search, size.input_size.as_ref())?;
+            let w = load_weights_with(&c, &wargs, load)?;
             let bytes = resnetc::export::onnx::export(&c.graph, &w)?;
-            weights::write_atomic(&output, &bytes).map_err(|e| {
-                other(
-                    format!("cannot write `{}`: {e}", output.display()),
-                    "check the -o path",
-                )
-            })?;
+            weights::write_atomic(&output, &bytes).map_err(|e| cannot_write(&output, e))?;
             Ok(())
         }
         Command::Import {
@@ -1071,8 +1273,14 @@ fn dispatch(cmd: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Init { file, seed, output } => {
-            let c = compile(&file)?;
+        Command::Init {
+            file,
+            seed,
+            output,
+            size,
+        } => {
+            output_dir_exists(&output, "-o")?;
+            let c = compile(&file, search, size.input_size.as_ref())?;
             let w = weights::try_random_weights(&weights::specs_of(&c.graph), seed)?;
             weights::save_safetensors(&output, &w)?;
             Ok(())
@@ -1131,6 +1339,7 @@ fn cpu_check_layers(
     out(&table);
     if let Some(d) = diffs.iter().find(|d| d.error > RTOL) {
         return Err(other(
+            "resnetc::cpu::check_layers",
             format!(
                 "layer `{}` of the CPU back end differs from the interpreter (table above)",
                 d.label
@@ -1230,6 +1439,8 @@ impl Progress {
     }
 }
 
+const GRAPHVIZ: &str = "resnetc::graphviz";
+
 fn render_svg(dot: &str) -> Result<String> {
     use std::io::Write;
     use std::process::{Command as Proc, Stdio};
@@ -1241,6 +1452,7 @@ fn render_svg(dot: &str) -> Result<String> {
         .spawn()
         .map_err(|_| {
             other(
+                GRAPHVIZ,
                 "Graphviz's `dot` was not found, so no SVG can be drawn".into(),
                 "install Graphviz (`apt-get install graphviz`), or use --format dot and render it elsewhere",
             )
@@ -1248,6 +1460,7 @@ fn render_svg(dot: &str) -> Result<String> {
     if let Some(mut stdin) = child.stdin.take() {
         stdin.write_all(dot.as_bytes()).map_err(|e| {
             other(
+                GRAPHVIZ,
                 format!("cannot talk to `dot`: {e}"),
                 "check your Graphviz installation",
             )
@@ -1255,12 +1468,14 @@ fn render_svg(dot: &str) -> Result<String> {
     }
     let out = child.wait_with_output().map_err(|e| {
         other(
+            GRAPHVIZ,
             format!("`dot` failed: {e}"),
             "check your Graphviz installation",
         )
     })?;
     if !out.status.success() {
         return Err(other(
+            GRAPHVIZ,
             format!(
                 "`dot` failed: {}",
                 String::from_utf8_lossy(&out.stderr).trim()

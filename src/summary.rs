@@ -63,6 +63,7 @@ pub struct ActivationBytes {
 /// Summarises `graph`. `written` is the graph as the user wrote it: params,
 /// MACs and weights always describe that, whatever the passes did.
 pub fn summarize(graph: &Graph, written: &Graph) -> Summary {
+    let mut params = written_params(graph, written);
     let layers: Vec<LayerInfo> = graph
         .schedule()
         .into_iter()
@@ -75,7 +76,8 @@ pub fn summarize(graph: &Graph, written: &Graph) -> Summary {
                 name: node.name.clone(),
                 op: node.op.kind().to_string(),
                 shape: node.shape.clone(),
-                params: graph.params_of(n),
+                // The first row of a name holds its parameters.
+                params: params.remove(node.name.as_str()).unwrap_or(0),
                 macs: graph.macs_of(n),
                 algo: None,
             }
@@ -125,6 +127,46 @@ pub fn summarize(graph: &Graph, written: &Graph) -> Summary {
             planned: plan.arena_bytes,
         },
     }
+}
+
+/// Each row's parameters as the model was written, so that the rows add
+/// up to the total: a layer a pass removed (a BN folded into its conv)
+/// counts in the row of the layer that absorbed it, the first one up its
+/// input chain that is still a row.
+fn written_params<'a>(
+    graph: &'a Graph,
+    written: &'a Graph,
+) -> std::collections::HashMap<&'a str, usize> {
+    let rows: std::collections::HashSet<&str> = graph
+        .schedule()
+        .into_iter()
+        .map(|n| graph.node(n).name.as_str())
+        .filter(|name| !name.is_empty())
+        .collect();
+    let mut params = std::collections::HashMap::new();
+    for n in written.schedule() {
+        let p = written.params_of(n);
+        if p == 0 {
+            continue;
+        }
+        let mut at = n;
+        let row = loop {
+            let name = written.node(at).name.as_str();
+            if rows.contains(name) {
+                break Some(name);
+            }
+            match written.operands(at).first() {
+                Some(&up) if !written.node(up).op.is_const() => at = up,
+                _ => break None,
+            }
+        };
+        // A layer with no row left (none up its chain): its own name, which
+        // no row shows; the total still counts it.
+        *params
+            .entry(row.unwrap_or(written.node(n).name.as_str()))
+            .or_insert(0) += p;
+    }
+    params
 }
 
 /// `1234567` → `1,234,567`

@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use resnetc::weights::read_npy;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -210,9 +211,11 @@ fn bad_weights_and_inputs_fail_cleanly() {
             "truncated.safetensors",
         ),
         (
+            // Another height and width is another size of the model; four
+            // channels are not.
             "input of another shape",
             p(&fixture("cifar_resnet20.safetensors")).into(),
-            p(&fixture("unet_small.input.npy")).into(),
+            p(&root().join("tests/bad_inputs/loaders/wrong_shape.npy")).into(),
             "has shape",
         ),
         (
@@ -846,4 +849,215 @@ fn run_for_a_cpu_this_machine_is_not_is_refused() {
     if !checked {
         eprintln!("note: skipped: this CPU has AVX-512 and qemu-x86_64 is not installed");
     }
+}
+
+/// `-o` names the file where a build writes one (`--emit ptx -o m.ptx`), a
+/// directory where it writes several, or one file into an existing
+/// directory.
+#[test]
+fn o_names_a_file_where_one_file_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (target, emit, name) in [("cuda", "ptx", "m.ptx"), ("cpu", "llvm-ir", "sub/m.ll")] {
+        let out = dir.path().join(name);
+        let o = resnetc(&[
+            "build",
+            "examples/cifar_resnet20.res",
+            "--random-weights",
+            "0",
+            "--target",
+            target,
+            "--emit",
+            emit,
+            "--quiet",
+            "-o",
+            p(&out),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(out.is_file(), "{name} is not a file");
+    }
+    // An existing directory is written into, extension or not.
+    let into = dir.path().join("d.ptx");
+    std::fs::create_dir(&into).expect("mkdir");
+    let o = resnetc(&[
+        "build",
+        "examples/cifar_resnet20.res",
+        "--random-weights",
+        "0",
+        "--target",
+        "cuda",
+        "--emit",
+        "ptx",
+        "--quiet",
+        "-o",
+        p(&into),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(into.join("cifar_resnet20.ptx").is_file());
+}
+
+/// An output in a directory that does not exist is refused before the
+/// model is compiled or the weights read (the weights named here do not
+/// exist, and that is not the error).
+#[test]
+fn an_output_in_a_missing_directory_is_reported_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("no/such/dir/y.npy");
+    let runs: [&[&str]; 3] = [
+        &[
+            "run",
+            "examples/cifar_resnet20.res",
+            "--weights",
+            "nope.safetensors",
+            "--input",
+            "nope.npy",
+            "--output",
+        ],
+        &["init", "examples/cifar_resnet20.res", "-o"],
+        &[
+            "export",
+            "examples/cifar_resnet20.res",
+            "--weights",
+            "nope.safetensors",
+            "-o",
+        ],
+    ];
+    for args in runs {
+        let mut all = args.to_vec();
+        all.push(p(&missing));
+        let o = resnetc(&all);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(
+            e.contains("resnetc::output") && e.contains("does not exist") && !e.contains("nope"),
+            "{args:?}: {e}"
+        );
+    }
+}
+
+/// PyTorch's argument names work on the operators; `in_channels` is
+/// answered with where the size comes from.
+#[test]
+fn pytorch_argument_names_are_accepted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let torch = dir.path().join("torch.res");
+    std::fs::write(
+        &torch,
+        "model m(x: f32[N, 3, 16, 16]) {\n    x |> c: conv(out_channels: 8, kernel_size: 3, padding: 1, bias: true)\n      |> maxpool(kernel_size: 3, stride: 2, ceil_mode: true) |> leaky_relu(negative_slope: 0.2)\n}\n",
+    )
+    .expect("write");
+    let ours = dir.path().join("ours.res");
+    std::fs::write(
+        &ours,
+        "model m(x: f32[N, 3, 16, 16]) {\n    x |> c: conv(8, k: 3, pad: 1, bias: true)\n      |> maxpool(k: 3, stride: 2, ceil: true) |> leaky_relu(slope: 0.2)\n}\n",
+    )
+    .expect("write");
+    let ir = |f: &Path| {
+        let o = resnetc(&["ir", p(f), "-O0"]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(ir(&torch), ir(&ours));
+    std::fs::write(
+        &torch,
+        "model m(x: f32[N, 3, 16, 16]) {\n    x |> c: conv(in_channels: 3, out: 8, k: 3)\n}\n",
+    )
+    .expect("write");
+    let o = resnetc(&["check", p(&torch)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("leave it out"), "{}", stderr(&o));
+}
+
+/// `summary`'s rows add up to its total: a BN folded into its conv counts
+/// in the conv's row.
+#[test]
+fn summary_rows_add_up_to_the_total() {
+    for model in ["resnet50", "densenet_bc_small", "unet_small"] {
+        for level in ["-O1", "-O0"] {
+            let o = resnetc(&[
+                "summary",
+                &format!("examples/{model}.res"),
+                "--format",
+                "json",
+                level,
+            ]);
+            assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+            let rows: u64 = v["layers"]
+                .as_array()
+                .expect("layers")
+                .iter()
+                .map(|l| l["params"].as_u64().expect("params"))
+                .sum();
+            assert_eq!(
+                rows,
+                v["params"].as_u64().expect("total"),
+                "{model} {level}"
+            );
+        }
+    }
+}
+
+/// Another network's weights: the counts, five of each kind, and the
+/// likely cause, not a line per tensor; then a non-strict load of a
+/// backbone's weights, which names what it skipped.
+#[test]
+fn wrong_weights_are_summarized_and_non_strict_loads_say_what_they_skip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("y.npy");
+    let o = resnetc(&[
+        "run",
+        "examples/densenet_bc_small.res",
+        "--weights",
+        p(&fixture("cifar_resnet20.safetensors")),
+        "--input",
+        p(&fixture("densenet_bc_small.input.npy")),
+        "--output",
+        p(&out),
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("more missing") && e.contains("more unexpected"),
+        "{e}"
+    );
+    assert!(e.contains("none of the file's"), "{e}");
+    assert!(e.lines().count() < 40, "{e}");
+    // cifar_resnet20's weights for a CIFAR ResNet with a 100-class head
+    // named `classifier`: the backbone binds, the head is drawn at random.
+    let model = dir.path().join("r20_100.res");
+    std::fs::write(
+        &model,
+        "use \"std/cifar\"\nmodel m(x: f32[N, 3, H = 32, W = 32]) {\n    x |> conv1: conv(16, k: 3, pad: 1) |> bn1: batchnorm() |> relu()\n      |> layer1: cifar_stage(16, 3, 1, true) |> layer2: cifar_stage(32, 3, 2, true)\n      |> layer3: cifar_stage(64, 3, 2, true) |> global_avgpool() |> flatten() |> classifier: linear(100)\n}\n",
+    )
+    .expect("write");
+    let (weights, input) = (
+        fixture("cifar_resnet20.safetensors"),
+        fixture("cifar_resnet20.input.npy"),
+    );
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            p(&model),
+            "--weights",
+            p(&weights),
+            "--input",
+            p(&input),
+            "--output",
+            p(&out),
+            "--target",
+            "ref",
+        ];
+        args.extend(extra);
+        resnetc(&args)
+    };
+    assert_eq!(run(&[]).status.code(), Some(1));
+    assert!(!out.exists());
+    let o = run(&["--allow-missing", "--ignore-unused"]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{e}");
+    assert!(
+        e.contains("2 tensors missing") && e.contains("classifier.weight") && e.contains("fc.bias"),
+        "{e}"
+    );
+    assert_eq!(read_npy(&out).expect("output").shape, [2, 100]);
 }

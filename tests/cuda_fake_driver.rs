@@ -157,7 +157,7 @@ fn run_model(
 /// emulation's work), with the library it uses.
 fn small_copy(name: &str, dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(example(name)).expect("read example");
-    let text = text.replace("224, 224]", "32, 32]");
+    let text = text.replace("H = 224, W = 224]", "H = 32, W = 32]");
     let lib = dir.join("lib");
     std::fs::create_dir_all(&lib).expect("lib/");
     for e in std::fs::read_dir(root().join("examples/lib")).expect("examples/lib") {

@@ -51,8 +51,9 @@ pub struct ModelInput {
 
 #[derive(Clone, Debug)]
 pub enum Dim {
-    /// A symbolic size such as `N`: only allowed for the batch axis.
-    Symbol(Ident),
+    /// A symbolic size such as `N` (the batch) or `H = 224` (a spatial
+    /// size bound when the model is compiled, with an optional default).
+    Symbol(Ident, Option<(i64, Span)>),
     Fixed(i64, Span),
 }
 
@@ -186,6 +187,9 @@ pub struct Stage {
 pub enum StageKind {
     Call(Call),
     Sequence(Vec<SeqItem>),
+    /// An `if` (an `ExprKind::If`) whose taken branch ends in the stage
+    /// the piped value goes through.
+    If(Box<Expr>),
 }
 
 #[derive(Clone, Debug)]

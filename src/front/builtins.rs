@@ -167,9 +167,12 @@ pub const BUILTINS: &[Builtin] = &[
             p("scale", Int(2)),
             p("mode", Str("nearest")),
             p("align_corners", Bool(false)),
+            // The output's size instead of `scale`: an integer (square) or
+            // a tensor (its height and width); 0 is unset.
+            p("size", Int(0)),
         ],
         variadic: false,
-        doc: "integer-factor upsampling, mode \"nearest\" or \"bilinear\" (nn.Upsample)",
+        doc: "whole-factor upsampling, mode \"nearest\" or \"bilinear\" (nn.Upsample)",
     },
     Builtin {
         name: "softmax",
@@ -200,4 +203,28 @@ pub const BUILTINS: &[Builtin] = &[
 
 pub fn find(name: &str) -> Option<&'static Builtin> {
     BUILTINS.iter().find(|b| b.name == name)
+}
+
+/// PyTorch's argument names that name an operator's parameter here
+/// (`nn.Conv2d(kernel_size=3, padding=1)`, `nn.MaxPool2d(ceil_mode=True)`):
+/// accepted for it, where the operator has that parameter.
+pub const PYTORCH_ALIASES: &[(&str, &str)] = &[
+    ("kernel_size", "k"),
+    ("padding", "pad"),
+    ("ceil_mode", "ceil"),
+    ("out_channels", "out"),
+    ("out_features", "out"),
+    ("scale_factor", "scale"),
+    ("negative_slope", "slope"),
+];
+
+/// PyTorch's arguments that resnetc reads off the input instead.
+pub const INFERRED: &[&str] = &["in_channels", "in_features", "num_features"];
+
+/// The parameter that `name` means, PyTorch's spelling included.
+pub fn canonical(name: &str) -> &str {
+    PYTORCH_ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map_or(name, |(_, c)| c)
 }

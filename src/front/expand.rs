@@ -4,6 +4,7 @@
 use super::ast::*;
 use super::builtins::{self, Builtin};
 use super::diagnostic::{closest, Diag};
+use super::signature::Bound;
 use super::source::{SourceMap, Span};
 use crate::ir::graph::Graph;
 use crate::ir::op::*;
@@ -26,6 +27,25 @@ enum Value {
     Bool(bool),
     Str(String),
     Tensor(NodeIndex),
+    /// A block or operator not yet called, with the arguments given so
+    /// far (`bottleneck(groups: 32)`, or just `basic`).
+    Block(Partial),
+}
+
+/// A block or operator as a value: called later with these arguments
+/// ahead of the call's own.
+#[derive(Clone, Debug)]
+struct Partial {
+    callee: String,
+    args: Vec<BoundArg>,
+}
+
+/// An argument evaluated where it was written.
+#[derive(Clone, Debug)]
+struct BoundArg {
+    name: Option<Ident>,
+    value: Value,
+    span: Span,
 }
 
 impl Value {
@@ -37,6 +57,7 @@ impl Value {
             Value::Bool(_) => "a boolean",
             Value::Str(_) => "a string",
             Value::Tensor(_) => "a tensor",
+            Value::Block(_) => "a block",
         }
     }
 }
@@ -67,75 +88,18 @@ impl<'a> Expander<'a> {
     /// Expands `model` into a graph.
     pub fn run(
         model: &ModelDef,
+        input: &Bound,
         blocks: &'a HashMap<String, &'a BlockDef>,
         sources: &'a SourceMap,
     ) -> Result<(Graph, Vec<Diag>), Diag> {
-        let [input] = model.inputs.as_slice() else {
-            let span = model.inputs.get(1).map_or(model.name.span, |i| i.span);
-            return Err(Diag::error(
-                "res::model_inputs",
-                span,
-                "a model takes exactly one input tensor",
-            )
-            .label(format!("found {} inputs", model.inputs.len()))
-            .help("write the model as `model name(x: f32[N, C, H, W]) { ... }`"));
-        };
-        let mut dims = input.dims.iter();
-        match dims.next() {
-            Some(Dim::Symbol(_)) => {}
-            Some(Dim::Fixed(_, span)) => {
-                return Err(Diag::error(
-                    "res::model_inputs",
-                    *span,
-                    "the batch axis must be symbolic",
-                )
-                .label("expected a name such as `N`")
-                .help("one build serves every batch size: write `f32[N, 3, 224, 224]`"))
-            }
-            None => unreachable!("grammar: at least one dim"),
-        }
-        let mut shape = Vec::new();
-        for d in dims {
-            match d {
-                Dim::Fixed(v, span) => {
-                    if *v <= 0 || *v > (1 << 24) {
-                        return Err(Diag::error(
-                            "res::bad_size",
-                            *span,
-                            "input sizes must be positive",
-                        )
-                        .label(format!("found {v}"))
-                        .help("sizes are from 1 to 16777216"));
-                    }
-                    shape.push(*v as usize);
-                }
-                Dim::Symbol(id) => {
-                    return Err(Diag::error(
-                        "res::model_inputs",
-                        id.span,
-                        "only the batch axis may be symbolic",
-                    )
-                    .label("expected a number")
-                    .help(
-                        "channels and spatial sizes are static: write e.g. `f32[N, 3, 224, 224]`",
-                    ))
-                }
-            }
-        }
-        if shape.is_empty() {
-            return Err(Diag::error(
-                "res::model_inputs",
-                input.span,
-                "the input needs at least one axis besides the batch",
-            )
-            .label("e.g. f32[N, 3, 224, 224]"));
-        }
-        shape::infer(&Op::Identity, &[&shape])
-            .map_err(|e| Diag::error("res::bad_size", input.span, e.message).label("this input"))?;
         let mut ex = Expander {
             blocks,
             sources,
-            graph: Graph::new(&model.name.name, &input.name.name, shape),
+            graph: Graph::new(
+                &model.name.name,
+                &input.input_name.name,
+                input.shape.clone(),
+            ),
             scopes: vec![Vec::new()],
             calls: Vec::new(),
             path: Vec::new(),
@@ -143,7 +107,11 @@ impl<'a> Expander<'a> {
             warnings: Vec::new(),
         };
         let x = ex.graph.input;
-        ex.bind(&input.name, Value::Tensor(x), false);
+        ex.bind(&input.input_name, Value::Tensor(x), false);
+        // The input's size names (`H`, `W`) are integers in the model body.
+        for (name, v) in &input.values {
+            ex.bind(name, Value::Int(*v), false);
+        }
         let result = ex.body(&model.body)?;
         ex.pop_scope();
         let Value::Tensor(y) = result else {
@@ -218,6 +186,21 @@ impl<'a> Expander<'a> {
             d = d.help("values are defined by `let`, block parameters and `for` loops");
         }
         Err(d)
+    }
+
+    /// The value bound to `name`, if any, without marking it used.
+    fn find(&self, name: &str) -> Option<&Value> {
+        self.scopes
+            .iter()
+            .rev()
+            .flat_map(|s| s.iter().rev())
+            .find(|b| b.name == name)
+            .map(|b| &b.value)
+    }
+
+    /// Whether `name` is an operator or a block.
+    fn is_callable(&self, name: &str) -> bool {
+        builtins::find(name).is_some() || self.blocks.contains_key(name)
     }
 
     fn assign(&mut self, name: &Ident, value: Value) -> R<()> {
@@ -341,7 +324,15 @@ impl<'a> Expander<'a> {
             ExprKind::Float(v) => Ok(Value::Float(*v)),
             ExprKind::Bool(v) => Ok(Value::Bool(*v)),
             ExprKind::Str(s) => Ok(Value::Str(self.format(s)?)),
-            ExprKind::Var(name) => self.lookup(name, span),
+            ExprKind::Var(name) => {
+                if self.find(name).is_none() && self.is_callable(name) {
+                    return Ok(Value::Block(Partial {
+                        callee: name.clone(),
+                        args: Vec::new(),
+                    }));
+                }
+                self.lookup(name, span)
+            }
             ExprKind::Field(base, field) => {
                 let v = self.expr(base, None)?;
                 let Value::Tensor(t) = v else {
@@ -547,6 +538,7 @@ impl<'a> Expander<'a> {
             // A call's arguments are evaluated outside its label; the label
             // is pushed once they are bound.
             StageKind::Call(call) => self.call(call, input, label),
+            StageKind::If(e) => self.if_stage(e, input, label),
             StageKind::Sequence(items) => {
                 let pushed = label.is_some();
                 self.path.extend(label);
@@ -557,6 +549,79 @@ impl<'a> Expander<'a> {
                 r
             }
         }
+    }
+
+    /// `x |> if c { stage } else { stage }`: the taken branch's statements
+    /// run, and its last one, a call or a sequence (or a pipeline starting
+    /// with one), takes the piped value.
+    fn if_stage(
+        &mut self,
+        e: &Expr,
+        input: Option<(Value, Span)>,
+        label: Option<String>,
+    ) -> R<Value> {
+        let ExprKind::If { cond, then, els } = &e.kind else {
+            unreachable!("parser: an if stage holds an if")
+        };
+        let c = match self.expr(cond, None)? {
+            Value::Bool(c) => c,
+            v => return Err(type_error(cond.span, "a boolean condition", &v)),
+        };
+        let body = match (c, els.as_deref()) {
+            (true, _) => then,
+            (false, Some(Else::If(inner))) => return self.if_stage(inner, input, label),
+            (false, Some(Else::Body(b))) => b,
+            (false, None) => {
+                return Err(Diag::error(
+                    "res::type",
+                    e.span,
+                    "an `if` used as a stage needs an `else`",
+                )
+                .label("the condition is false and there is no `else`")
+                .help("add `else { identity() }` to pass the value through unchanged"))
+            }
+        };
+        let Some((Stmt::Expr(last), rest)) = body.stmts.split_last() else {
+            return Err(branch_not_a_stage(body.span));
+        };
+        self.scopes.push(Vec::new());
+        let r = (|| {
+            for stmt in rest {
+                match stmt {
+                    Stmt::Let { name, value } => {
+                        let v = self.expr(value, None)?;
+                        self.bind(name, v, true);
+                    }
+                    Stmt::Assign { name, value } => {
+                        let v = self.expr(value, None)?;
+                        self.assign(name, v)?;
+                    }
+                    Stmt::For(f) => self.for_loop(f)?,
+                    Stmt::Expr(x) => {
+                        self.expr(x, None)?;
+                    }
+                }
+            }
+            match &last.kind {
+                ExprKind::Stage(s) => self.stage(s, input, label),
+                ExprKind::Pipe(base, stages) => {
+                    let ExprKind::Stage(first) = &base.kind else {
+                        return Err(branch_not_a_stage(last.span));
+                    };
+                    let mut v = self.stage(first, input, label)?;
+                    let mut span = base.span;
+                    for s in stages {
+                        v = self.stage(s, Some((v, span)), None)?;
+                        span = s.span;
+                    }
+                    Ok(v)
+                }
+                ExprKind::If { .. } => self.if_stage(last, input, label),
+                _ => Err(branch_not_a_stage(last.span)),
+            }
+        })();
+        self.pop_scope();
+        r
     }
 
     fn sequence(
@@ -601,15 +666,79 @@ impl<'a> Expander<'a> {
         label: Option<String>,
     ) -> R<Value> {
         let depth = self.path.len();
-        let r = if let Some(b) = builtins::find(&call.name.name) {
-            self.builtin(b, call, input, label)
-        } else if let Some(block) = self.blocks.get(&call.name.name) {
-            self.call_block(block, call, input, label)
-        } else {
-            Err(self.unknown_callee(call))
+        let r = match self.find(&call.name.name).cloned() {
+            // A parameter or `let` holding a block: call it.
+            Some(Value::Block(p)) => {
+                self.lookup(&call.name.name, call.name.span)?;
+                self.call_named(&p.callee, &p.args, call, input, label)
+            }
+            Some(v) if !self.is_callable(&call.name.name) => Err(Diag::error(
+                "res::type",
+                call.name.span,
+                format!("`{}` is {}, not a block", call.name.name, v.type_name()),
+            )
+            .label("called here")
+            .help(format!(
+                "a block parameter takes a block, such as `basic` or `bottleneck(groups: 32)`; `{}` was given {}",
+                call.name.name,
+                v.type_name()
+            ))),
+            _ => self.call_named(&call.name.name.clone(), &[], call, input, label),
         };
         self.path.truncate(depth);
         r
+    }
+
+    /// Calls the block or operator `callee` with `pre` (a block value's
+    /// arguments) ahead of `call`'s. A call with no tensor in it (no piped
+    /// input, no positional argument, the first parameter not named) is a
+    /// block value: `bottleneck(groups: 32)` passed to a layer block.
+    fn call_named(
+        &mut self,
+        callee: &str,
+        pre: &[BoundArg],
+        call: &Call,
+        input: Option<(Value, Span)>,
+        label: Option<String>,
+    ) -> R<Value> {
+        let first = match (builtins::find(callee), self.blocks.get(callee)) {
+            (Some(b), _) => b.params.first().map(|p| p.name),
+            (None, Some(def)) => def.params.first().map(|p| p.name.name.as_str()),
+            (None, None) => return Err(self.unknown_callee(call)),
+        };
+        let partial = input.is_none()
+            && label.is_none()
+            && pre.iter().all(|a| a.name.is_some())
+            && call.args.iter().all(|a| a.name.is_some())
+            && first.is_some_and(|f| {
+                !pre.iter()
+                    .any(|a| a.name.as_ref().is_some_and(|n| n.name == f))
+                    && !call
+                        .args
+                        .iter()
+                        .any(|a| a.name.as_ref().is_some_and(|n| n.name == f))
+            });
+        if partial {
+            let mut args = pre.to_vec();
+            for a in &call.args {
+                let value = self.expr(&a.value, None)?;
+                args.push(BoundArg {
+                    name: a.name.clone(),
+                    value,
+                    span: a.value.span,
+                });
+            }
+            return Ok(Value::Block(Partial {
+                callee: callee.to_string(),
+                args,
+            }));
+        }
+        if let Some(b) = builtins::find(callee) {
+            self.builtin(b, pre, call, input, label)
+        } else {
+            let block = self.blocks[callee];
+            self.call_block(block, pre, call, input, label)
+        }
     }
 
     fn unknown_callee(&self, call: &Call) -> Diag {
@@ -633,6 +762,7 @@ impl<'a> Expander<'a> {
     fn call_block(
         &mut self,
         def: &BlockDef,
+        pre: &[BoundArg],
         call: &Call,
         input: Option<(Value, Span)>,
         label: Option<String>,
@@ -660,7 +790,15 @@ impl<'a> Expander<'a> {
             .iter()
             .map(|p| (p.name.name.as_str(), p.default.as_ref()))
             .collect();
-        let given = self.bind_args(&params, false, call, input, &format!("block `{name}`"))?;
+        let given = self.bind_args(
+            &params,
+            false,
+            false,
+            pre,
+            call,
+            input,
+            &format!("block `{name}`"),
+        )?;
         self.path.extend(label); // `call` pops it
         let saved = std::mem::replace(&mut self.scopes, vec![Vec::new()]);
         self.calls.push((name.clone(), call.span));
@@ -717,10 +855,13 @@ impl<'a> Expander<'a> {
     /// Binds positional (the piped input first) and named arguments to
     /// parameters. Returns, per parameter, the value and its span if given.
     #[allow(clippy::type_complexity)]
+    #[allow(clippy::too_many_arguments)]
     fn bind_args(
         &mut self,
         params: &[(&str, Option<&Expr>)],
+        builtin_names: bool,
         variadic: bool,
+        pre: &[BoundArg],
         call: &Call,
         input: Option<(Value, Span)>,
         what: &str,
@@ -729,6 +870,15 @@ impl<'a> Expander<'a> {
         let mut positional: Vec<(Value, Span)> = Vec::new();
         if let Some(v) = input {
             positional.push(v);
+        }
+        // A block value's arguments come first: its positional ones after
+        // the piped input, its named ones as if written in the call.
+        let mut named_pre = Vec::new();
+        for a in pre {
+            match &a.name {
+                None => positional.push((a.value.clone(), a.span)),
+                Some(n) => named_pre.push((n, a.value.clone(), a.span)),
+            }
         }
         let mut named = Vec::new();
         for arg in &call.args {
@@ -767,8 +917,31 @@ impl<'a> Expander<'a> {
                 )));
             }
         }
-        for (n, arg) in named {
-            let Some(i) = params.iter().position(|p| p.0 == n.name) else {
+        let named: Vec<(&Ident, Option<&Arg>, Option<(Value, Span)>)> = named_pre
+            .into_iter()
+            .map(|(n, v, s)| (n, None, Some((v, s))))
+            .chain(named.into_iter().map(|(n, a)| (n, Some(a), None)))
+            .collect();
+        for (n, arg, value) in named {
+            // An operator also takes PyTorch's name for a parameter.
+            let want = if builtin_names {
+                builtins::canonical(&n.name)
+            } else {
+                n.name.as_str()
+            };
+            let Some(i) = params.iter().position(|p| p.0 == want) else {
+                if builtin_names && builtins::INFERRED.contains(&n.name.as_str()) {
+                    return Err(Diag::error(
+                        "res::arguments",
+                        n.span,
+                        format!("{what} has no parameter `{}`", n.name),
+                    )
+                    .label("read off the input")
+                    .help(format!(
+                        "`{}` is the input tensor's own size here: leave it out",
+                        n.name
+                    )));
+                }
                 let mut d = Diag::error(
                     "res::arguments",
                     n.span,
@@ -794,7 +967,11 @@ impl<'a> Expander<'a> {
                 .also(*first, "first value")
                 .help("the piped input `x |> f(...)` fills the first parameter"));
             }
-            given[i] = Some((self.expr(&arg.value, None)?, arg.value.span));
+            given[i] = match (value, arg) {
+                (Some(v), _) => Some(v),
+                (None, Some(arg)) => Some((self.expr(&arg.value, None)?, arg.value.span)),
+                (None, None) => unreachable!("a named argument has a value or an expression"),
+            };
         }
         given.extend(extra.into_iter().map(Some));
         Ok(given)
@@ -805,12 +982,21 @@ impl<'a> Expander<'a> {
     fn builtin(
         &mut self,
         b: &'static Builtin,
+        pre: &[BoundArg],
         call: &Call,
         input: Option<(Value, Span)>,
         label: Option<String>,
     ) -> R<Value> {
         let params: Vec<(&str, Option<&Expr>)> = b.params.iter().map(|p| (p.name, None)).collect();
-        let given = self.bind_args(&params, b.variadic, call, input, &format!("`{}`", b.name))?;
+        let given = self.bind_args(
+            &params,
+            true,
+            b.variadic,
+            pre,
+            call,
+            input,
+            &format!("`{}`", b.name),
+        )?;
         self.path.extend(label); // `call` pops it
         let args = Args {
             b,
@@ -913,7 +1099,7 @@ impl<'a> Expander<'a> {
             "global_avgpool" => Op::GlobalAvgPool,
             "flatten" => Op::Flatten,
             "upsample" => {
-                let scale = args.size("scale")?;
+                let scale = self.upsample_scale(&args, x)?;
                 let mode = match args.string("mode")?.as_str() {
                     "nearest" => UpsampleMode::Nearest,
                     "bilinear" => UpsampleMode::Bilinear {
@@ -925,10 +1111,7 @@ impl<'a> Expander<'a> {
                             .help("mode is \"nearest\" or \"bilinear\""))
                     }
                 };
-                Op::Upsample {
-                    scale: [scale; 2],
-                    mode,
-                }
+                Op::Upsample { scale, mode }
             }
             "softmax" => Op::Softmax,
             "identity" => Op::Identity,
@@ -946,6 +1129,67 @@ impl<'a> Expander<'a> {
             other => unreachable!("builtin table and expander disagree on `{other}`"),
         };
         self.layer(op, name, x, call)
+    }
+
+    /// `upsample`'s factor per axis: `scale` (an integer, or a number that
+    /// is a whole one, as PyTorch's `scale_factor=2.0`), or the factors
+    /// that make `size` (an integer for both axes, or a tensor whose height
+    /// and width to match); each must be a whole factor.
+    fn upsample_scale(&self, args: &Args, x: NodeIndex) -> R<[usize; 2]> {
+        let shape = &self.graph.node(x).shape;
+        let (h, w) = match shape.as_slice() {
+            [_, h, w] => (*h, *w),
+            _ => return Ok([args.size("scale")?; 2]),
+        };
+        let whole = |v: f64, name: &str| {
+            if v >= 1.0 && v <= (1 << 24) as f64 && v.fract() == 0.0 {
+                Ok(v as usize)
+            } else {
+                Err(args
+                    .bad(name, &format!("`{name}` is {v}, not a whole factor of at least 1"))
+                    .help("upsample scales each axis by a whole factor (2, 2.0); a size must be a multiple of the input's"))
+            }
+        };
+        let Some((size, _)) = args.get("size") else {
+            return match args.value("scale")? {
+                Value::Int(_) => Ok([args.size("scale")?; 2]),
+                Value::Float(f) => Ok([whole(f, "scale")?; 2]),
+                v => Err(args.type_err("scale", "a number", &v)),
+            };
+        };
+        if args.get("scale").is_some() {
+            return Err(args
+                .bad("size", "give `size` or `scale`, not both")
+                .help("PyTorch's nn.Upsample takes one of size and scale_factor too"));
+        }
+        let (th, tw) = match size {
+            Value::Int(s) if *s > 0 => (*s as usize, *s as usize),
+            Value::Tensor(t) => match self.graph.node(*t).shape.as_slice() {
+                [_, th, tw] => (*th, *tw),
+                other => {
+                    return Err(args
+                        .bad(
+                            "size",
+                            &format!("a tensor {} has no height and width", show(other)),
+                        )
+                        .help("`size` takes an integer or an image tensor whose size to match"))
+                }
+            },
+            v => return Err(args.type_err("size", "an integer or a tensor", v)),
+        };
+        let factor = |out: usize, inp: usize| {
+            if out.is_multiple_of(inp) {
+                Ok(out / inp)
+            } else {
+                Err(args
+                    .bad(
+                        "size",
+                        &format!("size {th}x{tw} is not a whole multiple of the input's {h}x{w}"),
+                    )
+                    .help("upsample scales each axis by a whole factor"))
+            }
+        };
+        Ok([factor(th, h)?, factor(tw, w)?])
     }
 
     /// Makes an op with parameters (declaring its weights) or without.
@@ -1206,12 +1450,30 @@ impl Args<'_> {
 }
 
 fn type_error(span: Span, expected: &str, found: &Value) -> Diag {
-    Diag::error(
+    let d = Diag::error(
         "res::type",
         span,
         format!("expected {expected}, found {}", found.type_name()),
+    );
+    match found {
+        Value::Block(p) => d
+            .label(format!("the block `{}`, not called", p.callee))
+            .help(format!(
+                "a block is a value until it is called on a tensor: `x |> {}(...)`",
+                p.callee
+            )),
+        _ => d.label(format!("this is {}", found.type_name())),
+    }
+}
+
+fn branch_not_a_stage(span: Span) -> Diag {
+    Diag::error(
+        "res::type",
+        span,
+        "a branch of an `if` used as a stage must end in a call or a sequence",
     )
-    .label(format!("this is {}", found.type_name()))
+    .label("the piped value goes through this")
+    .help("end each branch in a call such as `avgpool(k: 2)`, a sequence `[...]`, or `identity()`")
 }
 
 fn overflow(span: Span) -> Diag {

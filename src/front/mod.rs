@@ -9,7 +9,10 @@ pub mod ast;
 pub mod builtins;
 pub mod diagnostic;
 pub mod expand;
+mod fit;
+pub mod library;
 pub mod parse;
+pub mod signature;
 pub mod source;
 
 use crate::ir::graph::Graph;
@@ -29,6 +32,33 @@ pub struct Compiled {
     pub graph: Graph,
     pub warnings: Vec<Diag>,
     pub sources: SourceMap,
+    /// The input's symbolic sizes, which the graph has bound.
+    pub signature: signature::Signature,
+}
+
+/// How to compile: the input size to bind and where `use` looks.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Sizes of the input's axes after the channels (height and width of
+    /// an image), in place of the signature's defaults.
+    pub input_size: Option<Vec<usize>>,
+    /// `input_size` is the size of the data at hand (`run`'s input): it
+    /// binds only symbolic sizes, and a fixed size that differs is left to
+    /// the input's shape check.
+    pub size_from_input: bool,
+    /// Directories searched, in order, for a `use` path that is not found
+    /// next to the file that uses it (`-L DIR`, then `RESNETC_PATH`).
+    pub search_path: Vec<PathBuf>,
+}
+
+impl Options {
+    /// `RESNETC_PATH`'s directories (separated as `PATH` is) after `dirs`.
+    pub fn with_env_path(mut self) -> Options {
+        if let Some(p) = std::env::var_os(library::PATH_VAR) {
+            self.search_path.extend(std::env::split_paths(&p));
+        }
+        self
+    }
 }
 
 /// Why a model did not compile: errors first, then any warnings, each bound
@@ -67,15 +97,21 @@ impl std::fmt::Display for CompileError {
 
 impl std::error::Error for CompileError {}
 
-/// Compiles the `.res` file at `path` (its `use`s resolved next to it).
+/// Compiles the `.res` file at `path` (its `use`s resolved next to it) at
+/// its default input size.
 pub fn compile_file(path: &Path) -> Result<Compiled, CompileError> {
+    compile_file_with(path, &Options::default())
+}
+
+/// Compiles the `.res` file at `path` as `opts` says.
+pub fn compile_file_with(path: &Path, opts: &Options) -> Result<Compiled, CompileError> {
     let text = read_source(path).map_err(|msg| CompileError {
         diags: vec![match onnx_diag(path) {
             Some(d) => d,
             None => io_diag(msg),
         }],
     })?;
-    compile_source(&path.display().to_string(), &text, path.parent())
+    compile_source_with(&path.display().to_string(), &text, path.parent(), opts)
 }
 
 /// Compiles source text; `base` is where `use` paths are resolved.
@@ -84,20 +120,34 @@ pub fn compile_source(
     text: &str,
     base: Option<&Path>,
 ) -> Result<Compiled, CompileError> {
+    compile_source_with(name, text, base, &Options::default())
+}
+
+/// `compile_source` as `opts` says.
+pub fn compile_source_with(
+    name: &str,
+    text: &str,
+    base: Option<&Path>,
+    opts: &Options,
+) -> Result<Compiled, CompileError> {
     let mut sources = SourceMap::default();
-    let result = compile_inner(name, text, base, &mut sources);
+    let result = compile_inner(name, text, base, opts, &mut sources);
+    let attach = |d: Diag| {
+        if sources.files.is_empty() {
+            d
+        } else {
+            d.attach(&sources)
+        }
+    };
     match result {
-        Ok((graph, warnings)) => Ok(Compiled {
+        Ok((graph, warnings, signature)) => Ok(Compiled {
             graph,
-            warnings: warnings.into_iter().map(|d| d.attach(&sources)).collect(),
+            warnings: warnings.into_iter().map(attach).collect(),
+            signature,
             sources,
         }),
-        Err(d) => Err(CompileError {
-            diags: vec![if sources.files.is_empty() {
-                d
-            } else {
-                d.attach(&sources)
-            }],
+        Err(diags) => Err(CompileError {
+            diags: diags.into_iter().map(attach).collect(),
         }),
     }
 }
@@ -165,12 +215,27 @@ fn read_source(path: &Path) -> Result<String, String> {
     })
 }
 
+type Expanded = (Graph, Vec<Diag>, signature::Signature);
+
 fn compile_inner(
     name: &str,
     text: &str,
     base: Option<&Path>,
+    opts: &Options,
     sources: &mut SourceMap,
-) -> Result<(Graph, Vec<Diag>), Diag> {
+) -> Result<Expanded, Vec<Diag>> {
+    let (modules, main_id) = load_modules(name, text, base, opts, sources).map_err(|d| vec![d])?;
+    expand_model(&modules, main_id, opts, sources)
+}
+
+/// The main file and every file it `use`s, breadth-first.
+fn load_modules(
+    name: &str,
+    text: &str,
+    base: Option<&Path>,
+    opts: &Options,
+    sources: &mut SourceMap,
+) -> Result<(Vec<(u32, ast::Module)>, u32), Diag> {
     let main_id = sources.add(name, text);
     let main = parse::parse_module(text, main_id)?;
     // Load `use`d files breadth-first; a file is read once however often it
@@ -193,8 +258,8 @@ fn compile_inner(
         };
         let uses = modules[i].1.uses.clone();
         for u in uses {
-            let path = dir.clone().unwrap_or_default().join(&u.path);
-            let key = path.canonicalize().unwrap_or(path.clone());
+            let found = library::resolve(&u.path, dir.as_deref(), &opts.search_path);
+            let key = found.key();
             if loaded.contains_key(&key) {
                 continue;
             }
@@ -202,20 +267,59 @@ fn compile_inner(
                 return Err(Diag::error("res::use", u.span, "too many files")
                     .label(format!("more than {MAX_FILES} files used")));
             }
-            let text = read_source(&path).map_err(|msg| {
-                Diag::error("res::use", u.span, format!("cannot use `{}`", u.path))
-                    .label(msg)
-                    .help("`use` paths are relative to the file that contains them")
-            })?;
-            let id = sources.add(path.display().to_string(), text.as_str());
+            let text = match &found {
+                library::Found::Std { text, .. } => text.to_string(),
+                library::Found::File(path) => read_source(path).map_err(|msg| {
+                    Diag::error("res::use", u.span, format!("cannot use `{}`", u.path))
+                        .label(msg)
+                        .help(library::not_found_help(&opts.search_path))
+                })?,
+            };
+            let id = sources.add(found.display(), text.as_str());
             loaded.insert(key, id);
             let m = parse::parse_module(&text, id)?;
             modules.push((id, m));
         }
         i += 1;
     }
+    Ok((modules, main_id))
+}
+
+/// Expands the main file's model at the size `opts` asks for (or its
+/// defaults); where the size does not fit, says which sizes do.
+fn expand_model(
+    modules: &[(u32, ast::Module)],
+    main_id: u32,
+    opts: &Options,
+    sources: &SourceMap,
+) -> Result<Expanded, Vec<Diag>> {
+    let blocks = block_table(modules).map_err(|d| vec![d])?;
+    let model = the_model(modules, main_id).map_err(|d| vec![d])?;
+    let expand = |request: Option<&[usize]>| {
+        let bound = signature::bind(model, request, !opts.size_from_input)?;
+        let (graph, warnings) = expand::Expander::run(model, &bound, &blocks, sources)?;
+        Ok::<_, Diag>((graph, warnings, bound))
+    };
+    let (graph, warnings, bound) = match expand(opts.input_size.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return Err(fit::advise(model, opts, e, &expand)),
+    };
+    if let Err(e) = crate::ir::verify::verify(&graph) {
+        return Err(vec![Diag::error(
+            "res::internal",
+            model.name.span,
+            format!("internal error: the IR failed verification: {e}"),
+        )
+        .label("while compiling this model")
+        .help("this is a bug in resnetc; please report it with the .res file")]);
+    }
+    Ok((graph, warnings, bound.signature))
+}
+
+/// Every block of every file, by name.
+fn block_table(modules: &[(u32, ast::Module)]) -> Result<HashMap<String, &ast::BlockDef>, Diag> {
     let mut blocks: HashMap<String, &ast::BlockDef> = HashMap::new();
-    for (_, m) in &modules {
+    for (_, m) in modules {
         for b in &m.blocks {
             if builtins::find(&b.name.name).is_some() {
                 return Err(Diag::error(
@@ -251,37 +355,27 @@ fn compile_inner(
             blocks.insert(b.name.name.clone(), b);
         }
     }
+    Ok(blocks)
+}
+
+/// The main file's one model.
+fn the_model(modules: &[(u32, ast::Module)], main_id: u32) -> Result<&ast::ModelDef, Diag> {
     let models = &modules[0].1.models;
-    let model = match models.as_slice() {
-        [m] => m,
-        [] => {
-            return Err(Diag::error(
-                "res::no_model",
-                Span::new(main_id, 0, 0),
-                "no model in this file",
-            )
-            .label("expected `model name(x: f32[N, ...]) { ... }`")
-            .help("a file passed to resnetc defines one model; blocks may live in `use`d files"))
-        }
-        [_, second, ..] => {
-            return Err(Diag::error(
-                "res::duplicate",
-                second.name.span,
-                "more than one model in this file",
-            )
-            .label("second model")
-            .help("put each model in its own file and share blocks with `use`"))
-        }
-    };
-    let (graph, warnings) = expand::Expander::run(model, &blocks, sources)?;
-    if let Err(e) = crate::ir::verify::verify(&graph) {
-        return Err(Diag::error(
-            "res::internal",
-            model.name.span,
-            format!("internal error: the IR failed verification: {e}"),
+    match models.as_slice() {
+        [m] => Ok(m),
+        [] => Err(Diag::error(
+            "res::no_model",
+            Span::new(main_id, 0, 0),
+            "no model in this file",
         )
-        .label("while compiling this model")
-        .help("this is a bug in resnetc; please report it with the .res file"));
+        .label("expected `model name(x: f32[N, ...]) { ... }`")
+        .help("a file passed to resnetc defines one model; blocks may live in `use`d files")),
+        [_, second, ..] => Err(Diag::error(
+            "res::duplicate",
+            second.name.span,
+            "more than one model in this file",
+        )
+        .label("second model")
+        .help("put each model in its own file and share blocks with `use`")),
     }
-    Ok((graph, warnings))
 }

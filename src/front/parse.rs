@@ -114,7 +114,7 @@ fn rule_name(r: &Rule) -> &'static str {
         Rule::stage | Rule::call => "a call such as `relu()`",
         Rule::sequence => "a sequence `[...]`",
         Rule::tensor_type | Rule::dtype => "a tensor type such as `f32[N, 3, 224, 224]`",
-        Rule::dim => "a dimension",
+        Rule::dim | Rule::size_param => "a dimension",
         Rule::param | Rule::params => "a parameter",
         Rule::model_input | Rule::model_inputs => "a model input such as `x: f32[N, 3, 32, 32]`",
         Rule::body => "`{`",
@@ -279,7 +279,16 @@ impl Parser {
                             let inner = d.into_inner().next().expect("grammar: dim");
                             dims.push(match inner.as_rule() {
                                 Rule::int => Dim::Fixed(self.int_value(&inner)?, self.span(&inner)),
-                                _ => Dim::Symbol(self.ident(inner)),
+                                _ => {
+                                    let mut parts = inner.into_inner();
+                                    let name =
+                                        self.ident(parts.next().expect("grammar: size name"));
+                                    let default = match parts.next() {
+                                        Some(v) => Some((self.int_value(&v)?, self.span(&v))),
+                                        None => None,
+                                    };
+                                    Dim::Symbol(name, default)
+                                }
                             });
                         }
                         inputs.push(ModelInput { name, dims, span });
@@ -483,6 +492,11 @@ impl Parser {
             Rule::sequence => Ok(Stage {
                 label: None,
                 kind: StageKind::Sequence(self.sequence(p)?),
+                span,
+            }),
+            Rule::if_expr => Ok(Stage {
+                label: None,
+                kind: StageKind::If(Box::new(self.if_expr(p)?)),
                 span,
             }),
             _ => {

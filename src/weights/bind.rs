@@ -8,9 +8,15 @@ use std::collections::BTreeMap;
 
 use super::{BindMismatch, WeightSpec, Weights, WeightsError};
 
-/// Above this many (missing x unexpected) name pairs, skip the fuzzy
-/// "did you mean" search: the error is still complete, just without hints.
-const MAX_SUGGESTION_PAIRS: usize = 250_000;
+/// Problems of each kind listed by name; the rest are counted.
+pub const SHOWN: usize = 5;
+
+/// "  ... and 12 more missing".
+fn more(lines: &mut Vec<String>, count: usize, kind: &str) {
+    if count > SHOWN {
+        lines.push(format!("  ... and {} more {kind}", count - SHOWN));
+    }
+}
 
 /// Takes exactly the tensors `specs` names from `file`, checking that none
 /// is missing or mis-shaped and that the file holds nothing else.
@@ -19,9 +25,39 @@ pub fn bind(
     file: Weights,
     source_name: &str,
 ) -> Result<Weights, WeightsError> {
-    let mut file = file;
+    bind_with(specs, file, source_name, &BindOptions::default()).map(|(w, _)| w)
+}
+
+/// How strict a load is. Both off (the default) is `bind`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BindOptions {
+    /// A tensor the model declares and the file lacks gets seeded random
+    /// values (as `--random-weights 0` draws them, for the missing ones):
+    /// a backbone's checkpoint for a model with a new head.
+    pub allow_missing: bool,
+    /// A tensor the file holds and the model does not declare is left out.
+    pub ignore_unused: bool,
+}
+
+/// What a non-strict load left out or filled in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Declared by the model, absent from the file: random values.
+    pub filled: Vec<String>,
+    /// In the file, not in the model: ignored.
+    pub ignored: Vec<String>,
+}
+
+/// `bind`, as `opts` relaxes it; says what was filled in or ignored.
+pub fn bind_with(
+    specs: &[WeightSpec],
+    file: Weights,
+    source_name: &str,
+    opts: &BindOptions,
+) -> Result<(Weights, Skipped), WeightsError> {
     let expected: BTreeMap<&str, &WeightSpec> =
         specs.iter().map(|s| (s.name.as_str(), s)).collect();
+    let mut file = rename_old_densenet_keys(file, &expected);
 
     let mut bound = Weights::new();
     let mut missing = Vec::new();
@@ -47,31 +83,52 @@ pub fn bind(
         .filter(|k| !expected.contains_key(k.as_str()))
         .collect();
 
+    let mut skipped = Skipped::default();
+    let unexpected = if opts.ignore_unused {
+        skipped.ignored = unexpected;
+        Vec::new()
+    } else {
+        unexpected
+    };
+    if opts.allow_missing && !missing.is_empty() && misshaped.is_empty() && unexpected.is_empty() {
+        let want: Vec<WeightSpec> = specs
+            .iter()
+            .filter(|s| missing.contains(&s.name))
+            .cloned()
+            .collect();
+        bound.extend(super::try_random_weights(&want, 0)?);
+        skipped.filled = missing;
+        return Ok((bound, skipped));
+    }
     if missing.is_empty() && unexpected.is_empty() && misshaped.is_empty() {
-        return Ok(bound);
+        return Ok((bound, skipped));
     }
 
-    let suggest = missing.len().saturating_mul(unexpected.len()) <= MAX_SUGGESTION_PAIRS;
+    // A few of each kind, each missing or unexpected name with the
+    // nearest of the other kind; the counts say how many more there are.
     let mut lines = Vec::new();
-    for name in &missing {
-        match suggest.then(|| closest(name, &unexpected)).flatten() {
+    for name in missing.iter().take(SHOWN) {
+        match closest(name, &unexpected) {
             Some(s) => lines.push(format!("  - {name} is missing (did you mean `{s}`?)")),
             None => lines.push(format!("  - {name} is missing")),
         }
     }
-    for name in &unexpected {
-        match suggest.then(|| closest(name, &missing)).flatten() {
+    more(&mut lines, missing.len(), "missing");
+    for name in unexpected.iter().take(SHOWN) {
+        match closest(name, &missing) {
             Some(s) => lines.push(format!(
                 "  - {name} is unexpected (closest expected name: `{s}`)"
             )),
             None => lines.push(format!("  - {name} is unexpected")),
         }
     }
-    for (name, want, found) in &misshaped {
+    more(&mut lines, unexpected.len(), "unexpected");
+    for (name, want, found) in misshaped.iter().take(SHOWN) {
         lines.push(format!(
             "  - {name} has the wrong shape: expected {want:?}, found {found:?}"
         ));
     }
+    more(&mut lines, misshaped.len(), "mis-shaped");
 
     let summary = format!(
         "{} missing, {} unexpected, {} mis-shaped, of {} expected tensors",
@@ -84,11 +141,49 @@ pub fn bind(
         path: source_name.to_string(),
         summary,
         details: lines.join("\n"),
-        hint: hint(&missing, &unexpected, &misshaped),
+        hint: hint(&missing, &unexpected, &misshaped, &expected, bound.len()),
         missing,
         unexpected,
         misshaped,
     })))
+}
+
+/// torchvision's DenseNet checkpoints published before 0.3 name a dense
+/// layer's modules `norm.1`, `relu.1`, `conv.1`, `norm.2`, ... where
+/// today's are `norm1`, `conv1`, `norm2`; torchvision renames them when it
+/// loads one (`_load_state_dict` in torchvision/models/densenet.py), and
+/// so does this: a key under a `denselayerN` whose new name the model
+/// expects, and whose old name it does not, is renamed.
+pub fn rename_old_densenet_keys(file: Weights, expected: &BTreeMap<&str, &WeightSpec>) -> Weights {
+    file.into_iter()
+        .map(|(k, t)| match new_densenet_key(&k) {
+            Some(new)
+                if !expected.contains_key(k.as_str()) && expected.contains_key(new.as_str()) =>
+            {
+                (new, t)
+            }
+            _ => (k, t),
+        })
+        .collect()
+}
+
+/// `features.denseblock1.denselayer1.norm.1.weight` →
+/// `features.denseblock1.denselayer1.norm1.weight`.
+fn new_densenet_key(key: &str) -> Option<String> {
+    let parts: Vec<&str> = key.split('.').collect();
+    let n = parts.len();
+    if n < 4 {
+        return None;
+    }
+    let (module, index) = (parts[n - 3], parts[n - 2]);
+    let under_layer = parts[..n - 3].iter().any(|p| p.starts_with("denselayer"));
+    if !under_layer || !["norm", "relu", "conv"].contains(&module) || !["1", "2"].contains(&index) {
+        return None;
+    }
+    let mut out: Vec<String> = parts[..n - 3].iter().map(|p| p.to_string()).collect();
+    out.push(format!("{module}{index}"));
+    out.push(parts[n - 1].to_string());
+    Some(out.join("."))
 }
 
 /// Picks the most useful advice for the pattern of problems.
@@ -96,7 +191,34 @@ fn hint(
     missing: &[String],
     unexpected: &[String],
     misshaped: &[(String, Vec<usize>, Vec<usize>)],
+    expected: &BTreeMap<&str, &WeightSpec>,
+    matched: usize,
 ) -> String {
+    // A bias the file has for a layer the model declares without one.
+    let biases: Vec<&str> = unexpected
+        .iter()
+        .filter_map(|u| u.strip_suffix(".bias"))
+        .filter(|layer| expected.contains_key(format!("{layer}.weight").as_str()))
+        .collect();
+    if !biases.is_empty() && biases.len() == unexpected.len() && missing.is_empty() {
+        return format!(
+            "the file has a bias for {} that the model declares without one:              add `bias: true` to that layer's `conv` or `conv_transpose` (convs default to no bias)",
+            biases
+                .iter()
+                .take(SHOWN)
+                .map(|b| format!("`{b}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if matched == 0 && misshaped.is_empty() && !unexpected.is_empty() && !missing.is_empty() {
+        return format!(
+            "none of the file's {} tensors has a name this model declares: the file is              for another network (it holds e.g. `{}`; the model expects e.g. `{}`);              `resnetc summary FILE --format json` lists every name a model expects",
+            unexpected.len(),
+            unexpected[0],
+            missing[0]
+        );
+    }
     let prefixed = !unexpected.is_empty()
         && unexpected.iter().all(|u| u.starts_with("module."))
         && !missing.iter().any(|m| m.starts_with("module."));
@@ -325,5 +447,105 @@ mod tests {
         let e = bind(&specs, f, "w").unwrap_err().to_string();
         assert!(e.contains("600 missing, 600 unexpected"), "{e}");
         assert!(start.elapsed().as_secs() < 10);
+    }
+
+    #[test]
+    fn a_wrong_file_is_summarized_with_its_hints_and_likely_cause() {
+        // Another network's 40 tensors: none matches.
+        let specs: Vec<_> = (0..30)
+            .map(|i| spec(&format!("features.block{i}.conv.weight"), &[1]))
+            .collect();
+        let mut f: Weights = (0..40)
+            .map(|i| (format!("layer{i}.conv1.weight"), Tensor::zeros(&[1])))
+            .collect();
+        // One near miss, which keeps its did-you-mean.
+        f.insert("features.block0.conv.weigth".into(), Tensor::zeros(&[1]));
+        let e = bind(&specs, f, "w").unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("30 missing, 41 unexpected"), "{text}");
+        assert!(text.contains("... and 25 more missing"), "{text}");
+        assert!(text.contains("... and 36 more unexpected"), "{text}");
+        assert_eq!(text.lines().filter(|l| l.starts_with("  - ")).count(), 10);
+        assert!(
+            text.contains("features.block0.conv.weight is missing (did you mean `features.block0.conv.weigth`?)"),
+            "{text}"
+        );
+        let WeightsError::Mismatch(m) = e else {
+            panic!("a mismatch")
+        };
+        assert!(
+            m.hint.contains("none of the file's 41 tensors"),
+            "{}",
+            m.hint
+        );
+        // Every problem is still in the error's fields.
+        assert_eq!((m.missing.len(), m.unexpected.len()), (30, 41));
+    }
+
+    #[test]
+    fn a_bias_the_model_lacks_says_which_argument_adds_it() {
+        let specs = [spec("conv1.weight", &[4, 3, 3, 3])];
+        let e = bind(
+            &specs,
+            file(&[("conv1.weight", &[4, 3, 3, 3]), ("conv1.bias", &[4])]),
+            "w",
+        )
+        .unwrap_err();
+        let WeightsError::Mismatch(m) = e else {
+            panic!("a mismatch")
+        };
+        assert!(
+            m.hint.contains("`conv1`") && m.hint.contains("bias: true"),
+            "{}",
+            m.hint
+        );
+    }
+
+    #[test]
+    fn torchvisions_old_densenet_keys_are_renamed() {
+        let specs = [
+            spec("features.denseblock1.denselayer1.norm1.weight", &[2]),
+            spec("features.denseblock1.denselayer1.conv2.weight", &[2]),
+            spec("features.norm5.weight", &[2]),
+        ];
+        let w = bind(
+            &specs,
+            file(&[
+                ("features.denseblock1.denselayer1.norm.1.weight", &[2]),
+                ("features.denseblock1.denselayer1.conv.2.weight", &[2]),
+                ("features.norm5.weight", &[2]),
+            ]),
+            "densenet121-a639ec97.safetensors",
+        )
+        .expect("renamed as torchvision renames");
+        assert!(w.contains_key("features.denseblock1.denselayer1.norm1.weight"));
+        assert_eq!(new_densenet_key("features.norm.1.weight"), None);
+        assert_eq!(new_densenet_key("denselayer2.relu.3.weight"), None);
+    }
+
+    #[test]
+    fn non_strict_loads_fill_or_ignore_and_say_which() {
+        let specs = [spec("backbone.weight", &[2]), spec("head.weight", &[3])];
+        let f = || file(&[("backbone.weight", &[2]), ("fc.weight", &[1000])]);
+        assert!(bind(&specs, f(), "w").is_err());
+        // Either alone still fails: the other problem remains.
+        let missing_only = BindOptions {
+            allow_missing: true,
+            ..Default::default()
+        };
+        assert!(bind_with(&specs, f(), "w", &missing_only).is_err());
+        let both = BindOptions {
+            allow_missing: true,
+            ignore_unused: true,
+        };
+        let (w, skipped) = bind_with(&specs, f(), "w", &both).expect("non-strict");
+        assert_eq!(skipped.filled, vec!["head.weight".to_string()]);
+        assert_eq!(skipped.ignored, vec!["fc.weight".to_string()]);
+        assert_eq!(w["head.weight"].shape, vec![3]);
+        assert!(w["head.weight"].data.iter().any(|&v| v != 0.0));
+        assert!(!w.contains_key("fc.weight"));
+        // A mis-shaped tensor is never skipped.
+        let bad = file(&[("backbone.weight", &[5])]);
+        assert!(bind_with(&specs, bad, "w", &both).is_err());
     }
 }

@@ -18,7 +18,7 @@ use miette::Diagnostic;
 use thiserror::Error;
 
 pub use crate::tensor::Tensor;
-pub use bind::bind;
+pub use bind::{bind, bind_with, BindOptions, Skipped};
 pub use materialize::materialize;
 pub use npy::{check_input_shape, npy_bytes, parse_npy, read_npy, write_npy, NpyError};
 pub use random_init::{random_weights, try_random_weights};

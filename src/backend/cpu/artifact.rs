@@ -149,7 +149,7 @@ fn add_forward<'ctx>(
             .map_err(err)?;
         unless(f, positive, -1)?;
         // AMX code where the OS refuses the tile state would die of
-        // SIGILL: refuse the call instead (-3).
+        // SIGILL: refuse the call instead (-4).
         if let Some(permit) = module.get_function("resnetc_amx_permit") {
             let granted = b
                 .build_call(permit, &[], "")
@@ -161,7 +161,7 @@ fn add_forward<'ctx>(
             let ok = b
                 .build_int_compare(inkwell::IntPredicate::NE, granted, i32t.const_zero(), "")
                 .map_err(err)?;
-            unless(f, ok, -3)?;
+            unless(f, ok, -4)?;
         }
         b.build_int_z_extend(batch, i64t, "").map_err(err)
     };
@@ -281,7 +281,7 @@ void {sym}_set_num_threads(int n);
 /* Runs the model on `batch` images: reads batch * {up}_INPUT_SIZE floats
  * from `input`, writes batch * {up}_OUTPUT_SIZE floats to `output`.
  * Returns 0 on success, -1 if batch < 1, -2 if the working memory could not
- * be allocated, -3 if the OS refuses the AMX tile state a bf16 build for an
+ * be allocated, -4 if the OS refuses the AMX tile state a bf16 build for an
  * AMX CPU uses (Linux before 5.16; build with another --cpu there). Re-entrant: any number of threads may call it at once (each
  * call has its own working memory; the weights are read-only). */
 int {sym}_forward(const float *input, float *output, int batch);
@@ -291,7 +291,7 @@ int {sym}_forward(const float *input, float *output, int batch);
  * returns will do), contents irrelevant, and serves one call at a time.
  * Nothing is allocated: a caller that keeps its arena saves the pages a
  * large allocation maps and faults in on every call. Returns 0, -1 if
- * batch < 1, -2 if arena is NULL, -3 as for `{sym}_forward`. */
+ * batch < 1, -2 if arena is NULL, -4 as for `{sym}_forward`. */
 int {sym}_forward_with_arena(const float *input, float *output, int batch, void *arena);
 "#,
             name = pool.precision.name(),

@@ -12,6 +12,7 @@ pub mod conv_winograd;
 #[cfg(test)]
 mod default_threads_tests;
 pub mod lower;
+pub mod sizes;
 pub mod tuning;
 
 use crate::backend::llvm::{self, LlvmError};
