@@ -365,8 +365,23 @@ fn cuda_build_records_the_gpu_it_planned_for() {
 /// `--check-layers` compares the CUDA back end's layers: with another
 /// target it is an error naming the target to use, before any work.
 #[test]
-fn check_layers_needs_the_cuda_target() {
-    run_fails_with(2, &["--check-layers"], "--target cuda");
+fn check_layers_needs_a_compiled_target() {
+    run_fails_with(
+        2,
+        &["--target", "ref", "--check-layers"],
+        "--target cpu or --target cuda",
+    );
+    // The CPU's layers, each against the interpreter on its own inputs.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("y.npy");
+    for precision in ["fp32", "bf16"] {
+        let o = run_cifar(&out, &["--check-layers", "--precision", precision]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let table = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(table.contains("layer3.2.conv2 conv"), "{table}");
+        assert!(!table.contains("DIFFERS"), "{table}");
+        assert!(out.exists());
+    }
 }
 
 /// A flag only another target reads is a usage error (exit 2), not

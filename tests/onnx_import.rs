@@ -768,3 +768,60 @@ fn pytorch_pad_arithmetic_folds() {
     let y = resnetc::interp::run(&c.graph, &imp.weights, &x).expect("interpreter");
     assert_close("F.pad arithmetic + Conv", &y, &expected, 1e-4, 1e-3);
 }
+
+/// Weights kept as ONNX external data (what PyTorch's dynamo exporter
+/// writes: `location` beside the model, `offset`, `length`) import to the
+/// same weights as when they are inside the file; a location that leaves
+/// the model's directory, or a range past the end of the file, is refused.
+#[test]
+fn external_data_imports_and_is_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let inside = import_fixture("cifar_resnet20");
+    let mut m = fixture_model("cifar_resnet20");
+    let mut blob = Vec::new();
+    let entry = |k: &str, v: String| pb::StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v),
+    };
+    let g = m.graph.as_mut().expect("graph");
+    let mut moved = 0;
+    for t in &mut g.initializer {
+        if let Some(raw) = t.raw_data.take() {
+            t.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
+            t.external_data = vec![
+                entry("location", "w.bin".into()),
+                entry("offset", blob.len().to_string()),
+                entry("length", raw.len().to_string()),
+            ];
+            blob.extend(raw);
+            moved += 1;
+        }
+    }
+    assert!(moved > 10, "only {moved} initializers moved");
+    std::fs::write(dir.path().join("w.bin"), &blob).expect("write");
+    let model = dir.path().join("m.onnx");
+    let path = model.display().to_string();
+    let bytes = m.encode_to_vec();
+    let outside = import(&bytes, &path, "m", &LiftOptions::default()).expect("imports");
+    assert_eq!(outside.weights.len(), inside.weights.len());
+    for (k, t) in &inside.weights {
+        assert_eq!(outside.weights[k].data, t.data, "{k}");
+    }
+    // A location out of the directory, and a range past the file's end.
+    for (key, value, says) in [
+        ("location", "../w.bin", "leaves the model's directory"),
+        ("length", "999999999", "runs past the end"),
+    ] {
+        let mut bad = m.clone();
+        let t = &mut bad.graph.as_mut().expect("graph").initializer[0];
+        for e in &mut t.external_data {
+            if e.key.as_deref() == Some(key) {
+                e.value = Some(value.into());
+            }
+        }
+        let err = import(&bad.encode_to_vec(), &path, "m", &LiftOptions::default())
+            .err()
+            .unwrap_or_else(|| panic!("{key} = {value} imported"));
+        assert!(err.to_string().contains(says), "{err}");
+    }
+}

@@ -122,26 +122,104 @@ fn element_count(dims: &[i64]) -> Option<usize> {
     })
 }
 
+/// The bytes of a tensor kept in an external file (ONNX external data, as
+/// PyTorch's dynamo exporter writes the weights: `location` beside the
+/// model, `offset`, `length`). The location must stay in the model's
+/// directory, and the range inside the file, before anything is read.
+fn external_data(t: &pb::TensorProto, name: &str, path: &str) -> Result<Vec<u8>, ImportError> {
+    let hint = "keep the external data file (its `location`) beside the .onnx file, or re-save with onnx.save_model(model, path, save_as_external_data=False)";
+    let entry = |k: &str| {
+        t.external_data
+            .iter()
+            .find(|e| e.key.as_deref() == Some(k))
+            .and_then(|e| e.value.clone())
+    };
+    let location = entry("location").ok_or_else(|| {
+        invalid(
+            path,
+            format!("tensor `{name}`: external data without a location"),
+            hint,
+        )
+    })?;
+    let rel = std::path::Path::new(&location);
+    let inside = rel.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if !inside {
+        return Err(invalid(
+            path,
+            format!(
+                "tensor `{name}`: external data location `{location}` leaves the model's directory"
+            ),
+            hint,
+        ));
+    }
+    let number = |k: &str| -> Result<Option<u64>, ImportError> {
+        entry(k)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| {
+                    invalid(
+                        path,
+                        format!("tensor `{name}`: external data {k} `{v}` is not a number"),
+                        hint,
+                    )
+                })
+            })
+            .transpose()
+    };
+    let (offset, length) = (number("offset")?.unwrap_or(0), number("length")?);
+    let file = std::path::Path::new(path)
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join(rel);
+    let cannot = |e: std::io::Error| {
+        invalid(
+            path,
+            format!(
+                "tensor `{name}`: cannot read external data `{}`: {e}",
+                file.display()
+            ),
+            hint,
+        )
+    };
+    let mut f = std::fs::File::open(&file).map_err(cannot)?;
+    let size = f.metadata().map_err(cannot)?.len();
+    let length = length.unwrap_or(size.saturating_sub(offset));
+    if offset.checked_add(length).is_none_or(|end| end > size) {
+        return Err(invalid(
+            path,
+            format!("tensor `{name}`: external data {offset}..+{length} runs past the end of `{}` ({size} bytes)", file.display()),
+            hint,
+        ));
+    }
+    use std::io::{Read, Seek, SeekFrom};
+    f.seek(SeekFrom::Start(offset)).map_err(cannot)?;
+    let mut bytes = vec![0u8; length as usize];
+    f.read_exact(&mut bytes).map_err(cannot)?;
+    Ok(bytes)
+}
+
 /// The dense values of `t`, checked against its declared shape.
 pub fn tensor_of(t: &pb::TensorProto, path: &str) -> Result<ConstTensor, ImportError> {
     use pb::tensor_proto::DataType;
     let name = t.name.clone().unwrap_or_default();
     let bad = |what: String| decode_err(path, format!("tensor `{name}`: {what}"));
-    if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32)
+    let external = if t.data_location == Some(pb::tensor_proto::DataLocation::External as i32)
         || !t.external_data.is_empty()
     {
-        return Err(invalid(
-            path,
-            format!("tensor `{name}` keeps its data in an external file"),
-            "resnetc imports models whose weights are inside the .onnx file; re-save it with onnx.save_model(model, path, save_as_external_data=False)",
-        ));
-    }
+        Some(external_data(t, &name, path)?)
+    } else {
+        None
+    };
     if t.dims.iter().any(|&d| !(0..=1 << 31).contains(&d)) {
         return Err(bad(format!("invalid shape {:?}", t.dims)));
     }
     let n = element_count(&t.dims).ok_or_else(|| bad(format!("invalid shape {:?}", t.dims)))?;
     let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-    let raw = t.raw_data.as_deref();
+    let raw = external.as_deref().or(t.raw_data.as_deref());
     let check_raw = |raw: &[u8], size: usize| -> Result<(), ImportError> {
         let want = n.checked_mul(size);
         if want != Some(raw.len()) {
