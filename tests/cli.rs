@@ -8,9 +8,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn resnetc(args: &[&str]) -> Output {
+    // A wide, fixed wrap width: where the checkout's path is long, miette
+    // would otherwise break a message fragment a test looks for.
     Command::new(env!("CARGO_BIN_EXE_resnetc"))
         .args(args)
         .current_dir(root())
+        .env("COLUMNS", "400")
         .output()
         .expect("resnetc runs")
 }

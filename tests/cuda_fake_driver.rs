@@ -110,7 +110,7 @@ fn on_fake(cmd: &mut Command, driver: &Path, kernels: Option<&Path>) -> Output {
 
 fn resnetc() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_resnetc"));
-    c.current_dir(root());
+    c.current_dir(root()).env("COLUMNS", "400");
     c
 }
 

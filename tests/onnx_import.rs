@@ -307,6 +307,7 @@ fn truncated_and_corrupt_files_fail_cleanly() {
 fn resnetc(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_resnetc"))
         .args(args)
+        .env("COLUMNS", "400")
         .output()
         .expect("resnetc runs")
 }
