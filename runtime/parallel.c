@@ -229,3 +229,123 @@ int resnetc_amx_permit(void) {
     }
     return s == 1;
 }
+
+/* ---- which code level a multi-level library runs ----------------------
+ * A library built for several CPU levels (x86-64-v2, -v3, AVX-512, AMX)
+ * asks, at its first call, which of them this CPU and its OS run: CPUID
+ * for the instructions, XGETBV for the register state the OS saves (a CPU
+ * with AVX-512 under an OS that does not save ZMM state must not run it). */
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+
+/* CPUID leaf, sub-leaf, register (0 EAX, 1 EBX, 2 ECX, 3 EDX) and bit of
+ * each feature, by LLVM's name; `os` the XCR0 bits it also needs. */
+struct resnetc_feature {
+    const char *name;
+    unsigned leaf, sub, reg, bit;
+    unsigned long long os;
+};
+#define YMM 0x6ULL          /* SSE and AVX state */
+#define ZMM 0xe6ULL         /* and opmask, ZMM_Hi256, Hi16_ZMM */
+#define TILE 0x60006ULL     /* and XTILECFG, XTILEDATA */
+static const struct resnetc_feature resnetc_features[] = {
+    {"cmov", 1, 0, 3, 15, 0}, {"sse", 1, 0, 3, 25, 0}, {"sse2", 1, 0, 3, 26, 0},
+    {"sse3", 1, 0, 2, 0, 0}, {"pclmul", 1, 0, 2, 1, 0}, {"ssse3", 1, 0, 2, 9, 0},
+    {"fma", 1, 0, 2, 12, YMM}, {"cx16", 1, 0, 2, 13, 0}, {"sse4.1", 1, 0, 2, 19, 0},
+    {"sse4.2", 1, 0, 2, 20, 0}, {"movbe", 1, 0, 2, 22, 0}, {"popcnt", 1, 0, 2, 23, 0},
+    {"avx", 1, 0, 2, 28, YMM}, {"f16c", 1, 0, 2, 29, YMM},
+    {"bmi", 7, 0, 1, 3, 0}, {"avx2", 7, 0, 1, 5, YMM}, {"bmi2", 7, 0, 1, 8, 0},
+    {"avx512f", 7, 0, 1, 16, ZMM}, {"evex512", 7, 0, 1, 16, ZMM},
+    {"avx512dq", 7, 0, 1, 17, ZMM}, {"adx", 7, 0, 1, 19, 0},
+    {"avx512ifma", 7, 0, 1, 21, ZMM}, {"avx512cd", 7, 0, 1, 28, ZMM},
+    {"avx512bw", 7, 0, 1, 30, ZMM}, {"avx512vl", 7, 0, 1, 31, ZMM},
+    {"avx512vbmi", 7, 0, 2, 1, ZMM}, {"avx512vbmi2", 7, 0, 2, 6, ZMM},
+    {"gfni", 7, 0, 2, 8, 0}, {"vaes", 7, 0, 2, 9, YMM}, {"vpclmulqdq", 7, 0, 2, 10, YMM},
+    {"avx512vnni", 7, 0, 2, 11, ZMM}, {"avx512bitalg", 7, 0, 2, 12, ZMM},
+    {"avx512vpopcntdq", 7, 0, 2, 14, ZMM}, {"avx512vp2intersect", 7, 0, 3, 8, ZMM},
+    {"amx-bf16", 7, 0, 3, 22, TILE}, {"avx512fp16", 7, 0, 3, 23, ZMM},
+    {"amx-tile", 7, 0, 3, 24, TILE}, {"amx-int8", 7, 0, 3, 25, TILE},
+    {"avxvnni", 7, 1, 0, 4, YMM}, {"avx512bf16", 7, 1, 0, 5, ZMM},
+    {"avxifma", 7, 1, 0, 23, YMM},
+    {"sahf", 0x80000001u, 0, 2, 0, 0}, {"lzcnt", 0x80000001u, 0, 2, 5, 0},
+    {"sse4a", 0x80000001u, 0, 2, 6, 0}, {"xop", 0x80000001u, 0, 2, 11, YMM},
+    {"fma4", 0x80000001u, 0, 2, 16, YMM}, {"tbm", 0x80000001u, 0, 2, 21, 0},
+};
+
+static const struct resnetc_feature *resnetc_feature_named(const char *name, size_t len) {
+    for (size_t i = 0; i < sizeof resnetc_features / sizeof resnetc_features[0]; i++) {
+        const char *n = resnetc_features[i].name;
+        if (strlen(n) == len && memcmp(n, name, len) == 0) return &resnetc_features[i];
+    }
+    return 0;
+}
+
+static unsigned long long resnetc_xcr0(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return 0; /* no OSXSAVE */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((unsigned long long)hi << 32) | lo;
+}
+
+/* Whether this CPU and OS have the feature `name` (LLVM's name; the first
+ * `len` bytes). 0 for a name the table lacks. */
+static int resnetc_cpu_has_n(const char *name, size_t len) {
+    const struct resnetc_feature *f = resnetc_feature_named(name, len);
+    if (!f) return 0;
+    unsigned r[4] = {0, 0, 0, 0};
+    if (!__get_cpuid_count(f->leaf, f->sub, &r[0], &r[1], &r[2], &r[3])) return 0;
+    if (!(r[f->reg] & (1u << f->bit))) return 0;
+    if ((resnetc_xcr0() & f->os) != f->os) return 0;
+    /* Linux hands out the tile data state on request only. */
+    if ((f->os & TILE) == TILE) return resnetc_amx_permit();
+    return 1;
+}
+
+int resnetc_cpu_feature_known(const char *name) {
+    return resnetc_feature_named(name, strlen(name)) != 0;
+}
+#else
+static int resnetc_cpu_has_n(const char *name, size_t len) {
+    (void)name;
+    (void)len;
+    return 0;
+}
+
+int resnetc_cpu_feature_known(const char *name) {
+    (void)name;
+    return 0;
+}
+#endif
+
+/* Whether this CPU runs code needing every feature of the comma list
+ * `features` ("" needs nothing). */
+int resnetc_cpu_runs(const char *features) {
+    const char *p = features;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len && !resnetc_cpu_has_n(p, len)) return 0;
+        p += len + (end != 0);
+    }
+    return 1;
+}
+
+/* The level to run among `n` (best first; `features[i]` what level i
+ * needs, `names[i]` its name): the first this CPU runs, or with
+ * RESNETC_CPU_LEVEL set to a level's name, the first from that one on.
+ * -1: the CPU runs none; -2: RESNETC_CPU_LEVEL names no level. */
+int resnetc_pick_level(int n, const char *const *features, const char *const *names) {
+    int from = 0;
+    const char *forced = getenv("RESNETC_CPU_LEVEL");
+    if (forced && *forced) {
+        for (from = 0; from < n && strcmp(names[from], forced) != 0; from++) {
+        }
+        if (from == n) return -2;
+    }
+    for (int i = from; i < n; i++)
+        if (resnetc_cpu_runs(features[i])) return i;
+    return -1;
+}

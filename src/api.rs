@@ -3,7 +3,7 @@
 //! function behind a command line.
 
 use crate::backend::cpu::artifact::{self, Emit};
-use crate::backend::cpu::consts::ConstPool;
+use crate::backend::cpu::levels;
 use crate::backend::cpu::CpuOptions;
 use crate::backend::cuda::artifact::CudaEmit;
 use crate::backend::cuda::{self, CudaOptions};
@@ -138,10 +138,10 @@ pub fn build_cpu_model(
     }
     let (g, w, skipped) = load(model, model.sizes.first(), weights, on_stage)?;
     let derived = weights::materialize(&g, &w);
-    let pool = ConstPool::build(&g, &w, &derived, opts);
+    let levels = levels::plan(&g, &w, &derived, opts)?;
     on_stage("generating code");
-    let files = artifact::build(&g, &pool, opts, emit)?;
-    let arena = pool.arena_bytes(&g);
+    let files = artifact::build(&g, &levels, opts, emit)?;
+    let arena = levels::arena_bytes(&g, &levels);
     finish(&g, files, out_dir, Some(arena), skipped, on_stage)
 }
 
@@ -211,18 +211,18 @@ fn build_cpu_sizes(
         let sym = sizes::sized_symbol(&base, [h, wd]);
         g.name = sym.clone();
         let derived = weights::materialize(&g, &w);
-        let pool = ConstPool::build(&g, &w, &derived, opts);
+        let levels = levels::plan(&g, &w, &derived, opts)?;
         on_stage(&format!("generating code for {h}x{wd}"));
-        let files = artifact::build(&g, &pool, opts, Emit::Obj)?;
+        let files = artifact::build(&g, &levels, opts, Emit::Obj)?;
         let object = files
             .into_iter()
             .find(|(name, _)| name.ends_with(".o"))
             .map(|(_, bytes)| bytes)
             .ok_or_else(|| LlvmError::Internal("no object".into()))?;
-        let arena = pool.arena_bytes(&g);
+        let arena = levels::arena_bytes(&g, &levels);
         parts.push(SizedObject {
             size: [h, wd],
-            header: artifact::header(&g, &pool, &sym, Emit::Staticlib),
+            header: artifact::header(&g, &levels, &sym, Emit::Staticlib),
             sym,
             object,
             arena_bytes_per_image: arena,

@@ -416,6 +416,20 @@ impl CpuArgs {
             },
             tuning,
             precision: self.precision(),
+            lower: Vec::new(),
+            packed_for: None,
+        })
+    }
+
+    /// `options` for a static library or object: `--cpu` may list several
+    /// levels, and without it the library holds every default level.
+    fn build_options(&self) -> Result<resnetc::backend::cpu::CpuOptions> {
+        let (cpu, lower) =
+            resnetc::backend::cpu::levels::requested(self.cpu.as_deref(), self.precision());
+        Ok(resnetc::backend::cpu::CpuOptions {
+            cpu,
+            lower,
+            ..self.options()?
         })
     }
 }
@@ -1039,7 +1053,7 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
             };
             let built = match kind {
                 Kind::Cpu(kind) => {
-                    let opts = cpu.options()?;
+                    let opts = cpu.build_options()?;
                     resnetc::api::build_cpu_model(&model, &source, &output, &opts, kind, &mut stage)
                 }
                 Kind::Cuda(kind) => {

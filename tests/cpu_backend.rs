@@ -265,7 +265,7 @@ fn static_library_links_into_a_c_program() {
     // The library exports what its header declares, nothing else (the
     // thread pool inside, its symbols local).
     let declared = header_functions(&out.path().join("cifar_resnet20.h"));
-    assert_eq!(declared.len(), 3, "{declared:?}");
+    assert_eq!(declared.len(), 4, "{declared:?}");
     assert_eq!(exported_symbols(&lib), declared);
     let built = std::fs::metadata(&lib)
         .and_then(|m| m.modified())
@@ -318,6 +318,10 @@ fn static_library_links_into_a_c_program() {
                 // The AMX permission request (arch_prctl), asked only by
                 // bf16 code for AMX CPUs.
                 "syscall",
+                // The pick of a multi-level library's level
+                // (RESNETC_CPU_LEVEL).
+                "getenv",
+                "memcmp",
             ]
             .contains(&sym.as_str()),
             "unexpected dependency `{sym}`"
@@ -622,7 +626,7 @@ fn object_links_alone_with_its_header() {
     let obj = out.path().join("cifar_resnet20.o");
     let header = out.path().join("cifar_resnet20.h");
     let declared = header_functions(&header);
-    assert_eq!(declared.len(), 3, "{declared:?}");
+    assert_eq!(declared.len(), 4, "{declared:?}");
     assert_eq!(exported_symbols(&obj), declared);
     let (m, up) = ("cifar_resnet20", "CIFAR_RESNET20");
     let demo = out.path().join("demo");
@@ -803,6 +807,66 @@ fn bf16_static_library_matches_the_jit() {
                     .unwrap_or(0)
             };
             assert_eq!(top(a), top(b), "bf16 changed a top-1 class ({cpu})");
+        }
+    }
+}
+
+/// A multi-level library's lower levels (x86-64-v3, x86-64-v2) run kernels
+/// planned over the weights its top level (AVX-512) packed, register tiles
+/// dividing the top level's panels (`CpuOptions::packed_for`). Every layer
+/// of examples that hold every layer kind, against the interpreter, with
+/// the top level's cost-model choices (both tilings occur) and with F(4×4)
+/// Winograd forced there (the lower level keeps the top level's algorithm
+/// and packing).
+#[test]
+fn lower_levels_on_the_top_levels_weights_match_the_interpreter_layer_by_layer() {
+    use resnetc::backend::cpu::run_jit_layers;
+    use resnetc::interp::layer_check::layer_check;
+    use resnetc::precision::Precision;
+    let kinds = [
+        "cifar_resnet20",
+        "densenet_bc_small",
+        "resnet18",
+        "se_resnet50",
+        "unet_small",
+    ];
+    let runs = [
+        ("x86-64-v3", ConvKernel::Auto, ConvAlgo::Auto),
+        ("x86-64-v2", ConvKernel::Auto, ConvAlgo::Auto),
+        ("x86-64-v3", ConvKernel::Pixels, ConvAlgo::Winograd),
+    ];
+    for (i, (name, c)) in examples_small().into_iter().enumerate() {
+        if !kinds.contains(&name.as_str()) {
+            continue;
+        }
+        let w = tame_residuals(
+            &c.graph,
+            random_weights(&specs_of(&c.graph), 500 + i as u64),
+        );
+        let opt = optimized(&c.graph);
+        let mut shape = vec![2];
+        shape.extend(c.graph.input_shape());
+        let x = random_tensor(&shape, 43 * i as u64);
+        for (cpu, conv, algo) in runs {
+            let opts = CpuOptions {
+                cpu: cpu.into(),
+                conv,
+                algo,
+                packed_for: Some("x86-64-v4".into()),
+                ..Default::default()
+            };
+            let what = format!("{name} {cpu} {conv:?} {algo:?}");
+            let (_, values) = run_jit_layers(&opt, &w, &x, &opts).expect("cpu");
+            let diffs = layer_check(&opt, &w, &values, Precision::F32).expect("check");
+            assert!(!diffs.is_empty(), "{what}: no layer checked");
+            for d in &diffs {
+                assert!(
+                    d.error <= 1e-4,
+                    "{what}: layer {} is off by {:.3e} from the interpreter",
+                    d.label,
+                    d.error
+                );
+            }
         }
     }
 }

@@ -119,5 +119,9 @@ int main(int argc, char **argv) {
     if (!f || fwrite(jobs[0].output, sizeof(float), out_n, f) != out_n) { perror(argv[2]); return 1; }
     fclose(f);
     printf("ok: %d image(s), %d caller(s), first output %g\n", batch, threads, jobs[0].output[0]);
+#ifdef CPU_LEVEL
+    /* Which of the library's CPU levels ran. */
+    printf("level: %s\n", CPU_LEVEL() ? CPU_LEVEL() : "none");
+#endif
     return 0;
 }

@@ -3,9 +3,9 @@
 //! linkers need) or that object alone, each with a C header; or the
 //! assembly or LLVM IR.
 
-use super::consts::ConstPool;
-use super::{compile, CpuOptions};
-use crate::backend::llvm::LlvmError;
+use super::levels::{self, Level};
+use super::{compile_as, CpuOptions};
+use crate::backend::llvm::{self, LlvmError};
 use crate::backend::shared::{archive, c_header, localized_runtime, symbol};
 use crate::ir::Graph;
 use inkwell::context::Context;
@@ -19,7 +19,16 @@ const RUNTIME_ASM: &str = include_str!(concat!(env!("OUT_DIR"), "/parallel.s"));
 
 /// The functions a library or object exports (after the model's symbol),
 /// exactly those its header declares.
-pub const EXPORTED: [&str; 3] = ["_forward", "_forward_with_arena", "_set_num_threads"];
+pub const EXPORTED: [&str; 4] = [
+    "_forward",
+    "_forward_with_arena",
+    "_set_num_threads",
+    "_cpu_level",
+];
+
+/// What `_forward` returns where the CPU runs none of the library's levels
+/// (or `RESNETC_CPU_LEVEL` names none).
+pub const NO_LEVEL: i64 = -5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Emit {
@@ -32,22 +41,51 @@ pub enum Emit {
 /// The files of one build, as (file name, bytes).
 pub fn build(
     graph: &Graph,
-    pool: &ConstPool,
+    levels: &[Level],
     opts: &CpuOptions,
     emit: Emit,
 ) -> Result<Vec<(String, Vec<u8>)>, LlvmError> {
     let ctx = Context::create();
     let sym = symbol(&graph.name);
-    let (module, machine, _) = compile(&ctx, graph, pool, opts)?;
-    add_forward(&ctx, &module, graph, pool, &sym)?;
+    let level_opts = |l: &Level| CpuOptions {
+        cpu: l.cpu.clone(),
+        lower: Vec::new(),
+        ..opts.clone()
+    };
+    let [first, ..] = levels else {
+        return Err(LlvmError::Internal("a build without a level".into()));
+    };
+    let (module, machine) = if levels.len() == 1 {
+        let (module, machine, _) = compile_as(&ctx, graph, &first.pool, &level_opts(first), &sym)?;
+        (module, machine)
+    } else {
+        // Each level's code in one module, its functions carrying their
+        // own CPU attributes; the module's own CPU is the baseline, which
+        // the dispatcher runs on.
+        let machine = llvm::x86_machine("x86-64")?;
+        let module = ctx.create_module(&sym);
+        llvm::target(&module, &machine);
+        for (i, l) in levels.iter().enumerate() {
+            let (m, _, _) =
+                compile_as(&ctx, graph, &l.pool, &level_opts(l), &level_symbol(&sym, i))?;
+            module
+                .link_in_module(m)
+                .map_err(|e| LlvmError::Internal(e.to_string()))?;
+        }
+        add_dispatch(&ctx, &module, levels, &sym)?;
+        (module, machine)
+    };
+    add_forward(&ctx, &module, graph, levels, &sym)?;
     // The object exports the header's functions and nothing else: `_run`
     // is theirs alone, and the thread pool (runtime/parallel.c) sits inside
     // with its symbols local, so the object links alone and two models in
     // one program cannot clash (each has its own pool).
-    module
-        .get_function(&format!("{sym}_run"))
-        .ok_or_else(|| LlvmError::Internal("no run function".into()))?
-        .set_linkage(Linkage::Internal);
+    let internal = std::iter::once(sym.clone())
+        .chain((0..levels.len()).map(|i| level_symbol(&sym, i)))
+        .filter_map(|s| module.get_function(&format!("{s}_run")));
+    for f in internal {
+        f.set_linkage(Linkage::Internal);
+    }
     module.set_inline_assembly(&localized_runtime(RUNTIME_ASM));
     module
         .verify()
@@ -63,7 +101,7 @@ pub fn build(
             (format!("{sym}.o"), object(FileType::Object)?),
             (
                 format!("{sym}.h"),
-                header(graph, pool, &sym, emit).into_bytes(),
+                header(graph, levels, &sym, emit).into_bytes(),
             ),
         ],
         Emit::Staticlib => {
@@ -84,32 +122,204 @@ pub fn build(
                 ),
                 (
                     format!("{sym}.h"),
-                    header(graph, pool, &sym, emit).into_bytes(),
+                    header(graph, levels, &sym, emit).into_bytes(),
                 ),
             ]
         }
     })
 }
 
+/// The symbol prefix of level `i`'s code in a multi-level object.
+fn level_symbol(sym: &str, i: usize) -> String {
+    format!("{sym}_level{i}")
+}
+
+/// A private constant global holding `bytes`, 64-byte aligned.
+fn constant<'ctx>(
+    ctx: &'ctx Context,
+    module: &Module<'ctx>,
+    name: &str,
+    bytes: &[u8],
+) -> inkwell::values::GlobalValue<'ctx> {
+    let init = ctx.const_string(bytes, false);
+    let g = module.add_global(init.get_type(), None, name);
+    g.set_initializer(&init);
+    g.set_constant(true);
+    g.set_linkage(Linkage::Private);
+    g.set_alignment(64);
+    g
+}
+
+/// A multi-level object's dispatch: `<sym>_level_index()`, which picks the
+/// level at the first call (`resnetc_pick_level`: the best level this CPU
+/// and OS run, or from `RESNETC_CPU_LEVEL`'s on) and remembers it, and
+/// `<sym>_run`, which runs the picked level's code on its weights.
+fn add_dispatch<'ctx>(
+    ctx: &'ctx Context,
+    module: &Module<'ctx>,
+    levels: &[Level],
+    sym: &str,
+) -> Result<(), LlvmError> {
+    let ptr = ctx.ptr_type(AddressSpace::default());
+    let i32t = ctx.i32_type();
+    let err = |e: inkwell::builder::BuilderError| LlvmError::Internal(e.to_string());
+    let b = ctx.create_builder();
+    // The weights, once per pool that owns data.
+    let mut weights: Vec<inkwell::values::GlobalValue<'ctx>> = Vec::new();
+    for l in levels {
+        if l.weights == weights.len() {
+            let bytes: Vec<u8> = l.pool.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let name = format!("{sym}_weights{}", l.weights);
+            weights.push(constant(ctx, module, &name, &bytes));
+        }
+    }
+    let strings = |what: &str, texts: Vec<&str>| {
+        let ptrs: Vec<PointerValue<'ctx>> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut bytes = t.as_bytes().to_vec();
+                bytes.push(0);
+                constant(ctx, module, &format!("{sym}_{what}{i}"), &bytes).as_pointer_value()
+            })
+            .collect();
+        let init = ptr.const_array(&ptrs);
+        let g = module.add_global(init.get_type(), None, &format!("{sym}_{what}"));
+        g.set_initializer(&init);
+        g.set_constant(true);
+        g.set_linkage(Linkage::Private);
+        g
+    };
+    let needs = strings("needs", levels.iter().map(|l| l.needs.as_str()).collect());
+    let names = strings("names", levels.iter().map(|l| l.cpu.as_str()).collect());
+    // The pick, -3 until made (races are benign: every thread picks the
+    // same).
+    const UNPICKED: u64 = -3i64 as u64;
+    let picked = module.add_global(i32t, None, &format!("{sym}_level"));
+    picked.set_initializer(&i32t.const_int(UNPICKED, true));
+    picked.set_linkage(Linkage::Private);
+    let pick = module.add_function(
+        "resnetc_pick_level",
+        i32t.fn_type(&[i32t.into(), ptr.into(), ptr.into()], false),
+        Some(Linkage::External),
+    );
+    let index = module.add_function(
+        &format!("{sym}_level_index"),
+        i32t.fn_type(&[], false),
+        Some(Linkage::Private),
+    );
+    b.position_at_end(ctx.append_basic_block(index, "entry"));
+    let load = b
+        .build_load(i32t, picked.as_pointer_value(), "")
+        .map_err(err)?;
+    use inkwell::values::BasicValue;
+    load.as_instruction_value()
+        .map(|i| i.set_atomic_ordering(inkwell::AtomicOrdering::Monotonic))
+        .transpose()
+        .map_err(|e| LlvmError::Internal(e.to_string()))?;
+    let known = b
+        .build_int_compare(
+            inkwell::IntPredicate::NE,
+            load.into_int_value(),
+            i32t.const_int(UNPICKED, true),
+            "",
+        )
+        .map_err(err)?;
+    let (done, ask) = (
+        ctx.append_basic_block(index, ""),
+        ctx.append_basic_block(index, ""),
+    );
+    b.build_conditional_branch(known, done, ask).map_err(err)?;
+    b.position_at_end(done);
+    b.build_return(Some(&load)).map_err(err)?;
+    b.position_at_end(ask);
+    let n = i32t.const_int(levels.len() as u64, false);
+    let got = b
+        .build_call(
+            pick,
+            &[
+                n.into(),
+                needs.as_pointer_value().into(),
+                names.as_pointer_value().into(),
+            ],
+            "",
+        )
+        .map_err(err)?
+        .try_as_basic_value()
+        .basic()
+        .ok_or_else(|| LlvmError::Internal("the pick returns an int".into()))?;
+    let store = b.build_store(picked.as_pointer_value(), got).map_err(err)?;
+    store
+        .set_atomic_ordering(inkwell::AtomicOrdering::Monotonic)
+        .map_err(|e| LlvmError::Internal(e.to_string()))?;
+    b.build_return(Some(&got)).map_err(err)?;
+
+    // <sym>_run: the picked level's `_run` on its weights (the constants
+    // argument, which the entry points pass as null, is not read).
+    let runs: Vec<FunctionValue<'ctx>> = (0..levels.len())
+        .map(|i| {
+            module
+                .get_function(&format!("{}_run", level_symbol(sym, i)))
+                .ok_or_else(|| LlvmError::Internal("no level run function".into()))
+        })
+        .collect::<Result<_, _>>()?;
+    let run = module.add_function(&format!("{sym}_run"), runs[0].get_type(), None);
+    b.position_at_end(ctx.append_basic_block(run, "entry"));
+    let level = b
+        .build_call(index, &[], "")
+        .map_err(err)?
+        .try_as_basic_value()
+        .basic()
+        .ok_or_else(|| LlvmError::Internal("the index is an int".into()))?
+        .into_int_value();
+    let other = ctx.append_basic_block(run, "");
+    let cases: Vec<_> = levels
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            (
+                i32t.const_int(i as u64, false),
+                ctx.append_basic_block(run, ""),
+            )
+        })
+        .collect();
+    b.build_switch(level, other, &cases).map_err(err)?;
+    let params: Vec<inkwell::values::BasicMetadataValueEnum<'ctx>> =
+        run.get_param_iter().map(|p| p.into()).collect();
+    for ((l, (_, block)), f) in levels.iter().zip(&cases).zip(&runs) {
+        b.position_at_end(*block);
+        let mut args = params.clone();
+        args[3] = weights[l.weights].as_pointer_value().into();
+        b.build_call(*f, &args, "").map_err(err)?;
+        b.build_return(None).map_err(err)?;
+    }
+    b.position_at_end(other);
+    b.build_return(None).map_err(err)?;
+    Ok(())
+}
+
 /// `int <sym>_forward(const float *input, float *output, int batch)`: the
 /// embedded weights, an arena from malloc for this call only (so calls from
-/// several threads never share memory), the schedule, free.
+/// several threads never share memory), the schedule, free. Also
+/// `_forward_with_arena`, `_set_num_threads` and `_cpu_level`.
 fn add_forward<'ctx>(
     ctx: &'ctx Context,
     module: &Module<'ctx>,
     graph: &Graph,
-    pool: &ConstPool,
+    levels: &[Level],
     sym: &str,
 ) -> Result<(), LlvmError> {
     let ptr = ctx.ptr_type(AddressSpace::default());
     let (i32t, i64t) = (ctx.i32_type(), ctx.i64_type());
-    let bytes: Vec<u8> = pool.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let init = ctx.const_string(&bytes, false);
-    let weights = module.add_global(init.get_type(), None, &format!("{sym}_weights"));
-    weights.set_initializer(&init);
-    weights.set_constant(true);
-    weights.set_linkage(Linkage::Private);
-    weights.set_alignment(64);
+    // One level: its weights, passed to `_run`; several: the dispatcher's.
+    let index = module.get_function(&format!("{sym}_level_index"));
+    let weights = match (index, levels) {
+        (None, [one]) => {
+            let bytes: Vec<u8> = one.pool.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            constant(ctx, module, &format!("{sym}_weights"), &bytes).as_pointer_value()
+        }
+        _ => ptr.const_null(),
+    };
     let malloc = module.add_function(
         "malloc",
         ptr.fn_type(&[i64t.into()], false),
@@ -140,7 +350,16 @@ fn add_forward<'ctx>(
         b.position_at_end(go);
         Ok::<(), LlvmError>(())
     };
-    // Refuses a batch below 1 (-1); the batch as an i64.
+    let int_call = |callee: FunctionValue<'ctx>| -> Result<IntValue<'ctx>, LlvmError> {
+        Ok(b.build_call(callee, &[], "")
+            .map_err(err)?
+            .try_as_basic_value()
+            .basic()
+            .ok_or_else(|| LlvmError::Internal("a call returns an int".into()))?
+            .into_int_value())
+    };
+    // Refuses a batch below 1 (-1), then a CPU that runs no level (-5);
+    // the batch as an i64.
     let batch_of = |f: FunctionValue<'ctx>| {
         b.position_at_end(ctx.append_basic_block(f, "entry"));
         let batch = f.get_nth_param(2).expect("declared").into_int_value();
@@ -148,20 +367,30 @@ fn add_forward<'ctx>(
             .build_int_compare(inkwell::IntPredicate::SGT, batch, i32t.const_zero(), "")
             .map_err(err)?;
         unless(f, positive, -1)?;
-        // AMX code where the OS refuses the tile state would die of
-        // SIGILL: refuse the call instead (-4).
-        if let Some(permit) = module.get_function("resnetc_amx_permit") {
-            let granted = b
-                .build_call(permit, &[], "")
-                .map_err(err)?
-                .try_as_basic_value()
-                .basic()
-                .ok_or_else(|| LlvmError::Internal("permit returns an int".into()))?
-                .into_int_value();
-            let ok = b
-                .build_int_compare(inkwell::IntPredicate::NE, granted, i32t.const_zero(), "")
-                .map_err(err)?;
-            unless(f, ok, -4)?;
+        match index {
+            Some(index) => {
+                let level = int_call(index)?;
+                let ok = b
+                    .build_int_compare(inkwell::IntPredicate::SGE, level, i32t.const_zero(), "")
+                    .map_err(err)?;
+                unless(f, ok, NO_LEVEL)?;
+            }
+            // One AMX level, where the OS refuses the tile state: it would
+            // die of SIGILL; refuse the call instead (-4).
+            None => {
+                if let Some(permit) = module.get_function("resnetc_amx_permit") {
+                    let granted = int_call(permit)?;
+                    let ok = b
+                        .build_int_compare(
+                            inkwell::IntPredicate::NE,
+                            granted,
+                            i32t.const_zero(),
+                            "",
+                        )
+                        .map_err(err)?;
+                    unless(f, ok, -4)?;
+                }
+            }
         }
         b.build_int_z_extend(batch, i64t, "").map_err(err)
     };
@@ -174,7 +403,7 @@ fn add_forward<'ctx>(
                 p(0).into(),
                 p(1).into(),
                 batch.into(),
-                weights.as_pointer_value().into(),
+                weights.into(),
                 arena.into(),
                 ptr.const_null().into(),
             ],
@@ -184,7 +413,7 @@ fn add_forward<'ctx>(
     };
 
     let batch64 = batch_of(f)?;
-    let per_image = pool.arena_bytes(graph).max(64) as u64;
+    let per_image = levels::arena_bytes(graph, levels).max(64) as u64;
     let size = b
         .build_int_mul(batch64, i64t.const_int(per_image, false), "")
         .map_err(err)?;
@@ -233,23 +462,104 @@ fn add_forward<'ctx>(
     let n = set.get_nth_param(0).expect("declared");
     b.build_call(set_rt, &[n.into()], "").map_err(err)?;
     b.build_return(None).map_err(err)?;
+
+    // <sym>_cpu_level(): the name of the level that runs (NULL: none).
+    let level = module.add_function(&format!("{sym}_cpu_level"), ptr.fn_type(&[], false), None);
+    b.position_at_end(ctx.append_basic_block(level, "entry"));
+    match index {
+        None => {
+            let name = level_name(&levels[0].cpu);
+            let mut bytes = name.into_bytes();
+            bytes.push(0);
+            let g = constant(ctx, module, &format!("{sym}_level_name"), &bytes);
+            b.build_return(Some(&g.as_pointer_value())).map_err(err)?;
+        }
+        Some(index) => {
+            let at = int_call(index)?;
+            let ok = b
+                .build_int_compare(inkwell::IntPredicate::SGE, at, i32t.const_zero(), "")
+                .map_err(err)?;
+            unless_null(ctx, &b, level, ok)?;
+            let names = module
+                .get_global(&format!("{sym}_names"))
+                .ok_or_else(|| LlvmError::Internal("no level names".into()))?;
+            let arr = names.get_value_type().into_array_type();
+            // SAFETY: `at` is a level index, inside the array.
+            let slot = unsafe {
+                b.build_in_bounds_gep(arr, names.as_pointer_value(), &[i32t.const_zero(), at], "")
+            }
+            .map_err(err)?;
+            let name = b.build_load(ptr, slot, "").map_err(err)?;
+            b.build_return(Some(&name)).map_err(err)?;
+        }
+    }
     Ok(())
 }
 
+/// Returns NULL from `f` unless `ok`; the builder continues where it holds.
+fn unless_null<'ctx>(
+    ctx: &'ctx Context,
+    b: &inkwell::builder::Builder<'ctx>,
+    f: FunctionValue<'ctx>,
+    ok: IntValue<'ctx>,
+) -> Result<(), LlvmError> {
+    let err = |e: inkwell::builder::BuilderError| LlvmError::Internal(e.to_string());
+    let (refuse, go) = (ctx.append_basic_block(f, ""), ctx.append_basic_block(f, ""));
+    b.build_conditional_branch(ok, go, refuse).map_err(err)?;
+    b.position_at_end(refuse);
+    let null = ctx.ptr_type(AddressSpace::default()).const_null();
+    b.build_return(Some(&null)).map_err(err)?;
+    b.position_at_end(go);
+    Ok(())
+}
+
+/// A level's name as `_cpu_level` reports it: `native` as the CPU LLVM
+/// named the build machine.
+fn level_name(cpu: &str) -> String {
+    match cpu {
+        "native" => format!("native ({})", llvm::host_cpu_name()),
+        c => c.to_string(),
+    }
+}
+
 /// The C header: shapes and sizes as macros, and the entry points.
-pub fn header(graph: &Graph, pool: &ConstPool, sym: &str, emit: Emit) -> String {
+pub fn header(graph: &Graph, levels: &[Level], sym: &str, emit: Emit) -> String {
     let up = sym.to_uppercase();
-    let arena = pool.arena_bytes(graph);
-    let precision = match pool.precision {
+    let arena = levels::arena_bytes(graph, levels);
+    let amx = levels.iter().any(|l| !l.pool.bf.is_empty());
+    let precision = levels
+        .first()
+        .map_or(crate::precision::Precision::F32, |l| l.pool.precision);
+    let arithmetic = match precision {
         crate::precision::Precision::F32 => "fp32: every layer computes in fp32".to_string(),
         crate::precision::Precision::Bf16 => format!(
             "bf16: convs, transposed convs and linear layers read their inputs and weights \n * rounded to bfloat16 and sum in fp32 ({}); everything else, the input \n * and the output are fp32",
-            if pool.bf.is_empty() {
-                "fp32 vector units"
-            } else {
-                "AMX tiles: Linux 5.16 or later"
+            match (amx, levels.len()) {
+                (false, _) => "fp32 vector units",
+                (true, 1) => "AMX tiles: Linux 5.16 or later",
+                (true, _) => "AMX tiles where the CPU has them and Linux grants them, else fp32 vector units",
             }
         ),
+    };
+    let names: Vec<String> = levels.iter().map(|l| level_name(&l.cpu)).collect();
+    let (levels_doc, forward_codes) = if levels.len() == 1 {
+        (
+            format!(
+                "/* The code is for one CPU, `{}`: it runs on CPUs with every instruction\n * that one has (others die of SIGILL). */",
+                names[0]
+            ),
+            "-4 if the OS refuses the AMX tile state a bf16 build for an\n * AMX CPU uses (Linux before 5.16; build with another --cpu there)",
+        )
+    } else {
+        (
+            format!(
+                "/* The code is for {n} CPU levels, best first: {list}. The first call\n * picks the best one this CPU and OS run (CPUID, XGETBV); the environment\n * variable {var}=<level> makes it pick that level or a lower one. */",
+                n = levels.len(),
+                list = names.join(", "),
+                var = levels::FORCE_VAR,
+            ),
+            "-5 if this CPU runs none of the levels (or\n * RESNETC_CPU_LEVEL names none)",
+        )
     };
     let (what, cc) = match emit {
         Emit::Obj => (format!("{sym}.o"), format!("{sym}.o")),
@@ -264,8 +574,15 @@ pub fn header(graph: &Graph, pool: &ConstPool, sym: &str, emit: Emit) -> String 
         graph.input_shape(),
         graph.output_shape(),
         &format!(
-            r#"/* The arithmetic: {precision}. */
+            r#"/* The arithmetic: {arithmetic}. */
 #define {up}_PRECISION "{name}"
+
+{levels_doc}
+#define {up}_CPU_LEVELS "{level_list}"
+
+/* The level that runs (picking it if no call has yet), or NULL where this
+ * CPU runs none. */
+const char *{sym}_cpu_level(void);
 
 /* Working memory a call needs, per image: `{sym}_forward` allocates
  * (and frees) it; `{sym}_forward_with_arena` takes it from the caller. */
@@ -281,8 +598,8 @@ void {sym}_set_num_threads(int n);
 /* Runs the model on `batch` images: reads batch * {up}_INPUT_SIZE floats
  * from `input`, writes batch * {up}_OUTPUT_SIZE floats to `output`.
  * Returns 0 on success, -1 if batch < 1, -2 if the working memory could not
- * be allocated, -4 if the OS refuses the AMX tile state a bf16 build for an
- * AMX CPU uses (Linux before 5.16; build with another --cpu there). Re-entrant: any number of threads may call it at once (each
+ * be allocated, {forward_codes}.
+ * Re-entrant: any number of threads may call it at once (each
  * call has its own working memory; the weights are read-only). */
 int {sym}_forward(const float *input, float *output, int batch);
 
@@ -291,10 +608,12 @@ int {sym}_forward(const float *input, float *output, int batch);
  * returns will do), contents irrelevant, and serves one call at a time.
  * Nothing is allocated: a caller that keeps its arena saves the pages a
  * large allocation maps and faults in on every call. Returns 0, -1 if
- * batch < 1, -2 if arena is NULL, -4 as for `{sym}_forward`. */
+ * batch < 1, -2 if arena is NULL, {code} as for `{sym}_forward`. */
 int {sym}_forward_with_arena(const float *input, float *output, int batch, void *arena);
 "#,
-            name = pool.precision.name(),
+            name = precision.name(),
+            level_list = names.join(","),
+            code = if levels.len() == 1 { "-4" } else { "-5" },
         ),
     )
 }

@@ -118,6 +118,56 @@ impl ConstPool {
         }
     }
 
+    /// `build`, or with `opts.packed_for` the plans of `opts.cpu` over
+    /// weights packed for that CPU (`narrowed`).
+    pub fn for_options(
+        graph: &Graph,
+        weights: &Weights,
+        derived: &Weights,
+        opts: &CpuOptions,
+    ) -> Result<ConstPool, crate::backend::llvm::LlvmError> {
+        let Some(top) = &opts.packed_for else {
+            return Ok(ConstPool::build(graph, weights, derived, opts));
+        };
+        let packing = CpuOptions {
+            cpu: top.clone(),
+            ..opts.clone()
+        };
+        let mut packed = ConstPool::build(graph, weights, derived, &packing);
+        let mut pool = packed
+            .narrowed(graph, VectorIsa::of(&opts.cpu), opts)
+            .ok_or_else(|| {
+                crate::backend::llvm::LlvmError::Internal(format!(
+                    "weights packed for `{top}` hold AMX tiles, which only AMX code reads"
+                ))
+            })?;
+        pool.data = std::mem::take(&mut packed.data);
+        Ok(pool)
+    }
+
+    /// The plans of this pool's weights for a narrower vector unit `isa`
+    /// (a lower level of a multi-level library, which reads the same
+    /// constants): no data of its own, the kernels' workspace its own.
+    /// `None` where the pool holds AMX tiles, which only AMX code reads.
+    pub fn narrowed(&self, graph: &Graph, isa: VectorIsa, opts: &CpuOptions) -> Option<ConstPool> {
+        if !self.bf.is_empty() {
+            return None;
+        }
+        let (gemm, wino) = plan_packed(graph, isa, opts, self);
+        let wino_space = wino.values().map(|p| p.workspace()).max().unwrap_or(0);
+        let workspace = conv_gemm::workspace(&gemm).max(wino_space) as usize;
+        Some(ConstPool {
+            offsets: self.offsets.clone(),
+            data: Vec::new(),
+            gemm,
+            wino,
+            bf: HashMap::new(),
+            workspace,
+            isa,
+            precision: self.precision,
+        })
+    }
+
     /// Floats of arena per image: the memory plan's buffers, then the
     /// kernels' workspace.
     pub fn arena_floats(&self, plan: &MemoryPlan) -> usize {
@@ -177,8 +227,44 @@ pub fn plan_convs(
         .into_iter()
         .filter_map(|n| WinoConv::plan(graph, n, isa, choice(n).1).map(|p| (n, p)))
         .collect();
-    let mut gemm = conv_gemm::plans(graph, isa, opts.precision, |n| choice(n).0);
+    let mut gemm = conv_gemm::plans(graph, isa, opts.precision, |n| choice(n).0, |_| None);
     gemm.retain(|n, _| !wino.contains_key(n));
+    (gemm, wino)
+}
+
+/// The plans of every conv for `isa` over the weights `top` packed (for a
+/// wider vector unit): each conv keeps `top`'s algorithm and packing, and
+/// its register tiles divide `top`'s panels; the tiling kind and the
+/// blocking are this unit's own (no tuning record: it was measured for
+/// `top`'s).
+fn plan_packed(
+    graph: &Graph,
+    isa: VectorIsa,
+    opts: &CpuOptions,
+    top: &ConstPool,
+) -> (HashMap<NodeIndex, GemmConv>, HashMap<NodeIndex, WinoConv>) {
+    let wino: HashMap<NodeIndex, WinoConv> = top
+        .wino
+        .iter()
+        .filter_map(|(&n, w)| {
+            let algo = if w.m == 4 {
+                ConvAlgo::Winograd
+            } else {
+                ConvAlgo::Winograd2
+            };
+            WinoConv::plan_packed(graph, n, isa, algo, Some(w.wpitch)).map(|p| (n, p))
+        })
+        .collect();
+    let gemm = conv_gemm::plans(
+        graph,
+        isa,
+        opts.precision,
+        |_| opts.conv,
+        |n| top.gemm.get(&n).map(|p| p.wpitch),
+    )
+    .into_iter()
+    .filter(|(n, _)| top.gemm.contains_key(n))
+    .collect();
     (gemm, wino)
 }
 

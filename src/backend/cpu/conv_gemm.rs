@@ -100,6 +100,11 @@ pub struct GemmConv {
     pub lanes: u64,
     /// Output channels per register tile.
     pub mr: u64,
+    /// Output channels per panel of the packed weight: `mr`, or a multiple
+    /// of it where this plan reads weights packed for a wider vector unit
+    /// (a multi-level library's lower levels share the top level's), each
+    /// stored panel then `wpitch / mr` register tiles.
+    pub wpitch: u64,
     pub groups: u64,
     pub icg: u64,
     pub ocg: u64,
@@ -194,6 +199,7 @@ impl GemmConv {
         isa: VectorIsa,
         precision: Precision,
         kernel: ConvKernel,
+        pitch: Option<u64>,
     ) -> Option<GemmConv> {
         let Op::Conv { fused, .. } = &graph.node(n).op else {
             return None;
@@ -246,7 +252,7 @@ impl GemmConv {
             (h * w, w, taps_rc.map(|(y, x)| y * w + x).collect(), None)
         };
         let strided = (sh, sw) != (1, 1);
-        let (tiling, mr) = choose_tiling(ocg, (oh, ow, wq), (kw, strided), isa, kernel);
+        let (tiling, mr) = choose_tiling(ocg, (oh, ow, wq), (kw, strided), isa, kernel, pitch);
         let panels = (oh * wq).div_ceil(2 * isa.lanes);
         // A channel tile's one row phase: every row, every tap, pixel `j`
         // reading `tap + j`.
@@ -272,6 +278,7 @@ impl GemmConv {
             tiling,
             lanes: isa.lanes,
             mr,
+            wpitch: pitch.unwrap_or(mr),
             groups: g,
             icg,
             ocg,
@@ -337,6 +344,7 @@ impl GemmConv {
     /// the kernel's order `[group][oc panel][ic][tap][mr]`, zero rows past
     /// `ocg`.
     pub fn pack(&self, w: &[f32]) -> Vec<f32> {
+        debug_assert_eq!(self.wpitch, self.mr, "packs are made for the top level");
         let t = self.taps.len() as u64;
         let mut out =
             Vec::with_capacity((self.groups * self.oc_panels * self.icg * t * self.mr) as usize);
@@ -365,12 +373,18 @@ impl GemmConv {
 /// registers (`2·mr` accumulators, two input vectors, one broadcast) and
 /// costs least, counting padded rows and a per-tile overhead of about
 /// three FMAs' worth per step (the input loads and the loop).
-pub fn choose_mr(m: u64, regs: u32) -> u64 {
+pub fn choose_mr(m: u64, regs: u32, pitch: Option<u64>) -> u64 {
     [1u64, 2, 4, 6, 8, 12]
         .into_iter()
-        .filter(|&mr| 2 * mr + 3 <= regs as u64)
+        .filter(|&mr| 2 * mr + 3 <= regs as u64 && fits_pitch(mr, pitch))
         .min_by_key(|&mr| (m.div_ceil(mr) * (2 * mr + 3), u64::MAX - mr))
         .unwrap_or(1)
+}
+
+/// Whether a register tile of `mr` output channels reads weights packed
+/// `pitch` channels a panel (`None`: packed for this tile).
+pub fn fits_pitch(mr: u64, pitch: Option<u64>) -> bool {
+    pitch.is_none_or(|p| p.is_multiple_of(mr))
 }
 
 /// Work units per image a `Channels` conv is split into at least (when it
@@ -406,10 +420,11 @@ pub fn choose_tiling(
     (kw, strided): (u64, bool),
     isa: VectorIsa,
     kernel: ConvKernel,
+    pitch: Option<u64>,
 ) -> (Tiling, u64) {
-    let mr = choose_mr(ocg, isa.regs);
+    let mr = choose_mr(ocg, isa.regs, pitch);
     let pixels = (oh * wq).div_ceil(2 * isa.lanes) * ocg.div_ceil(mr) * (2 * mr + 3) * 100;
-    let mut channels = choose_channels(ocg, oh, ow, kw, isa, 1);
+    let mut channels = choose_channels(ocg, oh, ow, kw, isa, 1, pitch);
     if isa.intel && (kw == 1 || (strided && kw <= 3 && oh * ow >= 28 * 28)) {
         // On the Intel cores measured (Emerald Rapids, Sapphire Rapids)
         // the pixel tile ran 1×1 convs over 28×28 and 56×56 maps, and the
@@ -447,11 +462,13 @@ pub fn choose_channels(
     kw: u64,
     isa: VectorIsa,
     r_step: u64,
+    pitch: Option<u64>,
 ) -> Option<(u64, u64, u64, u64)> {
     let g = tap_group(kw);
     (1..=4u64)
         .flat_map(|v| (1..=16u64).map(move |r| (v, r)))
         .filter(|&(v, r)| r * v + g * v < isa.regs as u64 && r.is_multiple_of(r_step))
+        .filter(|&(v, _)| fits_pitch(v * isa.lanes, pitch))
         .map(|(v, r)| {
             let cost = oh * ow.div_ceil(r) * ocg.div_ceil(v * isa.lanes) * (r * v + 3);
             (cost * CHANNELS_COST_PERCENT, u64::MAX - r * v, v, r)
@@ -460,19 +477,22 @@ pub fn choose_channels(
 }
 
 /// Every conv the GEMM kernel runs, with its tiling (`kernel_of` says
-/// which tilings each may use).
+/// which tilings each may use, `pitch_of` how its weights are packed where
+/// another plan packed them).
 pub fn plans(
     graph: &Graph,
     isa: VectorIsa,
     precision: Precision,
     kernel_of: impl Fn(NodeIndex) -> ConvKernel,
+    pitch_of: impl Fn(NodeIndex) -> Option<u64>,
 ) -> HashMap<NodeIndex, GemmConv> {
     graph
         .schedule()
         .into_iter()
         .filter_map(|n| {
-            GemmConv::plan(graph, n, isa, precision, kernel_of(n))
-                .or_else(|| super::conv_transpose_plan::plan(graph, n, isa, precision))
+            let pitch = pitch_of(n);
+            GemmConv::plan(graph, n, isa, precision, kernel_of(n), pitch)
+                .or_else(|| super::conv_transpose_plan::plan(graph, n, isa, precision, pitch))
                 .map(|p| (n, p))
         })
         .collect()
@@ -649,6 +669,27 @@ impl GemmConv {
         4 * self.groups * self.oc_panels * self.icg * self.taps.len() as u64 * self.mr
     }
 
+    /// Where register tile `panel` (of `groups · oc_panels`) starts in the
+    /// packed weight: its stored panel, then its rows within it.
+    fn panel_weights<'ctx>(
+        &self,
+        e: &Emitter<'_, 'ctx>,
+        wt: PointerValue<'ctx>,
+        panel: IntValue<'ctx>,
+    ) -> PointerValue<'ctx> {
+        let per = e.int(self.icg * self.taps.len() as u64 * self.wpitch);
+        if self.wpitch == self.mr {
+            return e.at(wt, e.mul(panel, per));
+        }
+        // Stored panels per group, and register tiles per stored panel.
+        let (stored, k) = (self.ocg.div_ceil(self.wpitch), self.wpitch / self.mr);
+        let g = e.sdiv(panel, e.int(self.oc_panels));
+        let local = e.srem(panel, e.int(self.oc_panels));
+        let at = e.add(e.mul(g, e.int(stored)), e.sdiv(local, e.int(k)));
+        let rows = e.mul(e.srem(local, e.int(k)), e.int(self.mr));
+        e.at(wt, e.add(e.mul(at, per), rows))
+    }
+
     /// Bytes of one image's source (staged or not).
     fn source_bytes(&self) -> u64 {
         4 * self.groups * self.icg * self.plane
@@ -708,6 +749,7 @@ fn gemm_pixels<'ctx>(
     let ops = c.graph.operands(n);
     let (_, bias, residual) = fused_operands(c, &ops, fused);
     let (mr, t, nr, lanes) = (p.mr, p.taps.len() as u64, p.nr(), p.lanes);
+    let pitch = p.wpitch;
     let blocks = e.int(p.panels.div_ceil(p.block));
     let g = e.sdiv(u, blocks);
     let t0 = e.mul(e.srem(u, blocks), e.int(p.block));
@@ -732,17 +774,17 @@ fn gemm_pixels<'ctx>(
                 e.vset(*s, e.vzero());
             }
             let panel = e.add(e.mul(g, e.int(p.oc_panels)), op);
-            let wp = e.at(wt, e.mul(panel, e.int(p.icg * t * mr)));
+            let wp = p.panel_weights(e, wt, panel);
             e.for_const(0, p.icg, |e, ic| {
                 let xc = e.at(xg, e.mul(ic, e.int(p.plane)));
-                let wk = e.at(wp, e.mul(ic, e.int(t * mr)));
+                let wk = e.at(wp, e.mul(ic, e.int(t * pitch)));
                 let mut acc: Vec<[VectorValue<'ctx>; 2]> =
                     slots.iter().map(|s| [e.vget(s[0]), e.vget(s[1])]).collect();
                 for (ti, &off) in p.taps.iter().enumerate() {
                     let x0 = e.vload(xc, e.int(off));
                     let x1 = e.vload(xc, e.int(off + lanes));
                     for (r, pair) in acc.iter_mut().enumerate() {
-                        let wv = e.vsplat(e.load(wk, e.int(ti as u64 * mr + r as u64)));
+                        let wv = e.vsplat(e.load(wk, e.int(ti as u64 * pitch + r as u64)));
                         pair[0] = e.vfma(wv, x0, pair[0]);
                         pair[1] = e.vfma(wv, x1, pair[1]);
                     }
@@ -823,6 +865,7 @@ fn gemm_channels<'ctx>(
     let ops = c.graph.operands(n);
     let (_, bias, residual) = fused_operands(c, &ops, fused);
     let (mr, t, nv) = (p.mr, p.taps.len() as u64, p.mr / p.lanes);
+    let pitch = p.wpitch;
     let lanes = p.lanes;
     let g = e.sdiv(panel, e.int(p.oc_panels));
     let local0 = e.mul(e.srem(panel, e.int(p.oc_panels)), e.int(mr));
@@ -835,10 +878,7 @@ fn gemm_channels<'ctx>(
     let yb = a.image(e, c.view(n), b);
     let zb = residual.map(|z| a.image(e, c.view(z), b));
     let bias = bias.map(|k| a.konst(e, k));
-    let wp = e.at(
-        a.konst(e, c.konst(ops[1])),
-        e.mul(panel, e.int(p.icg * t * mr)),
-    );
+    let wp = p.panel_weights(e, a.konst(e, c.konst(ops[1])), panel);
     let slots: Vec<PointerValue<'ctx>> = (0..r * nv).map(|_| e.vslot()).collect();
     let ohw = p.oh * p.ow;
     for ph in &p.row_phases {
@@ -849,7 +889,9 @@ fn gemm_channels<'ctx>(
         // prefetches a share of the next panel's (the next unit's, which
         // this thread runs next), so the memory stream overlaps compute.
         let panel_bytes = 4 * p.icg * t * mr;
-        let prefetch = (rows > 1 && panel_bytes >= PREFETCH_PANEL_BYTES)
+        // (Not where tiles share stored panels: the next tile's weights
+        // are then not the next `panel_bytes`.)
+        let prefetch = (rows > 1 && panel_bytes >= PREFETCH_PANEL_BYTES && pitch == mr)
             .then(|| ((t * mr).div_ceil(16), rows));
         let i0 = e.mul(chunk, e.int(rows));
         let i1 = e.smin(e.add(i0, e.int(rows)), e.int(ph.rows));
@@ -866,7 +908,7 @@ fn gemm_channels<'ctx>(
                 }
                 e.for_const(0, p.icg, |e, ic| {
                     let xc = e.at(xq, e.mul(ic, e.int(p.plane)));
-                    let wk = e.at(wp, e.mul(ic, e.int(t * mr)));
+                    let wk = e.at(wp, e.mul(ic, e.int(t * pitch)));
                     if let Some((lines, every)) = prefetch {
                         // This row's share of the next panel's weights for
                         // this input channel: lines `q, q + rows, ...`.
@@ -892,7 +934,7 @@ fn gemm_channels<'ctx>(
                             .iter()
                             .map(|(ti, _)| {
                                 (0..nv)
-                                    .map(|v| e.vload(wk, e.int(ti * mr + v * lanes)))
+                                    .map(|v| e.vload(wk, e.int(ti * pitch + v * lanes)))
                                     .collect()
                             })
                             .collect();

@@ -20,7 +20,13 @@ use petgraph::stable_graph::NodeIndex;
 
 /// The `Channels` tiling of the transposed conv at `n`, or `None` when it is
 /// not one over an image whose weight it alone reads.
-pub fn plan(graph: &Graph, n: NodeIndex, isa: VectorIsa, precision: Precision) -> Option<GemmConv> {
+pub fn plan(
+    graph: &Graph,
+    n: NodeIndex,
+    isa: VectorIsa,
+    precision: Precision,
+    pitch: Option<u64>,
+) -> Option<GemmConv> {
     if !matches!(graph.node(n).op, Op::ConvTranspose { .. }) {
         return None;
     }
@@ -37,7 +43,7 @@ pub fn plan(graph: &Graph, n: NodeIndex, isa: VectorIsa, precision: Precision) -
         p: (ph, pw),
         d: (dh, dw),
     } = ConvShape::of(graph, n)?;
-    let (_, _, v, r) = choose_channels(ocg, oh, ow, kw, isa, sw)?;
+    let (_, _, v, r) = choose_channels(ocg, oh, ow, kw, isa, sw, pitch)?;
     // The input index output `o` reads through tap `k`, when one.
     let source = |o: u64, k: u64, s: u64, p: u64, d: u64| -> Option<i64> {
         let at = o as i64 + p as i64 - (k * d) as i64;
@@ -90,6 +96,7 @@ pub fn plan(graph: &Graph, n: NodeIndex, isa: VectorIsa, precision: Precision) -
         tiling: Tiling::Channels { r },
         lanes: isa.lanes,
         mr,
+        wpitch: pitch.unwrap_or(mr),
         groups: g,
         icg,
         ocg,

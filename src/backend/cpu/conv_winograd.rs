@@ -146,6 +146,10 @@ pub struct WinoConv {
     pub c: u64,
     /// Register tiles over the output channels: `ceil(oc / (v·lanes))`.
     pub panels: u64,
+    /// Output channels per panel of the packed weight: `v·lanes`, or a
+    /// multiple of it where this plan reads weights packed for a wider
+    /// vector unit (as `GemmConv::wpitch`).
+    pub wpitch: u64,
     /// Panel groups: units per block (more than one where the blocks alone
     /// leave fewer than the direct kernels' `MIN_UNITS`; each group
     /// transforms the block's input again).
@@ -175,16 +179,28 @@ impl WinoConv {
     /// The Winograd plan of the conv at `n`, or `None` where it runs
     /// direct: not eligible, or the cost model (`Auto`) prefers direct.
     pub fn plan(graph: &Graph, n: NodeIndex, isa: VectorIsa, algo: ConvAlgo) -> Option<WinoConv> {
+        WinoConv::plan_packed(graph, n, isa, algo, None)
+    }
+
+    /// `plan`, for weights packed `pitch` channels a panel where another
+    /// plan packed them.
+    pub fn plan_packed(
+        graph: &Graph,
+        n: NodeIndex,
+        isa: VectorIsa,
+        algo: ConvAlgo,
+        pitch: Option<u64>,
+    ) -> Option<WinoConv> {
         let s = eligible(graph, n)?;
         match algo {
             ConvAlgo::Direct => None,
-            ConvAlgo::Winograd => Some(WinoConv::new(&s, isa, 4)),
-            ConvAlgo::Winograd2 => Some(WinoConv::new(&s, isa, 2)),
+            ConvAlgo::Winograd => Some(WinoConv::new(&s, isa, 4, pitch)),
+            ConvAlgo::Winograd2 => Some(WinoConv::new(&s, isa, 2, pitch)),
             ConvAlgo::Auto => {
                 let direct = direct_cost(&s, isa);
                 [4, 2]
                     .into_iter()
-                    .map(|m| WinoConv::new(&s, isa, m))
+                    .map(|m| WinoConv::new(&s, isa, m, pitch))
                     .map(|p| (p.cost(), p))
                     .filter(|(c, _)| *c * 100 < direct * WINOGRAD_MARGIN_PERCENT)
                     .min_by_key(|(c, _)| *c)
@@ -193,32 +209,34 @@ impl WinoConv {
         }
     }
 
-    fn new(s: &ConvShape, isa: VectorIsa, m: u64) -> WinoConv {
+    fn new(s: &ConvShape, isa: VectorIsa, m: u64, pitch: Option<u64>) -> WinoConv {
         let lanes = isa.lanes;
         let (th, tw) = (s.oh.div_ceil(m), s.ow.div_ceil(m));
         // The channel tile: `r·v` accumulators, `v` weight vectors and a
         // broadcast in the registers; blocks of whole tile rows where a row
         // fits a vector, else of `lanes / 2^i` columns; the cheapest
         // counting padded channels and tiles.
-        let candidates = (1..=4u64).flat_map(|v| {
-            let rmax = (isa.regs as u64 - 1) / v - 1;
-            let shapes: Vec<(u64, u64)> = if tw <= lanes {
-                let k = (rmax / tw).clamp(1, th);
-                // Balanced: as many blocks as k rows need, rows shared out.
-                let k = th.div_ceil(th.div_ceil(k));
-                vec![(k, tw)]
-            } else {
-                [lanes, lanes / 2, lanes / 4]
+        let candidates = (1..=4u64)
+            .filter(|v| super::conv_gemm::fits_pitch(v * lanes, pitch))
+            .flat_map(|v| {
+                let rmax = (isa.regs as u64 - 1) / v - 1;
+                let shapes: Vec<(u64, u64)> = if tw <= lanes {
+                    let k = (rmax / tw).clamp(1, th);
+                    // Balanced: as many blocks as k rows need, rows shared out.
+                    let k = th.div_ceil(th.div_ceil(k));
+                    vec![(k, tw)]
+                } else {
+                    [lanes, lanes / 2, lanes / 4]
+                        .into_iter()
+                        .filter(|&c| c >= 2 && c <= rmax)
+                        .map(|c| (1, c))
+                        .collect()
+                };
+                shapes
                     .into_iter()
-                    .filter(|&c| c >= 2 && c <= rmax)
-                    .map(|c| (1, c))
-                    .collect()
-            };
-            shapes
-                .into_iter()
-                .filter(move |&(k, c)| k * c <= rmax)
-                .map(move |(k, c)| (v, k, c))
-        });
+                    .filter(move |&(k, c)| k * c <= rmax)
+                    .map(move |(k, c)| (v, k, c))
+            });
         let (v, kr, c) = candidates
             .min_by_key(|&(v, k, c)| {
                 let blocks = th.div_ceil(k) * tw.div_ceil(c);
@@ -237,6 +255,7 @@ impl WinoConv {
             kr,
             c,
             panels,
+            wpitch: pitch.unwrap_or(v * lanes),
             groups: MIN_UNITS.div_ceil(blocks).min(panels),
             h: s.h,
             w: s.w,
@@ -326,6 +345,7 @@ impl WinoConv {
     /// The filter `[oc, ic, 3, 3]` transformed (in f64, rounded once) and
     /// packed `[ξ][panel][ic][mr]`, zero rows past `oc`.
     pub fn pack(&self, w: &[f32]) -> Vec<f32> {
+        debug_assert_eq!(self.wpitch, self.mr(), "packs are made for the top level");
         let tr = Transform::of(self.m);
         let (pts, mr) = (self.points() as usize, self.mr() as usize);
         let (ic, oc) = (self.ic as usize, self.oc as usize);
@@ -577,17 +597,22 @@ fn panel_tiles<'ctx>(
 ) {
     let (l, v, r, mr) = (p.lanes, p.v, p.r(), p.mr());
     let pts = p.points();
+    // The stored panel holding this register tile, and the tile's rows in
+    // it (`wpitch / mr` tiles a stored panel).
+    let (stored, k) = (p.oc.div_ceil(p.wpitch), p.wpitch / mr);
+    let (sp, rows) = (
+        e.sdiv(panel, e.int(k)),
+        e.mul(e.srem(panel, e.int(k)), e.int(mr)),
+    );
     e.for_const(0, pts, |e, xi| {
         for s in slots {
             e.vset(*s, e.vzero());
         }
-        let up = e.at(
-            wt,
-            e.mul(e.add(e.mul(xi, e.int(p.panels)), panel), e.int(p.ic * mr)),
-        );
+        let at = e.add(e.mul(xi, e.int(stored)), sp);
+        let up = e.at(wt, e.add(e.mul(at, e.int(p.ic * p.wpitch)), rows));
         let vp = e.at(vb, e.mul(xi, e.int(p.ic * r)));
         e.for_const(0, p.ic, |e, ic| {
-            let wk = e.at(up, e.mul(ic, e.int(mr)));
+            let wk = e.at(up, e.mul(ic, e.int(p.wpitch)));
             let xk = e.at(vp, e.mul(ic, e.int(r)));
             let wv: Vec<VectorValue<'ctx>> = (0..v).map(|k| e.vload(wk, e.int(k * l))).collect();
             let mut acc: Vec<VectorValue<'ctx>> = slots.iter().map(|s| e.vget(*s)).collect();

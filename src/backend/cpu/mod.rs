@@ -11,6 +11,7 @@ pub mod conv_transpose_plan;
 pub mod conv_winograd;
 #[cfg(test)]
 mod default_threads_tests;
+pub mod levels;
 pub mod lower;
 pub mod sizes;
 pub mod tuning;
@@ -44,6 +45,13 @@ pub struct CpuOptions {
     pub tuning: Option<std::sync::Arc<tuning::Tuning>>,
     /// fp32, or bf16 convs and linear layers (`crate::precision`).
     pub precision: Precision,
+    /// Further CPUs a static library also holds code for (`levels`): it
+    /// runs the best of `cpu` and these that the user's CPU runs.
+    pub lower: Vec<String>,
+    /// The CPU whose kernels the weights are packed for, where not `cpu`'s
+    /// own: what a multi-level library's lower levels read (`levels`);
+    /// here so that a JIT run can test them.
+    pub packed_for: Option<String>,
 }
 
 impl Default for CpuOptions {
@@ -54,6 +62,8 @@ impl Default for CpuOptions {
             algo: ConvAlgo::Auto,
             tuning: None,
             precision: Precision::F32,
+            lower: Vec::new(),
+            packed_for: None,
         }
     }
 }
@@ -65,6 +75,28 @@ extern "C" {
     fn resnetc_get_num_threads() -> i32;
     fn resnetc_now_ns() -> i64;
     fn resnetc_amx_permit() -> i32;
+    fn resnetc_cpu_runs(features: *const std::ffi::c_char) -> i32;
+    fn resnetc_cpu_feature_known(feature: *const std::ffi::c_char) -> i32;
+}
+
+/// Whether this machine runs code that needs every feature of the comma
+/// list `features` (LLVM's names), by the check a multi-level library makes
+/// at its first call (CPUID and XGETBV, `runtime/parallel.c`).
+pub fn cpu_runs(features: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(features) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated string, read during the call only.
+    unsafe { resnetc_cpu_runs(c.as_ptr()) == 1 }
+}
+
+/// Whether that check knows the feature `name`.
+pub fn cpu_feature_known(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: as in `cpu_runs`.
+    unsafe { resnetc_cpu_feature_known(c.as_ptr()) == 1 }
 }
 
 /// Whether this process may use AMX tiles (Linux grants them on request).
@@ -102,15 +134,27 @@ pub fn compile<'ctx>(
     graph: &Graph,
     pool: &ConstPool,
     opts: &CpuOptions,
-) -> Result<
-    (
-        inkwell::module::Module<'ctx>,
-        inkwell::targets::TargetMachine,
-        Vec<String>,
-    ),
-    LlvmError,
-> {
-    let (module, labels) = lower::lower(ctx, graph, pool, &symbol(&graph.name))?;
+) -> Result<Compiled<'ctx>, LlvmError> {
+    compile_as(ctx, graph, pool, opts, &symbol(&graph.name))
+}
+
+/// A compiled module, the target machine it was made for, and what each
+/// parallel call of its `_run` computes.
+pub type Compiled<'ctx> = (
+    inkwell::module::Module<'ctx>,
+    inkwell::targets::TargetMachine,
+    Vec<String>,
+);
+
+/// `compile` with the functions' symbol prefix `sym` (`<sym>_run`, ...).
+pub fn compile_as<'ctx>(
+    ctx: &'ctx Context,
+    graph: &Graph,
+    pool: &ConstPool,
+    opts: &CpuOptions,
+    sym: &str,
+) -> Result<Compiled<'ctx>, LlvmError> {
+    let (module, labels) = lower::lower(ctx, graph, pool, sym)?;
     let machine = llvm::x86_machine(&opts.cpu)?;
     // Per-function CPU attributes: the JIT's own target machine is a
     // generic x86-64 one, and without these it would compile the vector
@@ -285,7 +329,7 @@ fn jit<R>(
     llvm::features::check_host_runs(&opts.cpu)?;
     let plan = graph.plan.as_ref().ok_or(LlvmError::Unplanned)?;
     let derived = crate::weights::materialize(graph, weights);
-    let pool = ConstPool::build(graph, weights, &derived, opts);
+    let pool = ConstPool::for_options(graph, weights, &derived, opts)?;
     if !pool.bf.is_empty() && !amx_permitted() {
         return Err(LlvmError::AmxRefused(
             "the operating system refused this process AMX tile state (Linux 5.16 or later grants it)".into(),

@@ -141,6 +141,21 @@ pub fn missing(cpu_features: &[&str], host: &str) -> Vec<String> {
         .split(',')
         .filter_map(|f| f.strip_prefix('-'))
         .collect();
+    let mut out: Vec<String> = generated(cpu_features)
+        .into_iter()
+        .filter(|f| lacks.contains(f))
+        .map(String::from)
+        .collect();
+    if out.iter().any(|f| f == "avx512f") {
+        out.retain(|f| f != "evex512");
+    }
+    out
+}
+
+/// The features of `cpu_features` and those they imply, an implied one
+/// before the first that implies it, that code generation uses by itself
+/// (`GENERATED`).
+fn generated<'a>(cpu_features: &[&'a str]) -> Vec<&'a str> {
     let mut all: Vec<&str> = Vec::new();
     fn add<'a>(all: &mut Vec<&'a str>, f: &'a str) {
         if all.contains(&f) {
@@ -156,15 +171,85 @@ pub fn missing(cpu_features: &[&str], host: &str) -> Vec<String> {
     for f in cpu_features {
         add(&mut all, f);
     }
-    let mut out: Vec<String> = all
-        .into_iter()
-        .filter(|f| lacks.contains(f) && GENERATED.iter().any(|g| f.starts_with(g)))
-        .map(String::from)
-        .collect();
-    if out.iter().any(|f| f == "avx512f") {
-        out.retain(|f| f != "evex512");
+    all.retain(|f| GENERATED.iter().any(|g| f.starts_with(g)));
+    all
+}
+
+/// The features the run-time check of a multi-level library knows
+/// (`runtime/parallel.c`'s CPUID table, by LLVM's names).
+pub const RUNTIME_CHECKED: &[&str] = &[
+    "cmov",
+    "sse",
+    "sse2",
+    "sse3",
+    "pclmul",
+    "ssse3",
+    "fma",
+    "cx16",
+    "sse4.1",
+    "sse4.2",
+    "movbe",
+    "popcnt",
+    "avx",
+    "f16c",
+    "bmi",
+    "avx2",
+    "bmi2",
+    "avx512f",
+    "evex512",
+    "avx512dq",
+    "adx",
+    "avx512ifma",
+    "avx512cd",
+    "avx512bw",
+    "avx512vl",
+    "avx512vbmi",
+    "avx512vbmi2",
+    "gfni",
+    "vaes",
+    "vpclmulqdq",
+    "avx512vnni",
+    "avx512bitalg",
+    "avx512vpopcntdq",
+    "avx512vp2intersect",
+    "amx-bf16",
+    "avx512fp16",
+    "amx-tile",
+    "amx-int8",
+    "avxvnni",
+    "avx512bf16",
+    "avxifma",
+    "sahf",
+    "lzcnt",
+    "sse4a",
+    "xop",
+    "fma4",
+    "tbm",
+];
+
+/// What a library's run-time check asks of the CPU before it runs code
+/// generated for `cpu`: every feature code generation may use (`native`:
+/// nothing, its build has one level and no check).
+pub fn runtime_needs(cpu: &str) -> Result<Vec<String>, LlvmError> {
+    if cpu == "native" {
+        return Ok(Vec::new());
     }
-    out
+    if !KNOWN_CPUS.contains(&cpu) {
+        return Err(LlvmError::UnknownCpu(cpu.to_string()));
+    }
+    let features = llvm_cpu_features(cpu)
+        .ok_or_else(|| LlvmError::Internal(format!("LLVM's X86 parser has no CPU `{cpu}`")))?;
+    let names: Vec<&str> = features.iter().map(String::as_str).collect();
+    generated(&names)
+        .into_iter()
+        .map(|f| match RUNTIME_CHECKED.contains(&f) {
+            true => Ok(f.to_string()),
+            false => Err(LlvmError::Levels(format!(
+                "code for `{cpu}` may use {}, which a library cannot check for at run time",
+                friendly(f)
+            ))),
+        })
+        .collect()
 }
 
 /// A feature as Intel and AMD write it: `avx512f` → `AVX-512F`, `fma` →

@@ -43,6 +43,13 @@ pub enum LlvmError {
         help("use a --cpu without AMX (e.g. `--cpu icelake-server`, or `x86-64-v4`): bf16 then runs on the vector units")
     )]
     AmxRefused(String),
+    /// A set of `--cpu` levels one library cannot hold.
+    #[error("{0}")]
+    #[diagnostic(
+        code(resnetc::backend::cpu_levels),
+        help("list x86-64 levels or CPU names, e.g. `--cpu x86-64-v4,x86-64-v3,x86-64-v2` (the default); `--cpu native` builds for this machine alone")
+    )]
+    Levels(String),
     #[error("unknown GPU architecture `{0}`")]
     #[diagnostic(
         code(resnetc::backend::cuda),
