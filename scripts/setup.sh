@@ -22,6 +22,14 @@ if ! command -v gcc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1 || ! co
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc make binutils >/dev/null
 fi
 
+# qemu-user: the tests run portable libraries on emulated CPUs without
+# AVX-512 (`qemu-x86_64 -cpu Nehalem`, `-cpu Haswell`).
+if ! command -v qemu-x86_64 >/dev/null 2>&1; then
+    echo "setup: installing qemu-user" >&2
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null
+fi
+
 if command -v rustup >/dev/null 2>&1; then
     rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

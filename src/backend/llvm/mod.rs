@@ -163,11 +163,19 @@ impl VectorIsa {
         intel: false,
         amx_bf16: false,
     };
-    /// AVX2 (and older x86-64, which LLVM legalizes into halves): 16
-    /// registers of 8 lanes.
+    /// AVX2: 16 registers of 8 lanes.
     pub const AVX2: VectorIsa = VectorIsa {
         regs: 16,
         lanes: 8,
+        intel: false,
+        amx_bf16: false,
+    };
+    /// SSE (x86-64-v2 and older: no AVX): 16 registers of 4 lanes. Code
+    /// tiled for 8 lanes would run there as pairs of halves, half the
+    /// registers a tile counts on.
+    pub const SSE: VectorIsa = VectorIsa {
+        regs: 16,
+        lanes: 4,
         intel: false,
         amx_bf16: false,
     };
@@ -176,23 +184,26 @@ impl VectorIsa {
     pub fn of(cpu: &str) -> VectorIsa {
         let host = TargetMachine::get_host_cpu_features().to_string();
         let host_has = |f: &str| host.split(',').any(|h| h == f);
-        let (avx512, amx_bf16) = if cpu == "native" {
+        let (avx512, amx_bf16, avx) = if cpu == "native" {
             (
                 host_has("+avx512f"),
                 host_has("+amx-bf16") && host_has("+amx-tile"),
+                host_has("+avx"),
             )
         } else {
-            (AVX512_CPUS.contains(&cpu), AMX_CPUS.contains(&cpu))
+            // (A name LLVM does not know is refused before code is made.)
+            let avx = features::runtime_needs(cpu).map_or(true, |f| f.iter().any(|x| x == "avx"));
+            (AVX512_CPUS.contains(&cpu), AMX_CPUS.contains(&cpu), avx)
         };
         let name = if cpu == "native" {
             host_cpu_name()
         } else {
             cpu.to_string()
         };
-        let isa = if avx512 {
-            VectorIsa::AVX512
-        } else {
-            VectorIsa::AVX2
+        let isa = match (avx512, avx) {
+            (true, _) => VectorIsa::AVX512,
+            (false, true) => VectorIsa::AVX2,
+            (false, false) => VectorIsa::SSE,
         };
         VectorIsa {
             intel: is_intel(&name),
