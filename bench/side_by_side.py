@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """resnetc vs onnxruntime vs tract on the same model, weights and input.
 
-    bash scripts/setup.sh && cargo build --release && .tools/py/bin/python bench/side_by_side.py [--direct] [--no-tract] [MODEL[:BATCH] ...]
+    bash scripts/setup.sh && cargo build --release && .tools/py/bin/python bench/side_by_side.py [--direct] [--portable] [--no-tract] [MODEL[:BATCH] ...]
 
 For each model and thread count T in (1, 2): `resnetc bench` (median of
 timed runs after warm-up) and onnxruntime (intra_op_num_threads = T, all
@@ -15,7 +15,10 @@ tract (bench/tract, built here on first use) runs single-threaded, so its
 column is filled at T = 1 (`--no-tract` leaves it out). `--direct` adds a
 column of resnetc with `--conv-algo direct` (no Winograd), timed in the
 same alternating rounds: the algorithm's gain on the same machine and
-minutes. A benchmark, not a test: nothing is asserted.
+minutes. `--portable` adds a column of resnetc with `--cpu x86-64-v4`: the
+code a default-built (portable) library runs on an AVX-512 machine (its top
+level: the same plans and kernels), against `native`, the build machine's
+own. A benchmark, not a test: nothing is asserted.
 """
 import json
 import pathlib
@@ -75,11 +78,14 @@ def resnetc_median(model, threads, batch, extra=()):
 def main():
     args = sys.argv[1:]
     direct, tract = "--direct" in args, "--no-tract" not in args
+    portable = "--portable" in args
     names = [a for a in args if not a.startswith("--")]
     cases = [(n.split(":")[0], int(n.split(":")[1]) if ":" in n else 1) for n in names] or DEFAULT
-    cols = ["resnetc ms"] + (["resnetc direct ms"] if direct else []) + ["onnxruntime ms"] \
+    cols = ["resnetc ms"] + (["resnetc direct ms"] if direct else []) \
+        + (["resnetc x86-64-v4 ms"] if portable else []) + ["onnxruntime ms"] \
         + (["tract ms"] if tract else []) + ["resnetc / onnxruntime"] \
-        + (["direct / onnxruntime"] if direct else [])
+        + (["direct / onnxruntime"] if direct else []) \
+        + (["x86-64-v4 / onnxruntime"] if portable else [])
     print("| model | batch | threads | " + " | ".join(cols) + " |")
     print("|---|---:|---:|" + "---:|" * len(cols))
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,20 +97,24 @@ def main():
                                              check=True, capture_output=True, text=True).stdout)
             x = np.random.default_rng(0).standard_normal([batch] + info["input"]).astype(np.float32)
             for threads in (1, 2):
-                ours, plain, theirs = [], [], []
+                ours, plain, v4, theirs = [], [], [], []
                 for _ in range(ROUNDS):
                     ours.append(resnetc_median(model, threads, batch))
                     if direct:
                         plain.append(resnetc_median(model, threads, batch, ["--conv-algo", "direct"]))
+                    if portable:
+                        v4.append(resnetc_median(model, threads, batch, ["--cpu", "x86-64-v4"]))
                     theirs.append(ort_median(onnx, x, threads))
                 r, o = statistics.median(ours), statistics.median(theirs)
                 row = [f"{r:.2f}"] + ([f"{statistics.median(plain):.2f}"] if direct else []) \
-                    + [f"{o:.2f}"]
+                    + ([f"{statistics.median(v4):.2f}"] if portable else []) + [f"{o:.2f}"]
                 if tract:
                     row.append(f"{tract_median(onnx, list(x.shape)):.2f}" if threads == 1 else "–")
                 row.append(f"{r / o:.2f}")
                 if direct:
                     row.append(f"{statistics.median(plain) / o:.2f}")
+                if portable:
+                    row.append(f"{statistics.median(v4) / o:.2f}")
                 print(f"| {name} | {batch} | {threads} | " + " | ".join(row) + " |", flush=True)
 
 
