@@ -22,6 +22,16 @@ if ! command -v gcc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1 || ! co
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc make binutils >/dev/null
 fi
 
+# AArch64 libraries are checked without ARM hardware (tests/aarch64.rs): a
+# cross gcc and C library link the C demo, qemu-user runs it.
+if ! command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || ! command -v qemu-aarch64 >/dev/null 2>&1 \
+    || [ ! -f /usr/aarch64-linux-gnu/lib/libc.a ]; then
+    echo "setup: installing gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user" >&2
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user >/dev/null
+fi
+
 if command -v rustup >/dev/null 2>&1; then
     rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
     rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

@@ -48,7 +48,7 @@ impl ConstPool {
         derived: &Weights,
         opts: &CpuOptions,
     ) -> ConstPool {
-        let isa = VectorIsa::of(&opts.cpu);
+        let isa = opts.isa();
         let (gemm, wino) = plan_convs(graph, isa, opts);
         let bf: HashMap<NodeIndex, BfConv> = match opts.precision {
             Precision::Bf16 => graph
@@ -186,7 +186,7 @@ pub fn plan_convs(
 /// order: what `summary`, `ir` and the tuner report, from the plans the
 /// constant pool is built with.
 pub fn conv_choices(graph: &Graph, opts: &CpuOptions) -> Vec<(NodeIndex, ConvChoice)> {
-    let (gemm, wino) = plan_convs(graph, VectorIsa::of(&opts.cpu), opts);
+    let (gemm, wino) = plan_convs(graph, opts.isa(), opts);
     graph
         .schedule()
         .into_iter()
