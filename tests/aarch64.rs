@@ -231,3 +231,53 @@ fn aarch64_runtime_assembly_is_current() {
         "runtime/parallel.aarch64.s is stale: run scripts/gen_runtime_asm.sh and commit it"
     );
 }
+
+/// `--precision bf16` for AArch64: no AMX, so the emulated path (the fp32
+/// NEON kernels on operands rounded to bfloat16). Its library under qemu
+/// gives what the x86-64 emulated path gives through the JIT (the same
+/// roundings; the sums in another order) within 1e-4, says bf16 in its
+/// header, and keeps PyTorch's fp32 top-1.
+#[test]
+fn bf16_library_matches_the_x86_emulated_path() {
+    use resnetc::backend::cpu::{run_jit, CpuOptions};
+    use resnetc::precision::Precision;
+    if !cross_tools(&[CC, QEMU]) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (name, sym) = ("cifar_resnet20", "cifar_resnet20");
+    let weights = fixture("cifar_resnet20.safetensors");
+    let demo = build_demo(
+        &example(name),
+        sym,
+        &weights,
+        &["--precision", "bf16"],
+        dir.path(),
+    );
+    let header = std::fs::read_to_string(dir.path().join("cifar_resnet20.h")).expect("header");
+    assert!(header.contains("#define CIFAR_RESNET20_PRECISION \"bf16\""));
+    assert!(header.contains("fp32 vector units"), "{header}");
+    let x = resnetc::weights::read_npy(&fixture("cifar_resnet20.input.npy")).expect("input");
+    let torch = resnetc::weights::read_npy(&fixture("cifar_resnet20.output.npy")).expect("output");
+    let y = run_demo(&demo, &x, &torch.shape, dir.path());
+    let c = compile_example(name);
+    let w = bind_weights(&c, &weights);
+    let mut g = c.graph.clone();
+    resnetc::passes::optimize(&mut g, None);
+    let opts = CpuOptions {
+        cpu: "x86-64-v3".into(),
+        precision: Precision::Bf16,
+        ..Default::default()
+    };
+    let jit = run_jit(&g, &w, &x, &opts).expect("jit");
+    assert_close("bf16 on aarch64 vs x86-64-v3", &y, &jit, 1e-4, 1e-3);
+    let classes = torch.shape[1];
+    let top = |v: &[f32]| {
+        (0..v.len())
+            .max_by(|&i, &j| v[i].total_cmp(&v[j]))
+            .unwrap_or(0)
+    };
+    for (a, b) in y.data.chunks(classes).zip(torch.data.chunks(classes)) {
+        assert_eq!(top(a), top(b), "bf16 changed a top-1 class");
+    }
+}
