@@ -823,8 +823,9 @@ fn bench_tune_writes_a_record_that_run_reads() {
 
 /// A JIT run for a CPU this machine is not is refused, exit 1, naming the
 /// instructions it lacks, instead of dying of SIGILL. Checked where a CPU
-/// without AVX-512 can be had: under `qemu-x86_64 -cpu Haswell` (which CI
-/// does not install), or on such a machine itself.
+/// without AVX-512 can be had: under `qemu-x86_64 -cpu Haswell` (part of
+/// Debian's qemu-user, which scripts/setup.sh installs for the AArch64
+/// checks), or on such a machine itself.
 #[test]
 fn run_for_a_cpu_this_machine_is_not_is_refused() {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();

@@ -31,7 +31,7 @@ pub enum LlvmError {
     #[error("unknown AArch64 CPU `{cpu}`")]
     #[diagnostic(
         code(resnetc::backend::cpu),
-        help("use `generic` (the default: runs on every AArch64 core) or one of: {known}")
+        help("use one of: {known} (`generic`, the default, runs on every AArch64 core)")
     )]
     UnknownArmCpu { cpu: String, known: String },
     #[error("unknown target triple `{0}`")]
