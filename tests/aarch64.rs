@@ -281,3 +281,86 @@ fn bf16_library_matches_the_x86_emulated_path() {
         assert_eq!(top(a), top(b), "bf16 changed a top-1 class");
     }
 }
+
+/// `build --input-size A --input-size B` for AArch64: one library (the
+/// size dispatcher an AArch64 object too), both sizes served from C
+/// (examples/embed_c/sizes.c) under qemu, each equal to the interpreter at
+/// its size; a size not held is refused.
+#[test]
+fn a_two_size_library_runs_on_aarch64() {
+    if !cross_tools(&[CC, QEMU]) {
+        return;
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let sizes = [[16, 16], [32, 48]];
+    let o = Command::new(env!("CARGO_BIN_EXE_resnetc"))
+        .args(["build", "examples/unet_small.res", "--random-weights", "4"])
+        .args(["--input-size", "16x16", "--input-size", "32x48"])
+        .args(["--triple", "aarch64-linux-gnu", "--quiet", "-o"])
+        .arg(out.path())
+        .current_dir(root())
+        .output()
+        .expect("resnetc runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let demo = out.path().join("sizes");
+    let cc = Command::new(CC)
+        .args(["-O2", "-Wall", "-Wextra", "-Werror", "-static", "-I"])
+        .arg(out.path())
+        .args([
+            "-DMODEL_HEADER=\"unet_small.h\"",
+            "-DFORWARD_HW=unet_small_forward_hw",
+            "-DFORWARD_HW_WITH_ARENA=unet_small_forward_hw_with_arena",
+            "-DOUTPUT_SIZE_HW=unet_small_output_size_hw",
+            "-DARENA_BYTES_HW=unet_small_arena_bytes_per_image_hw",
+            "-DNO_SUCH_SIZE=UNET_SMALL_NO_SUCH_SIZE",
+            "examples/embed_c/sizes.c",
+            "-L",
+        ])
+        .arg(out.path())
+        .args(["-lunet_small", "-lm", "-lpthread", "-o"])
+        .arg(&demo)
+        .current_dir(root())
+        .output()
+        .expect("cross gcc runs");
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let mut args: Vec<String> = vec!["3".into()];
+    let mut expected = Vec::new();
+    for (i, [h, w]) in sizes.into_iter().enumerate() {
+        let opts = resnetc::front::Options {
+            input_size: Some(vec![h, w]),
+            ..Default::default()
+        };
+        let c = resnetc::front::compile_file_with(&example("unet_small"), &opts)
+            .unwrap_or_else(|e| panic!("{}", e.render_plain()));
+        let wts = random_weights(&specs_of(&c.graph), 4);
+        let x = random_tensor(&[1, 3, h, w], i as u64);
+        expected.push(resnetc::interp::run(&c.graph, &wts, &x).expect("interpreter"));
+        let xin = out.path().join(format!("x{i}.f32"));
+        let bytes: Vec<u8> = x.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&xin, bytes).expect("input");
+        args.extend([
+            h.to_string(),
+            w.to_string(),
+            xin.display().to_string(),
+            out.path().join(format!("y{i}.f32")).display().to_string(),
+        ]);
+    }
+    let run = Command::new(QEMU)
+        .arg(&demo)
+        .args(&args)
+        .output()
+        .expect("qemu-aarch64 runs");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for (i, e) in expected.iter().enumerate() {
+        let y = read_raw_floats(&out.path().join(format!("y{i}.f32")), &e.shape);
+        assert_close(&format!("aarch64, size {i} from C"), &y, e, 1e-4, 1e-3);
+    }
+}
