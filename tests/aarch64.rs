@@ -39,7 +39,10 @@ fn cross_tools(tools: &[&str]) -> bool {
 }
 
 /// `resnetc build` for AArch64 of `model` into `dir`, then the C demo
-/// linked statically against the library with the cross gcc.
+/// linked statically against the library with the cross gcc. The library
+/// exports exactly its header's functions and needs no compiler runtime
+/// helpers (libgcc's outlined atomics, `__aarch64_*`): libc, libm and
+/// pthreads alone, as on x86-64.
 fn build_demo(model: &Path, sym: &str, weights: &Path, extra: &[&str], dir: &Path) -> PathBuf {
     let o = Command::new(env!("CARGO_BIN_EXE_resnetc"))
         .arg("build")
@@ -57,6 +60,14 @@ fn build_demo(model: &Path, sym: &str, weights: &Path, extra: &[&str], dir: &Pat
         "{sym}: build: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    let lib = dir.join(format!("lib{sym}.a"));
+    let header = dir.join(format!("{sym}.h"));
+    assert_eq!(exported_symbols(&lib), header_functions(&header), "{sym}");
+    let helpers: Vec<String> = undefined_symbols(&lib)
+        .into_iter()
+        .filter(|s| s.starts_with("__"))
+        .collect();
+    assert!(helpers.is_empty(), "{sym} needs {helpers:?}");
     let up = sym.to_uppercase();
     let demo = dir.join("demo");
     let cc = Command::new(CC)
