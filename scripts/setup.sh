@@ -23,11 +23,15 @@ if ! command -v gcc >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1 || ! co
 fi
 
 # qemu-user: the tests run portable libraries on emulated CPUs without
-# AVX-512 (`qemu-x86_64 -cpu Nehalem`, `-cpu Haswell`).
-if ! command -v qemu-x86_64 >/dev/null 2>&1; then
-    echo "setup: installing qemu-user" >&2
+# AVX-512 (`qemu-x86_64 -cpu Nehalem`, `-cpu Haswell`), and AArch64
+# libraries without ARM hardware (tests/aarch64.rs): a cross gcc and C
+# library link the C demo, qemu-aarch64 runs it.
+if ! command -v qemu-x86_64 >/dev/null 2>&1 || ! command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 \
+    || ! command -v qemu-aarch64 >/dev/null 2>&1 || [ ! -f /usr/aarch64-linux-gnu/lib/libc.a ]; then
+    echo "setup: installing qemu-user, gcc-aarch64-linux-gnu, libc6-dev-arm64-cross" >&2
     $SUDO apt-get update -qq
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user >/dev/null
 fi
 
 if command -v rustup >/dev/null 2>&1; then

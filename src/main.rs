@@ -335,7 +335,13 @@ impl CudaArgs {
 /// How the CPU back end generates code.
 #[derive(clap::Args)]
 struct CpuArgs {
-    /// CPU to generate code for: native (the default), x86-64-v3, x86-64, ...
+    /// Target triple: x86_64-linux-gnu (the default) or aarch64-linux-gnu
+    /// (`build` only: a static library for 64-bit ARM Linux, NEON kernels).
+    #[arg(long, value_name = "TRIPLE")]
+    triple: Option<String>,
+    /// CPU to generate code for: native (the default), x86-64-v3, x86-64,
+    /// ...; for aarch64: generic (the default), neoverse-n1, neoverse-v1,
+    /// cortex-a72, apple-m1, ...
     #[arg(long)]
     cpu: Option<String>,
     /// Conv tiling: the cost model's per-conv choice (auto, the default),
@@ -364,6 +370,23 @@ enum PrecisionArg {
 }
 
 impl CpuArgs {
+    /// `--triple`'s instruction set (default: x86-64).
+    fn arch(&self) -> Result<resnetc::backend::llvm::Arch> {
+        use resnetc::backend::llvm::Arch;
+        match &self.triple {
+            None => Ok(Arch::X86_64),
+            Some(t) => Ok(Arch::from_triple(t)?),
+        }
+    }
+
+    /// Refuses what a JIT run on this machine cannot do: code for another
+    /// instruction set, or for a CPU this one is not.
+    fn check_runs_here(&self) -> Result<()> {
+        self.arch()?.check_runs_here()?;
+        resnetc::backend::llvm::features::check_host_runs(self.cpu.as_deref().unwrap_or("native"))?;
+        Ok(())
+    }
+
     fn precision(&self) -> resnetc::precision::Precision {
         match self.precision {
             None | Some(PrecisionArg::Fp32) => resnetc::precision::Precision::F32,
@@ -394,6 +417,16 @@ enum ConvKernelArg {
 
 impl CpuArgs {
     fn options(&self) -> Result<resnetc::backend::cpu::CpuOptions> {
+        let arch = self.arch()?;
+        let cpu = self
+            .cpu
+            .clone()
+            .unwrap_or_else(|| arch.default_cpu().into());
+        self.options_for(cpu)
+    }
+
+    /// The options with the code's CPU `cpu`.
+    fn options_for(&self, cpu: String) -> Result<resnetc::backend::cpu::CpuOptions> {
         use resnetc::backend::cpu::{ConvAlgo, ConvKernel};
         let tuning = match &self.tuning {
             Some(p) => Some(std::sync::Arc::new(
@@ -401,8 +434,12 @@ impl CpuArgs {
             )),
             None => None,
         };
+        let arch = self.arch()?;
+        // An unknown CPU name is refused here, before the model is loaded.
+        resnetc::backend::llvm::cpu_machine(arch, &cpu)?;
         Ok(resnetc::backend::cpu::CpuOptions {
-            cpu: self.cpu.clone().unwrap_or_else(|| "native".into()),
+            arch,
+            cpu,
             conv: match self.conv_kernel {
                 None | Some(ConvKernelArg::Auto) => ConvKernel::Auto,
                 Some(ConvKernelArg::Pixels) => ConvKernel::Pixels,
@@ -421,15 +458,21 @@ impl CpuArgs {
         })
     }
 
-    /// `options` for a static library or object: `--cpu` may list several
-    /// levels, and without it the library holds every default level.
+    /// `options` for a static library or object: for x86-64, `--cpu` may
+    /// list several levels, and without it the library holds every default
+    /// level (AArch64 builds have one: NEON is every AArch64 CPU's).
     fn build_options(&self) -> Result<resnetc::backend::cpu::CpuOptions> {
+        if self.arch()? != resnetc::backend::llvm::Arch::X86_64 {
+            return self.options();
+        }
         let (cpu, lower) =
             resnetc::backend::cpu::levels::requested(self.cpu.as_deref(), self.precision());
+        for l in &lower {
+            resnetc::backend::llvm::cpu_machine(resnetc::backend::llvm::Arch::X86_64, l)?;
+        }
         Ok(resnetc::backend::cpu::CpuOptions {
-            cpu,
             lower,
-            ..self.options()?
+            ..self.options_for(cpu)?
         })
     }
 }
@@ -629,6 +672,9 @@ fn flags_fit_target(
         }
     }
     if target != Target::Cpu {
+        if cpu.triple.is_some() {
+            return misplaced("--triple", "cpu");
+        }
         if cpu.cpu.is_some() {
             return misplaced("--cpu", "cpu");
         }
@@ -719,7 +765,7 @@ fn tune_cpu(
         Tuning::default()
     };
     let t = resnetc::backend::cpu::tuning::tune(g, w, x, opts, base)?;
-    let isa = resnetc::backend::llvm::VectorIsa::of(&opts.cpu);
+    let isa = opts.isa();
     let mut differs = 0;
     let mut shapes = std::collections::BTreeSet::new();
     for n in g.schedule() {
@@ -924,9 +970,7 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
                 // The library checks too; here before the model and weights
                 // are loaded.
                 Target::Cpu => {
-                    resnetc::backend::llvm::features::check_host_runs(
-                        cpu.cpu.as_deref().unwrap_or("native"),
-                    )?;
+                    cpu.check_runs_here()?;
                     cuda
                 }
                 _ => cuda,
@@ -1123,9 +1167,7 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
                 // The library checks too; here before the model and weights
                 // are loaded.
                 Target::Cpu => {
-                    resnetc::backend::llvm::features::check_host_runs(
-                        cpu.cpu.as_deref().unwrap_or("native"),
-                    )?;
+                    cpu.check_runs_here()?;
                     cuda
                 }
                 _ => cuda,

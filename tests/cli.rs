@@ -418,6 +418,10 @@ fn flags_of_another_target_are_refused() {
             &["--target", "ref", "--tuning", "t.json"][..],
             "--tuning applies to --target cpu",
         ),
+        (
+            &["--target", "ref", "--triple", "aarch64-linux-gnu"][..],
+            "--triple applies to --target cpu",
+        ),
     ] {
         run_fails_with(2, extra, says);
     }
@@ -819,8 +823,9 @@ fn bench_tune_writes_a_record_that_run_reads() {
 
 /// A JIT run for a CPU this machine is not is refused, exit 1, naming the
 /// instructions it lacks, instead of dying of SIGILL. Checked where a CPU
-/// without AVX-512 can be had: under `qemu-x86_64 -cpu Haswell` (which CI
-/// does not install), or on such a machine itself.
+/// without AVX-512 can be had: under `qemu-x86_64 -cpu Haswell` (part of
+/// Debian's qemu-user, which scripts/setup.sh installs for the AArch64
+/// checks), or on such a machine itself.
 #[test]
 fn run_for_a_cpu_this_machine_is_not_is_refused() {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -866,6 +871,58 @@ fn run_for_a_cpu_this_machine_is_not_is_refused() {
     }
     if !checked {
         eprintln!("note: skipped: this CPU has AVX-512 and qemu-x86_64 is not installed");
+    }
+}
+
+/// `--triple aarch64-linux-gnu` is for `build`: `run` and `bench` on this
+/// x86-64 machine refuse it (exit 1, saying how to build instead, before
+/// any work); an unknown AArch64 CPU (an x86 name included) is refused
+/// with the names known, an unknown triple with the ones accepted, and
+/// nothing is written. (tests/aarch64.rs runs what `build` writes.)
+#[test]
+fn aarch64_code_is_built_not_run_here() {
+    run_fails_cleanly(
+        &["--triple", "aarch64-linux-gnu"],
+        "code for aarch64 cannot run on this x86-64 machine",
+    );
+    let model = "examples/cifar_resnet20.res";
+    let bench = resnetc(&["bench", model, "--triple", "aarch64-unknown-linux-gnu"]);
+    assert_eq!(bench.status.code(), Some(1), "{}", stderr(&bench));
+    assert!(
+        stderr(&bench).contains("--triple aarch64-linux-gnu"),
+        "{}",
+        stderr(&bench)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("lib");
+    for (flags, says) in [
+        (
+            &["--triple", "aarch64-linux-gnu", "--cpu", "cortex-a999"][..],
+            "unknown AArch64 CPU `cortex-a999`",
+        ),
+        (
+            &["--triple", "aarch64-linux-gnu", "--cpu", "skylake"][..],
+            "unknown AArch64 CPU `skylake`",
+        ),
+        (
+            &["--triple", "aarch64-linux-gnu", "--cpu", "native"][..],
+            "unknown AArch64 CPU `native`",
+        ),
+        (
+            &["--triple", "riscv64-linux-gnu"][..],
+            "unknown target triple `riscv64-linux-gnu`",
+        ),
+    ] {
+        let mut args = vec!["build", model, "--random-weights", "0", "-o", p(&out)];
+        args.extend(flags);
+        let o = resnetc(&args);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{flags:?}: {e}");
+        assert!(e.contains(says), "{flags:?}: {e}");
+        if says.contains("CPU") {
+            assert!(e.contains("neoverse-n1") && e.contains("apple-m1"), "{e}");
+        }
+        assert!(!out.exists(), "{flags:?}: output written");
     }
 }
 

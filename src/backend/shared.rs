@@ -191,4 +191,15 @@ mod tests {
             "\t.type\tf, @function\nf:\n\tjmp\t.Lresnetc_rt_3\n.Lresnetc_rt_3:\n\tleaq\t.Lresnetc_rt_C0(%rip), %rax\n\tcall\tg.part.0\n\t.long\t1\n"
         );
     }
+
+    /// AArch64 (aarch64-linux-gnu-gcc): `.global`, `:lo12:` relocations
+    /// and `#:lo12:` offsets before a local label.
+    #[test]
+    fn a_localized_aarch64_runtime_renames_labels_in_relocations() {
+        let asm = "\t.global\tf\n\t.hidden\tf\nf:\n\tadrp\tx0, .LANCHOR0+208\n\tldr\tx1, [x0, #:lo12:.LANCHOR0+208]\n\tadd\tx2, x2, :lo12:.LC3\n\tbl\tg\n";
+        assert_eq!(
+            super::localized_runtime(asm),
+            "f:\n\tadrp\tx0, .Lresnetc_rt_ANCHOR0+208\n\tldr\tx1, [x0, #:lo12:.Lresnetc_rt_ANCHOR0+208]\n\tadd\tx2, x2, :lo12:.Lresnetc_rt_C3\n\tbl\tg\n"
+        );
+    }
 }

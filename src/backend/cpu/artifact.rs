@@ -5,7 +5,7 @@
 
 use super::levels::{self, Level};
 use super::{compile_as, CpuOptions};
-use crate::backend::llvm::{self, LlvmError};
+use crate::backend::llvm::{self, Arch, LlvmError};
 use crate::backend::shared::{archive, c_header, localized_runtime, symbol};
 use crate::ir::Graph;
 use inkwell::context::Context;
@@ -14,8 +14,22 @@ use inkwell::targets::FileType;
 use inkwell::values::{FunctionValue, IntValue, PointerValue};
 use inkwell::AddressSpace;
 
-/// The thread pool of generated code (runtime/parallel.c) as assembly.
+/// The thread pool of generated code (runtime/parallel.c) as x86-64
+/// assembly, compiled by build.rs with the host's C compiler.
 const RUNTIME_ASM: &str = include_str!(concat!(env!("OUT_DIR"), "/parallel.s"));
+
+/// The same as AArch64 assembly, checked in (made by
+/// scripts/gen_runtime_asm.sh with aarch64-linux-gnu-gcc) so that building
+/// resnetc needs no cross compiler.
+const RUNTIME_ASM_AARCH64: &str = include_str!("../../../runtime/parallel.aarch64.s");
+
+/// The thread pool's assembly for `arch`.
+fn runtime_asm(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => RUNTIME_ASM,
+        Arch::Aarch64 => RUNTIME_ASM_AARCH64,
+    }
+}
 
 /// The functions a library or object exports (after the model's symbol),
 /// exactly those its header declares.
@@ -86,7 +100,7 @@ pub fn build(
     for f in internal {
         f.set_linkage(Linkage::Internal);
     }
-    module.set_inline_assembly(&localized_runtime(RUNTIME_ASM));
+    module.set_inline_assembly(&localized_runtime(runtime_asm(opts.arch)));
     module
         .verify()
         .map_err(|e| LlvmError::Internal(e.to_string()))?;

@@ -48,7 +48,7 @@ impl ConstPool {
         derived: &Weights,
         opts: &CpuOptions,
     ) -> ConstPool {
-        let isa = VectorIsa::of(&opts.cpu);
+        let isa = opts.isa();
         let (gemm, wino) = plan_convs(graph, isa, opts);
         let bf: HashMap<NodeIndex, BfConv> = match opts.precision {
             Precision::Bf16 => graph
@@ -134,13 +134,11 @@ impl ConstPool {
             ..opts.clone()
         };
         let mut packed = ConstPool::build(graph, weights, derived, &packing);
-        let mut pool = packed
-            .narrowed(graph, VectorIsa::of(&opts.cpu), opts)
-            .ok_or_else(|| {
-                crate::backend::llvm::LlvmError::Internal(format!(
-                    "weights packed for `{top}` hold AMX tiles, which only AMX code reads"
-                ))
-            })?;
+        let mut pool = packed.narrowed(graph, opts.isa(), opts).ok_or_else(|| {
+            crate::backend::llvm::LlvmError::Internal(format!(
+                "weights packed for `{top}` hold AMX tiles, which only AMX code reads"
+            ))
+        })?;
         pool.data = std::mem::take(&mut packed.data);
         Ok(pool)
     }
@@ -272,7 +270,7 @@ fn plan_packed(
 /// order: what `summary`, `ir` and the tuner report, from the plans the
 /// constant pool is built with.
 pub fn conv_choices(graph: &Graph, opts: &CpuOptions) -> Vec<(NodeIndex, ConvChoice)> {
-    let (gemm, wino) = plan_convs(graph, VectorIsa::of(&opts.cpu), opts);
+    let (gemm, wino) = plan_convs(graph, opts.isa(), opts);
     graph
         .schedule()
         .into_iter()

@@ -1,7 +1,7 @@
 //! Convolution as a register-tiled GEMM over shifted windows.
 //!
-//! Vectors are `lanes` f32 wide: 16 on AVX-512 targets, 8 on AVX2
-//! (`VectorIsa`). For a conv with stride 1 and no padding, output pixel
+//! Vectors are `lanes` f32 wide: 16 on AVX-512 targets, 8 on AVX2, 4 on
+//! NEON (`VectorIsa`). For a conv with stride 1 and no padding, output pixel
 //! `q = oy·W + ox` of input channel `ic` at tap `(ky, kx)` reads
 //! `x[ic][q + ky·dh·W + kx·dw]`: for a fixed tap, consecutive output pixels
 //! read consecutive inputs, so a strip of `2·lanes` output pixels is two

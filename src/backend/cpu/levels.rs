@@ -13,7 +13,7 @@
 
 use super::consts::ConstPool;
 use super::CpuOptions;
-use crate::backend::llvm::{features, LlvmError, VectorIsa};
+use crate::backend::llvm::{features, Arch, LlvmError};
 use crate::ir::Graph;
 use crate::precision::Precision;
 use crate::weights::Weights;
@@ -59,7 +59,21 @@ pub fn plan(
         seen.push(n.clone());
         new
     });
-    if names.len() > 1 && names.iter().any(|n| n == "native") {
+    if names.len() == 1 {
+        // One level: the plain build, no run-time check.
+        return Ok(vec![Level {
+            cpu: opts.cpu.clone(),
+            pool: ConstPool::for_options(graph, weights, derived, opts)?,
+            weights: 0,
+            needs: String::new(),
+        }]);
+    }
+    if opts.arch != Arch::X86_64 {
+        return Err(LlvmError::Levels(
+            "several levels are an x86-64 library's: every AArch64 CPU has NEON".into(),
+        ));
+    }
+    if names.iter().any(|n| n == "native") {
         return Err(LlvmError::Levels(
             "`native` cannot be one of several levels: it names this machine's CPU".into(),
         ));
@@ -80,7 +94,7 @@ pub fn plan(
             lower: Vec::new(),
             ..opts.clone()
         };
-        let isa = VectorIsa::of(&cpu);
+        let isa = level_opts.isa();
         // The widest pool already built whose packing this level reads.
         let shared = levels
             .iter()

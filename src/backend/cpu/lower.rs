@@ -1,4 +1,5 @@
-//! Lowers an optimized, planned graph to LLVM functions for x86-64.
+//! Lowers an optimized, planned graph to LLVM functions for x86-64 or
+//! AArch64 (the same IR; the vector width is `ConstPool::isa`'s).
 //!
 //! Each op is one or more kernels over work units (an output channel of one
 //! image, a chunk of elements, a block of conv tiles, ...): `kernel(arena,

@@ -1,7 +1,7 @@
-//! The x86-64 back end: lowering (`lower`), the constant pool (`consts`),
-//! running through LLVM's JIT (after checking that this machine has the
-//! chosen CPU's instructions), and artifacts (object, static library, C
-//! header).
+//! The CPU back end, for x86-64 and (built, not run here) AArch64:
+//! lowering (`lower`), the constant pool (`consts`), running through LLVM's
+//! JIT (after checking that this machine has the chosen CPU's
+//! instructions), and artifacts (object, static library, C header).
 
 pub mod artifact;
 pub mod consts;
@@ -33,7 +33,10 @@ use std::collections::HashMap;
 /// Options of a CPU build.
 #[derive(Clone, Debug)]
 pub struct CpuOptions {
-    /// `native`, `x86-64-v3`, `x86-64`, ...
+    /// The instruction set: x86-64 (the default) or AArch64 (`--triple`).
+    pub arch: llvm::Arch,
+    /// `native`, `x86-64-v3`, `x86-64`, ...; for AArch64 `generic`,
+    /// `neoverse-n1`, ... (`llvm::aarch64::KNOWN_CPUS`).
     pub cpu: String,
     /// The conv tilings allowed (default: the cost model picks per conv).
     pub conv: ConvKernel,
@@ -57,6 +60,7 @@ pub struct CpuOptions {
 impl Default for CpuOptions {
     fn default() -> Self {
         CpuOptions {
+            arch: llvm::Arch::X86_64,
             cpu: "native".into(),
             conv: ConvKernel::Auto,
             algo: ConvAlgo::Auto,
@@ -65,6 +69,18 @@ impl Default for CpuOptions {
             lower: Vec::new(),
             packed_for: None,
         }
+    }
+}
+
+impl CpuOptions {
+    /// The vector unit the kernels are tiled for.
+    pub fn isa(&self) -> llvm::VectorIsa {
+        llvm::VectorIsa::for_arch(self.arch, &self.cpu)
+    }
+
+    /// The target machine of the build.
+    pub fn machine(&self) -> Result<inkwell::targets::TargetMachine, LlvmError> {
+        llvm::cpu_machine(self.arch, &self.cpu)
     }
 }
 
@@ -154,8 +170,9 @@ pub fn compile_as<'ctx>(
     opts: &CpuOptions,
     sym: &str,
 ) -> Result<Compiled<'ctx>, LlvmError> {
+    // First: an unknown CPU is refused before any work.
+    let machine = opts.machine()?;
     let (module, labels) = lower::lower(ctx, graph, pool, sym)?;
-    let machine = llvm::x86_machine(&opts.cpu)?;
     // Per-function CPU attributes: the JIT's own target machine is a
     // generic x86-64 one, and without these it would compile the vector
     // kernels for SSE2 (no FMA, half-width vectors).
@@ -173,14 +190,17 @@ pub fn compile_as<'ctx>(
             inkwell::attributes::AttributeLoc::Function,
             attr("target-cpu", &cpu_name),
         );
-        f.add_attribute(
-            inkwell::attributes::AttributeLoc::Function,
-            attr("min-legal-vector-width", &wide),
-        );
-        f.add_attribute(
-            inkwell::attributes::AttributeLoc::Function,
-            attr("prefer-vector-width", &wide),
-        );
+        // (x86 attributes; NEON has one width.)
+        if opts.arch == llvm::Arch::X86_64 {
+            f.add_attribute(
+                inkwell::attributes::AttributeLoc::Function,
+                attr("min-legal-vector-width", &wide),
+            );
+            f.add_attribute(
+                inkwell::attributes::AttributeLoc::Function,
+                attr("prefer-vector-width", &wide),
+            );
+        }
         if !features.is_empty() {
             f.add_attribute(
                 inkwell::attributes::AttributeLoc::Function,
@@ -326,6 +346,7 @@ fn jit<R>(
 ) -> Result<R, LlvmError> {
     // Before any work: code for a CPU this machine is not would die of
     // SIGILL, with no message.
+    opts.arch.check_runs_here()?;
     llvm::features::check_host_runs(&opts.cpu)?;
     let plan = graph.plan.as_ref().ok_or(LlvmError::Unplanned)?;
     let derived = crate::weights::materialize(graph, weights);

@@ -141,7 +141,7 @@ fn dispatcher(sym: &str, parts: &[SizedObject], opts: &CpuOptions) -> Result<Vec
     module
         .verify()
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
-    let machine = llvm::x86_machine(&opts.cpu)?;
+    let machine = opts.machine()?;
     module.set_triple(&machine.get_triple());
     module.set_data_layout(&machine.get_target_data().get_data_layout());
     llvm::write(&module, &machine, FileType::Object)

@@ -217,7 +217,7 @@ pub fn tune(
     opts: &super::CpuOptions,
     base: Tuning,
 ) -> Result<Tuning, crate::backend::llvm::LlvmError> {
-    let isa = VectorIsa::of(&opts.cpu);
+    let isa = opts.isa();
     let mut times = BTreeMap::new();
     for c in ConvChoice::ALL {
         let (conv, algo) = c.forced();

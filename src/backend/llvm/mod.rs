@@ -1,7 +1,8 @@
-//! What both LLVM back ends share: target machines, the optimization
-//! pipeline, and `Emitter`, a thin layer over inkwell's builder for loops,
-//! addressing and float math.
+//! What both LLVM back ends share: target machines (x86-64, AArch64,
+//! NVPTX), the optimization pipeline, and `Emitter`, a thin layer over
+//! inkwell's builder for loops, addressing and float math.
 
+pub mod aarch64;
 pub mod amx;
 pub mod diagnostics;
 pub mod emit;
@@ -27,6 +28,29 @@ pub enum LlvmError {
         help("use `native`, `x86-64-v3` (AVX2/FMA), `x86-64-v2`, `x86-64`, or an LLVM CPU name such as `skylake-avx512`")
     )]
     UnknownCpu(String),
+    #[error("unknown AArch64 CPU `{cpu}`")]
+    #[diagnostic(
+        code(resnetc::backend::cpu),
+        help("use one of: {known} (`generic`, the default, runs on every AArch64 core)")
+    )]
+    UnknownArmCpu { cpu: String, known: String },
+    #[error("unknown target triple `{0}`")]
+    #[diagnostic(
+        code(resnetc::backend::triple),
+        help("use `x86_64-linux-gnu` (the default) or `aarch64-linux-gnu` (also spelled `x86_64-unknown-linux-gnu`, `aarch64-unknown-linux-gnu`)")
+    )]
+    UnknownTriple(String),
+    /// A JIT run of code for another instruction set than this machine's.
+    #[error("code for {arch} cannot run on this {host} machine")]
+    #[diagnostic(
+        code(resnetc::backend::triple),
+        help("leave out --triple to run here; `resnetc build --triple {triple}` writes a static library to run on an {arch} machine (or under qemu-{arch})")
+    )]
+    ForeignArch {
+        arch: &'static str,
+        host: &'static str,
+        triple: &'static str,
+    },
     /// A JIT run for a CPU whose instructions this machine lacks (it would
     /// die of SIGILL).
     #[error("this machine's CPU lacks {missing}, which code for `--cpu {cpu}` uses")]
@@ -99,7 +123,82 @@ pub fn check_input(got: &[usize], want: &[usize]) -> Result<(), LlvmError> {
     }
 }
 
-/// CPU names accepted besides `native`.
+/// The instruction set of a CPU build (`--triple`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Arch {
+    #[default]
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    /// The architecture of a Linux GNU triple, as `--triple` takes it.
+    pub fn from_triple(triple: &str) -> Result<Arch, LlvmError> {
+        match triple {
+            "x86_64-linux-gnu" | "x86_64-unknown-linux-gnu" | "x86_64-pc-linux-gnu" => {
+                Ok(Arch::X86_64)
+            }
+            "aarch64-linux-gnu" | "aarch64-unknown-linux-gnu" => Ok(Arch::Aarch64),
+            _ => Err(LlvmError::UnknownTriple(triple.to_string())),
+        }
+    }
+
+    /// The architecture resnetc itself runs on (JIT runs need it).
+    pub fn host() -> Arch {
+        if cfg!(target_arch = "aarch64") {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        }
+    }
+
+    /// As people write it: `x86-64`, `aarch64`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86-64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// `--triple`'s short spelling.
+    pub fn triple(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-linux-gnu",
+            Arch::Aarch64 => "aarch64-linux-gnu",
+        }
+    }
+
+    /// `--cpu`'s default: the host for x86-64 (where the code usually
+    /// runs), `generic` for AArch64 (built here, run elsewhere).
+    pub fn default_cpu(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "native",
+            Arch::Aarch64 => "generic",
+        }
+    }
+
+    /// `ForeignArch` unless code for `self` runs on this machine.
+    pub fn check_runs_here(self) -> Result<(), LlvmError> {
+        if self == Arch::host() {
+            return Ok(());
+        }
+        Err(LlvmError::ForeignArch {
+            arch: self.name(),
+            host: Arch::host().name(),
+            triple: self.triple(),
+        })
+    }
+}
+
+/// The target machine for `cpu` of `arch`.
+pub fn cpu_machine(arch: Arch, cpu: &str) -> Result<TargetMachine, LlvmError> {
+    match arch {
+        Arch::X86_64 => x86_machine(cpu),
+        Arch::Aarch64 => aarch64::machine(cpu),
+    }
+}
+
+/// x86-64 CPU names accepted besides `native`.
 pub const KNOWN_CPUS: &[&str] = &[
     "x86-64",
     "x86-64-v2",
@@ -180,7 +279,24 @@ impl VectorIsa {
         amx_bf16: false,
     };
 
-    /// The vector unit of `cpu` (`native`: the host's features).
+    /// NEON, on every AArch64 core: 32 registers of 4 lanes, FMA. (SVE's
+    /// wider vectors, where a core has them, are not used.)
+    pub const NEON: VectorIsa = VectorIsa {
+        regs: 32,
+        lanes: 4,
+        intel: false,
+        amx_bf16: false,
+    };
+
+    /// The vector unit of `cpu` of `arch`.
+    pub fn for_arch(arch: Arch, cpu: &str) -> VectorIsa {
+        match arch {
+            Arch::X86_64 => VectorIsa::of(cpu),
+            Arch::Aarch64 => VectorIsa::NEON,
+        }
+    }
+
+    /// The vector unit of the x86-64 `cpu` (`native`: the host's features).
     pub fn of(cpu: &str) -> VectorIsa {
         let host = TargetMachine::get_host_cpu_features().to_string();
         let host_has = |f: &str| host.split(',').any(|h| h == f);

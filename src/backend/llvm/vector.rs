@@ -1,5 +1,6 @@
 //! Explicit f32 vectors for register-tiled kernels, `Emitter::lanes` wide
-//! (8 for AVX2, 16 for AVX-512): loads, stores (plain and masked), splats,
+//! (4 for NEON, 8 for AVX2, 16 for AVX-512), in target-independent IR
+//! (no x86 intrinsics: the AArch64 build shares them): loads, stores (plain and masked), splats,
 //! FMA, transposes and the activations, with the same semantics as the
 //! scalar forms in `emit.rs` (NaN handling included).
 
