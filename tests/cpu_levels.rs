@@ -99,7 +99,8 @@ impl Demo {
         let mut cmd = match qemu {
             Some((q, cpu)) => {
                 let mut c = Command::new(q);
-                c.args(["-cpu", cpu]).arg(&demo);
+                // (The fork check doubles an emulated run; it runs natively.)
+                c.args(["-cpu", cpu]).arg(&demo).env("DEMO_NO_FORK", "1");
                 c
             }
             None => Command::new(&demo),
