@@ -3,11 +3,13 @@
 //! the integer-scale form, and the compiled code against the interpreter
 //! where the two axes' factors differ; factors that are not whole
 //! (`scale_factor: 1.5`, a size of 9 from 5x7) against PyTorch's
-//! `F.interpolate` (tests/fixtures/make_upsample.py).
+//! `F.interpolate` (tests/fixtures/make_upsample.py) in the interpreter,
+//! the CPU JIT and the emulated CUDA kernels.
 
 mod common;
 use common::*;
 use resnetc::backend::cpu::{run_jit, CpuOptions};
+use resnetc::backend::cuda::{emulate, CudaOptions};
 use resnetc::front::{compile_source_with, Options};
 use resnetc::weights::{random_weights, read_npy, specs_of};
 
@@ -87,6 +89,10 @@ fn factors_that_are_not_whole_match_pytorch() {
             resnetc::passes::optimize(&mut g, None);
             let cpu = run_jit(&g, &w, &x, &CpuOptions::default()).expect("cpu");
             assert_close(&format!("{what} cpu"), &cpu, &want, 1e-6, 1e-5);
+            // The CUDA kernels, run by the back end's emulator (no GPU needed).
+            let cuda = emulate::run(&g, &w, &x, &CudaOptions::for_gpu("sm_80"), Some(1))
+                .expect("emulated cuda");
+            assert_close(&format!("{what} cuda"), &cuda, &want, 1e-6, 1e-5);
         }
     }
 }
