@@ -151,3 +151,70 @@ fn wrong_file_kinds_are_explained() {
         .to_string();
     assert!(e.contains("is not a .npy file"), "{e}");
 }
+
+/// torchvision's pre-0.3 DenseNet keys (`denselayer1.norm.1.weight`,
+/// `conv.2`): the densenet_bc_small fixture with its keys renamed back to
+/// them, written and read as a file, binds to the same weights (the rule of
+/// torchvision's `_load_state_dict`) and gives PyTorch's output; a key that
+/// rule does not cover (`norm.3`) is still reported missing.
+#[test]
+fn old_densenet_keys_load_and_match_pytorch() {
+    let old_name = |k: &str| {
+        let mut parts: Vec<String> = k.split('.').map(str::to_string).collect();
+        let n = parts.len();
+        let m = &parts[n - 2];
+        if parts.iter().any(|p| p.starts_with("denselayer"))
+            && ["norm1", "norm2", "conv1", "conv2"].contains(&m.as_str())
+        {
+            let (module, index) = m.split_at(m.len() - 1);
+            parts[n - 2] = format!("{module}.{index}");
+        }
+        parts.join(".")
+    };
+    let file = load_safetensors(&fixture("densenet_bc_small.safetensors")).unwrap();
+    let old: Weights = file.iter().map(|(k, t)| (old_name(k), t.clone())).collect();
+    let renamed = old.keys().filter(|k| !file.contains_key(*k)).count();
+    // 12 dense layers of norm1 (4 tensors), conv1, norm2 (4), conv2.
+    assert_eq!(renamed, 120);
+    assert!(old.contains_key("features.denseblock1.denselayer1.norm.1.weight"));
+
+    let path = std::env::temp_dir().join(format!(
+        "resnetc-old-densenet-{}.safetensors",
+        std::process::id()
+    ));
+    save_safetensors(&path, &old).unwrap();
+    let reread = load_safetensors(&path).unwrap();
+    std::fs::remove_file(&path).ok();
+
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/densenet_bc_small.res");
+    let c = resnetc::front::compile_file(&example).unwrap();
+    let specs = resnetc::weights::specs_of(&c.graph);
+    let w = bind(&specs, reread.clone(), "densenet121-a639ec97.safetensors").expect("renamed");
+    let x = read_npy(&fixture("densenet_bc_small.input.npy")).unwrap();
+    let want = read_npy(&fixture("densenet_bc_small.output.npy")).unwrap();
+    let y = resnetc::interp::run(&c.graph, &w, &x).unwrap();
+    let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = y
+        .data
+        .iter()
+        .zip(&want.data)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst <= 1e-4 * scale, "max error {worst} of {scale}");
+
+    let mut wrong = reread;
+    let t = wrong
+        .remove("features.denseblock1.denselayer1.norm.1.weight")
+        .unwrap();
+    wrong.insert("features.denseblock1.denselayer1.norm.3.weight".into(), t);
+    let e = bind(&specs, wrong, "old.safetensors").expect_err("norm.3 is no old key");
+    let resnetc::weights::WeightsError::Mismatch(m) = e else {
+        panic!("not a mismatch: {e}")
+    };
+    assert_eq!(
+        (m.missing.as_slice(), m.unexpected.as_slice()),
+        (
+            &["features.denseblock1.denselayer1.norm1.weight".to_string()][..],
+            &["features.denseblock1.denselayer1.norm.3.weight".to_string()][..]
+        )
+    );
+}

@@ -4,7 +4,7 @@
 //! onnxruntime or tract side by side with resnetc.
 
 use super::proto::Msg;
-use crate::ir::op::{Activation, EpilogueStep, Op, UpsampleMode};
+use crate::ir::op::{Activation, EpilogueStep, Op, Scale, UpsampleMode};
 use crate::ir::{Graph, Node};
 use crate::weights::Weights;
 use petgraph::stable_graph::NodeIndex;
@@ -146,6 +146,12 @@ pub enum ExportError {
         help("ONNX keeps the weights of such models in external data files, which resnetc's export does not write; export a smaller model (or run this one with resnetc itself)")
     )]
     TooLarge { gib: f64 },
+    #[error("cannot export {0}")]
+    #[diagnostic(
+        code(resnetc::export::unsupported),
+        help("ONNX's Resize fixes either the whole output shape (`sizes`, batch included) or floor(in * scale) in f32; resnetc exports whole upsample factors only (run the model with resnetc itself)")
+    )]
+    Unsupported(String),
     #[error("cannot export: {0}")]
     #[diagnostic(code(resnetc::export::internal), help("report this as a bug"))]
     Internal(String),
@@ -169,9 +175,26 @@ fn check_size(graph: &Graph) -> Result<(), ExportError> {
     Ok(())
 }
 
+/// Refuses an upsample whose factor is not whole: Resize's `sizes` would
+/// fix the batch, and its `scales` give floor(in * scale) in f32, not
+/// necessarily the size asked for.
+fn check_ops(graph: &Graph) -> Result<(), ExportError> {
+    let fractional = graph.g.node_weights().any(|n| {
+        matches!(&n.op, Op::Upsample { scale, .. }
+            if scale.iter().any(|s| matches!(s, Scale::Ratio { .. })))
+    });
+    if fractional {
+        return Err(ExportError::Unsupported(
+            "an upsample by a factor that is not whole".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The ONNX model bytes of `graph` (as written, not optimized) with `weights`.
 pub fn export(graph: &Graph, weights: &Weights) -> Result<Vec<u8>, ExportError> {
     check_size(graph)?;
+    check_ops(graph)?;
     let bytes = export_unchecked(graph, weights).map_err(ExportError::Internal)?;
     // Node and attribute overhead on top of the weights.
     if bytes.len() as u64 > MAX_ONNX_BYTES {
@@ -303,12 +326,16 @@ fn export_unchecked(graph: &Graph, weights: &Weights) -> Result<Vec<u8>, String>
             Op::Softmax => b.node("Softmax", &ins, &out, vec![attr_int("axis", 1)]),
             Op::Identity | Op::Dropout { .. } => b.node("Identity", &ins, &out, vec![]),
             Op::Upsample { scale, mode } => {
+                let whole = |s: &Scale| match s {
+                    Scale::Whole(f) => Some(*f as f32),
+                    Scale::Ratio { .. } => None,
+                };
+                let (Some(sh), Some(sw)) = (whole(&scale[0]), whole(&scale[1])) else {
+                    // `export` refused it already (ExportError::Unsupported).
+                    return Err("an upsample by a factor that is not whole".into());
+                };
                 let roi = b.const_f32(&format!("{out}_roi"), &[0], &[]);
-                let scales = b.const_f32(
-                    &format!("{out}_scales"),
-                    &[4],
-                    &[1.0, 1.0, scale[0] as f32, scale[1] as f32],
-                );
+                let scales = b.const_f32(&format!("{out}_scales"), &[4], &[1.0, 1.0, sh, sw]);
                 let attrs = match mode {
                     UpsampleMode::Nearest => vec![
                         attr_str("mode", "nearest"),

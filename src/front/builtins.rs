@@ -172,7 +172,7 @@ pub const BUILTINS: &[Builtin] = &[
             p("size", Int(0)),
         ],
         variadic: false,
-        doc: "whole-factor upsampling, mode \"nearest\" or \"bilinear\" (nn.Upsample)",
+        doc: "upsampling by `scale` or to `size`, mode \"nearest\" or \"bilinear\" (nn.Upsample)",
     },
     Builtin {
         name: "softmax",

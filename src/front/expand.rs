@@ -1131,31 +1131,45 @@ impl<'a> Expander<'a> {
         self.layer(op, name, x, call)
     }
 
-    /// `upsample`'s factor per axis: `scale` (an integer, or a number that
-    /// is a whole one, as PyTorch's `scale_factor=2.0`), or the factors
-    /// that make `size` (an integer for both axes, or a tensor whose height
-    /// and width to match); each must be a whole factor.
-    fn upsample_scale(&self, args: &Args, x: NodeIndex) -> R<[usize; 2]> {
+    /// `upsample`'s scale per axis, as PyTorch's `F.interpolate` takes it:
+    /// `scale` (an integer or any positive number: the output is
+    /// `floor(in * scale)`, sampled at `1 / scale` per pixel) or `size` (an
+    /// integer for both axes, or a tensor whose height and width to match:
+    /// sampled at `in / out`). Whole factors stay `Scale::Whole`.
+    fn upsample_scale(&self, args: &Args, x: NodeIndex) -> R<[Scale; 2]> {
         let shape = &self.graph.node(x).shape;
         let (h, w) = match shape.as_slice() {
             [_, h, w] => (*h, *w),
-            _ => return Ok([args.size("scale")?; 2]),
+            // Not an image: the shape check names the input.
+            _ => return Ok([Scale::Whole(1); 2]),
         };
-        let whole = |v: f64, name: &str| {
-            if v >= 1.0 && v <= (1 << 24) as f64 && v.fract() == 0.0 {
-                Ok(v as usize)
-            } else {
-                Err(args
-                    .bad(name, &format!("`{name}` is {v}, not a whole factor of at least 1"))
-                    .help("upsample scales each axis by a whole factor (2, 2.0); a size must be a multiple of the input's"))
-            }
-        };
+        const MAX: usize = 1 << 24;
         let Some((size, _)) = args.get("size") else {
-            return match args.value("scale")? {
-                Value::Int(_) => Ok([args.size("scale")?; 2]),
-                Value::Float(f) => Ok([whole(f, "scale")?; 2]),
-                v => Err(args.type_err("scale", "a number", &v)),
+            let f = match args.value("scale")? {
+                Value::Int(_) => return Ok([Scale::Whole(args.size("scale")?); 2]),
+                Value::Float(f) => f,
+                v => return Err(args.type_err("scale", "a number", &v)),
             };
+            if f >= 1.0 && f <= MAX as f64 && f.fract() == 0.0 {
+                return Ok([Scale::Whole(f as usize); 2]);
+            }
+            // PyTorch: floor(double(in) * scale), at least one pixel.
+            let axis = |inp: usize| {
+                let out = (inp as f64 * f).floor();
+                if !(f > 0.0 && out >= 1.0 && out <= MAX as f64) {
+                    return Err(args
+                        .bad(
+                            "scale",
+                            &format!("`scale` {f} makes {inp} pixels {out}, outside 1..{MAX}"),
+                        )
+                        .help("the output of upsample has at least one pixel per axis"));
+                }
+                Ok(Scale::Ratio {
+                    out: out as usize,
+                    step: (1.0 / f) as f32,
+                })
+            };
+            return Ok([axis(h)?, axis(w)?]);
         };
         if args.get("scale").is_some() {
             return Err(args
@@ -1163,7 +1177,12 @@ impl<'a> Expander<'a> {
                 .help("PyTorch's nn.Upsample takes one of size and scale_factor too"));
         }
         let (th, tw) = match size {
-            Value::Int(s) if *s > 0 => (*s as usize, *s as usize),
+            Value::Int(s) if (1..=MAX as i64).contains(s) => (*s as usize, *s as usize),
+            Value::Int(s) => {
+                return Err(args
+                    .bad("size", &format!("`size` must be in 1..{MAX}, found {s}"))
+                    .help("`size` is the output's height and width"))
+            }
             Value::Tensor(t) => match self.graph.node(*t).shape.as_slice() {
                 [_, th, tw] => (*th, *tw),
                 other => {
@@ -1177,19 +1196,18 @@ impl<'a> Expander<'a> {
             },
             v => return Err(args.type_err("size", "an integer or a tensor", v)),
         };
-        let factor = |out: usize, inp: usize| {
+        let axis = |out: usize, inp: usize| {
             if out.is_multiple_of(inp) {
-                Ok(out / inp)
+                Scale::Whole(out / inp)
             } else {
-                Err(args
-                    .bad(
-                        "size",
-                        &format!("size {th}x{tw} is not a whole multiple of the input's {h}x{w}"),
-                    )
-                    .help("upsample scales each axis by a whole factor"))
+                // PyTorch: static_cast<float>(input_size) / output_size.
+                Scale::Ratio {
+                    out,
+                    step: inp as f32 / out as f32,
+                }
             }
         };
-        Ok([factor(th, h)?, factor(tw, w)?])
+        Ok([axis(th, h), axis(tw, w)])
     }
 
     /// Makes an op with parameters (declaring its weights) or without.

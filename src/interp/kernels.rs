@@ -9,6 +9,7 @@
 
 use std::ops::Range;
 
+use crate::ir::op::{nearest_src, Scale};
 use crate::ir::sizes::{conv_out, conv_transpose_out, pool_out};
 use crate::tensor::Tensor;
 
@@ -506,16 +507,28 @@ pub fn softmax(x: &Tensor) -> Tensor {
     Tensor::from_vec(&x.shape, y)
 }
 
-/// `F.interpolate(mode='nearest', scale_factor=s)` with integer `s`:
-/// source index `floor(dst / s)`.
-pub fn upsample_nearest(x: &Tensor, scale: [usize; 2]) -> Tensor {
+/// Source index of each output pixel along one axis for nearest mode:
+/// `floor(dst / s)` for a whole factor, else PyTorch's `nearest_idx`.
+fn nearest_axis(scale: Scale, inp: usize) -> Vec<usize> {
+    let out = scale.out(inp);
+    (0..out)
+        .map(|o| match scale {
+            Scale::Whole(f) => o / f,
+            Scale::Ratio { step, .. } => nearest_src(o, inp, out, step),
+        })
+        .collect()
+}
+
+/// `F.interpolate(mode='nearest', scale_factor=s or size=...)`.
+pub fn upsample_nearest(x: &Tensor, scale: [Scale; 2]) -> Tensor {
     let [n, c, h, w] = dims4(x);
-    let (oh, ow) = (h * scale[0], w * scale[1]);
+    let (rows, cols) = (nearest_axis(scale[0], h), nearest_axis(scale[1], w));
+    let (oh, ow) = (rows.len(), cols.len());
     let mut y = Vec::with_capacity(n * c * oh * ow);
     for plane in x.data.chunks_exact(h * w).take(n * c) {
-        for oy in 0..oh {
-            let row = &plane[(oy / scale[0]) * w..][..w];
-            y.extend((0..ow).map(|ox| row[ox / scale[1]]));
+        for &r in &rows {
+            let row = &plane[r * w..][..w];
+            y.extend(cols.iter().map(|&q| row[q]));
         }
     }
     Tensor::from_vec(&[n, c, oh, ow], y)
@@ -527,7 +540,7 @@ fn bilinear_src(
     dst: usize,
     input: usize,
     output: usize,
-    scale: usize,
+    scale: Scale,
     align_corners: bool,
 ) -> (usize, usize, f64) {
     let src = if align_corners {
@@ -538,18 +551,24 @@ fn bilinear_src(
         }
     } else {
         // PyTorch clamps negative source coordinates to 0.
-        ((dst as f64 + 0.5) / scale as f64 - 0.5).max(0.0)
+        let src = match scale {
+            Scale::Whole(f) => (dst as f64 + 0.5) / f as f64 - 0.5,
+            Scale::Ratio { step, .. } => step as f64 * (dst as f64 + 0.5) - 0.5,
+        };
+        src.max(0.0)
     };
     let i0 = (src.floor() as usize).min(input - 1);
     let i1 = (i0 + 1).min(input - 1);
-    (i0, i1, src - i0 as f64)
+    // PyTorch clamps the weight to [0, 1] (past the last pixel both
+    // indices are the last one).
+    (i0, i1, (src - i0 as f64).clamp(0.0, 1.0))
 }
 
-/// `F.interpolate(mode='bilinear', scale_factor=s, align_corners=...)` with
-/// integer `s`, evaluated in f64.
-pub fn upsample_bilinear(x: &Tensor, scale: [usize; 2], align_corners: bool) -> Tensor {
+/// `F.interpolate(mode='bilinear', scale_factor=s or size=...,
+/// align_corners=...)`, evaluated in f64.
+pub fn upsample_bilinear(x: &Tensor, scale: [Scale; 2], align_corners: bool) -> Tensor {
     let [n, c, h, w] = dims4(x);
-    let (oh, ow) = (h * scale[0], w * scale[1]);
+    let (oh, ow) = (scale[0].out(h), scale[1].out(w));
     let ys: Vec<_> = (0..oh)
         .map(|d| bilinear_src(d, h, oh, scale[0], align_corners))
         .collect();
@@ -1131,7 +1150,7 @@ mod tests {
             3.0, 3.25, 3.75, 4.0,
         ];
         close(
-            &upsample_bilinear(&x, [2, 2], false),
+            &upsample_bilinear(&x, [Scale::Whole(2), Scale::Whole(2)], false),
             &[1, 1, 4, 4],
             &want,
             0.0,
@@ -1145,7 +1164,7 @@ mod tests {
             3.0, 2.0 + a, 2.0 + b, 4.0,
         ];
         close(
-            &upsample_bilinear(&x, [2, 2], true),
+            &upsample_bilinear(&x, [Scale::Whole(2), Scale::Whole(2)], true),
             &[1, 1, 4, 4],
             &want,
             1e-7,
@@ -1153,13 +1172,13 @@ mod tests {
         // A 1-pixel input stays constant; anisotropic scale keeps shapes apart.
         let one = t(&[1, 1, 1, 1], &[7.]);
         close(
-            &upsample_bilinear(&one, [3, 2], true),
+            &upsample_bilinear(&one, [Scale::Whole(3), Scale::Whole(2)], true),
             &[1, 1, 3, 2],
             &[7.; 6],
             0.0,
         );
         close(
-            &upsample_bilinear(&one, [3, 2], false),
+            &upsample_bilinear(&one, [Scale::Whole(3), Scale::Whole(2)], false),
             &[1, 1, 3, 2],
             &[7.; 6],
             0.0,
@@ -1176,9 +1195,14 @@ mod tests {
             3., 3., 4., 4.,
             3., 3., 4., 4.,
         ];
-        close(&upsample_nearest(&x, [2, 2]), &[1, 1, 4, 4], &want, 0.0);
         close(
-            &upsample_nearest(&x, [1, 3]),
+            &upsample_nearest(&x, [Scale::Whole(2), Scale::Whole(2)]),
+            &[1, 1, 4, 4],
+            &want,
+            0.0,
+        );
+        close(
+            &upsample_nearest(&x, [Scale::Whole(1), Scale::Whole(3)]),
             &[1, 1, 2, 6],
             &[1., 1., 1., 2., 2., 2., 3., 3., 3., 4., 4., 4.],
             0.0,

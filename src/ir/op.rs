@@ -56,6 +56,50 @@ impl Activation {
     }
 }
 
+/// How `upsample` maps one axis, as PyTorch's `upsample_{nearest,bilinear}2d`
+/// do: a whole factor (the common case, exact integer indexing), or any
+/// other output size with PyTorch's source step per output pixel.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum Scale {
+    /// Output `in * f`; source index `out / f`.
+    Whole(usize),
+    /// Output `out`; `step` is the source distance per output pixel as
+    /// PyTorch computes it in f32: `1 / scale_factor` where a factor was
+    /// given (so `floor(in * f)` outputs need not span the input exactly),
+    /// else `in / out`.
+    Ratio { out: usize, step: f32 },
+}
+
+impl Scale {
+    /// The output size for an input of `inp`.
+    pub fn out(&self, inp: usize) -> usize {
+        match *self {
+            Scale::Whole(f) => inp * f,
+            Scale::Ratio { out, .. } => out,
+        }
+    }
+
+    /// Source pixels per output pixel (PyTorch's `compute_scales_value`).
+    pub fn step(&self) -> f64 {
+        match *self {
+            Scale::Whole(f) => 1.0 / f as f64,
+            Scale::Ratio { step, .. } => step as f64,
+        }
+    }
+}
+
+/// PyTorch's `nearest_idx`: the source index of output `o` along an axis
+/// of `inp` pixels scaled to `out` by `step` (f32 arithmetic, as PyTorch's).
+pub fn nearest_src(o: usize, inp: usize, out: usize, step: f32) -> usize {
+    if out == inp {
+        o
+    } else if out == 2 * inp {
+        o >> 1
+    } else {
+        ((o as f32 * step).floor() as usize).min(inp - 1)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum UpsampleMode {
     Nearest,
@@ -220,7 +264,7 @@ pub enum Op {
     GlobalAvgPool,
     Flatten,
     Upsample {
-        scale: [usize; 2],
+        scale: [Scale; 2],
         mode: UpsampleMode,
     },
     /// Over the channel axis.
@@ -411,7 +455,11 @@ impl Op {
                 v
             }
             Op::Upsample { scale, mode } => {
-                let mut v = vec![format!("scale={}", hw(*scale))];
+                let axis = |s: &Scale| match s {
+                    Scale::Whole(f) => f.to_string(),
+                    Scale::Ratio { out, step } => format!("{out}(step {step})"),
+                };
+                let mut v = vec![format!("scale={}x{}", axis(&scale[0]), axis(&scale[1]))];
                 match mode {
                     UpsampleMode::Nearest => v.push("nearest".into()),
                     UpsampleMode::Bilinear { align_corners } => {

@@ -270,7 +270,7 @@ pub fn infer(op: &Op, operands: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
         Op::Flatten => vec![x.iter().product()],
         Op::Upsample { scale, .. } => {
             let (c, h, w) = spatial(x, "upsample")?;
-            vec![c, h * scale[0], w * scale[1]]
+            vec![c, scale[0].out(h), scale[1].out(w)]
         }
         Op::ChannelPad {
             out_channels,

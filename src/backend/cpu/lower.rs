@@ -21,7 +21,7 @@ use super::conv_winograd;
 use crate::backend::llvm::emit::Emitter;
 use crate::backend::llvm::LlvmError;
 use crate::ir::graph::{chw, numel};
-use crate::ir::op::{ConvGeom, EpilogueStep, Fused, Op, PoolGeom, UpsampleMode};
+use crate::ir::op::{ConvGeom, EpilogueStep, Fused, Op, PoolGeom, Scale, UpsampleMode};
 use crate::ir::plan::MemoryPlan;
 use crate::ir::Graph;
 use inkwell::context::Context;
@@ -1226,7 +1226,7 @@ fn upsample<'ctx>(
     a: &Args<'ctx>,
     n: NodeIndex,
     x: NodeIndex,
-    scale: [usize; 2],
+    scale: [Scale; 2],
     mode: UpsampleMode,
     (b, cc): Unit<'ctx>,
 ) -> Result<(), LlvmError> {
@@ -1239,13 +1239,17 @@ fn upsample<'ctx>(
         e.for_const(0, ow, |e, q| {
             let v = match mode {
                 UpsampleMode::Nearest => {
-                    let sr = e.sdiv(r, e.int(scale[0] as u64));
-                    let sq = e.sdiv(q, e.int(scale[1] as u64));
+                    let src = |e: &Emitter<'_, 'ctx>, o, inn, out, s: Scale| match s {
+                        Scale::Whole(f) => e.sdiv(o, e.int(f as u64)),
+                        Scale::Ratio { step, .. } => e.nearest_coord(o, inn, out, step),
+                    };
+                    let sr = src(e, r, h, oh, scale[0]);
+                    let sq = src(e, q, w, ow, scale[1]);
                     e.load(xp, e.mad(sr, w, sq))
                 }
                 UpsampleMode::Bilinear { align_corners } => {
-                    let (r0, r1, lr) = e.upsample_coord(r, h, oh, scale[0], align_corners);
-                    let (q0, q1, lq) = e.upsample_coord(q, w, ow, scale[1], align_corners);
+                    let (r0, r1, lr) = e.upsample_coord(r, h, oh, scale[0].step(), align_corners);
+                    let (q0, q1, lq) = e.upsample_coord(q, w, ow, scale[1].step(), align_corners);
                     let at = |rr, qq| e.load(xp, e.mad(rr, w, qq));
                     let top = e.fmuladd(e.fsub(at(r0, q1), at(r0, q0)), lq, at(r0, q0));
                     let bot = e.fmuladd(e.fsub(at(r1, q1), at(r1, q0)), lq, at(r1, q0));

@@ -7,7 +7,7 @@
 use super::simt::Kern;
 use crate::backend::llvm::emit::Emitter;
 use crate::backend::llvm::LlvmError;
-use crate::ir::op::{ConvGeom, EpilogueStep, Fused, Op, PoolGeom, UpsampleMode};
+use crate::ir::op::{ConvGeom, EpilogueStep, Fused, Op, PoolGeom, Scale, UpsampleMode};
 use inkwell::values::{FloatValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
 
@@ -466,7 +466,7 @@ fn pool(k: &mut Kern<'_, '_>, g: &PoolGeom, avg: Option<bool>, a: &OpArgs) {
 
 /// Nearest or bilinear upsampling (PyTorch's `upsample_bilinear2d`
 /// source coordinates).
-fn upsample(k: &mut Kern<'_, '_>, scale: [usize; 2], mode: UpsampleMode, a: &OpArgs) {
+fn upsample(k: &mut Kern<'_, '_>, scale: [Scale; 2], mode: UpsampleMode, a: &OpArgs) {
     let out = a.shapes[0];
     let (_, h, w) = a.shapes[1];
     let (_, oh, ow) = out;
@@ -476,13 +476,17 @@ fn upsample(k: &mut Kern<'_, '_>, scale: [usize; 2], mode: UpsampleMode, a: &OpA
         let xp = e.at(a.image(e, x, 1, img), e.mul(c, e.int(h * w)));
         let v = match mode {
             UpsampleMode::Nearest => {
-                let sr = udiv(e, oy, scale[0] as u64);
-                let sq = udiv(e, ox, scale[1] as u64);
+                let src = |o, inn, out, s: Scale| match s {
+                    Scale::Whole(f) => udiv(e, o, f as u64),
+                    Scale::Ratio { step, .. } => e.nearest_coord(o, inn, out, step),
+                };
+                let sr = src(oy, h, oh, scale[0]);
+                let sq = src(ox, w, ow, scale[1]);
                 e.load(xp, e.mad(sr, w, sq))
             }
             UpsampleMode::Bilinear { align_corners } => {
-                let (r0, r1, lr) = e.upsample_coord(oy, h, oh, scale[0], align_corners);
-                let (q0, q1, lq) = e.upsample_coord(ox, w, ow, scale[1], align_corners);
+                let (r0, r1, lr) = e.upsample_coord(oy, h, oh, scale[0].step(), align_corners);
+                let (q0, q1, lq) = e.upsample_coord(ox, w, ow, scale[1].step(), align_corners);
                 let at = |rr, qq| e.load(xp, e.mad(rr, w, qq));
                 let top = e.fmuladd(e.fsub(at(r0, q1), at(r0, q0)), lq, at(r0, q0));
                 let bot = e.fmuladd(e.fsub(at(r1, q1), at(r1, q0)), lq, at(r1, q0));

@@ -390,14 +390,14 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
 
     /// Bilinear upsampling along one axis (PyTorch's
     /// `upsample_bilinear2d`): for output index `o` of `out` (input `inn`,
-    /// scale `s`), the lower and upper source index and the upper one's
-    /// weight.
+    /// `step` source pixels per output pixel, `Scale::step`), the lower and
+    /// upper source index and the upper one's weight.
     pub fn upsample_coord(
         &self,
         o: IntValue<'ctx>,
         inn: u64,
         out: u64,
-        s: usize,
+        step: f64,
         align_corners: bool,
     ) -> (IntValue<'ctx>, IntValue<'ctx>, FloatValue<'ctx>) {
         let of = self.int_to_float(o);
@@ -410,7 +410,7 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
             self.fmul(of, self.f32(r))
         } else {
             let v = self.fsub(
-                self.fmul(self.fadd(of, self.f32(0.5)), self.f32(1.0 / s as f64)),
+                self.fmul(self.fadd(of, self.f32(0.5)), self.f32(step)),
                 self.f32(0.5),
             );
             self.fmax(v, self.f32(0.0))
@@ -421,7 +421,34 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
             .expect(BUILDER);
         let lo = self.smin(lo, self.int(inn - 1));
         let hi = self.smin(self.add(lo, self.int(1)), self.int(inn - 1));
-        (lo, hi, self.fsub(src, self.int_to_float(lo)))
+        // Past the last pixel (a step under 1 at the end) `lo == hi`, so
+        // the weight is moot; PyTorch clamps it to 1 there.
+        let l = self.fsub(src, self.int_to_float(lo));
+        (lo, hi, self.fmin(l, self.f32(1.0)))
+    }
+
+    /// Nearest upsampling's source index of output `o` along an axis of
+    /// `inn` pixels scaled to `out` by a factor that is not whole
+    /// (PyTorch's `nearest_idx`, f32 arithmetic; `ir::op::nearest_src`).
+    pub fn nearest_coord(
+        &self,
+        o: IntValue<'ctx>,
+        inn: u64,
+        out: u64,
+        step: f32,
+    ) -> IntValue<'ctx> {
+        if out == inn {
+            return o;
+        }
+        if out == 2 * inn {
+            return self.sdiv(o, self.int(2));
+        }
+        let src = self.floor(self.fmul(self.int_to_float(o), self.f32(step as f64)));
+        let i = self
+            .b
+            .build_float_to_signed_int(src, self.i64t, "")
+            .expect(BUILDER);
+        self.smin(i, self.int(inn - 1))
     }
 
     /// A stack slot for an accumulator, allocated in the entry block (LLVM
