@@ -292,9 +292,18 @@ static unsigned long long resnetc_xcr0(void) {
     return ((unsigned long long)hi << 32) | lo;
 }
 
-/* Whether this CPU and OS have the feature `name` (LLVM's name; the first
- * `len` bytes). 0 for a name the table lacks. */
+/* Whether the vendor is Intel: levels named after Intel cores are tuned
+ * for them. */
+static int resnetc_cpu_is_intel(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return 0;
+    return b == 0x756e6547u && d == 0x49656e69u && c == 0x6c65746eu; /* GenuineIntel */
+}
+
+/* Whether this CPU and OS have the feature `name` (LLVM's name, or
+ * `intel`; the first `len` bytes). 0 for a name the table lacks. */
 static int resnetc_cpu_has_n(const char *name, size_t len) {
+    if (len == 5 && memcmp(name, "intel", 5) == 0) return resnetc_cpu_is_intel();
     const struct resnetc_feature *f = resnetc_feature_named(name, len);
     if (!f) return 0;
     unsigned r[4] = {0, 0, 0, 0};
@@ -307,7 +316,7 @@ static int resnetc_cpu_has_n(const char *name, size_t len) {
 }
 
 int resnetc_cpu_feature_known(const char *name) {
-    return resnetc_feature_named(name, strlen(name)) != 0;
+    return strcmp(name, "intel") == 0 || resnetc_feature_named(name, strlen(name)) != 0;
 }
 #else
 static int resnetc_cpu_has_n(const char *name, size_t len) {

@@ -361,6 +361,11 @@ struct CpuArgs {
     /// With --target ref, the interpreter rounds at the same points.
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
+    /// Weights packed as for this CPU (a portable library's top level),
+    /// kernels for --cpu: how a library's lower level runs, for
+    /// benchmarks (bench/side_by_side.py --portable).
+    #[arg(long, value_name = "CPU", hide = true)]
+    packed_for: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -454,7 +459,7 @@ impl CpuArgs {
             tuning,
             precision: self.precision(),
             lower: Vec::new(),
-            packed_for: None,
+            packed_for: self.packed_for.clone(),
         })
     }
 

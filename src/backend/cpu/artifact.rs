@@ -178,14 +178,23 @@ fn add_dispatch<'ctx>(
     let i32t = ctx.i32_type();
     let err = |e: inkwell::builder::BuilderError| LlvmError::Internal(e.to_string());
     let b = ctx.create_builder();
-    // The weights, once per pool that owns data.
+    // The weights, once per pool that owns data (the level that packed
+    // them, wherever it stands in the pick order).
+    let pools = levels.iter().map(|l| l.weights + 1).max().unwrap_or(0);
     let mut weights: Vec<inkwell::values::GlobalValue<'ctx>> = Vec::new();
-    for l in levels {
-        if l.weights == weights.len() {
-            let bytes: Vec<u8> = l.pool.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let name = format!("{sym}_weights{}", l.weights);
-            weights.push(constant(ctx, module, &name, &bytes));
-        }
+    for j in 0..pools {
+        let owner = levels
+            .iter()
+            .filter(|l| l.weights == j)
+            .max_by_key(|l| l.pool.data.len())
+            .ok_or_else(|| LlvmError::Internal(format!("no level owns weights {j}")))?;
+        let bytes: Vec<u8> = owner
+            .pool
+            .data
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        weights.push(constant(ctx, module, &format!("{sym}_weights{j}"), &bytes));
     }
     let strings = |what: &str, texts: Vec<&str>| {
         let ptrs: Vec<PointerValue<'ctx>> = texts

@@ -225,6 +225,7 @@ pub const RUNTIME_CHECKED: &[&str] = &[
     "xop",
     "fma4",
     "tbm",
+    "intel",
 ];
 
 /// What a library's run-time check asks of the CPU before it runs code
@@ -240,7 +241,7 @@ pub fn runtime_needs(cpu: &str) -> Result<Vec<String>, LlvmError> {
     let features = llvm_cpu_features(cpu)
         .ok_or_else(|| LlvmError::Internal(format!("LLVM's X86 parser has no CPU `{cpu}`")))?;
     let names: Vec<&str> = features.iter().map(String::as_str).collect();
-    generated(&names)
+    let mut needs: Vec<String> = generated(&names)
         .into_iter()
         .map(|f| match RUNTIME_CHECKED.contains(&f) {
             true => Ok(f.to_string()),
@@ -249,7 +250,14 @@ pub fn runtime_needs(cpu: &str) -> Result<Vec<String>, LlvmError> {
                 friendly(f)
             ))),
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    // A level named after an Intel core is tuned for Intel's (LLVM's
+    // scheduling, the cost model's constants): it runs on Intel CPUs, the
+    // vendor a pseudo-feature of the check.
+    if super::is_intel(cpu) {
+        needs.push("intel".into());
+    }
+    Ok(needs)
 }
 
 /// A feature as Intel and AMD write it: `avx512f` → `AVX-512F`, `fma` →

@@ -331,7 +331,7 @@ impl VectorIsa {
 
 /// Whether LLVM's CPU name `name` is an Intel core (the generic
 /// `x86-64-v*` levels are not).
-fn is_intel(name: &str) -> bool {
+pub fn is_intel(name: &str) -> bool {
     const INTEL: [&str; 20] = [
         "haswell",
         "broadwell",
