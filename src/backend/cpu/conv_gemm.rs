@@ -369,15 +369,28 @@ impl GemmConv {
     }
 }
 
+/// Per-step overhead of a pixel tile, in FMA slots, for choosing `mr`:
+/// the two input vectors come from L2 in every channel panel's pass over
+/// a block (a block of 256 input channels is 256 KiB), so fewer, taller
+/// panels pay. With 3 (the loads and the loop alone) 256→64 1×1 convs at
+/// 56×56 took 8 channels a tile; with 12 a tile (and the next unit's
+/// input prefetched) they ran 0.89-0.92 ms against 0.95-1.00 (one
+/// thread, Intel Xeon, docs/performance.md session 19).
+const TILE_STEP_OVERHEAD: u64 = 6;
+
 /// Output channels per register tile: the candidate that fits the vector
 /// registers (`2·mr` accumulators, two input vectors, one broadcast) and
-/// costs least, counting padded rows and a per-tile overhead of about
-/// three FMAs' worth per step (the input loads and the loop).
+/// costs least, counting padded rows and the per-step overhead above.
 pub fn choose_mr(m: u64, regs: u32, pitch: Option<u64>) -> u64 {
     [1u64, 2, 4, 6, 8, 12]
         .into_iter()
         .filter(|&mr| 2 * mr + 3 <= regs as u64 && fits_pitch(mr, pitch))
-        .min_by_key(|&mr| (m.div_ceil(mr) * (2 * mr + 3), u64::MAX - mr))
+        .min_by_key(|&mr| {
+            (
+                m.div_ceil(mr) * (2 * mr + TILE_STEP_OVERHEAD),
+                u64::MAX - mr,
+            )
+        })
         .unwrap_or(1)
 }
 
@@ -775,9 +788,20 @@ fn gemm_pixels<'ctx>(
             }
             let panel = e.add(e.mul(g, e.int(p.oc_panels)), op);
             let wp = p.panel_weights(e, wt, panel);
+            // Tile-panel `tp` of this unit prefetches line `tp` of every
+            // input plane of the next unit's block (the one this thread
+            // runs next) into L2: spread over the whole unit, that stream
+            // overlaps compute, where the first panel's pass over the block
+            // otherwise waits on it.
+            const LINE: u64 = 16; // f32s per 64-byte cache line
+            let lines = (p.block * nr).div_ceil(LINE);
+            let tp = e.add(e.mul(op, e.sub(t1, t0)), e.sub(tile, t0));
+            let tp = e.smin(tp, e.int(lines - 1));
+            let ahead = e.add(e.mul(e.sub(t1, tile), e.int(nr)), e.mul(tp, e.int(LINE)));
             e.for_const(0, p.icg, |e, ic| {
                 let xc = e.at(xg, e.mul(ic, e.int(p.plane)));
                 let wk = e.at(wp, e.mul(ic, e.int(t * pitch)));
+                e.prefetch_l2(e.at_unchecked(xc, ahead));
                 let mut acc: Vec<[VectorValue<'ctx>; 2]> =
                     slots.iter().map(|s| [e.vget(s[0]), e.vget(s[1])]).collect();
                 for (ti, &off) in p.taps.iter().enumerate() {
