@@ -200,3 +200,65 @@ fn two_batchnorms_after_a_conv_fold_twice() {
     let y = resnetc::interp::run(&opt, &w, &x).expect("runs");
     assert_close("two BNs", &y, &reference, 1e-5, 1e-3);
 }
+
+/// For each conv with a fused residual add: whether its output shares the
+/// residual's buffer.
+fn residual_in_place(g: &Graph) -> Vec<(String, bool)> {
+    let plan = g.plan.as_ref().expect("planned");
+    g.schedule()
+        .into_iter()
+        .filter_map(|n| {
+            let Op::Conv { fused, .. } = &g.node(n).op else {
+                return None;
+            };
+            let z = g.operands(n)[fused.residual_operand()?];
+            let name = g.node(n).name.clone();
+            Some((name, plan.storage[&n].buffer == plan.storage[&z].buffer))
+        })
+        .collect()
+}
+
+/// A conv whose residual dies with it writes the sum over the residual's
+/// buffer; one whose residual is read again later, or is also its input,
+/// does not. Each graph gives the unplanned numbers inside the arena.
+#[test]
+fn a_dying_residual_becomes_the_sum() {
+    let cases = [
+        // Two bottleneck-like blocks: both sums in place.
+        (
+            "block b(x) {\n    let y = x |> c1: conv(8, k: 1) |> relu() |> c2: conv(8, k: 3, pad: 1)\n    relu(y + x)\n}\nmodel m(x: f32[N, 8, 6, 6]) {\n    x |> c0: conv(8, k: 1) |> one: b() |> two: b()\n}\n",
+            vec![("one.c2", true), ("two.c2", true)],
+        ),
+        // The residual is the conv's own input: never in place.
+        (
+            "model m(x: f32[N, 8, 6, 6]) {\n    let a = x |> c0: conv(8, k: 1)\n    let y = a |> c1: conv(8, k: 3, pad: 1)\n    y + a\n}\n",
+            vec![("c1", false)],
+        ),
+        // The residual is read again by a later conv: only that one sums in place.
+        (
+            "model m(x: f32[N, 8, 6, 6]) {\n    let a = x |> c0: conv(8, k: 1)\n    let b = a |> c1: conv(8, k: 1)\n    let z = b + a\n    let d = z |> c2: conv(8, k: 1)\n    d + a\n}\n",
+            vec![("c1", false), ("c2", true)],
+        ),
+    ];
+    for (i, (text, want)) in cases.into_iter().enumerate() {
+        let c = resnetc::front::compile_source("in_place.res", text, None)
+            .unwrap_or_else(|e| panic!("case {i}: {}", e.render_plain()));
+        let opt = optimized(&c.graph);
+        let got = residual_in_place(&opt);
+        let want: Vec<(String, bool)> = want.into_iter().map(|(n, b)| (n.to_string(), b)).collect();
+        assert_eq!(got, want, "case {i}");
+        let w = random_weights(&specs_of(&c.graph), 3 + i as u64);
+        let x = random_tensor(&[2, 8, 6, 6], 5 + i as u64);
+        let reference = resnetc::interp::run(&c.graph, &w, &x).expect("runs");
+        let planned = resnetc::interp::run_planned(&opt, &w, &x)
+            .expect("runs")
+            .expect("planned");
+        assert_close(
+            &format!("case {i} planned"),
+            &planned,
+            &reference,
+            1e-5,
+            1e-3,
+        );
+    }
+}

@@ -151,6 +151,19 @@ impl Fused {
         self.epilogue.contains(&EpilogueStep::Bias)
     }
 
+    /// The operand index of the residual an `Add` step reads, if any.
+    pub fn residual_operand(&self) -> Option<usize> {
+        let mut i = 2 + if self.prologue.is_some() { 2 } else { 0 };
+        for step in &self.epilogue {
+            match step {
+                EpilogueStep::Add => return Some(i),
+                EpilogueStep::Bias => i += 1,
+                EpilogueStep::Act(_) => {}
+            }
+        }
+        None
+    }
+
     /// Text form: `prologue=relu(x*s+t), epilogue=[bias, add, relu]`.
     fn attrs(&self, v: &mut Vec<String>) {
         if let Some(p) = &self.prologue {

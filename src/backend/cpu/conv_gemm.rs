@@ -126,6 +126,9 @@ pub struct GemmConv {
     /// Row ranges the output is split into (`Channels`), so that a layer
     /// with few channel panels still has work for every thread.
     pub row_chunks: u64,
+    /// Input channels per reduction block (`Channels`): `icg`, or fewer
+    /// where a panel's weights outgrow L1 (`choose_kblock`).
+    pub kc: u64,
     /// `Channels`: the row phases, and the source columns one `r`-pixel
     /// strip advances by.
     pub row_phases: Vec<RowPhase>,
@@ -291,6 +294,7 @@ impl GemmConv {
             panels,
             block: (panels / MIN_UNITS).clamp(1, PIXEL_BLOCK),
             row_chunks: 1,
+            kc: icg,
             row_phases,
             strip_cols,
             kw,
@@ -298,7 +302,42 @@ impl GemmConv {
             staging,
         };
         p.split_rows();
+        p.choose_kblock();
         Some(p)
+    }
+
+    /// Blocks the reduction of a `Channels` conv whose panel weights
+    /// outgrow L1 (the late layers: 393 KiB a panel for resnet50's
+    /// 2048→512 1×1, 1.7 MiB for its 512-channel 3×3s), so that a block's
+    /// weights stay in L1 across the unit's rows and strips instead of
+    /// coming from L2 once per strip. The accumulators of the unit's strips
+    /// wait in a stack array between blocks. Where that array would not
+    /// stay in cache (large maps), the reduction stays whole.
+    fn choose_kblock(&mut self) {
+        let Tiling::Channels { r } = self.tiling else {
+            return;
+        };
+        let per_ic = 4 * self.taps.len() as u64 * self.mr;
+        if self.transposed
+            || self.icg * per_ic < KBLOCK_MIN_PANEL
+            || self.spill_floats(r) * 4 > KBLOCK_MAX_SPILL
+        {
+            return;
+        }
+        // The largest divisor of `icg` whose weights fit the block budget,
+        // so every block has the same constant trip count.
+        let most = (KBLOCK_BYTES / per_ic).max(1);
+        self.kc = (1..=most.min(self.icg))
+            .rev()
+            .find(|k| self.icg.is_multiple_of(*k))
+            .unwrap_or(1);
+    }
+
+    /// Floats of accumulators a `Channels` unit keeps between reduction
+    /// blocks: every strip of its rows.
+    fn spill_floats(&self, r: u64) -> u64 {
+        let rows = self.row_phases.iter().map(|p| p.rows).max().unwrap_or(1);
+        rows.div_ceil(self.row_chunks) * self.ow.div_ceil(r) * r * self.mr
     }
 
     /// Splits a `Channels` conv's rows so that every image has at least
@@ -417,6 +456,13 @@ const CHANNELS_COST_PERCENT: u64 = 85;
 
 /// Panels of at least this many weight bytes prefetch the next panel's.
 const PREFETCH_PANEL_BYTES: u64 = 128 << 10;
+
+/// `Channels` panels of at least this many weight bytes block their
+/// reduction, into blocks of at most `KBLOCK_BYTES` of weights (half of
+/// L1), where the unit's accumulators take at most `KBLOCK_MAX_SPILL`.
+const KBLOCK_MIN_PANEL: u64 = 96 << 10;
+const KBLOCK_BYTES: u64 = 24 << 10;
+const KBLOCK_MAX_SPILL: u64 = 48 << 10;
 
 /// The channel tile's estimate on Intel cores for 1×1 convs, relative to
 /// the one above (`choose_tiling`).
@@ -919,111 +965,150 @@ fn gemm_channels<'ctx>(
             .then(|| ((t * mr).div_ceil(16), rows));
         let i0 = e.mul(chunk, e.int(rows));
         let i1 = e.smin(e.add(i0, e.int(rows)), e.int(ph.rows));
-        e.for_range(i0, i1, |e, i| {
-            let oy = e.add(e.mul(i, e.int(ph.step)), e.int(ph.first));
-            e.for_const(0, p.ow.div_ceil(r), |e, s| {
-                let ox0 = e.mul(s, e.int(r));
-                let xq = e.at(
-                    xg,
-                    e.add(e.mul(i, e.int(ph.row_pitch)), e.mul(s, e.int(p.strip_cols))),
-                );
-                for s in &slots {
-                    e.vset(*s, e.vzero());
-                }
-                e.for_const(0, p.icg, |e, ic| {
-                    let xc = e.at(xq, e.mul(ic, e.int(p.plane)));
-                    let wk = e.at(wp, e.mul(ic, e.int(t * pitch)));
-                    if let Some((lines, every)) = prefetch {
-                        // This row's share of the next panel's weights for
-                        // this input channel: lines `q, q + rows, ...`.
-                        let next = e.at(wk, e.int(p.icg * t * mr));
-                        let q = e.sub(i, i0);
-                        for k in 0..lines.div_ceil(every) {
-                            let line = e.add(q, e.int(k * every));
-                            e.prefetch_l2(e.at_unchecked(next, e.mul(line, e.int(16))));
+        let strips = p.ow.div_ceil(r);
+        // Reduction blocks (`choose_kblock`): the strips' accumulators wait
+        // in `spill` between blocks.
+        let blocks = p.icg / p.kc;
+        let spill = (blocks > 1).then(|| e.stack_array(rows * strips * r * nv * lanes));
+        e.for_const(0, blocks, |e, kb| {
+            e.for_range(i0, i1, |e, i| {
+                let oy = e.add(e.mul(i, e.int(ph.step)), e.int(ph.first));
+                e.for_const(0, strips, |e, s| {
+                    let ox0 = e.mul(s, e.int(r));
+                    let xq = e.at(
+                        xg,
+                        e.add(e.mul(i, e.int(ph.row_pitch)), e.mul(s, e.int(p.strip_cols))),
+                    );
+                    let saved = spill.map(|m| {
+                        let strip = e.add(e.mul(e.sub(i, i0), e.int(strips)), s);
+                        e.at(m, e.mul(strip, e.int(r * nv * lanes)))
+                    });
+                    let zero = |e: &mut Emitter<'_, 'ctx>| {
+                        for s in &slots {
+                            e.vset(*s, e.vzero());
                         }
+                    };
+                    match saved {
+                        None => zero(e),
+                        Some(m) => e.if_else(e.ult(kb, e.int(1)), zero, |e| {
+                            for (k, s) in slots.iter().enumerate() {
+                                e.vset(*s, e.vload(m, e.int(k as u64 * lanes)));
+                            }
+                        }),
                     }
-                    let mut acc: Vec<VectorValue<'ctx>> =
-                        slots.iter().map(|s| e.vget(*s)).collect();
-                    // Per group of taps (a row of the kernel): its weight
-                    // vectors in registers, then each input element the
-                    // group reads broadcast once and fed to every (tap,
-                    // pixel) using it. Emitted tap by tap, LLVM merges the
-                    // repeated broadcasts of neighbouring taps itself and
-                    // keeps them all live: a 3×3 32 × 14 tile spilled a
-                    // register per FMA.
-                    let rows = ph.uses.chunk_by(|x, y| x.0 / p.kw == y.0 / p.kw);
-                    for group in rows.flat_map(|row| row.chunks(tap_group(p.kw) as usize)) {
-                        let wv: Vec<Vec<VectorValue<'ctx>>> = group
-                            .iter()
-                            .map(|(ti, _)| {
-                                (0..nv)
-                                    .map(|v| e.vload(wk, e.int(ti * pitch + v * lanes)))
-                                    .collect()
-                            })
-                            .collect();
-                        let mut reads: Vec<(u64, usize, u64)> = group
-                            .iter()
-                            .enumerate()
-                            .flat_map(|(gi, (_, uses))| uses.iter().map(move |&(j, o)| (o, gi, j)))
-                            .collect();
-                        reads.sort_unstable();
-                        for same in reads.chunk_by(|x, y| x.0 == y.0) {
-                            let xb = e.vsplat(e.load(xc, e.int(same[0].0)));
-                            for &(_, gi, j) in same {
-                                let px = &mut acc[(j * nv) as usize..((j + 1) * nv) as usize];
-                                for (a, w) in px.iter_mut().zip(&wv[gi]) {
-                                    *a = e.vfma(*w, xb, *a);
+                    let ic0 = e.mul(kb, e.int(p.kc));
+                    e.for_range(ic0, e.add(ic0, e.int(p.kc)), |e, ic| {
+                        let xc = e.at(xq, e.mul(ic, e.int(p.plane)));
+                        let wk = e.at(wp, e.mul(ic, e.int(t * pitch)));
+                        if let Some((lines, every)) = prefetch {
+                            // This row's share of the next panel's weights for
+                            // this input channel: lines `q, q + rows, ...`.
+                            let next = e.at(wk, e.int(p.icg * t * mr));
+                            let q = e.sub(i, i0);
+                            for k in 0..lines.div_ceil(every) {
+                                let line = e.add(q, e.int(k * every));
+                                e.prefetch_l2(e.at_unchecked(next, e.mul(line, e.int(16))));
+                            }
+                        }
+                        let mut acc: Vec<VectorValue<'ctx>> =
+                            slots.iter().map(|s| e.vget(*s)).collect();
+                        // Per group of taps (a row of the kernel): its weight
+                        // vectors in registers, then each input element the
+                        // group reads broadcast once and fed to every (tap,
+                        // pixel) using it. Emitted tap by tap, LLVM merges the
+                        // repeated broadcasts of neighbouring taps itself and
+                        // keeps them all live: a 3×3 32 × 14 tile spilled a
+                        // register per FMA.
+                        let rows = ph.uses.chunk_by(|x, y| x.0 / p.kw == y.0 / p.kw);
+                        for group in rows.flat_map(|row| row.chunks(tap_group(p.kw) as usize)) {
+                            let wv: Vec<Vec<VectorValue<'ctx>>> = group
+                                .iter()
+                                .map(|(ti, _)| {
+                                    (0..nv)
+                                        .map(|v| e.vload(wk, e.int(ti * pitch + v * lanes)))
+                                        .collect()
+                                })
+                                .collect();
+                            let mut reads: Vec<(u64, usize, u64)> = group
+                                .iter()
+                                .enumerate()
+                                .flat_map(|(gi, (_, uses))| {
+                                    uses.iter().map(move |&(j, o)| (o, gi, j))
+                                })
+                                .collect();
+                            reads.sort_unstable();
+                            for same in reads.chunk_by(|x, y| x.0 == y.0) {
+                                let xb = e.vsplat(e.load(xc, e.int(same[0].0)));
+                                for &(_, gi, j) in same {
+                                    let px = &mut acc[(j * nv) as usize..((j + 1) * nv) as usize];
+                                    for (a, w) in px.iter_mut().zip(&wv[gi]) {
+                                        *a = e.vfma(*w, xb, *a);
+                                    }
                                 }
                             }
                         }
-                    }
-                    for (s, v) in slots.iter().zip(&acc) {
-                        e.vset(*s, *v);
+                        for (s, v) in slots.iter().zip(&acc) {
+                            e.vset(*s, *v);
+                        }
+                    });
+                    // Epilogue: each lanes × lanes block of (pixel, channel)
+                    // accumulators is transposed in registers, so every channel's
+                    // pixels are one contiguous (masked at a row's end) vector in
+                    // its plane.
+                    let epilogue = |e: &mut Emitter<'_, 'ctx>| {
+                        let acc: Vec<VectorValue<'ctx>> =
+                            slots.iter().map(|s| e.vget(*s)).collect();
+                        let pix0 = e.add(e.mul(oy, e.int(p.ow)), ox0);
+                        let end = e.smin(e.add(ox0, e.int(r)), e.int(p.ow));
+                        for pb in 0..r.div_ceil(lanes) {
+                            let full = (pb + 1) * lanes <= r && p.ow.is_multiple_of(r);
+                            let mask = (!full).then(|| {
+                                let ox = e.vindices(ox0, pb * lanes);
+                                e.vin_range(ox, e.int(0), end)
+                            });
+                            let at0 = e.add(pix0, e.int(pb * lanes));
+                            for v in 0..nv {
+                                let rows: Vec<VectorValue<'ctx>> = (0..lanes)
+                                    .map(|l| {
+                                        let j = pb * lanes + l;
+                                        if j < r {
+                                            acc[(j * nv + v) as usize]
+                                        } else {
+                                            e.vzero()
+                                        }
+                                    })
+                                    .collect();
+                                for (l, col) in e.vtranspose(&rows).into_iter().enumerate() {
+                                    let lane = v * lanes + l as u64;
+                                    let store = |e: &mut Emitter<'_, 'ctx>| {
+                                        let oc = e.add(oc0, e.int(lane));
+                                        let at = e.add(e.mul(oc, e.int(ohw)), at0);
+                                        let out = Out { y: yb, z: zb, bias };
+                                        epilogue_store(e, fused, &out, col, oc, at, mask);
+                                    };
+                                    if p.ocg.is_multiple_of(mr) {
+                                        store(e);
+                                    } else {
+                                        let live = e.ult(e.add(local0, e.int(lane)), e.int(p.ocg));
+                                        e.if_else(live, store, |_| {});
+                                    }
+                                }
+                            }
+                        }
+                    };
+                    match saved {
+                        None => epilogue(e),
+                        Some(m) => e.if_else(
+                            e.ult(kb, e.int(blocks - 1)),
+                            |e| {
+                                for (k, s) in slots.iter().enumerate() {
+                                    e.vstore(m, e.int(k as u64 * lanes), e.vget(*s));
+                                }
+                            },
+                            epilogue,
+                        ),
                     }
                 });
-                // Epilogue: each lanes × lanes block of (pixel, channel)
-                // accumulators is transposed in registers, so every channel's
-                // pixels are one contiguous (masked at a row's end) vector in
-                // its plane.
-                let acc: Vec<VectorValue<'ctx>> = slots.iter().map(|s| e.vget(*s)).collect();
-                let pix0 = e.add(e.mul(oy, e.int(p.ow)), ox0);
-                let end = e.smin(e.add(ox0, e.int(r)), e.int(p.ow));
-                for pb in 0..r.div_ceil(lanes) {
-                    let full = (pb + 1) * lanes <= r && p.ow.is_multiple_of(r);
-                    let mask = (!full).then(|| {
-                        let ox = e.vindices(ox0, pb * lanes);
-                        e.vin_range(ox, e.int(0), end)
-                    });
-                    let at0 = e.add(pix0, e.int(pb * lanes));
-                    for v in 0..nv {
-                        let rows: Vec<VectorValue<'ctx>> = (0..lanes)
-                            .map(|l| {
-                                let j = pb * lanes + l;
-                                if j < r {
-                                    acc[(j * nv + v) as usize]
-                                } else {
-                                    e.vzero()
-                                }
-                            })
-                            .collect();
-                        for (l, col) in e.vtranspose(&rows).into_iter().enumerate() {
-                            let lane = v * lanes + l as u64;
-                            let store = |e: &mut Emitter<'_, 'ctx>| {
-                                let oc = e.add(oc0, e.int(lane));
-                                let at = e.add(e.mul(oc, e.int(ohw)), at0);
-                                let out = Out { y: yb, z: zb, bias };
-                                epilogue_store(e, fused, &out, col, oc, at, mask);
-                            };
-                            if p.ocg.is_multiple_of(mr) {
-                                store(e);
-                            } else {
-                                let live = e.ult(e.add(local0, e.int(lane)), e.int(p.ocg));
-                                e.if_else(live, store, |_| {});
-                            }
-                        }
-                    }
-                }
             });
         });
     }

@@ -109,6 +109,7 @@ pub fn plan(
         panels: 0,
         block: PIXEL_BLOCK,
         row_chunks: 1,
+        kc: icg,
         row_phases,
         strip_cols: r / sw,
         kw,

@@ -457,6 +457,16 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
         self.entry_alloca(self.f32t.into())
     }
 
+    /// A 64-byte aligned stack array of `n` f32s (scratch that stays in L1),
+    /// allocated in the entry block.
+    pub fn stack_array(&self, n: u64) -> PointerValue<'ctx> {
+        let p = self.entry_alloca(self.f32t.array_type(n as u32).into());
+        if let Some(i) = p.as_instruction() {
+            let _ = i.set_alignment(64);
+        }
+        p
+    }
+
     /// An `alloca` of `ty` at the top of the entry block, where LLVM's
     /// SROA turns it into SSA values.
     pub fn entry_alloca(&self, ty: inkwell::types::BasicTypeEnum<'ctx>) -> PointerValue<'ctx> {
