@@ -413,7 +413,7 @@ impl GemmConv {
 /// a block (a block of 256 input channels is 256 KiB), so fewer, taller
 /// panels pay. With 3 (the loads and the loop alone) 256→64 1×1 convs at
 /// 56×56 took 8 channels a tile; with 12 a tile (and the next unit's
-/// input prefetched) they ran 0.89-0.92 ms against 0.95-1.00 (one
+/// input prefetched) they ran 0.89-0.92 ms against 0.95-1.01 (one
 /// thread, Intel Xeon, docs/performance.md session 19).
 const TILE_STEP_OVERHEAD: u64 = 6;
 
