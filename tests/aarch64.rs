@@ -102,8 +102,7 @@ fn build_demo(model: &Path, sym: &str, weights: &Path, extra: &[&str], dir: &Pat
 /// at the fork (qemu's bug, not the program's).
 fn run_demo(demo: &Path, x: &Tensor, out_shape: &[usize], dir: &Path) -> Tensor {
     let input = dir.join("in.f32");
-    let bytes: Vec<u8> = x.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(&input, bytes).expect("write input");
+    write_raw_floats(&input, x);
     let output = dir.join("out.f32");
     let run = Command::new(QEMU)
         .env("G_SLICE", "always-malloc")
@@ -313,33 +312,8 @@ fn a_two_size_library_runs_on_aarch64() {
         .output()
         .expect("resnetc runs");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let demo = out.path().join("sizes");
-    let cc = Command::new(CC)
-        .args(["-O2", "-Wall", "-Wextra", "-Werror", "-static", "-I"])
-        .arg(out.path())
-        .args([
-            "-DMODEL_HEADER=\"unet_small.h\"",
-            "-DFORWARD_HW=unet_small_forward_hw",
-            "-DFORWARD_HW_WITH_ARENA=unet_small_forward_hw_with_arena",
-            "-DOUTPUT_SIZE_HW=unet_small_output_size_hw",
-            "-DARENA_BYTES_HW=unet_small_arena_bytes_per_image_hw",
-            "-DNO_SUCH_SIZE=UNET_SMALL_NO_SUCH_SIZE",
-            "examples/embed_c/sizes.c",
-            "-L",
-        ])
-        .arg(out.path())
-        .args(["-lunet_small", "-lm", "-lpthread", "-o"])
-        .arg(&demo)
-        .current_dir(root())
-        .output()
-        .expect("cross gcc runs");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
-    let mut args: Vec<String> = vec!["3".into()];
-    let mut expected = Vec::new();
+    let demo = link_sizes_demo(CC, &["-static"], out.path(), "unet_small");
+    let (mut inputs, mut expected) = (Vec::new(), Vec::new());
     for (i, [h, w]) in sizes.into_iter().enumerate() {
         let opts = resnetc::front::Options {
             input_size: Some(vec![h, w]),
@@ -350,28 +324,10 @@ fn a_two_size_library_runs_on_aarch64() {
         let wts = random_weights(&specs_of(&c.graph), 4);
         let x = random_tensor(&[1, 3, h, w], i as u64);
         expected.push(resnetc::interp::run(&c.graph, &wts, &x).expect("interpreter"));
-        let xin = out.path().join(format!("x{i}.f32"));
-        let bytes: Vec<u8> = x.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        std::fs::write(&xin, bytes).expect("input");
-        args.extend([
-            h.to_string(),
-            w.to_string(),
-            xin.display().to_string(),
-            out.path().join(format!("y{i}.f32")).display().to_string(),
-        ]);
+        inputs.push(x);
     }
-    let run = Command::new(QEMU)
-        .arg(&demo)
-        .args(&args)
-        .output()
-        .expect("qemu-aarch64 runs");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    for (i, e) in expected.iter().enumerate() {
-        let y = read_raw_floats(&out.path().join(format!("y{i}.f32")), &e.shape);
-        assert_close(&format!("aarch64, size {i} from C"), &y, e, 1e-4, 1e-3);
+    let got = run_sizes_demo(Some(QEMU), &demo, out.path(), &inputs, &expected);
+    for (i, (y, e)) in got.iter().zip(&expected).enumerate() {
+        assert_close(&format!("aarch64, size {i} from C"), y, e, 1e-4, 1e-3);
     }
 }

@@ -85,8 +85,7 @@ impl Demo {
         let mut shape = vec![batch];
         shape.extend(c.graph.input_shape());
         let input = random_tensor(&shape, seed);
-        let bytes: Vec<u8> = input.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        std::fs::write(dir.path().join("in.f32"), bytes).expect("write input");
+        write_raw_floats(&dir.path().join("in.f32"), &input);
         Demo {
             dir,
             weights,

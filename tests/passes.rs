@@ -211,7 +211,7 @@ fn residual_in_place(g: &Graph) -> Vec<(String, bool)> {
             let Op::Conv { fused, .. } = &g.node(n).op else {
                 return None;
             };
-            let z = g.operands(n)[fused.residual_operand()?];
+            let z = g.operands(n)[fused.operands().residual?];
             let name = g.node(n).name.clone();
             Some((name, plan.storage[&n].buffer == plan.storage[&z].buffer))
         })

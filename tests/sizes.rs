@@ -320,57 +320,18 @@ fn a_static_library_holds_two_sizes_of_resnet18() {
     let lib = out.path().join("libresnet18.a");
     let header = out.path().join("resnet18.h");
     assert_eq!(exported_symbols(&lib), header_functions(&header));
-    let demo = out.path().join("sizes");
-    let cc = Command::new("gcc")
-        .args(["-O2", "-Wall", "-Wextra", "-Werror", "-I"])
-        .arg(out.path())
-        .args([
-            "-DMODEL_HEADER=\"resnet18.h\"",
-            "-DFORWARD_HW=resnet18_forward_hw",
-            "-DFORWARD_HW_WITH_ARENA=resnet18_forward_hw_with_arena",
-            "-DOUTPUT_SIZE_HW=resnet18_output_size_hw",
-            "-DARENA_BYTES_HW=resnet18_arena_bytes_per_image_hw",
-            "-DNO_SUCH_SIZE=RESNET18_NO_SUCH_SIZE",
-            "examples/embed_c/sizes.c",
-            "-L",
-        ])
-        .arg(out.path())
-        .args(["-lresnet18", "-lm", "-lpthread", "-o"])
-        .arg(&demo)
-        .current_dir(root())
-        .output()
-        .expect("gcc runs");
-    assert!(
-        cc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
-    let mut args: Vec<String> = vec!["3".into()];
-    let mut expected = Vec::new();
+    let demo = link_sizes_demo("gcc", &[], out.path(), "resnet18");
+    let (mut inputs, mut expected) = (Vec::new(), Vec::new());
     for (i, size) in [[64, 64], [80, 96]].into_iter().enumerate() {
         let c = at("resnet18", size);
         let w = random_weights(&specs_of(&c.graph), 4);
         let x = random_tensor(&[1, 3, size[0], size[1]], i as u64);
         expected.push(resnetc::interp::run(&c.graph, &w, &x).expect("interpreter"));
-        let xin = out.path().join(format!("x{i}.f32"));
-        let bytes: Vec<u8> = x.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        std::fs::write(&xin, bytes).expect("input");
-        args.extend([
-            size[0].to_string(),
-            size[1].to_string(),
-            xin.display().to_string(),
-            out.path().join(format!("y{i}.f32")).display().to_string(),
-        ]);
+        inputs.push(x);
     }
-    let run = Command::new(&demo).args(&args).output().expect("demo runs");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    for (i, e) in expected.iter().enumerate() {
-        let y = read_raw_floats(&out.path().join(format!("y{i}.f32")), &e.shape);
-        assert_close(&format!("size {i} from C"), &y, e, 1e-4, 1e-3);
+    let got = run_sizes_demo(None, &demo, out.path(), &inputs, &expected);
+    for (i, (y, e)) in got.iter().zip(&expected).enumerate() {
+        assert_close(&format!("size {i} from C"), y, e, 1e-4, 1e-3);
     }
 }
 

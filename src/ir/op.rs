@@ -125,6 +125,16 @@ pub struct Prologue {
     pub act: Option<Activation>,
 }
 
+/// Operand indices of a fused layer's extra operands (`Fused::operands`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FusedOperands {
+    /// The prologue's per-channel scale and shift.
+    pub prologue: Option<(usize, usize)>,
+    pub bias: Option<usize>,
+    /// The activation an `Add` step adds.
+    pub residual: Option<usize>,
+}
+
 /// What a conv, transposed conv or linear layer does besides its product.
 /// Operands after x and the weight: the prologue's scale and shift, then one
 /// per epilogue step that takes one (Bias, Add), in step order.
@@ -151,17 +161,28 @@ impl Fused {
         self.epilogue.contains(&EpilogueStep::Bias)
     }
 
-    /// The operand index of the residual an `Add` step reads, if any.
-    pub fn residual_operand(&self) -> Option<usize> {
-        let mut i = 2 + if self.prologue.is_some() { 2 } else { 0 };
+    /// Where the operands it reads sit among the layer's (x is 0, the
+    /// weight 1): the one place that knows the layout above.
+    pub fn operands(&self) -> FusedOperands {
+        let mut next = 2;
+        let prologue = self.prologue.map(|_| {
+            next += 2;
+            (2, 3)
+        });
+        let mut slots = FusedOperands {
+            prologue,
+            ..FusedOperands::default()
+        };
         for step in &self.epilogue {
-            match step {
-                EpilogueStep::Add => return Some(i),
-                EpilogueStep::Bias => i += 1,
-                EpilogueStep::Act(_) => {}
-            }
+            let slot = match step {
+                EpilogueStep::Bias => &mut slots.bias,
+                EpilogueStep::Add => &mut slots.residual,
+                EpilogueStep::Act(_) => continue,
+            };
+            *slot = Some(next);
+            next += 1;
         }
-        None
+        slots
     }
 
     /// Text form: `prologue=relu(x*s+t), epilogue=[bias, add, relu]`.

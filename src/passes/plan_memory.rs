@@ -100,20 +100,20 @@ fn placement(graph: &Graph) -> HashMap<NodeIndex, (NodeIndex, usize)> {
 /// same). resnet50's arena: 4.98 MiB an image, 6.89 without.
 fn in_place(
     graph: &Graph,
+    order: &[NodeIndex],
     pos: &HashMap<NodeIndex, usize>,
     root_of: &impl Fn(NodeIndex) -> (NodeIndex, usize),
     interval: &mut HashMap<NodeIndex, (usize, usize)>,
 ) -> HashMap<NodeIndex, NodeIndex> {
     let mut merged: HashMap<NodeIndex, NodeIndex> = HashMap::new();
-    let mut order: Vec<NodeIndex> = pos.keys().copied().collect();
-    order.sort_by_key(|n| pos[n]);
-    for n in order {
+    for &n in order {
         let Op::Conv { fused, .. } = &graph.node(n).op else {
             continue;
         };
         let ops = graph.operands(n);
         let Some((zi, z)) = fused
-            .residual_operand()
+            .operands()
+            .residual
             .and_then(|i| ops.get(i).map(|&z| (i, z)))
         else {
             continue;
@@ -178,7 +178,7 @@ fn plan_for(graph: &Graph, order: Vec<NodeIndex>, keep_all: bool) -> MemoryPlan 
     let merged = if keep_all {
         HashMap::new()
     } else {
-        in_place(graph, &pos, &root_of, &mut interval)
+        in_place(graph, &order, &pos, &root_of, &mut interval)
     };
     let root_of = |n: NodeIndex| {
         let (r, off) = root_of(n);

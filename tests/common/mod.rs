@@ -252,3 +252,86 @@ pub fn read_raw_floats(path: &Path, shape: &[usize]) -> Tensor {
         .collect();
     Tensor::from_vec(shape, data)
 }
+
+/// Writes `x`'s floats as raw little-endian f32s (what the C demos read).
+pub fn write_raw_floats(path: &Path, x: &Tensor) {
+    let bytes: Vec<u8> = x.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(path, bytes).expect("write input");
+}
+
+/// Links `examples/embed_c/sizes.c` against the multi-size library of model
+/// `sym` in `dir` with the C compiler `cc` (`extra`: flags such as
+/// `-static` for an emulated target); returns the program.
+pub fn link_sizes_demo(cc: &str, extra: &[&str], dir: &Path, sym: &str) -> PathBuf {
+    let up = sym.to_uppercase();
+    let demo = dir.join("sizes");
+    let out = std::process::Command::new(cc)
+        .args(["-O2", "-Wall", "-Wextra", "-Werror"])
+        .args(extra)
+        .arg("-I")
+        .arg(dir)
+        .arg(format!("-DMODEL_HEADER=\"{sym}.h\""))
+        .arg(format!("-DFORWARD_HW={sym}_forward_hw"))
+        .arg(format!(
+            "-DFORWARD_HW_WITH_ARENA={sym}_forward_hw_with_arena"
+        ))
+        .arg(format!("-DOUTPUT_SIZE_HW={sym}_output_size_hw"))
+        .arg(format!("-DARENA_BYTES_HW={sym}_arena_bytes_per_image_hw"))
+        .arg(format!("-DNO_SUCH_SIZE={up}_NO_SUCH_SIZE"))
+        .args(["examples/embed_c/sizes.c", "-L"])
+        .arg(dir)
+        .arg(format!("-l{sym}"))
+        .args(["-lm", "-lpthread", "-o"])
+        .arg(&demo)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("{cc} runs: {e}"));
+    assert!(
+        out.status.success(),
+        "{sym}: link: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    demo
+}
+
+/// Runs the sizes demo (under `emulator` where given) on one image per
+/// size, `inputs[i]` at its own height and width, and reads its outputs
+/// back in the shapes of `expected`.
+pub fn run_sizes_demo(
+    emulator: Option<&str>,
+    demo: &Path,
+    dir: &Path,
+    inputs: &[Tensor],
+    expected: &[Tensor],
+) -> Vec<Tensor> {
+    let mut args: Vec<String> = vec!["3".into()];
+    for (i, x) in inputs.iter().enumerate() {
+        let xin = dir.join(format!("x{i}.f32"));
+        write_raw_floats(&xin, x);
+        args.extend([
+            x.shape[2].to_string(),
+            x.shape[3].to_string(),
+            xin.display().to_string(),
+            dir.join(format!("y{i}.f32")).display().to_string(),
+        ]);
+    }
+    let mut cmd = match emulator {
+        Some(q) => {
+            let mut c = std::process::Command::new(q);
+            c.arg(demo);
+            c
+        }
+        None => std::process::Command::new(demo),
+    };
+    let run = cmd.args(&args).output().expect("the sizes demo runs");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    expected
+        .iter()
+        .enumerate()
+        .map(|(i, e)| read_raw_floats(&dir.join(format!("y{i}.f32")), &e.shape))
+        .collect()
+}

@@ -11,7 +11,7 @@ use crate::ir::Graph;
 use inkwell::context::Context;
 use inkwell::module::{Linkage, Module};
 use inkwell::targets::FileType;
-use inkwell::values::{FunctionValue, IntValue, PointerValue};
+use inkwell::values::{BasicValueEnum, FunctionValue, IntValue, PointerValue};
 use inkwell::AddressSpace;
 
 /// The thread pool of generated code (runtime/parallel.c) as x86-64
@@ -365,13 +365,7 @@ fn add_forward<'ctx>(
     let err = |e: inkwell::builder::BuilderError| LlvmError::Internal(e.to_string());
     // `return code` unless `ok`; the builder continues where `ok` holds.
     let unless = |f: FunctionValue<'ctx>, ok: IntValue<'ctx>, code: i64| {
-        let (refuse, go) = (ctx.append_basic_block(f, ""), ctx.append_basic_block(f, ""));
-        b.build_conditional_branch(ok, go, refuse).map_err(err)?;
-        b.position_at_end(refuse);
-        b.build_return(Some(&i32t.const_int(code as u64, true)))
-            .map_err(err)?;
-        b.position_at_end(go);
-        Ok::<(), LlvmError>(())
+        return_unless(ctx, &b, f, ok, i32t.const_int(code as u64, true).into())
     };
     let int_call = |callee: FunctionValue<'ctx>| -> Result<IntValue<'ctx>, LlvmError> {
         Ok(b.build_call(callee, &[], "")
@@ -502,7 +496,8 @@ fn add_forward<'ctx>(
             let ok = b
                 .build_int_compare(inkwell::IntPredicate::SGE, at, i32t.const_zero(), "")
                 .map_err(err)?;
-            unless_null(ctx, &b, level, ok)?;
+            let null = ctx.ptr_type(AddressSpace::default()).const_null();
+            return_unless(ctx, &b, level, ok, null.into())?;
             let names = module
                 .get_global(&format!("{sym}_names"))
                 .ok_or_else(|| LlvmError::Internal("no level names".into()))?;
@@ -519,19 +514,20 @@ fn add_forward<'ctx>(
     Ok(())
 }
 
-/// Returns NULL from `f` unless `ok`; the builder continues where it holds.
-fn unless_null<'ctx>(
+/// Returns `value` from `f` unless `ok`; the builder continues where it
+/// holds.
+fn return_unless<'ctx>(
     ctx: &'ctx Context,
     b: &inkwell::builder::Builder<'ctx>,
     f: FunctionValue<'ctx>,
     ok: IntValue<'ctx>,
+    value: BasicValueEnum<'ctx>,
 ) -> Result<(), LlvmError> {
     let err = |e: inkwell::builder::BuilderError| LlvmError::Internal(e.to_string());
     let (refuse, go) = (ctx.append_basic_block(f, ""), ctx.append_basic_block(f, ""));
     b.build_conditional_branch(ok, go, refuse).map_err(err)?;
     b.position_at_end(refuse);
-    let null = ctx.ptr_type(AddressSpace::default()).const_null();
-    b.build_return(Some(&null)).map_err(err)?;
+    b.build_return(Some(&value)).map_err(err)?;
     b.position_at_end(go);
     Ok(())
 }

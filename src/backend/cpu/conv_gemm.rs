@@ -317,9 +317,9 @@ impl GemmConv {
         let Tiling::Channels { r } = self.tiling else {
             return;
         };
-        let per_ic = 4 * self.taps.len() as u64 * self.mr;
+        let per_ic = self.panel_bytes() / self.icg;
         if self.transposed
-            || self.icg * per_ic < KBLOCK_MIN_PANEL
+            || self.panel_bytes() < KBLOCK_MIN_PANEL
             || self.spill_floats(r) * 4 > KBLOCK_MAX_SPILL
         {
             return;
@@ -331,6 +331,11 @@ impl GemmConv {
             .rev()
             .find(|k| self.icg.is_multiple_of(*k))
             .unwrap_or(1);
+    }
+
+    /// Bytes of one register tile's packed weights.
+    fn panel_bytes(&self) -> u64 {
+        4 * self.icg * self.taps.len() as u64 * self.mr
     }
 
     /// Floats of accumulators a `Channels` unit keeps between reduction
@@ -453,6 +458,9 @@ pub const PIXEL_BLOCK: u64 = 8;
 /// `resnetc bench --layers --conv-kernel ...`, docs/performance.md): at
 /// equal padding the channel tile ran 10-25% faster.
 const CHANNELS_COST_PERCENT: u64 = 85;
+
+/// f32s per 64-byte cache line (what a prefetch fetches).
+const LINE: u64 = 16;
 
 /// Panels of at least this many weight bytes prefetch the next panel's.
 const PREFETCH_PANEL_BYTES: u64 = 128 << 10;
@@ -839,7 +847,6 @@ fn gemm_pixels<'ctx>(
             // runs next) into L2: spread over the whole unit, that stream
             // overlaps compute, where the first panel's pass over the block
             // otherwise waits on it.
-            const LINE: u64 = 16; // f32s per 64-byte cache line
             let lines = (p.block * nr).div_ceil(LINE);
             let tp = e.add(e.mul(op, e.sub(t1, t0)), e.sub(tile, t0));
             let tp = e.smin(tp, e.int(lines - 1));
@@ -951,6 +958,11 @@ fn gemm_channels<'ctx>(
     let wp = p.panel_weights(e, a.konst(e, c.konst(ops[1])), panel);
     let slots: Vec<PointerValue<'ctx>> = (0..r * nv).map(|_| e.vslot()).collect();
     let ohw = p.oh * p.ow;
+    let strips = p.ow.div_ceil(r);
+    // Reduction blocks (`choose_kblock`): the strips' accumulators wait in
+    // `spill` between blocks.
+    let blocks = p.icg / p.kc;
+    let spill = (blocks > 1).then(|| e.stack_array(p.spill_floats(r)));
     for ph in &p.row_phases {
         let rows = ph.rows.div_ceil(p.row_chunks);
         // Where a panel's weights come from memory (they outgrow L2 with
@@ -958,18 +970,12 @@ fn gemm_channels<'ctx>(
         // waits on them and the others find them in cache: each row
         // prefetches a share of the next panel's (the next unit's, which
         // this thread runs next), so the memory stream overlaps compute.
-        let panel_bytes = 4 * p.icg * t * mr;
         // (Not where tiles share stored panels: the next tile's weights
-        // are then not the next `panel_bytes`.)
-        let prefetch = (rows > 1 && panel_bytes >= PREFETCH_PANEL_BYTES && pitch == mr)
-            .then(|| ((t * mr).div_ceil(16), rows));
+        // are then not the next panel's bytes.)
+        let prefetch = (rows > 1 && p.panel_bytes() >= PREFETCH_PANEL_BYTES && pitch == mr)
+            .then(|| ((t * mr).div_ceil(LINE), rows));
         let i0 = e.mul(chunk, e.int(rows));
         let i1 = e.smin(e.add(i0, e.int(rows)), e.int(ph.rows));
-        let strips = p.ow.div_ceil(r);
-        // Reduction blocks (`choose_kblock`): the strips' accumulators wait
-        // in `spill` between blocks.
-        let blocks = p.icg / p.kc;
-        let spill = (blocks > 1).then(|| e.stack_array(rows * strips * r * nv * lanes));
         e.for_const(0, blocks, |e, kb| {
             e.for_range(i0, i1, |e, i| {
                 let oy = e.add(e.mul(i, e.int(ph.step)), e.int(ph.first));
@@ -1007,7 +1013,7 @@ fn gemm_channels<'ctx>(
                             let q = e.sub(i, i0);
                             for k in 0..lines.div_ceil(every) {
                                 let line = e.add(q, e.int(k * every));
-                                e.prefetch_l2(e.at_unchecked(next, e.mul(line, e.int(16))));
+                                e.prefetch_l2(e.at_unchecked(next, e.mul(line, e.int(LINE))));
                             }
                         }
                         let mut acc: Vec<VectorValue<'ctx>> =

@@ -94,12 +94,11 @@ pub fn plan(
     // those a vendor-neutral one (an Intel-tuned level's choices, pixel
     // tiles for 1×1 convs, would bind the others' panels, where its own
     // tiles divide a neutral level's).
-    let vendor = |n: &str| super::super::llvm::VectorIsa::of(n).intel;
     needs.sort_by_key(|(n, f)| {
         let isa = super::super::llvm::VectorIsa::of(n);
         (
             std::cmp::Reverse(isa.lanes),
-            vendor(n),
+            isa.intel,
             std::cmp::Reverse(f.len()),
         )
     });

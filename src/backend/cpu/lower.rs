@@ -744,26 +744,14 @@ pub(super) fn fused_operands<'ctx>(
     Option<IntValue<'ctx>>,
     Option<NodeIndex>,
 ) {
-    let mut i = 2;
-    let pro = fused.prologue.map(|_| {
-        i += 2;
-        (c.konst(ops[2]), c.konst(ops[3]))
-    });
-    let (mut bias, mut residual) = (None, None);
-    for step in &fused.epilogue {
-        match step {
-            EpilogueStep::Bias => {
-                bias = Some(c.konst(ops[i]));
-                i += 1;
-            }
-            EpilogueStep::Add => {
-                residual = Some(ops[i]);
-                i += 1;
-            }
-            EpilogueStep::Act(_) => {}
-        }
-    }
-    (pro, bias, residual)
+    let slots = fused.operands();
+    (
+        slots
+            .prologue
+            .map(|(s, t)| (c.konst(ops[s]), c.konst(ops[t]))),
+        slots.bias.map(|b| c.konst(ops[b])),
+        slots.residual.map(|z| ops[z]),
+    )
 }
 
 pub(super) fn prologue_value<'ctx>(

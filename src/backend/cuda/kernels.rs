@@ -24,31 +24,14 @@ pub struct FusedArgs {
 }
 
 impl FusedArgs {
-    /// Operands: x, weight, [scale, shift], then one per Bias/Add step.
+    /// The layer's operand slots (`Fused::operands`), one further on: the
+    /// kernel's first argument is its output.
     pub fn of(fused: &Fused) -> FusedArgs {
-        let mut next = 3; // args: y, x, w, ...
-        let prologue = fused.prologue.map(|_| {
-            next += 2;
-            (3, 4)
-        });
-        let (mut bias, mut residual) = (None, None);
-        for s in &fused.epilogue {
-            match s {
-                EpilogueStep::Bias => {
-                    bias = Some(next);
-                    next += 1;
-                }
-                EpilogueStep::Add => {
-                    residual = Some(next);
-                    next += 1;
-                }
-                EpilogueStep::Act(_) => {}
-            }
-        }
+        let slots = fused.operands();
         FusedArgs {
-            prologue,
-            bias,
-            residual,
+            prologue: slots.prologue.map(|(s, t)| (s + 1, t + 1)),
+            bias: slots.bias.map(|b| b + 1),
+            residual: slots.residual.map(|z| z + 1),
         }
     }
 }
