@@ -14,7 +14,7 @@
 //! (`conv_gemm.rs`); the other kernel bodies are plain loop nests chosen so
 //! LLVM vectorizes the innermost loop.
 
-use super::consts::ConstPool;
+use super::consts::{ConstPool, ARENA_ALIGN};
 use super::conv_bf16;
 use super::conv_gemm::{self, ConvShape};
 use super::conv_winograd;
@@ -417,6 +417,15 @@ pub fn lower<'ctx>(
         e.param_ptr(3),
         e.param_ptr(4),
     );
+    // The arena from its first line boundary (the caller's block holds
+    // ARENA_ALIGN bytes of slack): every buffer offset is a multiple of 64.
+    let arena = {
+        let addr = e.b.build_ptr_to_int(arena, i64t, "").expect("addr");
+        let skip = e.b.build_int_neg(addr, "").expect("neg");
+        let skip = e.b.build_and(skip, e.int(ARENA_ALIGN - 1), "").expect("and");
+        // SAFETY of the IR: within the caller's block (its slack).
+        unsafe { e.b.build_in_bounds_gep(ctx.i8_type(), arena, &[skip], "") }.expect("gep")
+    };
     let a = Args {
         arena,
         consts,

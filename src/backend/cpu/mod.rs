@@ -290,6 +290,14 @@ fn read_values(
     values
 }
 
+/// Floats in a 64-byte line.
+const LINE_FLOATS: usize = 16;
+
+/// Floats from `p` to the next line boundary (0 to 15).
+fn line_offset(p: *const f32) -> usize {
+    p.align_offset(64).min(LINE_FLOATS - 1)
+}
+
 extern "C" {
     fn madvise(addr: *mut u8, len: usize, advice: i32) -> i32;
 }
@@ -350,7 +358,7 @@ fn jit<R>(
     llvm::features::check_host_runs(&opts.cpu)?;
     let plan = graph.plan.as_ref().ok_or(LlvmError::Unplanned)?;
     let derived = crate::weights::materialize(graph, weights);
-    let pool = ConstPool::for_options(graph, weights, &derived, opts)?;
+    let mut pool = ConstPool::for_options(graph, weights, &derived, opts)?;
     if !pool.bf.is_empty() && !amx_permitted() {
         return Err(LlvmError::AmxRefused(
             "the operating system refused this process AMX tile state (Linux 5.16 or later grants it)".into(),
@@ -380,6 +388,15 @@ fn jit<R>(
         .map_err(|e| LlvmError::Internal(e.to_string()))?;
     diagnostics.check()?;
     let expected = graph.input_shape().to_vec();
+    // The weights from a line boundary, as a library's are: the kernels'
+    // 64-byte vectors and tile rows then never straddle two lines.
+    let mut weights = Vec::new();
+    weights
+        .try_reserve_exact(pool.data.len() + LINE_FLOATS)
+        .map_err(|_| LlvmError::Memory("the weights could not be copied".into()))?;
+    weights.resize(line_offset(weights.as_ptr()), 0.0);
+    weights.extend_from_slice(&pool.data);
+    pool.data = Vec::new();
     let mut arena: Vec<f32> = Vec::new();
     let mut ticks = vec![0i64; labels.len()];
     let mut run = |input: &Tensor,
@@ -394,6 +411,9 @@ fn jit<R>(
                 "batch {batch} needs more working memory than can be addressed"
             ))
         })?;
+        // Slack to start the arena at a line boundary: `_run` would skip to
+        // one anyway; starting there keeps the view below in step.
+        let elems = elems + LINE_FLOATS;
         if elems > arena.len() {
             arena.try_reserve_exact(elems - arena.len()).map_err(|_| {
                 LlvmError::Memory(format!(
@@ -406,6 +426,7 @@ fn jit<R>(
             huge_pages(&mut arena, elems);
         }
         arena.resize(elems, 0.0);
+        let skip = line_offset(arena.as_ptr());
         let mut out_shape = vec![batch];
         out_shape.extend(graph.output_shape());
         let mut output = Tensor::zeros(&out_shape);
@@ -420,8 +441,8 @@ fn jit<R>(
                 input.data.as_ptr(),
                 output.data.as_mut_ptr(),
                 batch as i64,
-                pool.data.as_ptr(),
-                arena.as_mut_ptr(),
+                weights[line_offset(weights.as_ptr())..].as_ptr(),
+                arena[skip..].as_mut_ptr(),
                 if profile.is_some() {
                     ticks.as_mut_ptr()
                 } else {
@@ -434,7 +455,7 @@ fn jit<R>(
             p.ns.clone_from(&ticks);
         }
         if let Some(v) = view {
-            v(&arena, pool.arena_floats(plan));
+            v(&arena[skip..], pool.arena_floats(plan));
         }
         Ok(output)
     };
