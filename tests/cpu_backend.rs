@@ -682,8 +682,6 @@ fn object_links_alone_with_its_header() {
 /// layer kind (the deeper variants repeat them).
 #[test]
 fn every_example_in_bf16_matches_the_interpreter_layer_by_layer() {
-    use resnetc::backend::cpu::run_jit_layers;
-    use resnetc::interp::layer_check::layer_check;
     use resnetc::precision::Precision;
     let amx = resnetc::backend::llvm::VectorIsa::of("native").amx_bf16
         && resnetc::backend::cpu::amx_permitted();
@@ -724,26 +722,7 @@ fn every_example_in_bf16_matches_the_interpreter_layer_by_layer() {
                 precision: Precision::Bf16,
                 ..Default::default()
             };
-            let (y, values) = run_jit_layers(&opt, &w, &x, &opts).expect("cpu");
-            let diffs = layer_check(&opt, &w, &values, Precision::Bf16).expect("check");
-            let convs = opt
-                .schedule()
-                .into_iter()
-                .filter(|&n| matches!(opt.node(n).op, resnetc::ir::Op::Conv { .. }))
-                .count();
-            assert!(
-                diffs.len() > convs,
-                "{name} {cpu}: only {} layers checked",
-                diffs.len()
-            );
-            for d in &diffs {
-                assert!(
-                    d.error <= 1e-4,
-                    "{name} {cpu}: layer {} is off by {:.3e} from the bf16 interpreter",
-                    d.label,
-                    d.error
-                );
-            }
+            let y = bf16_layers_match(&format!("{name} {cpu}"), &opt, &w, &x, &opts);
             // The output is the last layer's value as the code left it.
             let fp32 = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
             assert!(
@@ -752,6 +731,75 @@ fn every_example_in_bf16_matches_the_interpreter_layer_by_layer() {
             );
         }
     }
+}
+
+/// Runs `opt` in bf16 with `opts` and checks every layer against the bf16
+/// interpreter (1e-4 relative); returns the output.
+fn bf16_layers_match(
+    what: &str,
+    opt: &Graph,
+    w: &resnetc::weights::Weights,
+    x: &resnetc::tensor::Tensor,
+    opts: &CpuOptions,
+) -> resnetc::tensor::Tensor {
+    use resnetc::backend::cpu::run_jit_layers;
+    use resnetc::interp::layer_check::layer_check;
+    use resnetc::precision::Precision;
+    let (y, values) = run_jit_layers(opt, w, x, opts).expect("cpu");
+    let diffs = layer_check(opt, w, &values, Precision::Bf16).expect("check");
+    let convs = opt
+        .schedule()
+        .into_iter()
+        .filter(|&n| matches!(opt.node(n).op, resnetc::ir::Op::Conv { .. }))
+        .count();
+    assert!(
+        diffs.len() > convs,
+        "{what}: only {} layers checked",
+        diffs.len()
+    );
+    for d in &diffs {
+        assert!(
+            d.error <= 1e-4,
+            "{what}: layer {} is off by {:.3e} from the bf16 interpreter",
+            d.label,
+            d.error
+        );
+    }
+    y
+}
+
+/// Convs with few input channels read a pixel-major staged image on AMX
+/// (`BfConv::pixel_major`): strided and not, a prologue, output rows that
+/// are not whole tiles (21, 10, 4 columns), the last pixel block running
+/// past the image. Each layer against the bf16 interpreter.
+#[test]
+fn bf16_few_channel_convs_match_the_interpreter() {
+    use resnetc::precision::Precision;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("few_channels.res");
+    std::fs::write(
+        &path,
+        "model few_channels(x: f32[N, 3, H = 37, W = 41]) {
+    x |> c1: conv(4, k: 7, stride: 2, pad: 3) |> relu()
+      |> c2: conv(4, k: 3, pad: 1) |> relu()
+      |> maxpool(k: 2) |> bn: batchnorm() |> relu()
+      |> c3: conv(3, k: 5, pad: 2)
+      |> c4: conv(6, k: 3, stride: 2)
+}
+",
+    )
+    .expect("write");
+    let c = resnetc::front::compile_file(&path).unwrap_or_else(|e| panic!("{}", e.render_plain()));
+    let w = random_weights(&specs_of(&c.graph), 7);
+    let opt = optimized(&c.graph);
+    let x = random_tensor(&[2, 3, 37, 41], 8);
+    let opts = CpuOptions {
+        precision: Precision::Bf16,
+        ..Default::default()
+    };
+    let y = bf16_layers_match("few_channels", &opt, &w, &x, &opts);
+    let fp32 = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+    assert!(rel_error(&y, &fp32) < 0.1, "bf16 output far from fp32");
 }
 
 /// A bf16 static library (`--precision bf16`) called from C gives what the

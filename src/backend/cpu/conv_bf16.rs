@@ -61,6 +61,13 @@ pub struct BfConv {
     /// Whether consecutive units share a weight panel (the weights
     /// outweigh one image's staged input) rather than a pixel block.
     pub panel_outer: bool,
+    /// The input staged once as a padded image of pixels (`icg` bf16
+    /// each), from which a row tap's A tile reads each pixel's `kw·icg`
+    /// values in one piece, rows `sw·icg` values apart: for convs with few
+    /// input channels (the stem), whose per-tap copies are mostly work.
+    /// The values past `kw·icg` in a tile row are the next pixels', times
+    /// zero weights.
+    pub pixel_major: bool,
 }
 
 impl BfConv {
@@ -71,14 +78,19 @@ impl BfConv {
         }
         let s = ConvShape::of(graph, n)?;
         let flat = s.k == (1, 1) && s.s == (1, 1) && s.p == (0, 0);
-        let fold_rows = s.s.0 > 1 || s.k.0 == 1;
+        // Up to four channels interleave in registers; two chunks per row
+        // tap at most, as the values past `kw·icg` are work for nothing.
+        let pixel_major =
+            s.k.1 > 1 && s.d.1 == 1 && s.g == 1 && s.icg <= 4 && s.icg * s.k.1 <= 2 * KC;
+        let fold_rows = !pixel_major && (s.s.0 > 1 || s.k.0 == 1);
         let mut p = BfConv {
             shape: s,
             fold_rows,
             flat,
             panel_outer: false,
+            pixel_major,
         };
-        p.panel_outer = p.weight_bytes() > 2 * 4 * p.stage_slots();
+        p.panel_outer = p.weight_bytes() > 2 * 4 * p.workspace();
         Some(p)
     }
 
@@ -91,7 +103,7 @@ impl BfConv {
     /// convs, whose reduction is short, the transposes cost more than the
     /// tile products (measured: resnet50's 64→256 1×1 at 56×56, 1.1 ms).
     fn pixel_rows(&self) -> bool {
-        self.row_taps() > 1
+        self.row_taps() > 1 || self.pixel_major
     }
 
     /// Taps folded into the reduction, and the GEMMs over row taps.
@@ -163,12 +175,52 @@ impl BfConv {
         self.shape.g * self.panels() * self.row_taps() * self.kpad() * 16 * 2
     }
 
+    /// Output columns a pixel-major GEMM computes per row: whole tiles,
+    /// so that a tile's 16 pixels share their row.
+    fn tile_cols(&self) -> u64 {
+        self.shape.ow.div_ceil(16) * 16
+    }
+
+    /// Pixel-major staging: padded rows, and pixels per staged row (whole
+    /// 16-pixel vectors).
+    fn image_rows(&self) -> u64 {
+        self.shape.h + 2 * self.shape.p.0
+    }
+
+    fn image_cols(&self) -> u64 {
+        (self.shape.w + 2 * self.shape.p.1).div_ceil(16) * 16
+    }
+
+    /// bf16 values of the pixel-major staged image: its rows, then zeros
+    /// as far as the last tile row reads (a tile past the last output row
+    /// reads the last row's; columns past the output's run on).
+    fn image_values(&self) -> u64 {
+        let s = &self.shape;
+        let rows = self.image_rows() * self.image_cols() * s.icg;
+        let last = ((self.image_rows() - 1) * self.image_cols() + self.tile_cols() * s.s.1) * s.icg
+            + self.kpad();
+        rows.max(last).div_ceil(2 * KC) * 2 * KC
+    }
+
+    /// Pixels of the GEMM: the output's, or whole tiles per row.
+    fn gemm_pixels(&self) -> u64 {
+        if self.pixel_major {
+            self.shape.oh * self.tile_cols()
+        } else {
+            self.pixels()
+        }
+    }
+
     fn pixel_blocks(&self) -> u64 {
-        self.pixels().div_ceil(UNIT)
+        self.gemm_pixels().div_ceil(UNIT)
     }
 
     pub fn stage_units(&self) -> u64 {
-        self.shape.g * self.kpad() / KC
+        if self.pixel_major {
+            self.image_rows()
+        } else {
+            self.shape.g * self.kpad() / KC
+        }
     }
 
     pub fn gemm_units(&self) -> u64 {
@@ -177,7 +229,11 @@ impl BfConv {
 
     /// Floats per image of workspace: the staged input.
     pub fn workspace(&self) -> u64 {
-        self.stage_slots()
+        if self.pixel_major {
+            self.image_values() / 2
+        } else {
+            self.stage_slots()
+        }
     }
 
     /// The weight `[g·ocg][icg][kh][kw]` (already rounded) as B tiles:
@@ -237,6 +293,12 @@ pub(super) fn stage<'ctx>(
     let fused = conv_fused(&c.graph.node(n).op).expect("a bf16 conv");
     let ops = c.graph.operands(n);
     let (pro, _, _) = fused_operands(c, &ops, fused);
+    if p.pixel_major {
+        let ws = a.image(e, c.workspace(e), b);
+        let x = a.image(e, c.view(ops[0]), b);
+        stage_image_row(e, p, fused, (x, pro), a, ws, u);
+        return;
+    }
     let chunks = p.kpad() / KC;
     let (gi, kc) = (e.sdiv(u, e.int(chunks)), e.srem(u, e.int(chunks)));
     let ws = a.image(e, c.workspace(e), b);
@@ -248,7 +310,6 @@ pub(super) fn stage<'ctx>(
         stage_b_tiles(e, p, fused, (x, gi, pro), kc, a, dst);
         return;
     }
-    // The 16 pair vectors of a 16-pixel block, before their transpose.
     // The 16 pair vectors of a 16-pixel block, before their transpose.
     let pairs = e.entry_alloca(e.f32t.array_type(256).into());
     e.for_const(0, rows, |e, r| {
@@ -334,6 +395,143 @@ fn stage_b_tiles<'ctx>(
             });
         });
     });
+}
+
+/// The output row and column of GEMM pixel `q` of a pixel-major conv.
+fn tile_pixel<'ctx>(
+    e: &Emitter<'_, 'ctx>,
+    p: &BfConv,
+    q: IntValue<'ctx>,
+) -> (IntValue<'ctx>, IntValue<'ctx>) {
+    let cols = e.int(p.tile_cols());
+    (e.sdiv(q, cols), e.srem(q, cols))
+}
+
+/// Pixel-major staging of padded row `r`: per 16 pixels, each channel's
+/// vector (prologue, zero padding, rounding) as bf16, interleaved into
+/// 16 pixels of `icg` values. The last row's unit also zeroes the tail.
+#[allow(clippy::type_complexity)]
+fn stage_image_row<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    p: &BfConv,
+    fused: &crate::ir::op::Fused,
+    (x, pro): (PointerValue<'ctx>, Option<(IntValue<'ctx>, IntValue<'ctx>)>),
+    a: &Args<'ctx>,
+    dst: PointerValue<'ctx>,
+    r: IntValue<'ctx>,
+) {
+    let s = &p.shape;
+    let (z, i16t) = (e.int(0), e.ctx.i16_type());
+    let iy = e.sub(r, e.int(s.p.0));
+    let row_ok = e.b.build_and(
+        e.b.build_int_compare(IntPredicate::SGE, iy, z, "")
+            .expect("cmp"),
+        e.b.build_int_compare(IntPredicate::SLT, iy, e.int(s.h), "")
+            .expect("cmp"),
+        "",
+    );
+    let row_ok = row_ok.expect("and");
+    let iy = e.pick(row_ok, iy, z);
+    let planes: Vec<_> = (0..s.icg)
+        .map(|ch| {
+            let ss = pro.map(|(sc, sh)| {
+                (
+                    e.load(a.konst(e, sc), e.int(ch)),
+                    e.load(a.konst(e, sh), e.int(ch)),
+                )
+            });
+            (
+                e.at(x, e.add(e.int(ch * s.h * s.w), e.mul(iy, e.int(s.w)))),
+                ss,
+            )
+        })
+        .collect();
+    // Channel vectors padded to a power of two, concatenated pairwise,
+    // then lane `x·icg + ch` taken from `ch·16 + x`.
+    let width = s.icg.next_power_of_two() as usize;
+    let cat = |e: &Emitter<'_, 'ctx>, lo: VectorValue<'ctx>, hi: VectorValue<'ctx>| {
+        let n = lo.get_type().get_size() as u64;
+        let idx: Vec<_> = (0..2 * n)
+            .map(|i| e.ctx.i32_type().const_int(i, false))
+            .collect();
+        e.b.build_shuffle_vector(lo, hi, inkwell::types::VectorType::const_vector(&idx), "")
+            .expect("shuffle")
+    };
+    let cols = p.image_cols();
+    e.for_const(0, cols / 16, |e, xb| {
+        let ix0 = e.sub(e.mul(xb, e.int(16)), e.int(s.p.1));
+        let mask = e.vin_range(e.vindices(ix0, 0), z, e.int(s.w));
+        let mask = and_scalar(e, mask, row_ok);
+        let mut parts: Vec<VectorValue<'ctx>> = planes
+            .iter()
+            .map(|&(plane, ss)| {
+                let v = e.vload_masked(plane, ix0, mask);
+                let v = match (fused.prologue, ss) {
+                    (Some(pr), Some((sc, sh))) => {
+                        let v = e.vfma(v, e.vsplat(sc), e.vsplat(sh));
+                        pr.act.map_or(v, |f| e.vact(v, f))
+                    }
+                    _ => v,
+                };
+                let v = e.b.build_select(mask, v, e.vzero(), "").expect("select");
+                bf16_halves(e, v.into_vector_value())
+            })
+            .collect();
+        parts.resize(width, i16t.vec_type(16).const_zero());
+        while parts.len() > 1 {
+            parts = parts.chunks(2).map(|w| cat(e, w[0], w[1])).collect();
+        }
+        let idx: Vec<_> = (0..16 * s.icg)
+            .map(|j| {
+                e.ctx
+                    .i32_type()
+                    .const_int((j % s.icg) * 16 + j / s.icg, false)
+            })
+            .collect();
+        let all = parts[0];
+        let v =
+            e.b.build_shuffle_vector(all, all, inkwell::types::VectorType::const_vector(&idx), "")
+                .expect("shuffle");
+        let at = e.mul(
+            e.add(e.mul(r, e.int(cols)), e.mul(xb, e.int(16))),
+            e.int(s.icg),
+        );
+        // SAFETY (LLVM semantics): inside the staged image.
+        let ptr = unsafe { e.b.build_in_bounds_gep(i16t, dst, &[at], "") }.expect("gep");
+        let st = e.b.build_store(ptr, v).expect("store");
+        st.set_alignment(2).expect("a store takes an alignment");
+    });
+    let last =
+        e.b.build_int_compare(IntPredicate::EQ, r, e.int(p.image_rows() - 1), "")
+            .expect("cmp");
+    e.if_else(
+        last,
+        |e| {
+            let rows = p.image_rows() * cols * s.icg / 2;
+            e.for_const(rows, p.image_values() / 2, |e, i| {
+                e.store(dst, i, e.f32(0.0))
+            });
+        },
+        |_| {},
+    );
+}
+
+/// Each lane of `v` rounded to bf16 (as `pack_pairs`), as 16-bit lanes.
+fn bf16_halves<'ctx>(e: &Emitter<'_, 'ctx>, v: VectorValue<'ctx>) -> VectorValue<'ctx> {
+    let lanes = v.get_type().get_size();
+    let it = e.ctx.i32_type().vec_type(lanes);
+    let k = |x: u64| {
+        let c = e.ctx.i32_type().const_int(x, false);
+        inkwell::types::VectorType::const_vector(&vec![c; lanes as usize])
+    };
+    let bits =
+        e.b.build_bit_cast(v, it, "")
+            .expect("cast")
+            .into_vector_value();
+    let r = e.round_bits_bf16(bits, k(16), k(1), k(0x7fff), k(0xffff_0000));
+    let hi = e.b.build_right_shift(r, k(16), false, "").expect("shift");
+    e.b.build_int_truncate(hi, e.ctx.i16_type().vec_type(lanes), "")
+        .expect("trunc")
 }
 
 /// The bf16 of `lo` and `hi` lane by lane, as one 32-bit word per lane
@@ -582,35 +780,64 @@ pub(super) fn gemm<'ctx>(
     let q0 = e.mul(pb, e.int(UNIT));
     let ws = a.image(e, c.workspace(e), b);
     let rec = 16;
-    let x0 = e.at(
-        ws,
-        e.mul(e.add(e.mul(gi, e.int(chunks * p.pitch())), q0), e.int(rec)),
-    );
+    let s = &p.shape;
+    // Each input tile's first row, and (in f32 slots) the steps to the next
+    // row tap and chunk, and the bytes between its rows.
+    let (xs, row_step, chunk_step, x_stride) = if p.pixel_major {
+        let cols = p.image_cols();
+        let xs = [0, 1].map(|m| {
+            let (oy, ox) = tile_pixel(e, p, e.add(q0, e.int(16 * m)));
+            // A tile past the last output row reads the last row's
+            // pixels; its results are never stored.
+            let oy = e.smin(oy, e.int(s.oh - 1));
+            let first = e.add(
+                e.mul(e.mul(oy, e.int(s.s.0)), e.int(cols)),
+                e.mul(ox, e.int(s.s.1)),
+            );
+            // `first` is even (whole tiles, rows of whole vectors): in f32
+            // slots, first / 2 · icg.
+            e.at(ws, e.mul(e.sdiv(first, e.int(2)), e.int(s.icg)))
+        });
+        (xs, s.d.0 * cols * s.icg / 2, KC / 2, s.s.1 * s.icg * 2)
+    } else {
+        let x0 = e.at(
+            ws,
+            e.mul(e.add(e.mul(gi, e.int(chunks * p.pitch())), q0), e.int(rec)),
+        );
+        let row_step = s.d.0 * p.cols() * rec;
+        (
+            [x0, e.at(x0, e.int(16 * rec))],
+            row_step,
+            p.pitch() * rec,
+            64,
+        )
+    };
     for t in 0..4 {
         e.tile_zero(t);
     }
     let stride = e.int(64);
-    let row_step = p.shape.d.0 * p.cols() * rec;
+    let x_stride = e.int(x_stride);
     e.for_const(0, p.row_taps(), |e, rt| {
-        let xt = e.at(x0, e.mul(rt, e.int(row_step)));
+        let step = e.mul(rt, e.int(row_step));
         let wr = e.mul(rt, e.int(chunks * TILE_SLOTS));
         e.for_const(0, chunks, |e, kc| {
-            let xk = e.at(xt, e.mul(kc, e.int(p.pitch() * rec)));
+            let off = e.add(step, e.mul(kc, e.int(chunk_step)));
+            let (xk0, xk1) = (e.at(xs[0], off), e.at(xs[1], off));
             let wk = e.add(wr, e.mul(kc, e.int(TILE_SLOTS)));
             if !p.pixel_rows() {
                 // Weights as A (channel rows), the input as B.
                 e.tile_load(4, e.at(w0, wk), stride);
                 e.tile_load(5, e.at(w1, wk), stride);
-                e.tile_load(6, xk, stride);
-                e.tile_load(7, e.at(xk, e.int(16 * rec)), stride);
+                e.tile_load(6, xk0, x_stride);
+                e.tile_load(7, xk1, x_stride);
                 e.tile_dp_bf16(0, 4, 6);
                 e.tile_dp_bf16(1, 4, 7);
                 e.tile_dp_bf16(2, 5, 6);
                 e.tile_dp_bf16(3, 5, 7);
                 return;
             }
-            e.tile_load(4, xk, stride);
-            e.tile_load(5, e.at(xk, e.int(16 * rec)), stride);
+            e.tile_load(4, xk0, x_stride);
+            e.tile_load(5, xk1, x_stride);
             // Weight-heavy layers stream their tiles from L3: ask for them
             // four chunks ahead (measured: a tenth off resnet18's 7x7 stage).
             if p.panel_outer {
@@ -644,8 +871,16 @@ pub(super) fn gemm<'ctx>(
     let oc_local0 = e.mul(ocb, e.int(UNIT));
     let (z, qn) = (e.int(0), e.int(q));
     for m in 0..2u64 {
-        let idx = e.add(q0, e.int(16 * m));
-        let mask = e.vin_range(e.vindices(idx, 0), z, qn);
+        let (idx, mask) = if p.pixel_major {
+            // 16 pixels of one row: those inside it and the output.
+            let (oy, ox) = tile_pixel(e, p, e.add(q0, e.int(16 * m)));
+            let live = e.ult(oy, e.int(s.oh));
+            let mask = e.vin_range(e.vindices(ox, 0), z, e.int(s.ow));
+            (e.add(e.mul(oy, e.int(s.ow)), ox), and_scalar(e, mask, live))
+        } else {
+            let idx = e.add(q0, e.int(16 * m));
+            (idx, e.vin_range(e.vindices(idx, 0), z, qn))
+        };
         for nn in 0..2u64 {
             let tile = (2 * m + nn) * 256;
             let rows: Vec<VectorValue<'ctx>> = (0..16)

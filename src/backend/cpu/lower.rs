@@ -422,7 +422,9 @@ pub fn lower<'ctx>(
     let arena = {
         let addr = e.b.build_ptr_to_int(arena, i64t, "").expect("addr");
         let skip = e.b.build_int_neg(addr, "").expect("neg");
-        let skip = e.b.build_and(skip, e.int(ARENA_ALIGN - 1), "").expect("and");
+        let skip =
+            e.b.build_and(skip, e.int(ARENA_ALIGN - 1), "")
+                .expect("and");
         // SAFETY of the IR: within the caller's block (its slack).
         unsafe { e.b.build_in_bounds_gep(ctx.i8_type(), arena, &[skip], "") }.expect("gep")
     };
