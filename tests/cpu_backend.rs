@@ -768,38 +768,56 @@ fn bf16_layers_match(
     y
 }
 
-/// Convs with few input channels read a pixel-major staged image on AMX
-/// (`BfConv::pixel_major`): strided and not, a prologue, output rows that
-/// are not whole tiles (21, 10, 4 columns), the last pixel block running
-/// past the image. Each layer against the bf16 interpreter.
+/// Convs read a pixel-major staged image on AMX (`BfConv::pixel_major`)
+/// where input channels are few (any row length) or whole chunks of 32
+/// (rows of whole tiles at most an eighth longer): strided and not, with a
+/// prologue, output rows that are not whole tiles (21, 10, 4; 30, 15
+/// columns), the last pixel block running past the image. Each layer
+/// against the bf16 interpreter.
 #[test]
-fn bf16_few_channel_convs_match_the_interpreter() {
+fn bf16_pixel_major_convs_match_the_interpreter() {
     use resnetc::precision::Precision;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("few_channels.res");
-    std::fs::write(
-        &path,
-        "model few_channels(x: f32[N, 3, H = 37, W = 41]) {
-    x |> c1: conv(4, k: 7, stride: 2, pad: 3) |> relu()
+    let models = [
+        (
+            "few_channels",
+            [37, 41],
+            "    x |> c1: conv(4, k: 7, stride: 2, pad: 3) |> relu()
       |> c2: conv(4, k: 3, pad: 1) |> relu()
       |> maxpool(k: 2) |> bn: batchnorm() |> relu()
       |> c3: conv(3, k: 5, pad: 2)
-      |> c4: conv(6, k: 3, stride: 2)
-}
-",
-    )
-    .expect("write");
-    let c = resnetc::front::compile_file(&path).unwrap_or_else(|e| panic!("{}", e.render_plain()));
-    let w = random_weights(&specs_of(&c.graph), 7);
-    let opt = optimized(&c.graph);
-    let x = random_tensor(&[2, 3, 37, 41], 8);
-    let opts = CpuOptions {
-        precision: Precision::Bf16,
-        ..Default::default()
-    };
-    let y = bf16_layers_match("few_channels", &opt, &w, &x, &opts);
-    let fp32 = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
-    assert!(rel_error(&y, &fp32) < 0.1, "bf16 output far from fp32");
+      |> c4: conv(6, k: 3, stride: 2)",
+        ),
+        (
+            "wide_channels",
+            [60, 60],
+            "    x |> c1: conv(32, k: 3, pad: 1) |> relu()
+      |> maxpool(k: 2) |> bn: batchnorm() |> relu()
+      |> c2: conv(32, k: 3, pad: 1) |> relu()
+      |> c3: conv(64, k: 3, stride: 2, pad: 1) |> relu()
+      |> c4: conv(32, k: 3, pad: 1)",
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, (name, [h, w], body)) in models.into_iter().enumerate() {
+        let path = dir.path().join(format!("{name}.res"));
+        let src = format!("model {name}(x: f32[N, 3, H = {h}, W = {w}]) {{\n{body}\n}}\n");
+        std::fs::write(&path, src).expect("write");
+        let c =
+            resnetc::front::compile_file(&path).unwrap_or_else(|e| panic!("{}", e.render_plain()));
+        let wt = random_weights(&specs_of(&c.graph), 7 + i as u64);
+        let opt = optimized(&c.graph);
+        let x = random_tensor(&[2, 3, h, w], 8 + i as u64);
+        let opts = CpuOptions {
+            precision: Precision::Bf16,
+            ..Default::default()
+        };
+        let y = bf16_layers_match(name, &opt, &wt, &x, &opts);
+        let fp32 = resnetc::interp::run(&c.graph, &wt, &x).expect("interpreter");
+        assert!(
+            rel_error(&y, &fp32) < 0.1,
+            "{name}: bf16 output far from fp32"
+        );
+    }
 }
 
 /// A bf16 static library (`--precision bf16`) called from C gives what the

@@ -80,8 +80,11 @@ impl BfConv {
         let flat = s.k == (1, 1) && s.s == (1, 1) && s.p == (0, 0);
         // Up to four channels interleave in registers; two chunks per row
         // tap at most, as the values past `kw·icg` are work for nothing.
-        let pixel_major =
-            s.k.1 > 1 && s.d.1 == 1 && s.g == 1 && s.icg <= 4 && s.icg * s.k.1 <= 2 * KC;
+        // Or whole chunks of channels, transposed in registers, where rows
+        // of whole tiles add at most an eighth to the GEMM.
+        let few = s.icg <= 4 && s.icg * s.k.1 <= 2 * KC;
+        let wide = s.icg.is_multiple_of(KC) && 7 * s.ow.div_ceil(16) * 16 <= 8 * s.ow;
+        let pixel_major = s.k.1 > 1 && s.d.1 == 1 && s.g == 1 && (few || wide);
         let fold_rows = !pixel_major && (s.s.0 > 1 || s.k.0 == 1);
         let mut p = BfConv {
             shape: s,
@@ -202,6 +205,12 @@ impl BfConv {
         rows.max(last).div_ceil(2 * KC) * 2 * KC
     }
 
+    /// Staging units per pixel-major row: its chunks of 32 channels, or
+    /// the whole row where channels are few.
+    fn image_chunks(&self) -> u64 {
+        self.shape.icg.div_ceil(KC)
+    }
+
     /// Pixels of the GEMM: the output's, or whole tiles per row.
     fn gemm_pixels(&self) -> u64 {
         if self.pixel_major {
@@ -217,7 +226,7 @@ impl BfConv {
 
     pub fn stage_units(&self) -> u64 {
         if self.pixel_major {
-            self.image_rows()
+            self.image_rows() * self.image_chunks()
         } else {
             self.shape.g * self.kpad() / KC
         }
@@ -407,9 +416,12 @@ fn tile_pixel<'ctx>(
     (e.sdiv(q, cols), e.srem(q, cols))
 }
 
-/// Pixel-major staging of padded row `r`: per 16 pixels, each channel's
-/// vector (prologue, zero padding, rounding) as bf16, interleaved into
-/// 16 pixels of `icg` values. The last row's unit also zeroes the tail.
+/// Pixel-major staging unit `u`: padded row `u / image_chunks()`, all its
+/// channels where they are few (each channel's vector of 16 pixels as
+/// bf16, interleaved into 16 pixels of `icg` values), else chunk
+/// `u % image_chunks()` (16 pair vectors transposed into 16 records of 32
+/// channels). Padding is zero after the prologue; the last unit also
+/// zeroes the tail.
 #[allow(clippy::type_complexity)]
 fn stage_image_row<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
@@ -418,10 +430,12 @@ fn stage_image_row<'ctx>(
     (x, pro): (PointerValue<'ctx>, Option<(IntValue<'ctx>, IntValue<'ctx>)>),
     a: &Args<'ctx>,
     dst: PointerValue<'ctx>,
-    r: IntValue<'ctx>,
+    u: IntValue<'ctx>,
 ) {
     let s = &p.shape;
     let (z, i16t) = (e.int(0), e.ctx.i16_type());
+    let chunks = p.image_chunks();
+    let (r, cc) = (e.sdiv(u, e.int(chunks)), e.srem(u, e.int(chunks)));
     let iy = e.sub(r, e.int(s.p.0));
     let row_ok = e.b.build_and(
         e.b.build_int_compare(IntPredicate::SGE, iy, z, "")
@@ -432,77 +446,93 @@ fn stage_image_row<'ctx>(
     );
     let row_ok = row_ok.expect("and");
     let iy = e.pick(row_ok, iy, z);
-    let planes: Vec<_> = (0..s.icg)
-        .map(|ch| {
-            let ss = pro.map(|(sc, sh)| {
-                (
-                    e.load(a.konst(e, sc), e.int(ch)),
-                    e.load(a.konst(e, sh), e.int(ch)),
-                )
-            });
-            (
-                e.at(x, e.add(e.int(ch * s.h * s.w), e.mul(iy, e.int(s.w)))),
-                ss,
-            )
-        })
-        .collect();
-    // Channel vectors padded to a power of two, concatenated pairwise,
-    // then lane `x·icg + ch` taken from `ch·16 + x`.
-    let width = s.icg.next_power_of_two() as usize;
-    let cat = |e: &Emitter<'_, 'ctx>, lo: VectorValue<'ctx>, hi: VectorValue<'ctx>| {
-        let n = lo.get_type().get_size() as u64;
-        let idx: Vec<_> = (0..2 * n)
-            .map(|i| e.ctx.i32_type().const_int(i, false))
-            .collect();
-        e.b.build_shuffle_vector(lo, hi, inkwell::types::VectorType::const_vector(&idx), "")
-            .expect("shuffle")
-    };
-    let cols = p.image_cols();
-    e.for_const(0, cols / 16, |e, xb| {
-        let ix0 = e.sub(e.mul(xb, e.int(16)), e.int(s.p.1));
+    // Channel `ch`'s 16 pixels from input column ix0, as the conv reads
+    // them (prologue, then zero outside the image).
+    let channel = |e: &mut Emitter<'_, 'ctx>, ch: IntValue<'ctx>, ix0: IntValue<'ctx>| {
         let mask = e.vin_range(e.vindices(ix0, 0), z, e.int(s.w));
         let mask = and_scalar(e, mask, row_ok);
-        let mut parts: Vec<VectorValue<'ctx>> = planes
-            .iter()
-            .map(|&(plane, ss)| {
-                let v = e.vload_masked(plane, ix0, mask);
-                let v = match (fused.prologue, ss) {
-                    (Some(pr), Some((sc, sh))) => {
-                        let v = e.vfma(v, e.vsplat(sc), e.vsplat(sh));
-                        pr.act.map_or(v, |f| e.vact(v, f))
-                    }
-                    _ => v,
-                };
-                let v = e.b.build_select(mask, v, e.vzero(), "").expect("select");
-                bf16_halves(e, v.into_vector_value())
-            })
-            .collect();
-        parts.resize(width, i16t.vec_type(16).const_zero());
-        while parts.len() > 1 {
-            parts = parts.chunks(2).map(|w| cat(e, w[0], w[1])).collect();
-        }
-        let idx: Vec<_> = (0..16 * s.icg)
-            .map(|j| {
-                e.ctx
-                    .i32_type()
-                    .const_int((j % s.icg) * 16 + j / s.icg, false)
-            })
-            .collect();
-        let all = parts[0];
-        let v =
-            e.b.build_shuffle_vector(all, all, inkwell::types::VectorType::const_vector(&idx), "")
+        let plane = e.at(x, e.add(e.mul(ch, e.int(s.h * s.w)), e.mul(iy, e.int(s.w))));
+        let v = e.vload_masked(plane, ix0, mask);
+        let v = match (fused.prologue, pro) {
+            (Some(pr), Some((sc, sh))) => {
+                let (sc, sh) = (e.load(a.konst(e, sc), ch), e.load(a.konst(e, sh), ch));
+                let v = e.vfma(v, e.vsplat(sc), e.vsplat(sh));
+                pr.act.map_or(v, |f| e.vact(v, f))
+            }
+            _ => v,
+        };
+        e.b.build_select(mask, v, e.vzero(), "")
+            .expect("select")
+            .into_vector_value()
+    };
+    let cols = p.image_cols();
+    if s.icg >= KC {
+        let pairs = e.entry_alloca(e.f32t.array_type(256).into());
+        e.for_const(0, cols / 16, |e, xb| {
+            let ix0 = e.sub(e.mul(xb, e.int(16)), e.int(s.p.1));
+            e.for_const(0, KC / 2, |e, pp| {
+                let ch = e.add(e.mul(cc, e.int(KC)), e.mul(pp, e.int(2)));
+                let lo = channel(e, ch, ix0);
+                let hi = channel(e, e.add(ch, e.int(1)), ix0);
+                e.vstore(pairs, e.mul(pp, e.int(16)), pack_pairs(e, lo, hi));
+            });
+            let vs: Vec<VectorValue<'ctx>> =
+                (0..16).map(|i| e.vload(pairs, e.int(16 * i))).collect();
+            let px = e.add(e.mul(r, e.int(cols)), e.mul(xb, e.int(16)));
+            for (l, rec) in e.vtranspose(&vs).into_iter().enumerate() {
+                // Pixel px + l's chunk cc, in f32 slots.
+                let at = e.mul(e.add(px, e.int(l as u64)), e.int(s.icg / 2));
+                e.vstore(dst, e.add(at, e.mul(cc, e.int(KC / 2))), rec);
+            }
+        });
+    } else {
+        // Channel vectors padded to a power of two, concatenated pairwise,
+        // then lane `x·icg + ch` taken from `ch·16 + x`.
+        let width = s.icg.next_power_of_two() as usize;
+        let cat = |e: &Emitter<'_, 'ctx>, lo: VectorValue<'ctx>, hi: VectorValue<'ctx>| {
+            let n = lo.get_type().get_size() as u64;
+            let idx: Vec<_> = (0..2 * n)
+                .map(|i| e.ctx.i32_type().const_int(i, false))
+                .collect();
+            e.b.build_shuffle_vector(lo, hi, inkwell::types::VectorType::const_vector(&idx), "")
+                .expect("shuffle")
+        };
+        e.for_const(0, cols / 16, |e, xb| {
+            let ix0 = e.sub(e.mul(xb, e.int(16)), e.int(s.p.1));
+            let mut parts: Vec<VectorValue<'ctx>> = (0..s.icg)
+                .map(|ch| {
+                    let v = channel(e, e.int(ch), ix0);
+                    bf16_halves(e, v)
+                })
+                .collect();
+            parts.resize(width, i16t.vec_type(16).const_zero());
+            while parts.len() > 1 {
+                parts = parts.chunks(2).map(|w| cat(e, w[0], w[1])).collect();
+            }
+            let idx: Vec<_> = (0..16 * s.icg)
+                .map(|j| {
+                    e.ctx
+                        .i32_type()
+                        .const_int((j % s.icg) * 16 + j / s.icg, false)
+                })
+                .collect();
+            let all = parts[0];
+            let v = e
+                .b
+                .build_shuffle_vector(all, all, inkwell::types::VectorType::const_vector(&idx), "")
                 .expect("shuffle");
-        let at = e.mul(
-            e.add(e.mul(r, e.int(cols)), e.mul(xb, e.int(16))),
-            e.int(s.icg),
-        );
-        // SAFETY (LLVM semantics): inside the staged image.
-        let ptr = unsafe { e.b.build_in_bounds_gep(i16t, dst, &[at], "") }.expect("gep");
-        let st = e.b.build_store(ptr, v).expect("store");
-        st.set_alignment(2).expect("a store takes an alignment");
-    });
+            let at = e.mul(
+                e.add(e.mul(r, e.int(cols)), e.mul(xb, e.int(16))),
+                e.int(s.icg),
+            );
+            // SAFETY (LLVM semantics): inside the staged image.
+            let ptr = unsafe { e.b.build_in_bounds_gep(i16t, dst, &[at], "") }.expect("gep");
+            let st = e.b.build_store(ptr, v).expect("store");
+            st.set_alignment(2).expect("a store takes an alignment");
+        });
+    }
     let last =
-        e.b.build_int_compare(IntPredicate::EQ, r, e.int(p.image_rows() - 1), "")
+        e.b.build_int_compare(IntPredicate::EQ, u, e.int(p.stage_units() - 1), "")
             .expect("cmp");
     e.if_else(
         last,
