@@ -2,7 +2,7 @@
 //! laid out once in one f32 array (64-byte aligned), embedded in a library
 //! or handed to the JIT-compiled code.
 
-use super::conv_bf16::BfConv;
+use super::conv_bf16::{plan_handoffs, BfConv};
 use super::conv_gemm::{self, GemmConv, Tiling};
 use super::conv_winograd::ConvAlgo;
 use super::conv_winograd::WinoConv;
@@ -56,7 +56,7 @@ impl ConstPool {
     ) -> ConstPool {
         let isa = opts.isa();
         let (gemm, wino) = plan_convs(graph, isa, opts);
-        let bf: HashMap<NodeIndex, BfConv> = match opts.precision {
+        let mut bf: HashMap<NodeIndex, BfConv> = match opts.precision {
             Precision::Bf16 => graph
                 .schedule()
                 .into_iter()
@@ -111,7 +111,16 @@ impl ConstPool {
         });
         let wino_space = wino.values().map(|p| p.workspace()).max().unwrap_or(0);
         let bf_space = bf.values().map(|p| p.workspace()).max().unwrap_or(0);
-        let workspace = conv_gemm::workspace(&gemm).max(wino_space).max(bf_space) as usize;
+        let own = conv_gemm::workspace(&gemm).max(wino_space).max(bf_space);
+        // Handoffs after every kernel's own workspace, on a line.
+        let at = own.div_ceil(16) * 16;
+        // In the order the code runs: the memory plan's.
+        let order = graph
+            .plan
+            .as_ref()
+            .map_or_else(|| graph.schedule(), |p| p.schedule.clone());
+        let handoffs = plan_handoffs(graph, &order, &mut bf, at);
+        let workspace = if handoffs > 0 { at + handoffs } else { own } as usize;
         ConstPool {
             offsets,
             data,

@@ -1129,7 +1129,7 @@ pub(super) struct Out<'ctx> {
 }
 
 /// Applies the epilogue to vector `x` of output channel `oc` and stores it
-/// at `y[idx..]` (masked when `mask` is given).
+/// at `y[idx..]` (masked when `mask` is given); returns what it stored.
 pub(super) fn epilogue_store<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     fused: &Fused,
@@ -1138,7 +1138,7 @@ pub(super) fn epilogue_store<'ctx>(
     oc: IntValue<'ctx>,
     idx: IntValue<'ctx>,
     mask: Option<VectorValue<'ctx>>,
-) {
+) -> VectorValue<'ctx> {
     let x = epilogue_value(e, fused, out.bias, x, oc, |e| {
         let z = out.z.expect("add operand");
         match mask {
@@ -1150,6 +1150,7 @@ pub(super) fn epilogue_store<'ctx>(
         Some(m) => e.vstore_masked(out.y, idx, x, m),
         None => e.vstore(out.y, idx, x),
     }
+    x
 }
 
 /// The epilogue of vector `x` of output channel `oc`: bias, the residual

@@ -229,10 +229,14 @@ pub fn lower<'ctx>(
         let parts = match (pool.gemm.get(&n), pool.wino.get(&n)) {
             _ if pool.bf.contains_key(&n) => {
                 let p = &pool.bf[&n];
-                vec![
+                // Without staging where the producer stages the input.
+                [
                     (Part::BfStage, p.stage_units()),
                     (Part::BfGemm, p.gemm_units()),
                 ]
+                .into_iter()
+                .filter(|&(_, units)| units > 0)
+                .collect()
             }
             (_, Some(w)) => vec![
                 (Part::WinoInput, w.input_units()),
@@ -248,6 +252,10 @@ pub fn lower<'ctx>(
             }
             (None, None) => vec![(Part::Whole, units(&c, n))],
         };
+        // Convs of one shape share kernels unless their handoffs differ.
+        if let Some(p) = pool.bf.get(&n) {
+            key.push_str(&format!("|{:?}|{:?}", p.handoff_in, p.handoff_out));
+        }
         for (pi, &(part, per_image)) in parts.iter().enumerate() {
             let key = format!("{key}|{part:?}");
             let kernel = match kernels.get(&key) {
