@@ -528,17 +528,8 @@ fn stage_image_row<'ctx>(
         let mask = and_scalar(e, mask, row_ok);
         let plane = e.at(x, e.add(e.mul(ch, e.int(s.h * s.w)), e.mul(iy, e.int(s.w))));
         let v = e.vload_masked(plane, ix0, mask);
-        let v = match (fused.prologue, pro) {
-            (Some(pr), Some((sc, sh))) => {
-                let (sc, sh) = (e.load(a.konst(e, sc), ch), e.load(a.konst(e, sh), ch));
-                let v = e.vfma(v, e.vsplat(sc), e.vsplat(sh));
-                pr.act.map_or(v, |f| e.vact(v, f))
-            }
-            _ => v,
-        };
-        e.b.build_select(mask, v, e.vzero(), "")
-            .expect("select")
-            .into_vector_value()
+        let ss = pro.map(|(sc, sh)| (e.load(a.konst(e, sc), ch), e.load(a.konst(e, sh), ch)));
+        prologue_then_padding(e, fused, v, ss, mask)
     };
     let cols = p.image_cols();
     if s.icg >= KC {
@@ -776,14 +767,28 @@ fn load_half<'ctx>(
             (v, and_scalar(e, mask, row_ok))
         }
     };
-    let v = match (fused.prologue, hf.ss) {
+    prologue_then_padding(e, fused, v, hf.ss, mask)
+}
+
+/// The prologue (scale, shift, activation) on `v`, then zero where `mask`
+/// is clear: padding is zero after the prologue, as in PyTorch.
+fn prologue_then_padding<'ctx>(
+    e: &Emitter<'_, 'ctx>,
+    fused: &crate::ir::op::Fused,
+    v: VectorValue<'ctx>,
+    ss: Option<(
+        inkwell::values::FloatValue<'ctx>,
+        inkwell::values::FloatValue<'ctx>,
+    )>,
+    mask: VectorValue<'ctx>,
+) -> VectorValue<'ctx> {
+    let v = match (fused.prologue, ss) {
         (Some(pr), Some((s, t))) => {
             let v = e.vfma(v, e.vsplat(s), e.vsplat(t));
             pr.act.map_or(v, |f| e.vact(v, f))
         }
         _ => v,
     };
-    // Padding is zero after the prologue, as in PyTorch.
     e.b.build_select(mask, v, e.vzero(), "")
         .expect("select")
         .into_vector_value()
