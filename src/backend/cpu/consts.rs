@@ -120,7 +120,7 @@ impl ConstPool {
             .as_ref()
             .map_or_else(|| graph.schedule(), |p| p.schedule.clone());
         let handoffs = plan_handoffs(graph, &order, &mut bf, at);
-        let workspace = if handoffs > 0 { at + handoffs } else { own } as usize;
+        let workspace = (at + handoffs) as usize;
         ConstPool {
             offsets,
             data,

@@ -41,6 +41,12 @@ use inkwell::values::{BasicValue, IntValue, PointerValue, VectorValue};
 use inkwell::IntPredicate;
 use petgraph::stable_graph::NodeIndex;
 
+/// A prologue's scale and shift for one channel.
+type ScaleShift<'ctx> = (
+    inkwell::values::FloatValue<'ctx>,
+    inkwell::values::FloatValue<'ctx>,
+);
+
 /// Pixels and output channels of one GEMM unit.
 const UNIT: u64 = 32;
 /// Reduction values per tile (16 pairs of bf16).
@@ -497,7 +503,6 @@ fn tile_pixel<'ctx>(
 /// `u % image_chunks()` (16 pair vectors transposed into 16 records of 32
 /// channels). Padding is zero after the prologue; the last unit also
 /// zeroes the tail.
-#[allow(clippy::type_complexity)]
 fn stage_image_row<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     p: &BfConv,
@@ -612,21 +617,26 @@ fn stage_image_row<'ctx>(
     );
 }
 
-/// Each lane of `v` rounded to bf16 (as `pack_pairs`), as 16-bit lanes.
-fn bf16_halves<'ctx>(e: &Emitter<'_, 'ctx>, v: VectorValue<'ctx>) -> VectorValue<'ctx> {
+/// Each lane of `v` rounded to bf16 (ties to even, as
+/// `precision::bf16_bits`), in the low 16 bits of an i32 lane.
+fn vbf16_bits<'ctx>(e: &Emitter<'_, 'ctx>, v: VectorValue<'ctx>) -> VectorValue<'ctx> {
     let lanes = v.get_type().get_size();
-    let it = e.ctx.i32_type().vec_type(lanes);
     let k = |x: u64| {
         let c = e.ctx.i32_type().const_int(x, false);
         inkwell::types::VectorType::const_vector(&vec![c; lanes as usize])
     };
     let bits =
-        e.b.build_bit_cast(v, it, "")
+        e.b.build_bit_cast(v, e.ctx.i32_type().vec_type(lanes), "")
             .expect("cast")
             .into_vector_value();
     let r = e.round_bits_bf16(bits, k(16), k(1), k(0x7fff), k(0xffff_0000));
-    let hi = e.b.build_right_shift(r, k(16), false, "").expect("shift");
-    e.b.build_int_truncate(hi, e.ctx.i16_type().vec_type(lanes), "")
+    e.b.build_right_shift(r, k(16), false, "").expect("shift")
+}
+
+/// Each lane of `v` rounded to bf16, as 16-bit lanes.
+fn bf16_halves<'ctx>(e: &Emitter<'_, 'ctx>, v: VectorValue<'ctx>) -> VectorValue<'ctx> {
+    let lanes = v.get_type().get_size();
+    e.b.build_int_truncate(vbf16_bits(e, v), e.ctx.i16_type().vec_type(lanes), "")
         .expect("trunc")
 }
 
@@ -637,22 +647,12 @@ fn pack_pairs<'ctx>(
     lo: VectorValue<'ctx>,
     hi: VectorValue<'ctx>,
 ) -> VectorValue<'ctx> {
-    let it = e.ctx.i32_type().vec_type(16);
-    let k = |v: u64| {
-        let c = e.ctx.i32_type().const_int(v, false);
-        inkwell::types::VectorType::const_vector(&[c; 16])
-    };
-    let round = |v: VectorValue<'ctx>| {
-        let bits =
-            e.b.build_bit_cast(v, it, "")
-                .expect("cast")
-                .into_vector_value();
-        e.round_bits_bf16(bits, k(16), k(1), k(0x7fff), k(0xffff_0000))
-    };
-    let low =
-        e.b.build_right_shift(round(lo), k(16), false, "")
+    let sixteen = e.ctx.i32_type().const_int(16, false);
+    let sixteen = inkwell::types::VectorType::const_vector(&[sixteen; 16]);
+    let high =
+        e.b.build_left_shift(vbf16_bits(e, hi), sixteen, "")
             .expect("shift");
-    let word = e.b.build_or(low, round(hi), "").expect("or");
+    let word = e.b.build_or(vbf16_bits(e, lo), high, "").expect("or");
     e.b.build_bit_cast(word, e.vty(), "")
         .expect("cast")
         .into_vector_value()
@@ -699,10 +699,7 @@ fn half_of<'ctx>(
 struct Half<'ctx> {
     live: IntValue<'ctx>,
     plane: PointerValue<'ctx>,
-    ss: Option<(
-        inkwell::values::FloatValue<'ctx>,
-        inkwell::values::FloatValue<'ctx>,
-    )>,
+    ss: Option<ScaleShift<'ctx>>,
     /// Input column of output column 0, and input row of staged row 0
     /// (before the row stride), relative to the tap.
     col: IntValue<'ctx>,
@@ -776,10 +773,7 @@ fn prologue_then_padding<'ctx>(
     e: &Emitter<'_, 'ctx>,
     fused: &crate::ir::op::Fused,
     v: VectorValue<'ctx>,
-    ss: Option<(
-        inkwell::values::FloatValue<'ctx>,
-        inkwell::values::FloatValue<'ctx>,
-    )>,
+    ss: Option<ScaleShift<'ctx>>,
     mask: VectorValue<'ctx>,
 ) -> VectorValue<'ctx> {
     let v = match (fused.prologue, ss) {
