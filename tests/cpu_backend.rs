@@ -679,7 +679,8 @@ fn object_links_alone_with_its_header() {
 /// in f64, and every later layer carries that step. Native runs the AMX
 /// tile kernels where the host has AMX-BF16; x86-64-v3 the emulated path
 /// (the fp32 kernels on rounded operands), on the examples that hold every
-/// layer kind (the deeper variants repeat them).
+/// layer kind (the deeper variants repeat them); cooperlake (AVX512-BF16,
+/// no AMX) the `vdpbf16ps` pair kernels, on four of them.
 #[test]
 fn every_example_in_bf16_matches_the_interpreter_layer_by_layer() {
     use resnetc::precision::Precision;
@@ -687,6 +688,10 @@ fn every_example_in_bf16_matches_the_interpreter_layer_by_layer() {
         && resnetc::backend::cpu::amx_permitted();
     if !amx {
         eprintln!("this host has no AMX-BF16: native runs the emulated bf16 path too");
+    }
+    let dp_bf16 = resnetc::backend::llvm::VectorIsa::of("native").dp_bf16;
+    if !dp_bf16 {
+        eprintln!("this host has no AVX512-BF16: the pair kernels are not run");
     }
     for (i, (name, c)) in examples_small().into_iter().enumerate() {
         if name == "cifar_resnet1202" {
@@ -711,12 +716,16 @@ fn every_example_in_bf16_matches_the_interpreter_layer_by_layer() {
             "unet_small",
         ]
         .contains(&name.as_str());
-        let cpus: &[&str] = if emulated {
-            &["native", "x86-64-v3"]
-        } else {
-            &["native"]
-        };
-        for &cpu in cpus {
+        let mut cpus = vec!["native"];
+        if emulated {
+            cpus.push("x86-64-v3");
+        }
+        // AVX512-BF16 without AMX: the pair kernels (`GemmConv::pairs`).
+        let pairs = ["densenet_bc_small", "resnet18", "unet_small", "se_resnet50"];
+        if dp_bf16 && pairs.contains(&name.as_str()) {
+            cpus.push("cooperlake");
+        }
+        for cpu in cpus {
             let opts = CpuOptions {
                 cpu: cpu.into(),
                 precision: Precision::Bf16,
@@ -849,6 +858,66 @@ fn bf16_handoffs_between_1x1_convs_match_the_interpreter() {
         ..Default::default()
     };
     bf16_layers_match("handoffs", &opt, &w, &x, &opts);
+}
+
+/// On AVX512-BF16 without AMX (`cooperlake` here; Zen 4 and 5 natively)
+/// bf16 convs reduce over channel pairs with `vdpbf16ps`
+/// (`GemmConv::pairs`): odd channel counts (the last pair half zero),
+/// grouped, strided, with a prologue, a reduction blocked in L1 (192
+/// channels, 3×3, at 6×6), through both tilings. Each layer against the
+/// bf16 interpreter. Runs where the host has AVX512-BF16.
+#[test]
+fn bf16_pair_convs_match_the_interpreter() {
+    use resnetc::backend::cpu::conv_gemm;
+    use resnetc::backend::llvm::VectorIsa;
+    use resnetc::precision::Precision;
+    if !VectorIsa::of("native").dp_bf16 {
+        eprintln!("this host has no AVX512-BF16: the pair kernels are not run");
+        return;
+    }
+    let isa = VectorIsa::of("cooperlake");
+    assert!(isa.dp_bf16 && !isa.amx_bf16);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pairs.res");
+    std::fs::write(
+        &path,
+        "model pairs(x: f32[N, 5, H = 23, W = 19]) {
+    x |> c1: conv(12, k: 3, pad: 1) |> relu()
+      |> c2: conv(36, k: 3, stride: 2, pad: 1) |> relu()
+      |> maxpool(k: 2) |> bn: batchnorm() |> relu()
+      |> c3: conv(40, k: 3, pad: 1, groups: 4) |> relu()
+      |> c4: conv(192, k: 1) |> relu()
+      |> c5: conv(64, k: 3, pad: 1) |> relu()
+      |> c6: conv(7, k: 1, stride: 2)
+}
+",
+    )
+    .expect("write");
+    let c = resnetc::front::compile_file(&path).unwrap_or_else(|e| panic!("{}", e.render_plain()));
+    let w = random_weights(&specs_of(&c.graph), 21);
+    let opt = optimized(&c.graph);
+    let x = random_tensor(&[2, 5, 23, 19], 22);
+    let plans = conv_gemm::plans(&opt, isa, Precision::Bf16, |_| ConvKernel::Auto, |_| None);
+    assert_eq!(plans.len(), 6);
+    assert!(plans.values().all(|p| p.pairs), "every conv reads pairs");
+    assert!(
+        plans.values().any(|p| p.kc < p.kdim()),
+        "one conv blocks its reduction"
+    );
+    let fp32 = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+    for conv in [ConvKernel::Auto, ConvKernel::Pixels, ConvKernel::Channels] {
+        let opts = CpuOptions {
+            cpu: "cooperlake".into(),
+            conv,
+            precision: Precision::Bf16,
+            ..Default::default()
+        };
+        let y = bf16_layers_match(&format!("pairs {conv:?}"), &opt, &w, &x, &opts);
+        assert!(
+            rel_error(&y, &fp32) < 0.1,
+            "{conv:?}: bf16 output far from fp32"
+        );
+    }
 }
 
 /// A bf16 static library (`--precision bf16`) called from C gives what the

@@ -151,7 +151,8 @@ impl ConstPool {
         let mut packed = ConstPool::build(graph, weights, derived, &packing);
         let mut pool = packed.narrowed(graph, opts.isa(), opts).ok_or_else(|| {
             crate::backend::llvm::LlvmError::Internal(format!(
-                "weights packed for `{top}` hold AMX tiles, which only AMX code reads"
+                "weights packed for `{top}` hold AMX tiles or bf16 pairs, which `{}`'s code does not read",
+                opts.cpu
             ))
         })?;
         pool.data = std::mem::take(&mut packed.data);
@@ -161,9 +162,13 @@ impl ConstPool {
     /// The plans of this pool's weights for a narrower vector unit `isa`
     /// (a lower level of a multi-level library, which reads the same
     /// constants): no data of its own, the kernels' workspace its own.
-    /// `None` where the pool holds AMX tiles, which only AMX code reads.
+    /// `None` where the pool holds AMX tiles, which only AMX code reads,
+    /// or where its bf16 convs' weights are bf16 pairs and `isa`'s kernels
+    /// read f32 (or the other way round).
     pub fn narrowed(&self, graph: &Graph, isa: VectorIsa, opts: &CpuOptions) -> Option<ConstPool> {
-        if !self.bf.is_empty() {
+        let pairs = conv_gemm::reads_pairs(isa, self.precision);
+        let differ = |p: &GemmConv| !p.transposed && p.pairs != pairs;
+        if !self.bf.is_empty() || self.gemm.values().any(differ) {
             return None;
         }
         let (gemm, wino) = plan_packed(graph, isa, opts, self);

@@ -413,7 +413,7 @@ pub(super) fn stage<'ctx>(
                 let lo = load_half(e, p, fused, &lo, r, ox0);
                 let hi = half_of(e, a, p, (x, gi, pro), e.add(k, e.int(1)));
                 let hi = load_half(e, p, fused, &hi, r, ox0);
-                e.vstore(pairs, e.mul(pp, lanes), pack_pairs(e, lo, hi));
+                e.vstore(pairs, e.mul(pp, lanes), e.vpack_bf16_pairs(lo, hi));
             });
             let vs: Vec<VectorValue<'ctx>> =
                 (0..16).map(|i| e.vload(pairs, e.int(16 * i))).collect();
@@ -475,7 +475,7 @@ fn stage_b_tiles<'ctx>(
                 let lo = load_half(e, p, fused, &lo, r, ox0);
                 let hi = half_of(e, a, p, src, e.add(k, e.int(1)));
                 let hi = load_half(e, p, fused, &hi, r, ox0);
-                let v = pack_pairs(e, lo, hi);
+                let v = e.vpack_bf16_pairs(lo, hi);
                 let row = e.add(base, e.mul(pp, lanes));
                 e.vstore_masked(dst, e.add(row, o), v, first);
                 // The second part: tile t + 1's row pp, lanes 16 - o..16 at
@@ -545,7 +545,7 @@ fn stage_image_row<'ctx>(
                 let ch = e.add(e.mul(cc, e.int(KC)), e.mul(pp, e.int(2)));
                 let lo = channel(e, ch, ix0);
                 let hi = channel(e, e.add(ch, e.int(1)), ix0);
-                e.vstore(pairs, e.mul(pp, e.int(16)), pack_pairs(e, lo, hi));
+                e.vstore(pairs, e.mul(pp, e.int(16)), e.vpack_bf16_pairs(lo, hi));
             });
             let vs: Vec<VectorValue<'ctx>> =
                 (0..16).map(|i| e.vload(pairs, e.int(16 * i))).collect();
@@ -617,45 +617,11 @@ fn stage_image_row<'ctx>(
     );
 }
 
-/// Each lane of `v` rounded to bf16 (ties to even, as
-/// `precision::bf16_bits`), in the low 16 bits of an i32 lane.
-fn vbf16_bits<'ctx>(e: &Emitter<'_, 'ctx>, v: VectorValue<'ctx>) -> VectorValue<'ctx> {
-    let lanes = v.get_type().get_size();
-    let k = |x: u64| {
-        let c = e.ctx.i32_type().const_int(x, false);
-        inkwell::types::VectorType::const_vector(&vec![c; lanes as usize])
-    };
-    let bits =
-        e.b.build_bit_cast(v, e.ctx.i32_type().vec_type(lanes), "")
-            .expect("cast")
-            .into_vector_value();
-    let r = e.round_bits_bf16(bits, k(16), k(1), k(0x7fff), k(0xffff_0000));
-    e.b.build_right_shift(r, k(16), false, "").expect("shift")
-}
-
 /// Each lane of `v` rounded to bf16, as 16-bit lanes.
 fn bf16_halves<'ctx>(e: &Emitter<'_, 'ctx>, v: VectorValue<'ctx>) -> VectorValue<'ctx> {
     let lanes = v.get_type().get_size();
-    e.b.build_int_truncate(vbf16_bits(e, v), e.ctx.i16_type().vec_type(lanes), "")
+    e.b.build_int_truncate(e.vbf16_bits(v), e.ctx.i16_type().vec_type(lanes), "")
         .expect("trunc")
-}
-
-/// The bf16 of `lo` and `hi` lane by lane, as one 32-bit word per lane
-/// (`lo` in the low half), in a float vector.
-fn pack_pairs<'ctx>(
-    e: &Emitter<'_, 'ctx>,
-    lo: VectorValue<'ctx>,
-    hi: VectorValue<'ctx>,
-) -> VectorValue<'ctx> {
-    let sixteen = e.ctx.i32_type().const_int(16, false);
-    let sixteen = inkwell::types::VectorType::const_vector(&[sixteen; 16]);
-    let high =
-        e.b.build_left_shift(vbf16_bits(e, hi), sixteen, "")
-            .expect("shift");
-    let word = e.b.build_or(vbf16_bits(e, lo), high, "").expect("or");
-    e.b.build_bit_cast(word, e.vty(), "")
-        .expect("cast")
-        .into_vector_value()
 }
 
 /// What reduction index `k` of group `gi` reads: its input channel plane,
@@ -1036,7 +1002,7 @@ pub(super) fn gemm<'ctx>(
                 );
                 for (i, pair) in finals.chunks(2).enumerate() {
                     let row = e.add(base, e.int((8 * oc_half + i as u64) * 16));
-                    e.vstore(ws, row, pack_pairs(e, pair[0], pair[1]));
+                    e.vstore(ws, row, e.vpack_bf16_pairs(pair[0], pair[1]));
                 }
             }
         }

@@ -35,7 +35,7 @@ use crate::backend::llvm::VectorIsa;
 use crate::ir::graph::chw;
 use crate::ir::op::{ConvGeom, EpilogueStep, Fused, Op};
 use crate::ir::Graph;
-use crate::precision::Precision;
+use crate::precision::{bf16_bits, Precision};
 use inkwell::values::{FloatValue, IntValue, PointerValue, VectorValue};
 use petgraph::stable_graph::NodeIndex;
 use std::collections::HashMap;
@@ -53,6 +53,16 @@ pub struct Staging {
     pub pad: (u64, u64),
     /// Staging rounds the input to bf16 (`Precision::Bf16`).
     pub bf16: bool,
+}
+
+/// Whether bf16 convs on `isa` read channel pairs with `vdpbf16ps`
+/// (`GemmConv::pairs`): AVX512-BF16 without AMX (Zen 4 and 5, Cooper
+/// Lake). Not on the AMX Xeons, for the convs AMX does not take: there
+/// `vdpbf16ps` issues at a quarter of the FMA rate (measured on a Xeon
+/// with AMX: 0.58 against 0.15 ns an instruction), half the emulated
+/// path's speed (docs/performance.md).
+pub fn reads_pairs(isa: VectorIsa, precision: Precision) -> bool {
+    precision == Precision::Bf16 && isa.dp_bf16 && !isa.amx_bf16 && isa.lanes == 16
 }
 
 /// Which way a conv's register tile is vectorized.
@@ -138,6 +148,11 @@ pub struct GemmConv {
     pub kw: u64,
     /// A transposed conv: its weight is `[ic, ocg, kh, kw]`.
     pub transposed: bool,
+    /// bf16 on AVX512-BF16: the reduction runs over pairs of input
+    /// channels, each staged plane (`pair_planes`) and packed weight slot a
+    /// 32-bit word of two bf16, the product `vdpbf16ps` (half the
+    /// instructions and bytes of fp32 per reduction step).
+    pub pairs: bool,
     pub staging: Option<Staging>,
 }
 
@@ -255,6 +270,7 @@ impl GemmConv {
             (h * w, w, taps_rc.map(|(y, x)| y * w + x).collect(), None)
         };
         let strided = (sh, sw) != (1, 1);
+        let pairs = reads_pairs(isa, precision);
         let (tiling, mr) = choose_tiling(ocg, (oh, ow, wq), (kw, strided), isa, kernel, pitch);
         let panels = (oh * wq).div_ceil(2 * isa.lanes);
         // A channel tile's one row phase: every row, every tap, pixel `j`
@@ -299,8 +315,10 @@ impl GemmConv {
             strip_cols,
             kw,
             transposed: false,
+            pairs,
             staging,
         };
+        p.kc = p.kdim();
         p.split_rows();
         p.choose_kblock();
         Some(p)
@@ -317,7 +335,7 @@ impl GemmConv {
         let Tiling::Channels { r } = self.tiling else {
             return;
         };
-        let per_ic = self.panel_bytes() / self.icg;
+        let per_ic = self.panel_bytes() / self.kdim();
         if self.transposed
             || self.panel_bytes() < KBLOCK_MIN_PANEL
             || self.spill_floats(r) * 4 > KBLOCK_MAX_SPILL
@@ -327,15 +345,25 @@ impl GemmConv {
         // The largest divisor of `icg` whose weights fit the block budget,
         // so every block has the same constant trip count.
         let most = (KBLOCK_BYTES / per_ic).max(1);
-        self.kc = (1..=most.min(self.icg))
+        self.kc = (1..=most.min(self.kdim()))
             .rev()
-            .find(|k| self.icg.is_multiple_of(*k))
+            .find(|k| self.kdim().is_multiple_of(*k))
             .unwrap_or(1);
     }
 
     /// Bytes of one register tile's packed weights.
     fn panel_bytes(&self) -> u64 {
-        4 * self.icg * self.taps.len() as u64 * self.mr
+        4 * self.kdim() * self.taps.len() as u64 * self.mr
+    }
+
+    /// Steps of the reduction per tap: input channels, or pairs of them
+    /// (`pairs`).
+    pub fn kdim(&self) -> u64 {
+        if self.pairs {
+            self.icg.div_ceil(2)
+        } else {
+            self.icg
+        }
     }
 
     /// Floats of accumulators a `Channels` unit keeps between reduction
@@ -369,7 +397,7 @@ impl GemmConv {
     /// over-read (lanes past the output grid read past the last plane).
     pub fn workspace(&self) -> u64 {
         match self.staging {
-            Some(_) => self.groups * self.icg * self.plane + self.slack(),
+            Some(_) => self.groups * self.kdim() * self.plane + self.slack(),
             None => 0,
         }
     }
@@ -387,29 +415,59 @@ impl GemmConv {
     /// The weight `[oc, icg, kh, kw]` (transposed: `[ic, ocg, kh, kw]`) in
     /// the kernel's order `[group][oc panel][ic][tap][mr]`, zero rows past
     /// `ocg`.
+    /// With `pairs`, a slot holds input channels `2k` and `2k + 1` as
+    /// two bf16 (the first in the low half; zero past `icg`).
     pub fn pack(&self, w: &[f32]) -> Vec<f32> {
         debug_assert_eq!(self.wpitch, self.mr, "packs are made for the top level");
         let t = self.taps.len() as u64;
         let mut out =
-            Vec::with_capacity((self.groups * self.oc_panels * self.icg * t * self.mr) as usize);
+            Vec::with_capacity((self.groups * self.oc_panels * self.kdim() * t * self.mr) as usize);
+        let value = |g: u64, oc: u64, ic: u64, tap: u64| {
+            let at = if self.transposed {
+                ((g * self.icg + ic) * self.ocg + oc) * t + tap
+            } else {
+                ((g * self.ocg + oc) * self.icg + ic) * t + tap
+            };
+            if oc < self.ocg && ic < self.icg {
+                w[at as usize]
+            } else {
+                0.0
+            }
+        };
         for g in 0..self.groups {
             for op in 0..self.oc_panels {
-                for ic in 0..self.icg {
+                for k in 0..self.kdim() {
                     for tap in 0..t {
                         for r in 0..self.mr {
                             let oc = op * self.mr + r;
-                            let at = if self.transposed {
-                                ((g * self.icg + ic) * self.ocg + oc) * t + tap
+                            out.push(if self.pairs {
+                                let half = |ic| u32::from(bf16_bits(value(g, oc, ic, tap)));
+                                f32::from_bits(half(2 * k) | half(2 * k + 1) << 16)
                             } else {
-                                ((g * self.ocg + oc) * self.icg + ic) * t + tap
-                            };
-                            out.push(if oc < self.ocg { w[at as usize] } else { 0.0 });
+                                value(g, oc, k, tap)
+                            });
                         }
                     }
                 }
             }
         }
         out
+    }
+
+    /// `acc + w·x`: an FMA, or with `pairs` the dot product of the two
+    /// words' bf16 pairs.
+    fn madd<'ctx>(
+        &self,
+        e: &Emitter<'_, 'ctx>,
+        w: VectorValue<'ctx>,
+        x: VectorValue<'ctx>,
+        acc: VectorValue<'ctx>,
+    ) -> VectorValue<'ctx> {
+        if self.pairs {
+            e.vdp_bf16(acc, w, x)
+        } else {
+            e.vfma(w, x, acc)
+        }
     }
 }
 
@@ -577,7 +635,8 @@ pub fn workspace(plans: &HashMap<NodeIndex, GemmConv>) -> u64 {
 
 // ---- emission ---------------------------------------------------------
 
-/// Stages input channel `ch` of image `b`: every phase plane, prologue
+/// Stages input channel `ch` of image `b` (with `pairs`, the pair of
+/// channels `ch` of `kdim()` per group): every phase plane, prologue
 /// applied, zeros where the padded input is padding.
 pub(super) fn stage<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
@@ -594,9 +653,32 @@ pub(super) fn stage<'ctx>(
     let (pro, _, _) = fused_operands(c, &ops, fused);
     let (h, w, hq, wq) = (st.h, st.w, st.hq, p.wq);
     let ((sh, sw), (ph, pw)) = (st.stride, st.pad);
-    let src = e.at(a.image(e, c.view(ops[0]), b), e.mul(ch, e.int(h * w)));
     let dst = e.at(a.image(e, c.workspace(e), b), e.mul(ch, e.int(p.plane)));
-    let ss = pro.map(|(s, t)| (e.load(a.konst(e, s), ch), e.load(a.konst(e, t), ch)));
+    let x = a.image(e, c.view(ops[0]), b);
+    let channel = |e: &Emitter<'_, 'ctx>, ch: IntValue<'ctx>| {
+        let ss = pro.map(|(s, t)| (e.load(a.konst(e, s), ch), e.load(a.konst(e, t), ch)));
+        (e.at(x, e.mul(ch, e.int(h * w))), ss)
+    };
+    // With pairs: channels `2k` and `2k + 1` of the group, the second
+    // zero past an odd `icg` (read from the first, then dropped).
+    let (first, second) = if p.pairs {
+        let (g, k) = (e.sdiv(ch, e.int(p.kdim())), e.srem(ch, e.int(p.kdim())));
+        let first = e.add(e.mul(g, e.int(p.icg)), e.mul(k, e.int(2)));
+        let live = e.ult(e.add(e.mul(k, e.int(2)), e.int(1)), e.int(p.icg));
+        let next = e.pick(live, e.add(first, e.int(1)), first);
+        (first, Some((next, live)))
+    } else {
+        (ch, None)
+    };
+    let (src, ss) = channel(e, first);
+    let round = match second {
+        Some((next, live)) => {
+            let (x, ss) = channel(e, next);
+            Rounding::Pairs { x, ss, live }
+        }
+        None if st.bf16 => Rounding::Bf16,
+        None => Rounding::None,
+    };
     for (f, &(py, px)) in st.phases.iter().enumerate() {
         let base = e.at(dst, e.int(f as u64 * hq * wq));
         let signed = |v: i64| e.int(v as u64);
@@ -609,16 +691,31 @@ pub(super) fn stage<'ctx>(
             (hq, wq),
             (sh, sw),
             shift,
-            st.bf16,
+            round,
         );
     }
     Ok(())
 }
 
+/// How a staged plane's values are stored: as the f32 the prologue gives,
+/// rounded to bf16, or as words of two bf16 (`GemmConv::pairs`) whose
+/// high half is another channel's (`x`, with its prologue's `ss`), zero
+/// where `live` is false.
+#[derive(Clone, Copy)]
+pub(super) enum Rounding<'ctx> {
+    None,
+    Bf16,
+    Pairs {
+        x: PointerValue<'ctx>,
+        ss: Option<(FloatValue<'ctx>, FloatValue<'ctx>)>,
+        live: IntValue<'ctx>,
+    },
+}
+
 /// Writes one staged plane `dst` (`hq × wq`): `dst[i][j]` is the input
 /// `src[i·sh + shift_y][j·sw + shift_x]` (an `h × w` plane) with the
 /// prologue applied (`ss`: its per-channel scale and shift), or zero where
-/// that lies outside the input; rounded to bf16 where `bf16`.
+/// that lies outside the input; rounded or paired as `round` says.
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub(super) fn pad_plane<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
@@ -632,7 +729,7 @@ pub(super) fn pad_plane<'ctx>(
     (hq, wq): (u64, u64),
     (sh, sw): (u64, u64),
     (shift_y, shift_x): (IntValue<'ctx>, IntValue<'ctx>),
-    bf16: bool,
+    round: Rounding<'ctx>,
 ) {
     let (i0, i1) = valid_range(e, hq, sh, shift_y, h);
     let (j0, j1) = valid_range(e, wq, sw, shift_x, w);
@@ -647,6 +744,11 @@ pub(super) fn pad_plane<'ctx>(
         let row = e.at(dst, e.mul(i, e.int(wq)));
         let iy = e.add(e.mul(i, e.int(sh)), shift_y);
         let xrow = e.at(src, e.mul(iy, e.int(w)));
+        // The pair's second channel, same row.
+        let row2 = match round {
+            Rounding::Pairs { x, ss, live } => Some((e.at(x, e.mul(iy, e.int(w))), ss, live)),
+            _ => None,
+        };
         zero_row(e, row, z, j0);
         if sw == 1 {
             // Contiguous: whole vectors, then one masked.
@@ -654,36 +756,62 @@ pub(super) fn pad_plane<'ctx>(
             let (src, dst) = (e.at(xrow, ix0), e.at(row, j0));
             let n = e.sub(j1, j0);
             let lanes = e.int(e.lanes);
-            let vss = ss.map(|(s, t)| (e.vsplat(s), e.vsplat(t)));
-            let pro = |e: &Emitter<'_, 'ctx>, v| {
-                let v = match (fused.prologue, vss) {
+            let src2 = row2.map(|(r, ss, live)| (e.at(r, ix0), ss, live));
+            let pro = |e: &Emitter<'_, 'ctx>,
+                       v,
+                       ss: Option<(FloatValue<'ctx>, FloatValue<'ctx>)>| {
+                match (fused.prologue, ss) {
                     (Some(p), Some((s, t))) => {
-                        let v = e.vfma(v, s, t);
+                        let v = e.vfma(v, e.vsplat(s), e.vsplat(t));
                         p.act.map_or(v, |f| e.vact(v, f))
                     }
                     _ => v,
+                }
+            };
+            // The value stored for the lanes at `at` (`mask`: those read).
+            let value = |e: &Emitter<'_, 'ctx>, at, mask: Option<VectorValue<'ctx>>| {
+                let load = |src| match mask {
+                    Some(m) => e.vload_masked(src, at, m),
+                    None => e.vload(src, at),
                 };
-                if bf16 {
-                    e.vround_bf16(v)
-                } else {
-                    v
+                let v = pro(e, load(src), ss);
+                match (round, src2) {
+                    (Rounding::Pairs { .. }, Some((src2, ss2, live))) => {
+                        let hi = pro(e, load(src2), ss2);
+                        let hi =
+                            e.b.build_select(live, hi, e.vzero(), "")
+                                .expect("select")
+                                .into_vector_value();
+                        e.vpack_bf16_pairs(v, hi)
+                    }
+                    (Rounding::Bf16, _) => e.vround_bf16(v),
+                    _ => v,
                 }
             };
             let full = e.sdiv(n, lanes);
             e.for_range(z, full, |e, k| {
                 let at = e.mul(k, lanes);
-                let v = pro(e, e.vload(src, at));
+                let v = value(e, at, None);
                 e.vstore(dst, at, v);
             });
             let at = e.mul(full, lanes);
             let mask = e.vin_range(e.vindices(at, 0), z, n);
-            let v = pro(e, e.vload_masked(src, at, mask));
+            let v = value(e, at, Some(mask));
             e.vstore_masked(dst, at, v, mask);
         } else {
             e.for_range(j0, j1, |e, j| {
                 let ix = e.add(e.mul(j, e.int(sw)), shift_x);
                 let v = prologue_value(e, fused, e.load(xrow, ix), ss);
-                let v = if bf16 { e.round_bf16(v) } else { v };
+                let v = match (round, row2) {
+                    (Rounding::Pairs { .. }, Some((xrow2, ss2, live))) => {
+                        let hi = prologue_value(e, fused, e.load(xrow2, ix), ss2);
+                        let hi = e.b.build_select(live, hi, e.f32(0.0), "");
+                        let hi = hi.expect("select").into_float_value();
+                        e.pack_bf16_pair(v, hi)
+                    }
+                    (Rounding::Bf16, _) => e.round_bf16(v),
+                    _ => v,
+                };
                 e.store(row, j, v);
             });
         }
@@ -733,7 +861,7 @@ pub(super) fn gemm<'ctx>(
 impl GemmConv {
     /// Bytes of the packed weight.
     fn weight_bytes(&self) -> u64 {
-        4 * self.groups * self.oc_panels * self.icg * self.taps.len() as u64 * self.mr
+        4 * self.groups * self.oc_panels * self.kdim() * self.taps.len() as u64 * self.mr
     }
 
     /// Where register tile `panel` (of `groups · oc_panels`) starts in the
@@ -744,7 +872,7 @@ impl GemmConv {
         wt: PointerValue<'ctx>,
         panel: IntValue<'ctx>,
     ) -> PointerValue<'ctx> {
-        let per = e.int(self.icg * self.taps.len() as u64 * self.wpitch);
+        let per = e.int(self.kdim() * self.taps.len() as u64 * self.wpitch);
         if self.wpitch == self.mr {
             return e.at(wt, e.mul(panel, per));
         }
@@ -759,7 +887,7 @@ impl GemmConv {
 
     /// Bytes of one image's source (staged or not).
     fn source_bytes(&self) -> u64 {
-        4 * self.groups * self.icg * self.plane
+        4 * self.groups * self.kdim() * self.plane
     }
 
     /// `(image, channel panel, row chunk)` of unit `t` of a `Channels`
@@ -825,7 +953,7 @@ fn gemm_pixels<'ctx>(
         Some(_) => a.image(e, c.workspace(e), b),
         None => a.image(e, c.view(ops[0]), b),
     };
-    let xgroup = e.at(src, e.mul(g, e.int(p.icg * p.plane)));
+    let xgroup = e.at(src, e.mul(g, e.int(p.kdim() * p.plane)));
     let yb = a.image(e, c.view(n), b);
     let zb = residual.map(|r| a.image(e, c.view(r), b));
     let slots: Vec<[PointerValue<'ctx>; 2]> = (0..mr).map(|_| [e.vslot(), e.vslot()]).collect();
@@ -851,7 +979,7 @@ fn gemm_pixels<'ctx>(
             let tp = e.add(e.mul(op, e.sub(t1, t0)), e.sub(tile, t0));
             let tp = e.smin(tp, e.int(lines - 1));
             let ahead = e.add(e.mul(e.sub(t1, tile), e.int(nr)), e.mul(tp, e.int(LINE)));
-            e.for_const(0, p.icg, |e, ic| {
+            e.for_const(0, p.kdim(), |e, ic| {
                 let xc = e.at(xg, e.mul(ic, e.int(p.plane)));
                 let wk = e.at(wp, e.mul(ic, e.int(t * pitch)));
                 e.prefetch_l2(e.at_unchecked(xc, ahead));
@@ -862,8 +990,8 @@ fn gemm_pixels<'ctx>(
                     let x1 = e.vload(xc, e.int(off + lanes));
                     for (r, pair) in acc.iter_mut().enumerate() {
                         let wv = e.vsplat(e.load(wk, e.int(ti as u64 * pitch + r as u64)));
-                        pair[0] = e.vfma(wv, x0, pair[0]);
-                        pair[1] = e.vfma(wv, x1, pair[1]);
+                        pair[0] = p.madd(e, wv, x0, pair[0]);
+                        pair[1] = p.madd(e, wv, x1, pair[1]);
                     }
                 }
                 for (s, v) in slots.iter().zip(&acc) {
@@ -951,7 +1079,7 @@ fn gemm_channels<'ctx>(
         Some(_) => a.image(e, c.workspace(e), b),
         None => a.image(e, c.view(ops[0]), b),
     };
-    let xg = e.at(src, e.mul(g, e.int(p.icg * p.plane)));
+    let xg = e.at(src, e.mul(g, e.int(p.kdim() * p.plane)));
     let yb = a.image(e, c.view(n), b);
     let zb = residual.map(|z| a.image(e, c.view(z), b));
     let bias = bias.map(|k| a.konst(e, k));
@@ -961,7 +1089,7 @@ fn gemm_channels<'ctx>(
     let strips = p.ow.div_ceil(r);
     // Reduction blocks (`choose_kblock`): the strips' accumulators wait in
     // `spill` between blocks.
-    let blocks = p.icg / p.kc;
+    let blocks = p.kdim() / p.kc;
     let spill = (blocks > 1).then(|| e.stack_array(p.spill_floats(r)));
     for ph in &p.row_phases {
         let rows = ph.rows.div_ceil(p.row_chunks);
@@ -1009,7 +1137,7 @@ fn gemm_channels<'ctx>(
                         if let Some((lines, every)) = prefetch {
                             // This row's share of the next panel's weights for
                             // this input channel: lines `q, q + rows, ...`.
-                            let next = e.at(wk, e.int(p.icg * t * mr));
+                            let next = e.at(wk, e.int(p.kdim() * t * mr));
                             let q = e.sub(i, i0);
                             for k in 0..lines.div_ceil(every) {
                                 let line = e.add(q, e.int(k * every));
@@ -1048,7 +1176,7 @@ fn gemm_channels<'ctx>(
                                 for &(_, gi, j) in same {
                                     let px = &mut acc[(j * nv) as usize..((j + 1) * nv) as usize];
                                     for (a, w) in px.iter_mut().zip(&wv[gi]) {
-                                        *a = e.vfma(*w, xb, *a);
+                                        *a = p.madd(e, *w, xb, *a);
                                     }
                                 }
                             }

@@ -114,6 +114,8 @@ pub fn plan(
         strip_cols: r / sw,
         kw,
         transposed: true,
+        // Transposed convs take the emulated bf16 path everywhere.
+        pairs: false,
         staging: Some(Staging {
             phases: vec![(0, 0)],
             hq,

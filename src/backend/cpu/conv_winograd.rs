@@ -22,7 +22,7 @@
 //!   tile row: the GEMM results never go to memory as a tensor.
 
 use super::conv_gemm::{
-    conv_fused, epilogue_store, epilogue_value, pad_plane, ConvShape, Out, MIN_UNITS,
+    conv_fused, epilogue_store, epilogue_value, pad_plane, ConvShape, Out, Rounding, MIN_UNITS,
 };
 use super::lower::{fused_operands, Args, Ctx, Unit};
 use crate::backend::llvm::emit::Emitter;
@@ -490,7 +490,7 @@ pub(super) fn stage<'ctx>(
         (hp, wp),
         (1, 1),
         shift,
-        false,
+        Rounding::None,
     );
 }
 

@@ -26,10 +26,16 @@ use crate::weights::Weights;
 /// `native`, `skylake-avx512`'s within a few % (docs/performance.md).
 pub const DEFAULT_LEVELS: [&str; 4] = ["skylake-avx512", "x86-64-v4", "x86-64-v3", "x86-64-v2"];
 
-/// The same for `--precision bf16`, with AMX tiles (Sapphire Rapids and
-/// later Xeons) first.
-pub const DEFAULT_BF16_LEVELS: [&str; 4] =
-    ["sapphirerapids", "x86-64-v4", "x86-64-v3", "x86-64-v2"];
+/// The same for `--precision bf16`: AMX tiles (Sapphire Rapids and later
+/// Xeons) first, then AVX512-BF16's `vdpbf16ps` (Zen 4 and 5), then the
+/// emulated path.
+pub const DEFAULT_BF16_LEVELS: [&str; 5] = [
+    "sapphirerapids",
+    "znver4",
+    "x86-64-v4",
+    "x86-64-v3",
+    "x86-64-v2",
+];
 
 /// The environment variable that makes a library run a lower level.
 pub const FORCE_VAR: &str = "RESNETC_CPU_LEVEL";

@@ -245,7 +245,7 @@ pub fn lower<'ctx>(
             (Some(p), None) => {
                 let mut v = Vec::new();
                 if p.staging.is_some() {
-                    v.push((Part::Stage, p.groups * p.icg));
+                    v.push((Part::Stage, p.groups * p.kdim()));
                 }
                 v.push((Part::Gemm, p.units()));
                 v

@@ -256,6 +256,27 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
             .into_float_value()
     }
 
+    /// `lo` and `hi` rounded to bf16 as one 32-bit word (`lo` in the low
+    /// half), in an f32: `vpack_bf16_pairs` for one lane.
+    pub fn pack_bf16_pair(&self, lo: FloatValue<'ctx>, hi: FloatValue<'ctx>) -> FloatValue<'ctx> {
+        let i32t = self.ctx.i32_type();
+        let bits = |v| {
+            self.b
+                .build_bit_cast(self.round_bf16(v), i32t, "")
+                .expect(BUILDER)
+                .into_int_value()
+        };
+        let low = self
+            .b
+            .build_right_shift(bits(lo), i32t.const_int(16, false), false, "")
+            .expect(BUILDER);
+        let word = self.b.build_or(low, bits(hi), "").expect(BUILDER);
+        self.b
+            .build_bit_cast(word, self.f32t, "")
+            .expect(BUILDER)
+            .into_float_value()
+    }
+
     pub fn fadd(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> FloatValue<'ctx> {
         self.b.build_float_add(a, b, "").expect(BUILDER)
     }

@@ -5,6 +5,7 @@
 pub mod aarch64;
 pub mod amx;
 pub mod diagnostics;
+pub mod dp_bf16;
 pub mod emit;
 pub mod exp;
 pub mod features;
@@ -209,6 +210,7 @@ pub const KNOWN_CPUS: &[&str] = &[
     "skylake",
     "skylake-avx512",
     "cascadelake",
+    "cooperlake",
     "icelake-server",
     "sapphirerapids",
     "znver2",
@@ -222,11 +224,16 @@ const AVX512_CPUS: &[&str] = &[
     "x86-64-v4",
     "skylake-avx512",
     "cascadelake",
+    "cooperlake",
     "icelake-server",
     "sapphirerapids",
     "znver4",
     "znver5",
 ];
+
+/// CPU names with AVX512-BF16 (`vdpbf16ps`): Cooper Lake, the AMX Xeons,
+/// Zen 4 and Zen 5.
+const DP_BF16_CPUS: &[&str] = &["cooperlake", "sapphirerapids", "znver4", "znver5"];
 
 /// CPU names whose cores have AMX-BF16 (LLVM enables it for them).
 const AMX_CPUS: &[&str] = &[
@@ -249,6 +256,9 @@ pub struct VectorIsa {
     /// AMX tiles with bf16 products (`tdpbf16ps`): Sapphire Rapids and
     /// later Xeons.
     pub amx_bf16: bool,
+    /// AVX512-BF16's `vdpbf16ps` (bf16 pair products summed into 16 f32
+    /// lanes): the bf16 kernels where there is no AMX (Zen 4 and 5).
+    pub dp_bf16: bool,
 }
 
 impl VectorIsa {
@@ -261,6 +271,7 @@ impl VectorIsa {
         lanes: 16,
         intel: false,
         amx_bf16: false,
+        dp_bf16: false,
     };
     /// AVX2: 16 registers of 8 lanes.
     pub const AVX2: VectorIsa = VectorIsa {
@@ -268,6 +279,7 @@ impl VectorIsa {
         lanes: 8,
         intel: false,
         amx_bf16: false,
+        dp_bf16: false,
     };
     /// SSE (x86-64-v2 and older: no AVX): 16 registers of 4 lanes. Code
     /// tiled for 8 lanes would run there as pairs of halves, half the
@@ -277,6 +289,7 @@ impl VectorIsa {
         lanes: 4,
         intel: false,
         amx_bf16: false,
+        dp_bf16: false,
     };
 
     /// NEON, on every AArch64 core: 32 registers of 4 lanes, FMA. (SVE's
@@ -286,6 +299,7 @@ impl VectorIsa {
         lanes: 4,
         intel: false,
         amx_bf16: false,
+        dp_bf16: false,
     };
 
     /// The vector unit of `cpu` of `arch`.
@@ -300,16 +314,22 @@ impl VectorIsa {
     pub fn of(cpu: &str) -> VectorIsa {
         let host = TargetMachine::get_host_cpu_features().to_string();
         let host_has = |f: &str| host.split(',').any(|h| h == f);
-        let (avx512, amx_bf16, avx) = if cpu == "native" {
+        let (avx512, amx_bf16, dp_bf16, avx) = if cpu == "native" {
             (
                 host_has("+avx512f"),
                 host_has("+amx-bf16") && host_has("+amx-tile"),
+                host_has("+avx512bf16"),
                 host_has("+avx"),
             )
         } else {
             // (A name LLVM does not know is refused before code is made.)
             let avx = features::runtime_needs(cpu).map_or(true, |f| f.iter().any(|x| x == "avx"));
-            (AVX512_CPUS.contains(&cpu), AMX_CPUS.contains(&cpu), avx)
+            (
+                AVX512_CPUS.contains(&cpu),
+                AMX_CPUS.contains(&cpu),
+                DP_BF16_CPUS.contains(&cpu),
+                avx,
+            )
         };
         let name = if cpu == "native" {
             host_cpu_name()
@@ -324,6 +344,7 @@ impl VectorIsa {
         VectorIsa {
             intel: is_intel(&name),
             amx_bf16,
+            dp_bf16: dp_bf16 && avx512,
             ..isa
         }
     }

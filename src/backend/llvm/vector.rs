@@ -54,6 +54,50 @@ impl<'ctx> Emitter<'_, 'ctx> {
             .into_vector_value()
     }
 
+    /// Each lane of `v` (any width) rounded to bf16 as `vround_bf16`, in
+    /// the low 16 bits of an i32 lane.
+    pub fn vbf16_bits(&self, v: VectorValue<'ctx>) -> VectorValue<'ctx> {
+        let lanes = v.get_type().get_size();
+        let k = |x: u64| {
+            let c = self.ctx.i32_type().const_int(x, false);
+            VectorType::const_vector(&vec![c; lanes as usize])
+        };
+        let bits = self
+            .b
+            .build_bit_cast(v, self.ctx.i32_type().vec_type(lanes), "")
+            .expect(BUILDER)
+            .into_vector_value();
+        let r = self.round_bits_bf16(bits, k(16), k(1), k(0x7fff), k(0xffff_0000));
+        self.b
+            .build_right_shift(r, k(16), false, "")
+            .expect(BUILDER)
+    }
+
+    /// The bf16 of `lo` and `hi` lane by lane, as one 32-bit word per lane
+    /// (`lo` in the low half, the reduction's even index in `vdpbf16ps`),
+    /// in an f32 vector of the same width.
+    pub fn vpack_bf16_pairs(
+        &self,
+        lo: VectorValue<'ctx>,
+        hi: VectorValue<'ctx>,
+    ) -> VectorValue<'ctx> {
+        let lanes = lo.get_type().get_size();
+        let sixteen = self.ctx.i32_type().const_int(16, false);
+        let sixteen = VectorType::const_vector(&vec![sixteen; lanes as usize]);
+        let high = self
+            .b
+            .build_left_shift(self.vbf16_bits(hi), sixteen, "")
+            .expect(BUILDER);
+        let word = self
+            .b
+            .build_or(self.vbf16_bits(lo), high, "")
+            .expect(BUILDER);
+        self.b
+            .build_bit_cast(word, self.ctx.f32_type().vec_type(lanes), "")
+            .expect(BUILDER)
+            .into_vector_value()
+    }
+
     /// `lanes` bf16 values from `base[idx..]` (`base` counted in bf16
     /// elements) widened to f32 (exact: the low 16 bits zero).
     pub fn vload_bf16(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> VectorValue<'ctx> {
