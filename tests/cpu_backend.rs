@@ -829,35 +829,67 @@ fn bf16_pixel_major_convs_match_the_interpreter() {
     }
 }
 
-/// A chain of 1×1 convs at 56×56 where each producer's epilogue also
-/// writes its consumer's staged tiles (`conv_bf16::plan_handoffs`): a conv
-/// that reads one handoff writes the next (the two regions alternate), one
-/// adds a residual, and two batch images keep their own. Each layer against
-/// the bf16 interpreter, which reads the fp32 values the producers stored.
+/// bf16 handoffs (`conv_bf16::plan_handoffs`): a producer's epilogue
+/// writes its flat 1×1 consumer's staged tiles. First a chain at 56×56 where
+/// a conv that reads one handoff writes the next (the two regions
+/// alternate) and one adds a residual; all of it one image-by-image run, so
+/// every handoff is one copy for all images (`Handoff::shared`). Then a
+/// weight-heavy strided conv (batched) handing off to a run that hands off
+/// again: one handoff per image, one shared, in regions of their own. Each
+/// layer against the bf16 interpreter (the values of a run whose plan
+/// reuses nothing), and the normal plan gives the same output, batch 2.
 #[test]
 fn bf16_handoffs_between_1x1_convs_match_the_interpreter() {
+    use resnetc::backend::cpu::consts::ConstPool;
     use resnetc::precision::Precision;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("handoffs.res");
-    std::fs::write(
-        &path,
-        "model handoffs(x: f32[N, 64, H = 56, W = 56]) {
-    let a = x |> c1: conv(256, k: 1) |> relu()
+    let models = [
+        (
+            "handoffs",
+            [64, 56],
+            "    let a = x |> c1: conv(256, k: 1) |> relu()
     let b = a |> c2: conv(256, k: 1) |> relu() |> c3: conv(256, k: 1)
-    relu(b + a) |> c4: conv(64, k: 1) |> relu() |> c5: conv(32, k: 1)
-}
-",
-    )
-    .expect("write");
-    let c = resnetc::front::compile_file(&path).unwrap_or_else(|e| panic!("{}", e.render_plain()));
-    let w = random_weights(&specs_of(&c.graph), 11);
-    let opt = optimized(&c.graph);
-    let x = random_tensor(&[2, 64, 56, 56], 12);
-    let opts = CpuOptions {
-        precision: Precision::Bf16,
-        ..Default::default()
-    };
-    bf16_layers_match("handoffs", &opt, &w, &x, &opts);
+    relu(b + a) |> c4: conv(64, k: 1) |> relu() |> c5: conv(32, k: 1)",
+            [0, 3],
+        ),
+        (
+            "mixed_handoffs",
+            [256, 52],
+            "    x |> p1: conv(640, k: 3, stride: 2, pad: 1) |> relu()
+      |> c1: conv(128, k: 1) |> relu()
+      |> c2: conv(640, k: 1) |> relu() |> c3: conv(64, k: 1)",
+            [1, 1],
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, (name, [ch, hw], body, kinds)) in models.into_iter().enumerate() {
+        let path = dir.path().join(format!("{name}.res"));
+        let src = format!("model {name}(x: f32[N, {ch}, H = {hw}, W = {hw}]) {{\n{body}\n}}\n");
+        std::fs::write(&path, src).expect("write");
+        let c =
+            resnetc::front::compile_file(&path).unwrap_or_else(|e| panic!("{}", e.render_plain()));
+        let w = random_weights(&specs_of(&c.graph), 11 + i as u64);
+        let opt = optimized(&c.graph);
+        let x = random_tensor(&[2, ch, hw, hw], 12 + i as u64);
+        let opts = CpuOptions {
+            precision: Precision::Bf16,
+            ..Default::default()
+        };
+        let amx = resnetc::backend::llvm::VectorIsa::of("native").amx_bf16
+            && resnetc::backend::cpu::amx_permitted();
+        if amx {
+            // The handoffs this model is for: per image, shared.
+            let derived = resnetc::weights::materialize(&opt, &w);
+            let pool = ConstPool::build(&opt, &w, &derived, &opts);
+            let count = |s: bool| {
+                let outs = pool.bf.values().filter_map(|p| p.handoff_out);
+                outs.filter(|h| h.shared == s).count()
+            };
+            assert_eq!([count(false), count(true)], kinds, "{name}: handoffs");
+        }
+        let y = bf16_layers_match(name, &opt, &w, &x, &opts);
+        let planned = run_jit(&opt, &w, &x, &opts).expect("jit");
+        assert_close(&format!("{name}: planned"), &planned, &y, 1e-6, 1e-6);
+    }
 }
 
 /// On AVX512-BF16 without AMX (`cooperlake` here; Zen 4 and 5 natively)

@@ -37,6 +37,10 @@ pub struct MemoryPlan {
     pub schedule: Vec<NodeIndex>,
     pub buffers: Vec<Buffer>,
     pub storage: HashMap<NodeIndex, Storage>,
+    /// Runs of consecutive activation-heavy ops (`Graph::activation_heavy`;
+    /// the input and the output belong to none), as schedule position
+    /// ranges `[first, last]`: what a back end may run image by image.
+    pub runs: Vec<(usize, usize)>,
     /// Arena size per image.
     pub arena_bytes: usize,
     /// Sum of all activation tensors per image, as if none shared memory.

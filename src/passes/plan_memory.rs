@@ -234,10 +234,34 @@ fn plan_for(graph: &Graph, order: Vec<NodeIndex>, keep_all: bool) -> MemoryPlan 
         .max()
         .unwrap_or(0);
     MemoryPlan {
+        runs: runs(graph, &order),
         schedule: order,
         buffers,
         storage,
         arena_bytes: arena.div_ceil(ALIGN) * ALIGN,
         naive_bytes: naive,
     }
+}
+
+/// The runs of `order`: maximal sequences of activation-heavy ops
+/// (`Graph::activation_heavy`), the input and output in none.
+fn runs(graph: &Graph, order: &[NodeIndex]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    let mut open = false;
+    for (i, &n) in order.iter().enumerate() {
+        if matches!(graph.node(n).op, Op::Input | Op::Output) {
+            continue;
+        }
+        if !graph.activation_heavy(n) {
+            open = false;
+        } else if open {
+            if let Some(r) = runs.last_mut() {
+                r.1 = i;
+            }
+        } else {
+            runs.push((i, i));
+            open = true;
+        }
+    }
+    runs
 }

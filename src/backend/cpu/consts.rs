@@ -119,7 +119,7 @@ impl ConstPool {
             .plan
             .as_ref()
             .map_or_else(|| graph.schedule(), |p| p.schedule.clone());
-        let handoffs = plan_handoffs(graph, &order, &mut bf, at);
+        let handoffs = plan_handoffs(graph, &order, &mut bf, at, |n| run_of(graph, n));
         let workspace = (at + handoffs) as usize;
         ConstPool {
             offsets,
@@ -203,6 +203,13 @@ impl ConstPool {
             .as_ref()
             .map_or(0, |p| self.arena_floats(p) * 4 + ARENA_ALIGN as usize)
     }
+}
+
+/// The run of the memory plan (`MemoryPlan::runs`) the op at `n` is in.
+fn run_of(graph: &Graph, n: NodeIndex) -> Option<usize> {
+    let plan = graph.plan.as_ref()?;
+    let at = plan.schedule.iter().position(|&m| m == n)?;
+    plan.runs.iter().position(|&(a, b)| a <= at && at <= b)
 }
 
 /// The input length of the linear layer whose weight `n` is.

@@ -87,6 +87,11 @@ pub struct BfConv {
 pub struct Handoff {
     pub at: u64,
     pub pitch: u64,
+    /// Producer and consumer are in one run (`MemoryPlan::runs`: the
+    /// entry's image-by-image groups, `lower.rs`), which goes image by
+    /// image: one copy serves every image (`Ctx::handoffs`), in regions of
+    /// its own.
+    pub shared: bool,
 }
 
 /// The least fp32 input of a consumer worth a handoff: below it the
@@ -102,12 +107,15 @@ const HANDOFF_MIN_BYTES: u64 = 3 << 19;
 /// between them in `order` (the order the code runs). Handoffs lie after
 /// the kernels' own workspace (`at`), alternately in two regions: a conv
 /// that reads one handoff may write the next (resnet50's conv3), and must
-/// not overwrite the tiles it still reads. Returns the slots they need.
+/// not overwrite the tiles it still reads. Shared handoffs (`run_of` puts
+/// producer and consumer in one run) alternate in two regions after
+/// those. Returns the slots they need.
 pub fn plan_handoffs(
     graph: &Graph,
     order: &[NodeIndex],
     bf: &mut std::collections::HashMap<NodeIndex, BfConv>,
     at: u64,
+    run_of: impl Fn(NodeIndex) -> Option<usize>,
 ) -> u64 {
     let mut pairs = Vec::new();
     let mut open: Option<NodeIndex> = None;
@@ -139,15 +147,26 @@ pub fn plan_handoffs(
         .map(|(_, c)| bf[c].stage_slots().div_ceil(16) * 16)
         .max()
         .unwrap_or(0);
-    for (k, &(n, c)) in pairs.iter().enumerate() {
+    // Per-image handoffs alternate in two regions, shared ones in two
+    // others (an image's shared copy is written while others' per-image
+    // ones are live).
+    let shared = |&(n, c): &(NodeIndex, NodeIndex)| run_of(n).is_some() && run_of(n) == run_of(c);
+    let kinds = [false, true].map(|s| pairs.iter().filter(|p| shared(p) == s).count() as u64);
+    let mut seen = [0u64; 2];
+    for &(n, c) in &pairs {
+        let s = shared(&(n, c));
+        let k = seen[usize::from(s)];
+        seen[usize::from(s)] += 1;
+        let first = if s { kinds[0].min(2) } else { 0 };
         let h = Handoff {
-            at: at + (k as u64 % 2) * size,
+            at: at + (first + k % 2) * size,
             pitch: bf[&c].pitch(),
+            shared: s,
         };
         bf.get_mut(&n).expect("planned").handoff_out = Some(h);
         bf.get_mut(&c).expect("planned").handoff_in = Some(h);
     }
-    size * pairs.len().min(2) as u64
+    size * (kinds[0].min(2) + kinds[1].min(2))
 }
 
 impl BfConv {
@@ -850,10 +869,13 @@ pub(super) fn gemm<'ctx>(
     let w1 = e.at(w0, e.int(panel_slots));
     let q0 = e.mul(pb, e.int(UNIT));
     let ws = a.image(e, c.workspace(e), b);
+    // Handoffs outlive their producer: every image's own.
+    let hs = |h: Option<Handoff>| h.map(|h| a.image(e, c.handoffs(e, h.shared), b));
+    let (hin, hout) = (hs(p.handoff_in), hs(p.handoff_out));
     // The producer's epilogue staged the input here.
-    let staged = match p.handoff_in {
-        Some(h) => e.at(ws, e.int(h.at)),
-        None => ws,
+    let staged = match (p.handoff_in, hin) {
+        (Some(h), Some(hin)) => e.at(hin, e.int(h.at)),
+        _ => ws,
     };
     let rec = 16;
     let s = &p.shape;
@@ -991,7 +1013,7 @@ pub(super) fn gemm<'ctx>(
             // The consumer's B tile rows: channel pairs over these 16
             // pixels (a whole tile: pixels past the image fill columns
             // whose outputs the consumer drops).
-            if let Some(h) = p.handoff_out {
+            if let (Some(h), Some(hout)) = (p.handoff_out, hout) {
                 let tile = e.sdiv(idx, e.int(16));
                 let base = e.add(
                     e.int(h.at),
@@ -1002,7 +1024,7 @@ pub(super) fn gemm<'ctx>(
                 );
                 for (i, pair) in finals.chunks(2).enumerate() {
                     let row = e.add(base, e.int((8 * oc_half + i as u64) * 16));
-                    e.vstore(ws, row, e.vpack_bf16_pairs(pair[0], pair[1]));
+                    e.vstore(hout, row, e.vpack_bf16_pairs(pair[0], pair[1]));
                 }
             }
         }
