@@ -896,7 +896,7 @@ fn bf16_handoffs_between_1x1_convs_match_the_interpreter() {
 /// bf16 convs reduce over channel pairs with `vdpbf16ps`
 /// (`GemmConv::pairs`): odd channel counts (the last pair half zero),
 /// grouped, strided, with a prologue, a reduction blocked in L1 (192
-/// channels, 3×3, at 6×6), through both tilings. Each layer against the
+/// channels, 3×3, at 6×5), through both tilings. Each layer against the
 /// bf16 interpreter. Runs where the host has AVX512-BF16.
 #[test]
 fn bf16_pair_convs_match_the_interpreter() {

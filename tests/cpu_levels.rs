@@ -258,6 +258,10 @@ fn bf16_default_libraries_run_amx_or_the_emulated_path() {
             ran,
             best_level(&resnetc::backend::cpu::levels::DEFAULT_BF16_LEVELS[1..])
         );
+        if ran == "znver4" {
+            // Zen 4 and 5: the AVX512-BF16 pair kernels.
+            assert_close("bf16 pairs", &y, &jit("znver4", None), 1e-4, 1e-3);
+        }
     }
     let v3 = jit("x86-64-v3", Some("x86-64-v4"));
     let (y, ran) = d.run(Some("x86-64-v3"), None);

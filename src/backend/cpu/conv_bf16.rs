@@ -869,7 +869,8 @@ pub(super) fn gemm<'ctx>(
     let w1 = e.at(w0, e.int(panel_slots));
     let q0 = e.mul(pb, e.int(UNIT));
     let ws = a.image(e, c.workspace(e), b);
-    // Handoffs outlive their producer: every image's own.
+    // Handoffs outlive their producer: every image's own, or one copy
+    // inside a run (`Handoff::shared`).
     let hs = |h: Option<Handoff>| h.map(|h| a.image(e, c.handoffs(e, h.shared), b));
     let (hin, hout) = (hs(p.handoff_in), hs(p.handoff_out));
     // The producer's epilogue staged the input here.

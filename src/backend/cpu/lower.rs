@@ -37,8 +37,10 @@ use std::collections::HashMap;
 /// image's slice of the arena and the offset inside it, both kernel
 /// arguments, and the distance between images (the slice: the memory
 /// plan's buffers, then the workspace), a constant of the kernel. Each
-/// image has its own slice, so images never share memory whatever the
-/// plan reuses, and ops can run image by image (`Graph::activation_heavy`).
+/// image has its own slice, so images never share the plan's buffers
+/// whatever it reuses, and ops can run image by image
+/// (`Graph::activation_heavy`; such kernels share the first image's
+/// workspace, `Ctx::workspace`).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct View<'ctx> {
     buffer: IntValue<'ctx>,
