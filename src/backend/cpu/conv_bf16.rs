@@ -87,10 +87,9 @@ pub struct BfConv {
 pub struct Handoff {
     pub at: u64,
     pub pitch: u64,
-    /// Producer and consumer are in one run (`MemoryPlan::runs`: the
-    /// entry's image-by-image groups, `lower.rs`), which goes image by
-    /// image: one copy serves every image (`Ctx::handoffs`), in regions of
-    /// its own.
+    /// Producer and consumer are in one run (`MemoryPlan::runs`, which
+    /// the entry, `lower.rs`, runs image by image): one copy serves every
+    /// image (`Ctx::handoffs`), in regions of its own.
     pub shared: bool,
 }
 

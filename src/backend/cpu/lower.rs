@@ -9,7 +9,7 @@
 //! *output, i64 batch, const float *consts, float *arena, i64 *ticks)` copies
 //! the input in, hands every call's `batch × units` to `resnetc_parallel_for`
 //! (runtime/parallel.c), or a run of activation-heavy calls one image at a
-//! time (`Graph::activation_heavy`), and copies the output out; with `ticks` it adds
+//! time (`MemoryPlan::runs`), and copies the output out; with `ticks` it adds
 //! each call's time to its entry. Convs are register-tiled GEMM kernels
 //! (`conv_gemm.rs`); the other kernel bodies are plain loop nests chosen so
 //! LLVM vectorizes the innermost loop.
@@ -38,9 +38,9 @@ use std::collections::HashMap;
 /// arguments, and the distance between images (the slice: the memory
 /// plan's buffers, then the workspace), a constant of the kernel. Each
 /// image has its own slice, so images never share the plan's buffers
-/// whatever it reuses, and ops can run image by image
-/// (`Graph::activation_heavy`; such kernels share the first image's
-/// workspace, `Ctx::workspace`).
+/// whatever it reuses, and ops can run image by image (the plan's runs,
+/// `MemoryPlan::runs`; such kernels share the first image's workspace,
+/// `Ctx::workspace`).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct View<'ctx> {
     buffer: IntValue<'ctx>,
@@ -215,8 +215,8 @@ pub fn lower<'ctx>(
         Some(Linkage::External),
     );
     let mut kernels: HashMap<String, FunctionValue<'ctx>> = HashMap::new();
-    // (thunk, units per image, image by image) per op, in schedule order,
-    // and what each is.
+    // (thunk, units per image, the image-by-image run it is in) per op, in
+    // schedule order, and what each is.
     let mut calls = Vec::new();
     let mut labels = Vec::new();
     for (k, &n) in plan.schedule.iter().enumerate() {
@@ -227,7 +227,10 @@ pub fn lower<'ctx>(
         // Argument slots: the output, then every operand, two i64 each.
         let slots: Vec<NodeIndex> = std::iter::once(n).chain(graph.operands(n)).collect();
         let mut values = Vec::new();
-        let by_image = graph.activation_heavy(n);
+        // The plan's runs go image by image: what shares one copy inside a
+        // run (`Handoff::shared`) relies on this grouping being theirs.
+        let run = plan.runs.iter().position(|&(a, b)| a <= k && k <= b);
+        let by_image = run.is_some();
         let mut key = format!("{:?}|{by_image}", node.op);
         // Inside a kernel, views are bound by node: an op that reads one
         // value in two slots (`a + a`) binds both to the first. Ops share a
@@ -410,7 +413,7 @@ pub fn lower<'ctx>(
             args.push(end.into());
             e.b.build_call(kernel, &args, "").expect("call");
             e.ret_void();
-            calls.push((thunk, per_image, by_image));
+            calls.push((thunk, per_image, run));
             let suffix = match part {
                 Part::Whole => "",
                 Part::Stage => " (staging)",
@@ -532,11 +535,15 @@ pub fn lower<'ctx>(
     while i < calls.len() {
         // A run of image-by-image calls loops over the images; any other
         // call covers every image at once.
-        let run = calls[i..].iter().take_while(|c| c.2).count().max(1);
+        let run = calls[i..]
+            .iter()
+            .take_while(|c| c.2.is_some() && c.2 == calls[i].2)
+            .count()
+            .max(1);
         let group = &calls[i..i + run];
         let emit = |e: &mut Emitter<'_, 'ctx>| {
-            for (j, &(thunk, per_image, by_image)) in group.iter().enumerate() {
-                let total = if by_image {
+            for (j, &(thunk, per_image, run)) in group.iter().enumerate() {
+                let total = if run.is_some() {
                     e.int(per_image)
                 } else {
                     e.mul(batch, e.int(per_image))
@@ -547,7 +554,7 @@ pub fn lower<'ctx>(
                 tick(e, Some((i + j) as u64));
             }
         };
-        if group[0].2 {
+        if group[0].2.is_some() {
             e.for_range(e.int(0), batch, |e, image| {
                 e.b.build_store(image_field, image).expect("store");
                 emit(e);
