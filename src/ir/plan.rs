@@ -48,6 +48,11 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
+    /// The run (index into `runs`) of schedule position `at`, if any.
+    pub fn run_at(&self, at: usize) -> Option<usize> {
+        self.runs.iter().position(|&(a, b)| a <= at && at <= b)
+    }
+
     /// A flatten placed on its operand's memory: a view that computes
     /// nothing (back ends emit no kernel for it).
     pub fn is_view(&self, graph: &super::Graph, n: NodeIndex) -> bool {

@@ -208,8 +208,7 @@ impl ConstPool {
 /// The run of the memory plan (`MemoryPlan::runs`) the op at `n` is in.
 fn run_of(graph: &Graph, n: NodeIndex) -> Option<usize> {
     let plan = graph.plan.as_ref()?;
-    let at = plan.schedule.iter().position(|&m| m == n)?;
-    plan.runs.iter().position(|&(a, b)| a <= at && at <= b)
+    plan.run_at(plan.schedule.iter().position(|&m| m == n)?)
 }
 
 /// The input length of the linear layer whose weight `n` is.

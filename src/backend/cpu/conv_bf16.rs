@@ -870,12 +870,12 @@ pub(super) fn gemm<'ctx>(
     let ws = a.image(e, c.workspace(e), b);
     // Handoffs outlive their producer: every image's own, or one copy
     // inside a run (`Handoff::shared`).
-    let hs = |h: Option<Handoff>| h.map(|h| a.image(e, c.handoffs(e, h.shared), b));
-    let (hin, hout) = (hs(p.handoff_in), hs(p.handoff_out));
+    let hs = |h: Handoff| (h, a.image(e, c.handoffs(e, h.shared), b));
+    let hout = p.handoff_out.map(hs);
     // The producer's epilogue staged the input here.
-    let staged = match (p.handoff_in, hin) {
-        (Some(h), Some(hin)) => e.at(hin, e.int(h.at)),
-        _ => ws,
+    let staged = match p.handoff_in.map(hs) {
+        Some((h, hin)) => e.at(hin, e.int(h.at)),
+        None => ws,
     };
     let rec = 16;
     let s = &p.shape;
@@ -1013,7 +1013,7 @@ pub(super) fn gemm<'ctx>(
             // The consumer's B tile rows: channel pairs over these 16
             // pixels (a whole tile: pixels past the image fill columns
             // whose outputs the consumer drops).
-            if let (Some(h), Some(hout)) = (p.handoff_out, hout) {
+            if let Some((h, hout)) = hout {
                 let tile = e.sdiv(idx, e.int(16));
                 let base = e.add(
                     e.int(h.at),

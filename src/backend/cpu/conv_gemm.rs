@@ -149,8 +149,8 @@ pub struct GemmConv {
     /// A transposed conv: its weight is `[ic, ocg, kh, kw]`.
     pub transposed: bool,
     /// bf16 on AVX512-BF16: the reduction runs over pairs of input
-    /// channels, each staged plane (`pair_planes`) and packed weight slot a
-    /// 32-bit word of two bf16, the product `vdpbf16ps` (half the
+    /// channels, each staged plane element (`Rounding::Pairs`) and packed
+    /// weight slot a 32-bit word of two bf16, the product `vdpbf16ps` (half the
     /// instructions and bytes of fp32 per reduction step).
     pub pairs: bool,
     pub staging: Option<Staging>,
@@ -775,8 +775,8 @@ pub(super) fn pad_plane<'ctx>(
                     None => e.vload(src, at),
                 };
                 let v = pro(e, load(src), ss);
-                match (round, src2) {
-                    (Rounding::Pairs { .. }, Some((src2, ss2, live))) => {
+                match (src2, round) {
+                    (Some((src2, ss2, live)), _) => {
                         let hi = pro(e, load(src2), ss2);
                         let hi =
                             e.b.build_select(live, hi, e.vzero(), "")
@@ -784,7 +784,7 @@ pub(super) fn pad_plane<'ctx>(
                                 .into_vector_value();
                         e.vpack_bf16_pairs(v, hi)
                     }
-                    (Rounding::Bf16, _) => e.vround_bf16(v),
+                    (None, Rounding::Bf16) => e.vround_bf16(v),
                     _ => v,
                 }
             };
@@ -802,14 +802,14 @@ pub(super) fn pad_plane<'ctx>(
             e.for_range(j0, j1, |e, j| {
                 let ix = e.add(e.mul(j, e.int(sw)), shift_x);
                 let v = prologue_value(e, fused, e.load(xrow, ix), ss);
-                let v = match (round, row2) {
-                    (Rounding::Pairs { .. }, Some((xrow2, ss2, live))) => {
+                let v = match (row2, round) {
+                    (Some((xrow2, ss2, live)), _) => {
                         let hi = prologue_value(e, fused, e.load(xrow2, ix), ss2);
                         let hi = e.b.build_select(live, hi, e.f32(0.0), "");
                         let hi = hi.expect("select").into_float_value();
                         e.pack_bf16_pair(v, hi)
                     }
-                    (Rounding::Bf16, _) => e.round_bf16(v),
+                    (None, Rounding::Bf16) => e.round_bf16(v),
                     _ => v,
                 };
                 e.store(row, j, v);

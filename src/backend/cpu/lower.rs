@@ -229,7 +229,7 @@ pub fn lower<'ctx>(
         let mut values = Vec::new();
         // The plan's runs go image by image: what shares one copy inside a
         // run (`Handoff::shared`) relies on this grouping being theirs.
-        let run = plan.runs.iter().position(|&(a, b)| a <= k && k <= b);
+        let run = plan.run_at(k);
         let by_image = run.is_some();
         let mut key = format!("{:?}|{by_image}", node.op);
         // Inside a kernel, views are bound by node: an op that reads one

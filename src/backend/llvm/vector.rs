@@ -37,19 +37,16 @@ impl<'ctx> Emitter<'_, 'ctx> {
     /// `(bits + 0x7fff + bit16) & 0xffff0000`, what `precision::bf16_bits`
     /// computes (for finite values).
     pub fn vround_bf16(&self, v: VectorValue<'ctx>) -> VectorValue<'ctx> {
-        let it = self.ctx.i32_type().vec_type(self.lanes as u32);
-        let splat = |k: u64| {
-            let c = self.ctx.i32_type().const_int(k, false);
-            VectorType::const_vector(&vec![c; self.lanes as usize])
-        };
-        let b = self
+        let lanes = v.get_type().get_size();
+        let sixteen = self.ctx.i32_type().const_int(16, false);
+        let sixteen = VectorType::const_vector(&vec![sixteen; lanes as usize]);
+        // (LLVM folds the shift pair of `vbf16_bits` into one mask.)
+        let r = self
             .b
-            .build_bit_cast(v, it, "")
-            .expect(BUILDER)
-            .into_vector_value();
-        let r = self.round_bits_bf16(b, splat(16), splat(1), splat(0x7fff), splat(0xffff_0000));
+            .build_left_shift(self.vbf16_bits(v), sixteen, "")
+            .expect(BUILDER);
         self.b
-            .build_bit_cast(r, self.vty(), "")
+            .build_bit_cast(r, v.get_type(), "")
             .expect(BUILDER)
             .into_vector_value()
     }
