@@ -57,7 +57,8 @@ enum Command {
         #[command(flatten)]
         size: SizeArgs,
     },
-    /// Per-layer shapes, parameters and multiply-adds.
+    /// Per-layer shapes, parameters and multiply-adds (and each conv's
+    /// algorithm on the CPU target with these CPU options).
     Summary {
         file: PathBuf,
         #[arg(long, value_enum, default_value_t = SummaryFormat::Text)]
@@ -66,6 +67,8 @@ enum Command {
         opt: OptArgs,
         #[command(flatten)]
         size: SizeArgs,
+        #[command(flatten)]
+        cpu: CpuArgs,
     },
     /// Graphviz view of the network.
     Graph {
@@ -78,13 +81,16 @@ enum Command {
         #[command(flatten)]
         size: SizeArgs,
     },
-    /// Print the IR text form (optimized unless -O0).
+    /// Print the IR text form (optimized unless -O0), then each conv's
+    /// algorithm on the CPU target with these CPU options.
     Ir {
         file: PathBuf,
         #[command(flatten)]
         opt: OptArgs,
         #[command(flatten)]
         size: SizeArgs,
+        #[command(flatten)]
+        cpu: CpuArgs,
     },
     /// List the optimization passes in pipeline order.
     Passes,
@@ -804,14 +810,18 @@ fn tune_cpu(
 }
 
 /// What `ir` shows of the CPU back end's choices: each conv's algorithm
-/// on this machine's CPU, and for Winograd the filter transform made at
-/// bind time, like the BN folding above it.
-fn cpu_conv_plan(g: &resnetc::ir::Graph) -> String {
-    let algos = resnetc::backend::cpu::conv_algorithms(g, &Default::default());
+/// for `opts` (by default on this machine's CPU), and for Winograd the
+/// filter transform made at bind time, like the BN folding above it.
+fn cpu_conv_plan(g: &resnetc::ir::Graph, opts: &resnetc::backend::cpu::CpuOptions) -> String {
+    let algos = resnetc::backend::cpu::conv_algorithms(g, opts);
     if algos.is_empty() {
         return String::new();
     }
-    let mut text = String::from("cpu convs (--cpu native, --conv-algo auto):\n");
+    let mut text = format!(
+        "cpu convs (--cpu {}, --precision {}):\n",
+        opts.cpu,
+        opts.precision.name()
+    );
     let wino = algos.iter().any(|(_, a)| a != "direct");
     for (name, algo) in algos {
         text.push_str(&format!("  {name}: {algo}\n"));
@@ -899,13 +909,14 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
             format,
             opt,
             size,
+            cpu,
         } => {
             let c = compile(&file, search, size.input_size.as_ref())?;
             let g = optimized(&c, &opt)?;
             let mut s = resnetc::summary::summarize(&g, &c.graph);
             if opt.level > 0 && opt.print_after.is_none() {
                 let algos: std::collections::HashMap<String, String> =
-                    resnetc::backend::cpu::conv_algorithms(&g, &Default::default())
+                    resnetc::backend::cpu::conv_algorithms(&g, &cpu.options()?)
                         .into_iter()
                         .collect();
                 for l in &mut s.layers {
@@ -934,12 +945,17 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
                 }
             }
         }
-        Command::Ir { file, opt, size } => {
+        Command::Ir {
+            file,
+            opt,
+            size,
+            cpu,
+        } => {
             let c = compile(&file, search, size.input_size.as_ref())?;
             let g = optimized(&c, &opt)?;
             let mut text = resnetc::ir::print::print(&g);
             if opt.level > 0 && opt.print_after.is_none() {
-                text.push_str(&cpu_conv_plan(&g));
+                text.push_str(&cpu_conv_plan(&g, &cpu.options()?));
             }
             out(&text);
             Ok(())
@@ -1391,7 +1407,9 @@ fn cpu_check_layers(
 ) -> Result<resnetc::tensor::Tensor> {
     const RTOL: f64 = 1e-4;
     let (y, values) = resnetc::backend::cpu::run_jit_layers(g, w, x, opts)?;
-    let diffs = resnetc::interp::layer_check::layer_check(g, w, &values, opts.precision)?;
+    let winograd = resnetc::backend::cpu::bf16_winograd(g, opts);
+    let diffs =
+        resnetc::interp::layer_check::layer_check(g, w, &values, opts.precision, &winograd)?;
     let mut table = format!("{:>5}  {:<48} {:>11}\n", "#", "layer", "rel error");
     for (i, d) in diffs.iter().enumerate() {
         let verdict = if d.error <= RTOL { "ok" } else { "DIFFERS" };

@@ -755,7 +755,8 @@ fn bf16_layers_match(
     use resnetc::interp::layer_check::layer_check;
     use resnetc::precision::Precision;
     let (y, values) = run_jit_layers(opt, w, x, opts).expect("cpu");
-    let diffs = layer_check(opt, w, &values, Precision::Bf16).expect("check");
+    let winograd = resnetc::backend::cpu::bf16_winograd(opt, opts);
+    let diffs = layer_check(opt, w, &values, Precision::Bf16, &winograd).expect("check");
     let convs = opt
         .schedule()
         .into_iter()
@@ -952,6 +953,61 @@ fn bf16_pair_convs_match_the_interpreter() {
     }
 }
 
+/// On AVX512-BF16 without AMX, 3×3 stride-1 bf16 convs may run as
+/// Winograd F(2×2) over channel pairs, rounding the transformed input and
+/// filter (`WinoConv::pairs`): an odd channel count, a prologue, a concat
+/// slice, padding 0, a residual add, partial tiles (21×19), output
+/// channels not a multiple of the vector. Each layer against the
+/// interpreter's bf16 Winograd (`interp::winograd_bf16`), which the direct
+/// bf16 oracle would not pass. Runs where the host has AVX512-BF16.
+#[test]
+fn bf16_pair_winograd_convs_match_the_interpreter() {
+    use resnetc::backend::cpu::{bf16_winograd, run_jit_layers, ConvAlgo};
+    use resnetc::backend::llvm::VectorIsa;
+    use resnetc::interp::layer_check::layer_check;
+    use resnetc::precision::Precision;
+    if !VectorIsa::of("native").dp_bf16 {
+        eprintln!("this host has no AVX512-BF16: the pair kernels are not run");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("wino.res");
+    std::fs::write(
+        &path,
+        "model wino(x: f32[N, 5, H = 21, W = 19]) {
+    let a = x |> c1: conv(24, k: 3, pad: 1) |> relu()
+    let b = a |> bn: batchnorm() |> relu() |> c2: conv(40, k: 3, pad: 1)
+    let c = concat(a, b) |> c3: conv(35, k: 3) |> relu()
+    let d = c |> c4: conv(35, k: 3, pad: 1)
+    relu(d + c) |> c5: conv(9, k: 1)
+}
+",
+    )
+    .expect("write");
+    let c = resnetc::front::compile_file(&path).unwrap_or_else(|e| panic!("{}", e.render_plain()));
+    let w = random_weights(&specs_of(&c.graph), 23);
+    let opt = optimized(&c.graph);
+    let x = random_tensor(&[2, 5, 21, 19], 24);
+    let fp32 = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
+    let opts = CpuOptions {
+        cpu: "cooperlake".into(),
+        algo: ConvAlgo::Winograd2,
+        precision: Precision::Bf16,
+        ..Default::default()
+    };
+    assert_eq!(bf16_winograd(&opt, &opts).len(), 4, "every 3×3 conv");
+    let y = bf16_layers_match("pair winograd", &opt, &w, &x, &opts);
+    assert!(rel_error(&y, &fp32) < 0.1, "bf16 output far from fp32");
+    // The direct bf16 oracle tells the two apart.
+    let (_, values) = run_jit_layers(&opt, &w, &x, &opts).expect("cpu");
+    let direct = layer_check(&opt, &w, &values, Precision::Bf16, &Default::default());
+    let worst = direct
+        .expect("check")
+        .iter()
+        .fold(0f64, |m, d| m.max(d.error));
+    assert!(worst > 1e-4, "Winograd rounds like direct: {worst:.3e}");
+}
+
 /// A bf16 static library (`--precision bf16`) called from C gives what the
 /// JIT gives for the same build (the same kernels: AMX natively where the
 /// host has it, the emulated path for x86-64-v3), its header says bf16, and
@@ -1055,7 +1111,8 @@ fn lower_levels_on_the_top_levels_weights_match_the_interpreter_layer_by_layer()
             };
             let what = format!("{name} {cpu} {conv:?} {algo:?}");
             let (_, values) = run_jit_layers(&opt, &w, &x, &opts).expect("cpu");
-            let diffs = layer_check(&opt, &w, &values, Precision::F32).expect("check");
+            let diffs =
+                layer_check(&opt, &w, &values, Precision::F32, &Default::default()).expect("check");
             assert!(!diffs.is_empty(), "{what}: no layer checked");
             for d in &diffs {
                 assert!(

@@ -11,7 +11,7 @@ use crate::precision::Precision;
 use crate::tensor::Tensor;
 use crate::weights::Weights;
 use petgraph::stable_graph::NodeIndex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// One op's check.
 #[derive(Clone, Debug)]
@@ -27,11 +27,14 @@ pub struct LayerDiff {
 
 /// Checks every op of `graph` whose value and operands' values `values`
 /// holds (batch first, as the back end computed them), in schedule order.
+/// `winograd`: the bf16 convs the back end ran as Winograd F(2×2), which
+/// round where those kernels do (`super::winograd_bf16`).
 pub fn layer_check(
     graph: &Graph,
     weights: &Weights,
     values: &HashMap<NodeIndex, Tensor>,
     precision: Precision,
+    winograd: &HashSet<NodeIndex>,
 ) -> Result<Vec<LayerDiff>, InterpError> {
     let consts = prepare_consts(graph, weights)?;
     let mut diffs = Vec::new();
@@ -47,7 +50,7 @@ pub fn layer_check(
             .map(|&o| constant(graph, (weights, &consts), o).or_else(|| values.get(&o)))
             .collect();
         let Some(args) = args else { continue };
-        let want = eval(&node.op, &args, precision);
+        let want = eval(&node.op, &args, precision, winograd.contains(&n));
         diffs.push(LayerDiff {
             node: n,
             label: format!("{} {}", node.name, node.op.kind()),

@@ -3,6 +3,7 @@
 
 pub mod kernels;
 pub mod layer_check;
+pub mod winograd_bf16;
 
 use crate::ir::op::{Activation, EpilogueStep, Fused, Op, UpsampleMode};
 use crate::ir::Graph;
@@ -131,7 +132,7 @@ pub fn run_observed(
                     .iter()
                     .map(|&o| constant(graph, (weights, &consts), o).unwrap_or_else(|| &values[&o]))
                     .collect();
-                eval(op, &args, precision)
+                eval(op, &args, precision, false)
             }
         };
         debug_assert_eq!(
@@ -269,7 +270,7 @@ pub fn run_planned(
                         })
                     })
                     .collect();
-                let y = eval(op, &args, Precision::F32);
+                let y = eval(op, &args, Precision::F32, false);
                 write(&mut arena, n, 0, &y);
             }
         }
@@ -277,8 +278,10 @@ pub fn run_planned(
     unreachable!("a plan ends in the output")
 }
 
-/// One op on its operands (constants included, in operand order).
-fn eval(op: &Op, a: &[&Tensor], precision: Precision) -> Tensor {
+/// One op on its operands (constants included, in operand order). With
+/// `winograd` (a bf16 conv the back end runs as Winograd F(2×2)), the
+/// conv rounds its transforms instead of its weight (`winograd_bf16`).
+fn eval(op: &Op, a: &[&Tensor], precision: Precision, winograd: bool) -> Tensor {
     let get = |i: usize| a[i];
     // The operands a layer reads rounded in bf16: its input (after the
     // prologue) and its weight.
@@ -309,6 +312,12 @@ fn eval(op: &Op, a: &[&Tensor], precision: Precision) -> Tensor {
     match op {
         Op::Input | Op::Output | Op::Weight { .. } | Op::Const(_) => {
             unreachable!("not computed by eval")
+        }
+        Op::Conv { geom, fused } if winograd => {
+            let (x, _) = rounded(fused);
+            let x = x.as_ref().unwrap_or(get(0));
+            let y = winograd_bf16::conv2d(x, get(1), geom.pad, precision);
+            epilogue(fused, y, &get, 2)
         }
         Op::Conv { geom, fused } => {
             let (x, w) = rounded(fused);

@@ -89,6 +89,11 @@ impl ConstPool {
                 })
         };
         let (offsets, data) = lay_out(graph, weights, derived, |n, t| {
+            // A bf16 Winograd conv transforms its fp32 filter and rounds
+            // the transform (`WinoConv::pack`).
+            if let Some(p) = packed_for.get(&n).and_then(|c| wino.get(c)) {
+                return Some(p.pack(t));
+            }
             let owned;
             let t = if rounded(n) {
                 owned = t.iter().map(|&v| precision.round(v)).collect::<Vec<_>>();
@@ -97,10 +102,9 @@ impl ConstPool {
                 t
             };
             match packed_for.get(&n) {
-                Some(c) => Some(match (wino.get(c), bf.get(c)) {
-                    (Some(p), _) => p.pack(t),
-                    (_, Some(p)) => p.pack(t),
-                    _ => gemm[c].pack(t),
+                Some(c) => Some(match bf.get(c) {
+                    Some(p) => p.pack(t),
+                    None => gemm[c].pack(t),
                 }),
                 None if rounded(n) => Some(match linear_rows(graph, n) {
                     Some(inn) => pack_bf16_rows(t, inn),
@@ -168,7 +172,10 @@ impl ConstPool {
     pub fn narrowed(&self, graph: &Graph, isa: VectorIsa, opts: &CpuOptions) -> Option<ConstPool> {
         let pairs = conv_gemm::reads_pairs(isa, self.precision);
         let differ = |p: &GemmConv| !p.transposed && p.pairs != pairs;
-        if !self.bf.is_empty() || self.gemm.values().any(differ) {
+        if !self.bf.is_empty()
+            || self.gemm.values().any(differ)
+            || self.wino.values().any(|w| w.pairs != pairs)
+        {
             return None;
         }
         let (gemm, wino) = plan_packed(graph, isa, opts, self);
@@ -242,20 +249,23 @@ pub fn plan_convs(
     isa: VectorIsa,
     opts: &CpuOptions,
 ) -> (HashMap<NodeIndex, GemmConv>, HashMap<NodeIndex, WinoConv>) {
+    let pairs = conv_gemm::reads_pairs(isa, opts.precision);
     let choice = |n| {
         let tuned = opts.tuning.as_ref().and_then(|t| t.choice(graph, n, isa));
         let (conv, algo) = tuned.map_or((opts.conv, opts.algo), |c| c.forced());
-        // bf16 rounds the input and the weights themselves, which the
-        // Winograd transforms would not keep.
+        // bf16 rounds where the kernels read: the AMX and emulated kernels
+        // round the input and the weights, so they run direct; the pair
+        // kernels may round the Winograd transforms instead (F(2×2)).
         match opts.precision {
             Precision::F32 => (conv, algo),
+            Precision::Bf16 if pairs => (conv, algo),
             Precision::Bf16 => (conv, ConvAlgo::Direct),
         }
     };
     let wino: HashMap<NodeIndex, WinoConv> = graph
         .schedule()
         .into_iter()
-        .filter_map(|n| WinoConv::plan(graph, n, isa, choice(n).1).map(|p| (n, p)))
+        .filter_map(|n| WinoConv::plan(graph, n, isa, choice(n).1, pairs).map(|p| (n, p)))
         .collect();
     let mut gemm = conv_gemm::plans(graph, isa, opts.precision, |n| choice(n).0, |_| None);
     gemm.retain(|n, _| !wino.contains_key(n));
@@ -282,7 +292,7 @@ fn plan_packed(
             } else {
                 ConvAlgo::Winograd2
             };
-            WinoConv::plan_packed(graph, n, isa, algo, Some(w.wpitch)).map(|p| (n, p))
+            WinoConv::plan_packed(graph, n, isa, algo, Some(w.wpitch), w.pairs).map(|p| (n, p))
         })
         .collect();
     let gemm = conv_gemm::plans(

@@ -782,7 +782,7 @@ pub(super) fn pad_plane<'ctx>(
                             e.b.build_select(live, hi, e.vzero(), "")
                                 .expect("select")
                                 .into_vector_value();
-                        e.vpack_bf16_pairs(v, hi)
+                        e.vcvt_bf16_pairs(v, hi)
                     }
                     (None, Rounding::Bf16) => e.vround_bf16(v),
                     _ => v,

@@ -29,6 +29,7 @@ use crate::backend::llvm::emit::Emitter;
 use crate::backend::llvm::VectorIsa;
 use crate::ir::op::{Fused, Op};
 use crate::ir::Graph;
+use crate::precision::bf16_bits;
 use inkwell::values::{IntValue, PointerValue, VectorValue};
 use petgraph::stable_graph::NodeIndex;
 
@@ -162,6 +163,12 @@ pub struct WinoConv {
     /// The tile grid.
     pub th: u64,
     pub tw: u64,
+    /// bf16 on AVX512-BF16 (`conv_gemm::reads_pairs`): the transformed
+    /// input and filter are rounded to bf16 and stored as words of two
+    /// input channels' values, and the GEMMs reduce over channel pairs
+    /// with `vdpbf16ps` (F(2×2) only: F(4×4)'s transforms lose about 17×
+    /// direct bf16's accuracy in one layer, F(2×2)'s 1.4×).
+    pub pairs: bool,
 }
 
 /// Whether the conv at `n` can run as Winograd: 3×3, stride 1, dilation 1,
@@ -178,8 +185,15 @@ fn eligible(graph: &Graph, n: NodeIndex) -> Option<ConvShape> {
 impl WinoConv {
     /// The Winograd plan of the conv at `n`, or `None` where it runs
     /// direct: not eligible, or the cost model (`Auto`) prefers direct.
-    pub fn plan(graph: &Graph, n: NodeIndex, isa: VectorIsa, algo: ConvAlgo) -> Option<WinoConv> {
-        WinoConv::plan_packed(graph, n, isa, algo, None)
+    /// With `pairs`, F(2×2) in bf16 pairs whatever `algo` asks for.
+    pub fn plan(
+        graph: &Graph,
+        n: NodeIndex,
+        isa: VectorIsa,
+        algo: ConvAlgo,
+        pairs: bool,
+    ) -> Option<WinoConv> {
+        WinoConv::plan_packed(graph, n, isa, algo, None, pairs)
     }
 
     /// `plan`, for weights packed `pitch` channels a panel where another
@@ -190,33 +204,40 @@ impl WinoConv {
         isa: VectorIsa,
         algo: ConvAlgo,
         pitch: Option<u64>,
+        pairs: bool,
     ) -> Option<WinoConv> {
         let s = eligible(graph, n)?;
+        let sizes: &[u64] = if pairs { &[2] } else { &[4, 2] };
         match algo {
             ConvAlgo::Direct => None,
-            ConvAlgo::Winograd => Some(WinoConv::new(&s, isa, 4, pitch)),
-            ConvAlgo::Winograd2 => Some(WinoConv::new(&s, isa, 2, pitch)),
+            ConvAlgo::Winograd => Some(WinoConv::new(&s, isa, sizes[0], pitch, pairs)),
+            ConvAlgo::Winograd2 => Some(WinoConv::new(&s, isa, 2, pitch, pairs)),
             ConvAlgo::Auto => {
-                let direct = direct_cost(&s, isa);
-                [4, 2]
-                    .into_iter()
-                    .map(|m| WinoConv::new(&s, isa, m, pitch))
+                let direct = direct_cost(&s, isa, pairs);
+                let margin = if pairs {
+                    PAIRS_MARGIN_PERCENT
+                } else {
+                    WINOGRAD_MARGIN_PERCENT
+                };
+                sizes
+                    .iter()
+                    .map(|&m| WinoConv::new(&s, isa, m, pitch, pairs))
                     .map(|p| (p.cost(), p))
-                    .filter(|(c, _)| *c * 100 < direct * WINOGRAD_MARGIN_PERCENT)
+                    .filter(|(c, _)| *c * 100 < direct * margin)
                     .min_by_key(|(c, _)| *c)
                     .map(|(_, p)| p)
             }
         }
     }
 
-    fn new(s: &ConvShape, isa: VectorIsa, m: u64, pitch: Option<u64>) -> WinoConv {
+    fn new(s: &ConvShape, isa: VectorIsa, m: u64, pitch: Option<u64>, pairs: bool) -> WinoConv {
         let lanes = isa.lanes;
         let (th, tw) = (s.oh.div_ceil(m), s.ow.div_ceil(m));
         // The channel tile: `r·v` accumulators, `v` weight vectors and a
         // broadcast in the registers; blocks of whole tile rows where a row
-        // fits a vector, else of `lanes / 2^i` columns; the cheapest
-        // counting padded channels and tiles.
-        let candidates = (1..=4u64)
+        // fits a vector, else of `lanes / 2^i` columns (with pairs, also
+        // those counts shared out evenly: 14 + 14 for 28 tile columns).
+        let candidates: Vec<(u64, u64, u64)> = (1..=4u64)
             .filter(|v| super::conv_gemm::fits_pitch(v * lanes, pitch))
             .flat_map(|v| {
                 let rmax = (isa.regs as u64 - 1) / v - 1;
@@ -226,24 +247,60 @@ impl WinoConv {
                     let k = th.div_ceil(th.div_ceil(k));
                     vec![(k, tw)]
                 } else {
-                    [lanes, lanes / 2, lanes / 4]
+                    let even = |c: u64| {
+                        if pairs {
+                            tw.div_ceil(tw.div_ceil(c))
+                        } else {
+                            c
+                        }
+                    };
+                    let mut cs: Vec<u64> = [lanes, lanes / 2, lanes / 4]
                         .into_iter()
+                        .flat_map(|c| [c, even(c)])
                         .filter(|&c| c >= 2 && c <= rmax)
-                        .map(|c| (1, c))
-                        .collect()
+                        .collect();
+                    cs.dedup();
+                    cs.into_iter().map(|c| (1, c)).collect()
                 };
                 shapes
                     .into_iter()
                     .filter(move |&(k, c)| k * c <= rmax)
                     .map(move |(k, c)| (v, k, c))
-            });
-        let (v, kr, c) = candidates
+            })
+            .collect();
+        let plan = |(v, kr, c)| WinoConv::tiled(s, isa, m, pitch, pairs, (v, kr, c));
+        if pairs {
+            // The pair kernels' GEMMs take half the steps: the transforms'
+            // share of the time doubles, so count them in.
+            return candidates
+                .into_iter()
+                .map(plan)
+                .min_by_key(|p| (p.cost(), u64::MAX - p.r() * p.v))
+                .unwrap_or_else(|| plan((1, 1, 1)));
+        }
+        let best = candidates
+            .into_iter()
             .min_by_key(|&(v, k, c)| {
                 let blocks = th.div_ceil(k) * tw.div_ceil(c);
                 let steps = s.ocg.div_ceil(v * lanes) * blocks;
                 (steps * step_cost(v, k * c), u64::MAX - k * c * v)
             })
             .unwrap_or((1, 1, 1));
+        plan(best)
+    }
+
+    /// The plan with register tiles of `v` channel vectors and blocks of
+    /// `kr × c` tiles.
+    fn tiled(
+        s: &ConvShape,
+        isa: VectorIsa,
+        m: u64,
+        pitch: Option<u64>,
+        pairs: bool,
+        (v, kr, c): (u64, u64, u64),
+    ) -> WinoConv {
+        let lanes = isa.lanes;
+        let (th, tw) = (s.oh.div_ceil(m), s.ow.div_ceil(m));
         let panels = s.ocg.div_ceil(v * lanes);
         let blocks = th.div_ceil(kr) * tw.div_ceil(c);
         WinoConv {
@@ -264,6 +321,17 @@ impl WinoConv {
             pad: s.p,
             th,
             tw,
+            pairs,
+        }
+    }
+
+    /// Steps of the GEMMs' reduction: input channels, or pairs of them
+    /// (`pairs`).
+    pub fn kdim(&self) -> u64 {
+        if self.pairs {
+            self.ic.div_ceil(2)
+        } else {
+            self.ic
         }
     }
 
@@ -324,10 +392,10 @@ impl WinoConv {
         self.ic * self.hp() * self.wp()
     }
 
-    /// Floats of one unit's transformed input `V[ξ][ic][r]`: its
-    /// broadcasts are one contiguous run per point.
+    /// Floats (or pair words) of one unit's transformed input
+    /// `V[ξ][kdim][r]`: its broadcasts are one contiguous run per point.
     fn v_floats(&self) -> u64 {
-        self.points() * self.ic * self.r()
+        self.points() * self.kdim() * self.r()
     }
 
     /// Floats of workspace per image: the staged planes with room for the
@@ -342,22 +410,32 @@ impl WinoConv {
         (self.planes() + slack).div_ceil(16) * 16
     }
 
-    /// The filter `[oc, ic, 3, 3]` transformed (in f64, rounded once) and
-    /// packed `[ξ][panel][ic][mr]`, zero rows past `oc`.
+    /// The filter `[oc, ic, 3, 3]` (fp32, also in bf16) transformed (in
+    /// f64, rounded once to f32) and packed `[ξ][panel][kdim][mr]`, zero
+    /// rows past `oc`. With `pairs`, each value is rounded again to bf16
+    /// and a slot holds input channels `2k` (low half) and `2k + 1` (zero
+    /// past `ic`).
     pub fn pack(&self, w: &[f32]) -> Vec<f32> {
         debug_assert_eq!(self.wpitch, self.mr(), "packs are made for the top level");
         let tr = Transform::of(self.m);
         let (pts, mr) = (self.points() as usize, self.mr() as usize);
-        let (ic, oc) = (self.ic as usize, self.oc as usize);
+        let (ic, oc, kd) = (self.ic as usize, self.oc as usize, self.kdim() as usize);
         let panels = self.panels as usize;
-        let mut out = vec![0.0f32; pts * panels * ic * mr];
+        let mut out = vec![0.0f32; pts * panels * kd * mr];
         for o in 0..oc {
             for i in 0..ic {
                 let at = (o * ic + i) * 9;
                 let u = tr.filter(&w[at..at + 9]);
                 let (panel, lane) = (o / mr, o % mr);
+                let k = if self.pairs { i / 2 } else { i };
                 for (xi, &val) in u.iter().enumerate() {
-                    out[((xi * panels + panel) * ic + i) * mr + lane] = val as f32;
+                    let slot = &mut out[((xi * panels + panel) * kd + k) * mr + lane];
+                    if self.pairs {
+                        let half = u32::from(bf16_bits(val as f32)) << (16 * (i % 2));
+                        *slot = f32::from_bits(slot.to_bits() | half);
+                    } else {
+                        *slot = val as f32;
+                    }
                 }
             }
         }
@@ -370,16 +448,44 @@ impl WinoConv {
     fn cost(&self) -> u64 {
         let l = self.lanes;
         let blocks = self.blocks();
-        let gemm = self.points() * self.ic * self.panels * blocks * step_cost(self.v, self.r());
-        let input = self.groups * self.ic * blocks * self.kr * self.points() * 8;
+        // The pair kernels' steps are `vdpbf16ps`-bound: each does twice an
+        // FMA's work, so the broadcasts and loads keep up (measured on Zen
+        // 4: layer3 of resnet18 at 0.71 ms against direct's 1.0).
+        let step = if self.pairs {
+            self.r() * self.v + 2
+        } else {
+            step_cost(self.v, self.r())
+        };
+        let gemm = self.points() * self.kdim() * self.panels * blocks * step;
+        // Per channel and block row: the loads, shuffles and adds, and with
+        // pairs the rounding and packing.
+        let per_row = self.points() * if self.pairs { 13 } else { 8 };
+        let input = self.groups * self.ic * blocks * self.kr * per_row;
         let transposes = self.m * self.m * l.trailing_zeros() as u64;
-        let output = self.panels
-            * self.v
-            * self.tiles()
-            * (2 * self.points() + 4 * transposes + 8 * self.m * l);
-        let weight_bytes = 4 * self.points() * self.ic * self.panels * self.mr();
+        let output = if self.m == 2 {
+            // `output_rows`: per block row, the tiles' transforms, one
+            // transpose per position, then per channel the interleaves and
+            // the epilogue's stores.
+            let transpose = 2 * l + l * l.trailing_zeros() as u64;
+            let per_row = self.c * (2 * self.points() + 8) + 4 * transpose + 30 * l;
+            self.panels * self.v * self.th * self.col_blocks() * per_row
+        } else {
+            self.panels
+                * self.v
+                * self.tiles()
+                * (2 * self.points() + 4 * transposes + 8 * self.m * l)
+        };
+        let weight_bytes = 4 * self.points() * self.kdim() * self.panels * self.mr();
         let reads = if weight_bytes > L2_BYTES { blocks } else { 1 };
-        gemm + input + output + weight_bytes * reads / BYTES_PER_SLOT
+        // A pair kernel's weights are read while it streams its own steps
+        // at half an FMA's bytes: they come from L3 at about four times the
+        // rate `BYTES_PER_SLOT` assumes before they cost.
+        let per_slot = if self.pairs {
+            4 * BYTES_PER_SLOT
+        } else {
+            BYTES_PER_SLOT
+        };
+        gemm + input + output + weight_bytes * reads / per_slot
     }
 }
 
@@ -404,12 +510,21 @@ const L2_BYTES: u64 = 1 << 20;
 /// the count of slots says.
 const WINOGRAD_MARGIN_PERCENT: u64 = 80;
 
-/// The direct kernel's cost on the same scale: 9 taps of FMAs per output
-/// (channel vector, pixel), with the register tile's overhead, and its
-/// weights read once per row chunk where they outgrow L2.
-fn direct_cost(s: &ConvShape, isa: VectorIsa) -> u64 {
-    let fmas = 9 * s.icg * s.ocg.div_ceil(isa.lanes) * s.oh * s.ow;
-    let weight_bytes = 4 * 9 * s.icg * s.ocg;
+/// The same for the pair kernels, whose transforms' cost (rounding and
+/// packing included) is counted in: on Zen 4 (one thread), resnet18's and
+/// densenet121's 3×3 convs ran faster as F(2×2) at estimates of 0.55-0.86
+/// of direct (56×56 to 14×14), and slower at 1.27 and above (densenet121's
+/// 14×14 and 7×7, resnet's 7×7 at 0.98).
+const PAIRS_MARGIN_PERCENT: u64 = 90;
+
+/// The direct kernel's cost on the same scale: 9 taps of FMAs (or
+/// `vdpbf16ps` over channel pairs) per output (channel vector, pixel),
+/// with the register tile's overhead, and its weights read once per row
+/// chunk where they outgrow L2.
+fn direct_cost(s: &ConvShape, isa: VectorIsa, pairs: bool) -> u64 {
+    let steps = if pairs { s.icg.div_ceil(2) } else { s.icg };
+    let fmas = 9 * steps * s.ocg.div_ceil(isa.lanes) * s.oh * s.ow;
+    let weight_bytes = 4 * 9 * steps * s.ocg;
     fmas + fmas / 8 + weight_bytes / BYTES_PER_SLOT
 }
 
@@ -490,14 +605,19 @@ pub(super) fn stage<'ctx>(
         (hp, wp),
         (1, 1),
         shift,
-        Rounding::None,
+        if p.pairs {
+            Rounding::Bf16
+        } else {
+            Rounding::None
+        },
     );
 }
 
 /// The input transform of one block (tile rows `row0..row0 + kr`, tile
 /// columns `col0..col0 + c`) for every input channel: `Bᵀ d B` for a
 /// block row's tiles at once (each patch row read as `m` interleaved
-/// vectors), stored as `V[ξ][ic][r]` at `vb`.
+/// vectors) and stored as `V[ξ][kdim][r]` at `vb`; with `pairs`, two
+/// channels' transforms rounded to bf16 and packed in each word.
 fn input_transform<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     p: &WinoConv,
@@ -505,33 +625,69 @@ fn input_transform<'ctx>(
     vb: PointerValue<'ctx>,
     (row0, col0): (IntValue<'ctx>, IntValue<'ctx>),
 ) {
-    let tr = Transform::of(p.m);
-    let (m, alpha, r) = (p.m, p.alpha() as usize, p.r());
-    let wp = p.wp();
+    let r = p.r();
     let cols = e.smin(e.int(p.c), e.sub(e.int(p.tw), col0));
     let mask = e.vin_range(e.vindices(e.int(0), 0), e.int(0), cols);
     let rows = e.smin(e.int(p.kr), e.sub(e.int(p.th), row0));
-    e.for_const(0, p.ic, |e, ic| {
-        let plane = e.at(planes, e.mul(ic, e.int(p.hp() * wp)));
+    // Stores the α² vectors of reduction step `k`, block row `i`.
+    let store = |e: &mut Emitter<'_, 'ctx>, k: IntValue<'ctx>, i, z: Vec<VectorValue<'ctx>>| {
+        let at0 = e.add(e.mul(k, e.int(r)), e.mul(i, e.int(p.c)));
+        for (xi, v) in z.into_iter().enumerate() {
+            let at = e.add(at0, e.int(xi as u64 * p.kdim() * r));
+            e.vstore_masked(vb, at, v, mask);
+        }
+    };
+    if !p.pairs {
+        e.for_const(0, p.ic, |e, ic| {
+            e.for_range(e.int(0), rows, |e, i| {
+                let z = transform_row(e, p, planes, ic, (e.add(row0, i), col0));
+                store(e, ic, i, z);
+            });
+        });
+        return;
+    }
+    // Whole pairs, then an odd last channel beside zeros.
+    e.for_const(0, p.ic / 2, |e, k| {
+        let ic = e.mul(k, e.int(2));
         e.for_range(e.int(0), rows, |e, i| {
-            let ty = e.add(row0, i);
-            let mut d = Vec::with_capacity(alpha * alpha);
-            for k in 0..alpha as u64 {
-                let y = e.add(e.mul(ty, e.int(m)), e.int(k));
-                let row = e.add(e.mul(y, e.int(wp)), e.mul(col0, e.int(m)));
-                let lo = e.vload_interleaved(plane, row, m);
-                let hi = e.vload_interleaved(plane, e.add(row, e.int(m)), m);
-                d.extend(lo.iter().copied());
-                d.extend(hi[..alpha - m as usize].iter().copied());
-            }
-            let z = apply2(e, &tr.bt, &d, alpha);
-            let at0 = e.add(e.mul(ic, e.int(r)), e.mul(i, e.int(p.c)));
-            for (xi, v) in z.into_iter().enumerate() {
-                let at = e.add(at0, e.int(xi as u64 * p.ic * r));
-                e.vstore_masked(vb, at, v, mask);
-            }
+            let at = (e.add(row0, i), col0);
+            let lo = transform_row(e, p, planes, ic, at);
+            let hi = transform_row(e, p, planes, e.add(ic, e.int(1)), at);
+            let z = lo.into_iter().zip(hi).map(|(l, h)| e.vcvt_bf16_pairs(l, h));
+            store(e, k, i, z.collect());
         });
     });
+    if p.ic % 2 == 1 {
+        let (k, ic) = (e.int(p.ic / 2), e.int(p.ic - 1));
+        e.for_range(e.int(0), rows, |e, i| {
+            let lo = transform_row(e, p, planes, ic, (e.add(row0, i), col0));
+            let z = lo.into_iter().map(|l| e.vcvt_bf16_pairs(l, e.vzero()));
+            store(e, k, i, z.collect());
+        });
+    }
+}
+
+/// `Bᵀ d B` of channel `ic`'s tiles in tile row `ty` from column `col0`:
+/// α² vectors, lane `j` for tile `col0 + j`.
+fn transform_row<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    p: &WinoConv,
+    planes: PointerValue<'ctx>,
+    ic: IntValue<'ctx>,
+    (ty, col0): (IntValue<'ctx>, IntValue<'ctx>),
+) -> Vec<VectorValue<'ctx>> {
+    let (m, alpha, wp) = (p.m, p.alpha() as usize, p.wp());
+    let plane = e.at(planes, e.mul(ic, e.int(p.hp() * wp)));
+    let mut d = Vec::with_capacity(alpha * alpha);
+    for k in 0..alpha as u64 {
+        let y = e.add(e.mul(ty, e.int(m)), e.int(k));
+        let row = e.add(e.mul(y, e.int(wp)), e.mul(col0, e.int(m)));
+        let lo = e.vload_interleaved(plane, row, m);
+        let hi = e.vload_interleaved(plane, e.add(row, e.int(m)), m);
+        d.extend(lo.iter().copied());
+        d.extend(hi[..alpha - m as usize].iter().copied());
+    }
+    apply2(e, &Transform::of(m).bt, &d, alpha)
 }
 
 /// GEMM unit `u` of image `b`: for each of the α² points, the register
@@ -563,21 +719,23 @@ pub(super) fn gemm<'ctx>(
     let scratch_ty = e.vty().array_type((pts * r * v) as u32);
     let scratch = e.entry_alloca(scratch_ty.into());
     let slots: Vec<PointerValue<'ctx>> = (0..r * v).map(|_| e.vslot()).collect();
+    // `output_rows`' transposes: m² positions × lanes tiles, zero past the
+    // block's `c` tiles.
+    let yt = e.entry_alloca(e.vty().array_type((p.m * p.m * p.lanes) as u32).into());
+    for q in (0..p.m * p.m * p.lanes).filter(|q| q % p.lanes >= p.c) {
+        e.vset(e.vat(yt, e.int(q)), e.vzero());
+    }
     let gp = p.group_panels();
     let p0 = e.mul(group, e.int(gp));
     let p1 = e.smin(e.add(p0, e.int(gp)), e.int(p.panels));
     e.for_range(p0, p1, |e, panel| {
         panel_tiles(e, p, (wt, vb, scratch, &slots), panel);
-        output_transform(
-            e,
-            c,
-            a,
-            n,
-            p,
-            fused,
-            (scratch, b, panel, row0, col0),
-            (bias, residual),
-        );
+        let at = (scratch, b, panel, row0, col0);
+        if p.m == 2 {
+            output_rows(e, c, a, n, p, fused, at, yt, (bias, residual));
+        } else {
+            output_transform(e, c, a, n, p, fused, at, (bias, residual));
+        }
     });
 }
 
@@ -609,9 +767,9 @@ fn panel_tiles<'ctx>(
             e.vset(*s, e.vzero());
         }
         let at = e.add(e.mul(xi, e.int(stored)), sp);
-        let up = e.at(wt, e.add(e.mul(at, e.int(p.ic * p.wpitch)), rows));
-        let vp = e.at(vb, e.mul(xi, e.int(p.ic * r)));
-        e.for_const(0, p.ic, |e, ic| {
+        let up = e.at(wt, e.add(e.mul(at, e.int(p.kdim() * p.wpitch)), rows));
+        let vp = e.at(vb, e.mul(xi, e.int(p.kdim() * r)));
+        e.for_const(0, p.kdim(), |e, ic| {
             let wk = e.at(up, e.mul(ic, e.int(p.wpitch)));
             let xk = e.at(vp, e.mul(ic, e.int(r)));
             let wv: Vec<VectorValue<'ctx>> = (0..v).map(|k| e.vload(wk, e.int(k * l))).collect();
@@ -620,7 +778,11 @@ fn panel_tiles<'ctx>(
                 let xb = e.vsplat(e.load(xk, e.int(j)));
                 for k in 0..v {
                     let i = (j * v + k) as usize;
-                    acc[i] = e.vfma(wv[k as usize], xb, acc[i]);
+                    acc[i] = if p.pairs {
+                        e.vdp_bf16(acc[i], wv[k as usize], xb)
+                    } else {
+                        e.vfma(wv[k as usize], xb, acc[i])
+                    };
                 }
             }
             for (s, x) in slots.iter().zip(&acc) {
@@ -632,6 +794,106 @@ fn panel_tiles<'ctx>(
             let at = e.add(base, e.int(i as u64));
             e.vset(e.vat(scratch, at), e.vget(*s));
         }
+    });
+}
+
+/// F(2×2)'s output transform of one panel over the unit's block, a block
+/// row at a time: `Aᵀ M A` of each of its `c` tiles into `yt`, one
+/// transpose per output position (the tiles' channel vectors become each
+/// channel's vector over the tiles), then per channel and output row the
+/// two positions interleaved into `2c` consecutive pixels, stored through
+/// the epilogue. Four stores per channel and block row where
+/// `output_transform` makes two per channel and tile.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn output_rows<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    c: &Ctx<'_, 'ctx>,
+    a: &Args<'ctx>,
+    n: NodeIndex,
+    p: &WinoConv,
+    fused: &Fused,
+    (scratch, b, panel, row0, col0): (
+        PointerValue<'ctx>,
+        IntValue<'ctx>,
+        IntValue<'ctx>,
+        IntValue<'ctx>,
+        IntValue<'ctx>,
+    ),
+    yt: PointerValue<'ctx>,
+    (bias, residual): (Option<IntValue<'ctx>>, Option<NodeIndex>),
+) {
+    let (l, v, r, m) = (p.lanes, p.v, p.r(), p.m);
+    let out = Out {
+        y: a.image(e, c.view(n), b),
+        z: residual.map(|z| a.image(e, c.view(z), b)),
+        bias: bias.map(|k| a.konst(e, k)),
+    };
+    let tr = Transform::of(m);
+    let ox0 = e.mul(col0, e.int(m));
+    // The block row's pixels inside the output.
+    let cols = e.smin(e.int(m * p.c), e.sub(e.int(p.ow), ox0));
+    let rows = e.smin(e.int(p.kr), e.sub(e.int(p.th), row0));
+    let slot =
+        |e: &Emitter<'_, 'ctx>, pos: u64, q: IntValue<'ctx>| e.vat(yt, e.add(e.int(pos * l), q));
+    e.for_range(e.int(0), rows, |e, i| {
+        let ty = e.add(row0, i);
+        e.for_const(0, v, |e, k| {
+            for jc in 0..p.c {
+                let j = e.add(e.mul(i, e.int(p.c)), e.int(jc));
+                let mvals: Vec<VectorValue<'ctx>> = (0..p.points())
+                    .map(|xi| {
+                        let at = e.add(e.int(xi * r * v), e.add(e.mul(j, e.int(v)), k));
+                        e.vget(e.vat(scratch, at))
+                    })
+                    .collect();
+                let y = apply2(e, &tr.at, &mvals, p.alpha() as usize);
+                for (pos, yv) in y.into_iter().enumerate() {
+                    e.vset(slot(e, pos as u64, e.int(jc)), yv);
+                }
+            }
+            for pos in 0..m * m {
+                let tiles: Vec<VectorValue<'ctx>> =
+                    (0..l).map(|q| e.vget(slot(e, pos, e.int(q)))).collect();
+                for (q, t) in e.vtranspose(&tiles).into_iter().enumerate() {
+                    e.vset(slot(e, pos, e.int(q as u64)), t);
+                }
+            }
+            let local0 = e.mul(e.add(e.mul(panel, e.int(v)), k), e.int(l));
+            e.for_const(0, l, |e, lane| {
+                let oc = e.add(local0, lane);
+                let store = |e: &mut Emitter<'_, 'ctx>| {
+                    for ay in 0..m {
+                        let oy = e.add(e.mul(ty, e.int(m)), e.int(ay));
+                        e.if_else(
+                            e.ult(oy, e.int(p.oh)),
+                            |e| {
+                                let pair = e.vinterleave(
+                                    e.vget(slot(e, ay * m, lane)),
+                                    e.vget(slot(e, ay * m + 1, lane)),
+                                );
+                                let row = e.mul(e.add(e.mul(oc, e.int(p.oh)), oy), e.int(p.ow));
+                                for (h, x) in pair.into_iter().enumerate() {
+                                    let start = h as u64 * l;
+                                    if start >= m * p.c {
+                                        continue;
+                                    }
+                                    let mask =
+                                        e.vin_range(e.vindices(e.int(start), 0), e.int(0), cols);
+                                    let at = e.add(e.add(row, ox0), e.int(start));
+                                    epilogue_store(e, fused, &out, x, oc, at, Some(mask));
+                                }
+                            },
+                            |_| {},
+                        );
+                    }
+                };
+                if p.oc.is_multiple_of(p.mr()) {
+                    store(e);
+                } else {
+                    e.if_else(e.ult(oc, e.int(p.oc)), store, |_| {});
+                }
+            });
+        });
     });
 }
 

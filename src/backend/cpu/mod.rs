@@ -28,7 +28,8 @@ pub use conv_winograd::ConvAlgo;
 use inkwell::context::Context;
 use inkwell::OptimizationLevel;
 use petgraph::stable_graph::NodeIndex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use tuning::ConvChoice;
 
 /// Options of a CPU build.
 #[derive(Clone, Debug)]
@@ -131,6 +132,21 @@ pub fn set_num_threads(n: usize) {
 pub fn num_threads() -> usize {
     // SAFETY: a plain load.
     unsafe { resnetc_get_num_threads() as usize }
+}
+
+/// The bf16 convs of `graph` (optimized) that run as Winograd F(2×2) for
+/// `opts` and so round their transforms, not their input and weight
+/// (`interp::winograd_bf16`): what `interp::layer_check` must be told.
+/// Empty in fp32.
+pub fn bf16_winograd(graph: &Graph, opts: &CpuOptions) -> HashSet<NodeIndex> {
+    if opts.precision != Precision::Bf16 {
+        return HashSet::new();
+    }
+    consts::conv_choices(graph, opts)
+        .into_iter()
+        .filter(|(_, c)| matches!(c, ConvChoice::Winograd2 | ConvChoice::Winograd4))
+        .map(|(n, _)| n)
+        .collect()
 }
 
 /// Every conv of `graph` (optimized) by name and how it runs for `opts`:

@@ -64,7 +64,7 @@ impl ConvChoice {
         match self {
             ConvChoice::Pixels | ConvChoice::Channels => true,
             ConvChoice::Winograd4 | ConvChoice::Winograd2 => {
-                WinoConv::plan(graph, n, isa, self.forced().1).is_some()
+                WinoConv::plan(graph, n, isa, self.forced().1, false).is_some()
             }
         }
     }

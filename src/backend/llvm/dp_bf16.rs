@@ -4,6 +4,7 @@
 
 use super::emit::Emitter;
 use inkwell::intrinsics::Intrinsic;
+use inkwell::types::VectorType;
 use inkwell::values::VectorValue;
 
 const BUILDER: &str = "the emitter keeps an insertion point";
@@ -33,6 +34,41 @@ impl<'ctx> Emitter<'_, 'ctx> {
             .try_as_basic_value()
             .basic()
             .expect("dpbf16ps returns a value")
+            .into_vector_value()
+    }
+
+    /// `vpack_bf16_pairs` in two instructions (`vcvtne2ps2bf16`, then a
+    /// word interleave), for the pair kernels' CPUs: the same words, but
+    /// for denormal inputs, flushed to zero (as `vdpbf16ps` would read
+    /// them anyway).
+    pub fn vcvt_bf16_pairs(
+        &self,
+        lo: VectorValue<'ctx>,
+        hi: VectorValue<'ctx>,
+    ) -> VectorValue<'ctx> {
+        let f = Intrinsic::find("llvm.x86.avx512bf16.cvtne2ps2bf16.512")
+            .and_then(|i| i.get_declaration(self.module, &[]))
+            .expect("LLVM knows its intrinsics");
+        // Halves: `lo` in bf16 elements 0..16, `hi` in 16..32.
+        let halves = self
+            .b
+            .build_call(f, &[hi.into(), lo.into()], "")
+            .expect(BUILDER)
+            .try_as_basic_value()
+            .basic()
+            .expect("cvtne2ps2bf16 returns a value")
+            .into_vector_value();
+        let i32t = self.ctx.i32_type();
+        let idx: Vec<_> = (0..32u64)
+            .map(|k| i32t.const_int(k / 2 + 16 * (k % 2), false))
+            .collect();
+        let words = self
+            .b
+            .build_shuffle_vector(halves, halves, VectorType::const_vector(&idx), "")
+            .expect(BUILDER);
+        self.b
+            .build_bit_cast(words, lo.get_type(), "")
+            .expect(BUILDER)
             .into_vector_value()
     }
 }

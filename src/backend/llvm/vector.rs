@@ -358,6 +358,25 @@ impl<'ctx> Emitter<'_, 'ctx> {
         m
     }
 
+    /// The lanes of `a` and `b` alternated (`a0 b0 a1 b1 …`): the first
+    /// `lanes` of them, then the rest.
+    pub fn vinterleave(
+        &self,
+        a: VectorValue<'ctx>,
+        b: VectorValue<'ctx>,
+    ) -> [VectorValue<'ctx>; 2] {
+        let n = self.lanes;
+        let i32t = self.ctx.i32_type();
+        let half = |h: u64| {
+            let idx: Vec<_> = (h * n..(h + 1) * n)
+                .map(|u| i32t.const_int(if u % 2 == 0 { u / 2 } else { n + u / 2 }, false))
+                .collect();
+            let mask = VectorType::const_vector(&idx);
+            self.b.build_shuffle_vector(a, b, mask, "").expect(BUILDER)
+        };
+        [half(0), half(1)]
+    }
+
     /// A stack slot for a vector accumulator (promoted to a register).
     pub fn vslot(&self) -> PointerValue<'ctx> {
         self.entry_alloca(self.vty().into())
