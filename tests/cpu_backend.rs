@@ -962,6 +962,7 @@ fn bf16_pair_convs_match_the_interpreter() {
 /// bf16 oracle would not pass. Runs where the host has AVX512-BF16.
 #[test]
 fn bf16_pair_winograd_convs_match_the_interpreter() {
+    use resnetc::backend::cpu::conv_winograd::WinoConv;
     use resnetc::backend::cpu::{bf16_winograd, run_jit_layers, ConvAlgo};
     use resnetc::backend::llvm::VectorIsa;
     use resnetc::interp::layer_check::layer_check;
@@ -996,6 +997,19 @@ fn bf16_pair_winograd_convs_match_the_interpreter() {
         ..Default::default()
     };
     assert_eq!(bf16_winograd(&opt, &opts).len(), 4, "every 3×3 conv");
+    // Both input transforms: per GEMM unit, and shared by a block's units.
+    let isa = VectorIsa::of("cooperlake");
+    let plans: Vec<WinoConv> = opt
+        .schedule()
+        .into_iter()
+        .filter_map(|n| WinoConv::plan(&opt, n, isa, ConvAlgo::Winograd2, true))
+        .collect();
+    assert!(plans.iter().all(|p| p.pairs && p.m == 2));
+    assert!(
+        plans.iter().any(|p| p.shared) && plans.iter().any(|p| !p.shared),
+        "shared and unit transforms: {:?}",
+        plans.iter().map(|p| p.shared).collect::<Vec<_>>()
+    );
     let y = bf16_layers_match("pair winograd", &opt, &w, &x, &opts);
     assert!(rel_error(&y, &fp32) < 0.1, "bf16 output far from fp32");
     // The direct bf16 oracle tells the two apart.

@@ -169,6 +169,12 @@ pub struct WinoConv {
     /// with `vdpbf16ps` (F(2×2) only: F(4×4)'s transforms lose about 17×
     /// direct bf16's accuracy in one layer, F(2×2)'s 1.4×).
     pub pairs: bool,
+    /// The input is transformed once for every block, by the staging
+    /// units (one per reduction step), where the blocks are fewer than
+    /// the units a call wants (`groups > 1`: 14×14 and 7×7 maps), so the
+    /// panel groups of a block share it instead of each transforming it
+    /// again.
+    pub shared: bool,
 }
 
 /// Whether the conv at `n` can run as Winograd: 3×3, stride 1, dilation 1,
@@ -303,6 +309,7 @@ impl WinoConv {
         let (th, tw) = (s.oh.div_ceil(m), s.ow.div_ceil(m));
         let panels = s.ocg.div_ceil(v * lanes);
         let blocks = th.div_ceil(kr) * tw.div_ceil(c);
+        let groups = MIN_UNITS.div_ceil(blocks).min(panels);
         WinoConv {
             m,
             lanes,
@@ -313,7 +320,7 @@ impl WinoConv {
             c,
             panels,
             wpitch: pitch.unwrap_or(v * lanes),
-            groups: MIN_UNITS.div_ceil(blocks).min(panels),
+            groups,
             h: s.h,
             w: s.w,
             oh: s.oh,
@@ -322,6 +329,7 @@ impl WinoConv {
             th,
             tw,
             pairs,
+            shared: groups > 1,
         }
     }
 
@@ -371,7 +379,11 @@ impl WinoConv {
 
     /// Units per image of the staging: one per input channel.
     pub fn input_units(&self) -> u64 {
-        self.ic
+        if self.shared {
+            self.kdim()
+        } else {
+            self.ic
+        }
     }
 
     /// Units per image of the transforms and GEMMs: (block, panel group).
@@ -402,7 +414,12 @@ impl WinoConv {
     /// vector over-read of the last tile row, then each unit's transformed
     /// input.
     pub fn workspace(&self) -> u64 {
-        self.v_base() + self.gemm_units() * self.v_floats()
+        let slices = if self.shared {
+            self.blocks()
+        } else {
+            self.gemm_units()
+        };
+        self.v_base() + slices * self.v_floats()
     }
 
     fn v_base(&self) -> u64 {
@@ -460,7 +477,8 @@ impl WinoConv {
         // Per channel and block row: the loads, shuffles and adds, and with
         // pairs the rounding and packing.
         let per_row = self.points() * if self.pairs { 13 } else { 8 };
-        let input = self.groups * self.ic * blocks * self.kr * per_row;
+        let times = if self.shared { 1 } else { self.groups };
+        let input = times * self.ic * blocks * self.kr * per_row;
         let transposes = self.m * self.m * l.trailing_zeros() as u64;
         let output = if self.m == 2 {
             // `output_rows`: per block row, the tiles' transforms, one
@@ -585,6 +603,35 @@ pub(super) fn stage<'ctx>(
     a: &Args<'ctx>,
     n: NodeIndex,
     p: &WinoConv,
+    (b, u): Unit<'ctx>,
+) {
+    if !p.shared {
+        return stage_channel(e, c, a, n, p, (b, u));
+    }
+    // Reduction step `u`: its channel, or pair of channels (the second
+    // zero past an odd count), staged, then transformed for every block.
+    let ws = a.image(e, c.workspace(e), b);
+    if !p.pairs {
+        stage_channel(e, c, a, n, p, (b, u));
+        return transform_step(e, p, ws, u, (u, None));
+    }
+    let lo = e.mul(u, e.int(2));
+    let hi = e.add(lo, e.int(1));
+    let live = e.ult(hi, e.int(p.ic));
+    stage_channel(e, c, a, n, p, (b, lo));
+    e.if_else(live, |e| stage_channel(e, c, a, n, p, (b, hi)), |_| {});
+    let hi = e.pick(live, hi, lo);
+    transform_step(e, p, ws, u, (lo, Some((hi, live))));
+}
+
+/// Stages input channel `ic` of image `b`: zero-padded, prologue applied,
+/// every transform patch inside the plane (rounded to bf16 with `pairs`).
+fn stage_channel<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    c: &Ctx<'_, 'ctx>,
+    a: &Args<'ctx>,
+    n: NodeIndex,
+    p: &WinoConv,
     (b, ic): Unit<'ctx>,
 ) {
     let fused = conv_fused(&c.graph.node(n).op).expect("a Winograd conv");
@@ -625,18 +672,8 @@ fn input_transform<'ctx>(
     vb: PointerValue<'ctx>,
     (row0, col0): (IntValue<'ctx>, IntValue<'ctx>),
 ) {
-    let r = p.r();
-    let cols = e.smin(e.int(p.c), e.sub(e.int(p.tw), col0));
-    let mask = e.vin_range(e.vindices(e.int(0), 0), e.int(0), cols);
-    let rows = e.smin(e.int(p.kr), e.sub(e.int(p.th), row0));
-    // Stores the α² vectors of reduction step `k`, block row `i`.
-    let store = |e: &mut Emitter<'_, 'ctx>, k: IntValue<'ctx>, i, z: Vec<VectorValue<'ctx>>| {
-        let at0 = e.add(e.mul(k, e.int(r)), e.mul(i, e.int(p.c)));
-        for (xi, v) in z.into_iter().enumerate() {
-            let at = e.add(at0, e.int(xi as u64 * p.kdim() * r));
-            e.vstore_masked(vb, at, v, mask);
-        }
-    };
+    let (mask, rows) = block_bounds(e, p, (row0, col0));
+    let store = |e: &mut Emitter<'_, 'ctx>, k, i, z| store_step(e, p, (vb, mask), (k, i), z);
     if !p.pairs {
         e.for_const(0, p.ic, |e, ic| {
             e.for_range(e.int(0), rows, |e, i| {
@@ -665,6 +702,75 @@ fn input_transform<'ctx>(
             store(e, k, i, z.collect());
         });
     }
+}
+
+/// The block at `(row0, col0)`'s lanes inside the tile grid, and its tile
+/// rows inside it.
+fn block_bounds<'ctx>(
+    e: &Emitter<'_, 'ctx>,
+    p: &WinoConv,
+    (row0, col0): (IntValue<'ctx>, IntValue<'ctx>),
+) -> (VectorValue<'ctx>, IntValue<'ctx>) {
+    let cols = e.smin(e.int(p.c), e.sub(e.int(p.tw), col0));
+    let mask = e.vin_range(e.vindices(e.int(0), 0), e.int(0), cols);
+    (mask, e.smin(e.int(p.kr), e.sub(e.int(p.th), row0)))
+}
+
+/// Stores the α² vectors `z` of reduction step `k`, block row `i`, into a
+/// block's `V[ξ][kdim][r]` at `vb` (lanes in `mask`).
+fn store_step<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    p: &WinoConv,
+    (vb, mask): (PointerValue<'ctx>, VectorValue<'ctx>),
+    (k, i): (IntValue<'ctx>, IntValue<'ctx>),
+    z: Vec<VectorValue<'ctx>>,
+) {
+    let r = p.r();
+    let at0 = e.add(e.mul(k, e.int(r)), e.mul(i, e.int(p.c)));
+    for (xi, v) in z.into_iter().enumerate() {
+        let at = e.add(at0, e.int(xi as u64 * p.kdim() * r));
+        e.vstore_masked(vb, at, v, mask);
+    }
+}
+
+/// `shared`: reduction step `k` of every block's `V`, from channel `lo`
+/// (and with pairs channel `hi`, zero where `live` is false).
+#[allow(clippy::type_complexity)]
+fn transform_step<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    p: &WinoConv,
+    ws: PointerValue<'ctx>,
+    k: IntValue<'ctx>,
+    (lo, hi): (IntValue<'ctx>, Option<(IntValue<'ctx>, IntValue<'ctx>)>),
+) {
+    e.for_const(0, p.blocks(), |e, block| {
+        let cb = e.int(p.col_blocks());
+        let row0 = e.mul(e.sdiv(block, cb), e.int(p.kr));
+        let col0 = e.mul(e.srem(block, cb), e.int(p.c));
+        let vb = e.at(
+            ws,
+            e.add(e.int(p.v_base()), e.mul(block, e.int(p.v_floats()))),
+        );
+        let (mask, rows) = block_bounds(e, p, (row0, col0));
+        e.for_range(e.int(0), rows, |e, i| {
+            let at = (e.add(row0, i), col0);
+            let z = transform_row(e, p, ws, lo, at);
+            let z = match hi {
+                None => z,
+                Some((hi, live)) => {
+                    let h = transform_row(e, p, ws, hi, at);
+                    z.into_iter()
+                        .zip(h)
+                        .map(|(l, h)| {
+                            let h = e.b.build_select(live, h, e.vzero(), "").expect("select");
+                            e.vcvt_bf16_pairs(l, h.into_vector_value())
+                        })
+                        .collect()
+                }
+            };
+            store_step(e, p, (vb, mask), (k, i), z);
+        });
+    });
 }
 
 /// `Bᵀ d B` of channel `ic`'s tiles in tile row `ty` from column `col0`:
@@ -713,8 +819,16 @@ pub(super) fn gemm<'ctx>(
     let row0 = e.mul(e.sdiv(block, cb), e.int(p.kr));
     let col0 = e.mul(e.srem(block, cb), e.int(p.c));
     let ws = a.image(e, c.workspace(e), b);
-    let vb = e.at(ws, e.add(e.int(p.v_base()), e.mul(u, e.int(p.v_floats()))));
-    input_transform(e, p, ws, vb, (row0, col0));
+    let vb = if p.shared {
+        e.at(
+            ws,
+            e.add(e.int(p.v_base()), e.mul(block, e.int(p.v_floats()))),
+        )
+    } else {
+        let vb = e.at(ws, e.add(e.int(p.v_base()), e.mul(u, e.int(p.v_floats()))));
+        input_transform(e, p, ws, vb, (row0, col0));
+        vb
+    };
     let wt = a.konst(e, c.konst(ops[1]));
     let scratch_ty = e.vty().array_type((pts * r * v) as u32);
     let scratch = e.entry_alloca(scratch_ty.into());
