@@ -364,7 +364,9 @@ struct CpuArgs {
     tuning: Option<PathBuf>,
     /// Arithmetic: fp32 (the default), or bf16 convs and linear layers
     /// (inputs and weights rounded to bfloat16, fp32 sums and epilogues).
-    /// With --target ref, the interpreter rounds at the same points.
+    /// With --target ref, the interpreter rounds at the same points as the
+    /// direct kernels (the AVX512-BF16 Winograd convs round their
+    /// transforms instead; --check-layers judges those by their own rule).
     #[arg(long, value_enum)]
     precision: Option<PrecisionArg>,
     /// Weights packed as for this CPU (a portable library's top level),
@@ -1170,7 +1172,7 @@ fn dispatch(cmd: Command, search: &[PathBuf]) -> Result<()> {
             if tune.is_some() && cpu.precision() != resnetc::precision::Precision::F32 {
                 return Err(usage(
                     "--tune measures the fp32 conv kernels".into(),
-                    "leave out --precision bf16 (bf16 convs have one kernel per CPU)",
+                    "leave out --precision bf16 (a record steers bf16 convs' tiling; compare their algorithms with --conv-algo)",
                 ));
             }
             if let Some(t) = &tune {

@@ -4,7 +4,8 @@
 //! rounded to bfloat16 (round to nearest even) and accumulates in fp32;
 //! everything else (epilogues, pooling, additions, the output) stays fp32.
 //! The interpreter rounds at exactly those points, so it is the oracle of
-//! every bf16 kernel.
+//! every bf16 kernel; the AVX512-BF16 Winograd convs, which round their
+//! transforms instead, have their own (`interp::winograd_bf16`).
 
 use serde::Serialize;
 

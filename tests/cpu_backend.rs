@@ -956,8 +956,10 @@ fn bf16_pair_convs_match_the_interpreter() {
 /// On AVX512-BF16 without AMX, 3×3 stride-1 bf16 convs may run as
 /// Winograd F(2×2) over channel pairs, rounding the transformed input and
 /// filter (`WinoConv::pairs`): an odd channel count, a prologue, a concat
-/// slice, padding 0, a residual add, partial tiles (21×19), output
-/// channels not a multiple of the vector. Each layer against the
+/// slice, padding 0, a residual add, partial tiles (21×37), rows of two
+/// blocks, output channels not a multiple of the vector, the input
+/// transformed per unit and shared (an odd count there too). Each layer
+/// against the
 /// interpreter's bf16 Winograd (`interp::winograd_bf16`), which the direct
 /// bf16 oracle would not pass. Runs where the host has AVX512-BF16.
 #[test]
@@ -967,20 +969,16 @@ fn bf16_pair_winograd_convs_match_the_interpreter() {
     use resnetc::backend::llvm::VectorIsa;
     use resnetc::interp::layer_check::layer_check;
     use resnetc::precision::Precision;
-    if !VectorIsa::of("native").dp_bf16 {
-        eprintln!("this host has no AVX512-BF16: the pair kernels are not run");
-        return;
-    }
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("wino.res");
     std::fs::write(
         &path,
-        "model wino(x: f32[N, 5, H = 21, W = 19]) {
+        "model wino(x: f32[N, 5, H = 21, W = 37]) {
     let a = x |> c1: conv(24, k: 3, pad: 1) |> relu()
     let b = a |> bn: batchnorm() |> relu() |> c2: conv(40, k: 3, pad: 1)
     let c = concat(a, b) |> c3: conv(35, k: 3) |> relu()
     let d = c |> c4: conv(35, k: 3, pad: 1)
-    relu(d + c) |> c5: conv(9, k: 1)
+    relu(d + c) |> c5: conv(9, k: 1) |> maxpool(k: 2) |> c6: conv(100, k: 3, pad: 1)
 }
 ",
     )
@@ -988,7 +986,7 @@ fn bf16_pair_winograd_convs_match_the_interpreter() {
     let c = resnetc::front::compile_file(&path).unwrap_or_else(|e| panic!("{}", e.render_plain()));
     let w = random_weights(&specs_of(&c.graph), 23);
     let opt = optimized(&c.graph);
-    let x = random_tensor(&[2, 5, 21, 19], 24);
+    let x = random_tensor(&[2, 5, 21, 37], 24);
     let fp32 = resnetc::interp::run(&c.graph, &w, &x).expect("interpreter");
     let opts = CpuOptions {
         cpu: "cooperlake".into(),
@@ -996,8 +994,9 @@ fn bf16_pair_winograd_convs_match_the_interpreter() {
         precision: Precision::Bf16,
         ..Default::default()
     };
-    assert_eq!(bf16_winograd(&opt, &opts).len(), 4, "every 3×3 conv");
-    // Both input transforms: per GEMM unit, and shared by a block's units.
+    assert_eq!(bf16_winograd(&opt, &opts).len(), 5, "every 3×3 conv");
+    // Both input transforms (per GEMM unit, and shared by a block's
+    // units), each with an odd channel count; rows of more than one block.
     let isa = VectorIsa::of("cooperlake");
     let plans: Vec<WinoConv> = opt
         .schedule()
@@ -1005,11 +1004,19 @@ fn bf16_pair_winograd_convs_match_the_interpreter() {
         .filter_map(|n| WinoConv::plan(&opt, n, isa, ConvAlgo::Winograd2, true))
         .collect();
     assert!(plans.iter().all(|p| p.pairs && p.m == 2));
-    assert!(
-        plans.iter().any(|p| p.shared) && plans.iter().any(|p| !p.shared),
-        "shared and unit transforms: {:?}",
-        plans.iter().map(|p| p.shared).collect::<Vec<_>>()
-    );
+    let kinds: Vec<(bool, u64, u64, u64)> =
+        plans.iter().map(|p| (p.shared, p.ic, p.c, p.tw)).collect();
+    for shared in [false, true] {
+        assert!(
+            plans.iter().any(|p| p.shared == shared && p.ic % 2 == 1),
+            "(shared, ic, c, tw): {kinds:?}"
+        );
+    }
+    assert!(plans.iter().any(|p| p.c < p.tw), "(shared, ic, c, tw): {kinds:?}");
+    if !VectorIsa::of("native").dp_bf16 {
+        eprintln!("this host has no AVX512-BF16: the pair kernels are not run");
+        return;
+    }
     let y = bf16_layers_match("pair winograd", &opt, &w, &x, &opts);
     assert!(rel_error(&y, &fp32) < 0.1, "bf16 output far from fp32");
     // The direct bf16 oracle tells the two apart.

@@ -87,8 +87,10 @@ pub fn run(graph: &Graph, weights: &Weights, input: &Tensor) -> Result<Tensor, I
 /// `run` in `precision`: in bf16, every conv, transposed conv and linear
 /// layer reads its
 /// input (after its prologue) and its weight rounded to bfloat16 and
-/// accumulates in f64, the rounding points of the compiled bf16 code. Run
-/// it on the optimized graph, whose folded weights the back end rounds.
+/// accumulates in f64, the rounding points of the compiled bf16 code's
+/// direct kernels (a Winograd conv on the pair kernels rounds its
+/// transforms instead: `layer_check` with `winograd_bf16`). Run it on the
+/// optimized graph, whose folded weights the back end rounds.
 pub fn run_in(
     graph: &Graph,
     weights: &Weights,

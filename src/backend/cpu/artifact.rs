@@ -546,17 +546,23 @@ pub fn header(graph: &Graph, levels: &[Level], sym: &str, emit: Emit) -> String 
     let up = sym.to_uppercase();
     let arena = levels::arena_bytes(graph, levels);
     let amx = levels.iter().any(|l| !l.pool.bf.is_empty());
+    let wino = levels.iter().any(|l| l.pool.wino.values().any(|w| w.pairs));
     let precision = levels
         .first()
         .map_or(crate::precision::Precision::F32, |l| l.pool.precision);
     let arithmetic = match precision {
         crate::precision::Precision::F32 => "fp32: every layer computes in fp32".to_string(),
         crate::precision::Precision::Bf16 => format!(
-            "bf16: convs, transposed convs and linear layers read their inputs and weights \n * rounded to bfloat16 and sum in fp32 ({}); everything else, the input \n * and the output are fp32",
+            "bf16: convs, transposed convs and linear layers read their inputs and weights \n * rounded to bfloat16 and sum in fp32 ({}); everything else, the input \n * and the output are fp32{}",
             match (amx, levels.len()) {
-                (false, _) => "fp32 vector units",
+                (false, _) => "fp32 vector units or AVX512-BF16 pairs",
                 (true, 1) => "AMX tiles: Linux 5.16 or later",
-                (true, _) => "AMX tiles where the CPU has them and Linux grants them, else fp32 vector units",
+                (true, _) => "AMX tiles where the CPU has them and Linux grants them, else fp32 vector units or AVX512-BF16 pairs",
+            },
+            if wino {
+                ". On AVX512-BF16 CPUs without AMX some 3x3 convs run as Winograd\n * F(2x2, 3x3) and round its transformed input and filter instead"
+            } else {
+                ""
             }
         ),
     };

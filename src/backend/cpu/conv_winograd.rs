@@ -152,8 +152,8 @@ pub struct WinoConv {
     /// vector unit (as `GemmConv::wpitch`).
     pub wpitch: u64,
     /// Panel groups: units per block (more than one where the blocks alone
-    /// leave fewer than the direct kernels' `MIN_UNITS`; each group
-    /// transforms the block's input again).
+    /// leave fewer than the direct kernels' `MIN_UNITS`; then the input
+    /// transform is `shared`).
     pub groups: u64,
     pub h: u64,
     pub w: u64,
@@ -377,7 +377,8 @@ impl WinoConv {
         self.panels.div_ceil(self.groups)
     }
 
-    /// Units per image of the staging: one per input channel.
+    /// Units per image of the staging: one per input channel, or with
+    /// `shared` one per reduction step (channel or channel pair).
     pub fn input_units(&self) -> u64 {
         if self.shared {
             self.kdim()
@@ -412,7 +413,7 @@ impl WinoConv {
 
     /// Floats of workspace per image: the staged planes with room for the
     /// vector over-read of the last tile row, then each unit's transformed
-    /// input.
+    /// input (with `shared`, each block's).
     pub fn workspace(&self) -> u64 {
         let slices = if self.shared {
             self.blocks()
@@ -531,8 +532,8 @@ const WINOGRAD_MARGIN_PERCENT: u64 = 80;
 /// The same for the pair kernels, whose transforms' cost (rounding and
 /// packing included) is counted in: on Zen 4 (one thread), resnet18's and
 /// densenet121's 3×3 convs ran faster as F(2×2) at estimates of 0.55-0.86
-/// of direct (56×56 to 14×14), and slower at 1.27 and above (densenet121's
-/// 14×14 and 7×7, resnet's 7×7 at 0.98).
+/// of direct (resnet's 56×56 to 14×14, densenet121's 56×56 and 28×28), and
+/// slower at 1.27 and above (densenet121's 14×14 and 7×7).
 const PAIRS_MARGIN_PERCENT: u64 = 90;
 
 /// The direct kernel's cost on the same scale: 9 taps of FMAs (or
@@ -704,6 +705,28 @@ fn input_transform<'ctx>(
     }
 }
 
+/// Block `block`'s first tile row and column.
+fn block_origin<'ctx>(
+    e: &Emitter<'_, 'ctx>,
+    p: &WinoConv,
+    block: IntValue<'ctx>,
+) -> (IntValue<'ctx>, IntValue<'ctx>) {
+    let cb = e.int(p.col_blocks());
+    let row0 = e.mul(e.sdiv(block, cb), e.int(p.kr));
+    (row0, e.mul(e.srem(block, cb), e.int(p.c)))
+}
+
+/// Transformed-input slice `i` of the workspace `ws` (a unit's, or with
+/// `shared` a block's).
+fn v_slice<'ctx>(
+    e: &Emitter<'_, 'ctx>,
+    p: &WinoConv,
+    ws: PointerValue<'ctx>,
+    i: IntValue<'ctx>,
+) -> PointerValue<'ctx> {
+    e.at(ws, e.add(e.int(p.v_base()), e.mul(i, e.int(p.v_floats()))))
+}
+
 /// The block at `(row0, col0)`'s lanes inside the tile grid, and its tile
 /// rows inside it.
 fn block_bounds<'ctx>(
@@ -744,13 +767,8 @@ fn transform_step<'ctx>(
     (lo, hi): (IntValue<'ctx>, Option<(IntValue<'ctx>, IntValue<'ctx>)>),
 ) {
     e.for_const(0, p.blocks(), |e, block| {
-        let cb = e.int(p.col_blocks());
-        let row0 = e.mul(e.sdiv(block, cb), e.int(p.kr));
-        let col0 = e.mul(e.srem(block, cb), e.int(p.c));
-        let vb = e.at(
-            ws,
-            e.add(e.int(p.v_base()), e.mul(block, e.int(p.v_floats()))),
-        );
+        let (row0, col0) = block_origin(e, p, block);
+        let vb = v_slice(e, p, ws, block);
         let (mask, rows) = block_bounds(e, p, (row0, col0));
         e.for_range(e.int(0), rows, |e, i| {
             let at = (e.add(row0, i), col0);
@@ -796,10 +814,11 @@ fn transform_row<'ctx>(
     apply2(e, &Transform::of(m).bt, &d, alpha)
 }
 
-/// GEMM unit `u` of image `b`: for each of the α² points, the register
-/// tile over every input channel, kept in a stack scratch; then per tile
-/// the output transform, a transpose to pixel vectors and the epilogue on
-/// masked stores of each tile row.
+/// GEMM unit `u` of image `b`: its block's input transform (unless
+/// `shared`: the staging units made it); for each of the α² points, the
+/// register tile over every reduction step, kept in a stack scratch; then
+/// the output transform and the epilogue (`output_rows` for F(2×2),
+/// else per tile, `output_transform`).
 pub(super) fn gemm<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
@@ -815,17 +834,12 @@ pub(super) fn gemm<'ctx>(
     let pts = p.points();
     let groups = e.int(p.groups);
     let (block, group) = (e.sdiv(u, groups), e.srem(u, groups));
-    let cb = e.int(p.col_blocks());
-    let row0 = e.mul(e.sdiv(block, cb), e.int(p.kr));
-    let col0 = e.mul(e.srem(block, cb), e.int(p.c));
+    let (row0, col0) = block_origin(e, p, block);
     let ws = a.image(e, c.workspace(e), b);
     let vb = if p.shared {
-        e.at(
-            ws,
-            e.add(e.int(p.v_base()), e.mul(block, e.int(p.v_floats()))),
-        )
+        v_slice(e, p, ws, block)
     } else {
-        let vb = e.at(ws, e.add(e.int(p.v_base()), e.mul(u, e.int(p.v_floats()))));
+        let vb = v_slice(e, p, ws, u);
         input_transform(e, p, ws, vb, (row0, col0));
         vb
     };
@@ -833,18 +847,27 @@ pub(super) fn gemm<'ctx>(
     let scratch_ty = e.vty().array_type((pts * r * v) as u32);
     let scratch = e.entry_alloca(scratch_ty.into());
     let slots: Vec<PointerValue<'ctx>> = (0..r * v).map(|_| e.vslot()).collect();
-    // `output_rows`' transposes: m² positions × lanes tiles, zero past the
-    // block's `c` tiles.
+    // `output_rows`' transposes: m² positions × lanes tiles, the slots
+    // past the block's `c` tiles set once so that no undefined value is
+    // read (they reach only masked-off pixels).
     let yt = e.entry_alloca(e.vty().array_type((p.m * p.m * p.lanes) as u32).into());
-    for q in (0..p.m * p.m * p.lanes).filter(|q| q % p.lanes >= p.c) {
-        e.vset(e.vat(yt, e.int(q)), e.vzero());
+    if p.m == 2 {
+        for q in (0..p.m * p.m * p.lanes).filter(|q| q % p.lanes >= p.c) {
+            e.vset(e.vat(yt, e.int(q)), e.vzero());
+        }
     }
     let gp = p.group_panels();
     let p0 = e.mul(group, e.int(gp));
     let p1 = e.smin(e.add(p0, e.int(gp)), e.int(p.panels));
     e.for_range(p0, p1, |e, panel| {
         panel_tiles(e, p, (wt, vb, scratch, &slots), panel);
-        let at = (scratch, b, panel, row0, col0);
+        let at = PanelBlock {
+            scratch,
+            b,
+            panel,
+            row0,
+            col0,
+        };
         if p.m == 2 {
             output_rows(e, c, a, n, p, fused, at, yt, (bias, residual));
         } else {
@@ -911,6 +934,18 @@ fn panel_tiles<'ctx>(
     });
 }
 
+/// Where an output transform reads and writes: the GEMMs' results
+/// (`scratch`), image `b`, the panel, and the block's first tile row and
+/// column.
+#[derive(Clone, Copy)]
+struct PanelBlock<'ctx> {
+    scratch: PointerValue<'ctx>,
+    b: IntValue<'ctx>,
+    panel: IntValue<'ctx>,
+    row0: IntValue<'ctx>,
+    col0: IntValue<'ctx>,
+}
+
 /// F(2×2)'s output transform of one panel over the unit's block, a block
 /// row at a time: `Aᵀ M A` of each of its `c` tiles into `yt`, one
 /// transpose per output position (the tiles' channel vectors become each
@@ -918,7 +953,7 @@ fn panel_tiles<'ctx>(
 /// two positions interleaved into `2c` consecutive pixels, stored through
 /// the epilogue. Four stores per channel and block row where
 /// `output_transform` makes two per channel and tile.
-#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 fn output_rows<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
@@ -926,16 +961,17 @@ fn output_rows<'ctx>(
     n: NodeIndex,
     p: &WinoConv,
     fused: &Fused,
-    (scratch, b, panel, row0, col0): (
-        PointerValue<'ctx>,
-        IntValue<'ctx>,
-        IntValue<'ctx>,
-        IntValue<'ctx>,
-        IntValue<'ctx>,
-    ),
+    at: PanelBlock<'ctx>,
     yt: PointerValue<'ctx>,
     (bias, residual): (Option<IntValue<'ctx>>, Option<NodeIndex>),
 ) {
+    let PanelBlock {
+        scratch,
+        b,
+        panel,
+        row0,
+        col0,
+    } = at;
     let (l, v, r, m) = (p.lanes, p.v, p.r(), p.m);
     let out = Out {
         y: a.image(e, c.view(n), b),
@@ -1015,7 +1051,7 @@ fn output_rows<'ctx>(
 /// (a loop: one copy of its code): `Aᵀ M A` per channel vector, a
 /// transpose to pixel vectors, and the epilogue on the stores of each
 /// tile row (whole rows inside the output, masked at its edge).
-#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 fn output_transform<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
@@ -1023,15 +1059,16 @@ fn output_transform<'ctx>(
     n: NodeIndex,
     p: &WinoConv,
     fused: &Fused,
-    (scratch, b, panel, row0, col0): (
-        PointerValue<'ctx>,
-        IntValue<'ctx>,
-        IntValue<'ctx>,
-        IntValue<'ctx>,
-        IntValue<'ctx>,
-    ),
+    at: PanelBlock<'ctx>,
     (bias, residual): (Option<IntValue<'ctx>>, Option<NodeIndex>),
 ) {
+    let PanelBlock {
+        scratch,
+        b,
+        panel,
+        row0,
+        col0,
+    } = at;
     let (l, v, r, mr) = (p.lanes, p.v, p.r(), p.mr());
     let pts = p.points();
     let yb = a.image(e, c.view(n), b);
