@@ -1012,7 +1012,10 @@ fn bf16_pair_winograd_convs_match_the_interpreter() {
             "(shared, ic, c, tw): {kinds:?}"
         );
     }
-    assert!(plans.iter().any(|p| p.c < p.tw), "(shared, ic, c, tw): {kinds:?}");
+    assert!(
+        plans.iter().any(|p| p.c < p.tw),
+        "(shared, ic, c, tw): {kinds:?}"
+    );
     if !VectorIsa::of("native").dp_bf16 {
         eprintln!("this host has no AVX512-BF16: the pair kernels are not run");
         return;

@@ -547,6 +547,11 @@ pub fn header(graph: &Graph, levels: &[Level], sym: &str, emit: Emit) -> String 
     let arena = levels::arena_bytes(graph, levels);
     let amx = levels.iter().any(|l| !l.pool.bf.is_empty());
     let wino = levels.iter().any(|l| l.pool.wino.values().any(|w| w.pairs));
+    let vectors = if levels.iter().any(|l| l.pool.gemm.values().any(|g| g.pairs)) {
+        "fp32 vector units or AVX512-BF16 pairs"
+    } else {
+        "fp32 vector units"
+    };
     let precision = levels
         .first()
         .map_or(crate::precision::Precision::F32, |l| l.pool.precision);
@@ -555,9 +560,9 @@ pub fn header(graph: &Graph, levels: &[Level], sym: &str, emit: Emit) -> String 
         crate::precision::Precision::Bf16 => format!(
             "bf16: convs, transposed convs and linear layers read their inputs and weights \n * rounded to bfloat16 and sum in fp32 ({}); everything else, the input \n * and the output are fp32{}",
             match (amx, levels.len()) {
-                (false, _) => "fp32 vector units or AVX512-BF16 pairs",
-                (true, 1) => "AMX tiles: Linux 5.16 or later",
-                (true, _) => "AMX tiles where the CPU has them and Linux grants them, else fp32 vector units or AVX512-BF16 pairs",
+                (false, _) => vectors.to_string(),
+                (true, 1) => "AMX tiles: Linux 5.16 or later".to_string(),
+                (true, _) => format!("AMX tiles where the CPU has them and Linux grants them, else {vectors}"),
             },
             if wino {
                 ". On AVX512-BF16 CPUs without AMX some 3x3 convs run as Winograd\n * F(2x2, 3x3) and round its transformed input and filter instead"
