@@ -307,7 +307,8 @@ fn eval(op: &Op, a: &[&Tensor], precision: Precision, winograd: bool) -> Tensor 
             });
             {
                 let x = round_all(x.as_ref().unwrap_or(get(0)), precision);
-                (Some(x), Some(round_all(get(1), precision)))
+                // A Winograd conv rounds its transformed filter instead.
+                (Some(x), (!winograd).then(|| round_all(get(1), precision)))
             }
         }
     };

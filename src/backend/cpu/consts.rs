@@ -253,17 +253,13 @@ pub fn plan_convs(
     let choice = |n| {
         let tuned = opts.tuning.as_ref().and_then(|t| t.choice(graph, n, isa));
         let (conv, algo) = tuned.map_or((opts.conv, opts.algo), |c| c.forced());
-        // Records are measured in fp32: in bf16 they steer the tiling only.
-        let algo = match opts.precision {
-            Precision::F32 => algo,
-            Precision::Bf16 => opts.algo,
-        };
         // bf16 rounds where the kernels read: the AMX and emulated kernels
         // round the input and the weights, so they run direct; the pair
         // kernels may round the Winograd transforms instead (F(2×2)).
+        // Records are measured in fp32: in bf16 they steer the tiling only.
         match opts.precision {
             Precision::F32 => (conv, algo),
-            Precision::Bf16 if pairs => (conv, algo),
+            Precision::Bf16 if pairs => (conv, opts.algo),
             Precision::Bf16 => (conv, ConvAlgo::Direct),
         }
     };

@@ -674,35 +674,70 @@ fn input_transform<'ctx>(
     (row0, col0): (IntValue<'ctx>, IntValue<'ctx>),
 ) {
     let (mask, rows) = block_bounds(e, p, (row0, col0));
-    let store = |e: &mut Emitter<'_, 'ctx>, k, i, z| store_step(e, p, (vb, mask), (k, i), z);
-    if !p.pairs {
-        e.for_const(0, p.ic, |e, ic| {
-            e.for_range(e.int(0), rows, |e, i| {
-                let z = transform_row(e, p, planes, ic, (e.add(row0, i), col0));
-                store(e, ic, i, z);
-            });
-        });
-        return;
-    }
-    // Whole pairs, then an odd last channel beside zeros.
-    e.for_const(0, p.ic / 2, |e, k| {
-        let ic = e.mul(k, e.int(2));
+    #[allow(clippy::type_complexity)]
+    let step = |e: &mut Emitter<'_, 'ctx>,
+                k,
+                channels: (
+        IntValue<'ctx>,
+        Option<(IntValue<'ctx>, Option<IntValue<'ctx>>)>,
+    )| {
         e.for_range(e.int(0), rows, |e, i| {
-            let at = (e.add(row0, i), col0);
-            let lo = transform_row(e, p, planes, ic, at);
-            let hi = transform_row(e, p, planes, e.add(ic, e.int(1)), at);
-            let z = lo.into_iter().zip(hi).map(|(l, h)| e.vcvt_bf16_pairs(l, h));
-            store(e, k, i, z.collect());
+            let z = step_row(e, p, planes, channels, (e.add(row0, i), col0));
+            store_step(e, p, (vb, mask), (k, i), z);
         });
+    };
+    // Whole steps (a channel, or a pair), then with pairs an odd last
+    // channel beside zeros.
+    let whole = if p.pairs { p.ic / 2 } else { p.ic };
+    e.for_const(0, whole, |e, k| {
+        let channels = if p.pairs {
+            let lo = e.mul(k, e.int(2));
+            (lo, Some((e.add(lo, e.int(1)), None)))
+        } else {
+            (k, None)
+        };
+        step(e, k, channels);
     });
-    if p.ic % 2 == 1 {
-        let (k, ic) = (e.int(p.ic / 2), e.int(p.ic - 1));
-        e.for_range(e.int(0), rows, |e, i| {
-            let lo = transform_row(e, p, planes, ic, (e.add(row0, i), col0));
-            let z = lo.into_iter().map(|l| e.vcvt_bf16_pairs(l, e.vzero()));
-            store(e, k, i, z.collect());
-        });
+    if p.pairs && p.ic % 2 == 1 {
+        let (k, lo) = (e.int(p.ic / 2), e.int(p.ic - 1));
+        let never = e.ult(e.int(1), e.int(0));
+        step(e, k, (lo, Some((lo, Some(never)))));
     }
+}
+
+/// The transform of one reduction step's tiles in tile row `ty` from
+/// column `col0` (`transform_row`): channel `lo`'s, or with a partner
+/// channel (zero where its `live` is false) the pair's, rounded and packed.
+#[allow(clippy::type_complexity)]
+fn step_row<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    p: &WinoConv,
+    planes: PointerValue<'ctx>,
+    (lo, hi): (
+        IntValue<'ctx>,
+        Option<(IntValue<'ctx>, Option<IntValue<'ctx>>)>,
+    ),
+    at: (IntValue<'ctx>, IntValue<'ctx>),
+) -> Vec<VectorValue<'ctx>> {
+    let z = transform_row(e, p, planes, lo, at);
+    let Some((hi, live)) = hi else {
+        return z;
+    };
+    let h = transform_row(e, p, planes, hi, at);
+    z.into_iter()
+        .zip(h)
+        .map(|(l, h)| {
+            let h = match live {
+                Some(live) => {
+                    e.b.build_select(live, h, e.vzero(), "")
+                        .expect("select")
+                        .into_vector_value()
+                }
+                None => h,
+            };
+            e.vcvt_bf16_pairs(l, h)
+        })
+        .collect()
 }
 
 /// Block `block`'s first tile row and column.
@@ -770,22 +805,9 @@ fn transform_step<'ctx>(
         let (row0, col0) = block_origin(e, p, block);
         let vb = v_slice(e, p, ws, block);
         let (mask, rows) = block_bounds(e, p, (row0, col0));
+        let channels = (lo, hi.map(|(h, live)| (h, Some(live))));
         e.for_range(e.int(0), rows, |e, i| {
-            let at = (e.add(row0, i), col0);
-            let z = transform_row(e, p, ws, lo, at);
-            let z = match hi {
-                None => z,
-                Some((hi, live)) => {
-                    let h = transform_row(e, p, ws, hi, at);
-                    z.into_iter()
-                        .zip(h)
-                        .map(|(l, h)| {
-                            let h = e.b.build_select(live, h, e.vzero(), "").expect("select");
-                            e.vcvt_bf16_pairs(l, h.into_vector_value())
-                        })
-                        .collect()
-                }
-            };
+            let z = step_row(e, p, ws, channels, (e.add(row0, i), col0));
             store_step(e, p, (vb, mask), (k, i), z);
         });
     });
