@@ -91,6 +91,51 @@ fn summary_json_reports_pytorch_totals() {
     assert!(String::from_utf8_lossy(&text.stdout).contains("25,557,032 parameters"));
 }
 
+/// The Winograd cost model's constants follow the CPU: fitted apart for
+/// AMD's Zen cores (F(4×4) at 28×28, F(2×2) at 14×14 and 7×7, where
+/// each ran faster than direct there), the others' elsewhere (F(2×2) at
+/// 28×28, direct at 14×14 and 7×7; docs/architecture.md).
+#[test]
+fn winograd_choices_follow_the_cpu_vendor() {
+    let algo_at = |cpu: &str| -> Vec<(u64, String)> {
+        let o = resnetc(&[
+            "summary",
+            "examples/resnet18.res",
+            "--cpu",
+            cpu,
+            "--format",
+            "json",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        let mut rows: Vec<(u64, String)> = v["layers"]
+            .as_array()
+            .expect("layers")
+            .iter()
+            .filter(|l| l["name"].as_str().is_some_and(|n| n.ends_with(".conv2")))
+            .map(|l| (l["shape"][1].as_u64().expect("h"), l["algo"].to_string()))
+            .collect();
+        rows.dedup();
+        rows
+    };
+    let f4 = "\"winograd F(4x4, 3x3)\"".to_string();
+    let f2 = "\"winograd F(2x2, 3x3)\"".to_string();
+    let direct = "\"direct\"".to_string();
+    assert_eq!(
+        algo_at("znver4"),
+        [
+            (56, f4.clone()),
+            (28, f4.clone()),
+            (14, f2.clone()),
+            (7, f2.clone())
+        ]
+    );
+    assert_eq!(
+        algo_at("x86-64-v4"),
+        [(56, f4), (28, f2), (14, direct.clone()), (7, direct)]
+    );
+}
+
 #[test]
 fn graph_and_ir_print() {
     let dot = resnetc(&["graph", "examples/cifar_resnet20.res"]);

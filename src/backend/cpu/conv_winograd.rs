@@ -219,17 +219,14 @@ impl WinoConv {
             ConvAlgo::Winograd => Some(WinoConv::new(&s, isa, sizes[0], pitch, pairs)),
             ConvAlgo::Winograd2 => Some(WinoConv::new(&s, isa, 2, pitch, pairs)),
             ConvAlgo::Auto => {
-                let direct = direct_cost(&s, isa, pairs);
-                let margin = if pairs {
-                    PAIRS_MARGIN_PERCENT
-                } else {
-                    WINOGRAD_MARGIN_PERCENT
-                };
+                let k = Costs::of(isa, pairs);
+                let direct = direct_cost(&s, isa, pairs, &k);
                 sizes
                     .iter()
+                    .filter(|&&m| m == 2 || k.admits_f4(&s))
                     .map(|&m| WinoConv::new(&s, isa, m, pitch, pairs))
-                    .map(|p| (p.cost(), p))
-                    .filter(|(c, _)| *c * 100 < direct * margin)
+                    .map(|p| (p.cost(&k), p))
+                    .filter(|(c, _)| *c * 100 < direct * k.margin_percent)
                     .min_by_key(|(c, _)| *c)
                     .map(|(_, p)| p)
             }
@@ -281,7 +278,7 @@ impl WinoConv {
             return candidates
                 .into_iter()
                 .map(plan)
-                .min_by_key(|p| (p.cost(), u64::MAX - p.r() * p.v))
+                .min_by_key(|p| (p.cost(&Costs::of(isa, pairs)), u64::MAX - p.r() * p.v))
                 .unwrap_or_else(|| plan((1, 1, 1)));
         }
         let best = candidates
@@ -462,8 +459,9 @@ impl WinoConv {
 
     /// Estimated cost in vector FMA slots: the GEMMs (padded channels and
     /// tiles, register-tile overhead), the transforms, and reading the
-    /// transformed weights once per block where they outgrow L2.
-    fn cost(&self) -> u64 {
+    /// transformed weights once per block where they outgrow L2 (`k`: the
+    /// machine's constants).
+    fn cost(&self, k: &Costs) -> u64 {
         let l = self.lanes;
         let blocks = self.blocks();
         // The pair kernels' steps are `vdpbf16ps`-bound: each does twice an
@@ -494,24 +492,97 @@ impl WinoConv {
                 * self.tiles()
                 * (2 * self.points() + 4 * transposes + 8 * self.m * l)
         };
+        let output = output * k.output_percent / 100;
         let weight_bytes = 4 * self.points() * self.kdim() * self.panels * self.mr();
         let reads = if weight_bytes > L2_BYTES { blocks } else { 1 };
         // A pair kernel's weights are read while it streams its own steps
         // at half an FMA's bytes: they come from L3 at about four times the
-        // rate `BYTES_PER_SLOT` assumes before they cost.
+        // rate `bytes_per_slot` says before they cost.
         let per_slot = if self.pairs {
-            4 * BYTES_PER_SLOT
+            4 * k.bytes_per_slot
         } else {
-            BYTES_PER_SLOT
+            k.bytes_per_slot
         };
-        gemm + input + output + weight_bytes * reads / per_slot
+        let weights = weight_bytes * reads / per_slot;
+        if k.weights_overlap {
+            gemm.max(weights) + input + output
+        } else {
+            gemm + input + output + weights
+        }
     }
 }
 
-/// Bytes of weights from memory that take as long as one vector FMA slot
-/// (about 8 GB/s at two 3 GHz FMAs a cycle: what one vCPU of the project's
-/// VMs streams).
-const BYTES_PER_SLOT: u64 = 2;
+/// The cost model's machine constants.
+pub struct Costs {
+    /// Bytes of weights from beyond L2 that take as long as one vector FMA
+    /// slot.
+    bytes_per_slot: u64,
+    /// Whether the weights' stream overlaps the GEMMs' FMAs (the cost is
+    /// the larger of the two) or adds to them.
+    weights_overlap: bool,
+    /// The output transform's estimate, in percent of its count of slots.
+    output_percent: u64,
+    /// Winograd is chosen where its estimate is below this share (percent)
+    /// of the direct kernel's.
+    margin_percent: u64,
+    /// F(4×4) is considered only where its tile grid covers at most this
+    /// share (percent) of the output's area.
+    f4_max_cover_percent: u64,
+}
+
+impl Costs {
+    /// The constants for `isa`'s CPU.
+    ///
+    /// The first set was fitted on Intel Xeons (session 16) and serves
+    /// every CPU not measured apart. Weights stream at about 8 GB/s (two
+    /// bytes an FMA slot at two 3 GHz FMAs a cycle), in addition to the
+    /// FMAs, and the transforms' loads and shuffles cost more than their
+    /// count says (the 80% margin).
+    ///
+    /// On AMD Zen 4 (session 23: every 3×3 conv of resnet18, resnet50,
+    /// densenet121, cifar_resnet20, unet and unet_small timed as direct,
+    /// F(4×4) and F(2×2), one thread) that model chose direct for 33 of 40
+    /// shapes where Winograd ran 0.3-0.7× direct's time (unet: 667 ms
+    /// where F(4×4) everywhere took 385). There the transformed weights'
+    /// stream overlaps the FMAs at about 8 bytes a slot (resnet50's 512 →
+    /// 512 7×7 conv, whose 38 MB of F(4×4) weights stream from memory, ran
+    /// at 18 GB/s), the output transform costs half again its count, and
+    /// F(4×4) over grids that pad the output by a third (14×14, 7×7) ran
+    /// 1.0-1.7× F(2×2)'s time. Fitted by the time the chosen algorithm
+    /// loses against the best per model: none on resnet18/50, densenet121,
+    /// cifar_resnet20 and unet, 7-10% of unet_small's convs (F(4×4) on its
+    /// 8×8 and 16×16 maps).
+    pub fn of(isa: VectorIsa, pairs: bool) -> Costs {
+        if isa.amd && !pairs {
+            return Costs {
+                bytes_per_slot: 8,
+                weights_overlap: true,
+                output_percent: 150,
+                margin_percent: 100,
+                f4_max_cover_percent: 120,
+            };
+        }
+        Costs {
+            bytes_per_slot: 2,
+            weights_overlap: false,
+            output_percent: 100,
+            // The pair kernels' transforms' cost (rounding and packing
+            // included) is counted in: on Zen 4 (one thread), resnet18's
+            // and densenet121's 3×3 convs ran faster as F(2×2) at estimates
+            // of 0.55-0.86 of direct (resnet's 56×56 to 14×14,
+            // densenet121's 56×56 and 28×28), and slower at 1.27 and above
+            // (densenet121's 14×14 and 7×7).
+            margin_percent: if pairs { 90 } else { 80 },
+            f4_max_cover_percent: u64::MAX,
+        }
+    }
+
+    /// Whether F(4×4) is worth estimating for `s`.
+    fn admits_f4(&self, s: &ConvShape) -> bool {
+        let cover = s.oh.next_multiple_of(4) * s.ow.next_multiple_of(4);
+        cover * 100 <= s.oh * s.ow * self.f4_max_cover_percent
+    }
+}
 
 /// The cost of one K step of a `v × r` channel tile in FMA slots: its
 /// `r·v` FMAs or its `r + v` loads (a broadcast per tile, a load per
@@ -524,27 +595,14 @@ fn step_cost(v: u64, r: u64) -> u64 {
 /// Bytes of L2 a core can count on for the transformed weights of a conv.
 const L2_BYTES: u64 = 1 << 20;
 
-/// Winograd is chosen where its estimate is below this share (percent) of
-/// the direct kernel's: the transforms' loads and shuffles cost more than
-/// the count of slots says.
-const WINOGRAD_MARGIN_PERCENT: u64 = 80;
-
-/// The same for the pair kernels, whose transforms' cost (rounding and
-/// packing included) is counted in: on Zen 4 (one thread), resnet18's and
-/// densenet121's 3×3 convs ran faster as F(2×2) at estimates of 0.55-0.86
-/// of direct (resnet's 56×56 to 14×14, densenet121's 56×56 and 28×28), and
-/// slower at 1.27 and above (densenet121's 14×14 and 7×7).
-const PAIRS_MARGIN_PERCENT: u64 = 90;
-
 /// The direct kernel's cost on the same scale: 9 taps of FMAs (or
 /// `vdpbf16ps` over channel pairs) per output (channel vector, pixel),
-/// with the register tile's overhead, and its weights read once per row
-/// chunk where they outgrow L2.
-fn direct_cost(s: &ConvShape, isa: VectorIsa, pairs: bool) -> u64 {
+/// with the register tile's overhead, and its weights read once.
+fn direct_cost(s: &ConvShape, isa: VectorIsa, pairs: bool, k: &Costs) -> u64 {
     let steps = if pairs { s.icg.div_ceil(2) } else { s.icg };
     let fmas = 9 * steps * s.ocg.div_ceil(isa.lanes) * s.oh * s.ow;
     let weight_bytes = 4 * 9 * steps * s.ocg;
-    fmas + fmas / 8 + weight_bytes / BYTES_PER_SLOT
+    fmas + fmas / 8 + weight_bytes / k.bytes_per_slot
 }
 
 // ---- emission ---------------------------------------------------------

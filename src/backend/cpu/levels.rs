@@ -99,12 +99,13 @@ pub fn plan(
     // The packing is made by the first level planned: the widest, and of
     // those a vendor-neutral one (an Intel-tuned level's choices, pixel
     // tiles for 1×1 convs, would bind the others' panels, where its own
-    // tiles divide a neutral level's).
+    // tiles divide a neutral level's; a Zen-tuned one's Winograd choices
+    // would bind every level's).
     needs.sort_by_key(|(n, f)| {
         let isa = super::super::llvm::VectorIsa::of(n);
         (
             std::cmp::Reverse(isa.lanes),
-            isa.intel,
+            isa.intel || isa.amd,
             std::cmp::Reverse(f.len()),
         )
     });

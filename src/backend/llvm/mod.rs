@@ -253,6 +253,9 @@ pub struct VectorIsa {
     /// An Intel core (by LLVM's name for the CPU): the conv cost model's
     /// constants differ per microarchitecture (docs/performance.md).
     pub intel: bool,
+    /// An AMD Zen core (`znver*`): the Winograd cost model's constants
+    /// were fitted there apart (docs/performance.md, session 23).
+    pub amd: bool,
     /// AMX tiles with bf16 products (`tdpbf16ps`): Sapphire Rapids and
     /// later Xeons.
     pub amx_bf16: bool,
@@ -270,6 +273,7 @@ impl VectorIsa {
         regs: 32,
         lanes: 16,
         intel: false,
+        amd: false,
         amx_bf16: false,
         dp_bf16: false,
     };
@@ -278,6 +282,7 @@ impl VectorIsa {
         regs: 16,
         lanes: 8,
         intel: false,
+        amd: false,
         amx_bf16: false,
         dp_bf16: false,
     };
@@ -288,6 +293,7 @@ impl VectorIsa {
         regs: 16,
         lanes: 4,
         intel: false,
+        amd: false,
         amx_bf16: false,
         dp_bf16: false,
     };
@@ -298,6 +304,7 @@ impl VectorIsa {
         regs: 32,
         lanes: 4,
         intel: false,
+        amd: false,
         amx_bf16: false,
         dp_bf16: false,
     };
@@ -343,6 +350,7 @@ impl VectorIsa {
         };
         VectorIsa {
             intel: is_intel(&name),
+            amd: name.starts_with("znver"),
             amx_bf16,
             dp_bf16: dp_bf16 && avx512,
             ..isa
