@@ -614,25 +614,80 @@ fn jit_runs_only_code_this_machine_can_execute() {
 #[test]
 fn object_links_alone_with_its_header() {
     let out = tempfile::tempdir().expect("tempdir");
+    let (y, expected, _) = cifar_resnet20_from_c(out.path(), &[], 1);
+    assert_close("C program on the object", &y, &expected, 1e-4, 1e-3);
+}
+
+/// Where storing the Winograd filters transformed would grow a library's
+/// constants past 1.5× (F(4×4) forced on cifar_resnet20: 4× its 3×3
+/// filters), the library stores the 3×3 filters and transforms them at its
+/// first call (the header says so): with F(4×4) the object stays near
+/// the direct one's size, and a C
+/// program on it, four threads making that first call at once, gives
+/// PyTorch's numbers, with F(4×4) and F(2×2) (16/9 of the filters) from
+/// one level (`--cpu x86-64-v3`), F(4×4) from that level planned over
+/// x86-64-v4's packing, and from the portable dispatch.
+#[test]
+fn winograd_filters_transformed_at_the_first_call_match_pytorch() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let v3 = &["--cpu", "x86-64-v3"][..];
+    // One level planned over another's packing (panels of 16 channels
+    // read as tiles of 8).
+    let narrowed = &["--cpu", "x86-64-v3", "--packed-for", "x86-64-v4"][..];
+    for (cpu, algos) in [
+        (v3, &["winograd", "winograd2"][..]),
+        (narrowed, &["winograd"]),
+        (&[], &["winograd"]),
+    ] {
+        let direct = [cpu, &["--conv-algo", "direct"]].concat();
+        let (_, _, direct) = cifar_resnet20_from_c(out.path(), &direct, 1);
+        for algo in algos {
+            let args = [cpu, &["--conv-algo", algo]].concat();
+            let (y, expected, size) = cifar_resnet20_from_c(out.path(), &args, 4);
+            assert_close(&format!("deferred {args:?}"), &y, &expected, 1e-4, 1e-3);
+            let header =
+                std::fs::read_to_string(out.path().join("cifar_resnet20.h")).expect("header");
+            assert!(header.contains("The first call also lays out"), "{args:?}");
+            // Stored: the 3×3 filters, not 4× them; the Winograd kernels'
+            // code makes up the difference.
+            assert!(
+                *algo == "winograd2" || size * 4 < direct * 5,
+                "{args:?}: {size} bytes against {direct} direct"
+            );
+        }
+    }
+}
+
+/// Builds cifar_resnet20 (PyTorch's weights, `extra` build flags) as an
+/// object in `dir`, links `examples/embed_c/main.c` with it, runs that on
+/// the fixture's input from `callers` threads at once: its output,
+/// PyTorch's, and the object's size.
+fn cifar_resnet20_from_c(
+    dir: &std::path::Path,
+    extra: &[&str],
+    callers: usize,
+) -> (resnetc::tensor::Tensor, resnetc::tensor::Tensor, u64) {
     let o = Command::new(env!("CARGO_BIN_EXE_resnetc"))
         .args(["build", "examples/cifar_resnet20.res", "--weights"])
         .arg(fixture("cifar_resnet20.safetensors"))
-        .args(["--emit", "obj", "--quiet", "-o"])
-        .arg(out.path())
+        .args(["--emit", "obj", "--quiet"])
+        .args(extra)
+        .arg("-o")
+        .arg(dir)
         .current_dir(root())
         .output()
         .expect("resnetc runs");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let obj = out.path().join("cifar_resnet20.o");
-    let header = out.path().join("cifar_resnet20.h");
+    let obj = dir.join("cifar_resnet20.o");
+    let header = dir.join("cifar_resnet20.h");
     let declared = header_functions(&header);
     assert_eq!(declared.len(), 4, "{declared:?}");
     assert_eq!(exported_symbols(&obj), declared);
     let (m, up) = ("cifar_resnet20", "CIFAR_RESNET20");
-    let demo = out.path().join("demo");
+    let demo = dir.join("demo");
     let cc = Command::new("gcc")
         .args(["-O2", "-Wall", "-I"])
-        .arg(out.path())
+        .arg(dir)
         .arg(format!("-DMODEL_HEADER=\"{m}.h\""))
         .arg(format!("-DFORWARD={m}_forward"))
         .arg(format!("-DSET_THREADS={m}_set_num_threads"))
@@ -652,13 +707,13 @@ fn object_links_alone_with_its_header() {
         "{}",
         String::from_utf8_lossy(&cc.stderr)
     );
-    let input = out.path().join("in.f32");
+    let input = dir.join("in.f32");
     std::fs::write(&input, raw_floats(&fixture("cifar_resnet20.input.npy"))).expect("input");
-    let output = out.path().join("out.f32");
+    let output = dir.join("out.f32");
     let run = Command::new(&demo)
         .arg(&input)
         .arg(&output)
-        .args(["2", "1", "2"])
+        .args(["2", &callers.to_string(), "2"])
         .output()
         .expect("demo runs");
     assert!(
@@ -668,7 +723,8 @@ fn object_links_alone_with_its_header() {
     );
     let expected = read_npy(&fixture("cifar_resnet20.output.npy")).expect("expected");
     let y = read_raw_floats(&output, &expected.shape);
-    assert_close("C program on the object", &y, &expected, 1e-4, 1e-3);
+    let size = std::fs::metadata(&obj).expect("object").len();
+    (y, expected, size)
 }
 
 /// `--precision bf16` on every example, layer by layer: each compiled

@@ -3,6 +3,7 @@
 //! linkers need) or that object alone, each with a C header; or the
 //! assembly or LLVM IR.
 
+use super::deferred;
 use super::levels::{self, Level};
 use super::{compile_as, CpuOptions};
 use crate::backend::llvm::{self, Arch, LlvmError};
@@ -164,6 +165,57 @@ fn constant<'ctx>(
     g
 }
 
+/// Where a level's code finds its constants.
+enum Consts<'ctx> {
+    /// In a constant global (or nowhere: the dispatcher passes them).
+    At(PointerValue<'ctx>),
+    /// In a copy this function prepares at the first call and returns
+    /// (`deferred`).
+    Ready(FunctionValue<'ctx>),
+}
+
+impl<'ctx> Consts<'ctx> {
+    /// The constants' address, at the builder's position.
+    fn address(
+        &self,
+        b: &inkwell::builder::Builder<'ctx>,
+    ) -> Result<PointerValue<'ctx>, LlvmError> {
+        match self {
+            Consts::At(p) => Ok(*p),
+            Consts::Ready(f) => b
+                .build_call(*f, &[], "")
+                .map_err(|e| LlvmError::Internal(e.to_string()))?
+                .try_as_basic_value()
+                .basic()
+                .map(|v| v.into_pointer_value())
+                .ok_or_else(|| LlvmError::Internal("the constants' address".into())),
+        }
+    }
+}
+
+/// The constants of `owner`'s pool as `name`: stored whole, or with its
+/// deferred Winograd filters as 3×3 filters, transformed at the first call.
+fn stored<'ctx>(
+    ctx: &'ctx Context,
+    module: &Module<'ctx>,
+    owner: &Level,
+    name: &str,
+) -> Result<Consts<'ctx>, LlvmError> {
+    if owner.deferred.is_empty() {
+        let bytes: Vec<u8> = owner
+            .pool
+            .data
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        return Ok(Consts::At(
+            constant(ctx, module, name, &bytes).as_pointer_value(),
+        ));
+    }
+    let keep = |n: &str, bytes: &[u8]| constant(ctx, module, n, bytes);
+    deferred::emit(ctx, module, &owner.pool, &owner.deferred, name, keep).map(Consts::Ready)
+}
+
 /// A multi-level object's dispatch: `<sym>_level_index()`, which picks the
 /// level at the first call (`resnetc_pick_level`: the best level this CPU
 /// and OS run, or from `RESNETC_CPU_LEVEL`'s on) and remembers it, and
@@ -181,20 +233,14 @@ fn add_dispatch<'ctx>(
     // The weights, once per pool that owns data (the level that packed
     // them, wherever it stands in the pick order).
     let pools = levels.iter().map(|l| l.weights + 1).max().unwrap_or(0);
-    let mut weights: Vec<inkwell::values::GlobalValue<'ctx>> = Vec::new();
+    let mut weights: Vec<Consts<'ctx>> = Vec::new();
     for j in 0..pools {
         let owner = levels
             .iter()
             .filter(|l| l.weights == j)
             .max_by_key(|l| l.pool.data.len())
             .ok_or_else(|| LlvmError::Internal(format!("no level owns weights {j}")))?;
-        let bytes: Vec<u8> = owner
-            .pool
-            .data
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        weights.push(constant(ctx, module, &format!("{sym}_weights{j}"), &bytes));
+        weights.push(stored(ctx, module, owner, &format!("{sym}_weights{j}"))?);
     }
     let strings = |what: &str, texts: Vec<&str>| {
         let ptrs: Vec<PointerValue<'ctx>> = texts
@@ -312,7 +358,7 @@ fn add_dispatch<'ctx>(
     for ((l, (_, block)), f) in levels.iter().zip(&cases).zip(&runs) {
         b.position_at_end(*block);
         let mut args = params.clone();
-        args[3] = weights[l.weights].as_pointer_value().into();
+        args[3] = weights[l.weights].address(&b)?.into();
         b.build_call(*f, &args, "").map_err(err)?;
         b.build_return(None).map_err(err)?;
     }
@@ -337,11 +383,8 @@ fn add_forward<'ctx>(
     // One level: its weights, passed to `_run`; several: the dispatcher's.
     let index = module.get_function(&format!("{sym}_level_index"));
     let weights = match (index, levels) {
-        (None, [one]) => {
-            let bytes: Vec<u8> = one.pool.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-            constant(ctx, module, &format!("{sym}_weights"), &bytes).as_pointer_value()
-        }
-        _ => ptr.const_null(),
+        (None, [one]) => stored(ctx, module, one, &format!("{sym}_weights"))?,
+        _ => Consts::At(ptr.const_null()),
     };
     let malloc = module.add_function(
         "malloc",
@@ -420,7 +463,7 @@ fn add_forward<'ctx>(
                 p(0).into(),
                 p(1).into(),
                 batch.into(),
-                weights.into(),
+                weights.address(&b)?.into(),
                 arena.into(),
                 ptr.const_null().into(),
             ],
@@ -591,6 +634,20 @@ pub fn header(graph: &Graph, levels: &[Level], sym: &str, emit: Emit) -> String 
             "-5 if this CPU runs none of the levels (or\n * RESNETC_CPU_LEVEL names none)",
         )
     };
+    // Constants laid out at the first call (`deferred`): the whole copy.
+    let deferred: usize = levels
+        .iter()
+        .filter(|l| !l.deferred.is_empty())
+        .map(|l| l.pool.data.len() * 4)
+        .sum();
+    let first_call = if deferred > 0 {
+        format!(
+            "\n * The first call also lays out the weights in {} MiB it keeps: it\n * transforms the 3x3 convs' Winograd filters, which the library stores\n * untransformed to stay small (other callers wait for it).",
+            deferred.div_ceil(1 << 20)
+        )
+    } else {
+        String::new()
+    };
     let (what, cc) = match emit {
         Emit::Obj => (format!("{sym}.o"), format!("{sym}.o")),
         _ => (format!("lib{sym}.a"), format!("-L. -l{sym}")),
@@ -630,7 +687,7 @@ void {sym}_set_num_threads(int n);
  * Returns 0 on success, -1 if batch < 1, -2 if the working memory could not
  * be allocated, {forward_codes}.
  * Re-entrant: any number of threads may call it at once (each
- * call has its own working memory; the weights are read-only). */
+ * call has its own working memory; the weights are read-only).{first_call} */
 int {sym}_forward(const float *input, float *output, int batch);
 
 /* `{sym}_forward` in the caller's working memory: `arena` holds at least

@@ -526,8 +526,8 @@ pub struct Costs {
     /// of the direct kernel's.
     margin_percent: u64,
     /// F(4×4) is considered only where its tile grid covers at most this
-    /// share (percent) of the output's area.
-    f4_max_cover_percent: u64,
+    /// share (percent) of the output's area (`None`: anywhere).
+    f4_max_cover_percent: Option<u64>,
 }
 
 impl Costs {
@@ -559,7 +559,7 @@ impl Costs {
                 weights_overlap: true,
                 output_percent: 150,
                 margin_percent: 100,
-                f4_max_cover_percent: 120,
+                f4_max_cover_percent: Some(120),
             };
         }
         Costs {
@@ -573,14 +573,15 @@ impl Costs {
             // densenet121's 56×56 and 28×28), and slower at 1.27 and above
             // (densenet121's 14×14 and 7×7).
             margin_percent: if pairs { 90 } else { 80 },
-            f4_max_cover_percent: u64::MAX,
+            f4_max_cover_percent: None,
         }
     }
 
     /// Whether F(4×4) is worth estimating for `s`.
     fn admits_f4(&self, s: &ConvShape) -> bool {
         let cover = s.oh.next_multiple_of(4) * s.ow.next_multiple_of(4);
-        cover * 100 <= s.oh * s.ow * self.f4_max_cover_percent
+        self.f4_max_cover_percent
+            .is_none_or(|most| cover * 100 <= s.oh * s.ow * most)
     }
 }
 

@@ -12,6 +12,7 @@
 //! second copy, fp32-rounded, for its other levels.
 
 use super::consts::ConstPool;
+use super::deferred::{self, Deferred};
 use super::CpuOptions;
 use crate::backend::llvm::{features, Arch, LlvmError};
 use crate::ir::Graph;
@@ -47,6 +48,9 @@ pub struct Level {
     /// Its kernels' plans; its constants are `pools[weights]`'s data.
     pub pool: ConstPool,
     pub weights: usize,
+    /// The owner of its weights (`pool.data` not empty): the Winograd
+    /// filters its library transforms at the first call.
+    pub deferred: Vec<Deferred>,
     /// The CPU features its code needs, checked at run time (LLVM names,
     /// comma-separated).
     pub needs: String,
@@ -71,9 +75,11 @@ pub fn plan(
     });
     if names.len() == 1 {
         // One level: the plain build, no run-time check.
+        let pool = ConstPool::for_options(graph, weights, derived, opts)?;
         return Ok(vec![Level {
             cpu: opts.cpu.clone(),
-            pool: ConstPool::for_options(graph, weights, derived, opts)?,
+            deferred: deferred::plan(graph, &pool, weights, derived),
+            pool,
             weights: 0,
             needs: String::new(),
         }]);
@@ -128,12 +134,13 @@ pub fn plan(
                     .narrowed(graph, isa, &level_opts)
                     .map(|p| (p, l.weights))
             });
-        let (pool, at) = match shared {
-            Some(s) => s,
+        let (pool, at, deferred) = match shared {
+            Some((p, at)) => (p, at, Vec::new()),
             None => {
                 let p = ConstPool::build(graph, weights, derived, &level_opts);
                 let at = levels.iter().map(|l| l.weights + 1).max().unwrap_or(0);
-                (p, at)
+                let d = deferred::plan(graph, &p, weights, derived);
+                (p, at, d)
             }
         };
         let mut need = need;
@@ -144,6 +151,7 @@ pub fn plan(
             cpu,
             pool,
             weights: at,
+            deferred,
             needs: need.join(","),
         });
     }

@@ -11,6 +11,7 @@ pub mod conv_transpose_plan;
 pub mod conv_winograd;
 #[cfg(test)]
 mod default_threads_tests;
+mod deferred;
 pub mod levels;
 pub mod lower;
 pub mod sizes;

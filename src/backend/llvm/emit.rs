@@ -289,6 +289,15 @@ impl<'a, 'ctx> Emitter<'a, 'ctx> {
         self.b.build_float_mul(a, b, "").expect(BUILDER)
     }
 
+    /// `v` widened or rounded (to nearest even) to `to`.
+    pub fn fcast(
+        &self,
+        v: FloatValue<'ctx>,
+        to: inkwell::types::FloatType<'ctx>,
+    ) -> FloatValue<'ctx> {
+        self.b.build_float_cast(v, to, "").expect(BUILDER)
+    }
+
     pub fn fdiv(&self, a: FloatValue<'ctx>, b: FloatValue<'ctx>) -> FloatValue<'ctx> {
         self.b.build_float_div(a, b, "").expect(BUILDER)
     }
