@@ -275,10 +275,11 @@ impl WinoConv {
         if pairs {
             // The pair kernels' GEMMs take half the steps: the transforms'
             // share of the time doubles, so count them in.
+            let k = Costs::of(isa, pairs);
             return candidates
                 .into_iter()
                 .map(plan)
-                .min_by_key(|p| (p.cost(&Costs::of(isa, pairs)), u64::MAX - p.r() * p.v))
+                .min_by_key(|p| (p.cost(&k), u64::MAX - p.r() * p.v))
                 .unwrap_or_else(|| plan((1, 1, 1)));
         }
         let best = candidates

@@ -95,7 +95,7 @@ struct Layout {
 impl Layout {
     fn of(p: &WinoConv) -> Layout {
         let (mr, panels) = (p.wpitch, p.oc.div_ceil(p.wpitch));
-        let points = (p.m + 2) * (p.m + 2);
+        let points = p.alpha() * p.alpha();
         Layout {
             mr,
             panels,
