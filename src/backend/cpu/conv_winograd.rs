@@ -988,10 +988,23 @@ fn panel_tiles<'ctx>(
         let at = e.add(e.mul(xi, e.int(stored)), sp);
         let up = e.at(wt, e.add(e.mul(at, e.int(p.kdim() * p.wpitch)), rows));
         let vp = e.at(vb, e.mul(xi, e.int(p.kdim() * r)));
+        // The weights the next point reads (after the last, the next
+        // panel's first), brought into L2 while this point's run: the
+        // transformed weights of the late layers (8 MB for resnet18's
+        // 512-channel convs in bf16 pairs) stream from memory, and the
+        // hardware prefetcher does not cross from one point's run to the
+        // next (measured on Zen 4: layer4 0.95 -> 0.66 ms).
+        let more = e.ult(xi, e.int(pts - 1));
+        let next_at = e.pick(more, e.add(at, e.int(stored)), e.add(sp, e.int(1)));
+        let nk = e.at_unchecked(wt, e.add(e.mul(next_at, e.int(p.kdim() * p.wpitch)), rows));
         e.for_const(0, p.kdim(), |e, ic| {
             let wk = e.at(up, e.mul(ic, e.int(p.wpitch)));
             let xk = e.at(vp, e.mul(ic, e.int(r)));
             let wv: Vec<VectorValue<'ctx>> = (0..v).map(|k| e.vload(wk, e.int(k * l))).collect();
+            let next = e.at_unchecked(nk, e.mul(ic, e.int(p.wpitch)));
+            for k in 0..v {
+                e.prefetch_l2(e.at_unchecked(next, e.int(k * l)));
+            }
             let mut acc: Vec<VectorValue<'ctx>> = slots.iter().map(|s| e.vget(*s)).collect();
             for j in 0..r {
                 let xb = e.vsplat(e.load(xk, e.int(j)));
