@@ -171,7 +171,7 @@ impl ConstPool {
     /// read f32 (or the other way round).
     pub fn narrowed(&self, graph: &Graph, isa: VectorIsa, opts: &CpuOptions) -> Option<ConstPool> {
         let pairs = conv_gemm::reads_pairs(isa, self.precision);
-        let differ = |p: &GemmConv| !p.transposed && p.pairs != pairs;
+        let differ = |p: &GemmConv| p.pairs != pairs;
         if !self.bf.is_empty()
             || self.gemm.values().any(differ)
             || self.wino.values().any(|w| w.pairs != pairs)

@@ -11,7 +11,7 @@
 //! much as any output reaches past it, so the tile reads no bounds.
 
 use super::conv_gemm::{
-    choose_channels, ConvShape, GemmConv, RowPhase, Staging, Tiling, PIXEL_BLOCK,
+    choose_channels, reads_pairs, ConvShape, GemmConv, RowPhase, Staging, Tiling, PIXEL_BLOCK,
 };
 use crate::backend::llvm::VectorIsa;
 use crate::ir::{Graph, Op};
@@ -114,8 +114,9 @@ pub fn plan(
         strip_cols: r / sw,
         kw,
         transposed: true,
-        // Transposed convs take the emulated bf16 path everywhere.
-        pairs: false,
+        // bf16 on AVX512-BF16: channel pairs as for convs (`stage` writes
+        // them, `pack` interleaves the `[ic, ocg]` rows alike).
+        pairs: reads_pairs(isa, precision),
         staging: Some(Staging {
             phases: vec![(0, 0)],
             hq,
@@ -126,6 +127,7 @@ pub fn plan(
             bf16: precision == Precision::Bf16,
         }),
     };
+    p.kc = p.kdim();
     p.split_rows();
     Some(p)
 }
