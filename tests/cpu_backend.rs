@@ -455,6 +455,42 @@ model transposed(x: f32[N, 5, 7, 9]) {
     }
 }
 
+/// Linear layers with a BN-ReLU prologue, a bias and ReLU epilogue, input
+/// lengths with and without a whole vector step (200, 37, 130): against
+/// the interpreter in fp32, and each layer against the bf16 interpreter,
+/// emulated and (where the host has AVX512-BF16) on `vdpbf16ps`.
+#[test]
+fn linear_layers_match_the_interpreter() {
+    let text = "model lin(x: f32[N, 200]) {
+    x |> bn: batchnorm() |> relu() |> fc1: linear(37) |> relu()
+      |> fc2: linear(130, bias: false) |> fc3: linear(5)
+}
+";
+    source_matches_the_interpreter(text, &[3, 200], 6, &[ConvKernel::Auto]);
+    let c = resnetc::front::compile_source("test.res", text, None)
+        .unwrap_or_else(|e| panic!("{}", e.render_plain()));
+    let w = random_weights(&specs_of(&c.graph), 6);
+    let x = random_tensor(&[3, 200], 6);
+    let mut cpus = vec!["x86-64-v3"];
+    if resnetc::backend::llvm::VectorIsa::of("native").dp_bf16 {
+        cpus.push("cooperlake");
+    }
+    for cpu in cpus {
+        let opts = CpuOptions {
+            cpu: cpu.into(),
+            precision: resnetc::precision::Precision::Bf16,
+            ..Default::default()
+        };
+        bf16_layers_match(
+            &format!("linear {cpu}"),
+            &optimized(&c.graph),
+            &w,
+            &x,
+            &opts,
+        );
+    }
+}
+
 /// Products (`mul`) per channel and elementwise whose operands and results
 /// are concat slices (tests/ir_cases/mul_slices.res), and SE-ResNet
 /// blocks whose gated branch takes the residual add and ReLU

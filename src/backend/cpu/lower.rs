@@ -966,14 +966,8 @@ fn linear<'ctx>(
             }
         })
         .collect();
-    let wload = |e: &Emitter<'_, 'ctx>, row, i| {
-        if bf16 {
-            e.vload_bf16(row, i)
-        } else {
-            e.vload(row, i)
-        }
-    };
-    let xload = |e: &Emitter<'_, 'ctx>, idx| {
+    // The prologue's values, not yet rounded.
+    let xvalue = |e: &Emitter<'_, 'ctx>, idx| {
         let mut xv = e.vload(xb, idx);
         if let (Some(p), Some((s, t))) = (fused.prologue, pro) {
             xv = e.vfma(xv, e.vload(a.konst(e, s), idx), e.vload(a.konst(e, t), idx));
@@ -981,10 +975,34 @@ fn linear<'ctx>(
                 xv = e.vact(xv, f);
             }
         }
-        if bf16 {
-            e.vround_bf16(xv)
+        xv
+    };
+    // bf16 on AVX512-BF16 (`conv_gemm::reads_pairs`): a vector holds 32
+    // inputs as bf16 pairs, as a weight row's 32 bf16 load, and one
+    // `vdpbf16ps` takes them (half the instructions of widening the
+    // weights for FMAs).
+    let pairs = conv_gemm::reads_pairs(c.pool.isa, c.pool.precision);
+    let lanes = e.lanes;
+    // Inputs a step of one accumulator covers.
+    let width = if pairs { 2 * lanes } else { lanes };
+    let xload = |e: &Emitter<'_, 'ctx>, idx| {
+        if pairs {
+            let hi = e.add(idx, e.int(lanes));
+            e.vcvt_bf16_halves(xvalue(e, idx), xvalue(e, hi))
+        } else if bf16 {
+            e.vround_bf16(xvalue(e, idx))
         } else {
-            xv
+            xvalue(e, idx)
+        }
+    };
+    let wload = |e: &Emitter<'_, 'ctx>, row, i: IntValue<'ctx>| {
+        if pairs {
+            // 32 bf16 from element `i` (even): 16 f32 slots from `i / 2`.
+            e.vload(row, e.sdiv(i, e.int(2)))
+        } else if bf16 {
+            e.vload_bf16(row, i)
+        } else {
+            e.vload(row, i)
         }
     };
     let accs: Vec<_> = os.iter().map(|_| e.slot()).collect();
@@ -994,8 +1012,7 @@ fn linear<'ctx>(
     // Per output, two vector accumulators over the bulk (an in-order
     // scalar sum is latency-bound and LLVM may not reorder it), then the
     // scalar tail.
-    let lanes = e.lanes;
-    let step = 2 * lanes;
+    let step = 2 * width;
     let bulk = inn / step * step;
     if bulk > 0 {
         let vs: Vec<Vec<_>> = os
@@ -1007,11 +1024,16 @@ fn linear<'ctx>(
         }
         e.for_const(0, inn / step, |e, i| {
             for h in 0..2 {
-                let idx = e.add(e.mul(i, e.int(step)), e.int(h * lanes));
+                let idx = e.add(e.mul(i, e.int(step)), e.int(h * width));
                 let xv = xload(e, idx);
                 for (j, row) in rows.iter().enumerate() {
                     let v = vs[j][h as usize];
-                    let r = e.vfma(xv, wload(e, *row, idx), e.vget(v));
+                    let wv = wload(e, *row, idx);
+                    let r = if pairs {
+                        e.vdp_bf16(e.vget(v), wv, xv)
+                    } else {
+                        e.vfma(xv, wv, e.vget(v))
+                    };
                     e.vset(v, r);
                 }
             }

@@ -46,18 +46,7 @@ impl<'ctx> Emitter<'_, 'ctx> {
         lo: VectorValue<'ctx>,
         hi: VectorValue<'ctx>,
     ) -> VectorValue<'ctx> {
-        let f = Intrinsic::find("llvm.x86.avx512bf16.cvtne2ps2bf16.512")
-            .and_then(|i| i.get_declaration(self.module, &[]))
-            .expect("LLVM knows its intrinsics");
-        // Halves: `lo` in bf16 elements 0..16, `hi` in 16..32.
-        let halves = self
-            .b
-            .build_call(f, &[hi.into(), lo.into()], "")
-            .expect(BUILDER)
-            .try_as_basic_value()
-            .basic()
-            .expect("cvtne2ps2bf16 returns a value")
-            .into_vector_value();
+        let halves = self.vcvt_bf16_halves(lo, hi);
         let i32t = self.ctx.i32_type();
         let idx: Vec<_> = (0..32u64)
             .map(|k| i32t.const_int(k / 2 + 16 * (k % 2), false))
@@ -69,6 +58,26 @@ impl<'ctx> Emitter<'_, 'ctx> {
         self.b
             .build_bit_cast(words, lo.get_type(), "")
             .expect(BUILDER)
+            .into_vector_value()
+    }
+
+    /// `lo` and `hi` rounded to bf16 (`vcvtne2ps2bf16`, denormals flushed)
+    /// as 32 bf16 in order, `lo`'s first: word `i` pairs elements `2i` and
+    /// `2i + 1` of the 32 values (a row of 32 consecutive bf16 as loaded).
+    pub fn vcvt_bf16_halves(
+        &self,
+        lo: VectorValue<'ctx>,
+        hi: VectorValue<'ctx>,
+    ) -> VectorValue<'ctx> {
+        let f = Intrinsic::find("llvm.x86.avx512bf16.cvtne2ps2bf16.512")
+            .and_then(|i| i.get_declaration(self.module, &[]))
+            .expect("LLVM knows its intrinsics");
+        self.b
+            .build_call(f, &[hi.into(), lo.into()], "")
+            .expect(BUILDER)
+            .try_as_basic_value()
+            .basic()
+            .expect("cvtne2ps2bf16 returns a value")
             .into_vector_value()
     }
 }
