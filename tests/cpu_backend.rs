@@ -411,8 +411,9 @@ model aliasing(x: f32[N, 8, 6, 6]) {
 
 /// Transposed convs run as channel tiles over row phases: strides 1-3,
 /// padding, output padding, dilation, groups, odd widths (ragged strips),
-/// a BatchNorm+ReLU prologue after a concat, a residual add and a BN
-/// folded into the output channels, all against the interpreter; in
+/// a BatchNorm+ReLU after a concat (an op of its own: transposed convs
+/// take no prologue), a residual add and a BN folded into the output
+/// channels, all against the interpreter; in
 /// bf16 each layer against the bf16 interpreter, emulated and (where the
 /// host has AVX512-BF16) on the pair kernels, an odd channel count among
 /// the inputs (the pair's second half zero).
@@ -429,30 +430,7 @@ model transposed(x: f32[N, 5, 7, 9]) {
 }
 "#;
     source_matches_the_interpreter(text, &[2, 5, 7, 9], 5, &[ConvKernel::Auto]);
-    let c = resnetc::front::compile_source("test.res", text, None)
-        .unwrap_or_else(|e| panic!("{}", e.render_plain()));
-    let w = random_weights(&specs_of(&c.graph), 5);
-    let x = random_tensor(&[2, 5, 7, 9], 5);
-    let mut cpus = vec!["x86-64-v3"];
-    if resnetc::backend::llvm::VectorIsa::of("native").dp_bf16 {
-        cpus.push("cooperlake");
-    } else {
-        eprintln!("this host has no AVX512-BF16: the pair kernels are not run");
-    }
-    for cpu in cpus {
-        let opts = CpuOptions {
-            cpu: cpu.into(),
-            precision: resnetc::precision::Precision::Bf16,
-            ..Default::default()
-        };
-        bf16_layers_match(
-            &format!("transposed {cpu}"),
-            &optimized(&c.graph),
-            &w,
-            &x,
-            &opts,
-        );
-    }
+    source_matches_bf16("transposed", text, &[2, 5, 7, 9], 5);
 }
 
 /// Linear layers with a BN-ReLU prologue, a bias and ReLU epilogue, input
@@ -467,13 +445,23 @@ fn linear_layers_match_the_interpreter() {
 }
 ";
     source_matches_the_interpreter(text, &[3, 200], 6, &[ConvKernel::Auto]);
+    source_matches_bf16("linear", text, &[3, 200], 6);
+}
+
+/// The model `text` with seeded random weights on a random input of
+/// `shape` in bf16, each layer against the bf16 interpreter: emulated
+/// (`x86-64-v3`) and, where the host has AVX512-BF16, on the pair kernels
+/// (`cooperlake`).
+fn source_matches_bf16(what: &str, text: &str, shape: &[usize], seed: u64) {
     let c = resnetc::front::compile_source("test.res", text, None)
         .unwrap_or_else(|e| panic!("{}", e.render_plain()));
-    let w = random_weights(&specs_of(&c.graph), 6);
-    let x = random_tensor(&[3, 200], 6);
+    let w = random_weights(&specs_of(&c.graph), seed);
+    let x = random_tensor(shape, seed);
     let mut cpus = vec!["x86-64-v3"];
     if resnetc::backend::llvm::VectorIsa::of("native").dp_bf16 {
         cpus.push("cooperlake");
+    } else {
+        eprintln!("this host has no AVX512-BF16: the pair kernels are not run");
     }
     for cpu in cpus {
         let opts = CpuOptions {
@@ -481,13 +469,8 @@ fn linear_layers_match_the_interpreter() {
             precision: resnetc::precision::Precision::Bf16,
             ..Default::default()
         };
-        bf16_layers_match(
-            &format!("linear {cpu}"),
-            &optimized(&c.graph),
-            &w,
-            &x,
-            &opts,
-        );
+        let what = format!("{what} {cpu}");
+        bf16_layers_match(&what, &optimized(&c.graph), &w, &x, &opts);
     }
 }
 
@@ -876,10 +859,16 @@ fn bf16_layers_match(
     let (y, values) = run_jit_layers(opt, w, x, opts).expect("cpu");
     let winograd = resnetc::backend::cpu::bf16_winograd(opt, opts);
     let diffs = layer_check(opt, w, &values, Precision::Bf16, &winograd).expect("check");
+    use resnetc::ir::Op;
     let convs = opt
         .schedule()
         .into_iter()
-        .filter(|&n| matches!(opt.node(n).op, resnetc::ir::Op::Conv { .. }))
+        .filter(|&n| {
+            matches!(
+                opt.node(n).op,
+                Op::Conv { .. } | Op::ConvTranspose { .. } | Op::Linear { .. }
+            )
+        })
         .count();
     assert!(
         diffs.len() >= convs,

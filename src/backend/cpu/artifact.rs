@@ -590,7 +590,8 @@ pub fn header(graph: &Graph, levels: &[Level], sym: &str, emit: Emit) -> String 
     let arena = levels::arena_bytes(graph, levels);
     let amx = levels.iter().any(|l| !l.pool.bf.is_empty());
     let wino = levels.iter().any(|l| l.pool.wino.values().any(|w| w.pairs));
-    let vectors = if levels.iter().any(|l| l.pool.gemm.values().any(|g| g.pairs)) {
+    let pairs = |l: &Level| super::conv_gemm::reads_pairs(l.pool.isa, l.pool.precision);
+    let vectors = if levels.iter().any(pairs) {
         "fp32 vector units or AVX512-BF16 pairs"
     } else {
         "fp32 vector units"
