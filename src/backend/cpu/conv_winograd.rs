@@ -223,7 +223,6 @@ impl WinoConv {
                 let direct = direct_cost(&s, isa, pairs, &k);
                 sizes
                     .iter()
-                    .filter(|&&m| m == 2 || k.admits_f4(&s))
                     .map(|&m| WinoConv::new(&s, isa, m, pitch, pairs))
                     .map(|p| (p.cost(&k), p))
                     .filter(|(c, _)| *c * 100 < direct * k.margin_percent)
@@ -406,7 +405,17 @@ impl WinoConv {
     /// Floats (or pair words) of one unit's transformed input
     /// `V[ξ][kdim][r]`: its broadcasts are one contiguous run per point.
     fn v_floats(&self) -> u64 {
-        self.points() * self.kdim() * self.r()
+        self.points() * self.v_point()
+    }
+
+    /// Floats from one point's run of `V` to the next: `kdim·r` rounded
+    /// up to an odd number of 64-byte lines, so that the α² stores of a
+    /// reduction step fall in different L1 sets. At a multiple of 4 KiB
+    /// (128 channels × 8 tiles) every one of them maps to one set, which
+    /// 36 lines overflow (measured on Zen 4: a 128→32 F(4×4) conv at
+    /// 14×14 spent most of its time in those stores).
+    fn v_point(&self) -> u64 {
+        ((self.kdim() * self.r()).div_ceil(16) | 1) * 16
     }
 
     /// Floats of workspace per image: the staged planes with room for the
@@ -526,9 +535,6 @@ pub struct Costs {
     /// Winograd is chosen where its estimate is below this share (percent)
     /// of the direct kernel's.
     margin_percent: u64,
-    /// F(4×4) is considered only where its tile grid covers at most this
-    /// share (percent) of the output's area (`None`: anywhere).
-    f4_max_cover_percent: Option<u64>,
 }
 
 impl Costs {
@@ -547,12 +553,16 @@ impl Costs {
     /// where F(4×4) everywhere took 385). There the transformed weights'
     /// stream overlaps the FMAs at about 8 bytes a slot (resnet50's 512 →
     /// 512 7×7 conv, whose 38 MB of F(4×4) weights stream from memory, ran
-    /// at 18 GB/s), the output transform costs half again its count, and
-    /// F(4×4) over grids that pad the output by a third (14×14, 7×7) ran
-    /// 1.0-1.7× F(2×2)'s time. Fitted by the time the chosen algorithm
-    /// loses against the best per model: none on resnet18/50, densenet121,
-    /// cifar_resnet20 and unet, 7-10% of unet_small's convs (F(4×4) on its
-    /// 8×8 and 16×16 maps).
+    /// at 18 GB/s), and the output transform costs half again its count.
+    /// Fitted by the time the chosen algorithm loses against the best per
+    /// model: none on resnet18/50, densenet121, cifar_resnet20 and unet,
+    /// 7-10% of unet_small's convs (F(4×4) on its 8×8 and 16×16 maps).
+    /// Session 23 also kept F(4×4) off grids that pad the output by a
+    /// third (14×14 and 7×7, where it ran 1.0-1.7× F(2×2)'s time); with
+    /// the weights prefetched and `V`'s points apart in L1 (`v_point`),
+    /// F(4×4) at 14×14 runs 0.7× F(2×2) on resnet's 256-channel convs and
+    /// level with it on densenet121's 128→32, and this model picks it
+    /// there and F(2×2) at 7×7 (session 24).
     pub fn of(isa: VectorIsa, pairs: bool) -> Costs {
         if isa.amd && !pairs {
             return Costs {
@@ -560,7 +570,6 @@ impl Costs {
                 weights_overlap: true,
                 output_percent: 150,
                 margin_percent: 100,
-                f4_max_cover_percent: Some(120),
             };
         }
         Costs {
@@ -574,15 +583,7 @@ impl Costs {
             // densenet121's 56×56 and 28×28), and slower at 1.27 and above
             // (densenet121's 14×14 and 7×7).
             margin_percent: if pairs { 90 } else { 80 },
-            f4_max_cover_percent: None,
         }
-    }
-
-    /// Whether F(4×4) is worth estimating for `s`.
-    fn admits_f4(&self, s: &ConvShape) -> bool {
-        let cover = s.oh.next_multiple_of(4) * s.ow.next_multiple_of(4);
-        self.f4_max_cover_percent
-            .is_none_or(|most| cover * 100 <= s.oh * s.ow * most)
     }
 }
 
@@ -846,7 +847,7 @@ fn store_step<'ctx>(
     let r = p.r();
     let at0 = e.add(e.mul(k, e.int(r)), e.mul(i, e.int(p.c)));
     for (xi, v) in z.into_iter().enumerate() {
-        let at = e.add(at0, e.int(xi as u64 * p.kdim() * r));
+        let at = e.add(at0, e.int(xi as u64 * p.v_point()));
         e.vstore_masked(vb, at, v, mask);
     }
 }
@@ -993,7 +994,7 @@ fn panel_tiles<'ctx>(
         }
         let at = e.add(e.mul(xi, e.int(stored)), sp);
         let up = e.at(wt, e.add(e.mul(at, e.int(p.kdim() * p.wpitch)), rows));
-        let vp = e.at(vb, e.mul(xi, e.int(p.kdim() * r)));
+        let vp = e.at(vb, e.mul(xi, e.int(p.v_point())));
         // The weights the next point reads (after the last, the next
         // panel's first), brought into L2 while this point's run: the
         // transformed weights of the late layers (8 MB for resnet18's
