@@ -69,15 +69,12 @@ impl<'ctx> Emitter<'_, 'ctx> {
         lo: VectorValue<'ctx>,
         hi: VectorValue<'ctx>,
     ) -> VectorValue<'ctx> {
-        let f = Intrinsic::find("llvm.x86.avx512bf16.cvtne2ps2bf16.512")
-            .and_then(|i| i.get_declaration(self.module, &[]))
-            .expect("LLVM knows its intrinsics");
-        self.b
-            .build_call(f, &[hi.into(), lo.into()], "")
-            .expect(BUILDER)
-            .try_as_basic_value()
-            .basic()
-            .expect("cvtne2ps2bf16 returns a value")
-            .into_vector_value()
+        self.call_intrinsic(
+            "llvm.x86.avx512bf16.cvtne2ps2bf16.512",
+            &[],
+            &[hi.into(), lo.into()],
+        )
+        .expect("cvtne2ps2bf16 returns a value")
+        .into_vector_value()
     }
 }
