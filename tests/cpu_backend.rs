@@ -448,6 +448,46 @@ fn linear_layers_match_the_interpreter() {
     source_matches_bf16("linear", text, &[3, 200], 6);
 }
 
+/// Stride-2 convs over an odd number of channels in bf16, whose last
+/// channel pairs its neighbouring column taps on the pair kernels
+/// (`GemmConv::tail`): a 7×7 stem over 3 channels, a 5×5 over 5 with a
+/// BN-ReLU prologue (staged into the tail plane), a 3×3 over 7; odd and
+/// even widths, paddings 3, 2, 1 and 0; each tiling, and the cost model's
+/// choice.
+#[test]
+fn odd_channel_strided_convs_match_the_interpreter_in_bf16() {
+    let text = "model odd(x: f32[N, 3, 29, 26]) {
+    let a = x |> c1: conv(24, k: 7, stride: 2, pad: 3, bias: true) |> relu() |> c2: conv(5, k: 1)
+    let b = a |> bn: batchnorm() |> relu() |> c3: conv(20, k: 5, stride: 2, pad: 2)
+    b |> c4: conv(7, k: 1) |> c5: conv(16, k: 3, stride: 2) |> c6: conv(9, k: 3, stride: 2, pad: 1)
+}
+";
+    source_matches_bf16("odd channels", text, &[2, 3, 29, 26], 8);
+    let c = resnetc::front::compile_source("test.res", text, None)
+        .unwrap_or_else(|e| panic!("{}", e.render_plain()));
+    let w = random_weights(&specs_of(&c.graph), 8);
+    let x = random_tensor(&[2, 3, 29, 26], 8);
+    if !resnetc::backend::llvm::VectorIsa::of("native").dp_bf16 {
+        eprintln!("this host has no AVX512-BF16: the pair kernels are not run");
+        return;
+    }
+    for conv in [ConvKernel::Pixels, ConvKernel::Channels] {
+        let opts = CpuOptions {
+            cpu: "cooperlake".into(),
+            conv,
+            precision: resnetc::precision::Precision::Bf16,
+            ..Default::default()
+        };
+        bf16_layers_match(
+            &format!("odd channels {conv:?}"),
+            &optimized(&c.graph),
+            &w,
+            &x,
+            &opts,
+        );
+    }
+}
+
 /// The model `text` with seeded random weights on a random input of
 /// `shape` in bf16, each layer against the bf16 interpreter: emulated
 /// (`x86-64-v3`) and, where the host has AVX512-BF16, on the pair kernels

@@ -28,7 +28,7 @@
 //! accumulators in registers so that each channel's pixels are one
 //! contiguous store. A cost model picks the tiling per conv.
 
-use super::lower::{fused_operands, prologue_value, valid_range, Args, Ctx, Unit};
+use super::lower::{fused_operands, prologue_value, valid_range, vprologue_value, Args, Ctx, Unit};
 use crate::backend::llvm::emit::Emitter;
 use crate::backend::llvm::LlvmError;
 use crate::backend::llvm::VectorIsa;
@@ -153,6 +153,13 @@ pub struct GemmConv {
     /// weight slot a 32-bit word of two bf16, the product `vdpbf16ps` (half the
     /// instructions and bytes of fp32 per reduction step).
     pub pairs: bool,
+    /// With `pairs` and an odd `icg` (the stem's 3 channels): the last
+    /// pair plane holds the odd channel at two horizontally neighbouring
+    /// taps, `(x[sw·j + px], x[sw·j + px + 1])`, in place of that channel
+    /// beside a zero, so it reduces over the even column taps only, each
+    /// word's weights taps `kx` and `kx + 1` (`tail_taps`): the 7×7
+    /// stem's 98 pair steps an output become 49 + 28.
+    pub tail: bool,
     pub staging: Option<Staging>,
 }
 
@@ -271,6 +278,9 @@ impl GemmConv {
         };
         let strided = (sh, sw) != (1, 1);
         let pairs = reads_pairs(isa, precision);
+        // Column taps `kx` and `kx + 1` lie in one staged word only where
+        // a stride of 2 puts both in the even column phase's row.
+        let tail = pairs && g == 1 && icg % 2 == 1 && sw == 2 && dw == 1 && kw >= 3;
         let (tiling, mr) = choose_tiling(ocg, (oh, ow, wq), (kw, strided), isa, kernel, pitch);
         let panels = (oh * wq).div_ceil(2 * isa.lanes);
         // A channel tile's one row phase: every row, every tap, pixel `j`
@@ -316,6 +326,7 @@ impl GemmConv {
             kw,
             transposed: false,
             pairs,
+            tail,
             staging,
         };
         p.kc = p.kdim();
@@ -337,6 +348,7 @@ impl GemmConv {
         };
         let per_ic = self.panel_bytes() / self.kdim();
         if self.transposed
+            || self.tail
             || self.panel_bytes() < KBLOCK_MIN_PANEL
             || self.spill_floats(r) * 4 > KBLOCK_MAX_SPILL
         {
@@ -364,6 +376,17 @@ impl GemmConv {
         } else {
             self.icg
         }
+    }
+
+    /// Whether tap `ti` (row-major) is read by the tail pair (`tail`):
+    /// the even column taps.
+    pub fn tail_tap(&self, ti: u64) -> bool {
+        (ti % self.kw).is_multiple_of(2)
+    }
+
+    /// Pairs reduced over every tap: all of them, but the tail pair.
+    fn full_pairs(&self) -> u64 {
+        self.kdim() - u64::from(self.tail)
     }
 
     /// Floats of accumulators a `Channels` unit keeps between reduction
@@ -440,7 +463,20 @@ impl GemmConv {
                     for tap in 0..t {
                         for r in 0..self.mr {
                             let oc = op * self.mr + r;
-                            out.push(if self.pairs {
+                            let kx = tap % self.kw;
+                            out.push(if self.tail && k + 1 == self.kdim() {
+                                // Taps `kx` and `kx + 1` of the odd channel
+                                // on the even taps (`tail_taps`), zero on
+                                // the odd ones (never read).
+                                let half = |tap| u32::from(bf16_bits(value(g, oc, 2 * k, tap)));
+                                let next = if kx + 1 < self.kw { half(tap + 1) } else { 0 };
+                                let word = if kx.is_multiple_of(2) {
+                                    half(tap) | next << 16
+                                } else {
+                                    0
+                                };
+                                f32::from_bits(word)
+                            } else if self.pairs {
                                 let half = |ic| u32::from(bf16_bits(value(g, oc, ic, tap)));
                                 f32::from_bits(half(2 * k) | half(2 * k + 1) << 16)
                             } else {
@@ -679,22 +715,87 @@ pub(super) fn stage<'ctx>(
         None if st.bf16 => Rounding::Bf16,
         None => Rounding::None,
     };
-    for (f, &(py, px)) in st.phases.iter().enumerate() {
-        let base = e.at(dst, e.int(f as u64 * hq * wq));
-        let signed = |v: i64| e.int(v as u64);
-        let shift = (signed(py as i64 - ph as i64), signed(px as i64 - pw as i64));
-        pad_plane(
-            e,
-            fused,
-            (src, base, ss),
-            (h, w),
-            (hq, wq),
-            (sh, sw),
-            shift,
-            round,
-        );
+    let planes = |e: &mut Emitter<'_, 'ctx>| {
+        for (f, &(py, px)) in st.phases.iter().enumerate() {
+            let base = e.at(dst, e.int(f as u64 * hq * wq));
+            let signed = |v: i64| e.int(v as u64);
+            let shift = (signed(py as i64 - ph as i64), signed(px as i64 - pw as i64));
+            pad_plane(
+                e,
+                fused,
+                (src, base, ss),
+                (h, w),
+                (hq, wq),
+                (sh, sw),
+                shift,
+                round,
+            );
+        }
+    };
+    if p.tail {
+        let k = e.srem(ch, e.int(p.kdim()));
+        let paired = e.ult(k, e.int(p.kdim() - 1));
+        e.if_else(paired, planes, |e| {
+            stage_tail(e, fused, (src, dst, ss), st, wq)
+        });
+    } else {
+        planes(e);
     }
     Ok(())
+}
+
+/// Stages the tail pair of a `tail` conv (stride 2 across): its even
+/// column phase planes' words are `(x[2j + px], x[2j + px + 1])` of the
+/// padded row, i.e. the padded row itself as consecutive bf16, two
+/// vectors of it rounded by one `vcvtne2ps2bf16` per 16 words. The odd
+/// column phases are not read (the tail reads the even taps only).
+#[allow(clippy::type_complexity)]
+fn stage_tail<'ctx>(
+    e: &mut Emitter<'_, 'ctx>,
+    fused: &Fused,
+    (src, dst, ss): (
+        PointerValue<'ctx>,
+        PointerValue<'ctx>,
+        Option<(FloatValue<'ctx>, FloatValue<'ctx>)>,
+    ),
+    st: &Staging,
+    wq: u64,
+) {
+    let (h, w, hq) = (st.h, st.w, st.hq);
+    let ((sh, _), (ph, pw)) = (st.stride, st.pad);
+    let lanes = e.lanes;
+    for (f, &(py, px)) in st.phases.iter().enumerate() {
+        if px != 0 {
+            continue;
+        }
+        let plane = e.at(dst, e.int(f as u64 * hq * wq));
+        e.for_const(0, hq, |e, i| {
+            // Row `iy` of the input, or none (a padding row: every lane
+            // masked off, no load).
+            let iy = e.add(e.mul(i, e.int(sh)), e.int((py as i64 - ph as i64) as u64));
+            let hi = e.pick(e.ult(iy, e.int(h)), e.int(w), e.int(0));
+            let row = e.at_unchecked(src, e.mul(iy, e.int(w)));
+            let out = e.at(plane, e.mul(i, e.int(wq)));
+            for k in 0..wq.div_ceil(lanes) {
+                let half = |e: &Emitter<'_, 'ctx>, m: u64| {
+                    let c = e.int((((2 * k + m) * lanes) as i64 - pw as i64) as u64);
+                    let mask = e.vin_range(e.vindices(c, 0), e.int(0), hi);
+                    let v = vprologue_value(e, fused, e.vload_masked(row, c, mask), ss);
+                    let v = e.b.build_select(mask, v, e.vzero(), "").expect("select");
+                    v.into_vector_value()
+                };
+                let words = e.vcvt_bf16_halves(half(e, 0), half(e, 1));
+                let words = e.b.build_bit_cast(words, e.vty(), "").expect("bitcast");
+                let (at, words) = (e.int(k * lanes), words.into_vector_value());
+                if (k + 1) * lanes <= wq {
+                    e.vstore(out, at, words);
+                } else {
+                    let mask = e.vin_range(e.vindices(at, 0), e.int(0), e.int(wq));
+                    e.vstore_masked(out, at, words, mask);
+                }
+            }
+        });
+    }
 }
 
 /// How a staged plane's values are stored: as the f32 the prologue gives,
@@ -757,36 +858,14 @@ pub(super) fn pad_plane<'ctx>(
             let n = e.sub(j1, j0);
             let lanes = e.int(e.lanes);
             let src2 = row2.map(|(r, ss, live)| (e.at(r, ix0), ss, live));
-            let pro = |e: &Emitter<'_, 'ctx>,
-                       v,
-                       ss: Option<(FloatValue<'ctx>, FloatValue<'ctx>)>| {
-                match (fused.prologue, ss) {
-                    (Some(p), Some((s, t))) => {
-                        let v = e.vfma(v, e.vsplat(s), e.vsplat(t));
-                        p.act.map_or(v, |f| e.vact(v, f))
-                    }
-                    _ => v,
-                }
-            };
             // The value stored for the lanes at `at` (`mask`: those read).
             let value = |e: &Emitter<'_, 'ctx>, at, mask: Option<VectorValue<'ctx>>| {
                 let load = |src| match mask {
                     Some(m) => e.vload_masked(src, at, m),
                     None => e.vload(src, at),
                 };
-                let v = pro(e, load(src), ss);
-                match (src2, round) {
-                    (Some((src2, ss2, live)), _) => {
-                        let hi = pro(e, load(src2), ss2);
-                        let hi =
-                            e.b.build_select(live, hi, e.vzero(), "")
-                                .expect("select")
-                                .into_vector_value();
-                        e.vcvt_bf16_pairs(v, hi)
-                    }
-                    (None, Rounding::Bf16) => e.vround_bf16(v),
-                    _ => v,
-                }
+                let hi = src2.map(|(src2, ss2, live)| (load(src2), ss2, live));
+                staged_value(e, fused, round, (load(src), ss), hi)
             };
             let full = e.sdiv(n, lanes);
             e.for_range(z, full, |e, k| {
@@ -798,6 +877,27 @@ pub(super) fn pad_plane<'ctx>(
             let mask = e.vin_range(e.vindices(at, 0), z, n);
             let v = value(e, at, Some(mask));
             e.vstore_masked(dst, at, v, mask);
+        } else if sw == 2 {
+            // Two vectors of the row, their even lanes: 16 outputs a step,
+            // reading only the input's columns (masked past its ends).
+            let lanes = e.int(e.lanes);
+            let steps = e.sdiv(e.add(e.sub(j1, j0), e.int(e.lanes - 1)), lanes);
+            e.for_range(z, steps, |e, k| {
+                let j = e.add(j0, e.mul(k, lanes));
+                let ix = e.add(e.mul(j, e.int(2)), shift_x);
+                let even = |e: &Emitter<'_, 'ctx>, src| {
+                    let [a, b] = [0, 1].map(|m| {
+                        let at = e.add(ix, e.int(m * e.lanes));
+                        let mask = e.vin_range(e.vindices(at, 0), z, e.int(w));
+                        e.vload_masked(src, at, mask)
+                    });
+                    e.vevery_other(a, b, 0)
+                };
+                let hi = row2.map(|(src2, ss2, live)| (even(e, src2), ss2, live));
+                let v = staged_value(e, fused, round, (even(e, xrow), ss), hi);
+                let mask = e.vin_range(e.vindices(j, 0), z, j1);
+                e.vstore_masked(row, j, v, mask);
+            });
         } else {
             e.for_range(j0, j1, |e, j| {
                 let ix = e.add(e.mul(j, e.int(sw)), shift_x);
@@ -820,6 +920,36 @@ pub(super) fn pad_plane<'ctx>(
     e.for_range(i1, e.int(hq), |e, i| {
         zero_row(e, e.at(dst, e.mul(i, e.int(wq))), z, full)
     });
+}
+
+/// A staged vector from the input values `lo` (with the prologue's
+/// `ss`) and, for pairs, the second channel's `hi` (zero where `live` is
+/// false), rounded as `round` says.
+#[allow(clippy::type_complexity)]
+fn staged_value<'ctx>(
+    e: &Emitter<'_, 'ctx>,
+    fused: &Fused,
+    round: Rounding<'ctx>,
+    (lo, ss): (
+        VectorValue<'ctx>,
+        Option<(FloatValue<'ctx>, FloatValue<'ctx>)>,
+    ),
+    hi: Option<(
+        VectorValue<'ctx>,
+        Option<(FloatValue<'ctx>, FloatValue<'ctx>)>,
+        IntValue<'ctx>,
+    )>,
+) -> VectorValue<'ctx> {
+    let v = vprologue_value(e, fused, lo, ss);
+    match (hi, round) {
+        (Some((hi, ss2, live)), _) => {
+            let hi = vprologue_value(e, fused, hi, ss2);
+            let hi = e.b.build_select(live, hi, e.vzero(), "").expect("select");
+            e.vcvt_bf16_pairs(v, hi.into_vector_value())
+        }
+        (None, Rounding::Bf16) => e.vround_bf16(v),
+        _ => v,
+    }
 }
 
 /// The fused prologue and epilogue of a conv or transposed conv.
@@ -979,13 +1109,14 @@ fn gemm_pixels<'ctx>(
             let tp = e.add(e.mul(op, e.sub(t1, t0)), e.sub(tile, t0));
             let tp = e.smin(tp, e.int(lines - 1));
             let ahead = e.add(e.mul(e.sub(t1, tile), e.int(nr)), e.mul(tp, e.int(LINE)));
-            e.for_const(0, p.kdim(), |e, ic| {
+            let reduce = |e: &mut Emitter<'_, 'ctx>, ic: IntValue<'ctx>, tail: bool| {
                 let xc = e.at(xg, e.mul(ic, e.int(p.plane)));
                 let wk = e.at(wp, e.mul(ic, e.int(t * pitch)));
                 e.prefetch_l2(e.at_unchecked(xc, ahead));
                 let mut acc: Vec<[VectorValue<'ctx>; 2]> =
                     slots.iter().map(|s| [e.vget(s[0]), e.vget(s[1])]).collect();
-                for (ti, &off) in p.taps.iter().enumerate() {
+                let taps = p.taps.iter().enumerate();
+                for (ti, &off) in taps.filter(|&(ti, _)| !tail || p.tail_tap(ti as u64)) {
                     let x0 = e.vload(xc, e.int(off));
                     let x1 = e.vload(xc, e.int(off + lanes));
                     for (r, pair) in acc.iter_mut().enumerate() {
@@ -998,7 +1129,12 @@ fn gemm_pixels<'ctx>(
                     e.vset(s[0], v[0]);
                     e.vset(s[1], v[1]);
                 }
-            });
+            };
+            e.for_const(0, p.full_pairs(), |e, ic| reduce(e, ic, false));
+            if p.tail {
+                let ic = e.int(p.kdim() - 1);
+                reduce(e, ic, true);
+            }
             let local0 = e.mul(op, e.int(mr));
             let tile = Tile {
                 p,
@@ -1131,7 +1267,7 @@ fn gemm_channels<'ctx>(
                         }),
                     }
                     let ic0 = e.mul(kb, e.int(p.kc));
-                    e.for_range(ic0, e.add(ic0, e.int(p.kc)), |e, ic| {
+                    let reduce = |e: &mut Emitter<'_, 'ctx>, ic: IntValue<'ctx>, tail: bool| {
                         let xc = e.at(xq, e.mul(ic, e.int(p.plane)));
                         let wk = e.at(wp, e.mul(ic, e.int(t * pitch)));
                         if let Some((lines, every)) = prefetch {
@@ -1153,7 +1289,12 @@ fn gemm_channels<'ctx>(
                         // repeated broadcasts of neighbouring taps itself and
                         // keeps them all live: a 3×3 32 × 14 tile spilled a
                         // register per FMA.
-                        let rows = ph.uses.chunk_by(|x, y| x.0 / p.kw == y.0 / p.kw);
+                        let uses: Vec<&(u64, Vec<(u64, u64)>)> = ph
+                            .uses
+                            .iter()
+                            .filter(|u| !tail || p.tail_tap(u.0))
+                            .collect();
+                        let rows = uses.chunk_by(|x, y| x.0 / p.kw == y.0 / p.kw);
                         for group in rows.flat_map(|row| row.chunks(tap_group(p.kw) as usize)) {
                             let wv: Vec<Vec<VectorValue<'ctx>>> = group
                                 .iter()
@@ -1184,7 +1325,15 @@ fn gemm_channels<'ctx>(
                         for (s, v) in slots.iter().zip(&acc) {
                             e.vset(*s, *v);
                         }
-                    });
+                    };
+                    // The tail pair (`tail`: never with reduction blocks)
+                    // after the others.
+                    let end = e.add(ic0, e.int(p.kc - u64::from(p.tail)));
+                    e.for_range(ic0, end, |e, ic| reduce(e, ic, false));
+                    if p.tail {
+                        let ic = e.int(p.kdim() - 1);
+                        reduce(e, ic, true);
+                    }
                     // Epilogue: each lanes × lanes block of (pixel, channel)
                     // accumulators is transposed in registers, so every channel's
                     // pixels are one contiguous (masked at a row's end) vector in

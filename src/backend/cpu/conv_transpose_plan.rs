@@ -117,6 +117,7 @@ pub fn plan(
         // bf16 on AVX512-BF16: channel pairs as for convs (`stage` writes
         // them, `pack` interleaves the `[ic, ocg]` rows alike).
         pairs: reads_pairs(isa, precision),
+        tail: false,
         staging: Some(Staging {
             phases: vec![(0, 0)],
             hq,

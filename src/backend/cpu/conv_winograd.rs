@@ -943,7 +943,22 @@ pub(super) fn gemm<'ctx>(
     let p0 = e.mul(group, e.int(gp));
     let p1 = e.smin(e.add(p0, e.int(gp)), e.int(p.panels));
     e.for_range(p0, p1, |e, panel| {
-        panel_tiles(e, p, (wt, vb, scratch, &slots), panel);
+        // A last block of fewer tile rows (resnet's 7 rows of 14×14 maps
+        // in blocks of 2) runs a register tile of its own rows only,
+        // where the full one spent an eighth of the layer's GEMMs on
+        // junk rows.
+        let short = p.th % p.kr;
+        if short == 0 {
+            panel_tiles(e, p, (wt, vb, scratch, &slots), panel);
+        } else {
+            let whole = e.ult(e.add(row0, e.int(p.kr - 1)), e.int(p.th));
+            let part = &slots[..(short * p.c * v) as usize];
+            e.if_else(
+                whole,
+                |e| panel_tiles(e, p, (wt, vb, scratch, &slots), panel),
+                |e| panel_tiles(e, p, (wt, vb, scratch, part), panel),
+            );
+        }
         let at = PanelBlock {
             scratch,
             b,
@@ -960,7 +975,9 @@ pub(super) fn gemm<'ctx>(
 }
 
 /// The GEMMs of one panel over the unit's block: per point, the register
-/// tile over every input channel, stored to the scratch.
+/// tile over every input channel, stored to the scratch. `slots` hold the
+/// tile's accumulators: `v` per tile, for the block's first
+/// `slots.len() / v` tiles (fewer than `r` in a short last block).
 #[allow(clippy::type_complexity)]
 fn panel_tiles<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
@@ -974,6 +991,7 @@ fn panel_tiles<'ctx>(
     panel: IntValue<'ctx>,
 ) {
     let (l, v, r, mr) = (p.lanes, p.v, p.r(), p.mr());
+    let used = slots.len() as u64 / v;
     let pts = p.points();
     // The stored panel holding this register tile, and the tile's rows in
     // it (`wpitch / mr` tiles a stored panel).
@@ -1017,7 +1035,7 @@ fn panel_tiles<'ctx>(
                 e.prefetch_l2(e.at_unchecked(next, e.int(k * l)));
             }
             let mut acc: Vec<VectorValue<'ctx>> = slots.iter().map(|s| e.vget(*s)).collect();
-            for j in 0..r {
+            for j in 0..used {
                 let xb = e.vsplat(e.load(xk, e.int(j)));
                 for k in 0..v {
                     let i = (j * v + k) as usize;

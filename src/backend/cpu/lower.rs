@@ -27,7 +27,9 @@ use crate::ir::Graph;
 use inkwell::context::Context;
 use inkwell::module::{Linkage, Module};
 use inkwell::types::BasicMetadataTypeEnum;
-use inkwell::values::{BasicMetadataValueEnum, FloatValue, FunctionValue, IntValue, PointerValue};
+use inkwell::values::{
+    BasicMetadataValueEnum, FloatValue, FunctionValue, IntValue, PointerValue, VectorValue,
+};
 use inkwell::IntPredicate;
 use petgraph::stable_graph::NodeIndex;
 use std::cell::RefCell;
@@ -794,6 +796,22 @@ pub(super) fn prologue_value<'ctx>(
         (Some(p), Some((s, t))) => {
             let v = e.fmuladd(x, s, t);
             p.act.map_or(v, |f| e.act(v, f))
+        }
+        _ => x,
+    }
+}
+
+/// `prologue_value` on a vector.
+pub(super) fn vprologue_value<'ctx>(
+    e: &Emitter<'_, 'ctx>,
+    fused: &Fused,
+    x: VectorValue<'ctx>,
+    st: Option<(FloatValue<'ctx>, FloatValue<'ctx>)>,
+) -> VectorValue<'ctx> {
+    match (fused.prologue, st) {
+        (Some(p), Some((s, t))) => {
+            let v = e.vfma(x, e.vsplat(s), e.vsplat(t));
+            p.act.map_or(v, |f| e.vact(v, f))
         }
         _ => x,
     }

@@ -431,6 +431,23 @@ impl<'ctx> Emitter<'_, 'ctx> {
             .collect()
     }
 
+    /// Lanes `2i + k` of the `2·lanes` values `a` then `b`: a stride-2
+    /// read from two consecutive loads (`vpermt2ps` on x86).
+    pub fn vevery_other(
+        &self,
+        a: VectorValue<'ctx>,
+        b: VectorValue<'ctx>,
+        k: u64,
+    ) -> VectorValue<'ctx> {
+        let i32t = self.ctx.i32_type();
+        let idx: Vec<_> = (0..self.lanes)
+            .map(|i| i32t.const_int(2 * i + k, false))
+            .collect();
+        self.b
+            .build_shuffle_vector(a, b, VectorType::const_vector(&idx), "")
+            .expect(BUILDER)
+    }
+
     /// Element `idx` of an array of vectors (a stack scratch).
     pub fn vat(&self, array: PointerValue<'ctx>, idx: IntValue<'ctx>) -> PointerValue<'ctx> {
         // SAFETY (LLVM semantics): callers index within the array.
