@@ -704,22 +704,32 @@ fn stage_channel<'ctx>(
     let src = e.at(a.image(e, c.view(ops[0]), b), e.mul(ic, e.int(p.h * p.w)));
     let plane = e.at(ws, e.mul(ic, e.int(hp * wp)));
     let ss = pro.map(|(s, t)| (e.load(a.konst(e, s), ic), e.load(a.konst(e, t), ic)));
-    let neg = |v: u64| e.int(0u64.wrapping_sub(v));
-    let shift = (neg(p.pad.0), neg(p.pad.1));
-    pad_plane(
-        e,
-        fused,
-        (src, plane, ss),
-        (p.h, p.w),
-        (hp, wp),
-        (1, 1),
-        shift,
-        if p.pairs {
-            Rounding::Bf16
-        } else {
-            Rounding::None
-        },
-    );
+    let round = if p.pairs {
+        Rounding::Bf16
+    } else {
+        Rounding::None
+    };
+    // F(2×2)'s patches start on even columns: its plane is staged as its
+    // even then its odd columns (`wp` is even), so that a patch row's four
+    // values over a block row's tiles are four plain vector loads
+    // (`transform_row`) rather than two wide loads split by shuffles.
+    let phases = if p.m == 2 { 2 } else { 1 };
+    for px in 0..phases {
+        let neg = |v: u64| e.int(0u64.wrapping_sub(v));
+        let shift = (neg(p.pad.0), neg(p.pad.1.wrapping_sub(px)));
+        let at = e.at(plane, e.int(px * hp * (wp / phases)));
+        let (sizes, stride) = ((hp, wp / phases), (1, phases));
+        pad_plane(
+            e,
+            fused,
+            (src, at, ss),
+            (p.h, p.w),
+            sizes,
+            stride,
+            shift,
+            round,
+        );
+    }
 }
 
 /// The input transform of one block (tile rows `row0..row0 + kr`, tile
@@ -886,6 +896,20 @@ fn transform_row<'ctx>(
     let (m, alpha, wp) = (p.m, p.alpha() as usize, p.wp());
     let plane = e.at(planes, e.mul(ic, e.int(p.hp() * wp)));
     let mut d = Vec::with_capacity(alpha * alpha);
+    if m == 2 {
+        // The even and odd column planes (`stage_channel`): patch column
+        // `q` of tile `j` is column `j + q / 2` of plane `q % 2`.
+        let half = wp / 2;
+        for k in 0..alpha as u64 {
+            let y = e.add(e.mul(ty, e.int(m)), e.int(k));
+            let row = e.add(e.mul(y, e.int(half)), col0);
+            for q in 0..alpha as u64 {
+                let at = e.add(row, e.int((q % 2) * p.hp() * half + q / 2));
+                d.push(e.vload(plane, at));
+            }
+        }
+        return apply2(e, &Transform::of(m).bt, &d, alpha);
+    }
     for k in 0..alpha as u64 {
         let y = e.add(e.mul(ty, e.int(m)), e.int(k));
         let row = e.add(e.mul(y, e.int(wp)), e.mul(col0, e.int(m)));
