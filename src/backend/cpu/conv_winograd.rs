@@ -377,7 +377,7 @@ impl WinoConv {
     /// Units per image of the staging: one per input channel, or with
     /// `shared` one per reduction step (channel or channel pair).
     pub fn input_units(&self) -> u64 {
-        if self.shared {
+        if self.shared || self.pairs {
             self.kdim()
         } else {
             self.ic
@@ -398,8 +398,11 @@ impl WinoConv {
         self.tw * self.m + 2
     }
 
+    /// Floats of the staged planes: one per input channel, or with
+    /// `pairs` one of words per channel pair.
     fn planes(&self) -> u64 {
-        self.ic * self.hp() * self.wp()
+        let steps = if self.pairs { self.kdim() } else { self.ic };
+        steps * self.hp() * self.wp()
     }
 
     /// Floats (or pair words) of one unit's transformed input
@@ -667,27 +670,22 @@ pub(super) fn stage<'ctx>(
     p: &WinoConv,
     (b, u): Unit<'ctx>,
 ) {
-    if !p.shared {
-        return stage_channel(e, c, a, n, p, (b, u));
-    }
     // Reduction step `u`: its channel, or pair of channels (the second
-    // zero past an odd count), staged, then transformed for every block.
-    let ws = a.image(e, c.workspace(e), b);
-    if !p.pairs {
-        stage_channel(e, c, a, n, p, (b, u));
-        return transform_step(e, p, ws, u, (u, None));
+    // zero past an odd count), staged, then with `shared` transformed for
+    // every block.
+    stage_channel(e, c, a, n, p, (b, u));
+    if p.shared {
+        let ws = a.image(e, c.workspace(e), b);
+        transform_step(e, p, ws, u);
     }
-    let lo = e.mul(u, e.int(2));
-    let hi = e.add(lo, e.int(1));
-    let live = e.ult(hi, e.int(p.ic));
-    stage_channel(e, c, a, n, p, (b, lo));
-    e.if_else(live, |e| stage_channel(e, c, a, n, p, (b, hi)), |_| {});
-    let hi = e.pick(live, hi, lo);
-    transform_step(e, p, ws, u, (lo, Some((hi, live))));
 }
 
-/// Stages input channel `ic` of image `b`: zero-padded, prologue applied,
-/// every transform patch inside the plane (rounded to bf16 with `pairs`).
+/// Stages reduction step `ic` of image `b`: zero-padded, prologue applied,
+/// every transform patch inside the plane. With `pairs`, step `ic` is
+/// channels `2·ic` and `2·ic + 1` rounded to bf16 and packed in words
+/// (the second zero past an odd count): half the bytes of two fp32
+/// planes, which for DenseNet's 128-channel 56×56 inputs (1.7 MB in fp32)
+/// is what keeps them in L2 for the units' transforms.
 fn stage_channel<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     c: &Ctx<'_, 'ctx>,
@@ -701,14 +699,21 @@ fn stage_channel<'ctx>(
     let (pro, _, _) = fused_operands(c, &ops, fused);
     let (hp, wp) = (p.hp(), p.wp());
     let ws = a.image(e, c.workspace(e), b);
-    let src = e.at(a.image(e, c.view(ops[0]), b), e.mul(ic, e.int(p.h * p.w)));
-    let plane = e.at(ws, e.mul(ic, e.int(hp * wp)));
-    let ss = pro.map(|(s, t)| (e.load(a.konst(e, s), ic), e.load(a.konst(e, t), ic)));
-    let round = if p.pairs {
-        Rounding::Bf16
-    } else {
-        Rounding::None
+    let x = a.image(e, c.view(ops[0]), b);
+    let channel = |e: &Emitter<'_, 'ctx>, ch: IntValue<'ctx>| {
+        let ss = pro.map(|(s, t)| (e.load(a.konst(e, s), ch), e.load(a.konst(e, t), ch)));
+        (e.at(x, e.mul(ch, e.int(p.h * p.w))), ss)
     };
+    let plane = e.at(ws, e.mul(ic, e.int(hp * wp)));
+    let (first, round) = if p.pairs {
+        let lo = e.mul(ic, e.int(2));
+        let live = e.ult(e.add(lo, e.int(1)), e.int(p.ic));
+        let (x, ss) = channel(e, e.pick(live, e.add(lo, e.int(1)), lo));
+        (lo, Rounding::Pairs { x, ss, live })
+    } else {
+        (ic, Rounding::None)
+    };
+    let (src, ss) = channel(e, first);
     // F(2×2)'s patches start on even columns: its plane is staged as its
     // even then its odd columns (`wp` is even), so that a patch row's four
     // values over a block row's tiles are four plain vector loads
@@ -745,69 +750,34 @@ fn input_transform<'ctx>(
     (row0, col0): (IntValue<'ctx>, IntValue<'ctx>),
 ) {
     let (mask, rows) = block_bounds(e, p, (row0, col0));
-    #[allow(clippy::type_complexity)]
-    let step = |e: &mut Emitter<'_, 'ctx>,
-                k,
-                channels: (
-        IntValue<'ctx>,
-        Option<(IntValue<'ctx>, Option<IntValue<'ctx>>)>,
-    )| {
+    e.for_const(0, p.kdim(), |e, k| {
         e.for_range(e.int(0), rows, |e, i| {
-            let z = step_row(e, p, planes, channels, (e.add(row0, i), col0));
+            let z = step_row(e, p, planes, k, (e.add(row0, i), col0));
             store_step(e, p, (vb, mask), (k, i), z);
         });
-    };
-    // Whole steps (a channel, or a pair), then with pairs an odd last
-    // channel beside zeros.
-    let whole = if p.pairs { p.ic / 2 } else { p.ic };
-    e.for_const(0, whole, |e, k| {
-        let channels = if p.pairs {
-            let lo = e.mul(k, e.int(2));
-            (lo, Some((e.add(lo, e.int(1)), None)))
-        } else {
-            (k, None)
-        };
-        step(e, k, channels);
     });
-    if p.pairs && p.ic % 2 == 1 {
-        let (k, lo) = (e.int(p.ic / 2), e.int(p.ic - 1));
-        let never = e.ult(e.int(1), e.int(0));
-        step(e, k, (lo, Some((lo, Some(never)))));
-    }
 }
 
-/// The transform of one reduction step's tiles in tile row `ty` from
-/// column `col0` (`transform_row`): channel `lo`'s, or with a partner
-/// channel (zero where its `live` is false) the pair's, rounded and packed.
-#[allow(clippy::type_complexity)]
+/// `Bᵀ d B` of reduction step `k`'s tiles in tile row `ty` from column
+/// `col0` (`patches`): channel `k`'s, or with pairs the two channels' of
+/// pair plane `k`, each rounded to bf16 and packed.
 fn step_row<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     p: &WinoConv,
     planes: PointerValue<'ctx>,
-    (lo, hi): (
-        IntValue<'ctx>,
-        Option<(IntValue<'ctx>, Option<IntValue<'ctx>>)>,
-    ),
+    k: IntValue<'ctx>,
     at: (IntValue<'ctx>, IntValue<'ctx>),
 ) -> Vec<VectorValue<'ctx>> {
-    let z = transform_row(e, p, planes, lo, at);
-    let Some((hi, live)) = hi else {
-        return z;
-    };
-    let h = transform_row(e, p, planes, hi, at);
-    z.into_iter()
-        .zip(h)
-        .map(|(l, h)| {
-            let h = match live {
-                Some(live) => {
-                    e.b.build_select(live, h, e.vzero(), "")
-                        .expect("select")
-                        .into_vector_value()
-                }
-                None => h,
-            };
-            e.vcvt_bf16_pairs(l, h)
-        })
+    let d = patches(e, p, planes, k, at);
+    let (bt, alpha) = (&Transform::of(p.m).bt, p.alpha() as usize);
+    if !p.pairs {
+        return apply2(e, bt, &d, alpha);
+    }
+    let (lo, hi): (Vec<_>, Vec<_>) = d.into_iter().map(|w| e.vsplit_bf16_pairs(w)).unzip();
+    let (lo, hi) = (apply2(e, bt, &lo, alpha), apply2(e, bt, &hi, alpha));
+    lo.into_iter()
+        .zip(hi)
+        .map(|(l, h)| e.vcvt_bf16_pairs(l, h))
         .collect()
 }
 
@@ -862,31 +832,27 @@ fn store_step<'ctx>(
     }
 }
 
-/// `shared`: reduction step `k` of every block's `V`, from channel `lo`
-/// (and with pairs channel `hi`, zero where `live` is false).
-#[allow(clippy::type_complexity)]
+/// `shared`: reduction step `k` of every block's `V`.
 fn transform_step<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     p: &WinoConv,
     ws: PointerValue<'ctx>,
     k: IntValue<'ctx>,
-    (lo, hi): (IntValue<'ctx>, Option<(IntValue<'ctx>, IntValue<'ctx>)>),
 ) {
     e.for_const(0, p.blocks(), |e, block| {
         let (row0, col0) = block_origin(e, p, block);
         let vb = v_slice(e, p, ws, block);
         let (mask, rows) = block_bounds(e, p, (row0, col0));
-        let channels = (lo, hi.map(|(h, live)| (h, Some(live))));
         e.for_range(e.int(0), rows, |e, i| {
-            let z = step_row(e, p, ws, channels, (e.add(row0, i), col0));
+            let z = step_row(e, p, ws, k, (e.add(row0, i), col0));
             store_step(e, p, (vb, mask), (k, i), z);
         });
     });
 }
 
-/// `Bᵀ d B` of channel `ic`'s tiles in tile row `ty` from column `col0`:
-/// α² vectors, lane `j` for tile `col0 + j`.
-fn transform_row<'ctx>(
+/// The patches `d` of plane `ic`'s tiles in tile row `ty` from column
+/// `col0`: α² vectors (row-major), lane `j` for tile `col0 + j`.
+fn patches<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     p: &WinoConv,
     planes: PointerValue<'ctx>,
@@ -908,7 +874,7 @@ fn transform_row<'ctx>(
                 d.push(e.vload(plane, at));
             }
         }
-        return apply2(e, &Transform::of(m).bt, &d, alpha);
+        return d;
     }
     for k in 0..alpha as u64 {
         let y = e.add(e.mul(ty, e.int(m)), e.int(k));
@@ -918,7 +884,7 @@ fn transform_row<'ctx>(
         d.extend(lo.iter().copied());
         d.extend(hi[..alpha - m as usize].iter().copied());
     }
-    apply2(e, &Transform::of(m).bt, &d, alpha)
+    d
 }
 
 /// GEMM unit `u` of image `b`: its block's input transform (unless

@@ -95,6 +95,31 @@ impl<'ctx> Emitter<'_, 'ctx> {
             .into_vector_value()
     }
 
+    /// The two bf16 of each word of `words` (`vpack_bf16_pairs`), widened
+    /// to f32 (exact): the low halves, then the high ones.
+    pub fn vsplit_bf16_pairs(
+        &self,
+        words: VectorValue<'ctx>,
+    ) -> (VectorValue<'ctx>, VectorValue<'ctx>) {
+        let lanes = words.get_type().get_size();
+        let it = self.ctx.i32_type();
+        let k = |x: u64| VectorType::const_vector(&vec![it.const_int(x, false); lanes as usize]);
+        let bits = self
+            .b
+            .build_bit_cast(words, it.vec_type(lanes), "")
+            .expect(BUILDER)
+            .into_vector_value();
+        let lo = self.b.build_left_shift(bits, k(16), "").expect(BUILDER);
+        let hi = self.b.build_and(bits, k(0xffff_0000), "").expect(BUILDER);
+        let f = |v| {
+            self.b
+                .build_bit_cast(v, words.get_type(), "")
+                .expect(BUILDER)
+                .into_vector_value()
+        };
+        (f(lo), f(hi))
+    }
+
     /// `lanes` bf16 values from `base[idx..]` (`base` counted in bf16
     /// elements) widened to f32 (exact: the low 16 bits zero).
     pub fn vload_bf16(&self, base: PointerValue<'ctx>, idx: IntValue<'ctx>) -> VectorValue<'ctx> {
