@@ -157,7 +157,7 @@ pub struct GemmConv {
     /// pair plane holds the odd channel at two horizontally neighbouring
     /// taps, `(x[sw·j + px], x[sw·j + px + 1])`, in place of that channel
     /// beside a zero, so it reduces over the even column taps only, each
-    /// word's weights taps `kx` and `kx + 1` (`tail_taps`): the 7×7
+    /// word's weights taps `kx` and `kx + 1` (`tail_tap`): the 7×7
     /// stem's 98 pair steps an output become 49 + 28.
     pub tail: bool,
     pub staging: Option<Staging>,
@@ -466,7 +466,7 @@ impl GemmConv {
                             let kx = tap % self.kw;
                             out.push(if self.tail && k + 1 == self.kdim() {
                                 // Taps `kx` and `kx + 1` of the odd channel
-                                // on the even taps (`tail_taps`), zero on
+                                // on the even taps (`tail_tap`), zero on
                                 // the odd ones (never read).
                                 let half = |tap| u32::from(bf16_bits(value(g, oc, 2 * k, tap)));
                                 let next = if kx + 1 < self.kw { half(tap + 1) } else { 0 };

@@ -375,7 +375,8 @@ impl WinoConv {
     }
 
     /// Units per image of the staging: one per input channel, or with
-    /// `shared` one per reduction step (channel or channel pair).
+    /// `shared` or `pairs` one per reduction step (channel or channel
+    /// pair).
     pub fn input_units(&self) -> u64 {
         if self.shared || self.pairs {
             self.kdim()
@@ -717,7 +718,7 @@ fn stage_channel<'ctx>(
     // F(2×2)'s patches start on even columns: its plane is staged as its
     // even then its odd columns (`wp` is even), so that a patch row's four
     // values over a block row's tiles are four plain vector loads
-    // (`transform_row`) rather than two wide loads split by shuffles.
+    // (`patches`) rather than two wide loads split by shuffles.
     let phases = if p.m == 2 { 2 } else { 1 };
     for px in 0..phases {
         let neg = |v: u64| e.int(0u64.wrapping_sub(v));
