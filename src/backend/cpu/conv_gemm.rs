@@ -749,15 +749,10 @@ pub(super) fn stage<'ctx>(
 /// padded row, i.e. the padded row itself as consecutive bf16, two
 /// vectors of it rounded by one `vcvtne2ps2bf16` per 16 words. The odd
 /// column phases are not read (the tail reads the even taps only).
-#[allow(clippy::type_complexity)]
 fn stage_tail<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     fused: &Fused,
-    (src, dst, ss): (
-        PointerValue<'ctx>,
-        PointerValue<'ctx>,
-        Option<(FloatValue<'ctx>, FloatValue<'ctx>)>,
-    ),
+    (src, dst, ss): (PointerValue<'ctx>, PointerValue<'ctx>, ScaleShift<'ctx>),
     st: &Staging,
     wq: u64,
 ) {
@@ -798,6 +793,9 @@ fn stage_tail<'ctx>(
     }
 }
 
+/// A channel's prologue scale and shift, where the conv has a prologue.
+pub(super) type ScaleShift<'ctx> = Option<(FloatValue<'ctx>, FloatValue<'ctx>)>;
+
 /// How a staged plane's values are stored: as the f32 the prologue gives,
 /// rounded to bf16, or as words of two bf16 (`GemmConv::pairs`) whose
 /// high half is another channel's (`x`, with its prologue's `ss`), zero
@@ -808,7 +806,7 @@ pub(super) enum Rounding<'ctx> {
     Bf16,
     Pairs {
         x: PointerValue<'ctx>,
-        ss: Option<(FloatValue<'ctx>, FloatValue<'ctx>)>,
+        ss: ScaleShift<'ctx>,
         live: IntValue<'ctx>,
     },
 }
@@ -817,15 +815,11 @@ pub(super) enum Rounding<'ctx> {
 /// `src[i·sh + shift_y][j·sw + shift_x]` (an `h × w` plane) with the
 /// prologue applied (`ss`: its per-channel scale and shift), or zero where
 /// that lies outside the input; rounded or paired as `round` says.
-#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 pub(super) fn pad_plane<'ctx>(
     e: &mut Emitter<'_, 'ctx>,
     fused: &Fused,
-    (src, dst, ss): (
-        PointerValue<'ctx>,
-        PointerValue<'ctx>,
-        Option<(FloatValue<'ctx>, FloatValue<'ctx>)>,
-    ),
+    (src, dst, ss): (PointerValue<'ctx>, PointerValue<'ctx>, ScaleShift<'ctx>),
     (h, w): (u64, u64),
     (hq, wq): (u64, u64),
     (sh, sw): (u64, u64),
@@ -925,20 +919,12 @@ pub(super) fn pad_plane<'ctx>(
 /// A staged vector from the input values `lo` (with the prologue's
 /// `ss`) and, for pairs, the second channel's `hi` (zero where `live` is
 /// false), rounded as `round` says.
-#[allow(clippy::type_complexity)]
 fn staged_value<'ctx>(
     e: &Emitter<'_, 'ctx>,
     fused: &Fused,
     round: Rounding<'ctx>,
-    (lo, ss): (
-        VectorValue<'ctx>,
-        Option<(FloatValue<'ctx>, FloatValue<'ctx>)>,
-    ),
-    hi: Option<(
-        VectorValue<'ctx>,
-        Option<(FloatValue<'ctx>, FloatValue<'ctx>)>,
-        IntValue<'ctx>,
-    )>,
+    (lo, ss): (VectorValue<'ctx>, ScaleShift<'ctx>),
+    hi: Option<(VectorValue<'ctx>, ScaleShift<'ctx>, IntValue<'ctx>)>,
 ) -> VectorValue<'ctx> {
     let v = vprologue_value(e, fused, lo, ss);
     match (hi, round) {
