@@ -470,7 +470,7 @@ impl GemmConv {
                                 // the odd ones (never read).
                                 let half = |tap| u32::from(bf16_bits(value(g, oc, 2 * k, tap)));
                                 let next = if kx + 1 < self.kw { half(tap + 1) } else { 0 };
-                                let word = if kx.is_multiple_of(2) {
+                                let word = if self.tail_tap(tap) {
                                     half(tap) | next << 16
                                 } else {
                                     0
@@ -690,31 +690,13 @@ pub(super) fn stage<'ctx>(
     let (h, w, hq, wq) = (st.h, st.w, st.hq, p.wq);
     let ((sh, sw), (ph, pw)) = (st.stride, st.pad);
     let dst = e.at(a.image(e, c.workspace(e), b), e.mul(ch, e.int(p.plane)));
-    let x = a.image(e, c.view(ops[0]), b);
-    let channel = |e: &Emitter<'_, 'ctx>, ch: IntValue<'ctx>| {
-        let ss = pro.map(|(s, t)| (e.load(a.konst(e, s), ch), e.load(a.konst(e, t), ch)));
-        (e.at(x, e.mul(ch, e.int(h * w))), ss)
-    };
-    // With pairs: channels `2k` and `2k + 1` of the group, the second
-    // zero past an odd `icg` (read from the first, then dropped).
-    let (first, second) = if p.pairs {
-        let (g, k) = (e.sdiv(ch, e.int(p.kdim())), e.srem(ch, e.int(p.kdim())));
-        let first = e.add(e.mul(g, e.int(p.icg)), e.mul(k, e.int(2)));
-        let live = e.ult(e.add(e.mul(k, e.int(2)), e.int(1)), e.int(p.icg));
-        let next = e.pick(live, e.add(first, e.int(1)), first);
-        (first, Some((next, live)))
+    let x = (a.image(e, c.view(ops[0]), b), h * w);
+    let alone = if st.bf16 {
+        Rounding::Bf16
     } else {
-        (ch, None)
+        Rounding::None
     };
-    let (src, ss) = channel(e, first);
-    let round = match second {
-        Some((next, live)) => {
-            let (x, ss) = channel(e, next);
-            Rounding::Pairs { x, ss, live }
-        }
-        None if st.bf16 => Rounding::Bf16,
-        None => Rounding::None,
-    };
+    let (src, ss, round) = step_source(e, a, x, pro, (p.icg, p.pairs), ch, alone);
     let planes = |e: &mut Emitter<'_, 'ctx>| {
         for (f, &(py, px)) in st.phases.iter().enumerate() {
             let base = e.at(dst, e.int(f as u64 * hq * wq));
@@ -742,6 +724,37 @@ pub(super) fn stage<'ctx>(
         planes(e);
     }
     Ok(())
+}
+
+/// Where staging reads reduction step `ch` of the input `x` (`hw` values
+/// a channel, `icg` channels a group; `pro`: the prologue's per-channel
+/// operands): with `pairs`, channels `2k` and `2k + 1` of the step's
+/// group, the second as `Rounding::Pairs`, zero past an odd `icg` (read
+/// from the first, then dropped); else channel `ch`, stored as `alone`.
+pub(super) fn step_source<'ctx>(
+    e: &Emitter<'_, 'ctx>,
+    a: &Args<'ctx>,
+    (x, hw): (PointerValue<'ctx>, u64),
+    pro: Option<(IntValue<'ctx>, IntValue<'ctx>)>,
+    (icg, pairs): (u64, bool),
+    ch: IntValue<'ctx>,
+    alone: Rounding<'ctx>,
+) -> (PointerValue<'ctx>, ScaleShift<'ctx>, Rounding<'ctx>) {
+    let channel = |ch: IntValue<'ctx>| {
+        let ss = pro.map(|(s, t)| (e.load(a.konst(e, s), ch), e.load(a.konst(e, t), ch)));
+        (e.at(x, e.mul(ch, e.int(hw))), ss)
+    };
+    if !pairs {
+        let (src, ss) = channel(ch);
+        return (src, ss, alone);
+    }
+    let steps = e.int(icg.div_ceil(2));
+    let (g, k) = (e.sdiv(ch, steps), e.srem(ch, steps));
+    let first = e.add(e.mul(g, e.int(icg)), e.mul(k, e.int(2)));
+    let live = e.ult(e.add(e.mul(k, e.int(2)), e.int(1)), e.int(icg));
+    let (src, ss) = channel(first);
+    let (x, ss2) = channel(e.pick(live, e.add(first, e.int(1)), first));
+    (src, ss, Rounding::Pairs { x, ss: ss2, live })
 }
 
 /// Stages the tail pair of a `tail` conv (stride 2 across): its even

@@ -22,7 +22,8 @@
 //!   tile row: the GEMM results never go to memory as a tensor.
 
 use super::conv_gemm::{
-    conv_fused, epilogue_store, epilogue_value, pad_plane, ConvShape, Out, Rounding, MIN_UNITS,
+    conv_fused, epilogue_store, epilogue_value, pad_plane, step_source, ConvShape, Out, Rounding,
+    MIN_UNITS,
 };
 use super::lower::{fused_operands, Args, Ctx, Unit};
 use crate::backend::llvm::emit::Emitter;
@@ -700,21 +701,9 @@ fn stage_channel<'ctx>(
     let (pro, _, _) = fused_operands(c, &ops, fused);
     let (hp, wp) = (p.hp(), p.wp());
     let ws = a.image(e, c.workspace(e), b);
-    let x = a.image(e, c.view(ops[0]), b);
-    let channel = |e: &Emitter<'_, 'ctx>, ch: IntValue<'ctx>| {
-        let ss = pro.map(|(s, t)| (e.load(a.konst(e, s), ch), e.load(a.konst(e, t), ch)));
-        (e.at(x, e.mul(ch, e.int(p.h * p.w))), ss)
-    };
+    let x = (a.image(e, c.view(ops[0]), b), p.h * p.w);
     let plane = e.at(ws, e.mul(ic, e.int(hp * wp)));
-    let (first, round) = if p.pairs {
-        let lo = e.mul(ic, e.int(2));
-        let live = e.ult(e.add(lo, e.int(1)), e.int(p.ic));
-        let (x, ss) = channel(e, e.pick(live, e.add(lo, e.int(1)), lo));
-        (lo, Rounding::Pairs { x, ss, live })
-    } else {
-        (ic, Rounding::None)
-    };
-    let (src, ss) = channel(e, first);
+    let (src, ss, round) = step_source(e, a, x, pro, (p.ic, p.pairs), ic, Rounding::None);
     // F(2×2)'s patches start on even columns: its plane is staged as its
     // even then its odd columns (`wp` is even), so that a patch row's four
     // values over a block row's tiles are four plain vector loads
